@@ -1,0 +1,1 @@
+//! sturdy shim library.
