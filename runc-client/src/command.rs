@@ -1,0 +1,416 @@
+//! Running one runc command to completion: spawn, drain, deadline, error extraction.
+//!
+//! The discipline here is what keeps a shim alive when runc misbehaves: output is always
+//! read (so runc never blocks on a full pipe), a grandchild holding a pipe cannot keep a
+//! call open, and a runc that never exits is killed with everything it started.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncWriteExt;
+
+use crate::config::RuncConfig;
+use crate::drain::{drain, Retained};
+use crate::error::{Error, Result};
+use crate::io::{async_reader, async_writer, set_pipe_capacity, unique_name, Pipe, ProcessIo};
+use crate::reaper::Reaper;
+
+/// How long output is still read after runc exited, for a grandchild may hold the pipe forever.
+pub(crate) const DRAIN_GRACE: Duration = Duration::from_millis(100);
+
+/// How much of a shared log file is scanned for runc's error.
+const LOG_TAIL: u64 = 256 * 1024;
+
+/// One invocation, as built by [`crate::Runc`].
+pub(crate) struct Call<'a> {
+    pub command: &'static str,
+    pub id: &'a str,
+    /// The subcommand and everything after it.
+    pub args: Vec<OsString>,
+    pub deadline: Duration,
+    /// Bytes fed to runc's stdin (only when `io` is None).
+    pub stdin: Option<Vec<u8>>,
+    /// Some: runc's stdio is handed over and not drained (create/exec/restore).
+    pub io: Option<ProcessIo>,
+    pub extra_files: Vec<OwnedFd>,
+}
+
+/// What a successful command printed, bounded to the configured output limit.
+#[derive(Debug)]
+pub struct Output {
+    pub status: i32,
+    pub stdout: Retained,
+    pub stderr: Retained,
+}
+
+/// Where runc writes its JSON log for one call.
+pub(crate) enum LogTarget {
+    /// A per-call file, removed on drop.
+    Temp(PathBuf),
+    /// The configured file; only what was appended after `offset` belongs to this call.
+    Shared { path: PathBuf, offset: u64 },
+}
+
+impl LogTarget {
+    pub(crate) fn prepare(cfg: &RuncConfig) -> LogTarget {
+        match &cfg.log {
+            Some(path) => LogTarget::Shared {
+                path: path.clone(),
+                offset: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            },
+            None => LogTarget::Temp(std::env::temp_dir().join(unique_name("runc-log") + ".json")),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            LogTarget::Temp(p) => p,
+            LogTarget::Shared { path, .. } => path,
+        }
+    }
+
+    /// The `msg` of the last "error" entry runc logged during this call.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        let (path, offset) = match self {
+            LogTarget::Temp(p) => (p, 0),
+            LogTarget::Shared { path, offset } => (path, *offset),
+        };
+        let mut file = std::fs::File::open(path).ok()?;
+        let len = file.metadata().ok()?.len();
+        let start = offset.max(len.saturating_sub(LOG_TAIL));
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).ok()?;
+        let mut text = Vec::new();
+        file.take(len - start).read_to_end(&mut text).ok()?;
+        last_error_in(&String::from_utf8_lossy(&text))
+    }
+}
+
+impl Drop for LogTarget {
+    fn drop(&mut self) {
+        if let LogTarget::Temp(p) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Last `{"level":"error","msg":...}` entry of a JSON-lines log.
+pub(crate) fn last_error_in(log: &str) -> Option<String> {
+    log.lines().rev().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+        if v.get("level")?.as_str()? != "error" {
+            return None;
+        }
+        Some(v.get("msg")?.as_str()?.to_string())
+    })
+}
+
+/// `binary <global flags> --log <log> --log-format json`, in its own process group.
+pub(crate) fn base_command(
+    cfg: &RuncConfig,
+    global: &[OsString],
+    log: &Path,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(&cfg.binary);
+    cmd.args(global)
+        .arg("--log")
+        .arg(log)
+        .arg("--log-format")
+        .arg("json")
+        .process_group(0);
+    cmd
+}
+
+pub(crate) fn stdio_or_null(fd: Option<OwnedFd>) -> Stdio {
+    fd.map(Stdio::from).unwrap_or_else(Stdio::null)
+}
+
+/// A pipe for the client's side of runc's stdio, sized as configured.
+pub(crate) fn client_pipe(cfg: &RuncConfig, ctx: &dyn Fn(&str) -> String) -> Result<Pipe> {
+    let pipe =
+        Pipe::new().map_err(|e| Error::io(ctx("creating pipe"), std::io::Error::other(e)))?;
+    if let Some(size) = cfg.pipe_size {
+        set_pipe_capacity(&pipe.write, size)?;
+    }
+    Ok(pipe)
+}
+
+/// Best-effort trimmed text of a stream for an error message.
+pub(crate) fn text_of(r: &Retained) -> Option<String> {
+    let t = r.to_string_lossy();
+    let t = t.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// Run `call` to completion under its deadline.
+pub(crate) async fn run(
+    cfg: &RuncConfig,
+    global: &[OsString],
+    reaper: &Reaper,
+    call: Call<'_>,
+) -> Result<Output> {
+    let Call {
+        command,
+        id,
+        args,
+        deadline,
+        stdin,
+        io,
+        extra_files,
+    } = call;
+    let ctx = |what: &str| format!("runc {command} {id}: {what}");
+    let log = LogTarget::prepare(cfg);
+    let mut cmd = base_command(cfg, global, log.path());
+    cmd.args(&args);
+
+    let mut stdout_r = None;
+    let mut stderr_r = None;
+    let mut feeder = None;
+    match io {
+        Some(pio) => {
+            cmd.stdin(stdio_or_null(pio.stdin))
+                .stdout(stdio_or_null(pio.stdout))
+                .stderr(stdio_or_null(pio.stderr));
+        }
+        None => {
+            let out = client_pipe(cfg, &ctx)?;
+            let err = client_pipe(cfg, &ctx)?;
+            cmd.stdout(Stdio::from(out.write))
+                .stderr(Stdio::from(err.write));
+            stdout_r = Some(async_reader(out.read)?);
+            stderr_r = Some(async_reader(err.read)?);
+            match stdin {
+                Some(bytes) => {
+                    let input = client_pipe(cfg, &ctx)?;
+                    cmd.stdin(Stdio::from(input.read));
+                    feeder = Some((async_writer(input.write)?, bytes));
+                }
+                None => {
+                    cmd.stdin(Stdio::null());
+                }
+            }
+        }
+    }
+
+    // Park the passed fds above their targets first, so the dup2s in the child never
+    // overwrite a source that is still needed.
+    let target_end = 3 + extra_files.len() as RawFd;
+    let parked: Vec<OwnedFd> = extra_files
+        .iter()
+        .map(|fd| {
+            let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(target_end))
+                .map_err(|e| Error::io(ctx("parking preserved fd"), e))?;
+            // SAFETY: F_DUPFD_CLOEXEC returned a fresh fd that nothing else owns.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+        })
+        .collect::<Result<_>>()?;
+    drop(extra_files);
+    if !parked.is_empty() {
+        let raws: Vec<RawFd> = parked.iter().map(|fd| fd.as_raw_fd()).collect();
+        // SAFETY: the closure only calls dup2, which is async-signal-safe, and does not allocate.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (i, fd) in raws.iter().enumerate() {
+                    // dup2 leaves the new fd without FD_CLOEXEC, which is what passes it on.
+                    if libc::dup2(*fd, 3 + i as RawFd) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+
+    let mut exits = reaper.subscribe();
+    let spawned = if parked.is_empty() {
+        cmd.spawn()
+    } else {
+        // With pre_exec std forks, and on a failed exec it asserts its own waitpid succeeds,
+        // which our reaper may have beaten; turn that panic into an ordinary error.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn())).unwrap_or_else(
+            |_| {
+                Err(std::io::Error::other(
+                    "exec failed and the child was already reaped",
+                ))
+            },
+        )
+    };
+    // The Command holds the child's ends of the pipes: close them or EOF never comes.
+    drop(cmd);
+    drop(parked);
+    let child = spawned.map_err(|source| Error::Spawn {
+        command,
+        id: id.to_string(),
+        binary: cfg.binary.clone(),
+        source,
+    })?;
+    Reaper::notify_spawned();
+    let pid = child.id() as i32;
+    // Dropping a std Child neither waits nor kills; the reaper collects it.
+    drop(child);
+
+    let mut out = Retained::new(cfg.output_limit);
+    let mut err = Retained::new(cfg.output_limit);
+    let waited = {
+        let io_work = async {
+            tokio::join!(
+                async {
+                    if let Some(r) = stdout_r {
+                        let _ = drain(r, &mut out).await;
+                    }
+                },
+                async {
+                    if let Some(r) = stderr_r {
+                        let _ = drain(r, &mut err).await;
+                    }
+                },
+                async {
+                    if let Some((mut w, bytes)) = feeder {
+                        // runc may exit without reading; EPIPE is not our error to report.
+                        let _ = w.write_all(&bytes).await;
+                    }
+                },
+            )
+        };
+        tokio::pin!(io_work);
+        let wait = tokio::time::timeout(deadline, exits.wait_for(pid));
+        tokio::pin!(wait);
+        let mut io_done = false;
+        let waited = loop {
+            tokio::select! {
+                r = &mut wait => break r,
+                _ = &mut io_work, if !io_done => io_done = true,
+            }
+        };
+        if waited.is_ok() && !io_done {
+            let _ = tokio::time::timeout(DRAIN_GRACE, &mut io_work).await;
+        }
+        waited
+    };
+
+    let exit = match waited {
+        Ok(exit) => exit,
+        Err(_) => {
+            kill_process_tree(pid);
+            // Let the reaper collect runc before reporting, so callers see no leftover pid.
+            let _ = tokio::time::timeout(Duration::from_secs(1), exits.wait_for(pid)).await;
+            return Err(Error::Timeout {
+                command,
+                id: id.to_string(),
+                deadline,
+            });
+        }
+    };
+
+    if exit.status != 0 {
+        let message = log
+            .last_error()
+            .or_else(|| text_of(&err))
+            .or_else(|| text_of(&out))
+            .unwrap_or_else(|| format!("exited with status {}", exit.status));
+        return Err(Error::from_exit(command, id, exit.status, message));
+    }
+    Ok(Output {
+        status: exit.status,
+        stdout: out,
+        stderr: err,
+    })
+}
+
+/// SIGKILL runc's process group and every process it spawned, even ones that left the group.
+pub(crate) fn kill_process_tree(pgid: i32) {
+    let doomed = descendants_or_group(pgid);
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    for pid in doomed {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// Processes descending from `root`, or in its process group, from one /proc snapshot.
+fn descendants_or_group(root: i32) -> Vec<i32> {
+    let mut table = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The command name may contain spaces and parens; fields resume after the last ')'.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            let mut fields = rest.split_whitespace().skip(1);
+            let ppid = fields.next().and_then(|f| f.parse::<i32>().ok());
+            let pgrp = fields.next().and_then(|f| f.parse::<i32>().ok());
+            if let (Some(ppid), Some(pgrp)) = (ppid, pgrp) {
+                table.push((pid, ppid, pgrp));
+            }
+        }
+    }
+    let mut doomed = vec![root];
+    loop {
+        let before = doomed.len();
+        for &(pid, ppid, pgrp) in &table {
+            if !doomed.contains(&pid) && (pgrp == root || doomed.contains(&ppid)) {
+                doomed.push(pid);
+            }
+        }
+        if doomed.len() == before {
+            return doomed;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_last_error_entry() {
+        let log = r#"{"level":"info","msg":"starting","time":"t"}
+{"level":"error","msg":"first","time":"t"}
+not json at all
+{"level":"error","msg":"container does not exist","time":"t"}
+{"level":"debug","msg":"bye","time":"t"}
+"#;
+        assert_eq!(
+            last_error_in(log).as_deref(),
+            Some("container does not exist")
+        );
+        assert_eq!(last_error_in("{\"level\":\"info\",\"msg\":\"x\"}"), None);
+    }
+
+    #[test]
+    fn shared_log_only_reports_new_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.json");
+        std::fs::write(&path, "{\"level\":\"error\",\"msg\":\"old\"}\n").unwrap();
+        let cfg = RuncConfig {
+            log: Some(path.clone()),
+            ..Default::default()
+        };
+        let target = LogTarget::prepare(&cfg);
+        assert_eq!(target.last_error(), None);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"{\"level\":\"error\",\"msg\":\"new\"}\n").unwrap();
+        assert_eq!(target.last_error().as_deref(), Some("new"));
+        drop(target);
+        assert!(path.exists(), "a configured log must never be removed");
+    }
+}

@@ -1,0 +1,126 @@
+//! How to invoke runc: binary, global flags, deadlines and output bounds.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Per-command deadlines; a call still running at its deadline is killed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deadlines {
+    pub default: Duration,
+    pub create: Duration,
+    pub start: Duration,
+    pub exec: Duration,
+    pub delete: Duration,
+    pub kill: Duration,
+    pub state: Duration,
+    pub checkpoint: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            default: Duration::from_secs(30),
+            create: Duration::from_secs(60),
+            start: Duration::from_secs(30),
+            exec: Duration::from_secs(60),
+            delete: Duration::from_secs(30),
+            kill: Duration::from_secs(10),
+            state: Duration::from_secs(10),
+            checkpoint: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Default number of bytes retained per output stream (head plus tail).
+pub const DEFAULT_OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// Static configuration shared by every call a [`crate::Runc`] makes.
+#[derive(Clone, Debug)]
+pub struct RuncConfig {
+    pub binary: PathBuf,
+    pub root: Option<PathBuf>,
+    pub systemd_cgroup: bool,
+    pub rootless: Option<bool>,
+    pub debug: bool,
+    pub log: Option<PathBuf>,
+    pub deadlines: Deadlines,
+    pub output_limit: usize,
+    pub pipe_size: Option<usize>,
+}
+
+impl Default for RuncConfig {
+    fn default() -> Self {
+        RuncConfig {
+            binary: PathBuf::from("runc"),
+            root: None,
+            systemd_cgroup: false,
+            rootless: None,
+            debug: false,
+            log: None,
+            deadlines: Deadlines::default(),
+            output_limit: DEFAULT_OUTPUT_LIMIT,
+            pipe_size: None,
+        }
+    }
+}
+
+impl RuncConfig {
+    /// Defaults with another binary (e.g. "crun" or an absolute path).
+    pub fn with_binary(binary: impl Into<PathBuf>) -> Self {
+        RuncConfig {
+            binary: binary.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Global flags placed before every subcommand, except --log which is per call.
+    pub(crate) fn global_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        if let Some(root) = &self.root {
+            args.push("--root".into());
+            args.push(root.clone().into_os_string());
+        }
+        if self.systemd_cgroup {
+            args.push("--systemd-cgroup".into());
+        }
+        if let Some(rootless) = self.rootless {
+            args.push(format!("--rootless={rootless}").into());
+        }
+        if self.debug {
+            args.push("--debug".into());
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_args_follow_config() {
+        let c = RuncConfig {
+            root: Some("/run/x".into()),
+            systemd_cgroup: true,
+            rootless: Some(false),
+            debug: true,
+            ..Default::default()
+        };
+        let args: Vec<String> = c
+            .global_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--root",
+                "/run/x",
+                "--systemd-cgroup",
+                "--rootless=false",
+                "--debug"
+            ]
+        );
+        assert!(RuncConfig::default().global_args().is_empty());
+    }
+}

@@ -1,0 +1,170 @@
+//! Process-wide child reaping with exit fan-out to subscribers.
+//!
+//! One thread owns `waitpid(-1)` for the whole process, so exits are never stolen by a
+//! second waiter (tokio::process, a signal handler, std's `Child::wait`) and nothing is
+//! left as a zombie. No SIGCHLD handler is involved, which keeps it usable under a
+//! child subreaper and inside ordinary `#[tokio::test]`s with many runtimes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// One reaped child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub pid: i32,
+    /// Exit code, or 128 + signal number when the child was killed.
+    pub status: i32,
+    pub at: SystemTime,
+}
+
+#[derive(Default)]
+struct Shared {
+    subscribers: HashMap<u64, UnboundedSender<Exit>>,
+    next_id: u64,
+    /// Bumped by every spawn so a reaper parked on ECHILD knows to look again.
+    spawned: u64,
+}
+
+struct Inner {
+    shared: Mutex<Shared>,
+    wake: Condvar,
+}
+
+/// Handle to the process-wide reaper.
+#[derive(Clone)]
+pub struct Reaper {
+    inner: Arc<Inner>,
+}
+
+static GLOBAL: OnceLock<Reaper> = OnceLock::new();
+
+/// Safety net in case some spawner forgets `notify_spawned`: the reaper still looks again.
+const PARK_LIMIT: Duration = Duration::from_secs(1);
+
+impl Reaper {
+    /// The process-wide reaper; starting it makes it own the reaping of ALL children of this process (waitpid(-1)).
+    pub fn global() -> Reaper {
+        GLOBAL
+            .get_or_init(|| {
+                let reaper = Reaper {
+                    inner: Arc::new(Inner {
+                        shared: Mutex::new(Shared::default()),
+                        wake: Condvar::new(),
+                    }),
+                };
+                let inner = reaper.inner.clone();
+                std::thread::Builder::new()
+                    .name("runc-client-reaper".into())
+                    .spawn(move || reap_forever(&inner))
+                    .expect("cannot start the reaper thread");
+                reaper
+            })
+            .clone()
+    }
+
+    /// Every exit reaped after this call is delivered to the subscription (subscribe BEFORE spawning, so no exit is lost).
+    pub fn subscribe(&self) -> ExitSubscription {
+        let (tx, rx) = unbounded_channel();
+        let mut shared = self.inner.shared.lock().unwrap();
+        let key = shared.next_id;
+        shared.next_id += 1;
+        shared.subscribers.insert(key, tx);
+        ExitSubscription {
+            key,
+            rx,
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Tell the reaper a child was just spawned, so it stops idling on ECHILD.
+    pub fn notify_spawned() {
+        let reaper = Reaper::global();
+        let mut shared = reaper.inner.shared.lock().unwrap();
+        shared.spawned = shared.spawned.wrapping_add(1);
+        reaper.inner.wake.notify_all();
+    }
+}
+
+fn reap_forever(inner: &Inner) {
+    loop {
+        let seen = inner.shared.lock().unwrap().spawned;
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, code)) => deliver(inner, pid.as_raw(), code),
+            Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                deliver(inner, pid.as_raw(), 128 + signal as i32)
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(Errno::ECHILD) => {
+                let shared = inner.shared.lock().unwrap();
+                // A spawn between reading `seen` and waitpid would have made waitpid find it,
+                // so only a spawn after ECHILD can change the counter; wait for exactly that.
+                let _ = inner
+                    .wake
+                    .wait_timeout_while(shared, PARK_LIMIT, |s| s.spawned == seen)
+                    .unwrap();
+            }
+            Err(e) => {
+                log::error!("reaper: waitpid failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn deliver(inner: &Inner, pid: i32, status: i32) {
+    let exit = Exit {
+        pid,
+        status,
+        at: SystemTime::now(),
+    };
+    let shared = inner.shared.lock().unwrap();
+    for tx in shared.subscribers.values() {
+        let _ = tx.send(exit);
+    }
+}
+
+/// A stream of exits; unsubscribes on drop.
+pub struct ExitSubscription {
+    key: u64,
+    rx: UnboundedReceiver<Exit>,
+    inner: Arc<Inner>,
+}
+
+impl ExitSubscription {
+    /// Next exit reaped since the subscription was made.
+    pub async fn recv(&mut self) -> Option<Exit> {
+        self.rx.recv().await
+    }
+
+    /// Wait for the exit of one pid (exits of other pids seen meanwhile are dropped for THIS subscription only).
+    pub async fn wait_for(&mut self, pid: i32) -> Exit {
+        loop {
+            match self.rx.recv().await {
+                Some(exit) if exit.pid == pid => return exit,
+                Some(_) => {}
+                // The sender lives in the reaper's table until we drop, so this is unreachable;
+                // never resolving is the honest answer if it ever happens.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// An exit already delivered, without waiting.
+    pub fn try_recv(&mut self) -> Option<Exit> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for ExitSubscription {
+    fn drop(&mut self) {
+        if let Ok(mut shared) = self.inner.shared.lock() {
+            shared.subscribers.remove(&self.key);
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The typed client: one method per runc command.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::command::{run, Call, Output};
+use crate::config::RuncConfig;
+use crate::error::{Error, Result};
+use crate::events::EventStream;
+use crate::io::unique_name;
+use crate::options::{CheckpointOpts, CreateOpts, ExecOpts, RestoreOpts};
+use crate::reaper::Reaper;
+use crate::types::{Event, State, Stats};
+use crate::version::Version;
+
+struct Inner {
+    config: RuncConfig,
+    global: Vec<OsString>,
+    reaper: Reaper,
+}
+
+/// A runc (or runc-compatible runtime) client; cheap to clone.
+#[derive(Clone)]
+pub struct Runc {
+    inner: Arc<Inner>,
+}
+
+/// Builds argument vectors without a forest of `.into()`s.
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn new(subcommand: &str) -> Args {
+        Args(vec![subcommand.into()])
+    }
+    fn arg(mut self, a: impl AsRef<OsStr>) -> Args {
+        self.0.push(a.as_ref().to_os_string());
+        self
+    }
+    fn flag(self, on: bool, name: &str) -> Args {
+        if on {
+            self.arg(name)
+        } else {
+            self
+        }
+    }
+    fn opt(self, name: &str, value: Option<impl AsRef<OsStr>>) -> Args {
+        match value {
+            Some(v) => self.arg(name).arg(v),
+            None => self,
+        }
+    }
+    fn path(self, name: &str, value: &Path) -> Args {
+        self.opt(name, (!value.as_os_str().is_empty()).then_some(value))
+    }
+}
+
+/// A temporary file removed on drop (for `exec --process`).
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Runc {
+    /// A client running `config.binary`, whose children are reaped by `reaper`.
+    pub fn new(config: RuncConfig, reaper: Reaper) -> Runc {
+        let global = config.global_args();
+        Runc {
+            inner: Arc::new(Inner {
+                config,
+                global,
+                reaper,
+            }),
+        }
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &RuncConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn global_args(&self) -> &[OsString] {
+        &self.inner.global
+    }
+
+    pub(crate) fn reaper(&self) -> &Reaper {
+        &self.inner.reaper
+    }
+
+    async fn call(&self, call: Call<'_>) -> Result<Output> {
+        run(
+            &self.inner.config,
+            &self.inner.global,
+            &self.inner.reaper,
+            call,
+        )
+        .await
+    }
+
+    async fn simple(
+        &self,
+        command: &'static str,
+        id: &str,
+        args: Args,
+        deadline: Duration,
+    ) -> Result<Output> {
+        self.call(Call {
+            command,
+            id,
+            args: args.0,
+            deadline,
+            stdin: None,
+            io: None,
+            extra_files: Vec::new(),
+        })
+        .await
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(
+        command: &'static str,
+        id: &str,
+        out: &Output,
+    ) -> Result<T> {
+        if out.stdout.is_truncated() {
+            return Err(Error::Parse {
+                command,
+                id: id.to_string(),
+                message: format!(
+                    "output of {} bytes exceeds the retention limit",
+                    out.stdout.total()
+                ),
+            });
+        }
+        serde_json::from_slice(&out.stdout.to_vec()).map_err(|e| Error::Parse {
+            command,
+            id: id.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Run any runc subcommand (`args` starts with it) under the same discipline as the typed calls.
+    pub async fn raw(
+        &self,
+        command: &'static str,
+        id: &str,
+        args: &[&str],
+        deadline: Duration,
+    ) -> Result<Output> {
+        self.simple(
+            command,
+            id,
+            Args(args.iter().map(OsString::from).collect()),
+            deadline,
+        )
+        .await
+    }
+
+    /// `runc create`: set up the container and leave its init waiting for `start`.
+    pub async fn create(&self, id: &str, bundle: &Path, opts: &CreateOpts) -> Result<()> {
+        // The fds must be moved into the child; the caller keeps its own through `opts`.
+        let extra_files = opts
+            .extra_files
+            .iter()
+            .map(|fd| fd.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| Error::io(format!("runc create {id}: dup preserved fd"), e))?;
+        let io = clone_io(&opts.io, "create", id)?;
+        let args = Args::new("create")
+            .arg("--bundle")
+            .arg(bundle)
+            .path("--pid-file", &opts.pid_file)
+            .opt("--console-socket", opts.console_socket.as_ref())
+            .flag(opts.no_pivot, "--no-pivot")
+            .flag(opts.no_new_keyring, "--no-new-keyring")
+            .opt(
+                "--preserve-fds",
+                (!extra_files.is_empty()).then(|| extra_files.len().to_string()),
+            )
+            .arg(id);
+        self.call(Call {
+            command: "create",
+            id,
+            args: args.0,
+            deadline: self.config().deadlines.create,
+            stdin: None,
+            io: Some(io),
+            extra_files,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `runc start`: run the created container's process.
+    pub async fn start(&self, id: &str) -> Result<()> {
+        let d = self.config().deadlines.start;
+        self.simple("start", id, Args::new("start").arg(id), d)
+            .await
+            .map(drop)
+    }
+
+    /// `runc exec --process <spec.json>`: run an extra process in the container.
+    pub async fn exec(
+        &self,
+        id: &str,
+        process: &oci_spec::runtime::Process,
+        opts: &ExecOpts,
+    ) -> Result<()> {
+        let json = serde_json::to_vec(process).map_err(|e| Error::Parse {
+            command: "exec",
+            id: id.to_string(),
+            message: format!("serializing process spec: {e}"),
+        })?;
+        let spec = TempFile(std::env::temp_dir().join(unique_name("runc-process") + ".json"));
+        std::fs::write(&spec.0, json)
+            .map_err(|e| Error::io(format!("runc exec {id}: writing {}", spec.0.display()), e))?;
+        let io = clone_io(&opts.io, "exec", id)?;
+        let args = Args::new("exec")
+            .arg("--process")
+            .arg(&spec.0)
+            .flag(opts.detach, "--detach")
+            .path("--pid-file", &opts.pid_file)
+            .opt("--console-socket", opts.console_socket.as_ref())
+            .arg(id);
+        self.call(Call {
+            command: "exec",
+            id,
+            args: args.0,
+            deadline: self.config().deadlines.exec,
+            stdin: None,
+            io: Some(io),
+            extra_files: Vec::new(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `runc kill [--all] <id> <signal>`.
+    pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+        let args = Args::new("kill")
+            .flag(all, "--all")
+            .arg(id)
+            .arg(signal.to_string());
+        let d = self.config().deadlines.kill;
+        self.simple("kill", id, args, d).await.map(drop)
+    }
+
+    /// `runc delete [--force]`.
+    pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let args = Args::new("delete").flag(force, "--force").arg(id);
+        let d = self.config().deadlines.delete;
+        self.simple("delete", id, args, d).await.map(drop)
+    }
+
+    /// `runc state`, typed.
+    pub async fn state(&self, id: &str) -> Result<State> {
+        let d = self.config().deadlines.state;
+        let out = self
+            .simple("state", id, Args::new("state").arg(id), d)
+            .await?;
+        Self::parse("state", id, &out)
+    }
+
+    /// `runc ps --format json`: host pids of the container's processes.
+    pub async fn ps(&self, id: &str) -> Result<Vec<i32>> {
+        let d = self.config().deadlines.state;
+        let args = Args::new("ps").arg("--format").arg("json").arg(id);
+        let out = self.simple("ps", id, args, d).await?;
+        Ok(Self::parse::<Option<Vec<i32>>>("ps", id, &out)?.unwrap_or_default())
+    }
+
+    /// `runc pause`.
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        let d = self.config().deadlines.default;
+        self.simple("pause", id, Args::new("pause").arg(id), d)
+            .await
+            .map(drop)
+    }
+
+    /// `runc resume`.
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        let d = self.config().deadlines.default;
+        self.simple("resume", id, Args::new("resume").arg(id), d)
+            .await
+            .map(drop)
+    }
+
+    /// `runc update --resources -`, with the resources as JSON on stdin.
+    pub async fn update(
+        &self,
+        id: &str,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<()> {
+        let json = serde_json::to_vec(resources).map_err(|e| Error::Parse {
+            command: "update",
+            id: id.to_string(),
+            message: format!("serializing resources: {e}"),
+        })?;
+        self.call(Call {
+            command: "update",
+            id,
+            args: Args::new("update").arg("--resources").arg("-").arg(id).0,
+            deadline: self.config().deadlines.default,
+            stdin: Some(json),
+            io: None,
+            extra_files: Vec::new(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `runc events --stats`: one snapshot of the container's cgroup statistics.
+    pub async fn stats(&self, id: &str) -> Result<Stats> {
+        let d = self.config().deadlines.state;
+        let out = self
+            .simple("events", id, Args::new("events").arg("--stats").arg(id), d)
+            .await?;
+        let event: Event = Self::parse("events", id, &out)?;
+        let data = event.data.ok_or_else(|| Error::Parse {
+            command: "events",
+            id: id.to_string(),
+            message: "stats event without data".into(),
+        })?;
+        serde_json::from_value(data).map_err(|e| Error::Parse {
+            command: "events",
+            id: id.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `runc events --interval`: a stream of events, runc is killed when the stream is dropped.
+    pub async fn events(&self, id: &str, interval: Duration) -> Result<EventStream> {
+        EventStream::spawn(self, id, interval)
+    }
+
+    /// `runc checkpoint` with CRIU options.
+    pub async fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
+        let mut args = Args::new("checkpoint");
+        opts.checkpoint_args(&mut args.0);
+        let args = args.arg(id);
+        let d = self.config().deadlines.checkpoint;
+        self.simple("checkpoint", id, args, d).await.map(drop)
+    }
+
+    /// `runc restore` from a checkpoint image into `bundle`.
+    pub async fn restore(&self, id: &str, bundle: &Path, opts: &RestoreOpts) -> Result<()> {
+        let io = clone_io(&opts.io, "restore", id)?;
+        let mut args = Args::new("restore")
+            .arg("--bundle")
+            .arg(bundle)
+            .flag(opts.detach, "--detach")
+            .path("--pid-file", &opts.pid_file)
+            .opt("--console-socket", opts.console_socket.as_ref())
+            .flag(opts.no_pivot, "--no-pivot")
+            .flag(opts.no_subreaper, "--no-subreaper");
+        opts.checkpoint.common_args(&mut args.0);
+        let args = args.arg(id);
+        self.call(Call {
+            command: "restore",
+            id,
+            args: args.0,
+            deadline: self.config().deadlines.checkpoint,
+            stdin: None,
+            io: Some(io),
+            extra_files: Vec::new(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `runc features`: what this runtime supports, as raw JSON.
+    pub async fn features(&self) -> Result<serde_json::Value> {
+        let d = self.config().deadlines.state;
+        let out = self
+            .simple("features", "", Args::new("features"), d)
+            .await?;
+        Self::parse("features", "", &out)
+    }
+
+    /// `runc --version`, parsed.
+    pub async fn version(&self) -> Result<Version> {
+        let d = self.config().deadlines.state;
+        let out = self
+            .simple("version", "", Args::new("--version"), d)
+            .await?;
+        let text = out.stdout.to_string_lossy();
+        Version::parse(&text).ok_or_else(|| Error::Parse {
+            command: "version",
+            id: String::new(),
+            message: format!("unrecognised version output {text:?}"),
+        })
+    }
+}
+
+/// Duplicate the caller's stdio so `opts` can be passed by reference and reused.
+fn clone_io(
+    io: &crate::io::ProcessIo,
+    command: &'static str,
+    id: &str,
+) -> Result<crate::io::ProcessIo> {
+    let dup = |fd: &Option<std::os::fd::OwnedFd>| {
+        fd.as_ref()
+            .map(|f| f.try_clone())
+            .transpose()
+            .map_err(|e| Error::io(format!("runc {command} {id}: dup stdio"), e))
+    };
+    Ok(crate::io::ProcessIo {
+        stdin: dup(&io.stdin)?,
+        stdout: dup(&io.stdout)?,
+        stderr: dup(&io.stderr)?,
+    })
+}

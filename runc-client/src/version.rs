@@ -1,0 +1,246 @@
+//! `runc --version`: parsing, ordering, and the table of releases known to be bad.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+/// What `<runtime> --version` reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    /// The version string as printed (e.g. "1.1.5+ds1").
+    pub runc: String,
+    pub commit: Option<String>,
+    pub spec: Option<String>,
+    /// The runtime's own name from the first line ("runc", "crun", ...).
+    pub runtime: String,
+}
+
+/// A defect of a runtime release that a caller may want to warn about or work around.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownIssue {
+    pub id: &'static str,
+    pub summary: &'static str,
+}
+
+/// One row of the known-bad table: versions in `[introduced, fixed)` of `runtime` are affected.
+struct BadRange {
+    runtime: &'static str,
+    introduced: Option<&'static str>,
+    fixed: Option<&'static str>,
+    issue: KnownIssue,
+}
+
+const KNOWN_BAD: &[BadRange] = &[
+    BadRange {
+        runtime: "runc",
+        introduced: Some("1.0.0-rc93"),
+        fixed: Some("1.0.0-rc94"),
+        issue: KnownIssue {
+            id: "runc-rc93-init-hang",
+            summary: "runc init can hang exporting a large seccomp filter with noNewPrivileges \
+                      when fs.pipe-user-pages-soft is exhausted; containers never start",
+        },
+    },
+    BadRange {
+        runtime: "runc",
+        introduced: Some("1.0.0-rc93"),
+        fixed: Some("1.1.12"),
+        issue: KnownIssue {
+            id: "CVE-2024-21626",
+            summary: "leaked host fd lets a container process escape via its working directory",
+        },
+    },
+];
+
+impl Version {
+    /// Parse the text printed by `runc --version` (or crun's equivalent).
+    pub fn parse(text: &str) -> Option<Version> {
+        let mut lines = text.lines();
+        let first = lines.next()?.trim();
+        let (runtime, version) = first.split_once(" version ")?;
+        let mut v = Version {
+            runc: version.trim().to_string(),
+            commit: None,
+            spec: None,
+            runtime: runtime.trim().to_string(),
+        };
+        for line in lines {
+            if let Some((key, value)) = line.split_once(':') {
+                match key.trim() {
+                    "commit" => v.commit = Some(value.trim().to_string()),
+                    "spec" => v.spec = Some(value.trim().to_string()),
+                    _ => {}
+                }
+            }
+        }
+        Some(v)
+    }
+
+    /// The version as an orderable number, if it looks like one.
+    pub fn semver(&self) -> Option<SemVer> {
+        SemVer::parse(&self.runc)
+    }
+
+    /// Known defects of this release, empty when none are known or the version is unparseable.
+    pub fn known_issues(&self) -> Vec<KnownIssue> {
+        let Some(v) = self.semver() else {
+            return Vec::new();
+        };
+        KNOWN_BAD
+            .iter()
+            .filter(|b| b.runtime == self.runtime)
+            .filter(|b| {
+                let bound = |s: &str| SemVer::parse(s).expect("table versions are valid");
+                b.introduced.is_none_or(|i| v >= bound(i)) && b.fixed.is_none_or(|f| v < bound(f))
+            })
+            .map(|b| b.issue)
+            .collect()
+    }
+}
+
+/// major.minor.patch with an optional pre-release tag such as "rc93"; build metadata is ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SemVer {
+    pub major: u64,
+    pub minor: u64,
+    pub patch: u64,
+    pub pre: Option<String>,
+}
+
+impl SemVer {
+    /// Parse "1.1.5", "1.1.5+ds1", "v1.0.0-rc93", "1.2.0-rc.1".
+    pub fn parse(s: &str) -> Option<SemVer> {
+        let s = s.trim().trim_start_matches('v');
+        let s = s.split('+').next()?;
+        let (core, pre) = match s.split_once('-') {
+            Some((c, p)) => (c, Some(p.to_string())),
+            None => (s, None),
+        };
+        let mut parts = core.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next().unwrap_or("0").parse().ok()?;
+        let patch = parts.next().unwrap_or("0").parse().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(SemVer {
+            major,
+            minor,
+            patch,
+            pre,
+        })
+    }
+}
+
+/// Splits "rc93" / "rc.93" into ("rc", 93) so rc100 sorts after rc93.
+fn pre_key(pre: &str) -> (String, Option<u64>) {
+    let digits_at = pre.find(|c: char| c.is_ascii_digit()).unwrap_or(pre.len());
+    let (word, num) = pre.split_at(digits_at);
+    (
+        word.trim_end_matches('.').to_string(),
+        num.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok()),
+    )
+}
+
+impl Ord for SemVer {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.major, self.minor, self.patch)
+            .cmp(&(other.major, other.minor, other.patch))
+            .then_with(|| match (&self.pre, &other.pre) {
+                (None, None) => Ordering::Equal,
+                // A release sorts after all of its pre-releases.
+                (None, Some(_)) => Ordering::Greater,
+                (Some(_), None) => Ordering::Less,
+                (Some(a), Some(b)) => pre_key(a).cmp(&pre_key(b)),
+            })
+    }
+}
+
+impl PartialOrd for SemVer {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for SemVer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)?;
+        if let Some(pre) = &self.pre {
+            write!(f, "-{pre}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> SemVer {
+        SemVer::parse(s).unwrap()
+    }
+
+    #[test]
+    fn parses_runc_output() {
+        let out = "runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1+deb12u1\nspec: 1.0.2-dev\ngo: go1.19.8\nlibseccomp: 2.5.4\n";
+        let ver = Version::parse(out).unwrap();
+        assert_eq!(ver.runtime, "runc");
+        assert_eq!(ver.runc, "1.1.5+ds1");
+        assert_eq!(ver.commit.as_deref(), Some("1.1.5+ds1-1+deb12u1"));
+        assert_eq!(ver.spec.as_deref(), Some("1.0.2-dev"));
+        assert_eq!(ver.semver().unwrap(), v("1.1.5"));
+    }
+
+    #[test]
+    fn parses_crun_output() {
+        let out = "crun version 1.8.1\ncommit: f8a096be060b22ccd3d5f3ebe44108517fbf6c30\nrundir: /run/crun\nspec: 1.0.0\n+SYSTEMD +SELINUX\n";
+        let ver = Version::parse(out).unwrap();
+        assert_eq!(ver.runtime, "crun");
+        assert_eq!(ver.runc, "1.8.1");
+        assert!(ver.known_issues().is_empty());
+        assert!(Version::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn orders_versions() {
+        assert!(v("1.0.0-rc92") < v("1.0.0-rc93"));
+        assert!(v("1.0.0-rc93") < v("1.0.0-rc100"));
+        assert!(v("1.0.0-rc95") < v("1.0.0"));
+        assert!(v("1.1.5") < v("1.1.12"));
+        assert!(v("1.1.12") < v("1.2.0-rc.1"));
+        assert!(v("1.2.0-rc.1") < v("1.2.0"));
+        assert_eq!(v("1.1.5+ds1"), v("1.1.5"));
+        assert_eq!(v("v1.1.5"), v("1.1.5"));
+        assert_eq!(v("1.0.0-rc93").to_string(), "1.0.0-rc93");
+        assert!(SemVer::parse("1.x.0").is_none());
+    }
+
+    fn issues(version: &str) -> Vec<&'static str> {
+        Version {
+            runc: version.into(),
+            commit: None,
+            spec: None,
+            runtime: "runc".into(),
+        }
+        .known_issues()
+        .iter()
+        .map(|i| i.id)
+        .collect()
+    }
+
+    #[test]
+    fn flags_known_bad_releases() {
+        assert_eq!(
+            issues("1.0.0-rc93"),
+            ["runc-rc93-init-hang", "CVE-2024-21626"]
+        );
+        assert_eq!(issues("1.0.0-rc92"), Vec::<&str>::new());
+        assert_eq!(issues("1.0.0-rc94"), ["CVE-2024-21626"]);
+        assert_eq!(issues("1.1.5+ds1"), ["CVE-2024-21626"]);
+        assert_eq!(issues("1.1.11"), ["CVE-2024-21626"]);
+        assert!(issues("1.1.12").is_empty());
+        assert!(issues("1.2.0").is_empty());
+        assert!(issues("unknown").is_empty());
+    }
+}
