@@ -1,1 +1,23 @@
-//! harness.
+//! Test harness for sturdy: private containerd instances driven through real shims.
+//!
+//! Every [`Containerd`] owns a temp dir holding its root, state, sockets, CNI config, runc
+//! root and images, plus one /28 of the 198.18.0.0/24 pod network; dropping it (even while
+//! unwinding from a panic) removes every process, mount, netns, bridge and cgroup it caused.
+
+pub mod cleanup;
+pub mod containerd;
+pub mod cri;
+pub mod ctr;
+pub mod error;
+pub mod handler;
+pub mod image;
+
+pub use containerd::{Builder, Containerd, Footprint, CRI_NAMESPACE};
+pub use cri::{container_config, Cri};
+pub use ctr::{Output, RunOptions};
+pub use error::{Error, Result};
+pub use handler::Handler;
+pub use image::{BUSYBOX_IMAGE, PAUSE_IMAGE};
+
+/// Re-exported so tests need no direct dependency on the CRI crate.
+pub use k8s_cri;

@@ -1,0 +1,346 @@
+//! Synchronous, best-effort teardown primitives.
+//!
+//! They run from `Drop`, possibly while unwinding and possibly inside a tokio runtime, so
+//! nothing here is async and nothing here panics: every step logs and carries on, because a
+//! half-finished cleanup is still better than skipping the remaining steps.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::mount::{umount2, MntFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// What containerd left in one task bundle dir, read without asking containerd.
+#[derive(Debug, Clone, Default)]
+pub struct Bundle {
+    /// containerd namespace of the task.
+    pub namespace: String,
+    /// Container id.
+    pub id: String,
+    /// The bundle directory.
+    pub dir: PathBuf,
+    /// PID of the shim serving it.
+    pub shim_pid: Option<i32>,
+    /// PID of the container's init process.
+    pub init_pid: Option<i32>,
+    /// Shim socket address (`unix:///run/containerd/s/...`).
+    pub address: Option<String>,
+    /// Network namespace the spec joins (pod sandboxes).
+    pub netns: Option<PathBuf>,
+    /// cgroupsPath from the spec.
+    pub cgroups_path: Option<String>,
+}
+
+/// Read every bundle under `<state>/io.containerd.runtime.v2.task/<ns>/<id>`.
+pub fn bundles(state_dir: &Path) -> Vec<Bundle> {
+    let mut out = Vec::new();
+    let base = state_dir.join("io.containerd.runtime.v2.task");
+    for ns in read_dir_names(&base) {
+        for id in read_dir_names(&base.join(&ns)) {
+            let dir = base.join(&ns).join(&id);
+            let mut b = Bundle {
+                namespace: ns.clone(),
+                id,
+                shim_pid: read_pid(&dir.join("shim.pid")),
+                init_pid: read_pid(&dir.join("init.pid")),
+                address: std::fs::read_to_string(dir.join("address"))
+                    .ok()
+                    .map(|s| s.trim().to_string()),
+                ..Default::default()
+            };
+            if let Ok(spec) = std::fs::read(dir.join("config.json")) {
+                if let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&spec) {
+                    b.netns = network_ns_path(&spec);
+                    b.cgroups_path = spec["linux"]["cgroupsPath"].as_str().map(String::from);
+                }
+            }
+            b.dir = dir;
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// The `path` of the network namespace a runtime spec joins, if it names one.
+pub fn network_ns_path(spec: &serde_json::Value) -> Option<PathBuf> {
+    spec["linux"]["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|n| n["type"] == "network")
+        .and_then(|n| n["path"].as_str())
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Init PIDs and cgroup dirs recorded in runc's state under `<root>/<id>/state.json`.
+pub fn runc_states(root: &Path) -> Vec<(String, Option<i32>, Vec<PathBuf>)> {
+    read_dir_names(root)
+        .into_iter()
+        .filter_map(|id| {
+            let raw = std::fs::read(root.join(&id).join("state.json")).ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+            let pid = v["init_process_pid"].as_i64().map(|p| p as i32);
+            let cgroups = v["cgroup_paths"]
+                .as_object()
+                .map(|m| {
+                    m.values()
+                        .filter_map(|p| p.as_str().map(PathBuf::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some((id, pid, cgroups))
+        })
+        .collect()
+}
+
+/// Names of the entries of a directory; empty if it does not exist.
+pub fn read_dir_names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// True if the process exists and is not a zombie (PID 1 here may never reap orphans).
+pub fn pid_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state letter follows the parenthesised comm, which may itself contain spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
+/// Wait until none of `pids` is alive; returns the ones still alive at the deadline.
+pub fn wait_gone(pids: &[i32], timeout: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let alive: Vec<i32> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
+        if alive.is_empty() || Instant::now() >= deadline {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGKILL the given PIDs (skipping ourselves and PID 1) and wait for them to die.
+pub fn kill_pids(pids: &[i32]) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let pids: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|p| *p > 1 && *p != me)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for p in &pids {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    wait_gone(&pids, Duration::from_secs(5))
+}
+
+/// PIDs whose command line mentions `needle` or whose root dir lies under it.
+///
+/// Shims carry our socket path on their command line, and container processes have their
+/// root inside our state dir, so this finds exactly what one fixture caused.
+pub fn pids_referencing(needle: &Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let needle_s = needle.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for name in read_dir_names(Path::new("/proc")) {
+        let Ok(pid) = name.parse::<i32>() else {
+            continue;
+        };
+        if pid == me || !pid_alive(pid) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap_or_default();
+        if cmdline.contains(&needle_s) || root.starts_with(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Undo the octal escapes (`\040` for space...) of /proc/self/mountinfo.
+fn unescape_mount(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4);
+        if bytes[i] == b'\\' && octal.is_some_and(|o| o.iter().all(|c| (b'0'..=b'7').contains(c))) {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// (mount point, fs type) of every mount in our mount namespace, in mount order.
+pub fn mounts() -> Vec<(PathBuf, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let point = PathBuf::from(unescape_mount(fields.get(4)?));
+            Some((point, fields.get(sep + 1)?.to_string()))
+        })
+        .collect()
+}
+
+/// Mount points at or below `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    mounts()
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// Unmount everything at or below `dir`, newest first, lazily if a normal unmount fails.
+pub fn unmount_all_under(dir: &Path) -> Vec<PathBuf> {
+    for _ in 0..5 {
+        let mut points = mounts_under(dir);
+        if points.is_empty() {
+            break;
+        }
+        // Later entries may sit on top of earlier ones, so undo them in reverse.
+        points.reverse();
+        for p in points {
+            if umount2(&p, MntFlags::empty()).is_err() {
+                let _ = umount2(&p, MntFlags::MNT_DETACH);
+            }
+        }
+    }
+    mounts_under(dir)
+}
+
+/// Remove a named network namespace file, unmounting its nsfs bind first.
+pub fn remove_netns(path: &Path) {
+    if !path.exists() {
+        return;
+    }
+    for p in mounts_under(path) {
+        let _ = umount2(&p, MntFlags::MNT_DETACH);
+    }
+    if let Err(e) = std::fs::remove_file(path) {
+        log::warn!("removing netns {}: {e}", path.display());
+    }
+}
+
+/// True if a network interface of that name exists in our netns.
+pub fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Delete a network interface (our bridge) if it exists.
+pub fn remove_link(name: &str) {
+    if !link_exists(name) {
+        return;
+    }
+    match Command::new("ip").args(["link", "del", name]).output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => log::warn!(
+            "ip link del {name}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => log::warn!("ip link del {name}: {e}"),
+    }
+}
+
+/// All cgroup v1/v2 mount points, so per-controller copies of one cgroup can be found.
+pub fn cgroup_roots() -> Vec<PathBuf> {
+    mounts()
+        .into_iter()
+        .filter(|(_, fs)| fs == "cgroup" || fs == "cgroup2")
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Every existing directory `<hierarchy>/<rel>` over all cgroup hierarchies.
+pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() {
+        return Vec::new();
+    }
+    cgroup_roots()
+        .into_iter()
+        .map(|r| r.join(rel))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// Kill every process in a cgroup subtree, then remove its directories deepest first.
+pub fn remove_cgroup_tree(dir: &Path) {
+    if !dir.is_dir() {
+        return;
+    }
+    for _ in 0..10 {
+        let mut dirs = Vec::new();
+        collect_dirs(dir, &mut dirs);
+        let mut pids = Vec::new();
+        for d in &dirs {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        kill_pids(&pids);
+        // Children were pushed after their parents, so reverse order is deepest first.
+        for d in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+        if !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    log::warn!("cgroup {} could not be removed", dir.display());
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_path_buf());
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_dirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+/// `runc --root <root> delete --force <id>`, ignoring failures (the container may be gone).
+pub fn runc_force_delete(runc: &str, root: &Path, id: &str) {
+    let _ = Command::new(runc)
+        .arg("--root")
+        .arg(root)
+        .args(["delete", "--force", id])
+        .output();
+}
+
+/// Path of a shim socket from an `address` file (`unix:///run/containerd/s/<hash>`).
+pub fn socket_from_address(address: &str) -> Option<PathBuf> {
+    address
+        .strip_prefix("unix://")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}

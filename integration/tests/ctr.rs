@@ -1,0 +1,58 @@
+//! containerd-API-level parity tests: containers run with `ctr run` through each shim.
+
+use sturdy_integration::{parity_tests, Containerd, BUSYBOX_IMAGE, PAUSE_IMAGE};
+
+parity_tests! {
+    /// stdout reaches the client and a clean exit reports 0.
+    async fn run_captures_stdout(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let out = fx
+            .ctr_run(h, "hello", &["/bin/echo", "hello from", "busybox"])
+            .await
+            .expect("ctr run");
+        assert_eq!(out.exit_code, 0, "stderr: {}", out.stderr);
+        assert_eq!(out.stdout, "hello from busybox\n");
+    }
+
+    /// A container's non-zero exit code is propagated unchanged.
+    async fn run_propagates_exit_code(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let out = fx
+            .ctr_run(h, "fails", &["/bin/sh", "-c", "echo partial; exit 42"])
+            .await
+            .expect("ctr run");
+        assert_eq!(out.exit_code, 42, "stderr: {}", out.stderr);
+        assert_eq!(out.stdout, "partial\n");
+        let out = fx.ctr_run(h, "false", &["/bin/false"]).await.expect("ctr run");
+        assert_eq!(out.exit_code, 1, "stderr: {}", out.stderr);
+    }
+
+    /// Applets are real hard-linked executables, and the container is really isolated.
+    async fn run_execs_real_binaries(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let out = fx
+            .ctr_run(h, "ps", &["/bin/sh", "-c", "ls -i /bin/busybox /bin/cat | wc -l; ps -o pid,comm; true"])
+            .await
+            .expect("ctr run");
+        assert_eq!(out.exit_code, 0, "stderr: {}", out.stderr);
+        let mut lines = out.stdout.lines();
+        assert_eq!(lines.next().map(str::trim), Some("2"));
+        // A private PID namespace: the shell is PID 1 and ps is a separately exec'd binary.
+        let rest: Vec<&str> = lines.collect();
+        assert!(rest.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "sh"]), "{rest:?}");
+        assert!(rest.iter().any(|l| l.ends_with(" ps")), "{rest:?}");
+    }
+}
+
+/// The fixture imports both test images into its own namespace and CRI's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_imported_into_both_namespaces() {
+    let fx = Containerd::start().await.expect("start containerd");
+    assert!(!fx.version().await.expect("version").is_empty());
+    for ns in [fx.namespace(), sturdy_integration::CRI_NAMESPACE] {
+        let names = fx.image_names(ns).await.expect("list images");
+        for want in [BUSYBOX_IMAGE, PAUSE_IMAGE] {
+            assert!(names.iter().any(|n| n == want), "{want} missing in {ns}: {names:?}");
+        }
+    }
+}
