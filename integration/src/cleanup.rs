@@ -72,7 +72,17 @@ pub fn network_ns_path(spec: &serde_json::Value) -> Option<PathBuf> {
         .find(|n| n["type"] == "network")
         .and_then(|n| n["path"].as_str())
         .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
+        .map(|p| canonical_run(Path::new(p)))
+}
+
+/// Map `/var/run/...` to `/run/...` when that is a symlink, as mountinfo only shows the latter.
+pub fn canonical_run(path: &Path) -> PathBuf {
+    if let Ok(rest) = path.strip_prefix("/var/run") {
+        if std::fs::canonicalize("/var/run").ok().as_deref() == Some(Path::new("/run")) {
+            return Path::new("/run").join(rest);
+        }
+    }
+    path.to_path_buf()
 }
 
 /// Init PIDs and cgroup dirs recorded in runc's state under `<root>/<id>/state.json`.
@@ -241,7 +251,9 @@ pub fn remove_netns(path: &Path) {
     if !path.exists() {
         return;
     }
-    for p in mounts_under(path) {
+    // umount2 resolves symlinks itself; the mountinfo scan catches stacked mounts.
+    let _ = umount2(path, MntFlags::MNT_DETACH);
+    for p in mounts_under(&canonical_run(path)) {
         let _ = umount2(&p, MntFlags::MNT_DETACH);
     }
     if let Err(e) = std::fs::remove_file(path) {

@@ -1,0 +1,73 @@
+//! The fixture must leave nothing behind, however a test ends.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sturdy_integration::ctr::runtime_flags;
+use sturdy_integration::{container_config, Containerd, Footprint, Handler, BUSYBOX_IMAGE};
+
+/// Start a pod with a container plus a detached ctr container, so every kind of resource the
+/// fixture can cause exists: shims, container processes, overlay and shm mounts, a netns, the
+/// bridge, cgroups and shim sockets.
+async fn populate(fx: &Containerd) -> Footprint {
+    let mut cri = fx.cri().await.expect("cri client");
+    let pod_config = fx.pod_config("doomed");
+    let pod = cri.run_pod(Handler::Runc, &pod_config).await.expect("RunPodSandbox");
+    let ctr = cri
+        .create_container(&pod, container_config("sleeper", &["/bin/sleep", "3600"]), &pod_config)
+        .await
+        .expect("CreateContainer");
+    cri.start_container(&ctr).await.expect("StartContainer");
+
+    let mut args = vec!["run".to_string(), "-d".into()];
+    args.extend(runtime_flags(fx, Handler::Runc));
+    args.extend([BUSYBOX_IMAGE.to_string(), "detached".into(), "/bin/sleep".into(), "3600".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fx.ctr_in(fx.namespace(), &args, Duration::from_secs(60)).await.expect("ctr run -d");
+
+    let fp = fx.footprint();
+    // Guard against a vacuous pass: the footprint must actually contain things to clean.
+    assert!(fp.shim_pids.len() >= 2, "shims: {:?}", fp.shim_pids);
+    assert!(fp.container_pids.len() >= 3, "containers: {:?}", fp.container_pids);
+    assert!(!fp.netns.is_empty(), "no netns recorded");
+    assert!(fp.mounts.len() >= 3, "mounts: {:?}", fp.mounts);
+    assert!(!fp.cgroups.is_empty(), "no cgroups found");
+    assert!(!fp.shim_sockets.is_empty(), "no shim sockets found");
+    assert!(fp.leftovers().len() > 5, "footprint should be alive: {:?}", fp.leftovers());
+    fp
+}
+
+/// A test that panics mid-way still gets everything torn down by the fixture's Drop.
+#[test]
+fn drop_cleans_up_after_panic() {
+    let seen: Arc<Mutex<Option<Footprint>>> = Arc::default();
+    let seen2 = seen.clone();
+    let result = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let fx = Containerd::start().await.expect("start containerd");
+            *seen2.lock().unwrap() = Some(populate(&fx).await);
+            panic!("deliberate panic with a live pod");
+        })
+    })
+    .join();
+    assert!(result.is_err(), "the child thread should have panicked");
+    let fp = seen.lock().unwrap().take().expect("footprint recorded before the panic");
+    assert_eq!(fp.leftovers(), Vec::<String>::new());
+}
+
+/// Even with containerd SIGKILLed (no CRI to ask), Drop finds and removes what it caused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_cleans_up_after_containerd_was_killed() {
+    let fx = Containerd::start().await.expect("start containerd");
+    let fp = populate(&fx).await;
+    kill(Pid::from_raw(fx.pid()), Signal::SIGKILL).expect("kill containerd");
+    drop(fx);
+    assert_eq!(fp.leftovers(), Vec::<String>::new());
+}
