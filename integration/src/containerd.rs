@@ -261,7 +261,9 @@ impl Containerd {
 
     /// The pod /28 this instance owns.
     pub fn subnet(&self) -> &SubnetSlot {
-        self.subnet.as_ref().expect("subnet is acquired before start returns")
+        self.subnet
+            .as_ref()
+            .expect("subnet is acquired before start returns")
     }
 
     /// Private runc root; runc state lives in `<runc_root>/<namespace>/<id>`.
@@ -308,7 +310,10 @@ impl Containerd {
 
     /// Record a network namespace a pod of ours uses, so Drop removes it if CRI does not.
     pub fn record_netns(&self, path: PathBuf) {
-        self.netns.lock().unwrap_or_else(|e| e.into_inner()).insert(path);
+        self.netns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path);
     }
 
     pub(crate) fn netns_registry(&self) -> Arc<Mutex<BTreeSet<PathBuf>>> {
@@ -560,7 +565,13 @@ disabled_plugins = [
         );
         let container_pids = bundles.iter().filter_map(|b| b.init_pid).collect();
         let mut netns: BTreeSet<PathBuf> = bundles.iter().filter_map(|b| b.netns.clone()).collect();
-        netns.extend(self.netns.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
+        netns.extend(
+            self.netns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
         let mut cgroups = cleanup::cgroup_dirs(&self.cgroup_name);
         cgroups.extend(cleanup::cgroup_dirs(&self.namespace));
         Footprint {
@@ -641,7 +652,11 @@ disabled_plugins = [
             problems.push(format!("mounts left: {left:?}"));
         }
         let mut netns = before.netns.clone();
-        netns.extend(cleanup::bundles(&self.state_dir()).into_iter().filter_map(|b| b.netns));
+        netns.extend(
+            cleanup::bundles(&self.state_dir())
+                .into_iter()
+                .filter_map(|b| b.netns),
+        );
         for ns in &netns {
             cleanup::remove_netns(ns);
         }
@@ -782,7 +797,12 @@ impl Footprint {
         for m in mounts {
             out.push(format!("mount {} present", m.display()));
         }
-        for p in self.netns.iter().chain(&self.cgroups).chain(&self.shim_sockets) {
+        for p in self
+            .netns
+            .iter()
+            .chain(&self.cgroups)
+            .chain(&self.shim_sockets)
+        {
             if p.exists() {
                 out.push(format!("{} exists", p.display()));
             }

@@ -12,8 +12,8 @@ use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
     ListPodSandboxRequest, PodSandbox, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatus,
-    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
@@ -101,7 +101,10 @@ impl Cri {
             .into_inner()
             .pod_sandbox_id;
         if let Ok(Some(ns)) = self.pod_netns(&id).await {
-            self.netns.lock().unwrap_or_else(|e| e.into_inner()).insert(ns);
+            self.netns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(ns);
         }
         Ok(id)
     }

@@ -14,28 +14,50 @@ use sturdy_integration::{container_config, Containerd, Footprint, Handler, BUSYB
 async fn populate(fx: &Containerd) -> Footprint {
     let mut cri = fx.cri().await.expect("cri client");
     let pod_config = fx.pod_config("doomed");
-    let pod = cri.run_pod(Handler::Runc, &pod_config).await.expect("RunPodSandbox");
+    let pod = cri
+        .run_pod(Handler::Runc, &pod_config)
+        .await
+        .expect("RunPodSandbox");
     let ctr = cri
-        .create_container(&pod, container_config("sleeper", &["/bin/sleep", "3600"]), &pod_config)
+        .create_container(
+            &pod,
+            container_config("sleeper", &["/bin/sleep", "3600"]),
+            &pod_config,
+        )
         .await
         .expect("CreateContainer");
     cri.start_container(&ctr).await.expect("StartContainer");
 
     let mut args = vec!["run".to_string(), "-d".into()];
     args.extend(runtime_flags(fx, Handler::Runc));
-    args.extend([BUSYBOX_IMAGE.to_string(), "detached".into(), "/bin/sleep".into(), "3600".into()]);
+    args.extend([
+        BUSYBOX_IMAGE.to_string(),
+        "detached".into(),
+        "/bin/sleep".into(),
+        "3600".into(),
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    fx.ctr_in(fx.namespace(), &args, Duration::from_secs(60)).await.expect("ctr run -d");
+    fx.ctr_in(fx.namespace(), &args, Duration::from_secs(60))
+        .await
+        .expect("ctr run -d");
 
     let fp = fx.footprint();
     // Guard against a vacuous pass: the footprint must actually contain things to clean.
     assert!(fp.shim_pids.len() >= 2, "shims: {:?}", fp.shim_pids);
-    assert!(fp.container_pids.len() >= 3, "containers: {:?}", fp.container_pids);
+    assert!(
+        fp.container_pids.len() >= 3,
+        "containers: {:?}",
+        fp.container_pids
+    );
     assert!(!fp.netns.is_empty(), "no netns recorded");
     assert!(fp.mounts.len() >= 3, "mounts: {:?}", fp.mounts);
     assert!(!fp.cgroups.is_empty(), "no cgroups found");
     assert!(!fp.shim_sockets.is_empty(), "no shim sockets found");
-    assert!(fp.leftovers().len() > 5, "footprint should be alive: {:?}", fp.leftovers());
+    assert!(
+        fp.leftovers().len() > 5,
+        "footprint should be alive: {:?}",
+        fp.leftovers()
+    );
     fp
 }
 
@@ -58,7 +80,11 @@ fn drop_cleans_up_after_panic() {
     })
     .join();
     assert!(result.is_err(), "the child thread should have panicked");
-    let fp = seen.lock().unwrap().take().expect("footprint recorded before the panic");
+    let fp = seen
+        .lock()
+        .unwrap()
+        .take()
+        .expect("footprint recorded before the panic");
     assert_eq!(fp.leftovers(), Vec::<String>::new());
 }
 

@@ -52,7 +52,10 @@ async fn images_are_imported_into_both_namespaces() {
     for ns in [fx.namespace(), sturdy_integration::CRI_NAMESPACE] {
         let names = fx.image_names(ns).await.expect("list images");
         for want in [BUSYBOX_IMAGE, PAUSE_IMAGE] {
-            assert!(names.iter().any(|n| n == want), "{want} missing in {ns}: {names:?}");
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing in {ns}: {names:?}"
+            );
         }
     }
 }

@@ -1,0 +1,225 @@
+//! `sturdy-demo`: start a private containerd, run a busybox container through the sturdy shim
+//! (or the Go runc shim), print its output, and tear everything down again.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sturdy_integration::containerd::SHIM_BINARY;
+use sturdy_integration::ctr::shim_looks_real;
+use sturdy_integration::{container_config, Containerd, Handler};
+
+const USAGE: &str = "usage: sturdy-demo [--runtime sturdy|runc] [--shim PATH]
+
+Starts a private containerd under a temp dir (nothing system-wide is used), imports a locally
+built busybox image, runs a container through the chosen shim via ctr and via CRI, prints what
+it printed, then stops everything it started.
+
+  --runtime  sturdy (default; falls back to runc if the shim is missing or a stub) or runc
+  --shim     the containerd-shim-sturdy-v2 binary (default: next to this program, else
+             $STURDY_SHIM_BIN, else target/debug)";
+
+struct Args {
+    runtime: Handler,
+    shim: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut runtime = Handler::Sturdy;
+    let mut shim = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runtime" => {
+                let v = it.next().ok_or("--runtime needs a value")?;
+                runtime = Handler::from_name(&v).ok_or(format!("unknown runtime {v:?}"))?;
+            }
+            "--shim" => shim = Some(PathBuf::from(it.next().ok_or("--shim needs a value")?)),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let shim = shim.unwrap_or_else(|| {
+        // demo.sh builds both in release mode, so the matching shim sits next to us.
+        let sibling = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join(SHIM_BINARY)));
+        match sibling {
+            Some(p) if p.exists() && std::env::var_os("STURDY_SHIM_BIN").is_none() => p,
+            _ => sturdy_integration::containerd::default_shim_bin(),
+        }
+    });
+    Ok(Args { runtime, shim })
+}
+
+/// Decide which handler really runs, explaining any fallback.
+fn choose(args: &Args) -> Handler {
+    if args.runtime == Handler::Runc {
+        println!("==> runtime: runc (io.containerd.runc.v2, the Go shim), as requested");
+        return Handler::Runc;
+    }
+    if !args.shim.exists() {
+        println!(
+            "==> WARNING: sturdy shim binary not found at {}\n    falling back to runc (the Go shim io.containerd.runc.v2)",
+            args.shim.display()
+        );
+        return Handler::Runc;
+    }
+    if !shim_looks_real(&args.shim) {
+        println!(
+            "==> WARNING: {} is a stub (it does not answer `-v`)\n    falling back to runc (the Go shim io.containerd.runc.v2)",
+            args.shim.display()
+        );
+        return Handler::Runc;
+    }
+    println!(
+        "==> runtime: sturdy (io.containerd.sturdy.v2) using {}",
+        args.shim.display()
+    );
+    Handler::Sturdy
+}
+
+async fn demo(fx: &Containerd, h: Handler) -> Result<(), String> {
+    let script = "echo \"hello from a container run by $RUNTIME_NAME\"; \
+                  echo \"hostname: $(hostname)  user: $(id -un)  pid: $$\"; \
+                  echo 'processes:'; ps -o pid,comm; true";
+    println!(
+        "\n==> ctr run --rm --runtime {} {} demo sh -c …",
+        h.runtime_type(),
+        sturdy_integration::BUSYBOX_IMAGE
+    );
+    let opts = sturdy_integration::RunOptions {
+        extra_flags: vec!["--env".into(), format!("RUNTIME_NAME={}", h.runtime_type())],
+        ..Default::default()
+    };
+    let out = fx
+        .ctr_run_with(h, "demo", &["/bin/sh", "-c", script], opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    print!("{}", indent(&out.stdout));
+    if out.exit_code != 0 {
+        return Err(format!(
+            "container exited {}: {}",
+            out.exit_code, out.stderr
+        ));
+    }
+    println!("    (exit code {})", out.exit_code);
+
+    println!(
+        "\n==> CRI: RunPodSandbox (runtime_handler \"{}\") + container + ExecSync",
+        h.name()
+    );
+    let mut cri = fx.cri().await.map_err(|e| e.to_string())?;
+    let pod_config = fx.pod_config("demo");
+    let pod = cri
+        .run_pod(h, &pod_config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ip = cri.pod_ip(&pod).await.map_err(|e| e.to_string())?;
+    println!("    pod {} got IP {ip}", &pod[..12.min(pod.len())]);
+    let ctr = cri
+        .create_container(
+            &pod,
+            container_config("main", &["/bin/sleep", "3600"]),
+            &pod_config,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    cri.start_container(&ctr).await.map_err(|e| e.to_string())?;
+    let out = cri
+        .exec_sync(
+            &ctr,
+            &[
+                "/bin/sh",
+                "-c",
+                "echo exec in pod $(hostname); ip -4 -o addr show eth0",
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    print!("{}", indent(&out.stdout));
+    println!("    (exit code {})", out.exit_code);
+    cri.stop_pod(&pod).await.map_err(|e| e.to_string())?;
+    cri.remove_pod(&pod).await.map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!("exec exited {}: {}", out.exit_code, out.stderr));
+    }
+    Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    | {l}\n")).collect()
+}
+
+async fn run(args: Args) -> Result<Handler, String> {
+    let h = choose(&args);
+    println!("==> starting a private containerd");
+    let mut fx = Containerd::builder()
+        .shim_bin(&args.shim)
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "    dir {}\n    containerd {} (pid {}), pod subnet {}, images imported",
+        fx.dir().display(),
+        fx.version().await.unwrap_or_default(),
+        fx.pid(),
+        fx.subnet().cidr()
+    );
+    let result = tokio::select! {
+        r = demo(&fx, h) => r,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+    };
+    if let Err(e) = &result {
+        eprintln!(
+            "\n==> FAILED: {e}\n--- containerd log tail ---\n{}",
+            fx.log_tail(30)
+        );
+    }
+    println!("\n==> stopping containerd and removing everything it created");
+    let problems = fx.stop();
+    if !problems.is_empty() {
+        return Err(format!("cleanup left things behind: {problems:?}"));
+    }
+    println!("    clean");
+    result.map(|_| h)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("sturdy-demo: {e}\n");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sturdy-demo: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(h) => {
+            println!(
+                "\n==> done: the container ran through {} ({})",
+                h.name(),
+                h.runtime_type()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sturdy-demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
