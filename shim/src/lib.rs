@@ -1,1 +1,25 @@
-//! sturdy shim library.
+//! containerd-shim-sturdy-v2: a containerd shim v2 that wraps runc.
+//!
+//! Layers: [`bootstrap`] speaks containerd's shim binary protocol, [`service`] maps the
+//! ttrpc Task API onto [`container`]s and their [`process`]es, which drive runc only
+//! through the `runc-client` crate.
+
+pub mod bootstrap;
+pub mod cgroups;
+pub mod container;
+pub mod error;
+pub mod events;
+pub mod io;
+pub mod logging;
+pub mod options;
+pub mod process;
+pub mod record;
+pub mod service;
+
+/// Version reported by `-v` and Connect.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Source revision, when the build knew it.
+pub const REVISION: &str = match option_env!("STURDY_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};

@@ -1,1 +1,5 @@
-fn main() {}
+//! `containerd-shim-sturdy-v2` binary.
+
+fn main() {
+    std::process::exit(sturdy_shim::bootstrap::main());
+}

@@ -1,0 +1,544 @@
+//! The binary's three personalities, chosen by containerd's command line:
+//! `start` (launch or reuse the daemon and print its address), `delete` (clean up
+//! after a task without the daemon) and the daemon itself (serve the Task API).
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
+use containerd_shim::Flags;
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::{well_known_types::any::Any, Message};
+use containerd_shim_protos::shim_async::create_task;
+use containerd_shim_protos::ttrpc::r#async::{transport::Listener, Server};
+use runc_client::{Reaper, Runc, RuncConfig};
+use tokio::sync::Notify;
+
+use crate::cgroups;
+use crate::container::unmount;
+use crate::events::{timestamp, Events};
+use crate::logging;
+use crate::options::RuntimeOptions;
+use crate::record::Record;
+use crate::service::TaskService;
+
+/// Annotation grouping containers into one shim (set by users or other tools).
+pub const GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
+/// Annotation CRI sets on every container of a pod.
+pub const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// Environment variable naming the inherited listener fd of the daemon.
+const LISTEN_FD_ENV: &str = "STURDY_LISTEN_FD";
+/// The fd number the listener is handed down on.
+const LISTEN_FD: i32 = 3;
+/// Environment variable carrying containerd's TTRPC address.
+const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
+/// Upper bound on what `start` reads from stdin (containerd's own limit).
+const MAX_STDIN: u64 = 10 << 20;
+
+/// Entry point of `containerd-shim-sturdy-v2`; returns the process exit code.
+pub fn main() -> i32 {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("containerd-shim-sturdy-v2: {e}");
+            return 2;
+        }
+    };
+    if flags.version {
+        println!("containerd-shim-sturdy-v2:");
+        println!("  Version:  {}", crate::VERSION);
+        println!("  Revision: {}", crate::REVISION);
+        println!("  Runtime:  io.containerd.sturdy.v2 (Rust, wraps runc)");
+        return 0;
+    }
+    let result = match flags.action.as_str() {
+        "start" => start(&flags),
+        "delete" => delete(&flags),
+        "" => serve(&flags),
+        other => Err(format!(
+            "unknown action {other:?} (expected start or delete)"
+        )),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("containerd-shim-sturdy-v2 {}: {e}", flags.action);
+            1
+        }
+    }
+}
+
+/// What containerd passed to `start` on stdin.
+#[derive(Debug, Default)]
+struct StartInput {
+    /// containerd ≥ 2.3 sends BootstrapParams and wants a BootstrapResult back.
+    bootstrap: bool,
+    /// Runtime options, if any were passed.
+    options: Option<Any>,
+    /// containerd's TTRPC address when the params carried it.
+    ttrpc_address: Option<String>,
+    /// Socket directory requested by the params.
+    socket_dir: Option<String>,
+}
+
+impl StartInput {
+    /// Accepts nothing, a legacy options `Any`, or BootstrapParams, and never fails on
+    /// an unexpected payload: the address must still be printed.
+    fn parse(input: &[u8], flags: &Flags) -> Self {
+        if input.is_empty() {
+            return Self::default();
+        }
+        if let Ok(params) = BootstrapParams::parse_from_bytes(input) {
+            if params.instance_id == flags.id
+                && params.namespace == flags.namespace
+                && !params.containerd_ttrpc_address.is_empty()
+            {
+                let options = params
+                    .extensions
+                    .iter()
+                    .filter_map(|e| e.value.as_ref())
+                    .find(|a| a.type_url.ends_with("Options"))
+                    .cloned();
+                return Self {
+                    bootstrap: true,
+                    options,
+                    ttrpc_address: Some(params.containerd_ttrpc_address.clone()),
+                    socket_dir: params.socket_dir.clone().filter(|s| !s.is_empty()),
+                };
+            }
+        }
+        if let Ok(any) = Any::parse_from_bytes(input) {
+            if !any.type_url.is_empty() {
+                return Self {
+                    options: Some(any),
+                    ..Self::default()
+                };
+            }
+        }
+        // JSON-era or unknown payloads carry nothing we need for start.
+        Self::default()
+    }
+}
+
+/// The id of the shim a container belongs to: its group, its pod, or itself.
+pub fn grouping_id(bundle: &Path, id: &str) -> String {
+    let annotations = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("annotations").cloned());
+    for key in [GROUP_ANNOTATION, SANDBOX_ANNOTATION] {
+        if let Some(g) = annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .and_then(|g| g.as_str())
+            .filter(|g| !g.is_empty())
+        {
+            return g.to_string();
+        }
+    }
+    id.to_string()
+}
+
+fn socket_path(address: &str) -> &str {
+    address.strip_prefix("unix://").unwrap_or(address)
+}
+
+/// Binds the shim socket, or reports that a live shim already serves it.
+enum Bind {
+    Bound(UnixListener),
+    Live,
+}
+
+fn bind_or_reuse(address: &str) -> Result<Bind, String> {
+    let path = Path::new(socket_path(address));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    for _ in 0..2 {
+        match UnixListener::bind(path) {
+            Ok(l) => {
+                // Path sockets only, mode 0600: no other uid may talk to the shim
+                // (abstract sockets were CVE-2020-15257).
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+                return Ok(Bind::Bound(l));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if UnixStream::connect(path).is_ok() {
+                    return Ok(Bind::Live);
+                }
+                // A dead shim left its socket behind.
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e) => return Err(format!("listen on {}: {e}", path.display())),
+        }
+    }
+    Err(format!("cannot bind {}", path.display()))
+}
+
+fn start(flags: &Flags) -> Result<(), String> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .take(MAX_STDIN)
+        .read_to_end(&mut input)
+        .map_err(|e| format!("read stdin: {e}"))?;
+    let parsed = StartInput::parse(&input, flags);
+    let options = RuntimeOptions::from_any(parsed.options.as_ref()).unwrap_or_else(|e| {
+        // Create reports bad options with the container id; start must still succeed.
+        log::warn!("start: ignoring runtime options: {e}");
+        RuntimeOptions::default()
+    });
+    let bundle = std::env::current_dir().map_err(|e| format!("cwd: {e}"))?;
+    let grouping = grouping_id(&bundle, &flags.id);
+    let address = match &parsed.socket_dir {
+        Some(dir) => format!(
+            "unix://{}/{}",
+            dir.trim_end_matches('/'),
+            socket_path(&containerd_shim::socket_address(
+                &flags.address,
+                &flags.namespace,
+                &grouping
+            ))
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+        ),
+        None => containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping),
+    };
+
+    match bind_or_reuse(&address)? {
+        Bind::Live => {}
+        Bind::Bound(listener) => {
+            let pid = spawn_daemon(flags, &address, &parsed, listener)?;
+            std::fs::write(bundle.join("shim.pid"), pid.to_string())
+                .map_err(|e| format!("write shim.pid: {e}"))?;
+            if !options.shim_cgroup.is_empty() {
+                if let Err(e) = cgroups::add_shim_process(&options.shim_cgroup, pid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    let _ = std::fs::remove_file(socket_path(&address));
+                    return Err(format!(
+                        "move shim into cgroup {}: {e}",
+                        options.shim_cgroup
+                    ));
+                }
+            }
+            cgroups::adjust_oom_score(pid);
+        }
+    }
+    std::fs::write(bundle.join("address"), &address).map_err(|e| format!("write address: {e}"))?;
+
+    let mut out = std::io::stdout().lock();
+    if parsed.bootstrap {
+        let reply = BootstrapResult {
+            version: containerd_shim_protos::TASK_API_VERSION,
+            address: address.clone(),
+            protocol: "ttrpc".into(),
+            ..Default::default()
+        };
+        out.write_all(&reply.write_to_bytes().map_err(|e| e.to_string())?)
+    } else {
+        // containerd 1.6/1.7 read stdout and stderr together and expect the bare address.
+        out.write_all(address.as_bytes())
+    }
+    .and_then(|_| out.flush())
+    .map_err(|e| format!("write address: {e}"))
+}
+
+fn spawn_daemon(
+    flags: &Flags,
+    address: &str,
+    parsed: &StartInput,
+    listener: UnixListener,
+) -> Result<u32, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "-namespace",
+        &flags.namespace,
+        "-id",
+        &flags.id,
+        "-address",
+        &flags.address,
+    ])
+    .args(["-publish-binary", &flags.publish_binary, "-socket", address])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .env(LISTEN_FD_ENV, LISTEN_FD.to_string());
+    if flags.debug {
+        cmd.arg("-debug");
+    }
+    if let Some(ttrpc) = &parsed.ttrpc_address {
+        cmd.env(TTRPC_ADDRESS_ENV, ttrpc);
+    }
+    let fd = listener.into_raw_fd();
+    // SAFETY: only async-signal-safe calls (dup2, fcntl, setsid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Its own session: signals aimed at containerd's process group must not reach it.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if fd == LISTEN_FD {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, LISTEN_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn();
+    // SAFETY: fd came from into_raw_fd above and is owned here.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    let child = child.map_err(|e| format!("spawn shim daemon: {e}"))?;
+    Ok(child.id())
+}
+
+fn delete(flags: &Flags) -> Result<(), String> {
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir().map_err(|e| format!("cwd: {e}"))?
+    } else {
+        PathBuf::from(&flags.bundle)
+    };
+    let record = Record::load(&bundle).ok().flatten();
+    let (binary, root, systemd) = match &record {
+        Some(r) => (r.runtime.clone(), r.root.clone(), r.systemd_cgroup),
+        None => (
+            "runc".to_string(),
+            Record::runc_root("", &flags.namespace),
+            false,
+        ),
+    };
+    let pid = std::fs::read_to_string(bundle.join("init.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async {
+        let runc = Runc::new(
+            RuncConfig {
+                binary: PathBuf::from(binary),
+                root: Some(root),
+                systemd_cgroup: systemd,
+                ..RuncConfig::default()
+            },
+            Reaper::global(),
+        );
+        if let Err(e) = runc.delete(&flags.id, true).await {
+            if !e.is_not_found() {
+                eprintln!("runc delete --force {}: {e}", flags.id);
+            }
+        }
+    });
+    // Unmount even without a record: a half-removed bundle may still hold the mount.
+    unmount(&bundle.join("rootfs"));
+
+    let resp = DeleteResponse {
+        pid,
+        exit_status: 137,
+        exited_at: Some(timestamp(SystemTime::now())).into(),
+        ..Default::default()
+    };
+    let bytes = resp.write_to_bytes().map_err(|e| e.to_string())?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(|e| format!("write delete response: {e}"))
+}
+
+fn serve(flags: &Flags) -> Result<(), String> {
+    logging::init(flags.debug);
+    // Orphaned container processes must become our children so we can reap them.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        return Err(format!("PR_SET_CHILD_SUBREAPER: {e}"));
+    }
+    let listener = match std::env::var(LISTEN_FD_ENV) {
+        Ok(v) if v == LISTEN_FD.to_string() => {
+            // SAFETY: `start` handed this fd down for exactly this purpose.
+            let l = unsafe { UnixListener::from_raw_fd(LISTEN_FD) };
+            set_cloexec(l.as_raw_fd());
+            l
+        }
+        _ => match bind_or_reuse(&flags.socket)? {
+            Bind::Bound(l) => l,
+            Bind::Live => return Err(format!("{} is served by another shim", flags.socket)),
+        },
+    };
+    std::env::remove_var(LISTEN_FD_ENV);
+    let ttrpc_address = std::env::var(TTRPC_ADDRESS_ENV).map_err(|_| "TTRPC_ADDRESS is not set")?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let socket = flags.socket.clone();
+    let namespace = flags.namespace.clone();
+    let result = rt.block_on(async move {
+        let reaper = Reaper::global();
+        let publisher =
+            containerd_shim::asynchronous::publisher::RemotePublisher::new(&ttrpc_address)
+                .await
+                .map_err(|e| format!("connect to containerd at {ttrpc_address}: {e}"))?;
+        let shutdown = Arc::new(Notify::new());
+        let service = TaskService::new(
+            &namespace,
+            Events::new(Some(publisher), &namespace),
+            reaper,
+            shutdown.clone(),
+        );
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("listener: {e}"))?;
+        let listener = Listener::try_from(listener).map_err(|e| format!("listener: {e}"))?;
+        let mut server = Server::new()
+            .add_listener(listener)
+            .register_service(task_services(Arc::new(service)));
+        server
+            .start()
+            .await
+            .map_err(|e| format!("start ttrpc server: {e}"))?;
+        log::info!("serving on {socket}");
+
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| format!("signal: {e}"))?;
+        tokio::select! {
+            _ = shutdown.notified() => log::info!("shutdown requested"),
+            _ = term.recv() => log::info!("SIGTERM"),
+        }
+        // Let the Shutdown reply reach containerd before the socket disappears.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let _ = server.shutdown().await;
+        Ok::<(), String>(())
+    });
+    let _ = std::fs::remove_file(socket_path(&flags.socket));
+    result
+}
+
+/// Registers the Task service under both names containerd uses for it: 1.6 and 1.7
+/// call `containerd.task.v2.Task`, 2.x `containerd.task.v3.Task`; the messages are the
+/// same on the wire.
+fn task_services(
+    service: Arc<TaskService>,
+) -> std::collections::HashMap<String, containerd_shim_protos::ttrpc::r#async::Service> {
+    let mut services = create_task(service.clone());
+    if let Some(v3) = create_task(service).remove(TASK_V3) {
+        services.insert(TASK_V2.to_string(), v3);
+    }
+    services
+}
+
+/// ttrpc service name of the Task API in containerd 1.x.
+pub const TASK_V2: &str = "containerd.task.v2.Task";
+/// ttrpc service name of the Task API in containerd 2.x.
+pub const TASK_V3: &str = "containerd.task.v3.Task";
+
+fn set_cloexec(fd: i32) {
+    // SAFETY: plain fcntl on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> Flags {
+        Flags {
+            id: "c1".into(),
+            namespace: "k8s.io".into(),
+            address: "/run/containerd/containerd.sock".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn grouping_prefers_group_then_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(grouping_id(dir.path(), "c1"), "c1");
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::json!({"annotations": {SANDBOX_ANNOTATION: "pod1"}}).to_string(),
+        )
+        .unwrap();
+        assert_eq!(grouping_id(dir.path(), "c1"), "pod1");
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::json!({"annotations": {SANDBOX_ANNOTATION: "pod1", GROUP_ANNOTATION: "g"}})
+                .to_string(),
+        )
+        .unwrap();
+        assert_eq!(grouping_id(dir.path(), "c1"), "g");
+    }
+
+    #[test]
+    fn start_input_variants() {
+        let f = flags();
+        let empty = StartInput::parse(b"", &f);
+        assert!(!empty.bootstrap && empty.options.is_none());
+
+        let any = Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: vec![],
+            ..Default::default()
+        };
+        let legacy = StartInput::parse(&any.write_to_bytes().unwrap(), &f);
+        assert!(!legacy.bootstrap);
+        assert_eq!(
+            legacy.options.unwrap().type_url,
+            "containerd.runc.v1.Options"
+        );
+
+        let params = BootstrapParams {
+            instance_id: "c1".into(),
+            namespace: "k8s.io".into(),
+            containerd_ttrpc_address: "/run/containerd/containerd.sock.ttrpc".into(),
+            ..Default::default()
+        };
+        let boot = StartInput::parse(&params.write_to_bytes().unwrap(), &f);
+        assert!(boot.bootstrap);
+        assert_eq!(
+            boot.ttrpc_address.as_deref(),
+            Some("/run/containerd/containerd.sock.ttrpc")
+        );
+
+        // JSON-era payloads must not break start.
+        let json = StartInput::parse(br#"{"version":3,"address":"x"}"#, &f);
+        assert!(!json.bootstrap);
+    }
+
+    #[test]
+    fn bind_replaces_stale_and_reuses_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("unix://{}/s/abc", dir.path().display());
+        let l = match bind_or_reuse(&addr).unwrap() {
+            Bind::Bound(l) => l,
+            Bind::Live => panic!("nothing was listening"),
+        };
+        let mode = std::fs::metadata(socket_path(&addr))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(bind_or_reuse(&addr).unwrap(), Bind::Live));
+        drop(l); // socket file stays behind, stale
+        assert!(matches!(bind_or_reuse(&addr).unwrap(), Bind::Bound(_)));
+    }
+}

@@ -1,0 +1,291 @@
+//! A container: its bundle, the runc client configured for it, and its init process.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use containerd_shim_protos::api::CreateTaskRequest;
+use containerd_shim_protos::types::mount::Mount;
+use runc_client::{CreateOpts, Reaper, Runc, RuncConfig};
+
+use crate::error::{Error, Result};
+use crate::io::{self, StdioPaths};
+use crate::options::RuntimeOptions;
+use crate::process::{Process, Status};
+use crate::record::Record;
+
+/// How long exit handling waits for the last output to reach containerd's FIFOs.
+pub const IO_DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// A container managed by this shim.
+pub struct Container {
+    /// Container id.
+    pub id: String,
+    /// Bundle directory (containerd's state dir for the task).
+    pub bundle: PathBuf,
+    /// runc client configured with this container's options.
+    pub runc: Runc,
+    /// The init process.
+    pub init: Arc<Process>,
+    /// Runtime options it was created with.
+    pub options: RuntimeOptions,
+    /// Whether init has its own PID namespace (if not, its exit must kill the rest).
+    pub own_pid_namespace: bool,
+    mounted_rootfs: bool,
+}
+
+impl Container {
+    /// Validates the request, mounts the rootfs, runs `runc create` and records what a
+    /// later cleanup needs. Leaves nothing behind when it fails.
+    pub async fn create(req: &CreateTaskRequest, namespace: &str, reaper: Reaper) -> Result<Self> {
+        let id = req.id.as_str();
+        if id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "container id must not be empty".into(),
+            ));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(Error::Unimplemented("create from checkpoint"));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec_path = bundle.join("config.json");
+        let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "container {id}: bundle {}: cannot load config.json: {e}",
+                bundle.display()
+            ))
+        })?;
+        let options =
+            RuntimeOptions::from_any(req.options.as_ref()).map_err(|source| Error::Options {
+                id: id.to_string(),
+                source,
+            })?;
+        let own_pid_namespace = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .map(|ns| {
+                ns.iter().any(|n| {
+                    n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none()
+                })
+            })
+            .unwrap_or(false);
+
+        let root = Record::runc_root(&options.root, namespace);
+        let runc = Runc::new(
+            RuncConfig {
+                binary: PathBuf::from(options.binary()),
+                root: Some(root.clone()),
+                systemd_cgroup: options.systemd_cgroup,
+                log: Some(bundle.join("log.json")),
+                ..RuncConfig::default()
+            },
+            reaper,
+        );
+
+        let mounted_rootfs = !req.rootfs.is_empty();
+        let record = Record {
+            version: 1,
+            id: id.to_string(),
+            namespace: namespace.to_string(),
+            runtime: options.binary().to_string(),
+            root,
+            systemd_cgroup: options.systemd_cgroup,
+            mounted_rootfs,
+        };
+        record
+            .save(&bundle)
+            .map_err(|e| Error::io(id, "write sturdy.json into the bundle", e))?;
+
+        let rootfs = bundle.join("rootfs");
+        if mounted_rootfs {
+            mount_all(id, &req.rootfs, &rootfs).await?;
+        }
+
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let created = async {
+            let (pio, copiers) = io::prepare(id, &stdio, options.io_uid, options.io_gid)?;
+            let pid_file = bundle.join("init.pid");
+            let opts = CreateOpts {
+                pid_file: pid_file.clone(),
+                console_socket: None,
+                no_pivot: options.no_pivot_root,
+                no_new_keyring: options.no_new_keyring,
+                detach: true,
+                io: pio,
+                extra_files: Vec::new(),
+            };
+            runc.create(id, &bundle, &opts)
+                .await
+                .map_err(|e| Error::runc(id, e))?;
+            let pid = read_pid(id, &pid_file).await?;
+            Ok::<_, Error>(Process::created(id, pid, stdio.clone(), copiers))
+        }
+        .await;
+        let init = match created {
+            Ok(p) => p,
+            Err(e) => {
+                // Half-created containers must not outlive a failed Create.
+                if let Err(de) = runc.delete(id, true).await {
+                    if !de.is_not_found() {
+                        log::warn!("container {id}: cleanup after failed create: {de}");
+                    }
+                }
+                if mounted_rootfs {
+                    unmount(&rootfs);
+                }
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            id: id.to_string(),
+            bundle,
+            runc,
+            init: Arc::new(init),
+            options,
+            own_pid_namespace,
+            mounted_rootfs,
+        })
+    }
+
+    /// `runc start`; returns init's pid.
+    pub async fn start(&self) -> Result<i32> {
+        match self.init.status() {
+            Status::Created => {}
+            s => {
+                return Err(Error::FailedPrecondition {
+                    id: self.id.clone(),
+                    op: "start",
+                    state: s.to_string(),
+                })
+            }
+        }
+        self.runc
+            .start(&self.id)
+            .await
+            .map_err(|e| Error::runc(&self.id, e))?;
+        // A false here means init already exited; its exit is handled elsewhere.
+        self.init.set_running();
+        Ok(self.init.pid())
+    }
+
+    /// Signals init (or, with `all`, every process of the container).
+    pub async fn kill(&self, signal: u32, all: bool) -> Result<()> {
+        match self.init.status() {
+            Status::Stopped | Status::Deleted if !all => {
+                return Err(Error::NotFound {
+                    kind: "process (already finished)",
+                    id: self.id.clone(),
+                })
+            }
+            _ => {}
+        }
+        match self.runc.kill(&self.id, signal as i32, all).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() || self.init.status() == Status::Stopped => {
+                Err(Error::NotFound {
+                    kind: "process (already finished)",
+                    id: self.id.clone(),
+                })
+            }
+            Err(e) => Err(Error::runc(&self.id, e)),
+        }
+    }
+
+    /// Removes the container from runc and unmounts its rootfs.
+    ///
+    /// A created-but-never-started init is killed by `runc delete --force`; its exit is
+    /// awaited briefly so the caller can report a real status.
+    pub async fn delete(&self) -> Result<(i32, u32, SystemTime)> {
+        let status = self.init.status();
+        match status {
+            Status::Running | Status::Paused => {
+                return Err(Error::FailedPrecondition {
+                    id: self.id.clone(),
+                    op: "delete",
+                    state: status.to_string(),
+                })
+            }
+            Status::Deleted => {
+                return Err(Error::NotFound {
+                    kind: "container",
+                    id: self.id.clone(),
+                })
+            }
+            Status::Created | Status::Stopped => {}
+        }
+        if let Err(e) = self.runc.delete(&self.id, status == Status::Created).await {
+            if !e.is_not_found() {
+                return Err(Error::runc(&self.id, e));
+            }
+        }
+        if status == Status::Created {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.init.wait()).await;
+        }
+        self.init.copiers.lock().await.abort();
+        if self.mounted_rootfs {
+            unmount(&self.bundle.join("rootfs"));
+        }
+        let exited = self.init.exited();
+        self.init.set_deleted();
+        let (code, at) = exited
+            .map(|e| (e.status, e.at))
+            .unwrap_or((137, SystemTime::now()));
+        Ok((self.init.pid(), code, at))
+    }
+
+    /// Pids of every process in the container.
+    pub async fn pids(&self) -> Result<Vec<i32>> {
+        self.runc
+            .ps(&self.id)
+            .await
+            .map_err(|e| Error::runc(&self.id, e))
+    }
+}
+
+async fn read_pid(id: &str, path: &Path) -> Result<i32> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| Error::io(id, format!("read {}", path.display()), e))?;
+    text.trim().parse::<i32>().map_err(|_| {
+        Error::io(
+            id,
+            format!("parse {}", path.display()),
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{text:?}")),
+        )
+    })
+}
+
+async fn mount_all(id: &str, mounts: &[Mount], rootfs: &Path) -> Result<()> {
+    std::fs::create_dir_all(rootfs).map_err(|e| Error::io(id, "create rootfs dir", e))?;
+    for m in mounts {
+        if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, rootfs).await {
+            unmount(rootfs);
+            return Err(Error::io(
+                id,
+                format!("mount {} {} on {}", m.type_, m.source, rootfs.display()),
+                std::io::Error::other(e.to_string()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts everything at `target`, tolerating "not mounted".
+pub fn unmount(target: &Path) {
+    for _ in 0..16 {
+        match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return,
+            Err(e) => {
+                log::warn!("unmount {}: {e}", target.display());
+                return;
+            }
+        }
+    }
+}

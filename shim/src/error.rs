@@ -1,0 +1,132 @@
+//! Shim errors and their mapping onto ttrpc status codes containerd understands.
+
+use containerd_shim_protos::ttrpc::{self, Code};
+
+use crate::options::OptionsError;
+
+/// Everything a Task RPC can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No container or exec with that id lives in this shim.
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    /// The id is already taken.
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    /// The process is in a state that does not allow the operation.
+    #[error("container {id}: cannot {op} while {state}")]
+    FailedPrecondition {
+        id: String,
+        op: &'static str,
+        state: String,
+    },
+    /// The request was malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Runtime options were rejected.
+    #[error("container {id}: bad runtime options: {source}")]
+    Options {
+        id: String,
+        #[source]
+        source: OptionsError,
+    },
+    /// runc failed, timed out or could not be started.
+    #[error("container {id}: {source}")]
+    Runc {
+        id: String,
+        #[source]
+        source: runc_client::Error,
+    },
+    /// Host-side IO (mounts, FIFOs, files) failed.
+    #[error("container {id}: {context}: {source}")]
+    Io {
+        id: String,
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operation is not implemented yet.
+    #[error("{0} is not implemented by containerd-shim-sturdy-v2 yet")]
+    Unimplemented(&'static str),
+}
+
+/// Result alias for shim operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Wraps a runc-client error with the container id.
+    pub fn runc(id: &str, source: runc_client::Error) -> Self {
+        Error::Runc {
+            id: id.to_string(),
+            source,
+        }
+    }
+
+    /// Wraps an IO error with the container id and what was being done.
+    pub fn io(id: &str, context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            id: id.to_string(),
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The ttrpc code containerd maps back onto its errdefs.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::NotFound { .. } => Code::NOT_FOUND,
+            Error::AlreadyExists { .. } => Code::ALREADY_EXISTS,
+            Error::FailedPrecondition { .. } => Code::FAILED_PRECONDITION,
+            Error::InvalidArgument(_) | Error::Options { .. } => Code::INVALID_ARGUMENT,
+            Error::Unimplemented(_) => Code::UNIMPLEMENTED,
+            Error::Runc { source, .. } => {
+                if source.is_not_found() {
+                    Code::NOT_FOUND
+                } else if matches!(source, runc_client::Error::Timeout { .. }) {
+                    Code::DEADLINE_EXCEEDED
+                } else {
+                    Code::UNKNOWN
+                }
+            }
+            Error::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => Code::NOT_FOUND,
+                std::io::ErrorKind::InvalidInput => Code::INVALID_ARGUMENT,
+                _ => Code::INTERNAL,
+            },
+        }
+    }
+}
+
+impl From<Error> for ttrpc::Error {
+    fn from(e: Error) -> Self {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        let nf = Error::NotFound {
+            kind: "container",
+            id: "x".into(),
+        };
+        assert_eq!(nf.code(), Code::NOT_FOUND);
+        let fp = Error::FailedPrecondition {
+            id: "x".into(),
+            op: "start",
+            state: "stopped".into(),
+        };
+        assert_eq!(fp.code(), Code::FAILED_PRECONDITION);
+        assert_eq!(Error::Unimplemented("Pause").code(), Code::UNIMPLEMENTED);
+        match ttrpc::Error::from(nf) {
+            ttrpc::Error::RpcStatus(s) => {
+                assert_eq!(s.code(), Code::NOT_FOUND);
+                assert!(s.message.contains("\"x\""));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The ttrpc Task service: maps containerd's Task API onto containers and processes.
+//!
+//! No lock is held across a runc call: the container map is a short-lived std mutex,
+//! each container's work happens on its own `Arc`, so a slow Create of one container
+//! never delays State of another.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use containerd_shim_protos::api::{self, Empty};
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
+use containerd_shim_protos::types::task::{ProcessInfo, Status as TaskStatus};
+use runc_client::Reaper;
+use tokio::sync::Notify;
+
+use crate::container::{Container, IO_DRAIN_LIMIT};
+use crate::error::{Error, Result};
+use crate::events::{timestamp, Events};
+use crate::process::Status;
+
+/// How many exits nobody claimed are remembered for a process registered just after it died.
+const UNCLAIMED_EXITS: usize = 128;
+
+type TtrpcResult<T> = ttrpc::Result<T>;
+
+/// State shared by the RPC handlers and the exit loop.
+pub struct Shared {
+    namespace: String,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    unclaimed: Mutex<VecDeque<runc_client::Exit>>,
+    events: Events,
+    reaper: Reaper,
+    /// Fired when the shim should exit (Shutdown with no containers left).
+    pub shutdown: Arc<Notify>,
+}
+
+/// The Task service registered with the ttrpc server.
+#[derive(Clone)]
+pub struct TaskService {
+    shared: Arc<Shared>,
+}
+
+impl TaskService {
+    /// A service for `namespace`, publishing through `events`, learning exits from `reaper`.
+    pub fn new(namespace: &str, events: Events, reaper: Reaper, shutdown: Arc<Notify>) -> Self {
+        let shared = Arc::new(Shared {
+            namespace: namespace.to_string(),
+            containers: Mutex::new(HashMap::new()),
+            unclaimed: Mutex::new(VecDeque::new()),
+            events,
+            reaper,
+            shutdown,
+        });
+        // Subscribed before any container exists, so no init exit can be missed.
+        let mut exits = shared.reaper.subscribe();
+        let loop_shared = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            while let Some(exit) = exits.recv().await {
+                let Some(shared) = loop_shared.upgrade() else {
+                    break;
+                };
+                shared.handle_exit(exit).await;
+            }
+        });
+        Self { shared }
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>> {
+        self.shared
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                kind: "container",
+                id: id.to_string(),
+            })
+    }
+
+    fn check_exec(id: &str, exec_id: &str) -> Result<()> {
+        if exec_id.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::NotFound {
+                kind: "exec",
+                id: format!("{id}/{exec_id}"),
+            })
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn handle_exit(&self, exit: runc_client::Exit) {
+        let owner = self
+            .lock()
+            .values()
+            .find(|c| c.init.pid() == exit.pid)
+            .cloned();
+        let Some(c) = owner else {
+            // Mostly runc's own children; kept briefly in case a process is registered late.
+            let mut q = self.unclaimed.lock().unwrap_or_else(|p| p.into_inner());
+            if q.len() >= UNCLAIMED_EXITS {
+                q.pop_front();
+            }
+            q.push_back(exit);
+            return;
+        };
+        self.init_exited(c, exit.status as u32, exit.at).await;
+    }
+
+    async fn init_exited(&self, c: Arc<Container>, status: u32, at: SystemTime) {
+        if !c.init.set_exited(status, at) {
+            return;
+        }
+        if !c.own_pid_namespace {
+            // Without its own PID namespace nothing reaps the container's other processes.
+            if let Err(e) = c.runc.kill(&c.id, libc::SIGKILL, true).await {
+                log::debug!("container {}: kill --all after init exit: {e}", c.id);
+            }
+        }
+        c.init.copiers.lock().await.drain(IO_DRAIN_LIMIT).await;
+        self.events
+            .exited(&c.id, &c.id, c.init.pid(), status, at)
+            .await;
+    }
+
+    /// Claims an exit reaped before the pid was registered.
+    fn take_unclaimed(&self, pid: i32) -> Option<runc_client::Exit> {
+        let mut q = self.unclaimed.lock().unwrap_or_else(|p| p.into_inner());
+        let pos = q.iter().position(|e| e.pid == pid)?;
+        q.remove(pos)
+    }
+}
+
+fn status_of(s: Status) -> TaskStatus {
+    match s {
+        Status::Created => TaskStatus::CREATED,
+        Status::Running => TaskStatus::RUNNING,
+        Status::Paused => TaskStatus::PAUSED,
+        Status::Stopped | Status::Deleted => TaskStatus::STOPPED,
+    }
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        log::info!("create {} bundle {}", req.id, req.bundle);
+        if self.shared.lock().contains_key(&req.id) {
+            return Err(Error::AlreadyExists {
+                kind: "container",
+                id: req.id.clone(),
+            }
+            .into());
+        }
+        let c = Container::create(&req, &self.shared.namespace, self.shared.reaper.clone())
+            .await
+            .map_err(|e| {
+                log::error!("create {}: {e}", req.id);
+                e
+            })?;
+        let c = Arc::new(c);
+        let pid = c.init.pid();
+        {
+            let mut map = self.shared.lock();
+            if map.contains_key(&req.id) {
+                return Err(Error::AlreadyExists {
+                    kind: "container",
+                    id: req.id.clone(),
+                }
+                .into());
+            }
+            map.insert(req.id.clone(), c.clone());
+        }
+        self.shared
+            .events
+            .created(&req.id, &req.bundle, pid, &c.init.stdio)
+            .await;
+        if let Some(exit) = self.shared.take_unclaimed(pid) {
+            self.shared
+                .init_exited(c.clone(), exit.status as u32, exit.at)
+                .await;
+        }
+        Ok(api::CreateTaskResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        let c = self.container(&req.id)?;
+        Self::check_exec(&req.id, &req.exec_id)?;
+        let pid = c.start().await?;
+        self.shared.events.started(&req.id, pid).await;
+        Ok(api::StartResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        let c = self.container(&req.id)?;
+        Self::check_exec(&req.id, &req.exec_id)?;
+        let (pid, status, at) = c.delete().await?;
+        self.shared.lock().remove(&req.id);
+        self.shared.events.deleted(&req.id, pid, status, at).await;
+        Ok(api::DeleteResponse {
+            pid: pid as u32,
+            exit_status: status,
+            exited_at: Some(timestamp(at)).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let c = self.container(&req.id)?;
+        Self::check_exec(&req.id, &req.exec_id)?;
+        let p = &c.init;
+        let exited = p.exited();
+        Ok(api::StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.display().to_string(),
+            pid: p.pid() as u32,
+            status: status_of(p.status()).into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status: exited.map(|e| e.status).unwrap_or_default(),
+            exited_at: exited.map(|e| timestamp(e.at)).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
+        let c = self.container(&req.id)?;
+        Self::check_exec(&req.id, &req.exec_id)?;
+        c.kill(req.signal, req.all).await?;
+        Ok(Empty::new())
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        let c = self.container(&req.id)?;
+        Self::check_exec(&req.id, &req.exec_id)?;
+        let e = c.init.wait().await;
+        Ok(api::WaitResponse {
+            exit_status: e.status,
+            exited_at: Some(timestamp(e.at)).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        let c = self.container(&req.id)?;
+        let pids = c.pids().await?;
+        Ok(api::PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid: pid as u32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
+        let c = self.container(&req.id)?;
+        Self::check_exec(&req.id, &req.exec_id)?;
+        if req.stdin {
+            c.init.copiers.lock().await.close_stdin();
+        }
+        Ok(Empty::new())
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self
+            .shared
+            .lock()
+            .get(&req.id)
+            .map(|c| c.init.pid() as u32)
+            .unwrap_or_default();
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: crate::VERSION.to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<Empty> {
+        if self.shared.lock().is_empty() {
+            // Exit after this reply has been written.
+            self.shared.shutdown.notify_one();
+        }
+        Ok(Empty::new())
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<Empty> {
+        Err(Error::Unimplemented("Pause").into())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<Empty> {
+        Err(Error::Unimplemented("Resume").into())
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<Empty> {
+        Err(Error::Unimplemented("Checkpoint").into())
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
+        Err(Error::Unimplemented("Exec").into())
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ResizePtyRequest,
+    ) -> TtrpcResult<Empty> {
+        Err(Error::Unimplemented("ResizePty").into())
+    }
+
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<Empty> {
+        Err(Error::Unimplemented("Update").into())
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        Err(Error::Unimplemented("Stats").into())
+    }
+}
