@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Snapshot / compare everything the test suite could leak on the host.
+#   leak-check.sh snapshot FILE   record the current state
+#   leak-check.sh check FILE      fail (exit 1) if anything appeared since FILE was written
+set -euo pipefail
+
+state() {
+    # Live (non-zombie) containerd, shim and OCI runtime processes. PID 1 here may never reap
+    # orphaned shims, so zombies are dead processes, not leaks.
+    ps -eo pid=,stat=,comm= | awk '$2 !~ /^Z/ && $3 ~ /^(containerd|containerd-shim.*|runc|crun)$/ { print "process " $1 " " $3 }'
+    # Overlay mounts anywhere, and any mount inside a fixture dir or a named netns.
+    findmnt -rn -o TARGET,FSTYPE | awk '$2 == "overlay" || $1 ~ /sturdy-test-/ || $1 ~ /^\/run\/netns\// { print "mount " $1 " " $2 }'
+    # CNI network namespaces.
+    if [ -d /run/netns ]; then
+        find /run/netns -mindepth 1 -maxdepth 1 -name 'cni-*' -printf 'netns %p\n'
+    fi
+    # Fixture temp dirs.
+    find "${TMPDIR:-/tmp}" -mindepth 1 -maxdepth 1 -name 'sturdy-test-*' -printf 'tempdir %p\n'
+    # Fixture bridges (stu<hex>) and their veths' peers would show up as links.
+    ip -o link show | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }' | grep -E '^stu[0-9a-f]{8}$' | sed 's/^/link /' || true
+    # Fixture cgroups and shim sockets.
+    find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -name 'sturdy-*' -printf 'cgroup %p\n' 2>/dev/null || true
+    if [ -d /run/containerd/s ]; then
+        find /run/containerd/s -mindepth 1 -maxdepth 1 -printf 'shim-socket %p\n'
+    fi
+}
+
+case "${1:-}" in
+    snapshot)
+        state | sort >"$2"
+        ;;
+    check)
+        now=$(mktemp)
+        state | sort >"$now"
+        leaked=$(comm -13 "$2" "$now")
+        rm -f "$now"
+        if [ -n "$leaked" ]; then
+            echo "leak check: FAILED, the suite left these behind:" >&2
+            echo "$leaked" | sed 's/^/  /' >&2
+            exit 1
+        fi
+        echo "leak check: ok (no new containerd/shim/runc processes, overlay mounts, cni netns, sturdy-test-* dirs, bridges, cgroups or shim sockets)"
+        ;;
+    *)
+        echo "usage: $0 snapshot|check FILE" >&2
+        exit 2
+        ;;
+esac
