@@ -1,12 +1,13 @@
 //! A container: its bundle, the runc client configured for it, and its init process.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::api::CreateTaskRequest;
 use containerd_shim_protos::types::mount::Mount;
-use runc_client::{CreateOpts, Reaper, Runc, RuncConfig};
+use runc_client::{CreateOpts, ExecOpts, Reaper, Runc, RuncConfig};
 
 use crate::error::{Error, Result};
 use crate::io::{self, StdioPaths};
@@ -32,6 +33,14 @@ pub struct Container {
     /// Whether init has its own PID namespace (if not, its exit must kill the rest).
     pub own_pid_namespace: bool,
     mounted_rootfs: bool,
+    execs: Mutex<HashMap<String, Arc<Exec>>>,
+}
+
+/// An exec process and the spec it runs.
+pub struct Exec {
+    /// Lifecycle and stdio of the exec.
+    pub process: Arc<Process>,
+    spec: oci_spec::runtime::Process,
 }
 
 impl Container {
@@ -150,6 +159,155 @@ impl Container {
             options,
             own_pid_namespace,
             mounted_rootfs,
+            execs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Exec>>> {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The process `exec_id` names: init for an empty id, else an exec.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs()
+            .get(exec_id)
+            .map(|e| e.process.clone())
+            .ok_or_else(|| Error::NotFound {
+                kind: "exec",
+                id: format!("{}/{exec_id}", self.id),
+            })
+    }
+
+    /// Every exec process, for exit routing.
+    pub fn exec_processes(&self) -> Vec<Arc<Process>> {
+        self.execs().values().map(|e| e.process.clone()).collect()
+    }
+
+    /// Registers an exec (nothing runs until [`Container::start_exec`]).
+    pub fn add_exec(
+        &self,
+        exec_id: &str,
+        spec: oci_spec::runtime::Process,
+        stdio: StdioPaths,
+    ) -> Result<()> {
+        match self.init.status() {
+            Status::Running | Status::Paused => {}
+            s => {
+                return Err(Error::FailedPrecondition {
+                    id: self.id.clone(),
+                    op: "exec",
+                    state: s.to_string(),
+                })
+            }
+        }
+        let mut execs = self.execs();
+        if execs.contains_key(exec_id) {
+            return Err(Error::AlreadyExists {
+                kind: "exec",
+                id: format!("{}/{exec_id}", self.id),
+            });
+        }
+        let process = Process::created(exec_id, 0, stdio, Default::default());
+        execs.insert(
+            exec_id.to_string(),
+            Arc::new(Exec {
+                process: Arc::new(process),
+                spec,
+            }),
+        );
+        Ok(())
+    }
+
+    /// `runc exec --detach`; returns the exec's pid.
+    pub async fn start_exec(&self, exec_id: &str) -> Result<i32> {
+        let exec = self
+            .execs()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                kind: "exec",
+                id: format!("{}/{exec_id}", self.id),
+            })?;
+        let p = &exec.process;
+        if p.status() != Status::Created || p.pid() != 0 {
+            return Err(Error::FailedPrecondition {
+                id: self.id.clone(),
+                op: "start exec",
+                state: p.status().to_string(),
+            });
+        }
+        let (pio, copiers) =
+            io::prepare(&self.id, &p.stdio, self.options.io_uid, self.options.io_gid)?;
+        *p.copiers.lock().await = copiers;
+        let pid_file = self.bundle.join(format!("{exec_id}.pid"));
+        let opts = ExecOpts {
+            pid_file: pid_file.clone(),
+            console_socket: None,
+            detach: true,
+            io: pio,
+        };
+        let run = self.runc.exec(&self.id, &exec.spec, &opts).await;
+        // Our copies of the container-side pipe ends must go, or stdout never sees EOF.
+        drop(opts);
+        if let Err(e) = run {
+            p.copiers.lock().await.abort();
+            return Err(Error::runc(&self.id, e));
+        }
+        let pid = read_pid(&self.id, &pid_file).await;
+        let _ = std::fs::remove_file(&pid_file);
+        let pid = pid?;
+        p.set_pid(pid);
+        p.set_running();
+        Ok(pid)
+    }
+
+    /// Forgets a finished (or never started) exec.
+    pub async fn delete_exec(&self, exec_id: &str) -> Result<(i32, u32, SystemTime)> {
+        let p = self.process(exec_id)?;
+        match p.status() {
+            Status::Running | Status::Paused => {
+                return Err(Error::FailedPrecondition {
+                    id: self.id.clone(),
+                    op: "delete exec",
+                    state: p.status().to_string(),
+                })
+            }
+            _ => {}
+        }
+        self.execs().remove(exec_id);
+        p.copiers.lock().await.abort();
+        p.set_deleted();
+        let (code, at) = p
+            .exited()
+            .map(|e| (e.status, e.at))
+            .unwrap_or((0, SystemTime::now()));
+        Ok((p.pid(), code, at))
+    }
+
+    /// Signals an exec process directly, as runc has no notion of it.
+    pub fn kill_exec(&self, exec_id: &str, signal: u32) -> Result<()> {
+        let p = self.process(exec_id)?;
+        let pid = p.pid();
+        if pid <= 0 || matches!(p.status(), Status::Stopped | Status::Deleted) {
+            return Err(Error::NotFound {
+                kind: "process (already finished)",
+                id: format!("{}/{exec_id}", self.id),
+            });
+        }
+        let sig = nix::sys::signal::Signal::try_from(signal as i32)
+            .map_err(|_| Error::InvalidArgument(format!("signal {signal}")))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|e| {
+            if e == nix::errno::Errno::ESRCH {
+                Error::NotFound {
+                    kind: "process (already finished)",
+                    id: format!("{}/{exec_id}", self.id),
+                }
+            } else {
+                Error::io(&self.id, format!("kill exec {exec_id}"), e.into())
+            }
         })
     }
 

@@ -6,7 +6,9 @@
 use std::time::SystemTime;
 
 use containerd_shim::asynchronous::publisher::RemotePublisher;
-use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+};
 use containerd_shim_protos::protobuf::{well_known_types::timestamp::Timestamp, MessageDyn};
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::context::Context;
@@ -105,6 +107,29 @@ impl Events {
             ..Default::default()
         };
         self.send(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev))
+            .await
+    }
+
+    /// `/tasks/exec-added`.
+    pub async fn exec_added(&self, id: &str, exec_id: &str) {
+        let ev = TaskExecAdded {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.send(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev))
+            .await
+    }
+
+    /// `/tasks/exec-started`.
+    pub async fn exec_started(&self, id: &str, exec_id: &str, pid: i32) {
+        let ev = TaskExecStarted {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            pid: pid as u32,
+            ..Default::default()
+        };
+        self.send(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev))
             .await
     }
 }

@@ -88,6 +88,11 @@ impl Process {
         self.lock().pid
     }
 
+    /// Records the pid once runc reported it (execs learn theirs only at Start).
+    pub fn set_pid(&self, pid: i32) {
+        self.lock().pid = pid;
+    }
+
     /// Current lifecycle state.
     pub fn status(&self) -> Status {
         self.lock().status

@@ -19,10 +19,13 @@ use tokio::sync::Notify;
 use crate::container::{Container, IO_DRAIN_LIMIT};
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Events};
-use crate::process::Status;
+use crate::io::StdioPaths;
+use crate::process::{Process, Status};
 
 /// How many exits nobody claimed are remembered for a process registered just after it died.
 const UNCLAIMED_EXITS: usize = 128;
+/// How long init's exit event waits for its execs' exits.
+const EXEC_EXIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -80,17 +83,6 @@ impl TaskService {
                 id: id.to_string(),
             })
     }
-
-    fn check_exec(id: &str, exec_id: &str) -> Result<()> {
-        if exec_id.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::NotFound {
-                kind: "exec",
-                id: format!("{id}/{exec_id}"),
-            })
-        }
-    }
 }
 
 impl Shared {
@@ -99,11 +91,14 @@ impl Shared {
     }
 
     async fn handle_exit(&self, exit: runc_client::Exit) {
-        let owner = self
-            .lock()
-            .values()
-            .find(|c| c.init.pid() == exit.pid)
-            .cloned();
+        let containers: Vec<Arc<Container>> = self.lock().values().cloned().collect();
+        for c in &containers {
+            if let Some(p) = c.exec_processes().into_iter().find(|p| p.pid() == exit.pid) {
+                self.exec_exited(c, &p, exit.status as u32, exit.at).await;
+                return;
+            }
+        }
+        let owner = containers.into_iter().find(|c| c.init.pid() == exit.pid);
         let Some(c) = owner else {
             // Mostly runc's own children; kept briefly in case a process is registered late.
             let mut q = self.unclaimed.lock().unwrap_or_else(|p| p.into_inner());
@@ -126,10 +121,34 @@ impl Shared {
                 log::debug!("container {}: kill --all after init exit: {e}", c.id);
             }
         }
+        // containerd requires init's exit to come after the exits of all its execs;
+        // they die with the PID namespace, so this wait is short.
+        let execs = c.exec_processes();
+        let all_execs = async {
+            for p in execs {
+                if p.pid() > 0 {
+                    p.wait().await;
+                }
+            }
+        };
+        if tokio::time::timeout(EXEC_EXIT_LIMIT, all_execs)
+            .await
+            .is_err()
+        {
+            log::warn!("container {}: execs still alive after init exit", c.id);
+        }
         c.init.copiers.lock().await.drain(IO_DRAIN_LIMIT).await;
         self.events
             .exited(&c.id, &c.id, c.init.pid(), status, at)
             .await;
+    }
+
+    async fn exec_exited(&self, c: &Container, p: &Process, status: u32, at: SystemTime) {
+        if !p.set_exited(status, at) {
+            return;
+        }
+        p.copiers.lock().await.drain(IO_DRAIN_LIMIT).await;
+        self.events.exited(&c.id, &p.id, p.pid(), status, at).await;
     }
 
     /// Claims an exit reaped before the pid was registered.
@@ -204,7 +223,23 @@ impl Task for TaskService {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         let c = self.container(&req.id)?;
-        Self::check_exec(&req.id, &req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            let pid = c.start_exec(&req.exec_id).await?;
+            self.shared
+                .events
+                .exec_started(&req.id, &req.exec_id, pid)
+                .await;
+            if let Some(exit) = self.shared.take_unclaimed(pid) {
+                let p = c.process(&req.exec_id)?;
+                self.shared
+                    .exec_exited(&c, &p, exit.status as u32, exit.at)
+                    .await;
+            }
+            return Ok(api::StartResponse {
+                pid: pid as u32,
+                ..Default::default()
+            });
+        }
         let pid = c.start().await?;
         self.shared.events.started(&req.id, pid).await;
         Ok(api::StartResponse {
@@ -219,7 +254,15 @@ impl Task for TaskService {
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
         let c = self.container(&req.id)?;
-        Self::check_exec(&req.id, &req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            let (pid, status, at) = c.delete_exec(&req.exec_id).await?;
+            return Ok(api::DeleteResponse {
+                pid: pid as u32,
+                exit_status: status,
+                exited_at: Some(timestamp(at)).into(),
+                ..Default::default()
+            });
+        }
         let (pid, status, at) = c.delete().await?;
         self.shared.lock().remove(&req.id);
         self.shared.events.deleted(&req.id, pid, status, at).await;
@@ -237,8 +280,7 @@ impl Task for TaskService {
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
         let c = self.container(&req.id)?;
-        Self::check_exec(&req.id, &req.exec_id)?;
-        let p = &c.init;
+        let p = c.process(&req.exec_id)?;
         let exited = p.exited();
         Ok(api::StateResponse {
             id: req.id.clone(),
@@ -251,14 +293,18 @@ impl Task for TaskService {
             terminal: p.stdio.terminal,
             exit_status: exited.map(|e| e.status).unwrap_or_default(),
             exited_at: exited.map(|e| timestamp(e.at)).into(),
+            exec_id: req.exec_id.clone(),
             ..Default::default()
         })
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
         let c = self.container(&req.id)?;
-        Self::check_exec(&req.id, &req.exec_id)?;
-        c.kill(req.signal, req.all).await?;
+        if req.exec_id.is_empty() {
+            c.kill(req.signal, req.all).await?;
+        } else {
+            c.kill_exec(&req.exec_id, req.signal)?;
+        }
         Ok(Empty::new())
     }
 
@@ -268,8 +314,7 @@ impl Task for TaskService {
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
         let c = self.container(&req.id)?;
-        Self::check_exec(&req.id, &req.exec_id)?;
-        let e = c.init.wait().await;
+        let e = c.process(&req.exec_id)?.wait().await;
         Ok(api::WaitResponse {
             exit_status: e.status,
             exited_at: Some(timestamp(e.at)).into(),
@@ -298,9 +343,8 @@ impl Task for TaskService {
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
         let c = self.container(&req.id)?;
-        Self::check_exec(&req.id, &req.exec_id)?;
         if req.stdin {
-            c.init.copiers.lock().await.close_stdin();
+            c.process(&req.exec_id)?.copiers.lock().await.close_stdin();
         }
         Ok(Empty::new())
     }
@@ -352,8 +396,31 @@ impl Task for TaskService {
         Err(Error::Unimplemented("Checkpoint").into())
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
-        Err(Error::Unimplemented("Exec").into())
+    async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
+        let c = self.container(&req.id)?;
+        if req.exec_id.is_empty() {
+            return Err(Error::InvalidArgument("exec id must not be empty".into()).into());
+        }
+        let spec_bytes = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.as_slice())
+            .unwrap_or_default();
+        let spec: oci_spec::runtime::Process = serde_json::from_slice(spec_bytes).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "exec {}/{}: bad process spec: {e}",
+                req.id, req.exec_id
+            ))
+        })?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        c.add_exec(&req.exec_id, spec, stdio)?;
+        self.shared.events.exec_added(&req.id, &req.exec_id).await;
+        Ok(Empty::new())
     }
 
     async fn resize_pty(
