@@ -43,13 +43,12 @@ impl fmt::Display for Handler {
     }
 }
 
-/// THE switch for the sturdy variants of parity tests: wraps them in `#[ignore]` until the
-/// shim is real. The shim engineer deletes the `#[ignore ...]` line below (issue 4).
+/// THE switch for the sturdy variants of parity tests: it used to wrap them in `#[ignore]`
+/// until the shim was real; since issue 4 they run like the oracle's.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __sturdy_variant {
     ($item:item) => {
-        #[ignore = "sturdy shim lands in issue 4"]
         $item
     };
 }
