@@ -297,6 +297,9 @@ fn spawn_daemon(
             } else if libc::dup2(fd, LISTEN_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Whatever containerd leaked to us without CLOEXEC must not live on in the
+            // daemon (and from there reach runc and containers).
+            libc::syscall(libc::SYS_close_range, LISTEN_FD + 1, u32::MAX, 0);
             Ok(())
         });
     }

@@ -1,0 +1,294 @@
+//! Shim lifecycle parity (issue 4): every expectation holds for the Go shim (`runc`) and
+//! for `sturdy` alike. Containers are started with ctr and then driven through
+//! containerd's Tasks API, the way containerd clients and the CRI plugin drive a shim.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use containerd_client::services::v1::{
+    DeleteTaskRequest, GetRequest, KillRequest, ListPidsRequest, WaitRequest,
+};
+use containerd_client::with_namespace;
+use sturdy_integration::ctr::runtime_flags;
+use sturdy_integration::k8s_cri::v1::{
+    ContainerState, RemovePodSandboxRequest, StopPodSandboxRequest,
+};
+use sturdy_integration::{
+    cleanup, container_config, parity_tests, Containerd, Handler, BUSYBOX_IMAGE,
+};
+use tonic::{Code, Request};
+
+const T: Duration = Duration::from_secs(60);
+
+/// `ctr run -d` a busybox container through `h`.
+async fn run_detached(fx: &Containerd, h: Handler, id: &str, cmd: &[&str]) {
+    let fifo = fx.fifo_dir().to_string_lossy().into_owned();
+    let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--fifo-dir".into(), fifo];
+    args.extend(runtime_flags(fx, h));
+    args.push(BUSYBOX_IMAGE.into());
+    args.push(id.into());
+    args.extend(cmd.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fx.ctr_in(fx.namespace(), &args, T)
+        .await
+        .expect("ctr run -d");
+}
+
+async fn task_pid(fx: &Containerd, id: &str) -> u32 {
+    let mut tasks = fx.client().await.expect("client").tasks();
+    let req = GetRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    let resp = tasks
+        .get(with_namespace!(req, fx.namespace()))
+        .await
+        .expect("Tasks.Get");
+    resp.into_inner().process.expect("process").pid
+}
+
+async fn remove_container(fx: &Containerd, id: &str) {
+    fx.ctr_in(fx.namespace(), &["containers", "rm", id], T)
+        .await
+        .expect("ctr containers rm");
+}
+
+/// Shim processes serving this containerd right now.
+fn shim_pids(fx: &Containerd) -> Vec<i32> {
+    fx.footprint()
+        .shim_pids
+        .into_iter()
+        .filter(|p| cleanup::pid_alive(*p))
+        .collect()
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+parity_tests! {
+    /// Kill with SIGTERM and SIGKILL, Wait for the status, list Pids, Delete the task; a
+    /// second Kill of a finished process is NotFound.
+    async fn kill_wait_pids_delete(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        for (id, signal, want) in [("term", 15u32, 143u32), ("kill", 9, 137)] {
+            run_detached(&fx, h, id, &["/bin/sh", "-c", "trap 'exit 143' TERM; while :; do sleep 1; done"]).await;
+            let pid = task_pid(&fx, id).await;
+            assert!(pid > 1, "init pid {pid}");
+
+            let mut tasks = fx.client().await.expect("client").tasks();
+            let req = ListPidsRequest { container_id: id.into() };
+            let pids: BTreeSet<u32> = tasks
+                .list_pids(with_namespace!(req, fx.namespace()))
+                .await
+                .expect("ListPids")
+                .into_inner()
+                .processes
+                .iter()
+                .map(|p| p.pid)
+                .collect();
+            assert!(pids.contains(&pid), "{pids:?} lacks init {pid}");
+
+            let waiter = {
+                let mut tasks = tasks.clone();
+                let ns = fx.namespace().to_string();
+                let req = WaitRequest { container_id: id.into(), exec_id: String::new() };
+                tokio::spawn(async move { tasks.wait(with_namespace!(req, ns)).await })
+            };
+            let req = KillRequest { container_id: id.into(), exec_id: String::new(), signal, all: false };
+            tasks.kill(with_namespace!(req, fx.namespace())).await.expect("Kill");
+            let waited = tokio::time::timeout(T, waiter)
+                .await
+                .expect("Wait returned")
+                .expect("join")
+                .expect("Wait")
+                .into_inner();
+            assert_eq!(waited.exit_status, want, "{id}");
+
+            let req = KillRequest { container_id: id.into(), exec_id: String::new(), signal: 9, all: false };
+            let err = tasks
+                .kill(with_namespace!(req, fx.namespace()))
+                .await
+                .expect_err("kill of a finished process");
+            assert_eq!(err.code(), Code::NotFound, "{err}");
+
+            let req = DeleteTaskRequest { container_id: id.into() };
+            let deleted = tasks
+                .delete(with_namespace!(req, fx.namespace()))
+                .await
+                .expect("Delete")
+                .into_inner();
+            assert_eq!(deleted.exit_status, want);
+            assert_eq!(deleted.pid, pid);
+            assert!(!cleanup::pid_alive(pid as i32), "init {pid} survived");
+            remove_container(&fx, id).await;
+        }
+        assert!(wait_until(Duration::from_secs(10), || shim_pids(&fx).is_empty()), "shims left: {:?}", shim_pids(&fx));
+    }
+
+    /// A process that exits before anyone waits still reports its status to a later Wait.
+    async fn exits_immediately(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let out = fx.ctr_run(h, "quick", &["/bin/true"]).await.expect("ctr run");
+        assert_eq!(out.exit_code, 0, "stderr: {}", out.stderr);
+
+        run_detached(&fx, h, "gone", &["/bin/sh", "-c", "exit 9"]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut tasks = fx.client().await.expect("client").tasks();
+        let req = WaitRequest { container_id: "gone".into(), exec_id: String::new() };
+        let waited = tokio::time::timeout(T, tasks.wait(with_namespace!(req, fx.namespace())))
+            .await
+            .expect("Wait returned")
+            .expect("Wait")
+            .into_inner();
+        assert_eq!(waited.exit_status, 9);
+        let req = DeleteTaskRequest { container_id: "gone".into() };
+        let deleted = tasks.delete(with_namespace!(req, fx.namespace())).await.expect("Delete").into_inner();
+        assert_eq!(deleted.exit_status, 9);
+        remove_container(&fx, "gone").await;
+    }
+
+    /// A missing entrypoint is a clear error and leaves no task, shim or mount behind.
+    async fn missing_entrypoint(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let out = fx.ctr_run(h, "nope", &["/bin/does-not-exist"]).await.expect("ctr run");
+        assert_ne!(out.exit_code, 0);
+        assert!(
+            out.stderr.contains("no such file or directory") || out.stderr.contains("not found"),
+            "unclear error: {}",
+            out.stderr
+        );
+        let tasks = fx.ctr_in(fx.namespace(), &["tasks", "ls", "-q"], T).await.expect("tasks ls");
+        assert!(tasks.stdout.trim().is_empty(), "tasks left: {}", tasks.stdout);
+        let _ = fx.ctr_raw(fx.namespace(), &["containers", "rm", "nope"], T).await;
+        assert!(wait_until(Duration::from_secs(10), || shim_pids(&fx).is_empty()), "shims left: {:?}", shim_pids(&fx));
+        let fp = fx.footprint();
+        let rootfs_mounts: Vec<_> = fp.mounts.iter().filter(|m| m.ends_with("rootfs")).collect();
+        assert!(rootfs_mounts.is_empty(), "rootfs still mounted: {rootfs_mounts:?}");
+    }
+
+    /// The container's init holds only its stdio: no fd of the shim leaks into it.
+    async fn init_inherits_only_stdio(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        run_detached(&fx, h, "fds", &["/bin/sleep", "300"]).await;
+        let pid = task_pid(&fx, "fds").await;
+        let fds: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("read fds")
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let want: BTreeSet<String> = ["0", "1", "2"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(fds, want);
+        let mut tasks = fx.client().await.expect("client").tasks();
+        let req = KillRequest { container_id: "fds".into(), exec_id: String::new(), signal: 9, all: false };
+        tasks.kill(with_namespace!(req, fx.namespace())).await.expect("Kill");
+        let req = WaitRequest { container_id: "fds".into(), exec_id: String::new() };
+        tasks.wait(with_namespace!(req, fx.namespace())).await.expect("Wait");
+        let req = DeleteTaskRequest { container_id: "fds".into() };
+        tasks.delete(with_namespace!(req, fx.namespace())).await.expect("Delete");
+        remove_container(&fx, "fds").await;
+    }
+
+    /// A pod's sandbox and both its containers share one shim process.
+    async fn one_shim_per_pod(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let mut cri = fx.cri().await.expect("cri client");
+        let pod_config = fx.pod_config("pair");
+        let pod = cri.run_pod(h, &pod_config).await.expect("RunPodSandbox");
+        for name in ["one", "two"] {
+            let c = cri
+                .create_container(&pod, container_config(name, &["/bin/sleep", "3600"]), &pod_config)
+                .await
+                .expect("CreateContainer");
+            cri.start_container(&c).await.expect("StartContainer");
+        }
+        let shims = shim_pids(&fx);
+        assert_eq!(shims.len(), 1, "expected one shim for the pod, found {shims:?}");
+        let addresses: BTreeSet<String> = cleanup::bundles(&fx.state_dir())
+            .into_iter()
+            .filter_map(|b| b.address)
+            .collect();
+        assert_eq!(addresses.len(), 1, "{addresses:?}");
+        cri.stop_pod(&pod).await.expect("StopPodSandbox");
+        cri.remove_pod(&pod).await.expect("RemovePodSandbox");
+        assert!(wait_until(Duration::from_secs(10), || shim_pids(&fx).is_empty()), "shims left: {:?}", shim_pids(&fx));
+    }
+
+    /// Stop and Remove of a pod are idempotent; an unknown pod is NotFound.
+    async fn stop_remove_idempotent(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let mut cri = fx.cri().await.expect("cri client");
+        let pod_config = fx.pod_config("twice");
+        let pod = cri.run_pod(h, &pod_config).await.expect("RunPodSandbox");
+        let c = cri
+            .create_container(&pod, container_config("main", &["/bin/sleep", "3600"]), &pod_config)
+            .await
+            .expect("CreateContainer");
+        cri.start_container(&c).await.expect("StartContainer");
+        cri.stop_pod(&pod).await.expect("StopPodSandbox");
+        cri.stop_pod(&pod).await.expect("second StopPodSandbox");
+        cri.remove_pod(&pod).await.expect("RemovePodSandbox");
+        cri.remove_pod(&pod).await.expect("second RemovePodSandbox");
+        let err = cri
+            .runtime
+            .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: "no-such-pod".into() })
+            .await
+            .expect_err("StopPodSandbox of an unknown pod");
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+        // containerd treats removing an unknown sandbox as done; both shims agree.
+        cri.runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: "no-such-pod".into() })
+            .await
+            .expect("RemovePodSandbox of an unknown pod");
+    }
+
+    /// 10 MiB written to stdout reaches the CRI log file complete and in order.
+    async fn logs_complete_10mib(h: Handler) {
+        const LAST: u64 = 1_500_000; // `seq 1 1500000` prints 10.4 MiB
+        let fx = Containerd::start().await.expect("start containerd");
+        let mut cri = fx.cri().await.expect("cri client");
+        let pod_config = fx.pod_config("logs");
+        let pod = cri.run_pod(h, &pod_config).await.expect("RunPodSandbox");
+        let last = LAST.to_string();
+        let c = cri
+            .create_container(&pod, container_config("seq", &["/bin/seq", "1", &last]), &pod_config)
+            .await
+            .expect("CreateContainer");
+        cri.start_container(&c).await.expect("StartContainer");
+        let end = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            let s = cri.container_status(&c).await.expect("ContainerStatus");
+            if s.state == ContainerState::ContainerExited as i32 || Instant::now() > end {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(status.state, ContainerState::ContainerExited as i32);
+        assert_eq!(status.exit_code, 0);
+        let log = std::fs::read_to_string(&status.log_path).expect("read container log");
+        // CRI log lines: "<time> <stream> <P|F> <content>"; P marks a partial line.
+        let mut lines = Vec::new();
+        let mut partial = String::new();
+        for raw in log.lines() {
+            let mut parts = raw.splitn(4, ' ');
+            let (_, stream, tag) = (parts.next(), parts.next(), parts.next());
+            assert_eq!(stream, Some("stdout"), "{raw}");
+            partial.push_str(parts.next().unwrap_or_default());
+            if tag == Some("F") {
+                lines.push(std::mem::take(&mut partial));
+            }
+        }
+        assert_eq!(lines.len() as u64, LAST, "lines lost");
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(l, &(i as u64 + 1).to_string(), "line {i} out of order");
+        }
+        cri.stop_pod(&pod).await.expect("StopPodSandbox");
+        cri.remove_pod(&pod).await.expect("RemovePodSandbox");
+    }
+}
