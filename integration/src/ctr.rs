@@ -150,6 +150,19 @@ impl Containerd {
         run_command("ctr", &args, opts.timeout).await
     }
 
+    /// `ctr run -d`: start a busybox container through `handler` and leave it running.
+    pub async fn ctr_run_detached(&self, handler: Handler, id: &str, cmd: &[&str]) -> Result<()> {
+        let mut args: Vec<String> = vec!["run".into(), "-d".into()];
+        args.extend(runtime_flags(self, handler));
+        args.push(BUSYBOX_IMAGE.into());
+        args.push(id.into());
+        args.extend(cmd.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ctr_in(self.namespace(), &args, Duration::from_secs(60))
+            .await?;
+        Ok(())
+    }
+
     /// Names of the images in a namespace.
     pub async fn image_names(&self, ns: &str) -> Result<Vec<String>> {
         let out = self

@@ -64,6 +64,8 @@ macro_rules! parity_tests {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
+            #[allow(unused_imports)]
+            use $crate::Handler;
 
             async fn body($h: $crate::Handler) $body
 

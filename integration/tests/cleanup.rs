@@ -1,12 +1,10 @@
 //! The fixture must leave nothing behind, however a test ends.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sturdy_integration::ctr::runtime_flags;
-use sturdy_integration::{container_config, Containerd, Footprint, Handler, BUSYBOX_IMAGE};
+use sturdy_integration::{container_config, Containerd, Footprint, Handler};
 
 /// Start a pod with a container plus a detached ctr container, so every kind of resource the
 /// fixture can cause exists: shims, container processes, overlay and shm mounts, a netns, the
@@ -28,16 +26,7 @@ async fn populate(fx: &Containerd) -> Footprint {
         .expect("CreateContainer");
     cri.start_container(&ctr).await.expect("StartContainer");
 
-    let mut args = vec!["run".to_string(), "-d".into()];
-    args.extend(runtime_flags(fx, Handler::Runc));
-    args.extend([
-        BUSYBOX_IMAGE.to_string(),
-        "detached".into(),
-        "/bin/sleep".into(),
-        "3600".into(),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    fx.ctr_in(fx.namespace(), &args, Duration::from_secs(60))
+    fx.ctr_run_detached(Handler::Runc, "detached", &["/bin/sleep", "3600"])
         .await
         .expect("ctr run -d");
 

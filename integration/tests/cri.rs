@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use sturdy_integration::k8s_cri::v1::{ContainerState, PodSandboxState};
-use sturdy_integration::{container_config, parity_tests, Containerd};
+use sturdy_integration::{container_config, parity_tests, Containerd, CRI_NAMESPACE};
 
 parity_tests! {
     /// The whole pod lifecycle a kubelet drives, with exec output and exit codes checked.
@@ -16,6 +16,8 @@ parity_tests! {
         let status = cri.pod_status(&pod).await.expect("PodSandboxStatus");
         assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
         assert_eq!(status.runtime_handler, h.name());
+        let exe = fx.shim_exe(CRI_NAMESPACE, &pod).expect("sandbox shim process");
+        assert_eq!(exe, fx.expected_shim_exe(h), "sandbox served by the wrong shim");
         let ip = cri.pod_ip(&pod).await.expect("pod ip");
         assert_eq!(ip.octets()[..3], [198, 18, 0], "pod ip {ip}");
         assert!(fx.subnet().contains(ip), "{ip} outside {}", fx.subnet().cidr());

@@ -27,6 +27,23 @@ parity_tests! {
         assert_eq!(out.exit_code, 1, "stderr: {}", out.stderr);
     }
 
+    /// The task really runs under the handler's shim binary, with runc state in the private
+    /// root the fixture configured (so a misrouted runtime cannot pass as parity).
+    async fn task_runs_under_its_shim(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        fx.ctr_run_detached(h, "resident", &["/bin/sleep", "3600"])
+            .await
+            .expect("ctr run -d");
+        let bundle = fx.bundle(fx.namespace(), "resident").expect("task bundle");
+        let exe = fx.shim_exe(fx.namespace(), "resident").expect("shim process");
+        assert_eq!(exe, fx.expected_shim_exe(h), "task served by the wrong shim");
+        let state = fx.runc_root().join(fx.namespace()).join("resident").join("state.json");
+        assert!(state.exists(), "runc state not in the private root: {}", state.display());
+        let init = bundle.init_pid.expect("init.pid in bundle");
+        let comm = std::fs::read_to_string(format!("/proc/{init}/comm")).expect("init comm");
+        assert_eq!(comm.trim(), "sleep");
+    }
+
     /// Applets are real hard-linked executables, and the container is really isolated.
     async fn run_execs_real_binaries(h: Handler) {
         let fx = Containerd::start().await.expect("start containerd");
