@@ -356,3 +356,40 @@ pub fn socket_from_address(address: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mount(r"/tmp/a\040b\011c"), "/tmp/a b\tc");
+        assert_eq!(unescape_mount(r"/plain\9"), r"/plain\9");
+    }
+
+    #[test]
+    fn liveness_follows_the_process() {
+        assert!(pid_alive(std::process::id() as i32));
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(pid_alive(pid));
+        assert_eq!(kill_pids(&[pid]), Vec::<i32>::new());
+        // Dead but not yet reaped: a zombie must already count as gone.
+        assert!(!pid_alive(pid));
+        child.wait().unwrap();
+        assert!(!pid_alive(pid));
+    }
+
+    #[test]
+    fn mounts_are_listed_and_filtered() {
+        assert!(mounts_under(Path::new("/proc")).contains(&PathBuf::from("/proc")));
+        assert!(mounts_under(Path::new("/nonexistent-sturdy")).is_empty());
+    }
+
+    #[test]
+    fn run_paths_are_canonical() {
+        let p = canonical_run(Path::new("/var/run/netns/cni-1"));
+        assert!(p == Path::new("/run/netns/cni-1") || p == Path::new("/var/run/netns/cni-1"));
+        assert_eq!(canonical_run(Path::new("/tmp/x")), PathBuf::from("/tmp/x"));
+    }
+}

@@ -860,3 +860,85 @@ impl Footprint {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_slots_are_disjoint_slices_of_the_pod_network() {
+        let a = SubnetSlot::acquire().unwrap();
+        let b = SubnetSlot::acquire().unwrap();
+        assert_ne!(a.index, b.index, "a held slot was handed out twice");
+        for s in [&a, &b] {
+            assert_eq!(s.network().octets()[..3], [198, 18, 0]);
+            assert_eq!(s.network().octets()[3] % 16, 0);
+            assert!(s.contains(s.gateway()));
+            assert!(!s.contains(Ipv4Addr::from(u32::from(s.network()) + 16)));
+        }
+        assert!(!a.contains(b.gateway()));
+        let index = a.index;
+        drop(a);
+        // Released on drop: the same slot can be taken again.
+        let mut held = Vec::new();
+        while let Ok(s) = SubnetSlot::acquire() {
+            let found = s.index == index;
+            held.push(s);
+            if found {
+                return;
+            }
+        }
+        panic!("slot {index} was not released: {held:?}");
+    }
+
+    #[test]
+    fn config_keeps_everything_in_the_temp_dir() {
+        let fx = Containerd {
+            dir: PathBuf::from("/tmp/sturdy-test-unit"),
+            suffix: "0123abcd".into(),
+            namespace: "sturdy-0123abcd".into(),
+            cgroup_name: "sturdy-0123abcd".into(),
+            bridge: "stu0123abcd".into(),
+            network: "sturdy-0123abcd".into(),
+            socket: PathBuf::from("/tmp/sturdy-test-unit/containerd.sock"),
+            shim_bin: PathBuf::from("/nonexistent"),
+            child: None,
+            pid: 0,
+            // A lock on a private file: this test must not take one of the shared slots.
+            subnet: Some(SubnetSlot {
+                index: 3,
+                _lock: Flock::lock(tempfile::tempfile().unwrap(), FlockArg::LockExclusive)
+                    .map_err(|(_, e)| e)
+                    .unwrap(),
+            }),
+            netns: Arc::default(),
+            cleaned: true,
+        };
+        let cfg = fx.config_toml();
+        for key in ["root", "state"] {
+            let line = cfg
+                .lines()
+                .find(|l| l.starts_with(&format!("{key} =")))
+                .unwrap();
+            assert!(line.contains("/tmp/sturdy-test-unit/"), "{line}");
+        }
+        for want in [
+            "restrict_oom_score_adj = true",
+            "sandbox_image = \"sturdy.local/pause:3\"",
+            "runtime_type = \"io.containerd.runc.v2\"",
+            "runtime_type = \"io.containerd.sturdy.v2\"",
+            "default_runtime_name = \"runc\"",
+            "Root = \"/tmp/sturdy-test-unit/runc\"",
+        ] {
+            assert!(cfg.contains(want), "missing {want}");
+        }
+        let cni: serde_json::Value = serde_json::from_str(&fx.cni_conflist()).unwrap();
+        let bridge = &cni["plugins"][0];
+        assert_eq!(bridge["bridge"], "stu0123abcd");
+        assert_eq!(bridge["ipMasq"], false);
+        assert!(bridge["bridge"].as_str().unwrap().len() <= 15);
+        let range = &bridge["ipam"]["ranges"][0][0];
+        assert_eq!(range["subnet"], "198.18.0.48/28");
+        assert_eq!(range["gateway"], "198.18.0.49");
+    }
+}

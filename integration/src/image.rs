@@ -240,3 +240,101 @@ pub fn default_archive() -> Result<&'static [u8]> {
     let built = oci_archive(&default_images()?)?;
     Ok(CACHE.get_or_init(|| built))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Read;
+
+    fn unpack(archive: &[u8]) -> HashMap<String, Vec<u8>> {
+        let mut out = HashMap::new();
+        let mut a = tar::Archive::new(archive);
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            out.insert(path, data);
+        }
+        out
+    }
+
+    fn blob<'a>(files: &'a HashMap<String, Vec<u8>>, digest: &str) -> &'a [u8] {
+        let hexd = digest.strip_prefix("sha256:").expect("sha256 digest");
+        let data = &files[&format!("blobs/sha256/{hexd}")];
+        assert_eq!(
+            sha256_hex(data),
+            hexd,
+            "blob content does not match its digest"
+        );
+        data
+    }
+
+    #[test]
+    fn archive_is_a_consistent_oci_layout() {
+        let files = unpack(default_archive().unwrap());
+        assert!(files.contains_key("oci-layout"));
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        let manifests = index["manifests"].as_array().unwrap();
+        let names: Vec<&str> = manifests
+            .iter()
+            .map(|m| {
+                m["annotations"]["io.containerd.image.name"]
+                    .as_str()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(names, [BUSYBOX_IMAGE, PAUSE_IMAGE]);
+        for m in manifests {
+            let manifest: serde_json::Value =
+                serde_json::from_slice(blob(&files, m["digest"].as_str().unwrap())).unwrap();
+            let config: serde_json::Value = serde_json::from_slice(blob(
+                &files,
+                manifest["config"]["digest"].as_str().unwrap(),
+            ))
+            .unwrap();
+            assert_eq!(config["architecture"], oci_arch());
+            let layer = blob(&files, manifest["layers"][0]["digest"].as_str().unwrap());
+            let mut raw = Vec::new();
+            flate2::read::GzDecoder::new(layer)
+                .read_to_end(&mut raw)
+                .unwrap();
+            // containerd checks the uncompressed digest against diff_ids when unpacking.
+            assert_eq!(
+                config["rootfs"]["diff_ids"][0],
+                format!("sha256:{}", sha256_hex(&raw))
+            );
+        }
+    }
+
+    #[test]
+    fn layer_has_busybox_and_hard_linked_applets() {
+        let layer = busybox_layer(&host_busybox().unwrap()).unwrap();
+        let mut a = tar::Archive::new(layer.as_slice());
+        let mut links = HashMap::new();
+        let mut busybox_size = 0;
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            match e.header().entry_type() {
+                tar::EntryType::Link => {
+                    let target = e.link_name().unwrap().unwrap();
+                    links.insert(path, target.to_string_lossy().into_owned());
+                }
+                _ if path == "bin/busybox" => busybox_size = e.header().size().unwrap(),
+                _ => {}
+            }
+        }
+        assert!(busybox_size > 100_000, "busybox missing or truncated");
+        for applet in [
+            "sh", "echo", "cat", "sleep", "true", "false", "ls", "ps", "id", "env",
+        ] {
+            assert_eq!(
+                links.get(&format!("bin/{applet}")).map(String::as_str),
+                Some("bin/busybox"),
+                "{applet}"
+            );
+        }
+    }
+}
