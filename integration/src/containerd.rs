@@ -166,6 +166,7 @@ impl Builder {
 
     /// Create the temp dir, write the config, start containerd and import the images.
     pub async fn start(self) -> Result<Containerd> {
+        reap_stale_fixtures();
         let dir = tempfile::Builder::new()
             .prefix("sturdy-test-")
             .tempdir()
@@ -187,11 +188,17 @@ impl Builder {
             subnet: None,
             netns: Arc::new(Mutex::new(BTreeSet::new())),
             cleaned: false,
+            owner: None,
         };
         // From here on Drop cleans whatever got created if a later step fails.
+        fx.owner = Some(lock_file(
+            &fx.dir.join("owner.lock"),
+            FlockArg::LockExclusive,
+        )?);
         fx.subnet = Some(SubnetSlot::acquire()?);
         fx.prepare()?;
         fx.spawn()?;
+        fx.write_record()?;
         fx.wait_ready(self.start_timeout).await?;
         if self.import_images {
             fx.import_images().await?;
@@ -216,6 +223,8 @@ pub struct Containerd {
     subnet: Option<SubnetSlot>,
     netns: Arc<Mutex<BTreeSet<PathBuf>>>,
     cleaned: bool,
+    /// Held for the fixture's lifetime; a lockable owner.lock means the owner died.
+    owner: Option<Flock<File>>,
 }
 
 impl Containerd {
@@ -590,6 +599,19 @@ disabled_plugins = [
         }
     }
 
+    /// Persist what teardown needs, so a later fixture can reap this one if our process dies
+    /// without unwinding (SIGKILL, Ctrl-C of `cargo test`).
+    fn write_record(&self) -> Result<()> {
+        let record = serde_json::json!({
+            "suffix": self.suffix,
+            "pid": self.pid,
+            "shim_bin": self.shim_bin,
+        });
+        let path = self.dir.join("fixture.json");
+        std::fs::write(&path, serde_json::to_vec(&record)?)
+            .ctx(|| format!("writing {}", path.display()))
+    }
+
     /// The task bundle of container `id` in namespace `ns`, if containerd has one.
     pub fn bundle(&self, ns: &str, id: &str) -> Option<cleanup::Bundle> {
         let mut b = cleanup::bundles(&self.state_dir())
@@ -725,6 +747,7 @@ disabled_plugins = [
             }
         }
         self.subnet = None;
+        self.owner = None;
         problems.extend(before.leftovers());
         for p in &problems {
             eprintln!("sturdy-integration cleanup [{}]: {p}", self.suffix);
@@ -784,6 +807,71 @@ impl Drop for Containerd {
     }
 }
 
+fn lock_file(path: &Path, arg: FlockArg) -> Result<Flock<File>> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ctx(|| format!("opening {}", path.display()))?;
+    Flock::lock(file, arg).map_err(|(_, e)| Error::Io {
+        context: format!("locking {}", path.display()),
+        source: e.into(),
+    })
+}
+
+/// Tear down fixtures whose test process died without running Drop.
+///
+/// A live fixture holds an flock on its `owner.lock`; if we can take it, the owner is gone
+/// (the kernel dropped its lock), and whoever holds the lock does the cleanup, so two
+/// reapers never work on the same dir. Dirs without `fixture.json` are still being set up.
+pub fn reap_stale_fixtures() -> Vec<PathBuf> {
+    let tmp = std::env::temp_dir();
+    let mut reaped = Vec::new();
+    for name in cleanup::read_dir_names(&tmp) {
+        if !name.starts_with("sturdy-test-") {
+            continue;
+        }
+        let dir = tmp.join(&name);
+        let Ok(raw) = std::fs::read(dir.join("fixture.json")) else {
+            continue;
+        };
+        let Ok(lock) = lock_file(&dir.join("owner.lock"), FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+            continue;
+        };
+        let Some(suffix) = rec["suffix"].as_str() else {
+            continue;
+        };
+        eprintln!(
+            "sturdy-integration: reaping fixture {} left by a dead test process",
+            dir.display()
+        );
+        let mut fx = Containerd {
+            namespace: format!("sturdy-{suffix}"),
+            cgroup_name: format!("sturdy-{suffix}"),
+            bridge: format!("stu{suffix}"),
+            network: format!("sturdy-{suffix}"),
+            socket: dir.join("containerd.sock"),
+            shim_bin: PathBuf::from(rec["shim_bin"].as_str().unwrap_or_default()),
+            dir: dir.clone(),
+            suffix: suffix.to_string(),
+            // Not our child: its command line names our dir, so the PID scan kills it.
+            child: None,
+            pid: rec["pid"].as_i64().unwrap_or(0) as i32,
+            subnet: None,
+            netns: Arc::default(),
+            cleaned: false,
+            owner: Some(lock),
+        };
+        fx.stop();
+        reaped.push(dir);
+    }
+    reaped
+}
+
 /// Last `lines` lines of a (possibly large) log file.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let Ok(mut f) = File::open(path) else {
@@ -799,7 +887,7 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 }
 
 /// Everything one fixture caused, captured so a test can check it is all gone afterwards.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Footprint {
     /// The containerd daemon.
     pub containerd_pid: i32,
@@ -913,6 +1001,7 @@ mod tests {
             }),
             netns: Arc::default(),
             cleaned: true,
+            owner: None,
         };
         let cfg = fx.config_toml();
         for key in ["root", "state"] {

@@ -86,3 +86,57 @@ async fn drop_cleans_up_after_containerd_was_killed() {
     drop(fx);
     assert_eq!(fp.leftovers(), Vec::<String>::new());
 }
+
+/// Marks the re-executed test binary as the doomed fixture owner.
+const CHILD_ENV: &str = "STURDY_TEST_DOOMED_CHILD";
+
+/// Not a test of its own: the body of the child process `stale_fixture_is_reaped` kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process for stale_fixture_of_a_killed_process_is_reaped"]
+async fn doomed_child() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    let fx = Containerd::start().await.expect("start containerd");
+    let fp = populate(&fx).await;
+    println!("FOOTPRINT {}", serde_json::to_string(&fp).unwrap());
+    tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+}
+
+/// A test process SIGKILLed mid-test (no Drop at all) leaves a fixture behind; the next
+/// fixture start reaps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_fixture_of_a_killed_process_is_reaped() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "doomed_child", "--ignored", "--nocapture"])
+        .env(CHILD_ENV, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("re-exec test binary");
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("FOOTPRINT ").map(String::from))
+    })
+    .await
+    .unwrap();
+    // Kill our own child before asserting, so a failed assertion cannot leave it running.
+    child.kill().expect("kill child");
+    child.wait().expect("reap child");
+    let fp: Footprint = serde_json::from_str(&line.expect("child printed its footprint")).unwrap();
+    assert!(
+        !fp.leftovers().is_empty(),
+        "the killed child should have leaked"
+    );
+
+    let fx = Containerd::builder()
+        .without_images()
+        .start()
+        .await
+        .expect("start containerd");
+    assert_eq!(fp.leftovers(), Vec::<String>::new());
+    drop(fx);
+}
