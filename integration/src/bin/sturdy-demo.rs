@@ -117,6 +117,10 @@ async fn demo(fx: &Containerd, h: Handler) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let ip = cri.pod_ip(&pod).await.map_err(|e| e.to_string())?;
     println!("    pod {} got IP {ip}", &pod[..12.min(pod.len())]);
+    match fx.shim_exe(sturdy_integration::CRI_NAMESPACE, &pod) {
+        Some(exe) => println!("    pod served by shim {}", exe.display()),
+        None => return Err("no shim process found for the pod".into()),
+    }
     let ctr = cri
         .create_container(
             &pod,
@@ -132,7 +136,7 @@ async fn demo(fx: &Containerd, h: Handler) -> Result<(), String> {
             &[
                 "/bin/sh",
                 "-c",
-                "echo exec in pod $(hostname); ip -4 -o addr show eth0",
+                "echo exec in pod $(hostname); ip -4 -o addr show eth0 | awk '{print $2, $4}'",
             ],
             Duration::from_secs(10),
         )
