@@ -1,0 +1,157 @@
+//! Busybox bundles and cleanup guards for tests and benches that drive the real runc.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use runc_client::{Reaper, Runc, RuncConfig};
+
+/// Whether real-runc tests can run here; they need root, runc and busybox.
+pub fn runc_available() -> bool {
+    nix::unistd::geteuid().is_root()
+        && Path::new("/usr/bin/busybox").exists()
+        && std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join("runc").exists()))
+            .unwrap_or(false)
+}
+
+/// A private runc state root, removed with everything in it.
+pub struct Root {
+    pub dir: tempfile::TempDir,
+}
+
+impl Root {
+    pub fn new() -> Root {
+        Root {
+            dir: tempfile::Builder::new()
+                .prefix("runc-client-root")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn client(&self) -> Runc {
+        Runc::new(
+            RuncConfig {
+                root: Some(self.dir.path().to_path_buf()),
+                pipe_size: Some(4096),
+                ..Default::default()
+            },
+            Reaper::global(),
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique container id (also used for its cgroup path).
+pub fn unique_id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An OCI bundle with a busybox rootfs, removed on drop.
+pub struct Bundle {
+    pub dir: tempfile::TempDir,
+}
+
+impl Bundle {
+    /// A bundle running `args`; `edit` may adjust the config JSON further.
+    pub fn new(id: &str, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> Bundle {
+        let dir = tempfile::Builder::new()
+            .prefix("runc-client-bundle")
+            .tempdir()
+            .unwrap();
+        let bin = dir.path().join("rootfs/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for d in ["proc", "dev", "sys", "tmp", "etc"] {
+            std::fs::create_dir_all(dir.path().join("rootfs").join(d)).unwrap();
+        }
+        std::fs::copy("/usr/bin/busybox", bin.join("busybox")).unwrap();
+        for applet in ["sh", "sleep", "cat", "echo", "true", "ls"] {
+            std::fs::hard_link(bin.join("busybox"), bin.join(applet)).unwrap();
+        }
+        let mut config = serde_json::to_value(oci_spec::runtime::Spec::default()).unwrap();
+        config["process"]["args"] = serde_json::json!(args);
+        config["process"]["terminal"] = false.into();
+        config["root"] = serde_json::json!({"path": "rootfs", "readonly": false});
+        config["hostname"] = "runc-client-test".into();
+        // A cgroup of its own, so update and stats observe only this container.
+        config["linux"]["cgroupsPath"] = format!("/runc-client-test-{id}").into();
+        edit(&mut config);
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
+        Bundle { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
+    }
+}
+
+/// Force-deletes a container when dropped, even while a test is panicking.
+pub struct ContainerGuard {
+    pub runc: Runc,
+    pub id: String,
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let runc = self.runc.clone();
+        let id = self.id.clone();
+        // Drop may run inside a runtime, where blocking on another future is not allowed.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                match runc.delete(&id, true).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => eprintln!("cleanup of container {id} failed: {e}"),
+                }
+            })
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Sets a sysctl for the guard's lifetime and restores the old value on drop, panics included.
+pub struct SysctlGuard {
+    path: PathBuf,
+    old: String,
+}
+
+impl SysctlGuard {
+    pub fn set(path: &str, value: &str) -> SysctlGuard {
+        let old = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, value).unwrap();
+        SysctlGuard {
+            path: path.into(),
+            old,
+        }
+    }
+}
+
+impl Drop for SysctlGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(&self.path, self.old.trim()) {
+            eprintln!("could not restore {}: {e}", self.path.display());
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The client against the real runc, with busybox bundles and a private --root.
+//!
+//! Needs root, runc and busybox; skipped (with a message) otherwise.
+
+mod common;
+
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use common::{runc_available, unique_id, Bundle, ContainerGuard, Root, SysctlGuard};
+use runc_client::{ConsoleSocket, CreateOpts, ExecOpts, Pipe, ProcessIo, Runc};
+
+macro_rules! require_runc {
+    () => {
+        if !runc_available() {
+            eprintln!("skipping: needs root, runc and /usr/bin/busybox");
+            return;
+        }
+    };
+}
+
+async fn wait_status(runc: &Runc, id: &str, want: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = runc.state(id).await.unwrap().status;
+        if status == want || Instant::now() > end {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn process(args: &[&str]) -> oci_spec::runtime::Process {
+    let mut p = serde_json::to_value(oci_spec::runtime::Process::default()).unwrap();
+    p["args"] = serde_json::json!(args);
+    serde_json::from_value(p).unwrap()
+}
+
+fn read_to_string(fd: OwnedFd) -> String {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut s).unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle() {
+    require_runc!();
+    let root = Root::new();
+    let runc = root.client();
+    let id = unique_id("life");
+    let bundle = Bundle::new(&id, &["sleep", "1000"], |_| {});
+    let _guard = ContainerGuard {
+        runc: runc.clone(),
+        id: id.clone(),
+    };
+
+    let pid_file = bundle.path().join("init.pid");
+    let opts = CreateOpts {
+        pid_file: pid_file.clone(),
+        ..Default::default()
+    };
+    runc.create(&id, bundle.path(), &opts).await.unwrap();
+    let state = runc.state(&id).await.unwrap();
+    assert_eq!(state.status, "created");
+    assert_eq!(state.id, id);
+    assert_eq!(state.bundle, bundle.path());
+    let init: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(state.pid, init);
+
+    runc.start(&id).await.unwrap();
+    assert_eq!(runc.state(&id).await.unwrap().status, "running");
+    assert_eq!(runc.ps(&id).await.unwrap(), vec![init]);
+
+    // Attached exec: its stdout is our pipe, not something the client drains.
+    let out = Pipe::new().unwrap();
+    let exec = ExecOpts {
+        io: ProcessIo {
+            stdout: Some(out.write.try_clone().unwrap()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    runc.exec(&id, &process(&["sh", "-c", "echo exec-says-hi"]), &exec)
+        .await
+        .unwrap();
+    drop(exec);
+    drop(out.write);
+    assert_eq!(read_to_string(out.read), "exec-says-hi\n");
+
+    let exec_pid_file = bundle.path().join("exec.pid");
+    let exec = ExecOpts {
+        pid_file: exec_pid_file.clone(),
+        detach: true,
+        ..Default::default()
+    };
+    runc.exec(&id, &process(&["sleep", "1000"]), &exec)
+        .await
+        .unwrap();
+    let exec_pid: i32 = std::fs::read_to_string(&exec_pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut pids = runc.ps(&id).await.unwrap();
+    pids.sort();
+    let mut want = vec![init, exec_pid];
+    want.sort();
+    assert_eq!(pids, want);
+
+    runc.pause(&id).await.unwrap();
+    assert_eq!(runc.state(&id).await.unwrap().status, "paused");
+    runc.resume(&id).await.unwrap();
+    assert_eq!(runc.state(&id).await.unwrap().status, "running");
+
+    let resources = oci_spec::runtime::LinuxResourcesBuilder::default()
+        .pids(
+            oci_spec::runtime::LinuxPidsBuilder::default()
+                .limit(57i64)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    runc.update(&id, &resources).await.unwrap();
+    let pids_max = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/pids/runc-client-test-{id}/pids.max"
+    ));
+    assert_eq!(pids_max.unwrap().trim(), "57");
+
+    let stats = runc.stats(&id).await.unwrap();
+    assert_eq!(stats.pids.current, 2, "{stats:?}");
+    assert_eq!(stats.pids.limit, 57);
+    assert!(stats.memory.usage.usage > 0, "{stats:?}");
+    assert!(stats.cpu.usage.total > 0, "{stats:?}");
+
+    let mut events = runc.events(&id, Duration::from_millis(100)).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("no event within 5s")
+        .expect("stream ended")
+        .unwrap();
+    assert_eq!(event.kind, "stats");
+    assert_eq!(event.id, id);
+    assert_eq!(event.stats().unwrap().pids.limit, 57);
+    drop(events);
+
+    runc.kill(&id, libc::SIGKILL, true).await.unwrap();
+    assert_eq!(wait_status(&runc, &id, "stopped").await, "stopped");
+    runc.delete(&id, false).await.unwrap();
+    let err = runc.state(&id).await.unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    let err = runc.start(&id).await.unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_errors_carry_runcs_message() {
+    require_runc!();
+    let root = Root::new();
+    let runc = root.client();
+    let id = unique_id("bad");
+    // A bundle whose process does not exist: create succeeds, start must fail with runc's reason.
+    let bundle = Bundle::new(&id, &["/no/such/binary"], |_| {});
+    let _guard = ContainerGuard {
+        runc: runc.clone(),
+        id: id.clone(),
+    };
+    let err = runc
+        .create(&id, bundle.path(), &CreateOpts::default())
+        .await;
+    let err = match err {
+        Err(e) => e,
+        Ok(()) => runc.start(&id).await.unwrap_err(),
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("/no/such/binary") || text.contains("no such file"),
+        "{text}"
+    );
+    assert!(!err.is_not_found());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_socket_delivers_the_pty_master() {
+    require_runc!();
+    let root = Root::new();
+    let runc = root.client();
+    let id = unique_id("tty");
+    let bundle = Bundle::new(&id, &["sh", "-c", "echo tty-ok; sleep 1000"], |c| {
+        c["process"]["terminal"] = true.into();
+    });
+    let _guard = ContainerGuard {
+        runc: runc.clone(),
+        id: id.clone(),
+    };
+    let console = ConsoleSocket::new().unwrap();
+    let opts = CreateOpts {
+        console_socket: Some(console.path().to_path_buf()),
+        ..Default::default()
+    };
+    let (created, master) = tokio::join!(
+        runc.create(&id, bundle.path(), &opts),
+        console.receive_master()
+    );
+    created.unwrap();
+    let master = master.unwrap();
+    runc.start(&id).await.unwrap();
+    let mut reader = runc_client::io::async_reader(master).unwrap();
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("tty-ok") {
+            let n = tokio::io::AsyncReadExt::read(&mut reader, &mut buf)
+                .await
+                .unwrap();
+            assert!(n > 0, "pty closed early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "pty output so far: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+}
+
+#[tokio::test]
+async fn version_and_features() {
+    require_runc!();
+    let root = Root::new();
+    let runc = root.client();
+    let version = runc.version().await.unwrap();
+    assert_eq!(version.runtime, "runc");
+    assert!(version.semver().is_some(), "{version:?}");
+    assert!(version.spec.is_some());
+    let known: Vec<_> = version.known_issues().iter().map(|i| i.id).collect();
+    eprintln!("runc {} known issues: {known:?}", version.runc);
+    let features = runc.features().await.unwrap();
+    assert!(features.get("ociVersionMin").is_some(), "{features}");
+}
+
+/// Seed incident 002: runc init hanging on a full pipe under fs.pipe-user-pages-soft
+/// pressure with noNewPrivileges and a big seccomp filter. No call may hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_seccomp_nnp_containers_under_pipe_pressure() {
+    require_runc!();
+    let root = Root::new();
+    let runc = Runc::new(
+        runc_client::RuncConfig {
+            deadlines: runc_client::Deadlines {
+                create: Duration::from_secs(20),
+                start: Duration::from_secs(20),
+                delete: Duration::from_secs(20),
+                ..Default::default()
+            },
+            ..root.client().config().clone()
+        },
+        runc_client::Reaper::global(),
+    );
+    // Several hundred rules: argument-conditioned denials of personality(2) values nobody uses.
+    let rules: Vec<serde_json::Value> = (0..300)
+        .map(|i| {
+            serde_json::json!({
+                "names": ["personality"],
+                "action": "SCMP_ACT_ERRNO",
+                "args": [{"index": 0, "value": 0x0dead000u64 + i, "op": "SCMP_CMP_EQ"}]
+            })
+        })
+        .collect();
+    let seccomp = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": rules,
+    });
+
+    let _pressure = SysctlGuard::set("/proc/sys/fs/pipe-user-pages-soft", "1");
+    let started = Instant::now();
+    for n in 0..50 {
+        let id = unique_id("seed2");
+        let bundle = Bundle::new(&id, &["true"], |c| {
+            c["process"]["noNewPrivileges"] = true.into();
+            c["linux"]["seccomp"] = seccomp.clone();
+        });
+        let guard = ContainerGuard {
+            runc: runc.clone(),
+            id: id.clone(),
+        };
+        runc.create(&id, bundle.path(), &CreateOpts::default())
+            .await
+            .unwrap_or_else(|e| panic!("container {n}: create: {e}"));
+        runc.start(&id)
+            .await
+            .unwrap_or_else(|e| panic!("container {n}: start: {e}"));
+        runc.delete(&id, true)
+            .await
+            .unwrap_or_else(|e| panic!("container {n}: delete: {e}"));
+        drop(guard);
+    }
+    eprintln!(
+        "50 seccomp+NNP containers under pipe pressure: {:?}",
+        started.elapsed()
+    );
+}
