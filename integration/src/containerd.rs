@@ -656,7 +656,8 @@ disabled_plugins = [
             })
     }
 
-    /// Tear everything down now (Drop does the same; calling twice is harmless).
+    /// Tear everything down now and return what could not be removed (Drop does the same
+    /// but panics on leftovers; calling twice is harmless).
     pub fn stop(&mut self) -> Vec<String> {
         if self.cleaned {
             return Vec::new();
@@ -803,7 +804,15 @@ disabled_plugins = [
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        self.stop();
+        let problems = self.stop();
+        // Every test doubles as a leak test: a fixture that cannot clean up fails its test.
+        // (Not while unwinding: a second panic would abort and hide the first.)
+        if !problems.is_empty() && !std::thread::panicking() {
+            panic!(
+                "fixture {} left things behind: {problems:?}",
+                self.dir.display()
+            );
+        }
     }
 }
 
