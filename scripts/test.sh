@@ -21,8 +21,11 @@ step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
 # Builds target/debug/containerd-shim-sturdy-v2, which the fixture puts on containerd's PATH.
-step "cargo build --workspace"
-cargo build --locked --workspace
+# --all-targets builds the tests too, with the same (dev-dependency-unified) features
+# `cargo test` uses; plain `cargo build` would resolve tokio & co. without dev features and
+# `cargo test` would then compile the whole dependency graph a second time.
+step "cargo build --workspace --all-targets"
+cargo build --locked --workspace --all-targets
 
 # Two threads for two cores: each integration test runs a whole containerd, and the CRI
 # tests are I/O-bound, so two at a time keeps the machine busy without starving containerd.
