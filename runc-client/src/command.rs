@@ -53,6 +53,9 @@ pub struct Output {
 
 /// Where runc writes its JSON log for one call.
 pub(crate) enum LogTarget {
+    /// No --log: runc logs JSON to its stderr, which the client drains anyway. Cheapest,
+    /// since runc then opens no file; only possible when stderr is not handed over.
+    Stderr,
     /// A per-call file, removed on drop.
     Temp(PathBuf),
     /// The configured file; only what was appended after `offset` belongs to this call.
@@ -60,26 +63,30 @@ pub(crate) enum LogTarget {
 }
 
 impl LogTarget {
-    pub(crate) fn prepare(cfg: &RuncConfig) -> LogTarget {
+    /// `stderr_drained`: whether the client reads runc's stderr for this call.
+    pub(crate) fn prepare(cfg: &RuncConfig, stderr_drained: bool) -> LogTarget {
         match &cfg.log {
             Some(path) => LogTarget::Shared {
                 path: path.clone(),
                 offset: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
             },
+            None if stderr_drained => LogTarget::Stderr,
             None => LogTarget::Temp(std::env::temp_dir().join(unique_name("runc-log") + ".json")),
         }
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> Option<&Path> {
         match self {
-            LogTarget::Temp(p) => p,
-            LogTarget::Shared { path, .. } => path,
+            LogTarget::Stderr => None,
+            LogTarget::Temp(p) => Some(p),
+            LogTarget::Shared { path, .. } => Some(path),
         }
     }
 
     /// The `msg` of the last "error" entry runc logged during this call.
-    pub(crate) fn last_error(&self) -> Option<String> {
+    pub(crate) fn last_error(&self, stderr: &Retained) -> Option<String> {
         let (path, offset) = match self {
+            LogTarget::Stderr => return last_error_in(&stderr.to_string_lossy()),
             LogTarget::Temp(p) => (p, 0),
             LogTarget::Shared { path, offset } => (path, *offset),
         };
@@ -112,19 +119,18 @@ pub(crate) fn last_error_in(log: &str) -> Option<String> {
     })
 }
 
-/// `binary <global flags> --log <log> --log-format json`, in its own process group.
+/// `binary <global flags> [--log <log>] --log-format json`, in its own process group.
 pub(crate) fn base_command(
     cfg: &RuncConfig,
     global: &[OsString],
-    log: &Path,
+    log: &LogTarget,
 ) -> std::process::Command {
     let mut cmd = std::process::Command::new(&cfg.binary);
-    cmd.args(global)
-        .arg("--log")
-        .arg(log)
-        .arg("--log-format")
-        .arg("json")
-        .process_group(0);
+    cmd.args(global);
+    if let Some(path) = log.path() {
+        cmd.arg("--log").arg(path);
+    }
+    cmd.arg("--log-format").arg("json").process_group(0);
     cmd
 }
 
@@ -166,8 +172,8 @@ pub(crate) async fn run(
         extra_files,
     } = call;
     let ctx = |what: &str| format!("runc {command} {id}: {what}");
-    let log = LogTarget::prepare(cfg);
-    let mut cmd = base_command(cfg, global, log.path());
+    let log = LogTarget::prepare(cfg, io.is_none());
+    let mut cmd = base_command(cfg, global, &log);
     cmd.args(&args);
 
     let mut stdout_r = None;
@@ -311,7 +317,7 @@ pub(crate) async fn run(
 
     if exit.status != 0 {
         let message = log
-            .last_error()
+            .last_error(&err)
             .or_else(|| text_of(&err))
             .or_else(|| text_of(&out))
             .unwrap_or_else(|| format!("exited with status {}", exit.status));
@@ -402,14 +408,15 @@ not json at all
             log: Some(path.clone()),
             ..Default::default()
         };
-        let target = LogTarget::prepare(&cfg);
-        assert_eq!(target.last_error(), None);
+        let target = LogTarget::prepare(&cfg, true);
+        let none = Retained::new(0);
+        assert_eq!(target.last_error(&none), None);
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap();
         std::io::Write::write_all(&mut f, b"{\"level\":\"error\",\"msg\":\"new\"}\n").unwrap();
-        assert_eq!(target.last_error().as_deref(), Some("new"));
+        assert_eq!(target.last_error(&none).as_deref(), Some("new"));
         drop(target);
         assert!(path.exists(), "a configured log must never be removed");
     }

@@ -34,8 +34,8 @@ impl EventStream {
     pub(crate) fn spawn(runc: &Runc, id: &str, interval: Duration) -> Result<EventStream> {
         let cfg = runc.config();
         let ctx = |what: &str| format!("runc events {id}: {what}");
-        let log = LogTarget::prepare(cfg);
-        let mut cmd = base_command(cfg, runc.global_args(), log.path());
+        let log = LogTarget::prepare(cfg, true);
+        let mut cmd = base_command(cfg, runc.global_args(), &log);
         // Go durations accept "ms"; whole milliseconds are plenty for a poll interval.
         cmd.arg("events")
             .arg(format!("--interval={}ms", interval.as_millis().max(1)))
@@ -133,7 +133,7 @@ impl EventStream {
         let stderr = self.stderr.lock().unwrap().clone();
         let message = self
             .log
-            .last_error()
+            .last_error(&stderr)
             .or_else(|| text_of(&stderr))
             .unwrap_or_else(|| format!("exited with status {}", exit.status));
         Some(Err(Error::from_exit(

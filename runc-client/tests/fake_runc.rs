@@ -200,8 +200,10 @@ while [ $# -gt 0 ]; do
   if [ "$1" = --log ]; then LOG="$2"; fi
   shift
 done
-echo '{"level":"info","msg":"about to fail","time":"2026-01-01T00:00:00Z"}' >> "$LOG"
-echo "{\"level\":\"error\",\"msg\":\"$MSG\",\"time\":\"2026-01-01T00:00:00Z\"}" >> "$LOG"
+# Like runc: JSON log entries go to --log when given, else to stderr.
+if [ -n "$LOG" ]; then exec 3>>"$LOG"; else exec 3>&2; fi
+echo '{"level":"info","msg":"about to fail","time":"2026-01-01T00:00:00Z"}' >&3
+echo "{\"level\":\"error\",\"msg\":\"$MSG\",\"time\":\"2026-01-01T00:00:00Z\"}" >&3
 echo 'unrelated stderr noise' >&2
 exit 1
 "#;
@@ -225,6 +227,17 @@ async fn json_log_error_becomes_the_error_message() {
     }
     assert!(!err.is_not_found());
     assert!(err.to_string().contains("cgroup went sideways: boom 42"));
+
+    // create hands its stdio to the container, so runc's message must come from the log file.
+    let err = fake
+        .runc
+        .create("c-log", Path::new("/b"), &CreateOpts::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, runc_client::Error::Runc { command: "create", message, .. } if message == "cgroup went sideways: boom 42"),
+        "{err:?}"
+    );
 
     let fake = Fake::new(&format!("MSG='container does not exist'\n{LOG_ERROR}"));
     let err = fake.runc.state("c-gone").await.unwrap_err();
@@ -299,7 +312,11 @@ async fn typed_calls_pass_arguments_and_parse_output() {
             "--version",
         ]
     );
-    assert!(args.lines().all(|l| l.starts_with("--log ")), "{args}");
+    // Drained commands log JSON to stderr: no log file to create per call.
+    assert!(
+        args.lines().all(|l| l.starts_with("--log-format json ")),
+        "{args}"
+    );
 }
 
 /// `ProcessIo` and preserved fds reach the runtime as 0/1/2 and 3.., and nothing else does.
