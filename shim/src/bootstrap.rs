@@ -394,14 +394,10 @@ fn serve(flags: &Flags) -> Result<(), String> {
     let namespace = flags.namespace.clone();
     let result = rt.block_on(async move {
         let reaper = Reaper::global();
-        let publisher =
-            containerd_shim::asynchronous::publisher::RemotePublisher::new(&ttrpc_address)
-                .await
-                .map_err(|e| format!("connect to containerd at {ttrpc_address}: {e}"))?;
         let shutdown = Arc::new(Notify::new());
         let service = TaskService::new(
             &namespace,
-            Events::new(Some(publisher), &namespace),
+            Events::connect(&ttrpc_address, &namespace),
             reaper,
             shutdown.clone(),
         );

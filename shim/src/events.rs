@@ -1,19 +1,36 @@
 //! Task events forwarded to containerd over its TTRPC address.
 //!
-//! The publisher queues events (bounded, retried) in the order they are handed in, so
-//! the order in which the service calls these methods is the order containerd sees.
+//! Events go through a bounded queue to one forwarding task, so the order in which the
+//! service calls these methods is the order containerd sees, a slow or restarting
+//! containerd never blocks an RPC handler, and a lost connection is re-established and
+//! the event retried with backoff. Envelopes are built with fixed type names instead of
+//! protobuf reflection, which would build descriptor tables on the heap of every shim.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim_protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
 };
-use containerd_shim_protos::protobuf::{well_known_types::timestamp::Timestamp, MessageDyn};
+use containerd_shim_protos::protobuf::{
+    well_known_types::any::Any, well_known_types::timestamp::Timestamp, Message,
+};
+use containerd_shim_protos::shim::event::Envelope;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use containerd_shim_protos::shim_async::{Client, EventsClient};
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::context::Context;
+use tokio::sync::mpsc;
 
 use crate::io::StdioPaths;
+
+/// Events waiting to be forwarded; beyond this the newest are dropped (and logged).
+const QUEUE: usize = 1024;
+/// Tries per event before it is given up.
+const ATTEMPTS: u32 = 10;
+/// Longest pause between tries.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Deadline of one Forward call.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Converts a wall-clock time to a protobuf timestamp.
 pub fn timestamp(t: SystemTime) -> Timestamp {
@@ -27,28 +44,52 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
 
 /// Publishes task events for one namespace.
 pub struct Events {
-    publisher: Option<RemotePublisher>,
+    tx: Option<mpsc::Sender<Envelope>>,
     namespace: String,
 }
 
 impl Events {
-    /// Events sent through `publisher` (None drops them, for tests).
-    pub fn new(publisher: Option<RemotePublisher>, namespace: &str) -> Self {
+    /// Events forwarded to containerd's TTRPC socket at `address`.
+    pub fn connect(address: &str, namespace: &str) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(forward_loop(address.to_string(), rx));
         Self {
-            publisher,
+            tx: Some(tx),
             namespace: namespace.to_string(),
         }
     }
 
-    async fn send(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        let Some(publisher) = &self.publisher else {
-            return;
+    /// Events that go nowhere (unit tests).
+    pub fn disabled(namespace: &str) -> Self {
+        Self {
+            tx: None,
+            namespace: namespace.to_string(),
+        }
+    }
+
+    async fn send(&self, topic: &str, type_name: &str, event: &dyn EncodeEvent) {
+        let Some(tx) = &self.tx else { return };
+        let value = match event.encode() {
+            Ok(v) => v,
+            Err(e) => {
+                log::error!("encode {topic}: {e}");
+                return;
+            }
         };
-        if let Err(e) = publisher
-            .publish(Context::default(), topic, &self.namespace, event)
-            .await
-        {
-            log::error!("publish {topic}: {e}");
+        let envelope = Envelope {
+            timestamp: Some(timestamp(SystemTime::now())).into(),
+            namespace: self.namespace.clone(),
+            topic: topic.to_string(),
+            event: Some(Any {
+                type_url: type_name.to_string(),
+                value,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        if let Err(e) = tx.try_send(envelope) {
+            log::error!("event queue: dropping {topic}: {e}");
         }
     }
 
@@ -68,8 +109,12 @@ impl Events {
             pid: pid as u32,
             ..Default::default()
         };
-        self.send(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev))
-            .await
+        self.send(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            "containerd.events.TaskCreate",
+            &ev,
+        )
+        .await
     }
 
     /// `/tasks/start`.
@@ -79,8 +124,12 @@ impl Events {
             pid: pid as u32,
             ..Default::default()
         };
-        self.send(topics::TASK_START_EVENT_TOPIC, Box::new(ev))
-            .await
+        self.send(
+            topics::TASK_START_EVENT_TOPIC,
+            "containerd.events.TaskStart",
+            &ev,
+        )
+        .await
     }
 
     /// `/tasks/exit` for the process `exec_id` (the container id for init).
@@ -93,7 +142,12 @@ impl Events {
             exited_at: Some(timestamp(at)).into(),
             ..Default::default()
         };
-        self.send(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await
+        self.send(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            "containerd.events.TaskExit",
+            &ev,
+        )
+        .await
     }
 
     /// `/tasks/delete`, for init only.
@@ -106,8 +160,12 @@ impl Events {
             exited_at: Some(timestamp(at)).into(),
             ..Default::default()
         };
-        self.send(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev))
-            .await
+        self.send(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            "containerd.events.TaskDelete",
+            &ev,
+        )
+        .await
     }
 
     /// `/tasks/exec-added`.
@@ -117,8 +175,12 @@ impl Events {
             exec_id: exec_id.to_string(),
             ..Default::default()
         };
-        self.send(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev))
-            .await
+        self.send(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            "containerd.events.TaskExecAdded",
+            &ev,
+        )
+        .await
     }
 
     /// `/tasks/exec-started`.
@@ -129,7 +191,75 @@ impl Events {
             pid: pid as u32,
             ..Default::default()
         };
-        self.send(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev))
-            .await
+        self.send(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            "containerd.events.TaskExecStarted",
+            &ev,
+        )
+        .await
+    }
+}
+
+/// A message that can be put into an envelope (object-safe `write_to_bytes`).
+trait EncodeEvent: Send + Sync {
+    fn encode(&self) -> Result<Vec<u8>, String>;
+}
+
+impl<M: Message> EncodeEvent for M {
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        self.write_to_bytes().map_err(|e| e.to_string())
+    }
+}
+
+async fn connect(address: &str) -> Result<EventsClient, String> {
+    let addr = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("unix://{address}")
+    };
+    Client::connect(&addr)
+        .await
+        .map(EventsClient::new)
+        .map_err(|e| e.to_string())
+}
+
+/// Forwards envelopes one by one, in order, reconnecting and retrying with backoff.
+async fn forward_loop(address: String, mut rx: mpsc::Receiver<Envelope>) {
+    let mut client: Option<EventsClient> = None;
+    while let Some(envelope) = rx.recv().await {
+        let topic = envelope.topic.clone();
+        let req = ForwardRequest {
+            envelope: Some(envelope).into(),
+            ..Default::default()
+        };
+        let mut backoff = Duration::from_millis(50);
+        let mut sent = false;
+        for attempt in 1..=ATTEMPTS {
+            if client.is_none() {
+                match connect(&address).await {
+                    Ok(c) => client = Some(c),
+                    Err(e) => log::warn!("connect to containerd {address}: {e}"),
+                }
+            }
+            if let Some(c) = &client {
+                let mut ctx = Context::default();
+                ctx.timeout_nano = FORWARD_TIMEOUT.as_nanos() as i64;
+                match c.forward(ctx, &req).await {
+                    Ok(_) => {
+                        sent = true;
+                        break;
+                    }
+                    Err(e) => {
+                        log::warn!("forward {topic} (attempt {attempt}): {e}");
+                        client = None;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        if !sent {
+            log::error!("gave up forwarding {topic} after {ATTEMPTS} attempts");
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod io;
 pub mod logging;
+pub mod memory;
 pub mod options;
 pub mod process;
 pub mod record;

@@ -141,6 +141,7 @@ impl Shared {
         self.events
             .exited(&c.id, &c.id, c.init.pid(), status, at)
             .await;
+        crate::memory::trim_heap();
     }
 
     async fn exec_exited(&self, c: &Container, p: &Process, status: u32, at: SystemTime) {
@@ -242,6 +243,7 @@ impl Task for TaskService {
         }
         let pid = c.start().await?;
         self.shared.events.started(&req.id, pid).await;
+        crate::memory::trim_heap();
         Ok(api::StartResponse {
             pid: pid as u32,
             ..Default::default()
@@ -266,6 +268,7 @@ impl Task for TaskService {
         let (pid, status, at) = c.delete().await?;
         self.shared.lock().remove(&req.id);
         self.shared.events.deleted(&req.id, pid, status, at).await;
+        crate::memory::trim_heap();
         Ok(api::DeleteResponse {
             pid: pid as u32,
             exit_status: status,
