@@ -242,8 +242,10 @@ async fn forward_loop(address: String, mut rx: mpsc::Receiver<Envelope>) {
                 }
             }
             if let Some(c) = &client {
-                let mut ctx = Context::default();
-                ctx.timeout_nano = FORWARD_TIMEOUT.as_nanos() as i64;
+                let ctx = Context {
+                    timeout_nano: FORWARD_TIMEOUT.as_nanos() as i64,
+                    ..Default::default()
+                };
                 match c.forward(ctx, &req).await {
                     Ok(_) => {
                         sent = true;
