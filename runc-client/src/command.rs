@@ -46,8 +46,11 @@ pub(crate) struct Call<'a> {
 /// What a successful command printed, bounded to the configured output limit.
 #[derive(Debug)]
 pub struct Output {
+    /// runc's exit status (always 0 for a returned Output).
     pub status: i32,
+    /// What runc printed on stdout, bounded.
     pub stdout: Retained,
+    /// What runc printed on stderr, bounded.
     pub stderr: Retained,
 }
 

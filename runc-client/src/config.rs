@@ -6,13 +6,21 @@ use std::time::Duration;
 /// Per-command deadlines; a call still running at its deadline is killed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deadlines {
+    /// Commands without a deadline of their own (pause, resume, update, ...).
     pub default: Duration,
+    /// `create` (also bounds `runc init` setup).
     pub create: Duration,
+    /// `start`.
     pub start: Duration,
+    /// `exec` (the whole process when not detached).
     pub exec: Duration,
+    /// `delete`.
     pub delete: Duration,
+    /// `kill`.
     pub kill: Duration,
+    /// Queries: `state`, `ps`, `events --stats`, `features`, `--version`.
     pub state: Duration,
+    /// `checkpoint` and `restore`.
     pub checkpoint: Duration,
 }
 
@@ -37,14 +45,23 @@ pub const DEFAULT_OUTPUT_LIMIT: usize = 64 * 1024;
 /// Static configuration shared by every call a [`crate::Runc`] makes.
 #[derive(Clone, Debug)]
 pub struct RuncConfig {
+    /// "runc", "crun", or a path to a runc-compatible binary.
     pub binary: PathBuf,
+    /// --root: where the runtime keeps container state.
     pub root: Option<PathBuf>,
+    /// --systemd-cgroup.
     pub systemd_cgroup: bool,
+    /// --rootless=<bool>; None leaves runc to decide.
     pub rootless: Option<bool>,
+    /// --debug.
     pub debug: bool,
+    /// --log file (always JSON); None uses stderr or a per-call temp file.
     pub log: Option<PathBuf>,
+    /// Per-command deadlines.
     pub deadlines: Deadlines,
+    /// Bytes retained per output stream (head plus tail).
     pub output_limit: usize,
+    /// F_SETPIPE_SZ for the client's pipes; None keeps the kernel default.
     pub pipe_size: Option<usize>,
 }
 

@@ -12,47 +12,67 @@ pub enum Error {
     /// runc did not exit before its deadline; its process group was killed.
     #[error("runc {command} {id}: no exit within {deadline:?}, process group killed")]
     Timeout {
+        /// The runc subcommand.
         command: &'static str,
+        /// The container id ("" for global commands).
         id: String,
+        /// The deadline that passed.
         deadline: Duration,
     },
     /// runc exited non-zero; `message` is runc's own error text.
     #[error("runc {command} {id}: exit status {status}: {message}")]
     Runc {
+        /// The runc subcommand.
         command: &'static str,
+        /// The container id ("" for global commands).
         id: String,
+        /// runc's exit status (128 + signal if killed).
         status: i32,
+        /// runc's own error message.
         message: String,
     },
     /// runc reported that the container does not exist.
     #[error("runc {command} {id}: container not found: {message}")]
     NotFound {
+        /// The runc subcommand.
         command: &'static str,
+        /// The container id.
         id: String,
+        /// runc's exit status.
         status: i32,
+        /// runc's own error message.
         message: String,
     },
     /// The runc binary could not be started.
     #[error("runc {command} {id}: cannot spawn {binary:?}: {source}")]
     Spawn {
+        /// The runc subcommand.
         command: &'static str,
+        /// The container id ("" for global commands).
         id: String,
+        /// The binary that could not be started.
         binary: PathBuf,
+        /// Why exec failed.
         #[source]
         source: std::io::Error,
     },
     /// A system call made on runc's behalf failed (pipes, files, sockets).
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, naming the command and container when known.
         context: String,
+        /// The underlying OS error.
         #[source]
         source: std::io::Error,
     },
     /// runc succeeded but its output could not be understood.
     #[error("runc {command} {id}: cannot parse output: {message}")]
     Parse {
+        /// The runc subcommand.
         command: &'static str,
+        /// The container id ("" for global commands).
         id: String,
+        /// What did not parse.
         message: String,
     },
 }

@@ -15,15 +15,20 @@ use crate::error::{Error, Result};
 /// Stdio handed to runc create/exec: these fds become the container process's 0/1/2 (runc passes its own stdio to the container), so they are NOT drained by the client; runc's errors then come from its --log file.
 #[derive(Debug, Default)]
 pub struct ProcessIo {
+    /// The container process's stdin; None is /dev/null.
     pub stdin: Option<OwnedFd>,
+    /// The container process's stdout; None is /dev/null.
     pub stdout: Option<OwnedFd>,
+    /// The container process's stderr; None is /dev/null.
     pub stderr: Option<OwnedFd>,
 }
 
 /// An anonymous pipe, both ends close-on-exec.
 #[derive(Debug)]
 pub struct Pipe {
+    /// The read end.
     pub read: OwnedFd,
+    /// The write end.
     pub write: OwnedFd,
 }
 

@@ -10,11 +10,15 @@ use crate::io::ProcessIo;
 pub struct CreateOpts {
     /// --pid-file; empty means not passed.
     pub pid_file: PathBuf,
+    /// --console-socket, for containers with a terminal.
     pub console_socket: Option<PathBuf>,
+    /// --no-pivot (needed on ramfs roots).
     pub no_pivot: bool,
+    /// --no-new-keyring.
     pub no_new_keyring: bool,
     /// `runc create` always detaches; kept so callers can state intent symmetrically with exec.
     pub detach: bool,
+    /// Stdio for the container init.
     pub io: ProcessIo,
     /// Passed to the container as fds 3.. with --preserve-fds.
     pub extra_files: Vec<OwnedFd>,
@@ -25,24 +29,38 @@ pub struct CreateOpts {
 pub struct ExecOpts {
     /// --pid-file; empty means not passed.
     pub pid_file: PathBuf,
+    /// --console-socket, for processes with a terminal.
     pub console_socket: Option<PathBuf>,
+    /// --detach: return once the process started.
     pub detach: bool,
+    /// Stdio for the process.
     pub io: ProcessIo,
 }
 
 /// CRIU options for `runc checkpoint`.
 #[derive(Clone, Debug, Default)]
 pub struct CheckpointOpts {
+    /// --image-path: where CRIU writes (or reads) the images.
     pub image_path: PathBuf,
+    /// --work-path: CRIU logs and work files.
     pub work_path: Option<PathBuf>,
+    /// --parent-path: previous pre-dump images.
     pub parent_path: Option<PathBuf>,
+    /// --leave-running.
     pub leave_running: bool,
+    /// --tcp-established.
     pub tcp_established: bool,
+    /// --ext-unix-sk.
     pub ext_unix_sk: bool,
+    /// --shell-job.
     pub shell_job: bool,
+    /// --file-locks.
     pub file_locks: bool,
+    /// --pre-dump.
     pub pre_dump: bool,
+    /// --auto-dedup.
     pub auto_dedup: bool,
+    /// --lazy-pages.
     pub lazy_pages: bool,
     /// --empty-ns, e.g. "network".
     pub empty_namespaces: Vec<String>,
@@ -100,12 +118,18 @@ impl CheckpointOpts {
 /// Options for `runc restore`.
 #[derive(Debug, Default)]
 pub struct RestoreOpts {
+    /// Where the images are and the CRIU options they were taken with.
     pub checkpoint: CheckpointOpts,
     /// --pid-file; empty means not passed.
     pub pid_file: PathBuf,
+    /// --console-socket.
     pub console_socket: Option<PathBuf>,
+    /// --detach.
     pub detach: bool,
+    /// --no-pivot.
     pub no_pivot: bool,
+    /// --no-subreaper.
     pub no_subreaper: bool,
+    /// Stdio for the restored init.
     pub io: ProcessIo,
 }

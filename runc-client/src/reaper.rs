@@ -17,9 +17,11 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 /// One reaped child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exit {
+    /// The reaped pid.
     pub pid: i32,
     /// Exit code, or 128 + signal number when the child was killed.
     pub status: i32,
+    /// When the reaper collected it.
     pub at: SystemTime,
 }
 

@@ -17,15 +17,22 @@ where
 /// Output of `runc state`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
+    /// Container id.
     pub id: String,
+    /// Host pid of the container init (0 once stopped).
     pub pid: i32,
+    /// "created", "running", "paused" or "stopped".
     pub status: String,
+    /// Bundle directory.
     #[serde(default)]
     pub bundle: PathBuf,
+    /// Root filesystem path.
     #[serde(default)]
     pub rootfs: PathBuf,
+    /// Creation time, RFC 3339.
     #[serde(default)]
     pub created: Option<String>,
+    /// Annotations from the spec.
     #[serde(default, deserialize_with = "null_as_default")]
     pub annotations: HashMap<String, String>,
 }
@@ -33,9 +40,12 @@ pub struct State {
 /// One line of `runc events`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// "stats", "oom", "intel_rdt", ...
     #[serde(rename = "type")]
     pub kind: String,
+    /// Container id.
     pub id: String,
+    /// Payload, shaped by `kind`.
     #[serde(default)]
     pub data: Option<serde_json::Value>,
 }
@@ -54,12 +64,18 @@ impl Event {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Stats {
+    /// CPU accounting.
     pub cpu: Cpu,
+    /// Memory accounting.
     pub memory: Memory,
+    /// Task counts.
     pub pids: Pids,
+    /// Block IO.
     pub blkio: Blkio,
+    /// Hugepage usage by page size.
     #[serde(deserialize_with = "null_as_default")]
     pub hugetlb: HashMap<String, Hugetlb>,
+    /// Per-interface counters (when runc reports them).
     #[serde(deserialize_with = "null_as_default")]
     pub network_interfaces: Vec<NetworkInterface>,
 }
@@ -68,7 +84,9 @@ pub struct Stats {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Cpu {
+    /// Time consumed.
     pub usage: CpuUsage,
+    /// CFS throttling.
     pub throttling: Throttling,
 }
 
@@ -76,14 +94,20 @@ pub struct Cpu {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CpuUsage {
+    /// Total CPU time.
     pub total: u64,
+    /// Per-CPU total.
     #[serde(deserialize_with = "null_as_default")]
     pub percpu: Vec<u64>,
+    /// Per-CPU kernel time.
     #[serde(deserialize_with = "null_as_default")]
     pub percpu_kernel: Vec<u64>,
+    /// Per-CPU user time.
     #[serde(deserialize_with = "null_as_default")]
     pub percpu_user: Vec<u64>,
+    /// Kernel time.
     pub kernel: u64,
+    /// User time.
     pub user: u64,
 }
 
@@ -91,9 +115,12 @@ pub struct CpuUsage {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Throttling {
+    /// Enforcement periods elapsed.
     pub periods: u64,
+    /// Periods in which the group was throttled.
     #[serde(rename = "throttledPeriods")]
     pub throttled_periods: u64,
+    /// Total throttled time, ns.
     #[serde(rename = "throttledTime")]
     pub throttled_time: u64,
 }
@@ -102,12 +129,18 @@ pub struct Throttling {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Memory {
+    /// Page cache bytes.
     pub cache: u64,
+    /// Memory (memory.usage_in_bytes and friends).
     pub usage: MemoryEntry,
+    /// Memory plus swap (memsw).
     pub swap: MemoryEntry,
+    /// Kernel memory (kmem).
     pub kernel: MemoryEntry,
+    /// Kernel TCP buffers.
     #[serde(rename = "kernelTCP")]
     pub kernel_tcp: MemoryEntry,
+    /// memory.stat, key by key.
     #[serde(deserialize_with = "null_as_default")]
     pub raw: HashMap<String, u64>,
 }
@@ -116,9 +149,13 @@ pub struct Memory {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MemoryEntry {
+    /// Limit in bytes.
     pub limit: u64,
+    /// Current usage in bytes.
     pub usage: u64,
+    /// Highest usage seen.
     pub max: u64,
+    /// Times the limit was hit.
     pub failcnt: u64,
 }
 
@@ -126,7 +163,9 @@ pub struct MemoryEntry {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Pids {
+    /// Tasks now.
     pub current: u64,
+    /// pids.max (0 when unlimited).
     pub limit: u64,
 }
 
@@ -138,22 +177,30 @@ pub struct Blkio {
         rename = "ioServiceBytesRecursive",
         deserialize_with = "null_as_default"
     )]
+    /// Bytes transferred.
     pub io_service_bytes_recursive: Vec<BlkioEntry>,
+    /// IOs completed.
     #[serde(rename = "ioServicedRecursive", deserialize_with = "null_as_default")]
     pub io_serviced_recursive: Vec<BlkioEntry>,
+    /// IOs queued.
     #[serde(rename = "ioQueueRecursive", deserialize_with = "null_as_default")]
     pub io_queued_recursive: Vec<BlkioEntry>,
     #[serde(
         rename = "ioServiceTimeRecursive",
         deserialize_with = "null_as_default"
     )]
+    /// Time spent servicing IOs.
     pub io_service_time_recursive: Vec<BlkioEntry>,
+    /// Time IOs waited in queues.
     #[serde(rename = "ioWaitTimeRecursive", deserialize_with = "null_as_default")]
     pub io_wait_time_recursive: Vec<BlkioEntry>,
+    /// IOs merged.
     #[serde(rename = "ioMergedRecursive", deserialize_with = "null_as_default")]
     pub io_merged_recursive: Vec<BlkioEntry>,
+    /// Device time used.
     #[serde(rename = "ioTimeRecursive", deserialize_with = "null_as_default")]
     pub io_time_recursive: Vec<BlkioEntry>,
+    /// Sectors transferred.
     #[serde(rename = "sectorsRecursive", deserialize_with = "null_as_default")]
     pub sectors_recursive: Vec<BlkioEntry>,
 }
@@ -162,9 +209,13 @@ pub struct Blkio {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BlkioEntry {
+    /// Device major.
     pub major: u64,
+    /// Device minor.
     pub minor: u64,
+    /// "Read", "Write", "Sync", "Async", "Total", or empty.
     pub op: String,
+    /// The counter.
     pub value: u64,
 }
 
@@ -172,8 +223,11 @@ pub struct BlkioEntry {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Hugetlb {
+    /// Bytes in use.
     pub usage: u64,
+    /// Highest usage seen.
     pub max: u64,
+    /// Times the limit was hit.
     pub failcnt: u64,
 }
 
@@ -181,14 +235,23 @@ pub struct Hugetlb {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NetworkInterface {
+    /// Interface name.
     pub name: String,
+    /// Received bytes.
     pub rx_bytes: u64,
+    /// Received packets.
     pub rx_packets: u64,
+    /// Receive errors.
     pub rx_errors: u64,
+    /// Received packets dropped.
     pub rx_dropped: u64,
+    /// Sent bytes.
     pub tx_bytes: u64,
+    /// Sent packets.
     pub tx_packets: u64,
+    /// Send errors.
     pub tx_errors: u64,
+    /// Sent packets dropped.
     pub tx_dropped: u64,
 }
 

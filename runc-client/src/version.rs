@@ -8,7 +8,9 @@ use std::fmt;
 pub struct Version {
     /// The version string as printed (e.g. "1.1.5+ds1").
     pub runc: String,
+    /// The "commit:" line.
     pub commit: Option<String>,
+    /// The OCI runtime-spec version it implements.
     pub spec: Option<String>,
     /// The runtime's own name from the first line ("runc", "crun", ...).
     pub runtime: String,
@@ -17,7 +19,9 @@ pub struct Version {
 /// A defect of a runtime release that a caller may want to warn about or work around.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KnownIssue {
+    /// Stable identifier (CVE or our own name).
     pub id: &'static str,
+    /// What goes wrong.
     pub summary: &'static str,
 }
 
@@ -100,9 +104,13 @@ impl Version {
 /// major.minor.patch with an optional pre-release tag such as "rc93"; build metadata is ignored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SemVer {
+    /// Major.
     pub major: u64,
+    /// Minor.
     pub minor: u64,
+    /// Patch.
     pub patch: u64,
+    /// Pre-release tag, e.g. "rc93".
     pub pre: Option<String>,
 }
 
