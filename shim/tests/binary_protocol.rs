@@ -1,0 +1,256 @@
+//! The shim binary's command-line protocol as containerd drives it: `-v`, `start`
+//! (grouping, socket reuse, reply formats) and `delete` (idempotent, safe on a
+//! half-removed bundle). Runs the real binary; no containerd needed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::Message;
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-sturdy-v2");
+
+fn run(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(SHIM)
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shim");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().expect("wait shim")
+}
+
+/// Kills the daemons a test started (by the pid they wrote) and removes their sockets.
+struct Daemons(Vec<(PathBuf, Option<PathBuf>)>);
+
+impl Daemons {
+    fn track(&mut self, bundle: &Path, address: &str) {
+        let sock = address.strip_prefix("unix://").map(PathBuf::from);
+        self.0.push((bundle.to_path_buf(), sock));
+    }
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for (bundle, sock) in &self.0 {
+            if let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::SIGKILL,
+                );
+                let end = Instant::now() + Duration::from_secs(5);
+                while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            if let Some(sock) = sock {
+                let _ = std::fs::remove_file(sock);
+            }
+        }
+    }
+}
+
+fn bundle_with(annotations: serde_json::Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::json!({ "ociVersion": "1.0.2", "annotations": annotations }).to_string(),
+    )
+    .unwrap();
+    dir
+}
+
+fn start_args<'a>(id: &'a str, address: &'a str) -> Vec<&'a str> {
+    vec![
+        "-namespace",
+        "sturdy-proto-test",
+        "-id",
+        id,
+        "-address",
+        address,
+        "-publish-binary",
+        "/bin/true",
+        "start",
+    ]
+}
+
+#[test]
+fn version_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["-v"], b"", &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("containerd-shim-sturdy-v2"), "{text}");
+    assert!(
+        text.contains("Version:") && text.contains("Revision:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn start_groups_pod_containers_into_one_daemon() {
+    // A unique containerd address makes the socket names unique to this test run.
+    let address = format!("/tmp/sturdy-proto-{}.sock", std::process::id());
+    let env = [("TTRPC_ADDRESS", "/nonexistent/containerd.sock.ttrpc")];
+    let mut daemons = Daemons(Vec::new());
+
+    let sandbox = bundle_with(serde_json::json!({ "io.kubernetes.cri.sandbox-id": "pod-1" }));
+    let out = run(sandbox.path(), &start_args("pod-1", &address), b"", &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let addr = String::from_utf8(out.stdout).unwrap();
+    daemons.track(sandbox.path(), &addr);
+    // containerd 1.6/1.7 want exactly the address on stdout, nothing else.
+    assert!(addr.starts_with("unix:///run/containerd/s/"), "{addr:?}");
+    assert_eq!(addr.trim(), addr);
+    let sock = PathBuf::from(addr.strip_prefix("unix://").unwrap());
+    let meta = std::fs::metadata(&sock).expect("socket exists");
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.path().join("address")).unwrap(),
+        addr
+    );
+
+    // A container of the same pod reuses the live daemon: same address, no new daemon.
+    let member = bundle_with(serde_json::json!({ "io.kubernetes.cri.sandbox-id": "pod-1" }));
+    let out = run(member.path(), &start_args("ctr-a", &address), b"", &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), addr);
+    assert!(
+        !member.path().join("shim.pid").exists(),
+        "a second daemon was started"
+    );
+
+    // The group annotation wins over the sandbox id.
+    let grouped = bundle_with(serde_json::json!({
+        "io.kubernetes.cri.sandbox-id": "pod-1",
+        "io.containerd.runc.v2.group": "group-x",
+    }));
+    let out = run(grouped.path(), &start_args("ctr-b", &address), b"", &env);
+    assert!(out.status.success());
+    let other = String::from_utf8(out.stdout).unwrap();
+    daemons.track(grouped.path(), &other);
+    assert_ne!(other, addr);
+
+    // A stale socket (daemon gone) is replaced by a fresh daemon.
+    drop(daemons);
+    assert!(!sock.exists() || std::os::unix::net::UnixStream::connect(&sock).is_err());
+    let mut daemons = Daemons(Vec::new());
+    std::fs::remove_file(sandbox.path().join("shim.pid")).ok();
+    let out = run(sandbox.path(), &start_args("pod-1", &address), b"", &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), addr);
+    daemons.track(sandbox.path(), &addr);
+    assert!(sandbox.path().join("shim.pid").exists(), "no fresh daemon");
+    assert!(std::os::unix::net::UnixStream::connect(&sock).is_ok());
+}
+
+#[test]
+fn start_answers_bootstrap_params_in_kind_and_ignores_junk() {
+    let address = format!("/tmp/sturdy-proto-b-{}.sock", std::process::id());
+    let mut daemons = Daemons(Vec::new());
+    let bundle = bundle_with(serde_json::json!({}));
+    let params = BootstrapParams {
+        instance_id: "solo".into(),
+        namespace: "sturdy-proto-test".into(),
+        containerd_ttrpc_address: "/nonexistent/containerd.sock.ttrpc".into(),
+        ..Default::default()
+    };
+    let out = run(
+        bundle.path(),
+        &start_args("solo", &address),
+        &params.write_to_bytes().unwrap(),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = BootstrapResult::parse_from_bytes(&out.stdout).expect("BootstrapResult");
+    daemons.track(bundle.path(), &reply.address);
+    assert_eq!(reply.protocol, "ttrpc");
+    assert!(reply.address.starts_with("unix:///run/containerd/s/"));
+
+    // JSON-era or unknown stdin must not break start: the plain address still comes back.
+    let bundle2 = bundle_with(serde_json::json!({}));
+    let env = [("TTRPC_ADDRESS", "/nonexistent/containerd.sock.ttrpc")];
+    let out = run(
+        bundle2.path(),
+        &start_args("solo2", &address),
+        br#"{"version":3}"#,
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let addr = String::from_utf8(out.stdout).unwrap();
+    daemons.track(bundle2.path(), &addr);
+    assert!(addr.starts_with("unix:///run/containerd/s/"), "{addr:?}");
+}
+
+#[test]
+fn delete_is_idempotent_on_a_half_removed_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let runc_root = dir.path().join("runc-root");
+    // A record that points runc at an empty private root: nothing exists to delete.
+    std::fs::write(
+        dir.path().join("sturdy.json"),
+        serde_json::json!({
+            "version": 1, "id": "gone", "namespace": "sturdy-proto-test", "runtime": "runc",
+            "root": runc_root, "systemd_cgroup": false, "mounted_rootfs": true
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("init.pid"), "4242").unwrap();
+    let args = [
+        "-namespace",
+        "sturdy-proto-test",
+        "-id",
+        "gone",
+        "-address",
+        "/nonexistent",
+        "delete",
+    ];
+    for round in 0..2 {
+        let out = run(dir.path(), &args, b"", &[]);
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let resp = DeleteResponse::parse_from_bytes(&out.stdout).expect("DeleteResponse");
+        assert_eq!(resp.exit_status, 137);
+        assert_eq!(resp.pid, if round == 0 { 4242 } else { 0 });
+        assert!(resp.exited_at.seconds > 0);
+        // Second round: the record and pid file are gone too.
+        std::fs::remove_file(dir.path().join("sturdy.json")).ok();
+        std::fs::remove_file(dir.path().join("init.pid")).ok();
+    }
+}
