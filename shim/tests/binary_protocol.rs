@@ -28,28 +28,30 @@ fn run(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output 
 }
 
 /// Kills the daemons a test started (by the pid they wrote) and removes their sockets.
-struct Daemons(Vec<(PathBuf, Option<PathBuf>)>);
+///
+/// Pids are read when tracked: the bundles may be gone by the time this drops.
+struct Daemons(Vec<(Option<i32>, Option<PathBuf>)>);
 
 impl Daemons {
     fn track(&mut self, bundle: &Path, address: &str) {
+        let pid = std::fs::read_to_string(bundle.join("shim.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
         let sock = address.strip_prefix("unix://").map(PathBuf::from);
-        self.0.push((bundle.to_path_buf(), sock));
+        self.0.push((pid, sock));
     }
 }
 
 impl Drop for Daemons {
     fn drop(&mut self) {
-        for (bundle, sock) in &self.0 {
-            if let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid"))
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-            {
+        for (pid, sock) in &self.0 {
+            if let Some(pid) = *pid {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::SIGKILL,
                 );
                 let end = Instant::now() + Duration::from_secs(5);
-                while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < end {
+                while alive(pid) && Instant::now() < end {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
@@ -58,6 +60,16 @@ impl Drop for Daemons {
             }
         }
     }
+}
+
+/// Running and not a zombie waiting for a reaper that is not us.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 fn bundle_with(annotations: serde_json::Value) -> tempfile::TempDir {
