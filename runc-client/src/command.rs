@@ -264,6 +264,7 @@ pub(crate) async fn run(
     let pid = child.id() as i32;
     // Dropping a std Child neither waits nor kills; the reaper collects it.
     drop(child);
+    let mut cancel_guard = KillOnCancel { pid, armed: true };
 
     let mut out = Retained::new(cfg.output_limit);
     let mut err = Retained::new(cfg.output_limit);
@@ -305,8 +306,12 @@ pub(crate) async fn run(
     };
 
     let exit = match waited {
-        Ok(exit) => exit,
+        Ok(exit) => {
+            cancel_guard.armed = false;
+            exit
+        }
         Err(_) => {
+            cancel_guard.armed = false;
             kill_process_tree(pid);
             // Let the reaper collect runc before reporting, so callers see no leftover pid.
             let _ = tokio::time::timeout(Duration::from_secs(1), exits.wait_for(pid)).await;
@@ -331,6 +336,21 @@ pub(crate) async fn run(
         stdout: out,
         stderr: err,
     })
+}
+
+/// A call future dropped before runc exited (caller timeout, select!, aborted task) is
+/// treated like an early deadline: runc and everything it started are killed.
+struct KillOnCancel {
+    pid: i32,
+    armed: bool,
+}
+
+impl Drop for KillOnCancel {
+    fn drop(&mut self) {
+        if self.armed {
+            kill_process_tree(self.pid);
+        }
+    }
 }
 
 /// SIGKILL runc's process group and every process it spawned, even ones that left the group.

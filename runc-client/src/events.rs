@@ -85,6 +85,11 @@ impl EventStream {
         })
     }
 
+    /// Pid of the `runc events` process.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// The next event, `None` once runc has exited cleanly.
     pub async fn next(&mut self) -> Option<Result<Event>> {
         if self.finished {

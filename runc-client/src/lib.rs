@@ -4,6 +4,7 @@
 //! bounded buffer (so it can never block on a full pipe), returns promptly once it exits
 //! even if a grandchild keeps a pipe open, and kills it with everything it started when
 //! its deadline passes. Errors carry runc's own message, taken from its JSON log.
+//! Dropping a call's future before runc exits counts as an early deadline: runc is killed.
 //!
 //! Child exits are collected by a process-wide [`Reaper`] (one thread in `waitpid(-1)`),
 //! so nothing else in the process may wait for children itself: subscribe to the reaper

@@ -144,6 +144,8 @@ impl Runc {
     }
 
     /// Run any runc subcommand (`args` starts with it) under the same discipline as the typed calls.
+    ///
+    /// Like every call, dropping the future before runc exits kills runc and what it started.
     pub async fn raw(
         &self,
         command: &'static str,

@@ -139,7 +139,7 @@ async fn hung_runtime_is_killed_at_the_deadline_with_all_it_spawned() {
          sleep 1000 & echo $! >> \"$DIR/pids\"\n\
          setsid sleep 1000 & echo $! >> \"$DIR/pids\"\n\
          touch \"$DIR/ready\"\n\
-         sleep 1000",
+         exec sleep 1000",
     );
     let deadline = Duration::from_secs(2);
     let started = Instant::now();
@@ -167,6 +167,38 @@ async fn hung_runtime_is_killed_at_the_deadline_with_all_it_spawned() {
         assert!(
             wait_dead(pid, Duration::from_millis(500)).await,
             "pid {pid} survived the deadline"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_call_kills_what_it_started() {
+    let _shared = FD_COUNT.read().await;
+    let fake = Fake::new(
+        "echo $$ > \"$DIR/pids\"\n\
+         sleep 1000 & echo $! >> \"$DIR/pids\"\n\
+         touch \"$DIR/ready\"\n\
+         exec sleep 1000",
+    );
+    let call = fake
+        .runc
+        .raw("hang", "c-cancel", &["hang"], Duration::from_secs(60));
+    let ready = fake.path("ready");
+    let mut guard = KillOnDrop(Vec::new());
+    tokio::select! {
+        r = call => panic!("the fake cannot finish: {r:?}"),
+        _ = async {
+            while !ready.exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        } => {}
+    }
+    guard.0 = fake.pids("pids");
+    assert_eq!(guard.0.len(), 2, "pids: {:?}", guard.0);
+    for &pid in &guard.0 {
+        assert!(
+            wait_dead(pid, Duration::from_secs(1)).await,
+            "pid {pid} survived cancellation"
         );
     }
 }
@@ -292,6 +324,26 @@ async fn typed_calls_pass_arguments_and_parse_output() {
     let sent: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fake.path("stdin")).unwrap()).unwrap();
     assert_eq!(sent["pids"]["limit"], 42);
+    let checkpoint = runc_client::CheckpointOpts {
+        image_path: "/img".into(),
+        work_path: Some("/work".into()),
+        leave_running: true,
+        tcp_established: true,
+        empty_namespaces: vec!["network".into()],
+        cgroups_mode: Some("soft".into()),
+        ..Default::default()
+    };
+    runc.checkpoint("c9", &checkpoint).await.unwrap();
+    let restore = runc_client::RestoreOpts {
+        checkpoint: checkpoint.clone(),
+        pid_file: "/p.pid".into(),
+        detach: true,
+        no_subreaper: true,
+        ..Default::default()
+    };
+    runc.restore("c9", Path::new("/bundle"), &restore)
+        .await
+        .unwrap();
     let version = runc.version().await.unwrap();
     assert_eq!(version.runc, "1.0.0-rc93");
     assert_eq!(version.known_issues().len(), 2);
@@ -309,14 +361,22 @@ async fn typed_calls_pass_arguments_and_parse_output() {
             "kill --all c9 9",
             "delete --force c9",
             "update --resources - c9",
+            "checkpoint --image-path /img --work-path /work --tcp-established --empty-ns network \
+             --manage-cgroups-mode soft --leave-running c9",
+            "restore --bundle /bundle --detach --pid-file /p.pid --no-subreaper --image-path /img \
+             --work-path /work --tcp-established --empty-ns network --manage-cgroups-mode soft c9",
             "--version",
         ]
     );
-    // Drained commands log JSON to stderr: no log file to create per call.
-    assert!(
-        args.lines().all(|l| l.starts_with("--log-format json ")),
-        "{args}"
-    );
+    // Drained commands log JSON to stderr: no log file to create per call. Restore hands
+    // its stdio over, so it alone needs a log file.
+    for line in args.lines() {
+        if line.contains(" restore ") {
+            assert!(line.starts_with("--log /"), "{line}");
+        } else {
+            assert!(line.starts_with("--log-format json "), "{line}");
+        }
+    }
 }
 
 /// `ProcessIo` and preserved fds reach the runtime as 0/1/2 and 3.., and nothing else does.

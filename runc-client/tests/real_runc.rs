@@ -146,7 +146,16 @@ async fn full_lifecycle() {
     assert_eq!(event.kind, "stats");
     assert_eq!(event.id, id);
     assert_eq!(event.stats().unwrap().pids.limit, 57);
+    let events_pid = events.pid();
     drop(events);
+    let end = Instant::now() + Duration::from_secs(2);
+    while std::path::Path::new(&format!("/proc/{events_pid}")).exists() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{events_pid}")).exists(),
+        "runc events survived dropping its stream"
+    );
 
     runc.kill(&id, libc::SIGKILL, true).await.unwrap();
     assert_eq!(wait_status(&runc, &id, "stopped").await, "stopped");
@@ -182,6 +191,37 @@ async fn runc_errors_carry_runcs_message() {
         "{text}"
     );
     assert!(!err.is_not_found());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_create_reports_runcs_reason() {
+    require_runc!();
+    let root = Root::new();
+    let runc = root.client();
+    let id = unique_id("nobundle");
+    let _guard = ContainerGuard {
+        runc: runc.clone(),
+        id: id.clone(),
+    };
+    let missing = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    // Stdio is handed over (here: to /dev/null), so the reason must come from runc's log.
+    let err = runc
+        .create(&id, missing.path(), &CreateOpts::default())
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        matches!(
+            err,
+            runc_client::Error::Runc {
+                command: "create",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("config.json"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
