@@ -346,3 +346,27 @@ async fn many_seccomp_nnp_containers_under_pipe_pressure() {
         started.elapsed()
     );
 }
+
+/// crun speaks the same CLI; its "no such container" wording must classify the same way.
+#[tokio::test]
+async fn crun_is_a_drop_in_runtime() {
+    require_runc!();
+    if !std::path::Path::new("/usr/bin/crun").exists() {
+        eprintln!("skipping: no /usr/bin/crun");
+        return;
+    }
+    let root = Root::new();
+    let crun = Runc::new(
+        runc_client::RuncConfig {
+            binary: "/usr/bin/crun".into(),
+            ..root.client().config().clone()
+        },
+        runc_client::Reaper::global(),
+    );
+    let version = crun.version().await.unwrap();
+    assert_eq!(version.runtime, "crun");
+    assert!(version.semver().is_some(), "{version:?}");
+    let err = crun.state("no-such-container").await.unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert!(err.to_string().contains("no-such-container"), "{err}");
+}
