@@ -170,3 +170,97 @@ impl Drop for ExitSubscription {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::time::Instant;
+
+    fn spawn(reaper: &Reaper, script: &str) -> (ExitSubscription, i32) {
+        let sub = reaper.subscribe();
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .spawn()
+            .unwrap();
+        Reaper::notify_spawned();
+        (sub, child.id() as i32)
+    }
+
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("exit not delivered")
+    }
+
+    #[tokio::test]
+    async fn delivers_exit_codes_and_signals() {
+        let reaper = Reaper::global();
+        let (mut sub, pid) = spawn(&reaper, "exit 7");
+        let exit = within(sub.wait_for(pid)).await;
+        assert_eq!((exit.pid, exit.status), (pid, 7));
+
+        let (mut sub, pid) = spawn(&reaper, "kill -9 $$");
+        assert_eq!(within(sub.wait_for(pid)).await.status, 128 + 9);
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_sees_every_exit() {
+        let reaper = Reaper::global();
+        let (mut a, p1) = spawn(&reaper, "exit 1");
+        let mut b = reaper.subscribe();
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("sleep 0.2; exit 2")
+            .spawn()
+            .unwrap();
+        Reaper::notify_spawned();
+        let p2 = child.id() as i32;
+        // `a` skips p1 while waiting for p2; `b` still gets p2 (it subscribed after p1 spawned,
+        // so p1 may or may not reach it).
+        assert_eq!(within(a.wait_for(p2)).await.status, 2);
+        assert_eq!(within(b.wait_for(p2)).await.status, 2);
+        assert!(
+            a.try_recv().is_none_or(|e| e.pid != p1),
+            "p1 was consumed by wait_for"
+        );
+    }
+
+    #[tokio::test]
+    async fn wakes_promptly_after_idling_without_children() {
+        let reaper = Reaper::global();
+        let (mut sub, pid) = spawn(&reaper, "exit 0");
+        within(sub.wait_for(pid)).await;
+        // Let the reaper run out of children and park.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        let (mut sub, pid) = spawn(&reaper, "exit 3");
+        assert_eq!(within(sub.wait_for(pid)).await.status, 3);
+        // Well under PARK_LIMIT: the spawn notification, not the safety timeout, woke it.
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn dropping_a_subscription_unsubscribes() {
+        let reaper = Reaper::global();
+        let sub = reaper.subscribe();
+        let key = sub.key;
+        let subscribed = |k| {
+            reaper
+                .inner
+                .shared
+                .lock()
+                .unwrap()
+                .subscribers
+                .contains_key(&k)
+        };
+        assert!(subscribed(key));
+        drop(sub);
+        assert!(!subscribed(key));
+    }
+}
