@@ -172,6 +172,8 @@ impl Drop for ExitSubscription {
 }
 
 #[cfg(test)]
+// The reaper under test is what waits for these children.
+#[allow(clippy::zombie_processes)]
 mod tests {
     use super::*;
     use std::process::Command;
