@@ -133,6 +133,21 @@ pub struct Builder {
     shim_bin: PathBuf,
     import_images: bool,
     start_timeout: Duration,
+    extra_runtimes: Vec<ExtraRuntime>,
+    sturdy_as_runc_v2: bool,
+}
+
+/// An additional CRI runtime handler written into the fixture's config.
+#[derive(Debug, Clone)]
+pub struct ExtraRuntime {
+    /// Handler name (`runtime_handler` in RunPodSandbox).
+    pub name: String,
+    /// containerd runtime type, e.g. `io.containerd.runc.v2`.
+    pub runtime_type: String,
+    /// Shim binary path (`runtime_path`), if not found by name.
+    pub runtime_path: Option<PathBuf>,
+    /// Lines of the `options` table, verbatim TOML.
+    pub options: String,
 }
 
 impl Default for Builder {
@@ -141,6 +156,8 @@ impl Default for Builder {
             shim_bin: default_shim_bin(),
             import_images: true,
             start_timeout: Duration::from_secs(30),
+            extra_runtimes: Vec::new(),
+            sturdy_as_runc_v2: false,
         }
     }
 }
@@ -155,6 +172,19 @@ impl Builder {
     /// Skip importing the busybox and pause images.
     pub fn without_images(mut self) -> Self {
         self.import_images = false;
+        self
+    }
+
+    /// Adds a CRI runtime handler beyond `runc` and `sturdy`.
+    pub fn runtime(mut self, runtime: ExtraRuntime) -> Self {
+        self.extra_runtimes.push(runtime);
+        self
+    }
+
+    /// Installs sturdy as a drop-in `containerd-shim-runc-v2` on this containerd's PATH, so
+    /// `io.containerd.runc.v2` runtimes (and the runc options encoding) reach sturdy.
+    pub fn sturdy_as_runc_v2(mut self) -> Self {
+        self.sturdy_as_runc_v2 = true;
         self
     }
 
@@ -181,6 +211,8 @@ impl Builder {
             network: format!("sturdy-{suffix}"),
             socket: dir.join("containerd.sock"),
             shim_bin: self.shim_bin.clone(),
+            extra_runtimes: self.extra_runtimes.clone(),
+            sturdy_as_runc_v2: self.sturdy_as_runc_v2,
             dir,
             suffix,
             child: None,
@@ -218,6 +250,8 @@ pub struct Containerd {
     network: String,
     socket: PathBuf,
     shim_bin: PathBuf,
+    extra_runtimes: Vec<ExtraRuntime>,
+    sturdy_as_runc_v2: bool,
     child: Option<Child>,
     pid: i32,
     subnet: Option<SubnetSlot>,
@@ -356,6 +390,12 @@ impl Containerd {
         let link = self.shim_on_path();
         std::os::unix::fs::symlink(&self.shim_bin, &link)
             .ctx(|| format!("linking {}", link.display()))?;
+        if self.sturdy_as_runc_v2 {
+            // containerd 1.6 finds shims with a PATH lookup first, so ours shadows the Go one.
+            let link = d.join("bin").join("containerd-shim-runc-v2");
+            std::os::unix::fs::symlink(&self.shim_bin, &link)
+                .ctx(|| format!("linking {}", link.display()))?;
+        }
         let cni = self.cni_conflist();
         let conf = d.join("cni/net.d/10-sturdy.conflist");
         std::fs::write(&conf, cni).ctx(|| format!("writing {}", conf.display()))?;
@@ -407,6 +447,21 @@ impl Containerd {
                     qp(&self.sturdy_options_path())
                 ));
             }
+        }
+        for extra in &self.extra_runtimes {
+            runtimes.push_str(&format!(
+                "\n[{cri}.containerd.runtimes.{name}]\n  runtime_type = {rt}\n",
+                name = extra.name,
+                rt = q(&extra.runtime_type),
+            ));
+            if let Some(path) = &extra.runtime_path {
+                runtimes.push_str(&format!("  runtime_path = {}\n", qp(path)));
+            }
+            runtimes.push_str(&format!(
+                "[{cri}.containerd.runtimes.{name}.options]\n{opts}\n",
+                name = extra.name,
+                opts = extra.options,
+            ));
         }
         format!(
             r#"version = 2
@@ -466,7 +521,12 @@ disabled_plugins = [
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = File::create(self.log_path()).ctx(|| "creating containerd log".into())?;
+        // Append: a restarted containerd must not wipe the log of the first one.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .ctx(|| "creating containerd log".into())?;
         let log2 = log.try_clone().ctx(|| "cloning log fd".into())?;
         let path = format!(
             "{}:{}",
@@ -654,6 +714,30 @@ disabled_plugins = [
                 };
                 has("-namespace", ns) && has("-id", id)
             })
+    }
+
+    /// Stops containerd (SIGTERM, by PID) and starts it again with the same config, leaving
+    /// shims and containers running, as an operator restart or upgrade does.
+    pub async fn restart(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        self.spawn()?;
+        self.write_record()?;
+        self.wait_ready(Duration::from_secs(30)).await
     }
 
     /// Tear everything down now and return what could not be removed (Drop does the same
@@ -865,6 +949,8 @@ pub fn reap_stale_fixtures() -> Vec<PathBuf> {
             network: format!("sturdy-{suffix}"),
             socket: dir.join("containerd.sock"),
             shim_bin: PathBuf::from(rec["shim_bin"].as_str().unwrap_or_default()),
+            extra_runtimes: Vec::new(),
+            sturdy_as_runc_v2: false,
             dir: dir.clone(),
             suffix: suffix.to_string(),
             // Not our child: its command line names our dir, so the PID scan kills it.
@@ -991,6 +1077,8 @@ mod tests {
     #[test]
     fn config_keeps_everything_in_the_temp_dir() {
         let fx = Containerd {
+            extra_runtimes: Vec::new(),
+            sturdy_as_runc_v2: false,
             dir: PathBuf::from("/tmp/sturdy-test-unit"),
             suffix: "0123abcd".into(),
             namespace: "sturdy-0123abcd".into(),

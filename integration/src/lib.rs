@@ -12,7 +12,7 @@ pub mod error;
 pub mod handler;
 pub mod image;
 
-pub use containerd::{Builder, Containerd, Footprint, CRI_NAMESPACE};
+pub use containerd::{Builder, Containerd, ExtraRuntime, Footprint, CRI_NAMESPACE};
 pub use cri::{container_config, Cri};
 pub use ctr::{Output, RunOptions};
 pub use error::{Error, Result};
