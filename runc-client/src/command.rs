@@ -238,19 +238,11 @@ pub(crate) async fn run(
     }
 
     let mut exits = reaper.subscribe();
-    let spawned = if parked.is_empty() {
-        cmd.spawn()
-    } else {
-        // With pre_exec std forks, and on a failed exec it asserts its own waitpid succeeds,
-        // which our reaper may have beaten; turn that panic into an ordinary error.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn())).unwrap_or_else(
-            |_| {
-                Err(std::io::Error::other(
-                    "exec failed and the child was already reaped",
-                ))
-            },
-        )
-    };
+    // With pre_exec std forks, and if exec then fails it reaps the child itself and
+    // panics when our reaper got there first: keep the reaper off during that window.
+    let hold = (!parked.is_empty()).then(|| reaper.hold());
+    let spawned = cmd.spawn();
+    drop(hold);
     // The Command holds the child's ends of the pipes: close them or EOF never comes.
     drop(cmd);
     drop(parked);

@@ -53,7 +53,7 @@ pub use error::{Error, Result};
 pub use events::EventStream;
 pub use io::{open_fifo_nonblocking, ConsoleSocket, Pipe, ProcessIo};
 pub use options::{CheckpointOpts, CreateOpts, ExecOpts, RestoreOpts};
-pub use reaper::{Exit, ExitSubscription, Reaper};
+pub use reaper::{Exit, ExitSubscription, ReapHold, Reaper};
 pub use runc::Runc;
 pub use types::{Event, State, Stats};
 pub use version::{KnownIssue, Version};

@@ -10,8 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// One reaped child.
@@ -31,6 +30,8 @@ struct Shared {
     next_id: u64,
     /// Bumped by every spawn so a reaper parked on ECHILD knows to look again.
     spawned: u64,
+    /// Live [`ReapHold`]s; while non-zero, exits are noticed but not collected.
+    holds: usize,
 }
 
 struct Inner {
@@ -84,6 +85,17 @@ impl Reaper {
         }
     }
 
+    /// Pause collecting exits until the returned guard drops.
+    ///
+    /// Needed around a fork-based `std::process::Command::spawn` (one with `pre_exec`):
+    /// when exec fails, std reaps the child itself and panics if someone else already did.
+    pub fn hold(&self) -> ReapHold {
+        self.inner.shared.lock().unwrap().holds += 1;
+        ReapHold {
+            inner: self.inner.clone(),
+        }
+    }
+
     /// Tell the reaper a child was just spawned, so it stops idling on ECHILD.
     pub fn notify_spawned() {
         let reaper = Reaper::global();
@@ -96,15 +108,29 @@ impl Reaper {
 fn reap_forever(inner: &Inner) {
     loop {
         let seen = inner.shared.lock().unwrap().spawned;
-        match waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(pid, code)) => deliver(inner, pid.as_raw(), code),
-            Ok(WaitStatus::Signaled(pid, signal, _)) => {
-                deliver(inner, pid.as_raw(), 128 + signal as i32)
+        // Peek first (WNOWAIT) so a hold can keep the zombie for its rightful waiter.
+        match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(status) => {
+                let Some(pid) = status.pid() else { continue };
+                drop(
+                    inner
+                        .wake
+                        .wait_while(inner.shared.lock().unwrap(), |s| s.holds > 0)
+                        .unwrap(),
+                );
+                // ECHILD or nothing here means a holder's spawn reaped it; that is fine.
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) => deliver(inner, pid.as_raw(), code),
+                    Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                        deliver(inner, pid.as_raw(), 128 + signal as i32)
+                    }
+                    _ => {}
+                }
             }
-            Ok(_) | Err(Errno::EINTR) => {}
+            Err(Errno::EINTR) => {}
             Err(Errno::ECHILD) => {
                 let shared = inner.shared.lock().unwrap();
-                // A spawn between reading `seen` and waitpid would have made waitpid find it,
+                // A spawn between reading `seen` and waitid would have made waitid find it,
                 // so only a spawn after ECHILD can change the counter; wait for exactly that.
                 let _ = inner
                     .wake
@@ -112,10 +138,23 @@ fn reap_forever(inner: &Inner) {
                     .unwrap();
             }
             Err(e) => {
-                log::error!("reaper: waitpid failed: {e}");
+                log::error!("reaper: waitid failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+}
+
+/// Keeps the reaper from collecting exits while alive; see [`Reaper::hold`].
+pub struct ReapHold {
+    inner: Arc<Inner>,
+}
+
+impl Drop for ReapHold {
+    fn drop(&mut self) {
+        let mut shared = self.inner.shared.lock().unwrap();
+        shared.holds -= 1;
+        self.inner.wake.notify_all();
     }
 }
 
@@ -245,6 +284,31 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn a_hold_leaves_the_exit_to_its_own_waiter() {
+        let reaper = Reaper::global();
+        let mut sub = reaper.subscribe();
+        let hold = reaper.hold();
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("exit 5")
+            .spawn()
+            .unwrap();
+        Reaper::notify_spawned();
+        let pid = child.id() as i32;
+        // std's own wait works only because the reaper keeps its hands off.
+        assert_eq!(child.wait().unwrap().code(), Some(5));
+        drop(hold);
+        let stolen = tokio::time::timeout(Duration::from_millis(300), sub.wait_for(pid)).await;
+        assert!(
+            stolen.is_err(),
+            "the reaper delivered an exit it never collected"
+        );
+        // And it resumes collecting afterwards.
+        let (mut sub, pid) = spawn(&reaper, "exit 6");
+        assert_eq!(within(sub.wait_for(pid)).await.status, 6);
     }
 
     #[test]
