@@ -7,7 +7,7 @@ mod common;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use common::{runc_available, unique_id, Bundle, ContainerGuard, Root, SysctlGuard};
+use common::{runc_available, unique_id, Bundle, CgroupGuard, ContainerGuard, Root, SysctlGuard};
 use runc_client::{ConsoleSocket, CreateOpts, ExecOpts, Pipe, ProcessIo, Runc};
 
 macro_rules! require_runc {
@@ -222,6 +222,96 @@ async fn failed_create_reports_runcs_reason() {
         "{err:?}"
     );
     assert!(err.to_string().contains("config.json"), "{err}");
+}
+
+/// A create that hangs (here: in a createRuntime hook, while `runc init` waits) is killed
+/// at its deadline together with the hook and `runc init`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_create_is_killed_with_runc_init() {
+    require_runc!();
+    let root = Root::new();
+    let id = unique_id("hang");
+    let runc = Runc::new(
+        runc_client::RuncConfig {
+            deadlines: runc_client::Deadlines {
+                create: Duration::from_secs(3),
+                ..Default::default()
+            },
+            ..root.client().config().clone()
+        },
+        runc_client::Reaper::global(),
+    );
+    let cgroup = CgroupGuard {
+        name: format!("runc-client-test-{id}"),
+    };
+    let placeholder = tempfile::tempdir().unwrap();
+    let hook_pid = placeholder.path().join("hook.pid");
+    let hook_script = format!("echo $$ > {}; exec sleep 1000", hook_pid.display());
+    let bundle = Bundle::new(&id, &["true"], |c| {
+        c["hooks"] = serde_json::json!({
+            "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", hook_script]}]
+        });
+    });
+    let _guard = ContainerGuard {
+        runc: runc.clone(),
+        id: id.clone(),
+    };
+    let started = Instant::now();
+    let err = runc
+        .create(&id, bundle.path(), &CreateOpts::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let hook: i32 = std::fs::read_to_string(&hook_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    };
+    // Everything runc started sits in the container's cgroup or is the hook.
+    let end = Instant::now() + Duration::from_secs(2);
+    let leftovers = loop {
+        let mut alive: Vec<i32> = cgroup
+            .dirs()
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|procs| {
+                procs
+                    .lines()
+                    .filter_map(|l| l.parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .filter(|&p| !gone(p))
+            .collect();
+        if !gone(hook) {
+            alive.push(hook);
+        }
+        if alive.is_empty() || Instant::now() > end {
+            break alive;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for &pid in &leftovers {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    }
+    assert!(leftovers.is_empty(), "survived the deadline: {leftovers:?}");
+    assert!(
+        !cgroup.dirs().is_empty(),
+        "runc init never reached its cgroup; the test proves nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

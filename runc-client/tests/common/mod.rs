@@ -155,3 +155,33 @@ impl Drop for SysctlGuard {
         }
     }
 }
+
+/// Removes a container's cgroup directories (every v1 hierarchy) on drop, for containers
+/// whose creation was killed before runc recorded enough state to delete them.
+pub struct CgroupGuard {
+    pub name: String,
+}
+
+impl CgroupGuard {
+    /// Directories of this cgroup that currently exist.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.path().join(&self.name))
+            .filter(|p| p.is_dir())
+            .collect()
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        for dir in self.dirs() {
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                eprintln!("could not remove {}: {e}", dir.display());
+            }
+        }
+    }
+}
