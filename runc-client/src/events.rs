@@ -4,7 +4,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::unix::pipe::Receiver;
 
 use crate::command::{base_command, client_pipe, kill_process_tree, text_of, LogTarget};
@@ -22,7 +22,7 @@ const MAX_LINE: usize = 1024 * 1024;
 pub struct EventStream {
     id: String,
     pid: i32,
-    lines: Lines<BufReader<Receiver>>,
+    stdout: BufReader<Receiver>,
     exits: ExitSubscription,
     stderr: Arc<Mutex<Retained>>,
     log: LogTarget,
@@ -76,7 +76,7 @@ impl EventStream {
         Ok(EventStream {
             id: id.to_string(),
             pid,
-            lines: BufReader::new(out_r).lines(),
+            stdout: BufReader::new(out_r),
             exits,
             stderr,
             log,
@@ -96,17 +96,24 @@ impl EventStream {
             return None;
         }
         loop {
-            match self.lines.next_line().await {
-                Ok(Some(line)) if line.trim().is_empty() => continue,
-                Ok(Some(line)) if line.len() > MAX_LINE => {
-                    return Some(Err(self.parse_error("event line too long".into())))
+            let mut line = Vec::new();
+            // Bounded so a runaway runtime cannot make us buffer without limit.
+            let read = (&mut self.stdout)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .await;
+            match read {
+                Ok(0) => return self.finish().await,
+                Ok(_) if line.len() > MAX_LINE => {
+                    self.finished = true;
+                    return Some(Err(self.parse_error("event line too long".into())));
                 }
-                Ok(Some(line)) => {
+                Ok(_) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                Ok(_) => {
                     return Some(
-                        serde_json::from_str(&line).map_err(|e| self.parse_error(e.to_string())),
+                        serde_json::from_slice(&line).map_err(|e| self.parse_error(e.to_string())),
                     )
                 }
-                Ok(None) => return self.finish().await,
                 Err(e) => {
                     self.finished = true;
                     return Some(Err(Error::io(

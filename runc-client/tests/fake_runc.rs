@@ -555,3 +555,36 @@ async fn many_concurrent_floods_complete_without_leaking_fds() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(open_fds(), before, "fd leak");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stream_yields_events_then_runcs_error() {
+    let _shared = FD_COUNT.read().await;
+    let fake = Fake::new(
+        "echo \"$@\" > \"$DIR/args\"\n\
+         echo '{\"type\":\"stats\",\"id\":\"c-ev\",\"data\":{\"pids\":{\"current\":4}}}'\n\
+         echo\n\
+         echo '{\"type\":\"oom\",\"id\":\"c-ev\"}'\n\
+         echo '{\"level\":\"error\",\"msg\":\"events went away\",\"time\":\"t\"}' >&2\n\
+         exit 1",
+    );
+    let mut events = fake
+        .runc
+        .events("c-ev", Duration::from_millis(1500))
+        .await
+        .unwrap();
+    let first = next(&mut events).await.unwrap().unwrap();
+    assert_eq!(first.stats().unwrap().pids.current, 4);
+    let second = next(&mut events).await.unwrap().unwrap();
+    assert_eq!((second.kind.as_str(), second.stats()), ("oom", None));
+    let err = next(&mut events).await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("events went away"), "{err}");
+    assert!(next(&mut events).await.is_none());
+    let args = std::fs::read_to_string(fake.path("args")).unwrap();
+    assert!(args.ends_with("events --interval=1500ms c-ev\n"), "{args}");
+}
+
+async fn next(e: &mut runc_client::EventStream) -> Option<runc_client::Result<runc_client::Event>> {
+    tokio::time::timeout(Duration::from_secs(5), e.next())
+        .await
+        .expect("event stream stalled")
+}
