@@ -51,7 +51,7 @@ pub struct RuncConfig {
     pub root: Option<PathBuf>,
     /// --systemd-cgroup.
     pub systemd_cgroup: bool,
-    /// --rootless=<bool>; None leaves runc to decide.
+    /// `--rootless=true|false`; None leaves runc to decide.
     pub rootless: Option<bool>,
     /// --debug.
     pub debug: bool,
