@@ -140,3 +140,32 @@ async fn stale_fixture_of_a_killed_process_is_reaped() {
     assert_eq!(fp.leftovers(), Vec::<String>::new());
     drop(fx);
 }
+
+/// Drop needs no runtime: a fixture outliving the runtime that started it still cleans up,
+/// and so does one dropped inside a current-thread runtime (plain `#[tokio::test]`).
+#[test]
+fn drop_works_outside_and_inside_a_current_thread_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (outside, fp_outside) = rt.block_on(async {
+        let fx = Containerd::start().await.expect("start containerd");
+        let fp = populate(&fx).await;
+        (fx, fp)
+    });
+    drop(rt);
+    drop(outside);
+    assert_eq!(fp_outside.leftovers(), Vec::<String>::new());
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fp_inside = rt.block_on(async {
+        let fx = Containerd::start().await.expect("start containerd");
+        populate(&fx).await
+        // fx drops here, on the runtime's only thread.
+    });
+    assert_eq!(fp_inside.leftovers(), Vec::<String>::new());
+}
