@@ -152,6 +152,14 @@ fn run() -> Result<(), Failure> {
     let mut alt_client = Vec::with_capacity(iterations);
     rt.block_on(async {
         for i in 0..warmup + iterations {
+            // Swap the order every round so neither side always runs right after the other.
+            let client_first = i % 2 == 1;
+            let mut c = Duration::ZERO;
+            if client_first {
+                let t = Instant::now();
+                runc.state(&id).await?;
+                c = t.elapsed();
+            }
             let hold = reaper.hold();
             let t = Instant::now();
             let out = Command::new("runc")
@@ -159,14 +167,17 @@ fn run() -> Result<(), Failure> {
                 .arg(root.path())
                 .args(["state", &id])
                 .output()?;
-            let elapsed = t.elapsed();
+            let d = t.elapsed();
             drop(hold);
             let _: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            let t = Instant::now();
-            runc.state(&id).await?;
+            if !client_first {
+                let t = Instant::now();
+                runc.state(&id).await?;
+                c = t.elapsed();
+            }
             if i >= warmup {
-                alt_direct.push(elapsed);
-                alt_client.push(t.elapsed());
+                alt_direct.push(d);
+                alt_client.push(c);
             }
         }
         Ok::<(), Failure>(())
