@@ -2,6 +2,7 @@
 # Snapshot / compare everything the test suite could leak on the host.
 #   leak-check.sh snapshot FILE   record the current state
 #   leak-check.sh check FILE      fail (exit 1) if anything appeared since FILE was written
+#   leak-check.sh selftest        show that `check` does fail on a planted leak
 set -euo pipefail
 
 state() {
@@ -41,8 +42,23 @@ case "${1:-}" in
         fi
         echo "leak check: ok (no new containerd/shim/runc processes, overlay mounts, cni netns, sturdy-test-* dirs, bridges, cgroups or shim sockets)"
         ;;
+    selftest)
+        # Prove the check can fail: plant a fake fixture dir and expect a complaint about it.
+        dir=$(mktemp -d "${TMPDIR:-/tmp}/sturdy-leakcheck-self.XXXXXX")
+        state | sort >"$dir/before"
+        fake=$(mktemp -d "${TMPDIR:-/tmp}/sturdy-test-leakcheck-selftest.XXXXXX")
+        if out=$("$0" check "$dir/before" 2>&1); then status=0; else status=$?; fi
+        rmdir "$fake"
+        if [ "$status" -eq 0 ] || ! grep -q "tempdir $fake" <<<"$out"; then
+            rm -rf "$dir"
+            echo "leak check selftest: FAILED, a planted $fake went unnoticed" >&2
+            exit 1
+        fi
+        rm -rf "$dir"
+        echo "leak check selftest: ok"
+        ;;
     *)
-        echo "usage: $0 snapshot|check FILE" >&2
+        echo "usage: $0 snapshot|check FILE | selftest" >&2
         exit 2
         ;;
 esac

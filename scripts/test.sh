@@ -10,6 +10,7 @@ if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; f
 # Snapshot the host first so only what this run leaves behind can fail the leak check.
 work=$(mktemp -d "${TMPDIR:-/tmp}/sturdy-leakcheck.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+bash scripts/leak-check.sh selftest
 bash scripts/leak-check.sh snapshot "$work/before"
 
 step() { echo; echo "==> $*"; }
