@@ -47,7 +47,7 @@ case "${1:-}" in
         dir=$(mktemp -d "${TMPDIR:-/tmp}/sturdy-leakcheck-self.XXXXXX")
         state | sort >"$dir/before"
         fake=$(mktemp -d "${TMPDIR:-/tmp}/sturdy-test-leakcheck-selftest.XXXXXX")
-        if out=$("$0" check "$dir/before" 2>&1); then status=0; else status=$?; fi
+        if out=$(bash "$0" check "$dir/before" 2>&1); then status=0; else status=$?; fi
         rmdir "$fake"
         if [ "$status" -eq 0 ] || ! grep -q "tempdir $fake" <<<"$out"; then
             rm -rf "$dir"
