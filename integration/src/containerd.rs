@@ -790,9 +790,17 @@ disabled_plugins = [
         }
         cleanup::kill_pids(&before.container_pids);
         // Shims (and stray runc/ctr children) name our socket or temp dir on their command line.
+        // Rescan until nothing is found: a dying shim may have just spawned a runc.
         let mut pids = before.shim_pids.clone();
-        pids.extend(cleanup::pids_referencing(&self.dir));
-        let stubborn = cleanup::kill_pids(&pids);
+        let mut stubborn = Vec::new();
+        for _ in 0..5 {
+            pids.extend(cleanup::pids_referencing(&self.dir));
+            if pids.is_empty() {
+                break;
+            }
+            stubborn = cleanup::kill_pids(&pids);
+            pids.clear();
+        }
 
         let mut problems = Vec::new();
         if !stubborn.is_empty() {
@@ -826,10 +834,26 @@ disabled_plugins = [
                 let _ = std::fs::remove_file(Path::new("/var/lib/cni/results").join(name));
             }
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            if self.dir.exists() {
-                problems.push(format!("removing {}: {e}", self.dir.display()));
+        // Retried because a process killed a moment ago may still have been creating files.
+        let mut last_err = None;
+        for _ in 0..10 {
+            match std::fs::remove_dir_all(&self.dir) {
+                Ok(()) => {
+                    last_err = None;
+                    break;
+                }
+                Err(_) if !self.dir.exists() => {
+                    last_err = None;
+                    break;
+                }
+                Err(e) => last_err = Some(e),
             }
+            cleanup::kill_pids(&cleanup::pids_referencing(&self.dir));
+            cleanup::unmount_all_under(&self.dir);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(e) = last_err {
+            problems.push(format!("removing {}: {e}", self.dir.display()));
         }
         self.subnet = None;
         self.owner = None;

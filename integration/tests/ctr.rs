@@ -40,7 +40,15 @@ parity_tests! {
         let state = fx.runc_root().join(fx.namespace()).join("resident").join("state.json");
         assert!(state.exists(), "runc state not in the private root: {}", state.display());
         let init = bundle.init_pid.expect("init.pid in bundle");
-        let comm = std::fs::read_to_string(format!("/proc/{init}/comm")).expect("init comm");
+        // Start returns once runc was told to go; the exec of the entrypoint lands just after.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let comm = loop {
+            let comm = std::fs::read_to_string(format!("/proc/{init}/comm")).expect("init comm");
+            if comm.trim() == "sleep" || std::time::Instant::now() > deadline {
+                break comm;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
         assert_eq!(comm.trim(), "sleep");
     }
 
