@@ -137,6 +137,12 @@ async fn stale_fixture_of_a_killed_process_is_reaped() {
         .start()
         .await
         .expect("start containerd");
+    // A fixture started concurrently by another test may be the one reaping (it then holds
+    // the dead fixture's lock and ours skips it), so allow that reaper time to finish.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !fp.leftovers().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert_eq!(fp.leftovers(), Vec::<String>::new());
     drop(fx);
 }
