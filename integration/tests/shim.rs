@@ -62,6 +62,23 @@ fn shim_pids(fx: &Containerd) -> Vec<i32> {
         .collect()
 }
 
+/// Reassembles the lines of a CRI log file: "<time> <stream> <P|F> <content>", where P
+/// marks a partial line continued by the next entry.
+fn cri_log_lines(log: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut partial = String::new();
+    for raw in log.lines() {
+        let mut parts = raw.splitn(4, ' ');
+        let (_, stream, tag) = (parts.next(), parts.next(), parts.next());
+        assert_eq!(stream, Some("stdout"), "{raw}");
+        partial.push_str(parts.next().unwrap_or_default());
+        if tag == Some("F") {
+            lines.push(std::mem::take(&mut partial));
+        }
+    }
+    lines
+}
+
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
@@ -179,6 +196,13 @@ parity_tests! {
         let fx = Containerd::start().await.expect("start containerd");
         run_detached(&fx, h, "fds", &["/bin/sleep", "300"]).await;
         let pid = task_pid(&fx, "fds").await;
+        // Until runc's init has exec'd the entrypoint it still holds its own fds.
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+            }),
+            "init {pid} never became sleep"
+        );
         let fds: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .expect("read fds")
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -247,48 +271,76 @@ parity_tests! {
             .await
             .expect("RemovePodSandbox of an unknown pod");
     }
+}
 
-    /// 10 MiB written to stdout reaches the CRI log file complete and in order.
-    async fn logs_complete_10mib(h: Handler) {
-        const LAST: u64 = 1_500_000; // `seq 1 1500000` prints 10.4 MiB
-        let fx = Containerd::start().await.expect("start containerd");
-        let mut cri = fx.cri().await.expect("cri client");
-        let pod_config = fx.pod_config("logs");
-        let pod = cri.run_pod(h, &pod_config).await.expect("RunPodSandbox");
-        let last = LAST.to_string();
-        let c = cri
-            .create_container(&pod, container_config("seq", &["/bin/seq", "1", &last]), &pod_config)
-            .await
-            .expect("CreateContainer");
-        cri.start_container(&c).await.expect("StartContainer");
-        let end = Instant::now() + Duration::from_secs(120);
-        let status = loop {
-            let s = cri.container_status(&c).await.expect("ContainerStatus");
-            if s.state == ContainerState::ContainerExited as i32 || Instant::now() > end {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        assert_eq!(status.state, ContainerState::ContainerExited as i32);
-        assert_eq!(status.exit_code, 0);
+/// 10 MiB written to stdout reaches the CRI log file complete and in order.
+async fn logs_complete_10mib(h: Handler) {
+    const LAST: u64 = 1_500_000; // `seq 1 1500000` prints 10.4 MiB
+    let fx = Containerd::start().await.expect("start containerd");
+    let mut cri = fx.cri().await.expect("cri client");
+    let pod_config = fx.pod_config("logs");
+    let pod = cri.run_pod(h, &pod_config).await.expect("RunPodSandbox");
+    let last = LAST.to_string();
+    let c = cri
+        .create_container(
+            &pod,
+            container_config("seq", &["/bin/seq", "1", &last]),
+            &pod_config,
+        )
+        .await
+        .expect("CreateContainer");
+    cri.start_container(&c).await.expect("StartContainer");
+    let end = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let s = cri.container_status(&c).await.expect("ContainerStatus");
+        if s.state == ContainerState::ContainerExited as i32 || Instant::now() > end {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status.state, ContainerState::ContainerExited as i32);
+    assert_eq!(status.exit_code, 0);
+    // CRI's log writer may still be catching up when the status says Exited: wait
+    // (bounded) until the last line arrived, then check that nothing is missing.
+    let end = Instant::now() + Duration::from_secs(60);
+    let lines = loop {
         let log = std::fs::read_to_string(&status.log_path).expect("read container log");
-        // CRI log lines: "<time> <stream> <P|F> <content>"; P marks a partial line.
-        let mut lines = Vec::new();
-        let mut partial = String::new();
-        for raw in log.lines() {
-            let mut parts = raw.splitn(4, ' ');
-            let (_, stream, tag) = (parts.next(), parts.next(), parts.next());
-            assert_eq!(stream, Some("stdout"), "{raw}");
-            partial.push_str(parts.next().unwrap_or_default());
-            if tag == Some("F") {
-                lines.push(std::mem::take(&mut partial));
-            }
+        let lines = cri_log_lines(&log);
+        if lines.last().map(String::as_str) == Some(last.as_str()) || Instant::now() > end {
+            break lines;
         }
-        assert_eq!(lines.len() as u64, LAST, "lines lost");
-        for (i, l) in lines.iter().enumerate() {
-            assert_eq!(l, &(i as u64 + 1).to_string(), "line {i} out of order");
-        }
-        cri.stop_pod(&pod).await.expect("StopPodSandbox");
-        cri.remove_pod(&pod).await.expect("RemovePodSandbox");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let first_wrong = lines
+        .iter()
+        .enumerate()
+        .find(|(i, l)| **l != (*i as u64 + 1).to_string())
+        .map(|(i, _)| i);
+    assert_eq!(
+        lines.len() as u64,
+        LAST,
+        "lines lost through {h}; first line out of sequence at index {first_wrong:?}"
+    );
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l, &(i as u64 + 1).to_string(), "line {i} out of order");
     }
+    cri.stop_pod(&pod).await.expect("StopPodSandbox");
+    cri.remove_pod(&pod).await.expect("RemovePodSandbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_complete_10mib_sturdy() {
+    logs_complete_10mib(Handler::Sturdy).await
+}
+
+/// The same expectation against containerd 1.6's Go shim. It passes on an idle machine but
+/// loses the tail of the log when the machine is busy (seen with two CPU hogs: 1,240 to
+/// 11,992 of 1,500,000 lines, always the last ones, in every run). It answers Wait while
+/// output is still in its pipes and in the FIFO, and the CRI plugin tears the task's IO
+/// down right after Wait. sturdy answers Wait only once containerd has read everything
+/// (or its reader stopped), and passed every run under the same load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "oracle flaw: containerd 1.6's Go shim drops the log tail under load"]
+async fn logs_complete_10mib_runc() {
+    logs_complete_10mib(Handler::Runc).await
 }

@@ -27,6 +27,7 @@ use crate::container::unmount;
 use crate::events::{timestamp, Events};
 use crate::logging;
 use crate::options::RuntimeOptions;
+use crate::peer::SameUser;
 use crate::record::Record;
 use crate::service::TaskService;
 
@@ -407,6 +408,7 @@ fn serve(flags: &Flags) -> Result<(), String> {
         let listener = Listener::try_from(listener).map_err(|e| format!("listener: {e}"))?;
         let mut server = Server::new()
             .add_listener(listener)
+            .set_accept_hook(SameUser::current())
             .register_service(task_services(Arc::new(service)));
         server
             .start()

@@ -15,8 +15,12 @@ use crate::options::RuntimeOptions;
 use crate::process::{Process, Status};
 use crate::record::Record;
 
-/// How long exit handling waits for the last output to reach containerd's FIFOs.
-pub const IO_DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// Longest exit handling waits for the last output to reach containerd's FIFOs while the
+/// copy still makes progress (a silent pipe is given up on much sooner).
+pub const IO_DRAIN_LIMIT: Duration = Duration::from_secs(60);
+/// How long Delete lets output that is still moving drain before it stops the copy loops.
+/// CRI gives its exit handling (which calls Delete) 10 s, so Delete must answer before.
+pub const DELETE_DRAIN_LIMIT: Duration = Duration::from_secs(8);
 
 /// A container managed by this shim.
 pub struct Container {
@@ -278,7 +282,7 @@ impl Container {
             _ => {}
         }
         self.execs().remove(exec_id);
-        p.copiers.lock().await.abort();
+        finish_io(&p).await;
         p.set_deleted();
         let (code, at) = p
             .exited()
@@ -385,7 +389,7 @@ impl Container {
         if status == Status::Created {
             let _ = tokio::time::timeout(Duration::from_secs(2), self.init.wait()).await;
         }
-        self.init.copiers.lock().await.abort();
+        finish_io(&self.init).await;
         if self.mounted_rootfs {
             unmount(&self.bundle.join("rootfs"));
         }
@@ -404,6 +408,16 @@ impl Container {
             .await
             .map_err(|e| Error::runc(&self.id, e))
     }
+}
+
+/// Lets the output of a finished process reach containerd, then stops its copy loops.
+///
+/// containerd (CRI's exit monitor) calls Delete as soon as Wait returns, which can be
+/// before the exit handler finished draining; aborting then would cut off the tail.
+async fn finish_io(p: &Process) {
+    let progress = p.copiers.lock().await.progress();
+    progress.drain_moving(DELETE_DRAIN_LIMIT).await;
+    p.copiers.lock().await.abort();
 }
 
 async fn read_pid(id: &str, path: &Path) -> Result<i32> {

@@ -9,12 +9,14 @@
 //! thread ever blocks in open(2) or read(2) on them.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::unistd::{fchown, Gid, Uid};
 use runc_client::ProcessIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -41,12 +43,79 @@ impl StdioPaths {
     }
 }
 
+/// How long output may make no progress before draining gives up on it.
+pub const DRAIN_IDLE_LIMIT: Duration = Duration::from_secs(2);
+
 /// The running copy loops of one process.
 #[derive(Default)]
 pub struct Copiers {
     stdin_close: Option<oneshot::Sender<()>>,
     stdin: Option<JoinHandle<()>>,
     outputs: Vec<JoinHandle<()>>,
+    /// Progress of the output loops, for draining.
+    progress: Arc<Progress>,
+}
+
+/// What the output copy loops of one process are doing; draining watches it without
+/// holding the process's copier lock, so Delete can still stop the loops meanwhile.
+#[derive(Default)]
+pub struct Progress {
+    /// Bytes moved so far: copied into FIFOs, or taken out of them by their reader.
+    copied: AtomicU64,
+    /// Loops currently blocked writing into a FIFO (its reader is slow, not gone silent).
+    writing: AtomicU64,
+    /// Loops still running.
+    active: AtomicU64,
+}
+
+/// Decrements the running-loop count however the loop ends (including abort).
+struct ActiveGuard(Arc<Progress>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Progress {
+    /// Waits until the output loops have copied everything, as long as they make
+    /// progress or wait for their reader, at most `limit` in all.
+    ///
+    /// A slow reader (a busy containerd) only delays, never truncates, the output; a
+    /// grandchild that inherited the pipe and stays silent is given up on after
+    /// [`DRAIN_IDLE_LIMIT`], so it cannot hold the exit event back for long.
+    pub async fn drain(&self, limit: Duration) {
+        self.drain_while(limit, true).await
+    }
+
+    /// Like [`Progress::drain`], but a loop blocked on a reader that takes nothing counts
+    /// as stalled: for callers that must answer soon (Delete), not wait for a stuck reader.
+    pub async fn drain_moving(&self, limit: Duration) {
+        self.drain_while(limit, false).await
+    }
+
+    async fn drain_while(&self, limit: Duration, blocked_write_is_progress: bool) {
+        let start = Instant::now();
+        let mut last = self.copied.load(Ordering::Relaxed);
+        let mut last_progress = Instant::now();
+        while self.active.load(Ordering::Relaxed) > 0 {
+            let now = self.copied.load(Ordering::Relaxed);
+            let waiting_on_reader =
+                blocked_write_is_progress && self.writing.load(Ordering::Relaxed) > 0;
+            if now != last || waiting_on_reader {
+                last = now;
+                last_progress = Instant::now();
+            }
+            if last_progress.elapsed() >= DRAIN_IDLE_LIMIT || start.elapsed() >= limit {
+                log::warn!(
+                    "stdio not drained after {:?} ({now} bytes copied)",
+                    start.elapsed()
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Copiers {
@@ -57,20 +126,9 @@ impl Copiers {
         }
     }
 
-    /// Waits until stdout and stderr were copied to the end, at most `limit`.
-    ///
-    /// A grandchild that inherited the pipe can keep it open forever; the limit makes
-    /// sure that never holds back the exit event.
-    pub async fn drain(&mut self, limit: Duration) {
-        let outputs = std::mem::take(&mut self.outputs);
-        let all = async {
-            for handle in outputs {
-                let _ = handle.await;
-            }
-        };
-        if tokio::time::timeout(limit, all).await.is_err() {
-            log::warn!("stdio not drained within {limit:?}; leaving the copy loops behind");
-        }
+    /// The progress of the output loops, to drain without holding the copier lock.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
     }
 
     /// Aborts every copy loop (used when the process is deleted).
@@ -134,9 +192,14 @@ pub fn prepare(id: &str, paths: &StdioPaths, uid: u32, gid: u32) -> Result<(Proc
             .map_err(|e| Error::io(id, format!("open output fifo {path}"), e))?;
         let receiver = pipe::Receiver::from_owned_fd(read)
             .map_err(|e| Error::io(id, "register output pipe", e))?;
+        let progress = copiers.progress.clone();
+        // Counted before spawning, released by the guard however the loop ends, even if
+        // it is aborted before it ever ran.
+        progress.active.fetch_add(1, Ordering::Relaxed);
+        let active = ActiveGuard(progress.clone());
         copiers
             .outputs
-            .push(tokio::spawn(copy_output(receiver, fifo)));
+            .push(tokio::spawn(copy_output(receiver, fifo, progress, active)));
         *slot = Some(write);
     }
     Ok((io, copiers))
@@ -190,9 +253,174 @@ async fn copy_stdin(mut fifo: pipe::Receiver, mut to: pipe::Sender, close: onesh
     // Dropping `to` closes the pipe: the container reads EOF.
 }
 
-async fn copy_output(mut from: pipe::Receiver, mut fifo: pipe::Sender) {
-    if let Err(e) = tokio::io::copy(&mut from, &mut fifo).await {
-        log::debug!("output copy ended: {e}");
+async fn copy_output(
+    mut from: pipe::Receiver,
+    mut fifo: pipe::Sender,
+    progress: Arc<Progress>,
+    _active: ActiveGuard,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                log::debug!("output copy ended: {e}");
+                break;
+            }
+        };
+        progress.writing.fetch_add(1, Ordering::Relaxed);
+        let written = fifo.write_all(&buf[..n]).await;
+        progress.writing.fetch_sub(1, Ordering::Relaxed);
+        if let Err(e) = written {
+            log::debug!("output copy ended: {e}");
+            break;
+        }
+        progress.copied.fetch_add(n as u64, Ordering::Relaxed);
     }
     let _ = fifo.flush().await;
+    wait_until_read(&fifo, &progress).await;
+}
+
+/// How long a FIFO's unread content may stay unchanged before we stop waiting for its reader.
+const FIFO_IDLE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Waits (bounded) until the FIFO's reader has taken everything we wrote.
+///
+/// Our FIFO end is read-write, and containerd tears its reading side down soon after it
+/// learns of the exit: data still sitting in the FIFO then would be lost. So the exit is
+/// reported only once the FIFO is empty, or its reader has stopped taking anything
+/// (gone, or never there, as with a detached `ctr run -d`).
+async fn wait_until_read(fifo: &pipe::Sender, progress: &Progress) {
+    let fd = fifo.as_raw_fd();
+    let mut last = match unread(fd) {
+        Some(n) => n,
+        None => return,
+    };
+    let mut since = Instant::now();
+    while last > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let Some(now) = unread(fd) else { return };
+        if now < last {
+            progress
+                .copied
+                .fetch_add((last - now) as u64, Ordering::Relaxed);
+            since = Instant::now();
+        } else if since.elapsed() >= FIFO_IDLE_LIMIT {
+            log::info!("{now} bytes left unread in an output FIFO: its reader stopped reading");
+            return;
+        }
+        last = now;
+    }
+}
+
+/// Bytes sitting unread in the pipe or FIFO `fd` (FIONREAD).
+fn unread(fd: std::os::fd::RawFd) -> Option<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    (rc == 0).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn fifo(dir: &std::path::Path, name: &str) -> String {
+        let path = dir.join(name);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    #[tokio::test]
+    async fn unread_counts_pipe_content() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        assert_eq!(unread(r.as_raw_fd()), Some(0));
+        nix::unistd::write(&w, b"hello").unwrap();
+        assert_eq!(unread(r.as_raw_fd()), Some(5));
+    }
+
+    #[tokio::test]
+    async fn abort_ends_a_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = StdioPaths {
+            stdout: fifo(dir.path(), "out"),
+            ..Default::default()
+        };
+        let (io, mut copiers) = prepare("c", &paths, 0, 0).unwrap();
+        let _held = io.stdout;
+        let progress = copiers.progress();
+        copiers.abort();
+        let t = Instant::now();
+        progress.drain(Duration::from_secs(60)).await;
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn drain_gives_up_on_a_silent_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = StdioPaths {
+            stdout: fifo(dir.path(), "out"),
+            ..Default::default()
+        };
+        let (io, mut copiers) = prepare("c", &paths, 0, 0).unwrap();
+        // A "grandchild" keeps the write end open and never writes.
+        let _held = io.stdout;
+        let t = Instant::now();
+        copiers.progress().drain(Duration::from_secs(60)).await;
+        let took = t.elapsed();
+        assert!(took >= DRAIN_IDLE_LIMIT, "{took:?}");
+        assert!(took < DRAIN_IDLE_LIMIT + Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drain_waits_for_a_slow_reader_and_loses_nothing() {
+        const SIZE: usize = 512 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let path = fifo(dir.path(), "out");
+        let paths = StdioPaths {
+            stdout: path.clone(),
+            ..Default::default()
+        };
+        let (io, mut copiers) = prepare("c", &paths, 0, 0).unwrap();
+        let mut writer = std::fs::File::from(io.stdout.unwrap());
+        let write = std::thread::spawn(move || {
+            writer.write_all(&vec![b'x'; SIZE]).unwrap();
+            // Dropping the writer is the container exiting.
+        });
+        // The reader shows up late and then reads everything.
+        let read = std::thread::spawn(move || {
+            std::thread::sleep(DRAIN_IDLE_LIMIT + Duration::from_secs(1));
+            let mut f = std::fs::File::open(&path).unwrap();
+            let mut total = 0;
+            let mut buf = vec![0u8; 64 * 1024];
+            while total < SIZE {
+                let n = f.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        });
+        let t = Instant::now();
+        let progress = copiers.progress();
+        progress.drain(Duration::from_secs(60)).await;
+        assert!(
+            t.elapsed() > DRAIN_IDLE_LIMIT,
+            "drain gave up on a slow reader"
+        );
+        assert_eq!(
+            progress.active.load(Ordering::Relaxed),
+            0,
+            "copy loop still running"
+        );
+        write.join().unwrap();
+        assert_eq!(read.join().unwrap(), SIZE);
+    }
 }

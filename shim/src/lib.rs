@@ -13,6 +13,7 @@ pub mod io;
 pub mod logging;
 pub mod memory;
 pub mod options;
+pub mod peer;
 pub mod process;
 pub mod record;
 pub mod service;

@@ -62,6 +62,7 @@ pub struct Process {
     pub stdio: StdioPaths,
     inner: Mutex<Inner>,
     exit_tx: watch::Sender<Option<Exited>>,
+    reported_tx: watch::Sender<bool>,
     /// Copy loops between the process's pipes and containerd's FIFOs.
     pub copiers: tokio::sync::Mutex<Copiers>,
 }
@@ -70,6 +71,7 @@ impl Process {
     /// A process that runc has created with the given pid.
     pub fn created(id: &str, pid: i32, stdio: StdioPaths, copiers: Copiers) -> Self {
         let (exit_tx, _) = watch::channel(None);
+        let (reported_tx, _) = watch::channel(false);
         Self {
             id: id.to_string(),
             stdio,
@@ -79,6 +81,7 @@ impl Process {
                 exited: None,
             }),
             exit_tx,
+            reported_tx,
             copiers: tokio::sync::Mutex::new(copiers),
         }
     }
@@ -151,6 +154,27 @@ impl Process {
         self.lock().status = Status::Deleted;
     }
 
+    /// Marks the exit as fully handled: output drained, event about to be published.
+    pub fn set_reported(&self) {
+        self.reported_tx.send_replace(true);
+    }
+
+    /// Resolves once the exit has been fully handled (see [`Process::set_reported`]).
+    ///
+    /// This is what the Wait RPC answers with: containerd's CRI plugin tears the task's IO
+    /// down as soon as Wait returns, so returning before the output reached containerd's
+    /// FIFOs would cut off its tail.
+    pub async fn wait_reported(&self) -> Exited {
+        let exited = self.wait().await;
+        let mut rx = self.reported_tx.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        self.exited().unwrap_or(exited)
+    }
+
     /// Resolves once the process has exited.
     pub async fn wait(&self) -> Exited {
         let mut rx = self.exit_tx.subscribe();
@@ -217,5 +241,22 @@ mod tests {
         p.set_exited(9, SystemTime::now());
         assert_eq!(waiter.await.unwrap().status, 9);
         assert_eq!(p.wait().await.status, 9);
+    }
+
+    #[tokio::test]
+    async fn wait_reported_waits_for_the_exit_handling() {
+        let p = std::sync::Arc::new(p());
+        let waiter = {
+            let p = p.clone();
+            tokio::spawn(async move { p.wait_reported().await })
+        };
+        p.set_exited(4, SystemTime::now());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !waiter.is_finished(),
+            "Wait answered before the exit was handled"
+        );
+        p.set_reported();
+        assert_eq!(waiter.await.unwrap().status, 4);
     }
 }

@@ -137,7 +137,9 @@ impl Shared {
         {
             log::warn!("container {}: execs still alive after init exit", c.id);
         }
-        c.init.copiers.lock().await.drain(IO_DRAIN_LIMIT).await;
+        let progress = c.init.copiers.lock().await.progress();
+        progress.drain(IO_DRAIN_LIMIT).await;
+        c.init.set_reported();
         self.events
             .exited(&c.id, &c.id, c.init.pid(), status, at)
             .await;
@@ -148,7 +150,9 @@ impl Shared {
         if !p.set_exited(status, at) {
             return;
         }
-        p.copiers.lock().await.drain(IO_DRAIN_LIMIT).await;
+        let progress = p.copiers.lock().await.progress();
+        progress.drain(IO_DRAIN_LIMIT).await;
+        p.set_reported();
         self.events.exited(&c.id, &p.id, p.pid(), status, at).await;
     }
 
@@ -317,7 +321,7 @@ impl Task for TaskService {
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
         let c = self.container(&req.id)?;
-        let e = c.process(&req.exec_id)?.wait().await;
+        let e = c.process(&req.exec_id)?.wait_reported().await;
         Ok(api::WaitResponse {
             exit_status: e.status,
             exited_at: Some(timestamp(e.at)).into(),
