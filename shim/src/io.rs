@@ -368,7 +368,7 @@ mod tests {
             stdout: fifo(dir.path(), "out"),
             ..Default::default()
         };
-        let (io, mut copiers) = prepare("c", &paths, 0, 0).unwrap();
+        let (io, copiers) = prepare("c", &paths, 0, 0).unwrap();
         // A "grandchild" keeps the write end open and never writes.
         let _held = io.stdout;
         let t = Instant::now();
@@ -387,7 +387,7 @@ mod tests {
             stdout: path.clone(),
             ..Default::default()
         };
-        let (io, mut copiers) = prepare("c", &paths, 0, 0).unwrap();
+        let (io, copiers) = prepare("c", &paths, 0, 0).unwrap();
         let mut writer = std::fs::File::from(io.stdout.unwrap());
         let write = std::thread::spawn(move || {
             writer.write_all(&vec![b'x'; SIZE]).unwrap();
