@@ -406,3 +406,72 @@ async fn slow_create_does_not_block_state() {
             .expect("containers rm");
     }
 }
+
+/// `ShimCgroup` moves the pod's shim into that cgroup (every v1 hierarchy here), and the
+/// shim's oom_score_adj is containerd's + 1 so the kernel kills it before containerd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_cgroup_and_oom_score() {
+    let conf = tempfile::tempdir().expect("tempdir");
+    let file = conf.path().join("placed.toml");
+    let fx = Containerd::builder()
+        .runtime(ExtraRuntime {
+            name: "placed".into(),
+            runtime_type: "io.containerd.sturdy.v2".into(),
+            runtime_path: None,
+            options: format!("  ConfigPath = \"{}\"", file.display()),
+        })
+        .start()
+        .await
+        .expect("start containerd");
+    // Under the fixture's own cgroup name, so its teardown removes it.
+    let shim_cgroup = format!("{}/sturdy-shims", fx.cgroup_parent());
+    std::fs::write(
+        &file,
+        format!(
+            "ShimCgroup = \"{shim_cgroup}\"\nRoot = \"{}\"\n",
+            fx.runc_root().display()
+        ),
+    )
+    .unwrap();
+    let mut cri = fx.cri().await.expect("cri client");
+    let cfg = fx.pod_config("placed");
+    let pod = cri
+        .runtime
+        .run_pod_sandbox(sturdy_integration::k8s_cri::v1::RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: "placed".into(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    if let Ok(Some(ns)) = cri.pod_netns(&pod).await {
+        fx.record_netns(ns);
+    }
+    let shim = fx.shim_pid(CRI_NAMESPACE, &pod).expect("pod shim");
+    let cgroups = std::fs::read_to_string(format!("/proc/{shim}/cgroup")).expect("shim cgroups");
+    for controller in ["memory", "pids", "cpu"] {
+        let line = cgroups
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == controller))
+            })
+            .unwrap_or_else(|| panic!("no {controller} line in {cgroups}"));
+        assert!(
+            line.ends_with(&shim_cgroup),
+            "{controller}: {line} (want {shim_cgroup})"
+        );
+    }
+    let score = |pid: i32| -> i32 {
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(score(shim), (score(fx.pid()) + 1).min(1000));
+    cri.stop_pod(&pod).await.expect("StopPodSandbox");
+    cri.remove_pod(&pod).await.expect("RemovePodSandbox");
+}

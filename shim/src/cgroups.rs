@@ -38,6 +38,9 @@ pub fn add_process(root: &Path, path: &str, pid: u32) -> io::Result<()> {
         }
         let dir = hierarchy.join(rel);
         fs::create_dir_all(&dir)?;
+        if hierarchy.join("cpuset.cpus").exists() {
+            inherit_cpuset(&hierarchy, rel)?;
+        }
         fs::write(dir.join("cgroup.procs"), pid.to_string())?;
         placed += 1;
     }
@@ -46,6 +49,24 @@ pub fn add_process(root: &Path, path: &str, pid: u32) -> io::Result<()> {
             io::ErrorKind::NotFound,
             format!("no cgroup hierarchy under {}", root.display()),
         ));
+    }
+    Ok(())
+}
+
+/// A new v1 cpuset cgroup starts with no CPUs and no memory nodes, and the kernel refuses
+/// tasks there (ENOSPC); fill each empty level from its parent, as runc does.
+fn inherit_cpuset(hierarchy: &Path, rel: &str) -> io::Result<()> {
+    let mut parent = hierarchy.to_path_buf();
+    for component in rel.split('/').filter(|c| !c.is_empty()) {
+        let dir = parent.join(component);
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let current = fs::read_to_string(dir.join(file))?;
+            if current.trim().is_empty() {
+                let inherited = fs::read_to_string(parent.join(file))?;
+                fs::write(dir.join(file), inherited.trim())?;
+            }
+        }
+        parent = dir;
     }
     Ok(())
 }
@@ -108,6 +129,35 @@ mod tests {
             "7"
         );
         assert!(!root.path().join("unified/shims").exists());
+    }
+
+    #[test]
+    fn v1_cpuset_levels_inherit_cpus_and_mems() {
+        let root = tempfile::tempdir().unwrap();
+        let cpuset = root.path().join("cpuset");
+        fs::create_dir(&cpuset).unwrap();
+        fs::write(cpuset.join("cgroup.procs"), "").unwrap();
+        fs::write(cpuset.join("cpuset.cpus"), "0-1\n").unwrap();
+        fs::write(cpuset.join("cpuset.mems"), "0\n").unwrap();
+        // The fixture is a plain directory, so pre-create the files the kernel would.
+        for level in ["a", "a/b"] {
+            fs::create_dir_all(cpuset.join(level)).unwrap();
+            fs::write(cpuset.join(level).join("cpuset.cpus"), "").unwrap();
+            fs::write(cpuset.join(level).join("cpuset.mems"), "").unwrap();
+        }
+        add_process(root.path(), "/a/b", 9).unwrap();
+        assert_eq!(
+            fs::read_to_string(cpuset.join("a/b/cpuset.cpus")).unwrap(),
+            "0-1"
+        );
+        assert_eq!(
+            fs::read_to_string(cpuset.join("a/b/cpuset.mems")).unwrap(),
+            "0"
+        );
+        assert_eq!(
+            fs::read_to_string(cpuset.join("a/b/cgroup.procs")).unwrap(),
+            "9"
+        );
     }
 
     #[test]
