@@ -90,7 +90,100 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// `/tasks/*` events for container `id` from `ctr events` output, as (topic, process id).
+fn task_events(output: &str, id: &str) -> Vec<(String, String)> {
+    let needle = format!("\"container_id\":\"{id}\"");
+    output
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| {
+            let topic = l.split_whitespace().find(|t| t.starts_with("/tasks/"))?;
+            let json = &l[l.find('{')?..];
+            let v: serde_json::Value = serde_json::from_str(json).ok()?;
+            let pid = v.get("id").and_then(|i| i.as_str()).unwrap_or_default();
+            Some((topic.to_string(), pid.to_string()))
+        })
+        .collect()
+}
+
 parity_tests! {
+    /// Events reach containerd in the order it requires: create, start, exec-added,
+    /// exec-started, the exec's exit before init's exit, and delete for init only.
+    async fn events_in_order(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let mut events = tokio::process::Command::new("ctr")
+            .args(["-a", &fx.socket().to_string_lossy(), "events"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("ctr events");
+        let mut stdout = events.stdout.take().unwrap();
+        let collected = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut out).await;
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        run_detached(&fx, h, "evts", &["/bin/sleep", "300"]).await;
+        let exec = {
+            let args: Vec<String> = [
+                "-a", &fx.socket().to_string_lossy(), "-n", fx.namespace(),
+                "tasks", "exec", "--exec-id", "e1", "evts", "/bin/sleep", "300",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            tokio::spawn(async move { sturdy_integration::ctr::run_command("ctr", &args, T).await })
+        };
+        let mut tasks = fx.client().await.expect("client").tasks();
+        let end = Instant::now() + T;
+        loop {
+            let req = ListPidsRequest { container_id: "evts".into() };
+            let n = tasks
+                .list_pids(with_namespace!(req, fx.namespace()))
+                .await
+                .expect("ListPids")
+                .into_inner()
+                .processes
+                .len();
+            if n >= 2 {
+                break;
+            }
+            assert!(Instant::now() < end, "exec never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let req = KillRequest { container_id: "evts".into(), exec_id: String::new(), signal: 9, all: false };
+        tasks.kill(with_namespace!(req, fx.namespace())).await.expect("Kill");
+        let req = WaitRequest { container_id: "evts".into(), exec_id: String::new() };
+        tasks.wait(with_namespace!(req, fx.namespace())).await.expect("Wait");
+        let exec_out = exec.await.expect("join").expect("ctr tasks exec");
+        assert_eq!(exec_out.exit_code, 137, "exec: {}", exec_out.stderr);
+        let req = DeleteTaskRequest { container_id: "evts".into() };
+        tasks.delete(with_namespace!(req, fx.namespace())).await.expect("Delete");
+        remove_container(&fx, "evts").await;
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = events.start_kill();
+        let _ = events.wait().await;
+        let output = collected.await.expect("events output");
+        let got = task_events(&output, "evts");
+        let want: Vec<(String, String)> = [
+            ("/tasks/create", ""),
+            ("/tasks/start", ""),
+            ("/tasks/exec-added", ""),
+            ("/tasks/exec-started", ""),
+            ("/tasks/exit", "e1"),
+            ("/tasks/exit", "evts"),
+            ("/tasks/delete", ""),
+        ]
+        .iter()
+        .map(|(t, i)| (t.to_string(), i.to_string()))
+        .collect();
+        assert_eq!(got, want, "events:\n{output}");
+    }
+
     /// Kill with SIGTERM and SIGKILL, Wait for the status, list Pids, Delete the task; a
     /// second Kill of a finished process is NotFound.
     async fn kill_wait_pids_delete(h: Handler) {

@@ -152,9 +152,9 @@ impl Events {
 
     /// `/tasks/delete`, for init only.
     pub async fn deleted(&self, id: &str, pid: i32, status: u32, at: SystemTime) {
+        // The exec id stays empty for init, as containerd's Go shim sends it.
         let ev = TaskDelete {
             container_id: id.to_string(),
-            id: id.to_string(),
             pid: pid as u32,
             exit_status: status,
             exited_at: Some(timestamp(at)).into(),
