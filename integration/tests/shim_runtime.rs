@@ -282,8 +282,8 @@ fn slow_runc(dir: &Path, secs: u32) -> PathBuf {
 }
 
 /// While one container's Create hangs in runc, State of another container served by the
-/// same shim answers well inside containerd's 2 s task-state timeout. (containerd's Go shim
-/// holds its service lock across `runc create`, so this is sturdy-only.)
+/// same shim answers well inside containerd's 2 s task-state timeout. Sturdy-only: it pins
+/// down sturdy's locking (no lock across a runc call); the Go shim is not measured here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_create_does_not_block_state() {
     let fx = Containerd::start().await.expect("start containerd");
