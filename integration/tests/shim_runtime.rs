@@ -181,6 +181,11 @@ async fn option_encodings_select_the_runtime() {
                 "{handler}: not crun's error: {}",
                 err.message()
             );
+            assert!(
+                err.message().contains("(runtime binary crun)"),
+                "{handler}: the error does not name the runtime: {}",
+                err.message()
+            );
             continue;
         }
         let pod = created

@@ -135,7 +135,7 @@ impl Container {
             };
             runc.create(id, &bundle, &opts)
                 .await
-                .map_err(|e| Error::runc(id, e))?;
+                .map_err(|e| Error::runc(id, options.binary(), e))?;
             let pid = read_pid(id, &pid_file).await?;
             Ok::<_, Error>(Process::created(id, pid, stdio.clone(), copiers))
         }
@@ -258,7 +258,7 @@ impl Container {
         drop(opts);
         if let Err(e) = run {
             p.copiers.lock().await.abort();
-            return Err(Error::runc(&self.id, e));
+            return Err(Error::runc(&self.id, self.options.binary(), e));
         }
         let pid = read_pid(&self.id, &pid_file).await;
         let _ = std::fs::remove_file(&pid_file);
@@ -330,7 +330,7 @@ impl Container {
         self.runc
             .start(&self.id)
             .await
-            .map_err(|e| Error::runc(&self.id, e))?;
+            .map_err(|e| Error::runc(&self.id, self.options.binary(), e))?;
         // A false here means init already exited; its exit is handled elsewhere.
         self.init.set_running();
         Ok(self.init.pid())
@@ -355,7 +355,7 @@ impl Container {
                     id: self.id.clone(),
                 })
             }
-            Err(e) => Err(Error::runc(&self.id, e)),
+            Err(e) => Err(Error::runc(&self.id, self.options.binary(), e)),
         }
     }
 
@@ -383,7 +383,7 @@ impl Container {
         }
         if let Err(e) = self.runc.delete(&self.id, status == Status::Created).await {
             if !e.is_not_found() {
-                return Err(Error::runc(&self.id, e));
+                return Err(Error::runc(&self.id, self.options.binary(), e));
             }
         }
         if status == Status::Created {
@@ -406,7 +406,7 @@ impl Container {
         self.runc
             .ps(&self.id)
             .await
-            .map_err(|e| Error::runc(&self.id, e))
+            .map_err(|e| Error::runc(&self.id, self.options.binary(), e))
     }
 }
 

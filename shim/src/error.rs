@@ -30,12 +30,13 @@ pub enum Error {
         #[source]
         source: OptionsError,
     },
-    /// runc failed, timed out or could not be started.
-    #[error("container {id}: {source}")]
+    /// runc (or the runc-compatible `runtime`) failed, timed out or could not be started.
+    #[error("container {id}: {source}{}", runtime_note(runtime))]
     Runc {
         id: String,
+        runtime: String,
         #[source]
-        source: runc_client::Error,
+        source: Box<runc_client::Error>,
     },
     /// Host-side IO (mounts, FIFOs, files) failed.
     #[error("container {id}: {context}: {source}")]
@@ -50,15 +51,25 @@ pub enum Error {
     Unimplemented(&'static str),
 }
 
+/// runc-client speaks of "runc <command>"; say which binary really ran when it was not runc.
+fn runtime_note(runtime: &str) -> String {
+    if runtime.is_empty() || runtime == "runc" || runtime.ends_with("/runc") {
+        String::new()
+    } else {
+        format!(" (runtime binary {runtime})")
+    }
+}
+
 /// Result alias for shim operations.
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    /// Wraps a runc-client error with the container id.
-    pub fn runc(id: &str, source: runc_client::Error) -> Self {
+    /// Wraps a runc-client error with the container id and the runtime binary.
+    pub fn runc(id: &str, runtime: &str, source: runc_client::Error) -> Self {
         Error::Runc {
             id: id.to_string(),
-            source,
+            runtime: runtime.to_string(),
+            source: Box::new(source),
         }
     }
 
@@ -82,7 +93,7 @@ impl Error {
             Error::Runc { source, .. } => {
                 if source.is_not_found() {
                     Code::NOT_FOUND
-                } else if matches!(source, runc_client::Error::Timeout { .. }) {
+                } else if source.is_timeout() {
                     Code::DEADLINE_EXCEEDED
                 } else {
                     Code::UNKNOWN
@@ -121,6 +132,20 @@ mod tests {
         };
         assert_eq!(fp.code(), Code::FAILED_PRECONDITION);
         assert_eq!(Error::Unimplemented("Pause").code(), Code::UNIMPLEMENTED);
+        let crun = Error::runc(
+            "x",
+            "crun",
+            runc_client::Error::Timeout {
+                command: "create",
+                id: "x".into(),
+                deadline: std::time::Duration::from_secs(1),
+            },
+        );
+        assert_eq!(crun.code(), Code::DEADLINE_EXCEEDED);
+        assert!(
+            crun.to_string().ends_with("(runtime binary crun)"),
+            "{crun}"
+        );
         match ttrpc::Error::from(nf) {
             ttrpc::Error::RpcStatus(s) => {
                 assert_eq!(s.code(), Code::NOT_FOUND);
