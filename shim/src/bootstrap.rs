@@ -28,7 +28,7 @@ use crate::events::{timestamp, Events};
 use crate::logging;
 use crate::options::RuntimeOptions;
 use crate::peer::SameUser;
-use crate::record::Record;
+use crate::record::{Record, RECORD_FILE};
 use crate::service::TaskService;
 
 /// Annotation grouping containers into one shim (set by users or other tools).
@@ -335,24 +335,35 @@ fn delete(flags: &Flags) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-    rt.block_on(async {
+    let deleted = rt.block_on(async {
         let runc = Runc::new(
             RuncConfig {
-                binary: PathBuf::from(binary),
+                binary: PathBuf::from(&binary),
                 root: Some(root),
                 systemd_cgroup: systemd,
                 ..RuncConfig::default()
             },
             Reaper::global(),
         );
-        if let Err(e) = runc.delete(&flags.id, true).await {
-            if !e.is_not_found() {
-                eprintln!("runc delete --force {}: {e}", flags.id);
-            }
+        match runc.delete(&flags.id, true).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
         }
     });
     // Unmount even without a record: a half-removed bundle may still hold the mount.
     unmount(&bundle.join("rootfs"));
+    if let Err(e) = deleted {
+        // Keep the record so a retry (containerd's, or the watchdog's) knows what to do.
+        return Err(format!(
+            "{binary} delete --force {}: {e}; bundle record kept for a retry",
+            flags.id
+        ));
+    }
+    remove_stale_socket(&bundle);
+    for file in [RECORD_FILE, "init.pid"] {
+        let _ = std::fs::remove_file(bundle.join(file));
+    }
 
     let resp = DeleteResponse {
         pid,
@@ -364,6 +375,18 @@ fn delete(flags: &Flags) -> Result<(), String> {
     std::io::stdout()
         .write_all(&bytes)
         .map_err(|e| format!("write delete response: {e}"))
+}
+
+/// Removes the group's socket if no shim answers on it any more (a live shim may still
+/// serve other containers of the pod, and keeps it).
+fn remove_stale_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = Path::new(socket_path(address.trim()));
+    if path.exists() && UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn serve(flags: &Flags) -> Result<(), String> {

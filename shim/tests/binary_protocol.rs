@@ -227,6 +227,55 @@ fn start_answers_bootstrap_params_in_kind_and_ignores_junk() {
 }
 
 #[test]
+fn delete_keeps_the_record_when_the_runtime_fails_and_clears_a_stale_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = |runtime: &str| {
+        serde_json::json!({
+            "version": 1, "id": "stuck", "namespace": "sturdy-proto-test", "runtime": runtime,
+            "root": dir.path().join("runc-root"), "systemd_cgroup": false, "mounted_rootfs": false
+        })
+        .to_string()
+    };
+    // A runtime whose delete fails for real (not "does not exist").
+    std::fs::write(dir.path().join("sturdy.json"), record("/bin/false")).unwrap();
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    std::fs::write(
+        dir.path().join("address"),
+        format!("unix://{}", stale.display()),
+    )
+    .unwrap();
+    let args = [
+        "-namespace",
+        "sturdy-proto-test",
+        "-id",
+        "stuck",
+        "-address",
+        "/nonexistent",
+        "delete",
+    ];
+    let out = run(dir.path(), &args, b"", &[]);
+    assert!(!out.status.success(), "a failed runtime delete must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/bin/false delete --force stuck"), "{err}");
+    assert!(
+        dir.path().join("sturdy.json").exists(),
+        "record removed although cleanup failed"
+    );
+
+    // Once the runtime works, delete finishes: record gone, stale socket removed.
+    std::fs::write(dir.path().join("sturdy.json"), record("runc")).unwrap();
+    let out = run(dir.path(), &args, b"", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("sturdy.json").exists());
+    assert!(!stale.exists(), "stale socket left behind");
+}
+
+#[test]
 fn delete_is_idempotent_on_a_half_removed_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let runc_root = dir.path().join("runc-root");
