@@ -25,6 +25,9 @@ pub struct EventStream {
     stdout: BufReader<Receiver>,
     exits: ExitSubscription,
     stderr: Arc<Mutex<Retained>>,
+    /// The stderr drain; awaited (briefly) before an exit is turned into an error, so the
+    /// error carries runc's last words rather than racing them.
+    stderr_drain: Option<tokio::task::JoinHandle<()>>,
     log: LogTarget,
     finished: bool,
     exited: bool,
@@ -62,7 +65,7 @@ impl EventStream {
 
         let stderr = Arc::new(Mutex::new(Retained::new(cfg.output_limit)));
         let sink = stderr.clone();
-        tokio::spawn(async move {
+        let stderr_drain = tokio::spawn(async move {
             let mut r = err_r;
             let mut buf = [0u8; 4096];
             loop {
@@ -79,6 +82,7 @@ impl EventStream {
             stdout: BufReader::new(out_r),
             exits,
             stderr,
+            stderr_drain: Some(stderr_drain),
             log,
             finished: false,
             exited: false,
@@ -141,6 +145,10 @@ impl EventStream {
         self.exited = true;
         if exit.status == 0 {
             return None;
+        }
+        if let Some(drain) = self.stderr_drain.take() {
+            // runc has exited, so stderr reaches EOF unless a descendant still holds it.
+            let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
         }
         let stderr = self.stderr.lock().unwrap().clone();
         let message = self
