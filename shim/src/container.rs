@@ -143,7 +143,17 @@ impl Container {
         let init = match created {
             Ok(p) => p,
             Err(e) => {
-                // Half-created containers must not outlive a failed Create.
+                // Half-created containers must not outlive a failed Create, but a container
+                // runc already had under this id is not ours to delete.
+                let foreign = matches!(&e, Error::Runc { source, .. }
+                    if source.to_string().contains("already exists"));
+                if foreign {
+                    if mounted_rootfs {
+                        // Only our layer: the existing container's rootfs may lie beneath.
+                        let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+                    }
+                    return Err(e);
+                }
                 if let Err(de) = runc.delete(id, true).await {
                     if !de.is_not_found() {
                         log::warn!("container {id}: cleanup after failed create: {de}");

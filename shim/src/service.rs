@@ -33,6 +33,9 @@ type TtrpcResult<T> = ttrpc::Result<T>;
 pub struct Shared {
     namespace: String,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids whose Create is under way: a second Create of the same id must fail before it
+    /// reaches runc (whose cleanup would otherwise delete the first one's container).
+    creating: Mutex<std::collections::HashSet<String>>,
     unclaimed: Mutex<VecDeque<runc_client::Exit>>,
     events: Events,
     reaper: Reaper,
@@ -52,6 +55,7 @@ impl TaskService {
         let shared = Arc::new(Shared {
             namespace: namespace.to_string(),
             containers: Mutex::new(HashMap::new()),
+            creating: Mutex::new(std::collections::HashSet::new()),
             unclaimed: Mutex::new(VecDeque::new()),
             events,
             reaper,
@@ -85,7 +89,40 @@ impl TaskService {
     }
 }
 
+/// Holds an id reserved for a Create in progress; released on drop.
+struct Reservation<'a> {
+    shared: &'a Shared,
+    id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 impl Shared {
+    /// Reserves `id` for a Create, unless it exists or is being created.
+    fn reserve(&self, id: &str) -> Result<Reservation<'_>> {
+        // Lock order: containers, then creating (the only place both are held).
+        let map = self.lock();
+        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(id) || !creating.insert(id.to_string()) {
+            return Err(Error::AlreadyExists {
+                kind: "container",
+                id: id.to_string(),
+            });
+        }
+        Ok(Reservation {
+            shared: self,
+            id: id.to_string(),
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -181,13 +218,7 @@ impl Task for TaskService {
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         log::info!("create {} bundle {}", req.id, req.bundle);
-        if self.shared.lock().contains_key(&req.id) {
-            return Err(Error::AlreadyExists {
-                kind: "container",
-                id: req.id.clone(),
-            }
-            .into());
-        }
+        let _reservation = self.shared.reserve(&req.id)?;
         let c = Container::create(&req, &self.shared.namespace, self.shared.reaper.clone())
             .await
             .map_err(|e| {
@@ -196,17 +227,7 @@ impl Task for TaskService {
             })?;
         let c = Arc::new(c);
         let pid = c.init.pid();
-        {
-            let mut map = self.shared.lock();
-            if map.contains_key(&req.id) {
-                return Err(Error::AlreadyExists {
-                    kind: "container",
-                    id: req.id.clone(),
-                }
-                .into());
-            }
-            map.insert(req.id.clone(), c.clone());
-        }
+        self.shared.lock().insert(req.id.clone(), c.clone());
         self.shared
             .events
             .created(&req.id, &req.bundle, pid, &c.init.stdio)
@@ -452,5 +473,26 @@ impl Task for TaskService {
         _req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
         Err(Error::Unimplemented("Stats").into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_create_of_the_same_id_is_refused_while_the_first_runs() {
+        let svc = TaskService::new(
+            "test",
+            Events::disabled("test"),
+            Reaper::global(),
+            Arc::new(Notify::new()),
+        );
+        let first = svc.shared.reserve("c1").expect("first reservation");
+        let err = svc.shared.reserve("c1").err().expect("duplicate accepted");
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+        assert!(svc.shared.reserve("c2").is_ok());
+        drop(first);
+        assert!(svc.shared.reserve("c1").is_ok(), "reservation not released");
     }
 }
