@@ -63,6 +63,8 @@ pub struct Process {
     inner: Mutex<Inner>,
     exit_tx: watch::Sender<Option<Exited>>,
     reported_tx: watch::Sender<bool>,
+    /// None: never started; Some(false): start under way; Some(true): start announced.
+    announced_tx: watch::Sender<Option<bool>>,
     /// Copy loops between the process's pipes and containerd's FIFOs.
     pub copiers: tokio::sync::Mutex<Copiers>,
 }
@@ -72,6 +74,7 @@ impl Process {
     pub fn created(id: &str, pid: i32, stdio: StdioPaths, copiers: Copiers) -> Self {
         let (exit_tx, _) = watch::channel(None);
         let (reported_tx, _) = watch::channel(false);
+        let (announced_tx, _) = watch::channel(None);
         Self {
             id: id.to_string(),
             stdio,
@@ -82,6 +85,7 @@ impl Process {
             }),
             exit_tx,
             reported_tx,
+            announced_tx,
             copiers: tokio::sync::Mutex::new(copiers),
         }
     }
@@ -152,6 +156,31 @@ impl Process {
     /// Stopped (or Created) → Deleted.
     pub fn set_deleted(&self) {
         self.lock().status = Status::Deleted;
+    }
+
+    /// Records that a start (runc start / exec) is under way, so an early exit waits for
+    /// the start event before its own.
+    pub fn set_starting(&self) {
+        self.announced_tx.send_replace(Some(false));
+    }
+
+    /// Records that the start event went out (or the start failed and none will).
+    pub fn set_announced(&self) {
+        self.announced_tx.send_replace(Some(true));
+    }
+
+    /// Waits (bounded) until a start under way has been announced; returns at once for a
+    /// process that was never started.
+    pub async fn wait_announced(&self, limit: std::time::Duration) {
+        let mut rx = self.announced_tx.subscribe();
+        let wait = async {
+            while *rx.borrow_and_update() == Some(false) {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
     }
 
     /// Marks the exit as fully handled: output drained, event about to be published.
@@ -241,6 +270,30 @@ mod tests {
         p.set_exited(9, SystemTime::now());
         assert_eq!(waiter.await.unwrap().status, 9);
         assert_eq!(p.wait().await.status, 9);
+    }
+
+    #[tokio::test]
+    async fn exit_waits_for_the_start_announcement_only_when_started() {
+        let never = p();
+        let t = std::time::Instant::now();
+        never
+            .wait_announced(std::time::Duration::from_secs(5))
+            .await;
+        assert!(t.elapsed() < std::time::Duration::from_millis(100));
+
+        let started = std::sync::Arc::new(p());
+        started.set_starting();
+        let waiter = {
+            let p = started.clone();
+            tokio::spawn(async move { p.wait_announced(std::time::Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !waiter.is_finished(),
+            "exit would be announced before the start"
+        );
+        started.set_announced();
+        waiter.await.unwrap();
     }
 
     #[tokio::test]

@@ -24,6 +24,8 @@ use crate::process::{Process, Status};
 
 /// How many exits nobody claimed are remembered for a process registered just after it died.
 const UNCLAIMED_EXITS: usize = 128;
+/// How long an exit event waits for the start event of the same process to go out first.
+const ANNOUNCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long init's exit event waits for its execs' exits.
 const EXEC_EXIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -69,7 +71,7 @@ impl TaskService {
                 let Some(shared) = loop_shared.upgrade() else {
                     break;
                 };
-                shared.handle_exit(exit).await;
+                Shared::dispatch_exit(&shared, exit);
             }
         });
         Self { shared }
@@ -127,25 +129,31 @@ impl Shared {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn handle_exit(&self, exit: runc_client::Exit) {
-        let containers: Vec<Arc<Container>> = self.lock().values().cloned().collect();
+    /// Routes one reaped exit to its process. Matching is synchronous (so a process
+    /// registered later finds the exit among the unclaimed ones); the handling, which may
+    /// wait for output to drain, runs in its own task so one slow exit never holds up
+    /// another (init's handler waits for its execs' exits).
+    fn dispatch_exit(shared: &Arc<Self>, exit: runc_client::Exit) {
+        let containers: Vec<Arc<Container>> = shared.lock().values().cloned().collect();
+        let status = exit.status as u32;
         for c in &containers {
             if let Some(p) = c.exec_processes().into_iter().find(|p| p.pid() == exit.pid) {
-                self.exec_exited(c, &p, exit.status as u32, exit.at).await;
+                let (shared, c) = (shared.clone(), c.clone());
+                tokio::spawn(async move { shared.exec_exited(&c, &p, status, exit.at).await });
                 return;
             }
         }
-        let owner = containers.into_iter().find(|c| c.init.pid() == exit.pid);
-        let Some(c) = owner else {
-            // Mostly runc's own children; kept briefly in case a process is registered late.
-            let mut q = self.unclaimed.lock().unwrap_or_else(|p| p.into_inner());
-            if q.len() >= UNCLAIMED_EXITS {
-                q.pop_front();
-            }
-            q.push_back(exit);
+        if let Some(c) = containers.into_iter().find(|c| c.init.pid() == exit.pid) {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.init_exited(c, status, exit.at).await });
             return;
-        };
-        self.init_exited(c, exit.status as u32, exit.at).await;
+        }
+        // Mostly runc's own children; kept briefly in case a process is registered late.
+        let mut q = shared.unclaimed.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= UNCLAIMED_EXITS {
+            q.pop_front();
+        }
+        q.push_back(exit);
     }
 
     async fn init_exited(&self, c: Arc<Container>, status: u32, at: SystemTime) {
@@ -164,7 +172,8 @@ impl Shared {
         let all_execs = async {
             for p in execs {
                 if p.pid() > 0 {
-                    p.wait().await;
+                    // Reported, not just reaped: their exit events must be queued first.
+                    p.wait_reported().await;
                 }
             }
         };
@@ -176,10 +185,13 @@ impl Shared {
         }
         let progress = c.init.copiers.lock().await.progress();
         progress.drain(IO_DRAIN_LIMIT).await;
-        c.init.set_reported();
+        c.init.wait_announced(ANNOUNCE_LIMIT).await;
+        // Queued before Wait answers, so TaskExit always precedes the TaskDelete that a
+        // Delete following Wait publishes.
         self.events
             .exited(&c.id, &c.id, c.init.pid(), status, at)
             .await;
+        c.init.set_reported();
         crate::memory::trim_heap();
     }
 
@@ -189,8 +201,10 @@ impl Shared {
         }
         let progress = p.copiers.lock().await.progress();
         progress.drain(IO_DRAIN_LIMIT).await;
-        p.set_reported();
+        p.wait_announced(ANNOUNCE_LIMIT).await;
+        // Queued before Wait answers and before init's exit (which waits for this).
         self.events.exited(&c.id, &p.id, p.pid(), status, at).await;
+        p.set_reported();
     }
 
     /// Claims an exit reaped before the pid was registered.
@@ -233,9 +247,8 @@ impl Task for TaskService {
             .created(&req.id, &req.bundle, pid, &c.init.stdio)
             .await;
         if let Some(exit) = self.shared.take_unclaimed(pid) {
-            self.shared
-                .init_exited(c.clone(), exit.status as u32, exit.at)
-                .await;
+            let (shared, c) = (self.shared.clone(), c.clone());
+            tokio::spawn(async move { shared.init_exited(c, exit.status as u32, exit.at).await });
         }
         Ok(api::CreateTaskResponse {
             pid: pid as u32,
@@ -250,24 +263,44 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::StartResponse> {
         let c = self.container(&req.id)?;
         if !req.exec_id.is_empty() {
-            let pid = c.start_exec(&req.exec_id).await?;
+            let p = c.process(&req.exec_id)?;
+            p.set_starting();
+            let started = c.start_exec(&req.exec_id).await;
+            let pid = match started {
+                Ok(pid) => pid,
+                Err(e) => {
+                    p.set_announced();
+                    return Err(e.into());
+                }
+            };
             self.shared
                 .events
                 .exec_started(&req.id, &req.exec_id, pid)
                 .await;
+            p.set_announced();
             if let Some(exit) = self.shared.take_unclaimed(pid) {
-                let p = c.process(&req.exec_id)?;
-                self.shared
-                    .exec_exited(&c, &p, exit.status as u32, exit.at)
-                    .await;
+                let (shared, c) = (self.shared.clone(), c.clone());
+                tokio::spawn(async move {
+                    shared
+                        .exec_exited(&c, &p, exit.status as u32, exit.at)
+                        .await
+                });
             }
             return Ok(api::StartResponse {
                 pid: pid as u32,
                 ..Default::default()
             });
         }
-        let pid = c.start().await?;
+        c.init.set_starting();
+        let pid = match c.start().await {
+            Ok(pid) => pid,
+            Err(e) => {
+                c.init.set_announced();
+                return Err(e.into());
+            }
+        };
         self.shared.events.started(&req.id, pid).await;
+        c.init.set_announced();
         crate::memory::trim_heap();
         Ok(api::StartResponse {
             pid: pid as u32,
