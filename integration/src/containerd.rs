@@ -716,24 +716,31 @@ disabled_plugins = [
             })
     }
 
+    /// Stops the containerd process this fixture started: SIGTERM by PID, SIGKILL after 10 s.
+    fn stop_daemon(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
     /// Stops containerd (SIGTERM, by PID) and starts it again with the same config, leaving
     /// shims and containers running, as an operator restart or upgrade does.
     pub async fn restart(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() >= deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        }
+        // A blocking wait of at most 10 s; restart is only called from multi-thread tests.
+        self.stop_daemon();
         let _ = std::fs::remove_file(&self.socket);
         self.spawn()?;
         self.write_record()?;
@@ -758,21 +765,7 @@ disabled_plugins = [
         let before = self.footprint();
 
         // containerd first, so it does not restart or re-create what we remove next.
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() >= deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        }
+        self.stop_daemon();
 
         // Container processes: runc's own view first, then anything whose root is ours.
         let runc_root = self.runc_root();
