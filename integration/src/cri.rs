@@ -90,11 +90,21 @@ impl Containerd {
 impl Cri {
     /// RunPodSandbox through `handler`; records the pod's netns for cleanup.
     pub async fn run_pod(&mut self, handler: Handler, config: &PodSandboxConfig) -> Result<String> {
+        self.run_pod_with(handler.name(), config).await
+    }
+
+    /// RunPodSandbox through a runtime handler given by name (e.g. an extra runtime of the
+    /// fixture); records the pod's netns for cleanup.
+    pub async fn run_pod_with(
+        &mut self,
+        handler: &str,
+        config: &PodSandboxConfig,
+    ) -> Result<String> {
         let id = self
             .runtime
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: handler.name().into(),
+                runtime_handler: handler.into(),
             })
             .await
             .map_err(rpc("RunPodSandbox"))?

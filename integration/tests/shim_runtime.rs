@@ -163,38 +163,26 @@ async fn option_encodings_select_the_runtime() {
     for (handler, binary, root) in &cases {
         let mut cfg = fx.pod_config(handler);
         cfg.metadata.as_mut().unwrap().uid = format!("{handler}-uid");
-        let created = cri
-            .runtime
-            .run_pod_sandbox(sturdy_integration::k8s_cri::v1::RunPodSandboxRequest {
-                config: Some(cfg.clone()),
-                runtime_handler: handler.clone(),
-            })
-            .await;
+        let created = cri.run_pod_with(handler, &cfg).await;
         if *binary == "crun" {
             // crun 1.8 refuses this host's hybrid cgroup layout (its cgroup2 mount carries
             // hugetlb) whatever its flags, so a crun pod cannot run here. Its own refusal,
             // passed through unchanged, proves the option selected crun.
-            let err = created.expect_err("crun cannot run containers on a hybrid cgroup host");
+            let err = created
+                .expect_err("crun cannot run containers on a hybrid cgroup host")
+                .to_string();
             assert!(
-                err.message()
-                    .contains("cgroups in hybrid mode not supported"),
-                "{handler}: not crun's error: {}",
-                err.message()
+                err.contains("cgroups in hybrid mode not supported"),
+                "{handler}: not crun's error: {err}"
             );
             assert!(
-                err.message().contains("(runtime binary crun)"),
-                "{handler}: the error does not name the runtime: {}",
-                err.message()
+                err.contains("(runtime binary crun)"),
+                "{handler}: the error does not name the runtime: {err}"
             );
             continue;
         }
         let pod = created
-            .unwrap_or_else(|e| panic!("RunPodSandbox via {handler}: {e}\n{}", fx.log_tail(30)))
-            .into_inner()
-            .pod_sandbox_id;
-        if let Ok(Some(ns)) = cri.pod_netns(&pod).await {
-            fx.record_netns(ns);
-        }
+            .unwrap_or_else(|e| panic!("RunPodSandbox via {handler}: {e}\n{}", fx.log_tail(30)));
         let exe = fx.shim_exe(CRI_NAMESPACE, &pod).expect("pod shim");
         assert_eq!(exe, sturdy_exe, "{handler} not served by sturdy");
         let c = cri
@@ -243,23 +231,15 @@ async fn bad_runtime_options_are_clear_errors() {
     for (name, _, key) in &cases {
         let cfg = fx.pod_config(name);
         let err = cri
-            .runtime
-            .run_pod_sandbox(sturdy_integration::k8s_cri::v1::RunPodSandboxRequest {
-                config: Some(cfg),
-                runtime_handler: name.to_string(),
-            })
+            .run_pod_with(name, &cfg)
             .await
-            .expect_err("bad options must fail the pod");
+            .expect_err("bad options must fail the pod")
+            .to_string();
         assert!(
-            err.message().contains(key),
-            "{name}: error does not name {key}: {}",
-            err.message()
+            err.contains(key),
+            "{name}: error does not name {key}: {err}"
         );
-        assert!(
-            err.message().contains("runtime option"),
-            "{name}: {}",
-            err.message()
-        );
+        assert!(err.contains("runtime option"), "{name}: {err}");
     }
     assert!(cri.list_pods().await.expect("list").is_empty());
     let end = Instant::now() + Duration::from_secs(10);
@@ -441,18 +421,9 @@ async fn shim_cgroup_and_oom_score() {
     let mut cri = fx.cri().await.expect("cri client");
     let cfg = fx.pod_config("placed");
     let pod = cri
-        .runtime
-        .run_pod_sandbox(sturdy_integration::k8s_cri::v1::RunPodSandboxRequest {
-            config: Some(cfg),
-            runtime_handler: "placed".into(),
-        })
+        .run_pod_with("placed", &cfg)
         .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    if let Ok(Some(ns)) = cri.pod_netns(&pod).await {
-        fx.record_netns(ns);
-    }
+        .expect("RunPodSandbox");
     let shim = fx.shim_pid(CRI_NAMESPACE, &pod).expect("pod shim");
     let cgroups = std::fs::read_to_string(format!("/proc/{shim}/cgroup")).expect("shim cgroups");
     for controller in ["memory", "pids", "cpu"] {
