@@ -204,24 +204,9 @@ impl Builder {
             // Drop owns removal: it has to unmount first, which TempDir would not.
             .keep();
         let suffix = random_suffix();
-        let mut fx = Containerd {
-            namespace: format!("sturdy-{suffix}"),
-            cgroup_name: format!("sturdy-{suffix}"),
-            bridge: format!("stu{suffix}"),
-            network: format!("sturdy-{suffix}"),
-            socket: dir.join("containerd.sock"),
-            shim_bin: self.shim_bin.clone(),
-            extra_runtimes: self.extra_runtimes.clone(),
-            sturdy_as_runc_v2: self.sturdy_as_runc_v2,
-            dir,
-            suffix,
-            child: None,
-            pid: 0,
-            subnet: None,
-            netns: Arc::new(Mutex::new(BTreeSet::new())),
-            cleaned: false,
-            owner: None,
-        };
+        let mut fx = Containerd::identity(dir, &suffix, self.shim_bin.clone());
+        fx.extra_runtimes = self.extra_runtimes.clone();
+        fx.sturdy_as_runc_v2 = self.sturdy_as_runc_v2;
         // From here on Drop cleans whatever got created if a later step fails.
         fx.owner = Some(lock_file(
             &fx.dir.join("owner.lock"),
@@ -716,6 +701,29 @@ disabled_plugins = [
             })
     }
 
+    /// A fixture value for `dir` and `suffix`, with every name derived from the suffix and
+    /// nothing started, locked or recorded yet.
+    fn identity(dir: PathBuf, suffix: &str, shim_bin: PathBuf) -> Containerd {
+        Containerd {
+            namespace: format!("sturdy-{suffix}"),
+            cgroup_name: format!("sturdy-{suffix}"),
+            bridge: format!("stu{suffix}"),
+            network: format!("sturdy-{suffix}"),
+            socket: dir.join("containerd.sock"),
+            shim_bin,
+            extra_runtimes: Vec::new(),
+            sturdy_as_runc_v2: false,
+            dir,
+            suffix: suffix.to_string(),
+            child: None,
+            pid: 0,
+            subnet: None,
+            netns: Arc::new(Mutex::new(BTreeSet::new())),
+            cleaned: false,
+            owner: None,
+        }
+    }
+
     /// Stops the containerd process this fixture started: SIGTERM by PID, SIGKILL after 10 s.
     fn stop_daemon(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -959,25 +967,14 @@ pub fn reap_stale_fixtures() -> Vec<PathBuf> {
             "sturdy-integration: reaping fixture {} left by a dead test process",
             dir.display()
         );
-        let mut fx = Containerd {
-            namespace: format!("sturdy-{suffix}"),
-            cgroup_name: format!("sturdy-{suffix}"),
-            bridge: format!("stu{suffix}"),
-            network: format!("sturdy-{suffix}"),
-            socket: dir.join("containerd.sock"),
-            shim_bin: PathBuf::from(rec["shim_bin"].as_str().unwrap_or_default()),
-            extra_runtimes: Vec::new(),
-            sturdy_as_runc_v2: false,
-            dir: dir.clone(),
-            suffix: suffix.to_string(),
-            // Not our child: its command line names our dir, so the PID scan kills it.
-            child: None,
-            pid: rec["pid"].as_i64().unwrap_or(0) as i32,
-            subnet: None,
-            netns: Arc::default(),
-            cleaned: false,
-            owner: Some(lock),
-        };
+        let mut fx = Containerd::identity(
+            dir.clone(),
+            suffix,
+            PathBuf::from(rec["shim_bin"].as_str().unwrap_or_default()),
+        );
+        // Not our child: its command line names our dir, so the PID scan kills it.
+        fx.pid = rec["pid"].as_i64().unwrap_or(0) as i32;
+        fx.owner = Some(lock);
         fx.stop();
         reaped.push(dir);
     }
@@ -1093,30 +1090,20 @@ mod tests {
 
     #[test]
     fn config_keeps_everything_in_the_temp_dir() {
-        let fx = Containerd {
-            extra_runtimes: Vec::new(),
-            sturdy_as_runc_v2: false,
-            dir: PathBuf::from("/tmp/sturdy-test-unit"),
-            suffix: "0123abcd".into(),
-            namespace: "sturdy-0123abcd".into(),
-            cgroup_name: "sturdy-0123abcd".into(),
-            bridge: "stu0123abcd".into(),
-            network: "sturdy-0123abcd".into(),
-            socket: PathBuf::from("/tmp/sturdy-test-unit/containerd.sock"),
-            shim_bin: PathBuf::from("/nonexistent"),
-            child: None,
-            pid: 0,
-            // A lock on a private file: this test must not take one of the shared slots.
-            subnet: Some(SubnetSlot {
-                index: 3,
-                _lock: Flock::lock(tempfile::tempfile().unwrap(), FlockArg::LockExclusive)
-                    .map_err(|(_, e)| e)
-                    .unwrap(),
-            }),
-            netns: Arc::default(),
-            cleaned: true,
-            owner: None,
-        };
+        let mut fx = Containerd::identity(
+            PathBuf::from("/tmp/sturdy-test-unit"),
+            "0123abcd",
+            PathBuf::from("/nonexistent"),
+        );
+        // Nothing was started: Drop has nothing to clean.
+        fx.cleaned = true;
+        // A lock on a private file: this test must not take one of the shared slots.
+        fx.subnet = Some(SubnetSlot {
+            index: 3,
+            _lock: Flock::lock(tempfile::tempfile().unwrap(), FlockArg::LockExclusive)
+                .map_err(|(_, e)| e)
+                .unwrap(),
+        });
         let cfg = fx.config_toml();
         for key in ["root", "state"] {
             let line = cfg

@@ -112,6 +112,27 @@ impl Drop for LogTarget {
 }
 
 /// Last `{"level":"error","msg":...}` entry of a JSON-lines log.
+/// Spawns `cmd` for the reaper to collect and returns its pid: the std `Child` is dropped
+/// (which neither waits nor kills) and the reaper is told a child exists.
+pub(crate) fn spawn_reaped(
+    mut cmd: std::process::Command,
+    command: &'static str,
+    id: &str,
+    cfg: &RuncConfig,
+) -> Result<i32> {
+    let spawned = cmd.spawn();
+    // The Command holds the child's ends of the pipes: close them or EOF never comes.
+    drop(cmd);
+    let child = spawned.map_err(|source| Error::Spawn {
+        command,
+        id: id.to_string(),
+        binary: cfg.binary.clone(),
+        source,
+    })?;
+    Reaper::notify_spawned();
+    Ok(child.id() as i32)
+}
+
 pub(crate) fn last_error_in(log: &str) -> Option<String> {
     log.lines().rev().find_map(|line| {
         let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
@@ -241,21 +262,10 @@ pub(crate) async fn run(
     // With pre_exec std forks, and if exec then fails it reaps the child itself and
     // panics when our reaper got there first: keep the reaper off during that window.
     let hold = (!parked.is_empty()).then(|| reaper.hold());
-    let spawned = cmd.spawn();
+    let spawned = spawn_reaped(cmd, command, id, cfg);
     drop(hold);
-    // The Command holds the child's ends of the pipes: close them or EOF never comes.
-    drop(cmd);
     drop(parked);
-    let child = spawned.map_err(|source| Error::Spawn {
-        command,
-        id: id.to_string(),
-        binary: cfg.binary.clone(),
-        source,
-    })?;
-    Reaper::notify_spawned();
-    let pid = child.id() as i32;
-    // Dropping a std Child neither waits nor kills; the reaper collects it.
-    drop(child);
+    let pid = spawned?;
     let mut cancel_guard = KillOnCancel { pid, armed: true };
 
     let mut out = Retained::new(cfg.output_limit);

@@ -7,11 +7,13 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::unix::pipe::Receiver;
 
-use crate::command::{base_command, client_pipe, kill_process_tree, text_of, LogTarget};
+use crate::command::{
+    base_command, client_pipe, kill_process_tree, spawn_reaped, text_of, LogTarget,
+};
 use crate::drain::Retained;
 use crate::error::{Error, Result};
 use crate::io::async_reader;
-use crate::reaper::{ExitSubscription, Reaper};
+use crate::reaper::ExitSubscription;
 use crate::types::Event;
 use crate::Runc;
 
@@ -51,17 +53,7 @@ impl EventStream {
         let out_r = async_reader(out.read)?;
         let err_r = async_reader(err.read)?;
         let exits = runc.reaper().subscribe();
-        let spawned = cmd.spawn();
-        drop(cmd);
-        let child = spawned.map_err(|source| Error::Spawn {
-            command: "events",
-            id: id.to_string(),
-            binary: cfg.binary.clone(),
-            source,
-        })?;
-        Reaper::notify_spawned();
-        let pid = child.id() as i32;
-        drop(child);
+        let pid = spawn_reaped(cmd, "events", id, cfg)?;
 
         let stderr = Arc::new(Mutex::new(Retained::new(cfg.output_limit)));
         let sink = stderr.clone();

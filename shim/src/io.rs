@@ -36,13 +36,6 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
-impl StdioPaths {
-    /// True when no stdio was requested at all.
-    pub fn is_null(&self) -> bool {
-        self.stdin.is_empty() && self.stdout.is_empty() && self.stderr.is_empty()
-    }
-}
-
 /// How long output may make no progress before draining gives up on it.
 pub const DRAIN_IDLE_LIMIT: Duration = Duration::from_secs(2);
 
