@@ -331,7 +331,13 @@ pub(crate) async fn run(
             .or_else(|| text_of(&err))
             .or_else(|| text_of(&out))
             .unwrap_or_else(|| format!("exited with status {}", exit.status));
-        return Err(Error::from_exit(command, id, exit.status, message));
+        return Err(Error::from_exit(
+            command,
+            id,
+            exit.status,
+            message,
+            cfg.root.as_deref(),
+        ));
     }
     Ok(Output {
         status: exit.status,

@@ -1,6 +1,6 @@
 //! Typed errors for every runc invocation.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Result alias used throughout the crate.
@@ -119,20 +119,17 @@ impl Error {
         }
     }
 
-    /// Build the error for a non-zero exit, classifying "does not exist".
+    /// Build the error for a non-zero exit, classifying the runtime's own "no such container".
+    ///
+    /// `root` is the configured `--root`, which crun names in its message.
     pub(crate) fn from_exit(
         command: &'static str,
         id: &str,
         status: i32,
         message: String,
+        root: Option<&Path>,
     ) -> Error {
-        let lower = message.to_ascii_lowercase();
-        // runc says "container does not exist"; crun says "container `x` does not exist" or
-        // fails to open its state file.
-        let not_found = lower.contains("does not exist")
-            || lower.contains("container not found")
-            || (lower.contains("status") && lower.contains("no such file or directory"));
-        if not_found {
+        if says_not_found(command, id, &message, root) {
             Error::NotFound {
                 command,
                 id: id.to_string(),
@@ -150,20 +147,145 @@ impl Error {
     }
 }
 
+/// runc 1.1's whole message for a container id it has no state for.
+const RUNC_NOT_FOUND: &str = "container does not exist";
+
+/// Whether `message` is exactly what the runtime says when `id` has no state.
+///
+/// Matching whole messages, never fragments: "cgroup path ... does not exist" from a live
+/// container once made a delete look successful while the container kept running.
+fn says_not_found(command: &str, id: &str, message: &str, root: Option<&Path>) -> bool {
+    let m = message.trim();
+    // runc prefixes every exec failure with "exec failed: ".
+    if m == RUNC_NOT_FOUND
+        || (command == "exec" && m.strip_prefix("exec failed: ") == Some(RUNC_NOT_FOUND))
+    {
+        return true;
+    }
+    // crun 1.8 names the state it could not open: <root>/<id>/status, and for delete the
+    // directory <root>/<id> (quoted differently from its other "cannot open directory").
+    let state = crun_join(&crun_state_root(root), id);
+    m == format!("error opening file `{state}/status`: No such file or directory")
+        || (command == "delete"
+            && m == format!("cannot open directory '{state}': No such file or directory"))
+}
+
+/// The state root crun uses: --root, else `$XDG_RUNTIME_DIR/crun`, else /run/crun.
+fn crun_state_root(root: Option<&Path>) -> String {
+    match root {
+        Some(r) => r.to_string_lossy().into_owned(),
+        None => match std::env::var("XDG_RUNTIME_DIR") {
+            Ok(dir) if !dir.is_empty() => crun_join(&dir, "crun"),
+            _ => "/run/crun".into(),
+        },
+    }
+}
+
+/// `dir/name` as crun joins paths: one leading slash at most, no trailing ones.
+fn crun_join(dir: &str, name: &str) -> String {
+    let mut dir = dir;
+    while dir.starts_with("//") {
+        dir = &dir[1..];
+    }
+    while dir.len() > 1 && dir.ends_with('/') {
+        dir = &dir[..dir.len() - 1];
+    }
+    let name = name.trim_matches('/');
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn classifies_not_found() {
-        let e = Error::from_exit("state", "abc", 1, "container does not exist".into());
+        let e = Error::from_exit("state", "abc", 1, "container does not exist".into(), None);
         assert!(e.is_not_found());
         assert_eq!(e.command(), Some("state"));
         assert_eq!(e.id(), Some("abc"));
-        let e = Error::from_exit("start", "abc", 1, "cannot start a running container".into());
+        let e = Error::from_exit(
+            "start",
+            "abc",
+            1,
+            "cannot start a running container".into(),
+            None,
+        );
         assert!(!e.is_not_found());
         assert!(e.to_string().contains("cannot start a running container"));
         assert!(e.to_string().contains("start abc"));
+    }
+
+    fn not_found(command: &'static str, id: &str, message: &str, root: Option<&str>) -> bool {
+        Error::from_exit(command, id, 1, message.into(), root.map(Path::new)).is_not_found()
+    }
+
+    #[test]
+    fn only_the_runtimes_own_not_found_messages_count() {
+        // runc 1.1: the whole message, whatever the command (exec wraps it).
+        for cmd in [
+            "state", "delete", "kill", "start", "ps", "pause", "resume", "update",
+        ] {
+            assert!(
+                not_found(cmd, "c1", "container does not exist", None),
+                "{cmd}"
+            );
+        }
+        assert!(not_found(
+            "exec",
+            "c1",
+            "exec failed: container does not exist",
+            None
+        ));
+        // The incident: a live container whose cgroup lookup failed.
+        let cgroup =
+            "unable to freeze container: cgroup path /sys/fs/cgroup/freezer/k8s/c1 does not exist";
+        assert!(!not_found("delete", "c1", cgroup, None));
+        for other in [
+            "open /sys/fs/cgroup/pids/c1/pids.max: no such file or directory",
+            "runc run failed: container does not exist in the expected cgroup",
+            "hook failed: container does not exist",
+            "container not found",
+            "exec failed: container does not exist",
+        ] {
+            assert!(!not_found("kill", "c1", other, None), "{other}");
+        }
+    }
+
+    #[test]
+    fn crun_not_found_names_the_state_of_that_id() {
+        let root = Some("/run/x");
+        let status = "error opening file `/run/x/c1/status`: No such file or directory";
+        let dir = "cannot open directory '/run/x/c1': No such file or directory";
+        assert!(not_found("state", "c1", status, root));
+        assert!(not_found("delete", "c1", dir, root));
+        // Another id's state, another root's, or some other `status` file are not this container.
+        assert!(!not_found("state", "c2", status, root));
+        assert!(!not_found("state", "c1", status, Some("/run/y")));
+        assert!(!not_found(
+            "kill",
+            "123",
+            "error opening file `/proc/123/status`: No such file or directory",
+            root
+        ));
+        assert!(!not_found(
+            "delete",
+            "c1",
+            "cannot open directory `/sys/fs/cgroup/pids/c1`: No such file or directory",
+            root
+        ));
+        // crun joins paths itself: extra slashes in --root do not change the file it names.
+        assert!(not_found("state", "c1", status, Some("/run/x/")));
+        // Without --root crun uses $XDG_RUNTIME_DIR/crun or /run/crun.
+        let default = "error opening file `/run/crun/c1/status`: No such file or directory";
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none_or(|d| d.is_empty()) {
+            assert!(not_found("state", "c1", default, None));
+        }
+        assert!(!not_found("state", "c1", default, root));
     }
 
     #[test]

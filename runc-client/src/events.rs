@@ -31,6 +31,8 @@ pub struct EventStream {
     /// error carries runc's last words rather than racing them.
     stderr_drain: Option<tokio::task::JoinHandle<()>>,
     log: LogTarget,
+    /// The configured --root, which crun names in its not-found message.
+    root: Option<std::path::PathBuf>,
     finished: bool,
     exited: bool,
 }
@@ -76,6 +78,7 @@ impl EventStream {
             stderr,
             stderr_drain: Some(stderr_drain),
             log,
+            root: cfg.root.clone(),
             finished: false,
             exited: false,
         })
@@ -153,6 +156,7 @@ impl EventStream {
             &self.id,
             exit.status,
             message,
+            self.root.as_deref(),
         )))
     }
 }
