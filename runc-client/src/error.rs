@@ -65,6 +65,27 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The container id is not a valid identifier; nothing was run.
+    #[error("runc {command} {id:?}: invalid container id: {reason}")]
+    InvalidId {
+        /// The runc subcommand.
+        command: &'static str,
+        /// The refused id.
+        id: String,
+        /// Which rule it breaks.
+        #[source]
+        reason: crate::id::IdError,
+    },
+    /// The signal is outside 0..=64; nothing was run.
+    #[error("runc {command} {id}: invalid signal {signal}, must be within 0..=64")]
+    InvalidSignal {
+        /// The runc subcommand.
+        command: &'static str,
+        /// The container id.
+        id: String,
+        /// The refused signal number.
+        signal: i32,
+    },
     /// runc succeeded but its output could not be understood.
     #[error("runc {command} {id}: cannot parse output: {message}")]
     Parse {
@@ -88,6 +109,11 @@ impl Error {
         matches!(self, Error::Timeout { .. })
     }
 
+    /// True when the call was refused before running anything (bad id or signal).
+    pub fn is_invalid_argument(&self) -> bool {
+        matches!(self, Error::InvalidId { .. } | Error::InvalidSignal { .. })
+    }
+
     /// The runc subcommand the error belongs to, when there is one.
     pub fn command(&self) -> Option<&'static str> {
         match self {
@@ -95,6 +121,8 @@ impl Error {
             | Error::Runc { command, .. }
             | Error::NotFound { command, .. }
             | Error::Spawn { command, .. }
+            | Error::InvalidId { command, .. }
+            | Error::InvalidSignal { command, .. }
             | Error::Parse { command, .. } => Some(command),
             Error::Io { .. } => None,
         }
@@ -107,6 +135,8 @@ impl Error {
             | Error::Runc { id, .. }
             | Error::NotFound { id, .. }
             | Error::Spawn { id, .. }
+            | Error::InvalidId { id, .. }
+            | Error::InvalidSignal { id, .. }
             | Error::Parse { id, .. } => Some(id),
             Error::Io { .. } => None,
         }

@@ -46,6 +46,7 @@ impl EventStream {
         // Go durations accept "ms"; whole milliseconds are plenty for a poll interval.
         cmd.arg("events")
             .arg(format!("--interval={}ms", interval.as_millis().max(1)))
+            .arg("--")
             .arg(id);
         let out = client_pipe(cfg, &ctx)?;
         let err = client_pipe(cfg, &ctx)?;

@@ -55,7 +55,23 @@ impl Args {
     fn path(self, name: &str, value: &Path) -> Args {
         self.opt(name, (!value.as_os_str().is_empty()).then_some(value))
     }
+    /// Ends the flags, then the id: whatever the id is, the runtime cannot take it for a flag.
+    fn id(self, id: &str) -> Args {
+        self.arg("--").arg(id)
+    }
 }
+
+/// Refuse an id that is not a containerd identifier, before anything is spawned.
+fn check_id(command: &'static str, id: &str) -> Result<()> {
+    crate::id::validate_id(id).map_err(|reason| Error::InvalidId {
+        command,
+        id: id.to_string(),
+        reason,
+    })
+}
+
+/// Highest signal number Linux knows (SIGRTMAX).
+const MAX_SIGNAL: i32 = 64;
 
 /// A temporary file removed on drop (for `exec --process`).
 struct TempFile(PathBuf);
@@ -145,6 +161,8 @@ impl Runc {
 
     /// Run any runc subcommand (`args` starts with it) under the same discipline as the typed calls.
     ///
+    /// `args` are passed verbatim: put `--` before positional arguments yourself. A non-empty
+    /// `id` (the container the call is about, used in errors) must still be a valid id.
     /// Like every call, dropping the future before runc exits kills runc and what it started.
     pub async fn raw(
         &self,
@@ -153,6 +171,9 @@ impl Runc {
         args: &[&str],
         deadline: Duration,
     ) -> Result<Output> {
+        if !id.is_empty() {
+            check_id(command, id)?;
+        }
         self.simple(
             command,
             id,
@@ -164,6 +185,7 @@ impl Runc {
 
     /// `runc create`: set up the container and leave its init waiting for `start`.
     pub async fn create(&self, id: &str, bundle: &Path, opts: &CreateOpts) -> Result<()> {
+        check_id("create", id)?;
         // The fds must be moved into the child; the caller keeps its own through `opts`.
         let extra_files = opts
             .extra_files
@@ -183,7 +205,7 @@ impl Runc {
                 "--preserve-fds",
                 (!extra_files.is_empty()).then(|| extra_files.len().to_string()),
             )
-            .arg(id);
+            .id(id);
         self.call(Call {
             command: "create",
             id,
@@ -199,8 +221,9 @@ impl Runc {
 
     /// `runc start`: run the created container's process.
     pub async fn start(&self, id: &str) -> Result<()> {
+        check_id("start", id)?;
         let d = self.config().deadlines.start;
-        self.simple("start", id, Args::new("start").arg(id), d)
+        self.simple("start", id, Args::new("start").id(id), d)
             .await
             .map(drop)
     }
@@ -212,6 +235,7 @@ impl Runc {
         process: &oci_spec::runtime::Process,
         opts: &ExecOpts,
     ) -> Result<()> {
+        check_id("exec", id)?;
         let json = serde_json::to_vec(process).map_err(|e| Error::Parse {
             command: "exec",
             id: id.to_string(),
@@ -227,7 +251,7 @@ impl Runc {
             .flag(opts.detach, "--detach")
             .path("--pid-file", &opts.pid_file)
             .opt("--console-socket", opts.console_socket.as_ref())
-            .arg(id);
+            .id(id);
         self.call(Call {
             command: "exec",
             id,
@@ -241,11 +265,20 @@ impl Runc {
         .map(drop)
     }
 
-    /// `runc kill [--all] <id> <signal>`.
+    /// `runc kill [--all] <id> <signal>`; `signal` must be within 0..=64 (0 only checks
+    /// that the init process exists; runc 1.1 refuses it for a stopped container).
     pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+        check_id("kill", id)?;
+        if !(0..=MAX_SIGNAL).contains(&signal) {
+            return Err(Error::InvalidSignal {
+                command: "kill",
+                id: id.to_string(),
+                signal,
+            });
+        }
         let args = Args::new("kill")
             .flag(all, "--all")
-            .arg(id)
+            .id(id)
             .arg(signal.to_string());
         let d = self.config().deadlines.kill;
         self.simple("kill", id, args, d).await.map(drop)
@@ -253,16 +286,18 @@ impl Runc {
 
     /// `runc delete [--force]`.
     pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let args = Args::new("delete").flag(force, "--force").arg(id);
+        check_id("delete", id)?;
+        let args = Args::new("delete").flag(force, "--force").id(id);
         let d = self.config().deadlines.delete;
         self.simple("delete", id, args, d).await.map(drop)
     }
 
     /// `runc state`, typed.
     pub async fn state(&self, id: &str) -> Result<State> {
+        check_id("state", id)?;
         let d = self.config().deadlines.state;
         let out = self
-            .simple("state", id, Args::new("state").arg(id), d)
+            .simple("state", id, Args::new("state").id(id), d)
             .await?;
         Self::parse("state", id, &out)
     }
@@ -270,23 +305,26 @@ impl Runc {
     /// `runc ps --format json`: host pids of the container's processes.
     pub async fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let d = self.config().deadlines.state;
-        let args = Args::new("ps").arg("--format").arg("json").arg(id);
+        check_id("ps", id)?;
+        let args = Args::new("ps").arg("--format").arg("json").id(id);
         let out = self.simple("ps", id, args, d).await?;
         Ok(Self::parse::<Option<Vec<i32>>>("ps", id, &out)?.unwrap_or_default())
     }
 
     /// `runc pause`.
     pub async fn pause(&self, id: &str) -> Result<()> {
+        check_id("pause", id)?;
         let d = self.config().deadlines.default;
-        self.simple("pause", id, Args::new("pause").arg(id), d)
+        self.simple("pause", id, Args::new("pause").id(id), d)
             .await
             .map(drop)
     }
 
     /// `runc resume`.
     pub async fn resume(&self, id: &str) -> Result<()> {
+        check_id("resume", id)?;
         let d = self.config().deadlines.default;
-        self.simple("resume", id, Args::new("resume").arg(id), d)
+        self.simple("resume", id, Args::new("resume").id(id), d)
             .await
             .map(drop)
     }
@@ -297,6 +335,7 @@ impl Runc {
         id: &str,
         resources: &oci_spec::runtime::LinuxResources,
     ) -> Result<()> {
+        check_id("update", id)?;
         let json = serde_json::to_vec(resources).map_err(|e| Error::Parse {
             command: "update",
             id: id.to_string(),
@@ -305,7 +344,7 @@ impl Runc {
         self.call(Call {
             command: "update",
             id,
-            args: Args::new("update").arg("--resources").arg("-").arg(id).0,
+            args: Args::new("update").arg("--resources").arg("-").id(id).0,
             deadline: self.config().deadlines.default,
             stdin: Some(json),
             io: None,
@@ -317,9 +356,10 @@ impl Runc {
 
     /// `runc events --stats`: one snapshot of the container's cgroup statistics.
     pub async fn stats(&self, id: &str) -> Result<Stats> {
+        check_id("events", id)?;
         let d = self.config().deadlines.state;
         let out = self
-            .simple("events", id, Args::new("events").arg("--stats").arg(id), d)
+            .simple("events", id, Args::new("events").arg("--stats").id(id), d)
             .await?;
         let event: Event = Self::parse("events", id, &out)?;
         let data = event.data.ok_or_else(|| Error::Parse {
@@ -336,20 +376,23 @@ impl Runc {
 
     /// `runc events --interval`: a stream of events, runc is killed when the stream is dropped.
     pub async fn events(&self, id: &str, interval: Duration) -> Result<EventStream> {
+        check_id("events", id)?;
         EventStream::spawn(self, id, interval)
     }
 
     /// `runc checkpoint` with CRIU options.
     pub async fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
+        check_id("checkpoint", id)?;
         let mut args = Args::new("checkpoint");
         opts.checkpoint_args(&mut args.0);
-        let args = args.arg(id);
+        let args = args.id(id);
         let d = self.config().deadlines.checkpoint;
         self.simple("checkpoint", id, args, d).await.map(drop)
     }
 
     /// `runc restore` from a checkpoint image into `bundle`.
     pub async fn restore(&self, id: &str, bundle: &Path, opts: &RestoreOpts) -> Result<()> {
+        check_id("restore", id)?;
         let io = clone_io(&opts.io, "restore", id)?;
         let mut args = Args::new("restore")
             .arg("--bundle")
@@ -360,7 +403,7 @@ impl Runc {
             .flag(opts.no_pivot, "--no-pivot")
             .flag(opts.no_subreaper, "--no-subreaper");
         opts.checkpoint.common_args(&mut args.0);
-        let args = args.arg(id);
+        let args = args.id(id);
         self.call(Call {
             command: "restore",
             id,

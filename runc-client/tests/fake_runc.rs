@@ -3,93 +3,18 @@
 //! All clients here shrink their pipes to one page, so any failure to drain shows up
 //! as a hang rather than hiding in a 64 KiB kernel buffer.
 
+mod common;
+
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::fake::{alive, next, wait_dead, Fake, KillOnDrop};
 use runc_client::{CreateOpts, Pipe, ProcessIo, Reaper, Runc, RuncConfig};
 use tokio::sync::RwLock;
 
 /// The fd-leak test needs the process to itself; every other test holds this for reading.
 static FD_COUNT: RwLock<()> = RwLock::const_new(());
-
-struct Fake {
-    dir: tempfile::TempDir,
-    runc: Runc,
-}
-
-impl Fake {
-    /// A client whose runtime is `body`, run by /bin/sh; `$DIR` is the fake's private dir.
-    fn new(body: &str) -> Fake {
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("runc");
-        let text = format!("#!/bin/sh\nDIR='{}'\n{body}\n", dir.path().display());
-        std::fs::write(&script, text).unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let config = RuncConfig {
-            binary: script,
-            pipe_size: Some(4096),
-            ..Default::default()
-        };
-        Fake {
-            runc: Runc::new(config, Reaper::global()),
-            dir,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn pids(&self, name: &str) -> Vec<i32> {
-        std::fs::read_to_string(self.path(name))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect()
-    }
-}
-
-/// Kills, by pid, processes a fake started, even when the test fails first.
-struct KillOnDrop(Vec<i32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            if alive(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
-
-/// Running or sleeping; a zombie has already died and only waits for its reaper.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit_once(')')
-                .map(|(_, r)| r.trim_start().chars().next());
-            state != Some(Some('Z')) && state != Some(Some('X'))
-        }
-        Err(_) => false,
-    }
-}
-
-async fn wait_dead(pid: i32, within: Duration) -> bool {
-    let end = Instant::now() + within;
-    while Instant::now() < end {
-        if !alive(pid) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    !alive(pid)
-}
 
 const MIB: usize = 1024 * 1024;
 
@@ -291,94 +216,6 @@ async fn stderr_is_the_fallback_message() {
     );
 }
 
-#[tokio::test]
-async fn typed_calls_pass_arguments_and_parse_output() {
-    let _shared = FD_COUNT.read().await;
-    let fake = Fake::new(
-        "echo \"$@\" >> \"$DIR/args\"\n\
-         for last; do :; done\n\
-         case \" $* \" in\n\
-         *' state '*) echo '{\"ociVersion\":\"1.0.2\",\"id\":\"c9\",\"pid\":77,\"status\":\"running\",\"bundle\":\"/b\",\"rootfs\":\"/b/rootfs\",\"created\":\"x\",\"annotations\":{\"k\":\"v\"}}' ;;\n\
-         *' ps '*) echo '[3,4]' ;;\n\
-         *' update '*) cat > \"$DIR/stdin\" ;;\n\
-         *' --version '*) printf 'runc version 1.0.0-rc93\\ncommit: abc\\nspec: 1.0.2\\n' ;;\n\
-         esac",
-    );
-    let runc = &fake.runc;
-    let state = runc.state("c9").await.unwrap();
-    assert_eq!((state.pid, state.status.as_str()), (77, "running"));
-    assert_eq!(state.annotations["k"], "v");
-    assert_eq!(runc.ps("c9").await.unwrap(), vec![3, 4]);
-    runc.kill("c9", 9, true).await.unwrap();
-    runc.delete("c9", true).await.unwrap();
-    let resources = oci_spec::runtime::LinuxResourcesBuilder::default()
-        .pids(
-            oci_spec::runtime::LinuxPidsBuilder::default()
-                .limit(42i64)
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
-    runc.update("c9", &resources).await.unwrap();
-    let sent: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fake.path("stdin")).unwrap()).unwrap();
-    assert_eq!(sent["pids"]["limit"], 42);
-    let checkpoint = runc_client::CheckpointOpts {
-        image_path: "/img".into(),
-        work_path: Some("/work".into()),
-        leave_running: true,
-        tcp_established: true,
-        empty_namespaces: vec!["network".into()],
-        cgroups_mode: Some("soft".into()),
-        ..Default::default()
-    };
-    runc.checkpoint("c9", &checkpoint).await.unwrap();
-    let restore = runc_client::RestoreOpts {
-        checkpoint: checkpoint.clone(),
-        pid_file: "/p.pid".into(),
-        detach: true,
-        no_subreaper: true,
-        ..Default::default()
-    };
-    runc.restore("c9", Path::new("/bundle"), &restore)
-        .await
-        .unwrap();
-    let version = runc.version().await.unwrap();
-    assert_eq!(version.runc, "1.0.0-rc93");
-    assert_eq!(version.known_issues().len(), 2);
-
-    let args = std::fs::read_to_string(fake.path("args")).unwrap();
-    let lines: Vec<&str> = args
-        .lines()
-        .map(|l| l.split_once(" json ").unwrap().1)
-        .collect();
-    assert_eq!(
-        lines,
-        [
-            "state c9",
-            "ps --format json c9",
-            "kill --all c9 9",
-            "delete --force c9",
-            "update --resources - c9",
-            "checkpoint --image-path /img --work-path /work --tcp-established --empty-ns network \
-             --manage-cgroups-mode soft --leave-running c9",
-            "restore --bundle /bundle --detach --pid-file /p.pid --no-subreaper --image-path /img \
-             --work-path /work --tcp-established --empty-ns network --manage-cgroups-mode soft c9",
-            "--version",
-        ]
-    );
-    // Drained commands log JSON to stderr: no log file to create per call. Restore hands
-    // its stdio over, so it alone needs a log file.
-    for line in args.lines() {
-        if line.contains(" restore ") {
-            assert!(line.starts_with("--log /"), "{line}");
-        } else {
-            assert!(line.starts_with("--log-format json "), "{line}");
-        }
-    }
-}
-
 /// `ProcessIo` and preserved fds reach the runtime as 0/1/2 and 3.., and nothing else does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_passes_exactly_the_intended_fds() {
@@ -419,7 +256,7 @@ async fn create_passes_exactly_the_intended_fds() {
     let args = std::fs::read_to_string(fake.path("args")).unwrap();
     assert!(
         args.contains(&format!(
-            "create --bundle /bundle --pid-file {} --no-pivot --preserve-fds 1 c-fd",
+            "create --bundle /bundle --pid-file {} --no-pivot --preserve-fds 1 -- c-fd",
             fake.path("pid").display()
         )),
         "{args}"
@@ -580,11 +417,8 @@ async fn event_stream_yields_events_then_runcs_error() {
     assert!(err.to_string().contains("events went away"), "{err}");
     assert!(next(&mut events).await.is_none());
     let args = std::fs::read_to_string(fake.path("args")).unwrap();
-    assert!(args.ends_with("events --interval=1500ms c-ev\n"), "{args}");
-}
-
-async fn next(e: &mut runc_client::EventStream) -> Option<runc_client::Result<runc_client::Event>> {
-    tokio::time::timeout(Duration::from_secs(5), e.next())
-        .await
-        .expect("event stream stalled")
+    assert!(
+        args.ends_with("events --interval=1500ms -- c-ev\n"),
+        "{args}"
+    );
 }

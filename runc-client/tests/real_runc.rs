@@ -7,7 +7,10 @@ mod common;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use common::{runc_available, unique_id, Bundle, CgroupGuard, ContainerGuard, Root, SysctlGuard};
+use common::{
+    process, runc_available, unique_id, wait_status, Bundle, CgroupGuard, ContainerGuard, Root,
+    SysctlGuard,
+};
 use runc_client::{ConsoleSocket, CreateOpts, ExecOpts, Pipe, ProcessIo, Runc};
 
 macro_rules! require_runc {
@@ -17,23 +20,6 @@ macro_rules! require_runc {
             return;
         }
     };
-}
-
-async fn wait_status(runc: &Runc, id: &str, want: &str) -> String {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = runc.state(id).await.unwrap().status;
-        if status == want || Instant::now() > end {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn process(args: &[&str]) -> oci_spec::runtime::Process {
-    let mut p = serde_json::to_value(oci_spec::runtime::Process::default()).unwrap();
-    p["args"] = serde_json::json!(args);
-    serde_json::from_value(p).unwrap()
 }
 
 fn read_to_string(fd: OwnedFd) -> String {
@@ -459,97 +445,4 @@ async fn crun_is_a_drop_in_runtime() {
     let err = crun.state("no-such-container").await.unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
     assert!(err.to_string().contains("no-such-container"), "{err}");
-}
-
-/// Every command on an id the runtime has no state for, each expected to be `NotFound`.
-async fn assert_every_command_not_found(runtime: &Runc, label: &str, has_events: bool) {
-    let id = "no-such-container";
-    let resources = oci_spec::runtime::LinuxResources::default();
-    let attached = ExecOpts::default();
-    let detached = ExecOpts {
-        detach: true,
-        ..Default::default()
-    };
-    let results: Vec<(&str, runc_client::Result<()>)> = vec![
-        ("state", runtime.state(id).await.map(drop)),
-        ("delete", runtime.delete(id, false).await),
-        ("kill", runtime.kill(id, 9, false).await),
-        ("kill --all", runtime.kill(id, 9, true).await),
-        ("start", runtime.start(id).await),
-        ("ps", runtime.ps(id).await.map(drop)),
-        ("pause", runtime.pause(id).await),
-        ("resume", runtime.resume(id).await),
-        ("update", runtime.update(id, &resources).await),
-        (
-            "exec",
-            runtime.exec(id, &process(&["true"]), &attached).await,
-        ),
-        (
-            "exec --detach",
-            runtime.exec(id, &process(&["true"]), &detached).await,
-        ),
-    ];
-    let mut results = results;
-    if has_events {
-        results.push(("events --stats", runtime.stats(id).await.map(drop)));
-        let mut stream = runtime.events(id, Duration::from_secs(1)).await.unwrap();
-        let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("events stream stalled");
-        results.push((
-            "events",
-            match first {
-                Some(r) => r.map(drop),
-                None => Ok(()),
-            },
-        ));
-    }
-    for (what, result) in results {
-        match result {
-            Err(e) => {
-                assert!(e.is_not_found(), "{label}: {what}: {e:?}");
-                assert_eq!(e.id(), Some(id), "{label}: {what}");
-            }
-            Ok(()) => panic!("{label}: {what} succeeded on a missing container"),
-        }
-    }
-    // Forced deletes of nothing succeed in both runtimes (runc 1.1.5, crun 1.8.1).
-    runtime.delete(id, true).await.unwrap();
-}
-
-#[tokio::test]
-async fn runc_not_found_for_every_command_with_and_without_log() {
-    require_runc!();
-    let root = Root::new();
-    assert_every_command_not_found(&root.client(), "runc, log on stderr", true).await;
-    let log = root.path().join("shared-log.json");
-    let logged = Runc::new(
-        runc_client::RuncConfig {
-            log: Some(log.clone()),
-            ..root.client().config().clone()
-        },
-        runc_client::Reaper::global(),
-    );
-    assert_every_command_not_found(&logged, "runc, --log file", true).await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("container does not exist"), "{text}");
-}
-
-#[tokio::test]
-async fn crun_not_found_for_every_command() {
-    require_runc!();
-    if !std::path::Path::new("/usr/bin/crun").exists() {
-        eprintln!("skipping: no /usr/bin/crun");
-        return;
-    }
-    let root = Root::new();
-    let crun = Runc::new(
-        runc_client::RuncConfig {
-            binary: "/usr/bin/crun".into(),
-            ..root.client().config().clone()
-        },
-        runc_client::Reaper::global(),
-    );
-    // crun 1.8.1 has no `events` command.
-    assert_every_command_not_found(&crun, "crun", false).await;
 }

@@ -1,8 +1,12 @@
 //! Busybox bundles and cleanup guards for tests and benches that drive the real runc.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use std::time::{Duration, Instant};
 
 use runc_client::{Reaper, Runc, RuncConfig};
 
@@ -184,4 +188,23 @@ impl Drop for CgroupGuard {
             }
         }
     }
+}
+
+/// Polls `runc state` until the container reaches `want` (10 s at most); the last status seen.
+pub async fn wait_status(runc: &Runc, id: &str, want: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = runc.state(id).await.unwrap().status;
+        if status == want || Instant::now() > end {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A process spec running `args` as root in /.
+pub fn process(args: &[&str]) -> oci_spec::runtime::Process {
+    let mut p = serde_json::to_value(oci_spec::runtime::Process::default()).unwrap();
+    p["args"] = serde_json::json!(args);
+    serde_json::from_value(p).unwrap()
 }
