@@ -20,7 +20,8 @@ use tokio::io::AsyncWriteExt;
 use crate::config::RuncConfig;
 use crate::drain::{drain, Retained};
 use crate::error::{Error, Result};
-use crate::io::{async_reader, async_writer, set_pipe_capacity, unique_name, Pipe, ProcessIo};
+use crate::io::{async_reader, async_writer, set_pipe_capacity, Pipe, ProcessIo};
+use crate::private::PrivateDir;
 use crate::reaper::Reaper;
 
 /// How long output is still read after runc exited, for a grandchild may hold the pipe forever.
@@ -41,6 +42,9 @@ pub(crate) struct Call<'a> {
     /// Some: runc's stdio is handed over and not drained (create/exec/restore).
     pub io: Option<ProcessIo>,
     pub extra_files: Vec<OwnedFd>,
+    /// A private directory that lives as long as the call (exec's spec is in it); a
+    /// per-call log goes there too.
+    pub scratch: Option<PrivateDir>,
 }
 
 /// What a successful command printed, bounded to the configured output limit.
@@ -59,29 +63,48 @@ pub(crate) enum LogTarget {
     /// No --log: runc logs JSON to its stderr, which the client drains anyway. Cheapest,
     /// since runc then opens no file; only possible when stderr is not handed over.
     Stderr,
-    /// A per-call file, removed on drop.
-    Temp(PathBuf),
+    /// A per-call 0600 file in a private directory: runc's errors may quote the process
+    /// spec. `_own` is that directory when the call brought none; either way it is removed
+    /// with the call.
+    Temp {
+        path: PathBuf,
+        _own: Option<PrivateDir>,
+    },
     /// The configured file; only what was appended after `offset` belongs to this call.
     Shared { path: PathBuf, offset: u64 },
 }
 
 impl LogTarget {
-    /// `stderr_drained`: whether the client reads runc's stderr for this call.
-    pub(crate) fn prepare(cfg: &RuncConfig, stderr_drained: bool) -> LogTarget {
-        match &cfg.log {
+    /// `stderr_drained`: whether the client reads runc's stderr for this call; a per-call
+    /// log goes into `scratch` when given, else into a private directory of its own.
+    pub(crate) fn prepare(
+        cfg: &RuncConfig,
+        stderr_drained: bool,
+        scratch: Option<&PrivateDir>,
+    ) -> std::io::Result<LogTarget> {
+        Ok(match &cfg.log {
             Some(path) => LogTarget::Shared {
                 path: path.clone(),
                 offset: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
             },
             None if stderr_drained => LogTarget::Stderr,
-            None => LogTarget::Temp(std::env::temp_dir().join(unique_name("runc-log") + ".json")),
-        }
+            None => {
+                let own = match scratch {
+                    Some(_) => None,
+                    None => Some(PrivateDir::new(&std::env::temp_dir(), "runc-log")?),
+                };
+                // runc appends to an existing log and keeps its mode.
+                let dir = scratch.or(own.as_ref()).expect("one of them is set");
+                let path = dir.create_file("log.json", b"")?;
+                LogTarget::Temp { path, _own: own }
+            }
+        })
     }
 
     pub(crate) fn path(&self) -> Option<&Path> {
         match self {
             LogTarget::Stderr => None,
-            LogTarget::Temp(p) => Some(p),
+            LogTarget::Temp { path, .. } => Some(path),
             LogTarget::Shared { path, .. } => Some(path),
         }
     }
@@ -90,7 +113,7 @@ impl LogTarget {
     pub(crate) fn last_error(&self, stderr: &Retained) -> Option<String> {
         let (path, offset) = match self {
             LogTarget::Stderr => return last_error_in(&stderr.to_string_lossy()),
-            LogTarget::Temp(p) => (p, 0),
+            LogTarget::Temp { path, .. } => (path, 0),
             LogTarget::Shared { path, offset } => (path, *offset),
         };
         let mut file = std::fs::File::open(path).ok()?;
@@ -100,14 +123,6 @@ impl LogTarget {
         let mut text = Vec::new();
         file.take(len - start).read_to_end(&mut text).ok()?;
         last_error_in(&String::from_utf8_lossy(&text))
-    }
-}
-
-impl Drop for LogTarget {
-    fn drop(&mut self) {
-        if let LogTarget::Temp(p) = self {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 
@@ -194,9 +209,11 @@ pub(crate) async fn run(
         stdin,
         io,
         extra_files,
+        scratch,
     } = call;
     let ctx = |what: &str| format!("runc {command} {id}: {what}");
-    let log = LogTarget::prepare(cfg, io.is_none());
+    let log = LogTarget::prepare(cfg, io.is_none(), scratch.as_ref())
+        .map_err(|e| Error::io(ctx("creating a private log file"), e))?;
     let mut cmd = base_command(cfg, global, &log);
     cmd.args(&args);
 
@@ -439,7 +456,7 @@ not json at all
             log: Some(path.clone()),
             ..Default::default()
         };
-        let target = LogTarget::prepare(&cfg, true);
+        let target = LogTarget::prepare(&cfg, true, None).unwrap();
         let none = Retained::new(0);
         assert_eq!(target.last_error(&none), None);
         let mut f = std::fs::OpenOptions::new()

@@ -41,7 +41,9 @@ impl EventStream {
     pub(crate) fn spawn(runc: &Runc, id: &str, interval: Duration) -> Result<EventStream> {
         let cfg = runc.config();
         let ctx = |what: &str| format!("runc events {id}: {what}");
-        let log = LogTarget::prepare(cfg, true);
+        // Drained stderr: never a per-call file, so nothing here can fail or needs a directory.
+        let log = LogTarget::prepare(cfg, true, None)
+            .map_err(|e| Error::io(ctx("preparing the log"), e))?;
         let mut cmd = base_command(cfg, runc.global_args(), &log);
         // Go durations accept "ms"; whole milliseconds are plenty for a poll interval.
         cmd.arg("events")

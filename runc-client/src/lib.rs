@@ -42,6 +42,7 @@ pub mod events;
 pub mod id;
 pub mod io;
 pub mod options;
+mod private;
 pub mod reaper;
 mod runc;
 pub mod types;

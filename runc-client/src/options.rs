@@ -35,6 +35,9 @@ pub struct ExecOpts {
     pub detach: bool,
     /// Stdio for the process.
     pub io: ProcessIo,
+    /// Where the private directory holding the process spec (and runc's log for the call)
+    /// is created, e.g. the bundle; None uses the temp dir.
+    pub spec_dir: Option<PathBuf>,
 }
 
 /// CRIU options for `runc checkpoint`.

@@ -1,7 +1,7 @@
 //! The typed client: one method per runc command.
 
 use std::ffi::{OsStr, OsString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +9,8 @@ use crate::command::{run, Call, Output};
 use crate::config::RuncConfig;
 use crate::error::{Error, Result};
 use crate::events::EventStream;
-use crate::io::unique_name;
 use crate::options::{CheckpointOpts, CreateOpts, ExecOpts, RestoreOpts};
+use crate::private::PrivateDir;
 use crate::reaper::Reaper;
 use crate::types::{Event, State, Stats};
 use crate::version::Version;
@@ -73,15 +73,6 @@ fn check_id(command: &'static str, id: &str) -> Result<()> {
 /// Highest signal number Linux knows (SIGRTMAX).
 const MAX_SIGNAL: i32 = 64;
 
-/// A temporary file removed on drop (for `exec --process`).
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 impl Runc {
     /// A client running `config.binary`, whose children are reaped by `reaper`.
     pub fn new(config: RuncConfig, reaper: Reaper) -> Runc {
@@ -133,6 +124,7 @@ impl Runc {
             stdin: None,
             io: None,
             extra_files: Vec::new(),
+            scratch: None,
         })
         .await
     }
@@ -214,6 +206,7 @@ impl Runc {
             stdin: None,
             io: Some(io),
             extra_files,
+            scratch: None,
         })
         .await
         .map(drop)
@@ -241,13 +234,24 @@ impl Runc {
             id: id.to_string(),
             message: format!("serializing process spec: {e}"),
         })?;
-        let spec = TempFile(std::env::temp_dir().join(unique_name("runc-process") + ".json"));
-        std::fs::write(&spec.0, json)
-            .map_err(|e| Error::io(format!("runc exec {id}: writing {}", spec.0.display()), e))?;
+        // The env may hold secrets: a fresh private directory, never a guessable /tmp name.
+        let parent = opts.spec_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let scratch = PrivateDir::new(&parent, "runc-exec").map_err(|e| {
+            Error::io(
+                format!(
+                    "runc exec {id}: creating a private directory in {}",
+                    parent.display()
+                ),
+                e,
+            )
+        })?;
+        let spec = scratch
+            .create_file("process.json", &json)
+            .map_err(|e| Error::io(format!("runc exec {id}: writing the process spec"), e))?;
         let io = clone_io(&opts.io, "exec", id)?;
         let args = Args::new("exec")
             .arg("--process")
-            .arg(&spec.0)
+            .arg(&spec)
             .flag(opts.detach, "--detach")
             .path("--pid-file", &opts.pid_file)
             .opt("--console-socket", opts.console_socket.as_ref())
@@ -260,6 +264,7 @@ impl Runc {
             stdin: None,
             io: Some(io),
             extra_files: Vec::new(),
+            scratch: Some(scratch),
         })
         .await
         .map(drop)
@@ -349,6 +354,7 @@ impl Runc {
             stdin: Some(json),
             io: None,
             extra_files: Vec::new(),
+            scratch: None,
         })
         .await
         .map(drop)
@@ -412,6 +418,7 @@ impl Runc {
             stdin: None,
             io: Some(io),
             extra_files: Vec::new(),
+            scratch: None,
         })
         .await
         .map(drop)

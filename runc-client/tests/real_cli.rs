@@ -162,3 +162,51 @@ async fn kill_passes_signal_zero_and_realtime_signals() {
     assert!(err.to_string().contains("container not running"), "{err}");
     runc.delete(&id, false).await.unwrap();
 }
+
+/// The real runc reads the spec from the private directory in the bundle, which is gone after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_spec_in_the_bundle_leaves_nothing_behind() {
+    require_runc!();
+    let root = Root::new();
+    let runc = root.client();
+    let id = unique_id("spec");
+    let bundle = Bundle::new(&id, &["sleep", "1000"], |_| {});
+    let _guard = ContainerGuard {
+        runc: runc.clone(),
+        id: id.clone(),
+    };
+    runc.create(&id, bundle.path(), &CreateOpts::default())
+        .await
+        .unwrap();
+    runc.start(&id).await.unwrap();
+    let listing = || {
+        let mut names: Vec<_> = std::fs::read_dir(bundle.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let mut spec = serde_json::to_value(process(&["sh", "-c", "echo \"$TOKEN\""])).unwrap();
+    spec["env"] = serde_json::json!(["PATH=/bin", "TOKEN=s3cret-token"]);
+    let spec: oci_spec::runtime::Process = serde_json::from_value(spec).unwrap();
+    let out = runc_client::Pipe::new().unwrap();
+    let opts = ExecOpts {
+        io: runc_client::ProcessIo {
+            stdout: Some(out.write.try_clone().unwrap()),
+            ..Default::default()
+        },
+        spec_dir: Some(bundle.path().to_path_buf()),
+        ..Default::default()
+    };
+    runc.exec(&id, &spec, &opts).await.unwrap();
+    drop(opts);
+    drop(out.write);
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(out.read), &mut said).unwrap();
+    assert_eq!(said, "s3cret-token\n");
+    assert_eq!(listing(), before, "the exec left files in the bundle");
+    runc.delete(&id, true).await.unwrap();
+}

@@ -262,6 +262,7 @@ impl Container {
             console_socket: None,
             detach: true,
             io: pio,
+            spec_dir: Some(self.bundle.clone()),
         };
         let run = self.runc.exec(&self.id, &exec.spec, &opts).await;
         // Our copies of the container-side pipe ends must go, or stdout never sees EOF.
