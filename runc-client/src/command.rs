@@ -129,13 +129,27 @@ impl LogTarget {
 /// Last `{"level":"error","msg":...}` entry of a JSON-lines log.
 /// Spawns `cmd` for the reaper to collect and returns its pid: the std `Child` is dropped
 /// (which neither waits nor kills) and the reaper is told a child exists.
+///
+/// The child starts with default signal dispositions and an empty mask, whatever this
+/// process ignores or blocks: without that, runc and through it every container's init
+/// inherited signals 32 and 33 ignored (glibc's posix_spawn, which std uses when it can,
+/// leaves its internal signals SIG_IGN in the child) and this thread's blocked signals.
 pub(crate) fn spawn_reaped(
     mut cmd: std::process::Command,
     command: &'static str,
     id: &str,
     cfg: &RuncConfig,
+    reaper: &Reaper,
 ) -> Result<i32> {
+    // SAFETY: reset_signals only makes raw syscalls: async-signal-safe, no allocation.
+    unsafe {
+        cmd.pre_exec(reset_signals);
+    }
+    // With pre_exec std forks, and if exec then fails it reaps the child itself and
+    // panics when our reaper got there first: keep the reaper off during that window.
+    let hold = reaper.hold();
     let spawned = cmd.spawn();
+    drop(hold);
     // The Command holds the child's ends of the pipes: close them or EOF never comes.
     drop(cmd);
     let child = spawned.map_err(|source| Error::Spawn {
@@ -146,6 +160,52 @@ pub(crate) fn spawn_reaped(
     })?;
     Reaper::notify_spawned();
     Ok(child.id() as i32)
+}
+
+/// Highest signal number on Linux (SIGRTMAX).
+const LAST_SIGNAL: libc::c_long = 64;
+
+/// In the forked child: every signal back to SIG_DFL and none blocked.
+///
+/// Raw syscalls, because glibc's sigaction refuses its internal signals 32 and 33, which
+/// are exactly the ones found ignored.
+fn reset_signals() -> std::io::Result<()> {
+    // An all-zero kernel sigaction is SIG_DFL, no flags, empty mask, in any field order.
+    let default = [0u64; 4];
+    let sigset_size = std::mem::size_of::<u64>() as libc::c_long;
+    for sig in 1..=LAST_SIGNAL {
+        if sig == libc::SIGKILL as libc::c_long || sig == libc::SIGSTOP as libc::c_long {
+            continue;
+        }
+        // SAFETY: a valid kernel sigaction, no old-action pointer.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                default.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                sigset_size,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let empty = 0u64;
+    // SAFETY: a valid kernel sigset, no old-set pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as libc::c_long,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            sigset_size,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub(crate) fn last_error_in(log: &str) -> Option<String> {
@@ -276,11 +336,7 @@ pub(crate) async fn run(
     }
 
     let mut exits = reaper.subscribe();
-    // With pre_exec std forks, and if exec then fails it reaps the child itself and
-    // panics when our reaper got there first: keep the reaper off during that window.
-    let hold = (!parked.is_empty()).then(|| reaper.hold());
-    let spawned = spawn_reaped(cmd, command, id, cfg);
-    drop(hold);
+    let spawned = spawn_reaped(cmd, command, id, cfg, reaper);
     drop(parked);
     let pid = spawned?;
     let mut cancel_guard = KillOnCancel { pid, armed: true };

@@ -58,7 +58,7 @@ impl EventStream {
         let out_r = async_reader(out.read)?;
         let err_r = async_reader(err.read)?;
         let exits = runc.reaper().subscribe();
-        let pid = spawn_reaped(cmd, "events", id, cfg)?;
+        let pid = spawn_reaped(cmd, "events", id, cfg, runc.reaper())?;
 
         let stderr = Arc::new(Mutex::new(Retained::new(cfg.output_limit)));
         let sink = stderr.clone();
