@@ -194,20 +194,20 @@ fn says_not_found(command: &str, id: &str, message: &str, root: Option<&Path>) -
     }
     // crun 1.8 names the state it could not open: <root>/<id>/status, and for delete the
     // directory <root>/<id> (quoted differently from its other "cannot open directory").
-    let state = crun_join(&crun_state_root(root), id);
+    let xdg = std::env::var("XDG_RUNTIME_DIR").ok();
+    let state = crun_join(&crun_state_root(root, xdg.as_deref()), id);
     m == format!("error opening file `{state}/status`: No such file or directory")
         || (command == "delete"
             && m == format!("cannot open directory '{state}': No such file or directory"))
 }
 
-/// The state root crun uses: --root, else `$XDG_RUNTIME_DIR/crun`, else /run/crun.
-fn crun_state_root(root: Option<&Path>) -> String {
-    match root {
-        Some(r) => r.to_string_lossy().into_owned(),
-        None => match std::env::var("XDG_RUNTIME_DIR") {
-            Ok(dir) if !dir.is_empty() => crun_join(&dir, "crun"),
-            _ => "/run/crun".into(),
-        },
+/// The state root crun uses: --root, else `$XDG_RUNTIME_DIR/crun` (crun inherits our
+/// environment), else /run/crun.
+fn crun_state_root(root: Option<&Path>, xdg_runtime_dir: Option<&str>) -> String {
+    match (root, xdg_runtime_dir) {
+        (Some(r), _) => r.to_string_lossy().into_owned(),
+        (None, Some(dir)) if !dir.is_empty() => crun_join(dir, "crun"),
+        (None, _) => "/run/crun".into(),
     }
 }
 
@@ -312,10 +312,16 @@ mod tests {
         assert!(not_found("state", "c1", status, Some("/run/x/")));
         // Without --root crun uses $XDG_RUNTIME_DIR/crun or /run/crun.
         let default = "error opening file `/run/crun/c1/status`: No such file or directory";
-        if std::env::var_os("XDG_RUNTIME_DIR").is_none_or(|d| d.is_empty()) {
-            assert!(not_found("state", "c1", default, None));
-        }
         assert!(!not_found("state", "c1", default, root));
+        assert_eq!(crun_state_root(None, None), "/run/crun");
+        assert_eq!(crun_state_root(None, Some("")), "/run/crun");
+        assert_eq!(
+            crun_state_root(None, Some("/run/user/7/")),
+            "/run/user/7/crun"
+        );
+        assert_eq!(crun_state_root(Some(Path::new("/r")), Some("/x")), "/r");
+        assert_eq!(crun_join("//a//", "b"), "/a/b");
+        assert_eq!(crun_join("/", "b"), "/b");
     }
 
     #[test]
