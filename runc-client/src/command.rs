@@ -126,7 +126,6 @@ impl LogTarget {
     }
 }
 
-/// Last `{"level":"error","msg":...}` entry of a JSON-lines log.
 /// Spawns `cmd` for the reaper to collect and returns its pid: the std `Child` is dropped
 /// (which neither waits nor kills) and the reaper is told a child exists.
 ///
@@ -208,6 +207,7 @@ fn reset_signals() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Last `{"level":"error","msg":...}` entry of a JSON-lines log.
 pub(crate) fn last_error_in(log: &str) -> Option<String> {
     log.lines().rev().find_map(|line| {
         let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
