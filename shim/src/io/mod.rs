@@ -51,6 +51,10 @@ pub const DRAIN_IDLE_LIMIT: Duration = Duration::from_secs(2);
 /// read; beyond it output spills to a file in the bundle (see docs/shim.md, Stdio).
 pub const OUTPUT_MEMORY_BOUND: usize = 128 * 1024;
 
+/// Most bytes one output stream's spill file may grow to; beyond it the process's output
+/// waits (back-pressure), as it did before spilling existed.
+pub const OUTPUT_SPILL_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// The running copy loops of one process.
 #[derive(Default)]
 pub struct Copiers {
@@ -221,7 +225,13 @@ pub fn prepare(
         // it is aborted before it ever ran.
         progress.active.fetch_add(1, Ordering::Relaxed);
         let active = ActiveGuard(progress.clone());
-        let spool = spool::Spool::new(id, spill_dir, OUTPUT_MEMORY_BOUND, progress.clone());
+        let spool = spool::Spool::new(
+            id,
+            spill_dir,
+            OUTPUT_MEMORY_BOUND,
+            OUTPUT_SPILL_LIMIT,
+            progress.clone(),
+        );
         copiers.outputs.push(tokio::spawn(output::copy_output(
             receiver, fifo, spool, progress, active,
         )));

@@ -39,10 +39,13 @@ pub(super) struct Spool {
     dir: PathBuf,
     /// Present only while it holds unread bytes.
     spill: Option<Spill>,
-    /// The last attempt to spill failed (ENOSPC, EIO, ...): until the spool has drained
-    /// completely, take only what fits in memory (the caller then stops reading its pipe).
-    spill_failed: bool,
-    /// Whether a spill failure was already logged at warn level for this stream.
+    /// Most bytes a spill file may grow to (its read part is freed only when it is closed).
+    spill_limit: u64,
+    /// Spilling failed (ENOSPC, EIO, ...) or the file reached its limit: until the spool
+    /// has drained completely, take only what fits in memory (the caller then stops reading
+    /// its pipe).
+    spill_paused: bool,
+    /// Whether a pause was already logged at warn level for this stream.
     warned: bool,
     progress: Arc<Progress>,
 }
@@ -56,14 +59,21 @@ struct Spill {
 
 impl Spool {
     /// An empty spool; allocates nothing until bytes arrive.
-    pub(super) fn new(id: &str, dir: &Path, bound: usize, progress: Arc<Progress>) -> Spool {
+    pub(super) fn new(
+        id: &str,
+        dir: &Path,
+        bound: usize,
+        spill_limit: u64,
+        progress: Arc<Progress>,
+    ) -> Spool {
         Spool {
             id: id.to_string(),
             bound: bound.max(1),
             mem: VecDeque::new(),
             dir: dir.to_path_buf(),
             spill: None,
-            spill_failed: false,
+            spill_limit,
+            spill_paused: false,
             warned: false,
             progress,
         }
@@ -87,7 +97,7 @@ impl Spool {
         if self.spill.is_none() {
             taken = self.push_memory(data);
         }
-        if taken < data.len() && !self.spill_failed {
+        if taken < data.len() && !self.spill_paused {
             taken += self.push_spill(&data[taken..]);
         }
         taken
@@ -127,6 +137,15 @@ impl Spool {
     }
 
     fn push_spill(&mut self, data: &[u8]) -> usize {
+        let room = self.spill_limit - self.spill.as_ref().map_or(0, |s| s.write_at);
+        if room == 0 {
+            self.pause_spilling(format!(
+                "output backlog reached the spill limit ({} bytes on file)",
+                self.spill_limit
+            ));
+            return 0;
+        }
+        let data = &data[..data.len().min(room.try_into().unwrap_or(usize::MAX))];
         if self.spill.is_none() {
             match create_spill(&self.dir) {
                 Ok(file) => {
@@ -139,7 +158,11 @@ impl Spool {
                     });
                 }
                 Err(e) => {
-                    self.spill_failed(format!("create a spill file in {}", self.dir.display()), e);
+                    self.pause_spilling(format!(
+                        "cannot create a spill file in {}: {e}",
+                        self.dir.display()
+                    ));
+                    self.progress.spill_failures.fetch_add(1, Ordering::Relaxed);
                     return 0;
                 }
             }
@@ -170,7 +193,8 @@ impl Spool {
             .spilled
             .fetch_add(written as u64, Ordering::Relaxed);
         if let Some(e) = failure {
-            self.spill_failed("write the spill file".to_string(), e);
+            self.pause_spilling(format!("cannot write the spill file: {e}"));
+            self.progress.spill_failures.fetch_add(1, Ordering::Relaxed);
             self.drop_spill_if_drained();
         }
         written
@@ -222,7 +246,7 @@ impl Spool {
 
     /// Frees memory once the spool is empty, and allows spilling again.
     fn release(&mut self) {
-        self.spill_failed = false;
+        self.spill_paused = false;
         let capacity = self.mem.capacity();
         if capacity == 0 {
             return;
@@ -233,16 +257,15 @@ impl Spool {
         }
     }
 
-    fn spill_failed(&mut self, what: String, e: io::Error) {
-        self.spill_failed = true;
-        self.progress.spill_failures.fetch_add(1, Ordering::Relaxed);
+    fn pause_spilling(&mut self, why: String) {
+        self.spill_paused = true;
         if self.warned {
-            log::debug!("container {}: cannot {what}: {e}", self.id);
+            log::debug!("container {}: {why}", self.id);
         } else {
             self.warned = true;
             log::warn!(
-                "container {}: cannot {what}: {e}; holding output in memory and pausing \
-                 the process's output until containerd reads it",
+                "container {}: {why}; pausing the process's output until containerd has \
+                 read the backlog",
                 self.id
             );
         }
@@ -349,7 +372,7 @@ mod tests {
         const TOTAL: u64 = 2_000_000;
         let dir = tempfile::tempdir().unwrap();
         let progress = Arc::new(Progress::default());
-        let mut spool = Spool::new("c", dir.path(), BOUND, progress.clone());
+        let mut spool = Spool::new("c", dir.path(), BOUND, u64::MAX, progress.clone());
         let mut sizes = Sizes(0x9e3779b97f4a7c15);
         let (mut pushed, mut taken) = (0u64, 0u64);
         while taken < TOTAL {
@@ -396,7 +419,7 @@ mod tests {
     fn spill_file_is_unlinked_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let progress = Arc::new(Progress::default());
-        let mut spool = Spool::new("c", dir.path(), 100, progress.clone());
+        let mut spool = Spool::new("c", dir.path(), 100, u64::MAX, progress.clone());
         assert_eq!(spool.push(&pattern(0, 1000)), 1000);
         assert_eq!(progress.spill_open.load(Ordering::Relaxed), 1);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -408,6 +431,22 @@ mod tests {
         assert!(spill_links(dir.path()).is_empty());
     }
 
+    /// A spill file that reached its limit pauses spilling like a failure (nothing lost,
+    /// the caller keeps the rest), and a fresh file is allowed once the backlog drained.
+    #[test]
+    fn spill_limit_means_back_pressure() {
+        let dir = tempfile::tempdir().unwrap();
+        let progress = Arc::new(Progress::default());
+        let mut spool = Spool::new("c", dir.path(), 100, 1000, progress.clone());
+        assert_eq!(spool.push(&pattern(0, 2000)), 1100);
+        assert_eq!(spool.push(&pattern(1100, 900)), 0);
+        assert_eq!(take_all(&mut spool), pattern(0, 1100));
+        assert_eq!(spool.push(&pattern(1100, 900)), 900);
+        assert_eq!(take_all(&mut spool), pattern(1100, 900));
+        assert_eq!(progress.spill_created.load(Ordering::Relaxed), 2);
+        assert_eq!(progress.spill_failures.load(Ordering::Relaxed), 0);
+    }
+
     /// With nowhere to spill, the spool takes what fits in memory and refuses the rest
     /// (the caller keeps it and stops reading), losing nothing; it tries again once empty.
     #[test]
@@ -415,7 +454,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("gone");
         let progress = Arc::new(Progress::default());
-        let mut spool = Spool::new("c", &missing, 100, progress.clone());
+        let mut spool = Spool::new("c", &missing, 100, u64::MAX, progress.clone());
         assert_eq!(spool.push(&pattern(0, 150)), 100);
         assert_eq!(
             spool.push(&pattern(100, 50)),
