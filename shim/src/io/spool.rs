@@ -91,7 +91,8 @@ impl Spool {
     }
 
     /// Appends as much of `data` as it can without breaking the order and returns how much
-    /// it took; less than all only when spilling failed (back-pressure).
+    /// it took; less than all only while spilling is paused (failed, or at its limit): the
+    /// caller keeps the rest and stops reading (back-pressure).
     pub(super) fn push(&mut self, data: &[u8]) -> usize {
         let mut taken = 0;
         if self.spill.is_none() {
