@@ -122,7 +122,7 @@ impl Container {
             terminal: req.terminal,
         };
         let created = async {
-            let (pio, copiers) = io::prepare(id, &stdio, options.io_uid, options.io_gid)?;
+            let (pio, copiers) = io::prepare(id, &stdio, options.io_uid, options.io_gid, &bundle)?;
             let pid_file = bundle.join("init.pid");
             let opts = CreateOpts {
                 pid_file: pid_file.clone(),
@@ -253,8 +253,13 @@ impl Container {
                 state: p.status().to_string(),
             });
         }
-        let (pio, copiers) =
-            io::prepare(&self.id, &p.stdio, self.options.io_uid, self.options.io_gid)?;
+        let (pio, copiers) = io::prepare(
+            &self.id,
+            &p.stdio,
+            self.options.io_uid,
+            self.options.io_gid,
+            &self.bundle,
+        )?;
         *p.copiers.lock().await = copiers;
         let pid_file = self.bundle.join(format!("{exec_id}.pid"));
         let opts = ExecOpts {

@@ -7,8 +7,16 @@
 //! containerd simply reopens the FIFO and carries on reading. FIFOs are opened with
 //! O_NONBLOCK from `tokio::net::unix::pipe`, never through `tokio::fs`, so no runtime
 //! thread ever blocks in open(2) or read(2) on them.
+//!
+//! Output is drained from the container's pipes whatever containerd's reader does: what its
+//! FIFO cannot take waits in a [`spool::Spool`] (memory up to [`OUTPUT_MEMORY_BOUND`] per
+//! stream, then an unlinked file in the bundle), see [`output`].
+
+mod output;
+mod spool;
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +24,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::OFlag;
 use nix::unistd::{fchown, Gid, Uid};
 use runc_client::ProcessIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -39,6 +47,14 @@ pub struct StdioPaths {
 /// How long output may make no progress before draining gives up on it.
 pub const DRAIN_IDLE_LIMIT: Duration = Duration::from_secs(2);
 
+/// Most bytes of one output stream held in the shim's memory while containerd does not
+/// read; beyond it output spills to a file in the bundle (see docs/shim.md, Stdio).
+pub const OUTPUT_MEMORY_BOUND: usize = 128 * 1024;
+
+/// Most bytes one output stream's spill file may grow to; beyond it the process's output
+/// waits (back-pressure), as it did before spilling existed.
+pub const OUTPUT_SPILL_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// The running copy loops of one process.
 #[derive(Default)]
 pub struct Copiers {
@@ -55,10 +71,21 @@ pub struct Copiers {
 pub struct Progress {
     /// Bytes moved so far: copied into FIFOs, or taken out of them by their reader.
     copied: AtomicU64,
-    /// Loops currently blocked writing into a FIFO (its reader is slow, not gone silent).
+    /// Loops holding data their FIFO's reader has not taken yet (the reader is slow or not
+    /// there yet, not gone silent).
     writing: AtomicU64,
     /// Loops still running.
     active: AtomicU64,
+    /// Largest memory one stream's spool has held (capacity, bytes).
+    spool_peak: AtomicU64,
+    /// Bytes written to spill files so far.
+    spilled: AtomicU64,
+    /// Spill files created so far.
+    spill_created: AtomicU64,
+    /// Spill files open right now.
+    spill_open: AtomicU64,
+    /// Times a spill file could not be created or written.
+    spill_failures: AtomicU64,
 }
 
 /// Decrements the running-loop count however the loop ends (including abort).
@@ -81,7 +108,7 @@ impl Progress {
         self.drain_while(limit, true).await
     }
 
-    /// Like [`Progress::drain`], but a loop blocked on a reader that takes nothing counts
+    /// Like [`Progress::drain`], but data waiting for a reader that takes nothing counts
     /// as stalled: for callers that must answer soon (Delete), not wait for a stuck reader.
     pub async fn drain_moving(&self, limit: Duration) {
         self.drain_while(limit, false).await
@@ -124,7 +151,8 @@ impl Copiers {
         self.progress.clone()
     }
 
-    /// Aborts every copy loop (used when the process is deleted).
+    /// Aborts every copy loop (used when the process is deleted); output still queued for
+    /// the FIFOs is dropped and the spill files are closed, which frees them.
     pub fn abort(&mut self) {
         self.close_stdin();
         if let Some(h) = self.stdin.take() {
@@ -144,8 +172,15 @@ impl Drop for Copiers {
 
 /// Builds the pipes for a new process and starts the copy loops.
 ///
-/// Returns the fds runc must give the container and the handle on the copiers.
-pub fn prepare(id: &str, paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ProcessIo, Copiers)> {
+/// Output the FIFOs cannot take yet spills into unlinked files created in `spill_dir`
+/// (the bundle). Returns the fds runc must give the container and the handle on the copiers.
+pub fn prepare(
+    id: &str,
+    paths: &StdioPaths,
+    uid: u32,
+    gid: u32,
+    spill_dir: &Path,
+) -> Result<(ProcessIo, Copiers)> {
     if paths.terminal {
         return Err(Error::Unimplemented("terminal (tty) stdio"));
     }
@@ -190,9 +225,16 @@ pub fn prepare(id: &str, paths: &StdioPaths, uid: u32, gid: u32) -> Result<(Proc
         // it is aborted before it ever ran.
         progress.active.fetch_add(1, Ordering::Relaxed);
         let active = ActiveGuard(progress.clone());
-        copiers
-            .outputs
-            .push(tokio::spawn(copy_output(receiver, fifo, progress, active)));
+        let spool = spool::Spool::new(
+            id,
+            spill_dir,
+            OUTPUT_MEMORY_BOUND,
+            OUTPUT_SPILL_LIMIT,
+            progress.clone(),
+        );
+        copiers.outputs.push(tokio::spawn(output::copy_output(
+            receiver, fifo, spool, progress, active,
+        )));
         *slot = Some(write);
     }
     Ok((io, copiers))
@@ -244,35 +286,6 @@ async fn copy_stdin(mut fifo: pipe::Receiver, mut to: pipe::Sender, close: onesh
         }
     }
     // Dropping `to` closes the pipe: the container reads EOF.
-}
-
-async fn copy_output(
-    mut from: pipe::Receiver,
-    mut fifo: pipe::Sender,
-    progress: Arc<Progress>,
-    _active: ActiveGuard,
-) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                log::debug!("output copy ended: {e}");
-                break;
-            }
-        };
-        progress.writing.fetch_add(1, Ordering::Relaxed);
-        let written = fifo.write_all(&buf[..n]).await;
-        progress.writing.fetch_sub(1, Ordering::Relaxed);
-        if let Err(e) = written {
-            log::debug!("output copy ended: {e}");
-            break;
-        }
-        progress.copied.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    let _ = fifo.flush().await;
-    wait_until_read(&fifo, &progress).await;
 }
 
 /// How long a FIFO's unread content may stay unchanged before we stop waiting for its reader.
@@ -341,7 +354,7 @@ mod tests {
             stdout: fifo(dir.path(), "out"),
             ..Default::default()
         };
-        let (io, mut copiers) = prepare("c", &paths, 0, 0).unwrap();
+        let (io, mut copiers) = prepare("c", &paths, 0, 0, dir.path()).unwrap();
         let _held = io.stdout;
         let progress = copiers.progress();
         copiers.abort();
@@ -361,7 +374,7 @@ mod tests {
             stdout: fifo(dir.path(), "out"),
             ..Default::default()
         };
-        let (io, copiers) = prepare("c", &paths, 0, 0).unwrap();
+        let (io, copiers) = prepare("c", &paths, 0, 0, dir.path()).unwrap();
         // A "grandchild" keeps the write end open and never writes.
         let _held = io.stdout;
         let t = Instant::now();
@@ -380,7 +393,7 @@ mod tests {
             stdout: path.clone(),
             ..Default::default()
         };
-        let (io, copiers) = prepare("c", &paths, 0, 0).unwrap();
+        let (io, copiers) = prepare("c", &paths, 0, 0, dir.path()).unwrap();
         let mut writer = std::fs::File::from(io.stdout.unwrap());
         let write = std::thread::spawn(move || {
             writer.write_all(&vec![b'x'; SIZE]).unwrap();
