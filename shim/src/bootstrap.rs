@@ -390,7 +390,11 @@ fn remove_stale_socket(bundle: &Path) {
 }
 
 fn serve(flags: &Flags) -> Result<(), String> {
-    logging::init(flags.debug);
+    // containerd runs the shim with the bundle as its working directory.
+    logging::init(
+        &std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        flags.debug,
+    );
     // Orphaned container processes must become our children so we can reap them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         return Err(format!("PR_SET_CHILD_SUBREAPER: {e}"));

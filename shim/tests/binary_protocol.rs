@@ -315,3 +315,50 @@ fn delete_is_idempotent_on_a_half_removed_bundle() {
         std::fs::remove_file(dir.path().join("init.pid")).ok();
     }
 }
+
+/// Waits up to `limit` for `cond`, polling; true if it held in time.
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn daemon_without_a_log_fifo_says_why_in_shim_log() {
+    let address = format!("/tmp/sturdy-proto-log-{}.sock", std::process::id());
+    let env = [("TTRPC_ADDRESS", "/nonexistent/containerd.sock.ttrpc")];
+    let mut daemons = Daemons(Vec::new());
+    // No `log` FIFO in this bundle: containerd did not (or could not) create it.
+    let bundle = bundle_with(serde_json::json!({}));
+    let out = run(bundle.path(), &start_args("nolog", &address), b"", &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    daemons.track(bundle.path(), &String::from_utf8(out.stdout).unwrap());
+    let log = bundle.path().join("shim.log");
+    let said_why = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("serving on"))
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        said_why,
+        "no fallback log with the daemon's lines: {text:?}"
+    );
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("log FIFO") && first.contains("No such file or directory"),
+        "{first}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
