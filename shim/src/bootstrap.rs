@@ -28,7 +28,7 @@ use crate::events::{timestamp, Events};
 use crate::logging;
 use crate::options::RuntimeOptions;
 use crate::peer::SameUser;
-use crate::record::{Record, RECORD_FILE};
+use crate::record::{write_atomic, Record, RECORD_FILE};
 use crate::service::TaskService;
 
 /// Annotation grouping containers into one shim (set by users or other tools).
@@ -41,6 +41,10 @@ const LISTEN_FD_ENV: &str = "STURDY_LISTEN_FD";
 const LISTEN_FD: i32 = 3;
 /// Environment variable carrying containerd's TTRPC address.
 const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
+/// File in the bundle holding the daemon's pid.
+const SHIM_PID_FILE: &str = "shim.pid";
+/// File in the bundle holding the daemon's address.
+const ADDRESS_FILE: &str = "address";
 /// Upper bound on what `start` reads from stdin (containerd's own limit).
 const MAX_STDIN: u64 = 10 << 20;
 
@@ -217,34 +221,53 @@ fn start(flags: &Flags) -> Result<(), String> {
     };
 
     match bind_or_reuse(&address)? {
-        Bind::Live => {}
+        // Someone else's daemon: nothing of ours to undo if recording it fails.
+        Bind::Live => announce(&bundle, &address, parsed.bootstrap),
         Bind::Bound(listener) => {
-            let pid = spawn_daemon(flags, &address, &parsed, listener)?;
-            std::fs::write(bundle.join("shim.pid"), pid.to_string())
-                .map_err(|e| format!("write shim.pid: {e}"))?;
-            if !options.shim_cgroup.is_empty() {
-                if let Err(e) = cgroups::add_shim_process(&options.shim_cgroup, pid) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    let _ = std::fs::remove_file(socket_path(&address));
-                    return Err(format!(
-                        "move shim into cgroup {}: {e}",
-                        options.shim_cgroup
-                    ));
+            let child = match spawn_daemon(flags, &address, &parsed, listener) {
+                Ok(child) => child,
+                Err(e) => {
+                    remove_socket(&address);
+                    return Err(e);
                 }
+            };
+            let pid = child.id();
+            let placed = place_daemon(&bundle, pid, &options)
+                .and_then(|()| announce(&bundle, &address, parsed.bootstrap));
+            if let Err(e) = placed {
+                // containerd will never learn of this daemon: left running it would hold
+                // the group's socket (and its memory) forever.
+                abandon_daemon(child, &bundle, &address);
+                return Err(e);
             }
-            cgroups::adjust_oom_score(pid);
+            Ok(())
         }
     }
-    std::fs::write(bundle.join("address"), &address).map_err(|e| format!("write address: {e}"))?;
+}
 
+/// Records a freshly spawned daemon in the bundle and puts it where the options say.
+fn place_daemon(bundle: &Path, pid: u32, options: &RuntimeOptions) -> Result<(), String> {
+    let pid_file = bundle.join(SHIM_PID_FILE);
+    write_atomic(&pid_file, pid.to_string().as_bytes())
+        .map_err(|e| format!("write {}: {e}", pid_file.display()))?;
+    if !options.shim_cgroup.is_empty() {
+        cgroups::add_shim_process(&options.shim_cgroup, pid)
+            .map_err(|e| format!("move shim into cgroup {}: {e}", options.shim_cgroup))?;
+    }
+    cgroups::adjust_oom_score(pid);
+    Ok(())
+}
+
+/// Writes the bundle's `address` file and tells containerd where the daemon listens.
+fn announce(bundle: &Path, address: &str, bootstrap: bool) -> Result<(), String> {
+    let address_file = bundle.join(ADDRESS_FILE);
+    write_atomic(&address_file, address.as_bytes())
+        .map_err(|e| format!("write {}: {e}", address_file.display()))?;
     let mut out = std::io::stdout().lock();
-    if parsed.bootstrap {
+    if bootstrap {
         let reply = BootstrapResult {
             version: containerd_shim_protos::TASK_API_VERSION,
-            address: address.clone(),
+            address: address.to_string(),
             protocol: "ttrpc".into(),
             ..Default::default()
         };
@@ -254,7 +277,39 @@ fn start(flags: &Flags) -> Result<(), String> {
         out.write_all(address.as_bytes())
     }
     .and_then(|_| out.flush())
-    .map_err(|e| format!("write address: {e}"))
+    .map_err(|e| format!("write address to stdout: {e}"))
+}
+
+/// Kills a daemon `start` could not hand over, and removes every trace of it.
+fn abandon_daemon(mut child: std::process::Child, bundle: &Path, address: &str) {
+    let pid = child.id();
+    if let Err(e) = child.kill() {
+        eprintln!("containerd-shim-sturdy-v2 start: kill daemon {pid}: {e}");
+    }
+    // `start` runs no reaper: collect our child here, so it does not linger as a zombie.
+    if let Err(e) = child.wait() {
+        eprintln!("containerd-shim-sturdy-v2 start: wait for daemon {pid}: {e}");
+    }
+    remove_socket(address);
+    for (file, content) in [
+        (SHIM_PID_FILE, pid.to_string()),
+        (ADDRESS_FILE, address.into()),
+    ] {
+        let path = bundle.join(file);
+        // Only what this start wrote: a directory or another daemon's pid is not ours.
+        if std::fs::read_to_string(&path).is_ok_and(|c| c == content) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+fn remove_socket(address: &str) {
+    let path = socket_path(address);
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("containerd-shim-sturdy-v2: remove socket {path}: {e}");
+        }
+    }
 }
 
 fn spawn_daemon(
@@ -262,7 +317,7 @@ fn spawn_daemon(
     address: &str,
     parsed: &StartInput,
     listener: UnixListener,
-) -> Result<u32, String> {
+) -> Result<std::process::Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.args([
@@ -307,8 +362,7 @@ fn spawn_daemon(
     let child = cmd.spawn();
     // SAFETY: fd came from into_raw_fd above and is owned here.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    let child = child.map_err(|e| format!("spawn shim daemon: {e}"))?;
-    Ok(child.id())
+    child.map_err(|e| format!("spawn shim daemon: {e}"))
 }
 
 fn delete(flags: &Flags) -> Result<(), String> {

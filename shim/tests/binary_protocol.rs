@@ -362,3 +362,80 @@ fn daemon_without_a_log_fifo_says_why_in_shim_log() {
     let mode = std::fs::metadata(&log).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// Live (non-zombie) processes whose command line holds `arg` as one whole argument.
+fn processes_with_arg(arg: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) && alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Kills whatever daemon a test's unique id names (only ever processes the test started)
+/// and removes its socket, even when an assertion failed first.
+struct Leftovers {
+    id: String,
+    sock: PathBuf,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for pid in processes_with_arg(&self.id) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            wait_until(Duration::from_secs(5), || !alive(pid));
+        }
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
+
+#[test]
+fn start_kills_its_daemon_when_it_cannot_record_it() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let id = format!("pidfail-{}-{nanos}", std::process::id());
+    let address = format!("/tmp/sturdy-proto-pf-{}.sock", std::process::id());
+    let sock = PathBuf::from(
+        containerd_shim::socket_address(&address, "sturdy-proto-test", &id)
+            .strip_prefix("unix://")
+            .unwrap(),
+    );
+    let _leftovers = Leftovers {
+        id: id.clone(),
+        sock: sock.clone(),
+    };
+    let bundle = bundle_with(serde_json::json!({}));
+    // A directory where shim.pid belongs: writing the daemon's pid fails.
+    std::fs::create_dir(bundle.path().join("shim.pid")).unwrap();
+    let env = [("TTRPC_ADDRESS", "/nonexistent/containerd.sock.ttrpc")];
+    let out = run(bundle.path(), &start_args(&id, &address), b"", &env);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "start succeeded: {err}");
+    assert!(err.contains("shim.pid"), "{err}");
+    assert!(out.stdout.is_empty(), "an address was printed");
+    assert_eq!(
+        processes_with_arg(&id),
+        Vec::<i32>::new(),
+        "the daemon outlived the failed start"
+    );
+    assert!(!sock.exists(), "socket {} left behind", sock.display());
+    assert!(
+        !bundle.path().join("address").exists(),
+        "address written for a daemon that is gone"
+    );
+}
