@@ -2,6 +2,8 @@
 //! `start` (launch or reuse the daemon and print its address), `delete` (clean up
 //! after a task without the daemon) and the daemon itself (serve the Task API).
 
+mod delete;
+
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -11,24 +13,21 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
 use containerd_shim::Flags;
-use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::{well_known_types::any::Any, Message};
 use containerd_shim_protos::shim_async::create_task;
 use containerd_shim_protos::ttrpc::r#async::{transport::Listener, Server};
-use runc_client::{Reaper, Runc, RuncConfig};
+use runc_client::Reaper;
 use tokio::sync::Notify;
 
 use crate::cgroups;
-use crate::container::unmount;
-use crate::events::{timestamp, Events};
+use crate::events::Events;
 use crate::logging;
 use crate::options::RuntimeOptions;
 use crate::peer::SameUser;
-use crate::record::{write_atomic, Record, RECORD_FILE};
+use crate::record::write_atomic;
 use crate::service::TaskService;
 
 /// Annotation grouping containers into one shim (set by users or other tools).
@@ -67,7 +66,7 @@ pub fn main() -> i32 {
     }
     let result = match flags.action.as_str() {
         "start" => start(&flags),
-        "delete" => delete(&flags),
+        "delete" => delete::delete(&flags),
         "" => serve(&flags),
         other => Err(format!(
             "unknown action {other:?} (expected start or delete)"
@@ -363,84 +362,6 @@ fn spawn_daemon(
     // SAFETY: fd came from into_raw_fd above and is owned here.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
     child.map_err(|e| format!("spawn shim daemon: {e}"))
-}
-
-fn delete(flags: &Flags) -> Result<(), String> {
-    let bundle = if flags.bundle.is_empty() {
-        std::env::current_dir().map_err(|e| format!("cwd: {e}"))?
-    } else {
-        PathBuf::from(&flags.bundle)
-    };
-    let record = Record::load(&bundle).ok().flatten();
-    let (binary, root, systemd) = match &record {
-        Some(r) => (r.runtime.clone(), r.root.clone(), r.systemd_cgroup),
-        None => (
-            "runc".to_string(),
-            Record::runc_root("", &flags.namespace),
-            false,
-        ),
-    };
-    let pid = std::fs::read_to_string(bundle.join("init.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(0);
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    let deleted = rt.block_on(async {
-        let runc = Runc::new(
-            RuncConfig {
-                binary: PathBuf::from(&binary),
-                root: Some(root),
-                systemd_cgroup: systemd,
-                ..RuncConfig::default()
-            },
-            Reaper::global(),
-        );
-        match runc.delete(&flags.id, true).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e),
-        }
-    });
-    // Unmount even without a record: a half-removed bundle may still hold the mount.
-    unmount(&bundle.join("rootfs"));
-    if let Err(e) = deleted {
-        // Keep the record so a retry (containerd's, or the watchdog's) knows what to do.
-        return Err(format!(
-            "{binary} delete --force {}: {e}; bundle record kept for a retry",
-            flags.id
-        ));
-    }
-    remove_stale_socket(&bundle);
-    for file in [RECORD_FILE, "init.pid"] {
-        let _ = std::fs::remove_file(bundle.join(file));
-    }
-
-    let resp = DeleteResponse {
-        pid,
-        exit_status: 137,
-        exited_at: Some(timestamp(SystemTime::now())).into(),
-        ..Default::default()
-    };
-    let bytes = resp.write_to_bytes().map_err(|e| e.to_string())?;
-    std::io::stdout()
-        .write_all(&bytes)
-        .map_err(|e| format!("write delete response: {e}"))
-}
-
-/// Removes the group's socket if no shim answers on it any more (a live shim may still
-/// serve other containers of the pod, and keeps it).
-fn remove_stale_socket(bundle: &Path) {
-    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
-        return;
-    };
-    let path = Path::new(socket_path(address.trim()));
-    if path.exists() && UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 fn serve(flags: &Flags) -> Result<(), String> {

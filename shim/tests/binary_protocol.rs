@@ -1,31 +1,16 @@
 //! The shim binary's command-line protocol as containerd drives it: `-v`, `start`
-//! (grouping, socket reuse, reply formats) and `delete` (idempotent, safe on a
-//! half-removed bundle). Runs the real binary; no containerd needed.
+//! (grouping, socket reuse, reply formats, no daemon left behind on failure) and the
+//! daemon's log fallback. `delete` is in delete_protocol.rs. Runs the real binary; no
+//! containerd needed.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::run;
 use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
-use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::Message;
-
-const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-sturdy-v2");
-
-fn run(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(SHIM)
-        .args(args)
-        .current_dir(dir)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shim");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().expect("wait shim")
-}
 
 /// Kills the daemons a test started (by the pid they wrote) and removes their sockets.
 ///
@@ -224,96 +209,6 @@ fn start_answers_bootstrap_params_in_kind_and_ignores_junk() {
     let addr = String::from_utf8(out.stdout).unwrap();
     daemons.track(bundle2.path(), &addr);
     assert!(addr.starts_with("unix:///run/containerd/s/"), "{addr:?}");
-}
-
-#[test]
-fn delete_keeps_the_record_when_the_runtime_fails_and_clears_a_stale_socket() {
-    let dir = tempfile::tempdir().unwrap();
-    let record = |runtime: &str| {
-        serde_json::json!({
-            "version": 1, "id": "stuck", "namespace": "sturdy-proto-test", "runtime": runtime,
-            "root": dir.path().join("runc-root"), "systemd_cgroup": false, "mounted_rootfs": false
-        })
-        .to_string()
-    };
-    // A runtime whose delete fails for real (not "does not exist").
-    std::fs::write(dir.path().join("sturdy.json"), record("/bin/false")).unwrap();
-    let stale = dir.path().join("stale.sock");
-    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
-    std::fs::write(
-        dir.path().join("address"),
-        format!("unix://{}", stale.display()),
-    )
-    .unwrap();
-    let args = [
-        "-namespace",
-        "sturdy-proto-test",
-        "-id",
-        "stuck",
-        "-address",
-        "/nonexistent",
-        "delete",
-    ];
-    let out = run(dir.path(), &args, b"", &[]);
-    assert!(!out.status.success(), "a failed runtime delete must fail");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/bin/false delete --force stuck"), "{err}");
-    assert!(
-        dir.path().join("sturdy.json").exists(),
-        "record removed although cleanup failed"
-    );
-
-    // Once the runtime works, delete finishes: record gone, stale socket removed.
-    std::fs::write(dir.path().join("sturdy.json"), record("runc")).unwrap();
-    let out = run(dir.path(), &args, b"", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!dir.path().join("sturdy.json").exists());
-    assert!(!stale.exists(), "stale socket left behind");
-}
-
-#[test]
-fn delete_is_idempotent_on_a_half_removed_bundle() {
-    let dir = tempfile::tempdir().unwrap();
-    let runc_root = dir.path().join("runc-root");
-    // A record that points runc at an empty private root: nothing exists to delete.
-    std::fs::write(
-        dir.path().join("sturdy.json"),
-        serde_json::json!({
-            "version": 1, "id": "gone", "namespace": "sturdy-proto-test", "runtime": "runc",
-            "root": runc_root, "systemd_cgroup": false, "mounted_rootfs": true
-        })
-        .to_string(),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("init.pid"), "4242").unwrap();
-    let args = [
-        "-namespace",
-        "sturdy-proto-test",
-        "-id",
-        "gone",
-        "-address",
-        "/nonexistent",
-        "delete",
-    ];
-    for round in 0..2 {
-        let out = run(dir.path(), &args, b"", &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let resp = DeleteResponse::parse_from_bytes(&out.stdout).expect("DeleteResponse");
-        assert_eq!(resp.exit_status, 137);
-        assert_eq!(resp.pid, if round == 0 { 4242 } else { 0 });
-        assert!(resp.exited_at.seconds > 0);
-        // Second round: the record and pid file are gone too.
-        std::fs::remove_file(dir.path().join("sturdy.json")).ok();
-        std::fs::remove_file(dir.path().join("init.pid")).ok();
-    }
 }
 
 /// Waits up to `limit` for `cond`, polling; true if it held in time.
