@@ -2,6 +2,8 @@
 //! `start` (launch or reuse the daemon and print its address), `delete` (clean up
 //! after a task without the daemon) and the daemon itself (serve the Task API).
 
+mod delete;
+
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -11,24 +13,21 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
 use containerd_shim::Flags;
-use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::{well_known_types::any::Any, Message};
 use containerd_shim_protos::shim_async::create_task;
 use containerd_shim_protos::ttrpc::r#async::{transport::Listener, Server};
-use runc_client::{Reaper, Runc, RuncConfig};
+use runc_client::Reaper;
 use tokio::sync::Notify;
 
 use crate::cgroups;
-use crate::container::unmount;
-use crate::events::{timestamp, Events};
+use crate::events::Events;
 use crate::logging;
 use crate::options::RuntimeOptions;
 use crate::peer::SameUser;
-use crate::record::{Record, RECORD_FILE};
+use crate::record::write_atomic;
 use crate::service::TaskService;
 
 /// Annotation grouping containers into one shim (set by users or other tools).
@@ -41,6 +40,10 @@ const LISTEN_FD_ENV: &str = "STURDY_LISTEN_FD";
 const LISTEN_FD: i32 = 3;
 /// Environment variable carrying containerd's TTRPC address.
 const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
+/// File in the bundle holding the daemon's pid.
+const SHIM_PID_FILE: &str = "shim.pid";
+/// File in the bundle holding the daemon's address.
+const ADDRESS_FILE: &str = "address";
 /// Upper bound on what `start` reads from stdin (containerd's own limit).
 const MAX_STDIN: u64 = 10 << 20;
 
@@ -63,7 +66,7 @@ pub fn main() -> i32 {
     }
     let result = match flags.action.as_str() {
         "start" => start(&flags),
-        "delete" => delete(&flags),
+        "delete" => delete::delete(&flags),
         "" => serve(&flags),
         other => Err(format!(
             "unknown action {other:?} (expected start or delete)"
@@ -217,34 +220,53 @@ fn start(flags: &Flags) -> Result<(), String> {
     };
 
     match bind_or_reuse(&address)? {
-        Bind::Live => {}
+        // Someone else's daemon: nothing of ours to undo if recording it fails.
+        Bind::Live => announce(&bundle, &address, parsed.bootstrap),
         Bind::Bound(listener) => {
-            let pid = spawn_daemon(flags, &address, &parsed, listener)?;
-            std::fs::write(bundle.join("shim.pid"), pid.to_string())
-                .map_err(|e| format!("write shim.pid: {e}"))?;
-            if !options.shim_cgroup.is_empty() {
-                if let Err(e) = cgroups::add_shim_process(&options.shim_cgroup, pid) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    let _ = std::fs::remove_file(socket_path(&address));
-                    return Err(format!(
-                        "move shim into cgroup {}: {e}",
-                        options.shim_cgroup
-                    ));
+            let child = match spawn_daemon(flags, &address, &parsed, listener) {
+                Ok(child) => child,
+                Err(e) => {
+                    remove_socket(&address);
+                    return Err(e);
                 }
+            };
+            let pid = child.id();
+            let placed = place_daemon(&bundle, pid, &options)
+                .and_then(|()| announce(&bundle, &address, parsed.bootstrap));
+            if let Err(e) = placed {
+                // containerd will never learn of this daemon: left running it would hold
+                // the group's socket (and its memory) forever.
+                abandon_daemon(child, &bundle, &address);
+                return Err(e);
             }
-            cgroups::adjust_oom_score(pid);
+            Ok(())
         }
     }
-    std::fs::write(bundle.join("address"), &address).map_err(|e| format!("write address: {e}"))?;
+}
 
+/// Records a freshly spawned daemon in the bundle and puts it where the options say.
+fn place_daemon(bundle: &Path, pid: u32, options: &RuntimeOptions) -> Result<(), String> {
+    let pid_file = bundle.join(SHIM_PID_FILE);
+    write_atomic(&pid_file, pid.to_string().as_bytes())
+        .map_err(|e| format!("write {}: {e}", pid_file.display()))?;
+    if !options.shim_cgroup.is_empty() {
+        cgroups::add_shim_process(&options.shim_cgroup, pid)
+            .map_err(|e| format!("move shim into cgroup {}: {e}", options.shim_cgroup))?;
+    }
+    cgroups::adjust_oom_score(pid);
+    Ok(())
+}
+
+/// Writes the bundle's `address` file and tells containerd where the daemon listens.
+fn announce(bundle: &Path, address: &str, bootstrap: bool) -> Result<(), String> {
+    let address_file = bundle.join(ADDRESS_FILE);
+    write_atomic(&address_file, address.as_bytes())
+        .map_err(|e| format!("write {}: {e}", address_file.display()))?;
     let mut out = std::io::stdout().lock();
-    if parsed.bootstrap {
+    if bootstrap {
         let reply = BootstrapResult {
             version: containerd_shim_protos::TASK_API_VERSION,
-            address: address.clone(),
+            address: address.to_string(),
             protocol: "ttrpc".into(),
             ..Default::default()
         };
@@ -254,7 +276,39 @@ fn start(flags: &Flags) -> Result<(), String> {
         out.write_all(address.as_bytes())
     }
     .and_then(|_| out.flush())
-    .map_err(|e| format!("write address: {e}"))
+    .map_err(|e| format!("write address to stdout: {e}"))
+}
+
+/// Kills a daemon `start` could not hand over, and removes every trace of it.
+fn abandon_daemon(mut child: std::process::Child, bundle: &Path, address: &str) {
+    let pid = child.id();
+    if let Err(e) = child.kill() {
+        eprintln!("containerd-shim-sturdy-v2 start: kill daemon {pid}: {e}");
+    }
+    // `start` runs no reaper: collect our child here, so it does not linger as a zombie.
+    if let Err(e) = child.wait() {
+        eprintln!("containerd-shim-sturdy-v2 start: wait for daemon {pid}: {e}");
+    }
+    remove_socket(address);
+    for (file, content) in [
+        (SHIM_PID_FILE, pid.to_string()),
+        (ADDRESS_FILE, address.into()),
+    ] {
+        let path = bundle.join(file);
+        // Only what this start wrote: a directory or another daemon's pid is not ours.
+        if std::fs::read_to_string(&path).is_ok_and(|c| c == content) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+fn remove_socket(address: &str) {
+    let path = socket_path(address);
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("containerd-shim-sturdy-v2: remove socket {path}: {e}");
+        }
+    }
 }
 
 fn spawn_daemon(
@@ -262,7 +316,7 @@ fn spawn_daemon(
     address: &str,
     parsed: &StartInput,
     listener: UnixListener,
-) -> Result<u32, String> {
+) -> Result<std::process::Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.args([
@@ -307,90 +361,15 @@ fn spawn_daemon(
     let child = cmd.spawn();
     // SAFETY: fd came from into_raw_fd above and is owned here.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    let child = child.map_err(|e| format!("spawn shim daemon: {e}"))?;
-    Ok(child.id())
-}
-
-fn delete(flags: &Flags) -> Result<(), String> {
-    let bundle = if flags.bundle.is_empty() {
-        std::env::current_dir().map_err(|e| format!("cwd: {e}"))?
-    } else {
-        PathBuf::from(&flags.bundle)
-    };
-    let record = Record::load(&bundle).ok().flatten();
-    let (binary, root, systemd) = match &record {
-        Some(r) => (r.runtime.clone(), r.root.clone(), r.systemd_cgroup),
-        None => (
-            "runc".to_string(),
-            Record::runc_root("", &flags.namespace),
-            false,
-        ),
-    };
-    let pid = std::fs::read_to_string(bundle.join("init.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(0);
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    let deleted = rt.block_on(async {
-        let runc = Runc::new(
-            RuncConfig {
-                binary: PathBuf::from(&binary),
-                root: Some(root),
-                systemd_cgroup: systemd,
-                ..RuncConfig::default()
-            },
-            Reaper::global(),
-        );
-        match runc.delete(&flags.id, true).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e),
-        }
-    });
-    // Unmount even without a record: a half-removed bundle may still hold the mount.
-    unmount(&bundle.join("rootfs"));
-    if let Err(e) = deleted {
-        // Keep the record so a retry (containerd's, or the watchdog's) knows what to do.
-        return Err(format!(
-            "{binary} delete --force {}: {e}; bundle record kept for a retry",
-            flags.id
-        ));
-    }
-    remove_stale_socket(&bundle);
-    for file in [RECORD_FILE, "init.pid"] {
-        let _ = std::fs::remove_file(bundle.join(file));
-    }
-
-    let resp = DeleteResponse {
-        pid,
-        exit_status: 137,
-        exited_at: Some(timestamp(SystemTime::now())).into(),
-        ..Default::default()
-    };
-    let bytes = resp.write_to_bytes().map_err(|e| e.to_string())?;
-    std::io::stdout()
-        .write_all(&bytes)
-        .map_err(|e| format!("write delete response: {e}"))
-}
-
-/// Removes the group's socket if no shim answers on it any more (a live shim may still
-/// serve other containers of the pod, and keeps it).
-fn remove_stale_socket(bundle: &Path) {
-    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
-        return;
-    };
-    let path = Path::new(socket_path(address.trim()));
-    if path.exists() && UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
-    }
+    child.map_err(|e| format!("spawn shim daemon: {e}"))
 }
 
 fn serve(flags: &Flags) -> Result<(), String> {
-    logging::init(flags.debug);
+    // containerd runs the shim with the bundle as its working directory.
+    logging::init(
+        &std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        flags.debug,
+    );
     // Orphaned container processes must become our children so we can reap them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         return Err(format!("PR_SET_CHILD_SUBREAPER: {e}"));

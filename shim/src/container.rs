@@ -451,29 +451,14 @@ async fn read_pid(id: &str, path: &Path) -> Result<i32> {
 
 async fn mount_all(id: &str, mounts: &[Mount], rootfs: &Path) -> Result<()> {
     std::fs::create_dir_all(rootfs).map_err(|e| Error::io(id, "create rootfs dir", e))?;
-    for m in mounts {
-        if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, rootfs).await {
-            unmount(rootfs);
-            return Err(Error::io(
-                id,
-                format!("mount {} {} on {}", m.type_, m.source, rootfs.display()),
-                std::io::Error::other(e.to_string()),
-            ));
-        }
-    }
-    Ok(())
+    crate::mount::mount_all(mounts, rootfs, &Reaper::global())
+        .await
+        .map_err(|e| Error::io(id, "mount rootfs", e.into()))
 }
 
-/// Unmounts everything at `target`, tolerating "not mounted".
+/// Unmounts everything at `target`, tolerating "not mounted"; failures are logged.
 pub fn unmount(target: &Path) {
-    for _ in 0..16 {
-        match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) => continue,
-            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return,
-            Err(e) => {
-                log::warn!("unmount {}: {e}", target.display());
-                return;
-            }
-        }
+    if let Err(e) = crate::mount::unmount(target) {
+        log::warn!("{e}");
     }
 }

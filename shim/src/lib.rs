@@ -12,6 +12,7 @@ pub mod events;
 pub mod io;
 pub mod logging;
 pub mod memory;
+pub mod mount;
 pub mod options;
 pub mod peer;
 pub mod process;

@@ -6,7 +6,9 @@
 //! TOML of the runtime's `options` table. Both are decoded into one [`RuntimeOptions`],
 //! and anything we do not understand is an error rather than a silent misparse.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::protobuf::{well_known_types::any::Any, CodedInputStream, Message};
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
@@ -16,6 +18,10 @@ use serde::{Deserialize, Serialize};
 pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 /// Type name of CRI's generic runtime options message.
 pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
+
+/// Largest `config_path` file read; an options table is a few hundred bytes, and the file
+/// is read on the runtime thread, so anything bigger is a mistake we refuse to slurp.
+pub const CONFIG_PATH_LIMIT: u64 = 1 << 20;
 
 /// Why runtime options were rejected.
 #[derive(Debug, thiserror::Error)]
@@ -32,15 +38,28 @@ pub enum OptionsError {
     /// A key had a value of the wrong type or range.
     #[error("runtime option {key}: {reason}")]
     BadValue { key: String, reason: String },
-    /// The TOML did not parse.
+    /// The TOML did not parse; carries the parser's full report (position and message).
     #[error("runtime options TOML: {0}")]
     Toml(String),
-    /// `config_path` could not be read.
+    /// `config_path` could not be opened or read.
     #[error("runtime options config_path {path:?}: {source}")]
     ConfigPath {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// `config_path` names something other than a regular file (a FIFO would block forever).
+    #[error("runtime options config_path {path:?} is not a regular file ({kind})")]
+    ConfigPathNotRegular { path: PathBuf, kind: &'static str },
+    /// `config_path` is larger than [`CONFIG_PATH_LIMIT`].
+    #[error("runtime options config_path {path:?} is {size} bytes, more than the {limit} bytes accepted")]
+    ConfigPathTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    /// `config_path` is relative: the shim's working directory is the bundle, never what was meant.
+    #[error("runtime options config_path {0:?} must be an absolute path")]
+    ConfigPathRelative(PathBuf),
 }
 
 /// The options this shim honours, whatever encoding they arrived in.
@@ -96,7 +115,7 @@ impl RuntimeOptions {
                         reason: e.to_string(),
                     }
                 })?;
-                Ok(Self {
+                let decoded = Self {
                     binary_name: o.binary_name,
                     root: o.root,
                     systemd_cgroup: o.systemd_cgroup,
@@ -107,7 +126,9 @@ impl RuntimeOptions {
                     io_gid: o.io_gid,
                     criu_image_path: o.criu_image_path,
                     criu_work_path: o.criu_work_path,
-                })
+                };
+                decoded.validate()?;
+                Ok(decoded)
             }
             RUNTIME_OPTIONS_TYPE => {
                 let generic = decode_runtime_options(&any.value).map_err(|reason| {
@@ -122,9 +143,7 @@ impl RuntimeOptions {
                         reason: "config_body is not UTF-8".into(),
                     })?
                 } else if !generic.config_path.is_empty() {
-                    let path = PathBuf::from(&generic.config_path);
-                    std::fs::read_to_string(&path)
-                        .map_err(|source| OptionsError::ConfigPath { path, source })?
+                    read_config_path(Path::new(&generic.config_path))?
                 } else {
                     String::new()
                 };
@@ -136,9 +155,9 @@ impl RuntimeOptions {
 
     /// Parses the TOML of a runtime's `options` table, rejecting unknown keys and bad types.
     pub fn from_toml(body: &str) -> Result<Self, OptionsError> {
-        let table: toml::Table = body
-            .parse()
-            .map_err(|e: toml::de::Error| OptionsError::Toml(e.message().to_string()))?;
+        let table: toml::Table = body.parse().map_err(|e: toml::de::Error| {
+            OptionsError::Toml(e.to_string().trim_end().to_string())
+        })?;
         let mut o = Self::default();
         for (key, value) in &table {
             match key.as_str() {
@@ -161,34 +180,133 @@ impl RuntimeOptions {
         Ok(o)
     }
 
-    /// Rejects values that would be misread later (e.g. a boolean word as a path).
+    /// Rejects values that would be misread later (a boolean word as a path, a relative
+    /// path resolved against whatever directory runc happens to run in).
     pub fn validate(&self) -> Result<(), OptionsError> {
+        let bad = |key: &str, reason: String| OptionsError::BadValue {
+            key: key.into(),
+            reason,
+        };
         for (key, value) in [
             ("ShimCgroup", &self.shim_cgroup),
             ("Root", &self.root),
             ("BinaryName", &self.binary_name),
+            ("CriuImagePath", &self.criu_image_path),
+            ("CriuWorkPath", &self.criu_work_path),
         ] {
-            if value.contains('\0') || value.contains('\n') {
-                return Err(OptionsError::BadValue {
-                    key: key.into(),
-                    reason: "contains a control character".into(),
-                });
+            if value.chars().any(char::is_control) {
+                return Err(bad(key, format!("{value:?} contains a control character")));
             }
             if value == "true" || value == "false" {
-                return Err(OptionsError::BadValue {
-                    key: key.into(),
-                    reason: format!("{value:?} looks like a boolean, expected a path"),
-                });
+                return Err(bad(
+                    key,
+                    format!("{value:?} looks like a boolean, expected a path"),
+                ));
             }
         }
-        if !self.root.is_empty() && !self.root.starts_with('/') {
-            return Err(OptionsError::BadValue {
-                key: "Root".into(),
-                reason: format!("{:?} must be an absolute path", self.root),
-            });
+        for (key, value) in [
+            ("Root", &self.root),
+            ("CriuImagePath", &self.criu_image_path),
+            ("CriuWorkPath", &self.criu_work_path),
+        ] {
+            if !value.is_empty() && !value.starts_with('/') {
+                return Err(bad(key, format!("{value:?} must be an absolute path")));
+            }
+        }
+        // A bare name is looked up on PATH; a relative path with a slash would be resolved
+        // against the shim's working directory (the bundle), which nobody means.
+        let b = &self.binary_name;
+        if b.contains('/') && !b.starts_with('/') {
+            return Err(bad(
+                "BinaryName",
+                format!("{b:?} is a relative path: use a bare name looked up on PATH or an absolute path"),
+            ));
+        }
+        if b.ends_with('/') {
+            return Err(bad("BinaryName", format!("{b:?} names a directory")));
+        }
+        let cg = &self.shim_cgroup;
+        if !cg.is_empty() {
+            if !cg.starts_with('/') {
+                return Err(bad(
+                    "ShimCgroup",
+                    format!("{cg:?} must be an absolute cgroup path such as \"/shims\""),
+                ));
+            }
+            if cg.split('/').any(|c| c == ".." || c == ".") {
+                return Err(bad(
+                    "ShimCgroup",
+                    format!("{cg:?} must not contain \".\" or \"..\""),
+                ));
+            }
+            if cg.trim_matches('/').is_empty() {
+                return Err(bad(
+                    "ShimCgroup",
+                    format!("{cg:?} is the root cgroup; name a cgroup below it"),
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// Reads a `config_path` file without ever blocking on it and without reading more than
+/// [`CONFIG_PATH_LIMIT`].
+fn read_config_path(path: &Path) -> Result<String, OptionsError> {
+    if !path.is_absolute() {
+        return Err(OptionsError::ConfigPathRelative(path.to_path_buf()));
+    }
+    let io_err = |source| OptionsError::ConfigPath {
+        path: path.to_path_buf(),
+        source,
+    };
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else {
+            "not a file"
+        };
+        return Err(OptionsError::ConfigPathNotRegular {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    let too_large = |size| OptionsError::ConfigPathTooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit: CONFIG_PATH_LIMIT,
+    };
+    if meta.len() > CONFIG_PATH_LIMIT {
+        return Err(too_large(meta.len()));
+    }
+    // The file may grow between fstat and read: never take more than the limit.
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    file.take(CONFIG_PATH_LIMIT + 1)
+        .read_to_end(&mut data)
+        .map_err(io_err)?;
+    if data.len() as u64 > CONFIG_PATH_LIMIT {
+        return Err(too_large(data.len() as u64));
+    }
+    String::from_utf8(data).map_err(|e| {
+        io_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8: {e}"),
+        ))
+    })
 }
 
 fn string(key: &str, value: &toml::Value) -> Result<String, OptionsError> {
@@ -252,129 +370,4 @@ fn decode_runtime_options(bytes: &[u8]) -> Result<GenericOptions, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use containerd_shim_protos::protobuf::CodedOutputStream;
-
-    fn generic_any(body: &str) -> Any {
-        let mut value = Vec::new();
-        {
-            let mut out = CodedOutputStream::vec(&mut value);
-            out.write_string(1, "io.containerd.sturdy.v1.Options")
-                .unwrap();
-            out.write_bytes(3, body.as_bytes()).unwrap();
-            out.flush().unwrap();
-        }
-        Any {
-            type_url: RUNTIME_OPTIONS_TYPE.into(),
-            value,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn none_is_default() {
-        assert_eq!(
-            RuntimeOptions::from_any(None).unwrap(),
-            RuntimeOptions::default()
-        );
-        assert_eq!(RuntimeOptions::default().binary(), "runc");
-    }
-
-    #[test]
-    fn runc_options_decode() {
-        let o = RuncOptions {
-            binary_name: "crun".into(),
-            root: "/run/x".into(),
-            systemd_cgroup: true,
-            shim_cgroup: "/shims".into(),
-            io_uid: 7,
-            ..Default::default()
-        };
-        let any = Any {
-            type_url: format!("type.googleapis.com/{RUNC_OPTIONS_TYPE}"),
-            value: o.write_to_bytes().unwrap(),
-            ..Default::default()
-        };
-        let got = RuntimeOptions::from_any(Some(&any)).unwrap();
-        assert_eq!(got.binary(), "crun");
-        assert_eq!(got.root, "/run/x");
-        assert!(got.systemd_cgroup);
-        assert_eq!(got.shim_cgroup, "/shims");
-        assert_eq!(got.io_uid, 7);
-    }
-
-    #[test]
-    fn generic_options_same_keys() {
-        let any = generic_any(
-            "BinaryName = \"crun\"\nRoot = \"/run/sturdy\"\nSystemdCgroup = false\nNoPivotRoot = true\nIoGid = 5\n",
-        );
-        let got = RuntimeOptions::from_any(Some(&any)).unwrap();
-        assert_eq!(got.binary(), "crun");
-        assert_eq!(got.root, "/run/sturdy");
-        assert!(got.no_pivot_root);
-        assert_eq!(got.io_gid, 5);
-    }
-
-    #[test]
-    fn unknown_key_is_an_error() {
-        let err =
-            RuntimeOptions::from_any(Some(&generic_any("BinaryNme = \"runc\"\n"))).unwrap_err();
-        assert!(
-            matches!(err, OptionsError::UnknownKey(ref k) if k == "BinaryNme"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn wrong_types_are_errors() {
-        for body in [
-            "SystemdCgroup = \"yes\"",
-            "ShimCgroup = true",
-            "IoUid = -1",
-            "Root = \"relative\"",
-            "ShimCgroup = \"true\"",
-        ] {
-            let err = RuntimeOptions::from_toml(body).unwrap_err();
-            assert!(
-                matches!(err, OptionsError::BadValue { .. }),
-                "{body}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn unsupported_type_is_an_error() {
-        let any = Any {
-            type_url: "example.Other".into(),
-            value: vec![1, 2, 3],
-            ..Default::default()
-        };
-        assert!(matches!(
-            RuntimeOptions::from_any(Some(&any)),
-            Err(OptionsError::UnsupportedType(_))
-        ));
-    }
-
-    #[test]
-    fn config_path_is_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("opts.toml");
-        std::fs::write(&path, "BinaryName = \"crun\"\n").unwrap();
-        let mut value = Vec::new();
-        {
-            let mut out = CodedOutputStream::vec(&mut value);
-            out.write_string(2, path.to_str().unwrap()).unwrap();
-            out.flush().unwrap();
-        }
-        let any = Any {
-            type_url: RUNTIME_OPTIONS_TYPE.into(),
-            value,
-            ..Default::default()
-        };
-        assert_eq!(
-            RuntimeOptions::from_any(Some(&any)).unwrap().binary(),
-            "crun"
-        );
-    }
-}
+mod tests;

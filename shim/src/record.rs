@@ -4,14 +4,18 @@
 //! Written atomically (temp file, fsync, rename, fsync of the directory) so a crash
 //! leaves either the old record or the new one, never a torn file.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 /// File name of the record inside the bundle.
 pub const RECORD_FILE: &str = "sturdy.json";
+/// The record format this shim writes and understands.
+pub const RECORD_VERSION: u32 = 1;
 /// Where runc state lives when the options name no root, as in containerd's Go shim.
 pub const DEFAULT_RUNC_ROOT: &str = "/run/containerd/runc";
 
@@ -51,6 +55,40 @@ impl Record {
         write_atomic(&bundle.join(RECORD_FILE), &data)
     }
 
+    /// [`Record::save`] on tokio's blocking pool: the fsyncs can take long on a loaded
+    /// disk, and must not stall every other task of a current-thread runtime meanwhile.
+    pub async fn save_async(&self, bundle: &Path) -> std::io::Result<()> {
+        let (record, bundle) = (self.clone(), bundle.to_path_buf());
+        tokio::task::spawn_blocking(move || record.save(&bundle))
+            .await
+            .map_err(|e| std::io::Error::other(format!("record save task failed: {e}")))?
+    }
+
+    /// Checks that a loaded record can be acted on for container `id`: a record of another
+    /// container, of an unknown format, or without a usable runtime and root is as bad as
+    /// a corrupt one, and nothing must run on its say-so.
+    pub fn check(&self, id: &str) -> Result<(), String> {
+        if self.version != RECORD_VERSION {
+            return Err(format!(
+                "record format version {} is not {RECORD_VERSION}",
+                self.version
+            ));
+        }
+        if self.id != id {
+            return Err(format!("record is for container {:?}, not {id:?}", self.id));
+        }
+        if self.runtime.is_empty() {
+            return Err("record names no runtime binary".into());
+        }
+        if !self.root.is_absolute() {
+            return Err(format!(
+                "record's runtime root {} is not absolute",
+                self.root.display()
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads the record from `bundle`, `Ok(None)` if there is none.
     pub fn load(bundle: &Path) -> std::io::Result<Option<Self>> {
         match fs::read(bundle.join(RECORD_FILE)) {
@@ -64,15 +102,31 @@ impl Record {
 }
 
 /// Replaces `path` with `data` so that readers see the old or the new content, durably.
+///
+/// Blocking (two fsyncs): async callers use [`Record::save_async`] or `spawn_blocking`.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // Unique per call, not only per process: two threads saving the same file must not
+    // share (and truncate) one temp file.
+    let tmp = dir.join(format!(
+        ".{name}.tmp.{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -110,6 +164,84 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    fn record(id: &str) -> Record {
+        Record {
+            version: 1,
+            id: id.into(),
+            namespace: "k8s.io".into(),
+            runtime: "runc".into(),
+            root: Record::runc_root("", "k8s.io"),
+            systemd_cgroup: false,
+            mounted_rootfs: false,
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn failed_save_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // rename(2) cannot replace a directory with a file.
+        fs::create_dir(dir.path().join(RECORD_FILE)).unwrap();
+        assert!(record("c1").save(dir.path()).is_err());
+        assert_eq!(names(dir.path()), vec![RECORD_FILE.to_string()]);
+    }
+
+    #[test]
+    fn concurrent_saves_all_succeed_and_leave_one_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let bundle = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        record(&format!("c{t}-{i}")).save(&bundle)?;
+                    }
+                    Ok::<_, std::io::Error>(())
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().expect("a save failed");
+        }
+        assert!(Record::load(dir.path()).unwrap().is_some());
+        assert_eq!(names(dir.path()), vec![RECORD_FILE.to_string()]);
+    }
+
+    #[tokio::test]
+    async fn save_async_writes_off_the_runtime_thread_and_reports_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        record("c1").save_async(dir.path()).await.unwrap();
+        assert_eq!(Record::load(dir.path()).unwrap().unwrap().id, "c1");
+        let err = record("c1")
+            .save_async(&dir.path().join("missing"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn check_refuses_records_nothing_should_act_on() {
+        assert_eq!(record("c1").check("c1"), Ok(()));
+        assert!(record("c1").check("c2").unwrap_err().contains("\"c1\""));
+        let mut r = record("c1");
+        r.version = 9;
+        assert!(r.check("c1").unwrap_err().contains("version 9"));
+        let mut r = record("c1");
+        r.runtime.clear();
+        assert!(r.check("c1").is_err());
+        let mut r = record("c1");
+        r.root = PathBuf::from("runc-root");
+        assert!(r.check("c1").unwrap_err().contains("not absolute"));
     }
 
     #[test]

@@ -1,31 +1,16 @@
 //! The shim binary's command-line protocol as containerd drives it: `-v`, `start`
-//! (grouping, socket reuse, reply formats) and `delete` (idempotent, safe on a
-//! half-removed bundle). Runs the real binary; no containerd needed.
+//! (grouping, socket reuse, reply formats, no daemon left behind on failure) and the
+//! daemon's log fallback. `delete` is in delete_protocol.rs. Runs the real binary; no
+//! containerd needed.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::run;
 use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
-use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::Message;
-
-const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-sturdy-v2");
-
-fn run(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(SHIM)
-        .args(args)
-        .current_dir(dir)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shim");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().expect("wait shim")
-}
 
 /// Kills the daemons a test started (by the pid they wrote) and removes their sockets.
 ///
@@ -226,92 +211,126 @@ fn start_answers_bootstrap_params_in_kind_and_ignores_junk() {
     assert!(addr.starts_with("unix:///run/containerd/s/"), "{addr:?}");
 }
 
-#[test]
-fn delete_keeps_the_record_when_the_runtime_fails_and_clears_a_stale_socket() {
-    let dir = tempfile::tempdir().unwrap();
-    let record = |runtime: &str| {
-        serde_json::json!({
-            "version": 1, "id": "stuck", "namespace": "sturdy-proto-test", "runtime": runtime,
-            "root": dir.path().join("runc-root"), "systemd_cgroup": false, "mounted_rootfs": false
-        })
-        .to_string()
-    };
-    // A runtime whose delete fails for real (not "does not exist").
-    std::fs::write(dir.path().join("sturdy.json"), record("/bin/false")).unwrap();
-    let stale = dir.path().join("stale.sock");
-    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
-    std::fs::write(
-        dir.path().join("address"),
-        format!("unix://{}", stale.display()),
-    )
-    .unwrap();
-    let args = [
-        "-namespace",
-        "sturdy-proto-test",
-        "-id",
-        "stuck",
-        "-address",
-        "/nonexistent",
-        "delete",
-    ];
-    let out = run(dir.path(), &args, b"", &[]);
-    assert!(!out.status.success(), "a failed runtime delete must fail");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/bin/false delete --force stuck"), "{err}");
-    assert!(
-        dir.path().join("sturdy.json").exists(),
-        "record removed although cleanup failed"
-    );
+/// Waits up to `limit` for `cond`, polling; true if it held in time.
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
-    // Once the runtime works, delete finishes: record gone, stale socket removed.
-    std::fs::write(dir.path().join("sturdy.json"), record("runc")).unwrap();
-    let out = run(dir.path(), &args, b"", &[]);
+#[test]
+fn daemon_without_a_log_fifo_says_why_in_shim_log() {
+    let address = format!("/tmp/sturdy-proto-log-{}.sock", std::process::id());
+    let env = [("TTRPC_ADDRESS", "/nonexistent/containerd.sock.ttrpc")];
+    let mut daemons = Daemons(Vec::new());
+    // No `log` FIFO in this bundle: containerd did not (or could not) create it.
+    let bundle = bundle_with(serde_json::json!({}));
+    let out = run(bundle.path(), &start_args("nolog", &address), b"", &env);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!dir.path().join("sturdy.json").exists());
-    assert!(!stale.exists(), "stale socket left behind");
+    daemons.track(bundle.path(), &String::from_utf8(out.stdout).unwrap());
+    let log = bundle.path().join("shim.log");
+    let said_why = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("serving on"))
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        said_why,
+        "no fallback log with the daemon's lines: {text:?}"
+    );
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("log FIFO") && first.contains("No such file or directory"),
+        "{first}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+/// Live (non-zombie) processes whose command line holds `arg` as one whole argument.
+fn processes_with_arg(arg: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) && alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Kills whatever daemon a test's unique id names (only ever processes the test started)
+/// and removes its socket, even when an assertion failed first.
+struct Leftovers {
+    id: String,
+    sock: PathBuf,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for pid in processes_with_arg(&self.id) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            wait_until(Duration::from_secs(5), || !alive(pid));
+        }
+        let _ = std::fs::remove_file(&self.sock);
+    }
 }
 
 #[test]
-fn delete_is_idempotent_on_a_half_removed_bundle() {
-    let dir = tempfile::tempdir().unwrap();
-    let runc_root = dir.path().join("runc-root");
-    // A record that points runc at an empty private root: nothing exists to delete.
-    std::fs::write(
-        dir.path().join("sturdy.json"),
-        serde_json::json!({
-            "version": 1, "id": "gone", "namespace": "sturdy-proto-test", "runtime": "runc",
-            "root": runc_root, "systemd_cgroup": false, "mounted_rootfs": true
-        })
-        .to_string(),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("init.pid"), "4242").unwrap();
-    let args = [
-        "-namespace",
-        "sturdy-proto-test",
-        "-id",
-        "gone",
-        "-address",
-        "/nonexistent",
-        "delete",
-    ];
-    for round in 0..2 {
-        let out = run(dir.path(), &args, b"", &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let resp = DeleteResponse::parse_from_bytes(&out.stdout).expect("DeleteResponse");
-        assert_eq!(resp.exit_status, 137);
-        assert_eq!(resp.pid, if round == 0 { 4242 } else { 0 });
-        assert!(resp.exited_at.seconds > 0);
-        // Second round: the record and pid file are gone too.
-        std::fs::remove_file(dir.path().join("sturdy.json")).ok();
-        std::fs::remove_file(dir.path().join("init.pid")).ok();
-    }
+fn start_kills_its_daemon_when_it_cannot_record_it() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let id = format!("pidfail-{}-{nanos}", std::process::id());
+    let address = format!("/tmp/sturdy-proto-pf-{}.sock", std::process::id());
+    let sock = PathBuf::from(
+        containerd_shim::socket_address(&address, "sturdy-proto-test", &id)
+            .strip_prefix("unix://")
+            .unwrap(),
+    );
+    let _leftovers = Leftovers {
+        id: id.clone(),
+        sock: sock.clone(),
+    };
+    let bundle = bundle_with(serde_json::json!({}));
+    // A directory where shim.pid belongs: writing the daemon's pid fails.
+    std::fs::create_dir(bundle.path().join("shim.pid")).unwrap();
+    let env = [("TTRPC_ADDRESS", "/nonexistent/containerd.sock.ttrpc")];
+    let out = run(bundle.path(), &start_args(&id, &address), b"", &env);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "start succeeded: {err}");
+    assert!(err.contains("shim.pid"), "{err}");
+    assert!(out.stdout.is_empty(), "an address was printed");
+    assert_eq!(
+        processes_with_arg(&id),
+        Vec::<i32>::new(),
+        "the daemon outlived the failed start"
+    );
+    assert!(!sock.exists(), "socket {} left behind", sock.display());
+    assert!(
+        !bundle.path().join("address").exists(),
+        "address written for a daemon that is gone"
+    );
 }

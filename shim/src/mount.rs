@@ -1,0 +1,176 @@
+//! Mounting a container's rootfs from containerd's `Mount` list, and unmounting it.
+//!
+//! Every failure comes back as a [`MountError`] naming the mount: nothing here may end the
+//! daemon, which serves other containers. Overlay options longer than mount(2) accepts (one
+//! page) are shortened to paths relative to the layers' common parent directory, and that
+//! mount is made by a forked helper which changes into that directory first, so the
+//! daemon's own working directory never moves (see [`helper`]).
+
+mod helper;
+mod overlay;
+mod plan;
+
+use std::path::{Path, PathBuf};
+
+use containerd_shim_protos::types::mount::Mount;
+use nix::errno::Errno;
+use nix::mount::MntFlags;
+use runc_client::Reaper;
+
+pub use plan::{parse_options, MountOptions};
+
+/// Most mounts stacked on one target that [`unmount`] will peel off.
+const MAX_STACKED: usize = 64;
+
+/// Why a mount or unmount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// An option word this shim recognises but does not implement.
+    #[error("mount {mount}: option {option:?} is not supported by containerd-shim-sturdy-v2")]
+    Unsupported { mount: String, option: String },
+    /// The mount's `target` would leave the rootfs, or a value cannot be passed to the kernel.
+    #[error("mount {mount}: {reason}")]
+    Invalid { mount: String, reason: String },
+    /// The filesystem data does not fit in the page mount(2) copies, even shortened.
+    #[error("mount {mount}: options are {len} bytes, more than the {limit} bytes mount(2) accepts{hint}")]
+    TooLong {
+        mount: String,
+        len: usize,
+        limit: usize,
+        hint: &'static str,
+    },
+    /// The mount helper could not change into the layers' common directory.
+    #[error("mount {mount}: chdir to {}: {source}", dir.display())]
+    Chdir {
+        mount: String,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A mount(2) call failed; `step` says which one.
+    #[error("mount {mount}: {step}: {source}")]
+    Syscall {
+        mount: String,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The forked mount helper could not be run or did not report properly.
+    #[error("mount {mount}: mount helper: {reason}")]
+    Helper { mount: String, reason: String },
+    /// Unmounting failed for another reason than "not mounted".
+    #[error("unmount {}: {source}", target.display())]
+    Unmount {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<MountError> for std::io::Error {
+    /// Keeps the typed error inside, with a kind the ttrpc mapping understands.
+    fn from(e: MountError) -> Self {
+        let kind = match &e {
+            MountError::Unsupported { .. }
+            | MountError::Invalid { .. }
+            | MountError::TooLong { .. } => std::io::ErrorKind::InvalidInput,
+            MountError::Chdir { source, .. }
+            | MountError::Syscall { source, .. }
+            | MountError::Unmount { source, .. } => source.kind(),
+            MountError::Helper { .. } => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
+/// Mounts `mounts` in order onto `rootfs` (or, for a mount with a `target`, onto that path
+/// inside it). On failure the mounts made so far are undone, newest first.
+pub async fn mount_all(mounts: &[Mount], rootfs: &Path, reaper: &Reaper) -> Result<(), MountError> {
+    let rootfs = absolute(rootfs);
+    let mut done: Vec<PathBuf> = Vec::new();
+    for m in mounts {
+        match mount_one(m, &rootfs, reaper).await {
+            Ok(target) => done.push(target),
+            Err(e) => {
+                for target in done.iter().rev() {
+                    if let Err(undo) = detach_once(target) {
+                        log::warn!("undoing mounts after \"{e}\": {undo}");
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes one mount and returns where it went.
+async fn mount_one(m: &Mount, rootfs: &Path, reaper: &Reaper) -> Result<PathBuf, MountError> {
+    let plan = plan::Plan::new(m, rootfs)?;
+    let target = plan.target_path().to_path_buf();
+    if plan.needs_helper() {
+        helper::run(&plan, reaper).await?;
+    } else {
+        // mount(2) can take long (a journal replay, a slow bind source): keep it off the
+        // runtime thread.
+        tokio::task::spawn_blocking(move || plan.run_here())
+            .await
+            .map_err(|e| MountError::Helper {
+                mount: plan::describe(m, &target),
+                reason: format!("mount task failed: {e}"),
+            })??;
+    }
+    Ok(target)
+}
+
+/// Unmounts everything stacked on `target` (lazily, MNT_DETACH); "not mounted" and a
+/// missing target count as done.
+pub fn unmount(target: &Path) -> Result<(), MountError> {
+    for _ in 0..MAX_STACKED {
+        match nix::mount::umount2(target, MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => {
+                return Err(MountError::Unmount {
+                    target: target.to_path_buf(),
+                    source: e.into(),
+                })
+            }
+        }
+    }
+    Err(MountError::Unmount {
+        target: target.to_path_buf(),
+        source: std::io::Error::other(format!("still mounted after {MAX_STACKED} unmounts")),
+    })
+}
+
+/// Removes the topmost mount at `target` only: layers below may not be ours.
+fn detach_once(target: &Path) -> Result<(), MountError> {
+    match nix::mount::umount2(target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(MountError::Unmount {
+            target: target.to_path_buf(),
+            source: e.into(),
+        }),
+    }
+}
+
+/// The helper changes directory before mounting, so relative targets would move with it.
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(path),
+        Err(_) => path.to_path_buf(),
+    }
+}
+
+/// Largest filesystem data mount(2) takes: one page, NUL included.
+fn data_limit() -> usize {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096);
+    page as usize - 1
+}
