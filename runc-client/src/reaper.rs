@@ -10,7 +10,6 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// One reaped child.
@@ -109,22 +108,17 @@ fn reap_forever(inner: &Inner) {
     loop {
         let seen = inner.shared.lock().unwrap().spawned;
         // Peek first (WNOWAIT) so a hold can keep the zombie for its rightful waiter.
-        match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-            Ok(status) => {
-                let Some(pid) = status.pid() else { continue };
+        match peek_exited() {
+            Ok(pid) => {
                 drop(
                     inner
                         .wake
                         .wait_while(inner.shared.lock().unwrap(), |s| s.holds > 0)
                         .unwrap(),
                 );
-                // ECHILD or nothing here means a holder's spawn reaped it; that is fine.
-                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) => deliver(inner, pid.as_raw(), code),
-                    Ok(WaitStatus::Signaled(pid, signal, _)) => {
-                        deliver(inner, pid.as_raw(), 128 + signal as i32)
-                    }
-                    _ => {}
+                // None here means a holder's spawn reaped it; that is fine.
+                if let Some(status) = collect(pid) {
+                    deliver(inner, pid, status);
                 }
             }
             Err(Errno::EINTR) => {}
@@ -142,6 +136,49 @@ fn reap_forever(inner: &Inner) {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+}
+
+// Raw libc rather than nix's typed statuses: nix refuses to decode a death by a signal
+// it has no name for (real-time signals 34..=64), which left the zombie in place and
+// wedged the reaper on it forever.
+
+/// Blocks until some child has exited and returns its pid, leaving it a zombie.
+fn peek_exited() -> Result<i32, Errno> {
+    // SAFETY: siginfo_t is plain data; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a siginfo_t we own.
+    let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: waitid succeeded, so si_pid is set (0 only with WNOHANG, not used here).
+    let pid = unsafe { info.si_pid() };
+    if pid <= 0 {
+        return Err(Errno::EINTR);
+    }
+    Ok(pid)
+}
+
+/// Reaps `pid` if it has exited; exit code, or 128 + the signal that killed it.
+fn collect(pid: i32) -> Option<i32> {
+    let mut raw = 0;
+    // SAFETY: plain waitpid on one pid with a pointer to a local int.
+    let rc = unsafe { libc::waitpid(pid, &mut raw, libc::WNOHANG) };
+    if rc != pid {
+        return None;
+    }
+    exit_status(raw)
+}
+
+/// Decodes a wait status the way shells and containerd report it.
+pub(crate) fn exit_status(raw: i32) -> Option<i32> {
+    if libc::WIFEXITED(raw) {
+        Some(libc::WEXITSTATUS(raw))
+    } else if libc::WIFSIGNALED(raw) {
+        Some(128 + libc::WTERMSIG(raw))
+    } else {
+        None
     }
 }
 
@@ -244,6 +281,18 @@ mod tests {
 
         let (mut sub, pid) = spawn(&reaper, "kill -9 $$");
         assert_eq!(within(sub.wait_for(pid)).await.status, 128 + 9);
+    }
+
+    /// A death by a real-time signal (no name in nix) used to wedge the reaper for good.
+    #[tokio::test]
+    async fn realtime_signal_deaths_are_delivered_and_reaping_goes_on() {
+        let reaper = Reaper::global();
+        for sig in [34, 40, 64] {
+            let (mut sub, pid) = spawn(&reaper, &format!("kill -{sig} $$; sleep 5"));
+            assert_eq!(within(sub.wait_for(pid)).await.status, 128 + sig);
+        }
+        let (mut sub, pid) = spawn(&reaper, "exit 3");
+        assert_eq!(within(sub.wait_for(pid)).await.status, 3);
     }
 
     #[tokio::test]

@@ -1,4 +1,9 @@
-//! A container: its bundle, the runc client configured for it, and its init process.
+//! A container: its bundle, the runc client configured for it, its init process and the
+//! lifecycle calls on init (create, start, pause, resume, kill, delete) and its exit.
+//!
+//! Every lifecycle call holds init's lifecycle lock from its state check to its event, so
+//! calls on one container are serialised and an exit is never published between a
+//! start and its TaskStart. Execs live in [`crate::exec`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,13 +12,16 @@ use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::api::CreateTaskRequest;
 use containerd_shim_protos::types::mount::Mount;
-use runc_client::{CreateOpts, ExecOpts, Reaper, Runc, RuncConfig};
+use runc_client::{CreateOpts, Reaper, Runc, RuncConfig};
 
 use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::exec::Exec;
 use crate::io::{self, StdioPaths};
 use crate::options::RuntimeOptions;
-use crate::process::{Process, Status};
+use crate::process::{Exited, Process, State};
 use crate::record::Record;
+use crate::tasks::Shared;
 
 /// Longest exit handling waits for the last output to reach containerd's FIFOs while the
 /// copy still makes progress (a silent pipe is given up on much sooner).
@@ -21,6 +29,12 @@ pub const IO_DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// How long Delete lets output that is still moving drain before it stops the copy loops.
 /// CRI gives its exit handling (which calls Delete) 10 s, so Delete must answer before.
 pub const DELETE_DRAIN_LIMIT: Duration = Duration::from_secs(8);
+/// How long init's exit event waits for its execs' exits.
+const EXEC_EXIT_LIMIT: Duration = Duration::from_secs(10);
+/// How long Delete of a created container waits for `runc delete --force` to reap init.
+const CREATED_KILL_LIMIT: Duration = Duration::from_secs(2);
+/// Status reported for a process whose exit was never seen (killed by a forced delete).
+pub const KILLED: u32 = 137;
 
 /// A container managed by this shim.
 pub struct Container {
@@ -36,33 +50,38 @@ pub struct Container {
     pub options: RuntimeOptions,
     /// Whether init has its own PID namespace (if not, its exit must kill the rest).
     pub own_pid_namespace: bool,
-    mounted_rootfs: bool,
+    namespace: String,
+    rootfs: Vec<Mount>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
 }
 
-/// An exec process and the spec it runs.
-pub struct Exec {
-    /// Lifecycle and stdio of the exec.
-    pub process: Arc<Process>,
-    spec: oci_spec::runtime::Process,
+/// What a create had done when it failed, so that only that is undone.
+#[derive(Default)]
+struct Progress {
+    record: bool,
+    mounted: bool,
+    runc_called: bool,
 }
 
 impl Container {
-    /// Validates the request, mounts the rootfs, runs `runc create` and records what a
-    /// later cleanup needs. Leaves nothing behind when it fails.
-    pub async fn create(req: &CreateTaskRequest, namespace: &str, reaper: Reaper) -> Result<Self> {
+    /// Checks the request and builds the container in state Creating; touches nothing.
+    pub fn new(req: &CreateTaskRequest, namespace: &str, reaper: Reaper) -> Result<Self> {
         let id = req.id.as_str();
-        if id.is_empty() {
-            return Err(Error::InvalidArgument(
-                "container id must not be empty".into(),
-            ));
-        }
+        crate::ids::validate("container", id)?;
         if !req.checkpoint.is_empty() {
             return Err(Error::Unimplemented("create from checkpoint"));
         }
+        if req.terminal {
+            return Err(Error::Unimplemented("terminal (tty) stdio"));
+        }
         let bundle = PathBuf::from(&req.bundle);
-        let spec_path = bundle.join("config.json");
-        let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|e| {
+        if !bundle.is_absolute() {
+            return Err(Error::InvalidArgument(format!(
+                "container {id}: bundle {:?} is not an absolute path",
+                req.bundle
+            )));
+        }
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(|e| {
             Error::InvalidArgument(format!(
                 "container {id}: bundle {}: cannot load config.json: {e}",
                 bundle.display()
@@ -83,101 +102,276 @@ impl Container {
                 })
             })
             .unwrap_or(false);
-
-        let root = Record::runc_root(&options.root, namespace);
         let runc = Runc::new(
             RuncConfig {
                 binary: PathBuf::from(options.binary()),
-                root: Some(root.clone()),
+                root: Some(Record::runc_root(&options.root, namespace)),
                 systemd_cgroup: options.systemd_cgroup,
                 log: Some(bundle.join("log.json")),
                 ..RuncConfig::default()
             },
             reaper,
         );
-
-        let mounted_rootfs = !req.rootfs.is_empty();
-        let record = Record {
-            version: 1,
-            id: id.to_string(),
-            namespace: namespace.to_string(),
-            runtime: options.binary().to_string(),
-            root,
-            systemd_cgroup: options.systemd_cgroup,
-            mounted_rootfs,
-        };
-        record
-            .save(&bundle)
-            .map_err(|e| Error::io(id, "write sturdy.json into the bundle", e))?;
-
-        let rootfs = bundle.join("rootfs");
-        if mounted_rootfs {
-            mount_all(id, &req.rootfs, &rootfs).await?;
-        }
-
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let created = async {
-            let (pio, copiers) = io::prepare(id, &stdio, options.io_uid, options.io_gid, &bundle)?;
-            let pid_file = bundle.join("init.pid");
-            let opts = CreateOpts {
-                pid_file: pid_file.clone(),
-                console_socket: None,
-                no_pivot: options.no_pivot_root,
-                no_new_keyring: options.no_new_keyring,
-                detach: true,
-                io: pio,
-                extra_files: Vec::new(),
-            };
-            runc.create(id, &bundle, &opts)
-                .await
-                .map_err(|e| Error::runc(id, options.binary(), e))?;
-            let pid = read_pid(id, &pid_file).await?;
-            Ok::<_, Error>(Process::created(id, pid, stdio.clone(), copiers))
-        }
-        .await;
-        let init = match created {
-            Ok(p) => p,
-            Err(e) => {
-                // Half-created containers must not outlive a failed Create, but a container
-                // runc already had under this id is not ours to delete.
-                let foreign = matches!(&e, Error::Runc { source, .. }
-                    if source.to_string().contains("already exists"));
-                if foreign {
-                    if mounted_rootfs {
-                        // Only our layer: the existing container's rootfs may lie beneath.
-                        let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
-                    }
-                    return Err(e);
-                }
-                if let Err(de) = runc.delete(id, true).await {
-                    if !de.is_not_found() {
-                        log::warn!("container {id}: cleanup after failed create: {de}");
-                    }
-                }
-                if mounted_rootfs {
-                    unmount(&rootfs);
-                }
-                return Err(e);
-            }
-        };
         Ok(Self {
             id: id.to_string(),
             bundle,
             runc,
-            init: Arc::new(init),
+            init: Arc::new(Process::creating(id, stdio)),
             options,
             own_pid_namespace,
-            mounted_rootfs,
+            namespace: namespace.to_string(),
+            rootfs: req.rootfs.to_vec(),
             execs: Mutex::new(HashMap::new()),
         })
     }
 
-    fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Exec>>> {
+    fn record(&self) -> Record {
+        Record {
+            version: 1,
+            id: self.id.clone(),
+            namespace: self.namespace.clone(),
+            runtime: self.options.binary().to_string(),
+            root: Record::runc_root(&self.options.root, &self.namespace),
+            systemd_cgroup: self.options.systemd_cgroup,
+            mounted_rootfs: !self.rootfs.is_empty(),
+        }
+    }
+
+    fn runc_error(&self, e: runc_client::Error) -> Error {
+        Error::runc(&self.id, self.options.binary(), e)
+    }
+
+    /// Records what a later cleanup needs, mounts the rootfs and runs `runc create`;
+    /// Creating → Created. The caller holds init's lifecycle lock. On failure it undoes
+    /// exactly what it did (never a same-id container it did not create) and leaves init
+    /// Deleted. Returns init's pid, and whether init already died (its exit is recorded
+    /// and still needs handling).
+    pub async fn create(&self, shared: &Shared) -> Result<(i32, bool)> {
+        let mut done = Progress::default();
+        let since = SystemTime::now();
+        let result = self.try_create(&mut done).await;
+        let pid = match result {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.undo_create(done, &e).await;
+                self.init.create_failed();
+                return Err(e);
+            }
+        };
+        self.init.created(pid)?;
+        let early = match shared.router.register(pid, &self.init, since) {
+            Some(exit) => self.init.reaped(exit.status as u32, exit.at).is_ok(),
+            None => false,
+        };
+        Ok((pid, early))
+    }
+
+    async fn try_create(&self, done: &mut Progress) -> Result<i32> {
+        // fsync can take long on a busy disk: off the runtime thread.
+        self.record()
+            .save_async(&self.bundle)
+            .await
+            .map_err(|e| Error::io(&self.id, "write sturdy.json into the bundle", e))?;
+        done.record = true;
+        let rootfs = self.bundle.join("rootfs");
+        if !self.rootfs.is_empty() {
+            mount_all(&self.id, &self.rootfs, &rootfs).await?;
+            done.mounted = true;
+        }
+        let (pio, copiers) = io::prepare(
+            &self.id,
+            &self.init.stdio,
+            self.options.io_uid,
+            self.options.io_gid,
+            &self.bundle,
+        )?;
+        *self.init.copiers.lock().await = copiers;
+        let pid_file = self.bundle.join("init.pid");
+        let opts = CreateOpts {
+            pid_file: pid_file.clone(),
+            console_socket: None,
+            no_pivot: self.options.no_pivot_root,
+            no_new_keyring: self.options.no_new_keyring,
+            detach: true,
+            io: pio,
+            extra_files: Vec::new(),
+        };
+        done.runc_called = true;
+        self.runc
+            .create(&self.id, &self.bundle, &opts)
+            .await
+            .map_err(|e| self.runc_error(e))?;
+        drop(opts);
+        read_pid(&self.id, &pid_file).await
+    }
+
+    async fn undo_create(&self, done: Progress, cause: &Error) {
+        self.init.copiers.lock().await.abort();
+        // runc refuses an id it already has; that container is not ours to delete.
+        let foreign = matches!(cause, Error::Runc { source, .. }
+            if source.to_string().contains("already exists"));
+        if done.runc_called && !foreign {
+            if let Err(e) = self.runc.delete(&self.id, true).await {
+                if !e.is_not_found() {
+                    log::warn!("container {}: cleanup after failed create: {e}", self.id);
+                }
+            }
+        }
+        if done.mounted {
+            unmount(&self.bundle.join("rootfs"));
+        }
+        if done.record {
+            if let Err(e) = std::fs::remove_file(self.bundle.join(crate::record::RECORD_FILE)) {
+                log::warn!(
+                    "container {}: remove record after failed create: {e}",
+                    self.id
+                );
+            }
+        }
+    }
+
+    /// Undoes a create containerd does not know about (its request was given up on).
+    /// The caller still holds init's lifecycle lock from the create.
+    pub async fn abandon(&self, shared: &Shared) {
+        let done = Progress {
+            record: true,
+            mounted: !self.rootfs.is_empty(),
+            runc_called: true,
+        };
+        shared.router.forget(self.init.pid(), &self.init);
+        self.undo_create(done, &Error::Internal("create abandoned".into()))
+            .await;
+        if self.init.begin_delete().is_ok() {
+            self.init.delete_done(Exited {
+                status: KILLED,
+                at: SystemTime::now(),
+            });
+        }
+    }
+
+    /// `runc start`; Created → Starting → Running, then TaskStart.
+    pub async fn start(&self, shared: &Shared) -> Result<i32> {
+        let _lifecycle = self.init.lifecycle.lock().await;
+        self.init.begin_start()?;
+        if let Err(e) = self.runc.start(&self.id).await {
+            self.init.start_failed();
+            return Err(self.runc_error(e));
+        }
+        let pid = self.init.pid();
+        self.init.start_succeeded(pid)?;
+        shared.events.publish(Event::Start {
+            id: self.id.clone(),
+            pid,
+        });
+        crate::memory::trim_heap();
+        Ok(pid)
+    }
+
+    /// `runc pause`; Running → Pausing → Paused, then TaskPaused.
+    pub async fn pause(&self, shared: &Shared) -> Result<()> {
+        let _lifecycle = self.init.lifecycle.lock().await;
+        self.init.begin_pause()?;
+        let r = self.runc.pause(&self.id).await;
+        self.init.pause_done(r.is_ok());
+        r.map_err(|e| self.runc_error(e))?;
+        shared.events.publish(Event::Paused {
+            id: self.id.clone(),
+        });
+        Ok(())
+    }
+
+    /// `runc resume`; Paused → Resuming → Running, then TaskResumed.
+    pub async fn resume(&self, shared: &Shared) -> Result<()> {
+        let _lifecycle = self.init.lifecycle.lock().await;
+        self.init.begin_resume()?;
+        let r = self.runc.resume(&self.id).await;
+        self.init.resume_done(r.is_ok());
+        r.map_err(|e| self.runc_error(e))?;
+        shared.events.publish(Event::Resumed {
+            id: self.id.clone(),
+        });
+        Ok(())
+    }
+
+    /// Signals init (or, with `all`, every process of the container). Takes no lock, so
+    /// it can stop a container whose Start or Pause is stuck in runc.
+    pub async fn kill(&self, signal: u32, all: bool) -> Result<()> {
+        let signal = crate::ids::signal(signal)?;
+        let gone = || Error::NotFound {
+            kind: "process (already finished)",
+            id: self.id.clone(),
+        };
+        match self.init.state() {
+            State::Creating => {
+                return Err(Error::FailedPrecondition {
+                    id: self.id.clone(),
+                    op: "kill",
+                    state: State::Creating.to_string(),
+                })
+            }
+            State::Stopped | State::Deleting | State::Deleted if !all => return Err(gone()),
+            _ => {}
+        }
+        match self.runc.kill(&self.id, signal, all).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() || !self.init.state().is_live() => Err(gone()),
+            Err(e) => Err(self.runc_error(e)),
+        }
+    }
+
+    /// Removes the container from runc, stops its stdio and unmounts its rootfs;
+    /// Created | Stopped → Deleting → Deleted, then TaskExit (if not yet out) and
+    /// TaskDelete. A created init is killed by `runc delete --force`.
+    pub async fn delete(&self, shared: &Shared) -> Result<Exited> {
+        let _lifecycle = self.init.lifecycle.lock().await;
+        let was = self.init.begin_delete()?;
+        if let Err(e) = self.runc.delete(&self.id, was == State::Created).await {
+            if !e.is_not_found() {
+                self.init.delete_failed(was);
+                return Err(self.runc_error(e));
+            }
+        }
+        if was == State::Created {
+            let _ = tokio::time::timeout(CREATED_KILL_LIMIT, self.init.wait_reaped()).await;
+        }
+        finish_io(&self.init).await;
+        let execs: Vec<Arc<Exec>> = self.execs().drain().map(|(_, e)| e).collect();
+        for exec in execs {
+            exec.process.copiers.lock().await.abort();
+        }
+        if !self.rootfs.is_empty() {
+            unmount(&self.bundle.join("rootfs"));
+        }
+        report_exit_locked(shared, &self.init);
+        let pid = self.init.pid();
+        let exited = self.init.delete_done(Exited {
+            status: KILLED,
+            at: SystemTime::now(),
+        });
+        shared.router.forget(pid, &self.init);
+        shared.events.publish(Event::Delete {
+            id: self.id.clone(),
+            pid,
+            status: exited.status,
+            at: exited.at,
+        });
+        crate::memory::trim_heap();
+        Ok(exited)
+    }
+
+    /// Pids of every process in the container.
+    pub async fn pids(&self) -> Result<Vec<i32>> {
+        self.runc.ps(&self.id).await.map_err(|e| self.runc_error(e))
+    }
+
+    /// The execs of this container.
+    pub(crate) fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Exec>>> {
         self.execs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -195,248 +389,78 @@ impl Container {
             })
     }
 
-    /// Every exec process, for exit routing.
-    pub fn exec_processes(&self) -> Vec<Arc<Process>> {
-        self.execs().values().map(|e| e.process.clone()).collect()
-    }
-
-    /// Registers an exec (nothing runs until [`Container::start_exec`]).
-    pub fn add_exec(
-        &self,
-        exec_id: &str,
-        spec: oci_spec::runtime::Process,
-        stdio: StdioPaths,
-    ) -> Result<()> {
-        match self.init.status() {
-            Status::Running | Status::Paused => {}
-            s => {
-                return Err(Error::FailedPrecondition {
-                    id: self.id.clone(),
-                    op: "exec",
-                    state: s.to_string(),
-                })
+    /// Handles init's reaped exit: kills what a shared PID namespace leaves behind, waits
+    /// (bounded) for its execs' exits to be reported first, as containerd requires, lets
+    /// the output drain, then publishes TaskExit.
+    pub async fn init_exited(&self, shared: &Shared) {
+        if !self.own_pid_namespace {
+            // Without its own PID namespace nothing reaps the container's other processes.
+            if let Err(e) = self.runc.kill(&self.id, libc::SIGKILL, true).await {
+                log::debug!("container {}: kill --all after init exit: {e}", self.id);
             }
         }
-        let mut execs = self.execs();
-        if execs.contains_key(exec_id) {
-            return Err(Error::AlreadyExists {
-                kind: "exec",
-                id: format!("{}/{exec_id}", self.id),
-            });
-        }
-        let process = Process::created(exec_id, 0, stdio, Default::default());
-        execs.insert(
-            exec_id.to_string(),
-            Arc::new(Exec {
-                process: Arc::new(process),
-                spec,
-            }),
-        );
-        Ok(())
-    }
-
-    /// `runc exec --detach`; returns the exec's pid.
-    pub async fn start_exec(&self, exec_id: &str) -> Result<i32> {
-        let exec = self
-            .execs()
-            .get(exec_id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                kind: "exec",
-                id: format!("{}/{exec_id}", self.id),
-            })?;
-        let p = &exec.process;
-        if p.status() != Status::Created || p.pid() != 0 {
-            return Err(Error::FailedPrecondition {
-                id: self.id.clone(),
-                op: "start exec",
-                state: p.status().to_string(),
-            });
-        }
-        let (pio, copiers) = io::prepare(
-            &self.id,
-            &p.stdio,
-            self.options.io_uid,
-            self.options.io_gid,
-            &self.bundle,
-        )?;
-        *p.copiers.lock().await = copiers;
-        let pid_file = self.bundle.join(format!("{exec_id}.pid"));
-        let opts = ExecOpts {
-            pid_file: pid_file.clone(),
-            console_socket: None,
-            detach: true,
-            io: pio,
-            spec_dir: Some(self.bundle.clone()),
-        };
-        let run = self.runc.exec(&self.id, &exec.spec, &opts).await;
-        // Our copies of the container-side pipe ends must go, or stdout never sees EOF.
-        drop(opts);
-        if let Err(e) = run {
-            p.copiers.lock().await.abort();
-            return Err(Error::runc(&self.id, self.options.binary(), e));
-        }
-        let pid = read_pid(&self.id, &pid_file).await;
-        let _ = std::fs::remove_file(&pid_file);
-        let pid = pid?;
-        p.set_pid(pid);
-        p.set_running();
-        Ok(pid)
-    }
-
-    /// Forgets a finished (or never started) exec.
-    pub async fn delete_exec(&self, exec_id: &str) -> Result<(i32, u32, SystemTime)> {
-        let p = self.process(exec_id)?;
-        match p.status() {
-            Status::Running | Status::Paused => {
-                return Err(Error::FailedPrecondition {
-                    id: self.id.clone(),
-                    op: "delete exec",
-                    state: p.status().to_string(),
-                })
-            }
-            _ => {}
-        }
-        self.execs().remove(exec_id);
-        finish_io(&p).await;
-        p.set_deleted();
-        let (code, at) = p
-            .exited()
-            .map(|e| (e.status, e.at))
-            .unwrap_or((0, SystemTime::now()));
-        Ok((p.pid(), code, at))
-    }
-
-    /// Signals an exec process directly, as runc has no notion of it.
-    pub fn kill_exec(&self, exec_id: &str, signal: u32) -> Result<()> {
-        let p = self.process(exec_id)?;
-        let pid = p.pid();
-        if pid <= 0 || matches!(p.status(), Status::Stopped | Status::Deleted) {
-            return Err(Error::NotFound {
-                kind: "process (already finished)",
-                id: format!("{}/{exec_id}", self.id),
-            });
-        }
-        let sig = nix::sys::signal::Signal::try_from(signal as i32)
-            .map_err(|_| Error::InvalidArgument(format!("signal {signal}")))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|e| {
-            if e == nix::errno::Errno::ESRCH {
-                Error::NotFound {
-                    kind: "process (already finished)",
-                    id: format!("{}/{exec_id}", self.id),
+        let execs: Vec<Arc<Process>> = self.execs().values().map(|e| e.process.clone()).collect();
+        let all_execs = async {
+            for p in execs {
+                let pending = !matches!(p.state(), State::Created | State::Deleted);
+                if pending && !p.is_reported() {
+                    p.wait_reported().await;
                 }
-            } else {
-                Error::io(&self.id, format!("kill exec {exec_id}"), e.into())
             }
-        })
-    }
-
-    /// `runc start`; returns init's pid.
-    pub async fn start(&self) -> Result<i32> {
-        match self.init.status() {
-            Status::Created => {}
-            s => {
-                return Err(Error::FailedPrecondition {
-                    id: self.id.clone(),
-                    op: "start",
-                    state: s.to_string(),
-                })
-            }
-        }
-        self.runc
-            .start(&self.id)
+        };
+        if tokio::time::timeout(EXEC_EXIT_LIMIT, all_execs)
             .await
-            .map_err(|e| Error::runc(&self.id, self.options.binary(), e))?;
-        // A false here means init already exited; its exit is handled elsewhere.
-        self.init.set_running();
-        Ok(self.init.pid())
+            .is_err()
+        {
+            log::warn!("container {}: execs still alive after init exit", self.id);
+        }
+        let progress = self.init.copiers.lock().await.progress();
+        progress.drain(IO_DRAIN_LIMIT).await;
+        report_exit(shared, &self.init).await;
+        crate::memory::trim_heap();
     }
+}
 
-    /// Signals init (or, with `all`, every process of the container).
-    pub async fn kill(&self, signal: u32, all: bool) -> Result<()> {
-        match self.init.status() {
-            Status::Stopped | Status::Deleted if !all => {
-                return Err(Error::NotFound {
-                    kind: "process (already finished)",
-                    id: self.id.clone(),
-                })
-            }
-            _ => {}
-        }
-        match self.runc.kill(&self.id, signal as i32, all).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_not_found() || self.init.status() == Status::Stopped => {
-                Err(Error::NotFound {
-                    kind: "process (already finished)",
-                    id: self.id.clone(),
-                })
-            }
-            Err(e) => Err(Error::runc(&self.id, self.options.binary(), e)),
-        }
-    }
+/// Publishes the exit of `p` once, under its lifecycle lock (so after its start event).
+pub async fn report_exit(shared: &Shared, p: &Process) {
+    let _lifecycle = p.lifecycle.lock().await;
+    report_exit_locked(shared, p);
+}
 
-    /// Removes the container from runc and unmounts its rootfs.
-    ///
-    /// A created-but-never-started init is killed by `runc delete --force`; its exit is
-    /// awaited briefly so the caller can report a real status.
-    pub async fn delete(&self) -> Result<(i32, u32, SystemTime)> {
-        let status = self.init.status();
-        match status {
-            Status::Running | Status::Paused => {
-                return Err(Error::FailedPrecondition {
-                    id: self.id.clone(),
-                    op: "delete",
-                    state: status.to_string(),
-                })
-            }
-            Status::Deleted => {
-                return Err(Error::NotFound {
-                    kind: "container",
-                    id: self.id.clone(),
-                })
-            }
-            Status::Created | Status::Stopped => {}
-        }
-        if let Err(e) = self.runc.delete(&self.id, status == Status::Created).await {
-            if !e.is_not_found() {
-                return Err(Error::runc(&self.id, self.options.binary(), e));
-            }
-        }
-        if status == Status::Created {
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.init.wait()).await;
-        }
-        finish_io(&self.init).await;
-        if self.mounted_rootfs {
-            unmount(&self.bundle.join("rootfs"));
-        }
-        let exited = self.init.exited();
-        self.init.set_deleted();
-        let (code, at) = exited
-            .map(|e| (e.status, e.at))
-            .unwrap_or((137, SystemTime::now()));
-        Ok((self.init.pid(), code, at))
+/// [`report_exit`] for a caller that already holds the lifecycle lock.
+pub fn report_exit_locked(shared: &Shared, p: &Process) {
+    if p.is_reported() {
+        return;
     }
-
-    /// Pids of every process in the container.
-    pub async fn pids(&self) -> Result<Vec<i32>> {
-        self.runc
-            .ps(&self.id)
-            .await
-            .map_err(|e| Error::runc(&self.id, self.options.binary(), e))
-    }
+    let Some(e) = p.exited() else { return };
+    // Queued before Wait answers, so TaskExit always precedes the TaskDelete that a
+    // Delete following Wait publishes.
+    shared.events.publish(Event::Exit {
+        id: p.container.clone(),
+        exec_id: if p.is_init() {
+            p.container.clone()
+        } else {
+            p.exec_id.clone()
+        },
+        pid: p.pid(),
+        status: e.status,
+        at: e.at,
+    });
+    p.mark_reported();
 }
 
 /// Lets the output of a finished process reach containerd, then stops its copy loops.
 ///
 /// containerd (CRI's exit monitor) calls Delete as soon as Wait returns, which can be
 /// before the exit handler finished draining; aborting then would cut off the tail.
-async fn finish_io(p: &Process) {
+pub async fn finish_io(p: &Process) {
     let progress = p.copiers.lock().await.progress();
     progress.drain_moving(DELETE_DRAIN_LIMIT).await;
     p.copiers.lock().await.abort();
 }
 
-async fn read_pid(id: &str, path: &Path) -> Result<i32> {
+/// Reads a pid file runc wrote.
+pub async fn read_pid(id: &str, path: &Path) -> Result<i32> {
     let text = tokio::fs::read_to_string(path)
         .await
         .map_err(|e| Error::io(id, format!("read {}", path.display()), e))?;

@@ -46,6 +46,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A failure inside the shim itself (a lost task, a broken invariant).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The operation is not implemented yet.
     #[error("{0} is not implemented by containerd-shim-sturdy-v2 yet")]
     Unimplemented(&'static str),
@@ -90,17 +93,22 @@ impl Error {
             Error::FailedPrecondition { .. } => Code::FAILED_PRECONDITION,
             Error::InvalidArgument(_) | Error::Options { .. } => Code::INVALID_ARGUMENT,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
+            Error::Internal(_) => Code::INTERNAL,
             Error::Runc { source, .. } => {
                 if source.is_not_found() {
                     Code::NOT_FOUND
+                } else if source.is_invalid_argument() {
+                    Code::INVALID_ARGUMENT
                 } else if source.is_timeout() {
                     Code::DEADLINE_EXCEEDED
                 } else {
                     Code::UNKNOWN
                 }
             }
+            // containerd reads NOT_FOUND as "no such task": a missing FIFO or pid file is a
+            // failed precondition of the request, not a missing task.
             Error::Io { source, .. } => match source.kind() {
-                std::io::ErrorKind::NotFound => Code::NOT_FOUND,
+                std::io::ErrorKind::NotFound => Code::FAILED_PRECONDITION,
                 std::io::ErrorKind::InvalidInput => Code::INVALID_ARGUMENT,
                 _ => Code::INTERNAL,
             },
@@ -145,6 +153,16 @@ mod tests {
         assert!(
             crun.to_string().ends_with("(runtime binary crun)"),
             "{crun}"
+        );
+        let fifo = Error::io(
+            "x",
+            "open output fifo /gone",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert_eq!(
+            fifo.code(),
+            Code::FAILED_PRECONDITION,
+            "a missing file is not a missing task"
         );
         match ttrpc::Error::from(nf) {
             ttrpc::Error::RpcStatus(s) => {

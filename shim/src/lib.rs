@@ -1,14 +1,18 @@
 //! containerd-shim-sturdy-v2: a containerd shim v2 that wraps runc.
 //!
 //! Layers: [`bootstrap`] speaks containerd's shim binary protocol, [`service`] maps the
-//! ttrpc Task API onto [`container`]s and their [`process`]es, which drive runc only
-//! through the `runc-client` crate.
+//! ttrpc Task API onto [`tasks`], which runs the lifecycle of [`container`]s and their
+//! [`exec`]s on each [`process`]'s state machine; they drive runc only through the
+//! `runc-client` crate.
 
 pub mod bootstrap;
 pub mod cgroups;
 pub mod container;
 pub mod error;
 pub mod events;
+pub mod exec;
+pub mod exits;
+pub mod ids;
 pub mod io;
 pub mod logging;
 pub mod memory;
@@ -18,6 +22,7 @@ pub mod peer;
 pub mod process;
 pub mod record;
 pub mod service;
+pub mod tasks;
 
 /// Version reported by `-v` and Connect.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,39 +1,88 @@
 //! One process of a container (its init or an exec) and its lifecycle state machine.
 //!
-//! States follow containerd's Go shim (pkg/process): Created → Running ⇄ Paused →
-//! Stopped → Deleted. Transitions are methods that refuse what the state forbids, so
-//! a late exit can never be overwritten by a racing Start.
+//! Every state, including the in-between ones while runc works, is a variant of
+//! [`State`]; transitions are methods that check the current state and return a
+//! `Result`, so a check and its transition can never be split by an `await`. Calls that
+//! change the lifecycle (Create, Start, Pause, Resume, Delete) and the publication of
+//! the exit hold the process's [`Process::lifecycle`] lock for their whole duration,
+//! which serialises them; State, Wait, Pids and Kill never take it, so a slow runc call
+//! never delays them.
+//!
+//! ```text
+//!  Creating ─► Created ─► Starting ─► Running ⇄ Pausing/Paused/Resuming
+//!                 │          │           │
+//!                 │          └─(failed)──┤ (exec: Stopped; init: back to Created)
+//!                 │                      ▼
+//!                 └──────► Deleting ◄─ Stopped ◄─ (reaped exit, from any live state)
+//!                              │
+//!                              ▼
+//!                           Deleted
+//! ```
 
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::error::{Error, Result};
 use crate::io::{Copiers, StdioPaths};
+
+/// Exit status reported for an exec whose start failed (it never ran).
+pub const NEVER_RAN: u32 = 255;
 
 /// Lifecycle state of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// `runc create` / `runc exec` set it up; it has not been started.
+pub enum State {
+    /// `runc create` under way (init only).
+    Creating,
+    /// Set up by runc (init) or registered by Exec (exec); not started.
     Created,
+    /// `runc start` / `runc exec` under way.
+    Starting,
     /// Started and not yet reaped.
     Running,
+    /// `runc pause` under way.
+    Pausing,
     /// Frozen by `runc pause`.
     Paused,
-    /// Reaped; the exit status is known.
+    /// `runc resume` under way.
+    Resuming,
+    /// Reaped (or never ran); the exit status is known.
     Stopped,
-    /// Removed from runc; only the exit status remains.
+    /// `runc delete` / cleanup under way.
+    Deleting,
+    /// Removed; only the exit status remains.
     Deleted,
 }
 
-impl std::fmt::Display for Status {
+impl State {
+    /// Whether the process may still run code (reaping is what ends it).
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            State::Created
+                | State::Starting
+                | State::Running
+                | State::Pausing
+                | State::Paused
+                | State::Resuming
+        )
+    }
+}
+
+impl std::fmt::Display for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = match self {
-            Status::Created => "created",
-            Status::Running => "running",
-            Status::Paused => "paused",
-            Status::Stopped => "stopped",
-            Status::Deleted => "deleted",
+            State::Creating => "creating",
+            State::Created => "created",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Pausing => "pausing",
+            State::Paused => "paused",
+            State::Resuming => "resuming",
+            State::Stopped => "stopped",
+            State::Deleting => "deleting",
+            State::Deleted => "deleted",
         };
         f.write_str(s)
     }
@@ -48,173 +97,314 @@ pub struct Exited {
     pub at: SystemTime,
 }
 
+/// How far the end of a process has got; Wait answers at `Reported`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Alive,
+    /// The exit is known (State already says stopped).
+    Reaped(Exited),
+    /// Its output was drained and its TaskExit queued (or it never ran and none is due).
+    Reported(Exited),
+}
+
 struct Inner {
-    status: Status,
+    state: State,
     pid: i32,
     exited: Option<Exited>,
 }
 
 /// A container's init process or one of its execs.
 pub struct Process {
-    /// Exec id, or the container id for init.
-    pub id: String,
+    /// Container id this process belongs to.
+    pub container: String,
+    /// Exec id; empty for init.
+    pub exec_id: String,
     /// Where containerd wants its stdio.
     pub stdio: StdioPaths,
     inner: Mutex<Inner>,
-    exit_tx: watch::Sender<Option<Exited>>,
-    reported_tx: watch::Sender<bool>,
-    /// None: never started; Some(false): start under way; Some(true): start announced.
-    announced_tx: watch::Sender<Option<bool>>,
+    stage: watch::Sender<Stage>,
+    /// Serialises lifecycle calls (see the module docs).
+    pub lifecycle: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Copy loops between the process's pipes and containerd's FIFOs.
     pub copiers: tokio::sync::Mutex<Copiers>,
 }
 
 impl Process {
-    /// A process that runc has created with the given pid.
-    pub fn created(id: &str, pid: i32, stdio: StdioPaths, copiers: Copiers) -> Self {
-        let (exit_tx, _) = watch::channel(None);
-        let (reported_tx, _) = watch::channel(false);
-        let (announced_tx, _) = watch::channel(None);
+    /// An init process about to be created by runc.
+    pub fn creating(container: &str, stdio: StdioPaths) -> Self {
+        Self::new(container, "", stdio, State::Creating)
+    }
+
+    /// An exec registered by the Exec RPC (nothing runs until Start).
+    pub fn exec(container: &str, exec_id: &str, stdio: StdioPaths) -> Self {
+        Self::new(container, exec_id, stdio, State::Created)
+    }
+
+    fn new(container: &str, exec_id: &str, stdio: StdioPaths, state: State) -> Self {
+        let (stage, _) = watch::channel(Stage::Alive);
         Self {
-            id: id.to_string(),
+            container: container.to_string(),
+            exec_id: exec_id.to_string(),
             stdio,
             inner: Mutex::new(Inner {
-                status: Status::Created,
-                pid,
+                state,
+                pid: 0,
                 exited: None,
             }),
-            exit_tx,
-            reported_tx,
-            announced_tx,
-            copiers: tokio::sync::Mutex::new(copiers),
+            stage,
+            lifecycle: Default::default(),
+            copiers: tokio::sync::Mutex::new(Copiers::default()),
         }
     }
 
-    /// Current pid (0 if never started).
-    pub fn pid(&self) -> i32 {
-        self.lock().pid
+    /// Whether this is the container's init process.
+    pub fn is_init(&self) -> bool {
+        self.exec_id.is_empty()
     }
 
-    /// Records the pid once runc reported it (execs learn theirs only at Start).
-    pub fn set_pid(&self, pid: i32) {
-        self.lock().pid = pid;
-    }
-
-    /// Current lifecycle state.
-    pub fn status(&self) -> Status {
-        self.lock().status
-    }
-
-    /// Exit status, once stopped.
-    pub fn exited(&self) -> Option<Exited> {
-        self.lock().exited
+    /// "container" or "container/exec", for messages.
+    pub fn name(&self) -> String {
+        if self.is_init() {
+            self.container.clone()
+        } else {
+            format!("{}/{}", self.container, self.exec_id)
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Created → Running. Returns false if the process already left Created
-    /// (e.g. it exited between `runc start` and here).
-    pub fn set_running(&self) -> bool {
-        let mut inner = self.lock();
-        if inner.status == Status::Created {
-            inner.status = Status::Running;
-            true
-        } else {
-            false
+    /// Current pid (0 until runc reported one).
+    pub fn pid(&self) -> i32 {
+        self.lock().pid
+    }
+
+    /// Current lifecycle state.
+    pub fn state(&self) -> State {
+        self.lock().state
+    }
+
+    /// Exit status, once known.
+    pub fn exited(&self) -> Option<Exited> {
+        self.lock().exited
+    }
+
+    fn refuse(&self, op: &'static str, state: State) -> Error {
+        match state {
+            State::Deleted => Error::NotFound {
+                kind: if self.is_init() { "container" } else { "exec" },
+                id: self.name(),
+            },
+            _ => Error::FailedPrecondition {
+                id: self.name(),
+                op,
+                state: state.to_string(),
+            },
         }
     }
 
-    /// Running ⇄ Paused; returns false if the process is in neither.
-    pub fn set_paused(&self, paused: bool) -> bool {
+    /// Runs `f` on the state if it is one of `from`, else refuses `op`.
+    fn transition(
+        &self,
+        op: &'static str,
+        from: &[State],
+        f: impl FnOnce(&mut Inner),
+    ) -> Result<()> {
         let mut inner = self.lock();
-        match (inner.status, paused) {
-            (Status::Running, true) => inner.status = Status::Paused,
-            (Status::Paused, false) => inner.status = Status::Running,
-            _ => return false,
+        if !from.contains(&inner.state) {
+            return Err(self.refuse(op, inner.state));
         }
-        true
+        f(&mut inner);
+        Ok(())
     }
 
-    /// Any live state → Stopped with the reaped status. Returns false if it had already
-    /// stopped (the first exit wins).
-    pub fn set_exited(&self, status: u32, at: SystemTime) -> bool {
+    /// Creating → Created, once runc created init as `pid`.
+    pub fn created(&self, pid: i32) -> Result<()> {
+        self.transition("finish create", &[State::Creating], |i| {
+            i.state = State::Created;
+            i.pid = pid;
+        })
+    }
+
+    /// Creating → Deleted: the create failed and nothing of it is left.
+    pub fn create_failed(&self) {
+        let mut inner = self.lock();
+        if inner.state == State::Creating {
+            inner.state = State::Deleted;
+        }
+    }
+
+    /// Created → Starting.
+    pub fn begin_start(&self) -> Result<()> {
+        self.transition("start", &[State::Created], |i| i.state = State::Starting)
+    }
+
+    /// Starting → Running as `pid`. An exit reaped meanwhile keeps it Stopped.
+    pub fn start_succeeded(&self, pid: i32) -> Result<()> {
+        self.transition("finish start", &[State::Starting, State::Stopped], |i| {
+            i.pid = pid;
+            if i.state == State::Starting {
+                i.state = State::Running;
+            }
+        })
+    }
+
+    /// Starting → Created for init (runc keeps the container; containerd deletes it), or
+    /// Starting → Stopped for an exec, which never ran: its Wait returns [`NEVER_RAN`].
+    pub fn start_failed(&self) {
+        let never_ran = {
+            let mut inner = self.lock();
+            if inner.state != State::Starting {
+                return;
+            }
+            if self.is_init() {
+                inner.state = State::Created;
+                return;
+            }
+            let e = Exited {
+                status: NEVER_RAN,
+                at: SystemTime::now(),
+            };
+            inner.state = State::Stopped;
+            inner.exited = Some(e);
+            e
+        };
+        self.stage.send_replace(Stage::Reported(never_ran));
+    }
+
+    /// Running → Pausing.
+    pub fn begin_pause(&self) -> Result<()> {
+        self.transition("pause", &[State::Running], |i| i.state = State::Pausing)
+    }
+
+    /// Pausing → Paused (or back to Running when runc failed); a reaped exit wins.
+    pub fn pause_done(&self, ok: bool) {
+        let mut inner = self.lock();
+        if inner.state == State::Pausing {
+            inner.state = if ok { State::Paused } else { State::Running };
+        }
+    }
+
+    /// Paused → Resuming.
+    pub fn begin_resume(&self) -> Result<()> {
+        self.transition("resume", &[State::Paused], |i| i.state = State::Resuming)
+    }
+
+    /// Resuming → Running (or back to Paused when runc failed); a reaped exit wins.
+    pub fn resume_done(&self, ok: bool) {
+        let mut inner = self.lock();
+        if inner.state == State::Resuming {
+            inner.state = if ok { State::Running } else { State::Paused };
+        }
+    }
+
+    /// Created | Stopped → Deleting; returns the state it left.
+    pub fn begin_delete(&self) -> Result<State> {
+        let mut inner = self.lock();
+        match inner.state {
+            State::Created | State::Stopped => {
+                let was = inner.state;
+                inner.state = State::Deleting;
+                Ok(was)
+            }
+            s => Err(self.refuse("delete", s)),
+        }
+    }
+
+    /// Deleting → Deleted. A never-started process that was never reaped still releases
+    /// its waiters, with `fallback` as its status.
+    pub fn delete_done(&self, fallback: Exited) -> Exited {
+        let exited = {
+            let mut inner = self.lock();
+            inner.state = State::Deleted;
+            *inner.exited.get_or_insert(fallback)
+        };
+        self.stage.send_if_modified(|s| match s {
+            Stage::Reported(_) => false,
+            _ => {
+                *s = Stage::Reported(exited);
+                true
+            }
+        });
+        exited
+    }
+
+    /// Deleting → what it was (runc refused the delete); a reaped exit means Stopped.
+    pub fn delete_failed(&self, was: State) {
+        let mut inner = self.lock();
+        if inner.state == State::Deleting {
+            inner.state = if inner.exited.is_some() {
+                State::Stopped
+            } else {
+                was
+            };
+        }
+    }
+
+    /// Records a reaped exit. Any live state (and Deleting, for a created process that
+    /// `runc delete --force` killed) becomes Stopped, except Deleting which stays until
+    /// the delete finishes. Refuses a second exit: the first one wins.
+    pub fn reaped(&self, status: u32, at: SystemTime) -> Result<Exited> {
         let exited = Exited { status, at };
         {
             let mut inner = self.lock();
-            if matches!(inner.status, Status::Stopped | Status::Deleted) {
-                return false;
+            if inner.exited.is_some() || matches!(inner.state, State::Creating | State::Deleted) {
+                return Err(self.refuse("record an exit", inner.state));
             }
-            inner.status = Status::Stopped;
             inner.exited = Some(exited);
-        }
-        self.exit_tx.send_replace(Some(exited));
-        true
-    }
-
-    /// Stopped (or Created) → Deleted.
-    pub fn set_deleted(&self) {
-        self.lock().status = Status::Deleted;
-    }
-
-    /// Records that a start (runc start / exec) is under way, so an early exit waits for
-    /// the start event before its own.
-    pub fn set_starting(&self) {
-        self.announced_tx.send_replace(Some(false));
-    }
-
-    /// Records that the start event went out (or the start failed and none will).
-    pub fn set_announced(&self) {
-        self.announced_tx.send_replace(Some(true));
-    }
-
-    /// Waits (bounded) until a start under way has been announced; returns at once for a
-    /// process that was never started.
-    pub async fn wait_announced(&self, limit: std::time::Duration) {
-        let mut rx = self.announced_tx.subscribe();
-        let wait = async {
-            while *rx.borrow_and_update() == Some(false) {
-                if rx.changed().await.is_err() {
-                    break;
-                }
+            if inner.state != State::Deleting {
+                inner.state = State::Stopped;
             }
+        }
+        self.stage.send_replace(Stage::Reaped(exited));
+        Ok(exited)
+    }
+
+    /// Marks the exit as fully handled (output drained, TaskExit queued); returns false
+    /// if it already was, so only one caller publishes it.
+    pub fn mark_reported(&self) -> bool {
+        let Some(exited) = self.exited() else {
+            return false;
         };
-        let _ = tokio::time::timeout(limit, wait).await;
-    }
-
-    /// Marks the exit as fully handled: output drained, event about to be published.
-    pub fn set_reported(&self) {
-        self.reported_tx.send_replace(true);
-    }
-
-    /// Resolves once the exit has been fully handled (see [`Process::set_reported`]).
-    ///
-    /// This is what the Wait RPC answers with: containerd's CRI plugin tears the task's IO
-    /// down as soon as Wait returns, so returning before the output reached containerd's
-    /// FIFOs would cut off its tail.
-    pub async fn wait_reported(&self) -> Exited {
-        let exited = self.wait().await;
-        let mut rx = self.reported_tx.subscribe();
-        while !*rx.borrow_and_update() {
-            if rx.changed().await.is_err() {
-                break;
+        self.stage.send_if_modified(|s| match s {
+            Stage::Reported(_) => false,
+            _ => {
+                *s = Stage::Reported(exited);
+                true
             }
-        }
-        self.exited().unwrap_or(exited)
+        })
     }
 
-    /// Resolves once the process has exited.
-    pub async fn wait(&self) -> Exited {
-        let mut rx = self.exit_tx.subscribe();
+    /// Whether the exit has been reported (or none is due).
+    pub fn is_reported(&self) -> bool {
+        matches!(*self.stage.borrow(), Stage::Reported(_))
+    }
+
+    /// Resolves once the exit has been fully handled: what the Wait RPC answers with.
+    ///
+    /// containerd's CRI plugin tears the task's IO down as soon as Wait returns, so
+    /// answering before the output reached containerd's FIFOs would cut off its tail.
+    pub async fn wait_reported(&self) -> Exited {
+        let mut rx = self.stage.subscribe();
         loop {
-            if let Some(e) = *rx.borrow_and_update() {
+            if let Stage::Reported(e) = *rx.borrow_and_update() {
                 return e;
             }
-            if rx.changed().await.is_err() {
-                // The sender lives as long as `self`, so this cannot happen while we borrow it.
-                unreachable!("exit channel closed while the process is alive");
+            // The sender lives in `self`, which the caller borrows: it cannot close.
+            let _ = rx.changed().await;
+        }
+    }
+
+    /// Resolves once the exit is known (reaped or never ran).
+    pub async fn wait_reaped(&self) -> Exited {
+        let mut rx = self.stage.subscribe();
+        loop {
+            match *rx.borrow_and_update() {
+                Stage::Reaped(e) | Stage::Reported(e) => return e,
+                Stage::Alive => {}
             }
+            let _ = rx.changed().await;
         }
     }
 }
@@ -222,94 +412,144 @@ impl Process {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
 
-    fn p() -> Process {
-        Process::created("c", 42, StdioPaths::default(), Copiers::default())
+    fn init() -> Process {
+        let p = Process::creating("c", StdioPaths::default());
+        p.created(42).unwrap();
+        p
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::now()
     }
 
     #[test]
-    fn exit_wins_over_late_start() {
-        let p = p();
-        assert!(p.set_exited(3, SystemTime::now()));
-        assert!(
-            !p.set_running(),
-            "a stopped process must not become running"
-        );
-        assert_eq!(p.status(), Status::Stopped);
+    fn start_only_from_created_and_a_duplicate_changes_nothing() {
+        let p = init();
+        p.begin_start().unwrap();
+        let err = p.begin_start().unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+        assert_eq!(p.state(), State::Starting);
+        p.start_succeeded(42).unwrap();
+        assert_eq!(p.state(), State::Running);
+        assert!(p.begin_start().is_err());
+    }
+
+    #[test]
+    fn exit_during_start_wins() {
+        let p = init();
+        p.begin_start().unwrap();
+        p.reaped(3, now()).unwrap();
+        p.start_succeeded(42).unwrap();
+        assert_eq!(p.state(), State::Stopped);
         assert_eq!(p.exited().unwrap().status, 3);
     }
 
     #[test]
     fn first_exit_wins() {
-        let p = p();
-        assert!(p.set_running());
-        assert!(p.set_exited(0, SystemTime::now()));
-        assert!(!p.set_exited(137, SystemTime::now()));
+        let p = init();
+        p.reaped(0, now()).unwrap();
+        assert!(p.reaped(137, now()).is_err());
         assert_eq!(p.exited().unwrap().status, 0);
     }
 
     #[test]
-    fn pause_only_from_running() {
-        let p = p();
-        assert!(!p.set_paused(true));
-        assert!(p.set_running());
-        assert!(p.set_paused(true));
-        assert_eq!(p.status(), Status::Paused);
-        assert!(p.set_paused(false));
-        assert_eq!(p.status(), Status::Running);
+    fn failed_init_start_stays_created_failed_exec_start_is_stopped() {
+        let p = init();
+        p.begin_start().unwrap();
+        p.start_failed();
+        assert_eq!(p.state(), State::Created);
+        assert!(!p.is_reported());
+
+        let e = Process::exec("c", "e1", StdioPaths::default());
+        e.begin_start().unwrap();
+        e.start_failed();
+        assert_eq!(e.state(), State::Stopped);
+        assert!(e.is_reported());
+        assert_eq!(e.exited().unwrap().status, NEVER_RAN);
+    }
+
+    #[test]
+    fn pause_and_resume_only_from_their_states() {
+        let p = init();
+        assert!(p.begin_pause().is_err());
+        p.begin_start().unwrap();
+        p.start_succeeded(42).unwrap();
+        assert!(p.begin_resume().is_err());
+        p.begin_pause().unwrap();
+        assert!(p.begin_pause().is_err());
+        p.pause_done(true);
+        assert_eq!(p.state(), State::Paused);
+        p.begin_resume().unwrap();
+        p.resume_done(false);
+        assert_eq!(p.state(), State::Paused);
+        p.begin_resume().unwrap();
+        p.resume_done(true);
+        assert_eq!(p.state(), State::Running);
+    }
+
+    #[test]
+    fn delete_only_when_created_or_stopped() {
+        let p = init();
+        p.begin_start().unwrap();
+        p.start_succeeded(42).unwrap();
+        let err = p.begin_delete().unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+        p.reaped(1, now()).unwrap();
+        assert_eq!(p.begin_delete().unwrap(), State::Stopped);
+        assert!(p.begin_delete().is_err(), "a second delete while deleting");
+        p.delete_done(Exited {
+            status: 137,
+            at: now(),
+        });
+        let err = p.begin_delete().unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn exit_while_deleting_a_created_process_stays_deleting() {
+        let p = init();
+        assert_eq!(p.begin_delete().unwrap(), State::Created);
+        p.reaped(137, now()).unwrap();
+        assert_eq!(p.state(), State::Deleting);
+        p.delete_failed(State::Created);
+        assert_eq!(p.state(), State::Stopped, "the exit is known now");
     }
 
     #[tokio::test]
-    async fn wait_sees_exit_set_before_and_after() {
-        let p = std::sync::Arc::new(p());
+    async fn wait_returns_for_a_deleted_never_started_exec() {
+        let e = Arc::new(Process::exec("c", "e1", StdioPaths::default()));
         let waiter = {
-            let p = p.clone();
-            tokio::spawn(async move { p.wait().await })
+            let e = e.clone();
+            tokio::spawn(async move { e.wait_reported().await })
         };
-        tokio::task::yield_now().await;
-        p.set_exited(9, SystemTime::now());
-        assert_eq!(waiter.await.unwrap().status, 9);
-        assert_eq!(p.wait().await.status, 9);
+        e.begin_delete().unwrap();
+        e.delete_done(Exited {
+            status: NEVER_RAN,
+            at: now(),
+        });
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("Wait never returned")
+            .unwrap();
+        assert_eq!(got.status, NEVER_RAN);
     }
 
     #[tokio::test]
-    async fn exit_waits_for_the_start_announcement_only_when_started() {
-        let never = p();
-        let t = std::time::Instant::now();
-        never
-            .wait_announced(std::time::Duration::from_secs(5))
-            .await;
-        assert!(t.elapsed() < std::time::Duration::from_millis(100));
-
-        let started = std::sync::Arc::new(p());
-        started.set_starting();
-        let waiter = {
-            let p = started.clone();
-            tokio::spawn(async move { p.wait_announced(std::time::Duration::from_secs(5)).await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(
-            !waiter.is_finished(),
-            "exit would be announced before the start"
-        );
-        started.set_announced();
-        waiter.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn wait_reported_waits_for_the_exit_handling() {
-        let p = std::sync::Arc::new(p());
+    async fn wait_answers_only_once_reported() {
+        let p = Arc::new(init());
         let waiter = {
             let p = p.clone();
             tokio::spawn(async move { p.wait_reported().await })
         };
-        p.set_exited(4, SystemTime::now());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(
-            !waiter.is_finished(),
-            "Wait answered before the exit was handled"
-        );
-        p.set_reported();
+        p.reaped(4, now()).unwrap();
+        assert_eq!(p.wait_reaped().await.status, 4);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "Wait answered before the report");
+        assert!(p.mark_reported());
+        assert!(!p.mark_reported(), "reported twice");
         assert_eq!(waiter.await.unwrap().status, 4);
     }
 }

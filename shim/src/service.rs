@@ -1,12 +1,7 @@
-//! The ttrpc Task service: maps containerd's Task API onto containers and processes.
-//!
-//! No lock is held across a runc call: the container map is a short-lived std mutex,
-//! each container's work happens on its own `Arc`, so a slow Create of one container
-//! never delays State of another.
+//! The ttrpc Task service: maps containerd's Task API requests onto [`Tasks`] calls and
+//! their results and errors back onto responses and ttrpc codes.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use containerd_shim_protos::api::{self, Empty};
@@ -16,212 +11,51 @@ use containerd_shim_protos::types::task::{ProcessInfo, Status as TaskStatus};
 use runc_client::Reaper;
 use tokio::sync::Notify;
 
-use crate::container::{Container, IO_DRAIN_LIMIT};
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::events::{timestamp, Events};
 use crate::io::StdioPaths;
-use crate::process::{Process, Status};
-
-/// How many exits nobody claimed are remembered for a process registered just after it died.
-const UNCLAIMED_EXITS: usize = 128;
-/// How long an exit event waits for the start event of the same process to go out first.
-const ANNOUNCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
-/// How long init's exit event waits for its execs' exits.
-const EXEC_EXIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::process::State;
+use crate::tasks::Tasks;
 
 type TtrpcResult<T> = ttrpc::Result<T>;
-
-/// State shared by the RPC handlers and the exit loop.
-pub struct Shared {
-    namespace: String,
-    containers: Mutex<HashMap<String, Arc<Container>>>,
-    /// Ids whose Create is under way: a second Create of the same id must fail before it
-    /// reaches runc (whose cleanup would otherwise delete the first one's container).
-    creating: Mutex<std::collections::HashSet<String>>,
-    unclaimed: Mutex<VecDeque<runc_client::Exit>>,
-    events: Events,
-    reaper: Reaper,
-    /// Fired when the shim should exit (Shutdown with no containers left).
-    pub shutdown: Arc<Notify>,
-}
 
 /// The Task service registered with the ttrpc server.
 #[derive(Clone)]
 pub struct TaskService {
-    shared: Arc<Shared>,
+    tasks: Arc<Tasks>,
 }
 
 impl TaskService {
     /// A service for `namespace`, publishing through `events`, learning exits from `reaper`.
     pub fn new(namespace: &str, events: Events, reaper: Reaper, shutdown: Arc<Notify>) -> Self {
-        let shared = Arc::new(Shared {
-            namespace: namespace.to_string(),
-            containers: Mutex::new(HashMap::new()),
-            creating: Mutex::new(std::collections::HashSet::new()),
-            unclaimed: Mutex::new(VecDeque::new()),
-            events,
-            reaper,
-            shutdown,
-        });
-        // Subscribed before any container exists, so no init exit can be missed.
-        let mut exits = shared.reaper.subscribe();
-        let loop_shared = Arc::downgrade(&shared);
-        tokio::spawn(async move {
-            while let Some(exit) = exits.recv().await {
-                let Some(shared) = loop_shared.upgrade() else {
-                    break;
-                };
-                Shared::dispatch_exit(&shared, exit);
-            }
-        });
-        Self { shared }
+        Self {
+            tasks: Tasks::new(namespace, events, reaper, shutdown),
+        }
     }
 
-    fn container(&self, id: &str) -> Result<Arc<Container>> {
-        self.shared
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                kind: "container",
-                id: id.to_string(),
-            })
+    /// The containers behind the service.
+    pub fn tasks(&self) -> &Arc<Tasks> {
+        &self.tasks
     }
 }
 
-/// Holds an id reserved for a Create in progress; released on drop.
-struct Reservation<'a> {
-    shared: &'a Shared,
-    id: String,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.shared
-            .creating
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
-    }
-}
-
-impl Shared {
-    /// Reserves `id` for a Create, unless it exists or is being created.
-    fn reserve(&self, id: &str) -> Result<Reservation<'_>> {
-        // Lock order: containers, then creating (the only place both are held).
-        let map = self.lock();
-        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
-        if map.contains_key(id) || !creating.insert(id.to_string()) {
-            return Err(Error::AlreadyExists {
-                kind: "container",
-                id: id.to_string(),
-            });
-        }
-        Ok(Reservation {
-            shared: self,
-            id: id.to_string(),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
-        self.containers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Routes one reaped exit to its process. Matching is synchronous (so a process
-    /// registered later finds the exit among the unclaimed ones); the handling, which may
-    /// wait for output to drain, runs in its own task so one slow exit never holds up
-    /// another (init's handler waits for its execs' exits).
-    fn dispatch_exit(shared: &Arc<Self>, exit: runc_client::Exit) {
-        let containers: Vec<Arc<Container>> = shared.lock().values().cloned().collect();
-        let status = exit.status as u32;
-        for c in &containers {
-            if let Some(p) = c.exec_processes().into_iter().find(|p| p.pid() == exit.pid) {
-                let (shared, c) = (shared.clone(), c.clone());
-                tokio::spawn(async move { shared.exec_exited(&c, &p, status, exit.at).await });
-                return;
-            }
-        }
-        if let Some(c) = containers.into_iter().find(|c| c.init.pid() == exit.pid) {
-            let shared = shared.clone();
-            tokio::spawn(async move { shared.init_exited(c, status, exit.at).await });
-            return;
-        }
-        // Mostly runc's own children; kept briefly in case a process is registered late.
-        let mut q = shared.unclaimed.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= UNCLAIMED_EXITS {
-            q.pop_front();
-        }
-        q.push_back(exit);
-    }
-
-    async fn init_exited(&self, c: Arc<Container>, status: u32, at: SystemTime) {
-        if !c.init.set_exited(status, at) {
-            return;
-        }
-        if !c.own_pid_namespace {
-            // Without its own PID namespace nothing reaps the container's other processes.
-            if let Err(e) = c.runc.kill(&c.id, libc::SIGKILL, true).await {
-                log::debug!("container {}: kill --all after init exit: {e}", c.id);
-            }
-        }
-        // containerd requires init's exit to come after the exits of all its execs;
-        // they die with the PID namespace, so this wait is short.
-        let execs = c.exec_processes();
-        let all_execs = async {
-            for p in execs {
-                if p.pid() > 0 {
-                    // Reported, not just reaped: their exit events must be queued first.
-                    p.wait_reported().await;
-                }
-            }
-        };
-        if tokio::time::timeout(EXEC_EXIT_LIMIT, all_execs)
-            .await
-            .is_err()
-        {
-            log::warn!("container {}: execs still alive after init exit", c.id);
-        }
-        let progress = c.init.copiers.lock().await.progress();
-        progress.drain(IO_DRAIN_LIMIT).await;
-        c.init.wait_announced(ANNOUNCE_LIMIT).await;
-        // Queued before Wait answers, so TaskExit always precedes the TaskDelete that a
-        // Delete following Wait publishes.
-        self.events
-            .exited(&c.id, &c.id, c.init.pid(), status, at)
-            .await;
-        c.init.set_reported();
-        crate::memory::trim_heap();
-    }
-
-    async fn exec_exited(&self, c: &Container, p: &Process, status: u32, at: SystemTime) {
-        if !p.set_exited(status, at) {
-            return;
-        }
-        let progress = p.copiers.lock().await.progress();
-        progress.drain(IO_DRAIN_LIMIT).await;
-        p.wait_announced(ANNOUNCE_LIMIT).await;
-        // Queued before Wait answers and before init's exit (which waits for this).
-        self.events.exited(&c.id, &p.id, p.pid(), status, at).await;
-        p.set_reported();
-    }
-
-    /// Claims an exit reaped before the pid was registered.
-    fn take_unclaimed(&self, pid: i32) -> Option<runc_client::Exit> {
-        let mut q = self.unclaimed.lock().unwrap_or_else(|p| p.into_inner());
-        let pos = q.iter().position(|e| e.pid == pid)?;
-        q.remove(pos)
-    }
-}
-
-fn status_of(s: Status) -> TaskStatus {
+/// containerd's view of a state; the in-between states show what they come from.
+fn status_of(s: State) -> TaskStatus {
     match s {
-        Status::Created => TaskStatus::CREATED,
-        Status::Running => TaskStatus::RUNNING,
-        Status::Paused => TaskStatus::PAUSED,
-        Status::Stopped | Status::Deleted => TaskStatus::STOPPED,
+        State::Creating => TaskStatus::UNKNOWN,
+        State::Created | State::Starting => TaskStatus::CREATED,
+        State::Running => TaskStatus::RUNNING,
+        State::Pausing => TaskStatus::PAUSING,
+        State::Paused | State::Resuming => TaskStatus::PAUSED,
+        State::Stopped | State::Deleting | State::Deleted => TaskStatus::STOPPED,
     }
+}
+
+fn logged<T>(op: &str, id: &str, r: crate::error::Result<T>) -> TtrpcResult<T> {
+    r.map_err(|e| {
+        log::warn!("{op} {id}: {e}");
+        e.into()
+    })
 }
 
 #[async_trait]
@@ -232,24 +66,8 @@ impl Task for TaskService {
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         log::info!("create {} bundle {}", req.id, req.bundle);
-        let _reservation = self.shared.reserve(&req.id)?;
-        let c = Container::create(&req, &self.shared.namespace, self.shared.reaper.clone())
-            .await
-            .map_err(|e| {
-                log::error!("create {}: {e}", req.id);
-                e
-            })?;
-        let c = Arc::new(c);
-        let pid = c.init.pid();
-        self.shared.lock().insert(req.id.clone(), c.clone());
-        self.shared
-            .events
-            .created(&req.id, &req.bundle, pid, &c.init.stdio)
-            .await;
-        if let Some(exit) = self.shared.take_unclaimed(pid) {
-            let (shared, c) = (self.shared.clone(), c.clone());
-            tokio::spawn(async move { shared.init_exited(c, exit.status as u32, exit.at).await });
-        }
+        let id = req.id.clone();
+        let pid = logged("create", &id, self.tasks.create(req).await)?;
         Ok(api::CreateTaskResponse {
             pid: pid as u32,
             ..Default::default()
@@ -261,47 +79,11 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let c = self.container(&req.id)?;
-        if !req.exec_id.is_empty() {
-            let p = c.process(&req.exec_id)?;
-            p.set_starting();
-            let started = c.start_exec(&req.exec_id).await;
-            let pid = match started {
-                Ok(pid) => pid,
-                Err(e) => {
-                    p.set_announced();
-                    return Err(e.into());
-                }
-            };
-            self.shared
-                .events
-                .exec_started(&req.id, &req.exec_id, pid)
-                .await;
-            p.set_announced();
-            if let Some(exit) = self.shared.take_unclaimed(pid) {
-                let (shared, c) = (self.shared.clone(), c.clone());
-                tokio::spawn(async move {
-                    shared
-                        .exec_exited(&c, &p, exit.status as u32, exit.at)
-                        .await
-                });
-            }
-            return Ok(api::StartResponse {
-                pid: pid as u32,
-                ..Default::default()
-            });
-        }
-        c.init.set_starting();
-        let pid = match c.start().await {
-            Ok(pid) => pid,
-            Err(e) => {
-                c.init.set_announced();
-                return Err(e.into());
-            }
-        };
-        self.shared.events.started(&req.id, pid).await;
-        c.init.set_announced();
-        crate::memory::trim_heap();
+        let pid = logged(
+            "start",
+            &req.id,
+            self.tasks.start(&req.id, &req.exec_id).await,
+        )?;
         Ok(api::StartResponse {
             pid: pid as u32,
             ..Default::default()
@@ -313,24 +95,15 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        let c = self.container(&req.id)?;
-        if !req.exec_id.is_empty() {
-            let (pid, status, at) = c.delete_exec(&req.exec_id).await?;
-            return Ok(api::DeleteResponse {
-                pid: pid as u32,
-                exit_status: status,
-                exited_at: Some(timestamp(at)).into(),
-                ..Default::default()
-            });
-        }
-        let (pid, status, at) = c.delete().await?;
-        self.shared.lock().remove(&req.id);
-        self.shared.events.deleted(&req.id, pid, status, at).await;
-        crate::memory::trim_heap();
+        let (pid, exited) = logged(
+            "delete",
+            &req.id,
+            self.tasks.delete(&req.id, &req.exec_id).await,
+        )?;
         Ok(api::DeleteResponse {
             pid: pid as u32,
-            exit_status: status,
-            exited_at: Some(timestamp(at)).into(),
+            exit_status: exited.status,
+            exited_at: Some(timestamp(exited.at)).into(),
             ..Default::default()
         })
     }
@@ -340,32 +113,27 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        let c = self.container(&req.id)?;
-        let p = c.process(&req.exec_id)?;
-        let exited = p.exited();
+        let s = self.tasks.state(&req.id, &req.exec_id)?;
         Ok(api::StateResponse {
             id: req.id.clone(),
-            bundle: c.bundle.display().to_string(),
-            pid: p.pid() as u32,
-            status: status_of(p.status()).into(),
-            stdin: p.stdio.stdin.clone(),
-            stdout: p.stdio.stdout.clone(),
-            stderr: p.stdio.stderr.clone(),
-            terminal: p.stdio.terminal,
-            exit_status: exited.map(|e| e.status).unwrap_or_default(),
-            exited_at: exited.map(|e| timestamp(e.at)).into(),
+            bundle: s.bundle,
+            pid: s.pid as u32,
+            status: status_of(s.state).into(),
+            stdin: s.stdio.stdin,
+            stdout: s.stdio.stdout,
+            stderr: s.stdio.stderr,
+            terminal: s.stdio.terminal,
+            exit_status: s.exited.map(|e| e.status).unwrap_or_default(),
+            exited_at: s.exited.map(|e| timestamp(e.at)).into(),
             exec_id: req.exec_id.clone(),
             ..Default::default()
         })
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
-        let c = self.container(&req.id)?;
-        if req.exec_id.is_empty() {
-            c.kill(req.signal, req.all).await?;
-        } else {
-            c.kill_exec(&req.exec_id, req.signal)?;
-        }
+        self.tasks
+            .kill(&req.id, &req.exec_id, req.signal, req.all)
+            .await?;
         Ok(Empty::new())
     }
 
@@ -374,8 +142,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        let c = self.container(&req.id)?;
-        let e = c.process(&req.exec_id)?.wait_reported().await;
+        let e = self.tasks.wait(&req.id, &req.exec_id).await?;
         Ok(api::WaitResponse {
             exit_status: e.status,
             exited_at: Some(timestamp(e.at)).into(),
@@ -388,8 +155,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        let c = self.container(&req.id)?;
-        let pids = c.pids().await?;
+        let pids = self.tasks.pids(&req.id).await?;
         Ok(api::PidsResponse {
             processes: pids
                 .into_iter()
@@ -403,9 +169,8 @@ impl Task for TaskService {
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
-        let c = self.container(&req.id)?;
         if req.stdin {
-            c.process(&req.exec_id)?.copiers.lock().await.close_stdin();
+            self.tasks.close_stdin(&req.id, &req.exec_id).await?;
         }
         Ok(Empty::new())
     }
@@ -415,15 +180,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self
-            .shared
-            .lock()
-            .get(&req.id)
-            .map(|c| c.init.pid() as u32)
-            .unwrap_or_default();
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
-            task_pid,
+            task_pid: self.tasks.init_pid(&req.id) as u32,
             version: crate::VERSION.to_string(),
             ..Default::default()
         })
@@ -434,19 +193,21 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<Empty> {
-        if self.shared.lock().is_empty() {
+        if self.tasks.is_empty() {
             // Exit after this reply has been written.
-            self.shared.shutdown.notify_one();
+            self.tasks.shutdown.notify_one();
         }
         Ok(Empty::new())
     }
 
-    async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<Empty> {
-        Err(Error::Unimplemented("Pause").into())
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
+        logged("pause", &req.id, self.tasks.pause(&req.id).await)?;
+        Ok(Empty::new())
     }
 
-    async fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        Err(Error::Unimplemented("Resume").into())
+    async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
+        logged("resume", &req.id, self.tasks.resume(&req.id).await)?;
+        Ok(Empty::new())
     }
 
     async fn checkpoint(
@@ -458,29 +219,22 @@ impl Task for TaskService {
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
-        let c = self.container(&req.id)?;
-        if req.exec_id.is_empty() {
-            return Err(Error::InvalidArgument("exec id must not be empty".into()).into());
-        }
-        let spec_bytes = req
+        let spec = req
             .spec
             .as_ref()
             .map(|a| a.value.as_slice())
             .unwrap_or_default();
-        let spec: oci_spec::runtime::Process = serde_json::from_slice(spec_bytes).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "exec {}/{}: bad process spec: {e}",
-                req.id, req.exec_id
-            ))
-        })?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        c.add_exec(&req.exec_id, spec, stdio)?;
-        self.shared.events.exec_added(&req.id, &req.exec_id).await;
+        logged(
+            "exec",
+            &req.id,
+            self.tasks.exec(&req.id, &req.exec_id, spec, stdio),
+        )?;
         Ok(Empty::new())
     }
 
@@ -506,26 +260,5 @@ impl Task for TaskService {
         _req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
         Err(Error::Unimplemented("Stats").into())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_second_create_of_the_same_id_is_refused_while_the_first_runs() {
-        let svc = TaskService::new(
-            "test",
-            Events::disabled("test"),
-            Reaper::global(),
-            Arc::new(Notify::new()),
-        );
-        let first = svc.shared.reserve("c1").expect("first reservation");
-        let err = svc.shared.reserve("c1").err().expect("duplicate accepted");
-        assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
-        assert!(svc.shared.reserve("c2").is_ok());
-        drop(first);
-        assert!(svc.shared.reserve("c1").is_ok(), "reservation not released");
     }
 }

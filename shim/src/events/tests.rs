@@ -1,0 +1,227 @@
+//! The forwarder against a fake containerd events service.
+
+use super::*;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::shim_async::create_events;
+use containerd_shim_protos::ttrpc::r#async::{Server, TtrpcContext};
+
+fn exit(n: u32) -> Event {
+    Event::Exit {
+        id: "c".into(),
+        exec_id: format!("e{n}"),
+        pid: n as i32,
+        status: n,
+        at: SystemTime::UNIX_EPOCH,
+    }
+}
+
+fn start(n: i32) -> Event {
+    Event::Start {
+        id: format!("c{n}"),
+        pid: n,
+    }
+}
+
+fn fast() -> Tuning {
+    Tuning {
+        connect_timeout: Duration::from_millis(200),
+        forward_timeout: Duration::from_millis(500),
+        max_backoff: Duration::from_millis(10),
+    }
+}
+
+/// Records the topics and exec ids it was sent.
+#[derive(Default)]
+struct FakeContainerd {
+    seen: Mutex<Vec<String>>,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl containerd_shim_protos::shim_async::Events for FakeContainerd {
+    async fn forward(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ForwardRequest,
+    ) -> containerd_shim_protos::ttrpc::Result<Empty> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let env = req.envelope.unwrap_or_default();
+        let any = env.event.unwrap_or_default();
+        let label = match any.type_url.as_str() {
+            "containerd.events.TaskExit" => {
+                let e = TaskExit::parse_from_bytes(&any.value).unwrap();
+                format!("{} {}", env.topic, e.id)
+            }
+            "containerd.events.TaskStart" => {
+                let e = TaskStart::parse_from_bytes(&any.value).unwrap();
+                format!("{} {}", env.topic, e.container_id)
+            }
+            other => format!("{} {other}", env.topic),
+        };
+        self.seen.lock().unwrap().push(label);
+        Ok(Empty::new())
+    }
+}
+
+async fn serve(path: &std::path::Path, fake: Arc<FakeContainerd>) -> Server {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener =
+        containerd_shim_protos::ttrpc::r#async::transport::Listener::try_from(listener).unwrap();
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(create_events(fake));
+    server.start().await.unwrap();
+    server
+}
+
+async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f()
+}
+
+#[test]
+fn a_full_outbox_keeps_exits() {
+    let outbox = Outbox {
+        queue: Mutex::new(VecDeque::new()),
+        ready: Default::default(),
+        failures: Default::default(),
+    };
+    for n in 0..OUTBOX as i32 {
+        outbox.push(start(n));
+    }
+    outbox.push(start(-1));
+    outbox.push(exit(1));
+    let q = outbox.lock();
+    assert_eq!(q.len(), OUTBOX);
+    assert!(
+        !q.iter().any(|(e, _)| *e == start(-1)),
+        "newest non-exit kept"
+    );
+    assert!(
+        !q.iter().any(|(e, _)| *e == start(0)),
+        "oldest non-exit kept"
+    );
+    assert_eq!(q.back().map(|(e, _)| e.clone()), Some(exit(1)));
+}
+
+/// A wedged containerd (listen backlog full, never accepting) must not freeze the shim:
+/// the runtime thread keeps serving other work while the forwarder retries.
+#[test]
+fn a_wedged_containerd_does_not_block_the_runtime_thread() {
+    use nix::sys::socket::{
+        bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("containerd.sock.ttrpc");
+    let listener = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let addr = UnixAddr::new(&path).unwrap();
+    bind(listener.as_raw_fd(), &addr).unwrap();
+    listen(&listener, Backlog::new(0).unwrap()).unwrap();
+    // Fill the backlog: non-blocking connects until the kernel says EAGAIN.
+    let mut fillers: Vec<OwnedFd> = Vec::new();
+    for _ in 0..64 {
+        let s = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        match connect(s.as_raw_fd(), &addr) {
+            Ok(()) => fillers.push(s),
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(e) => panic!("filler connect: {e}"),
+        }
+    }
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let address = path.to_string_lossy().into_owned();
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let events = Events::connect_with(&address, "ns", fast());
+            events.publish(exit(1));
+            // Ticks of other work on the same thread while the forwarder retries.
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = tx.send((events.failures(), events.pending()));
+        });
+    });
+    let got = rx.recv_timeout(Duration::from_secs(10));
+    let (failures, pending) = got.expect("the runtime thread froze on a wedged containerd");
+    assert!(failures >= 1, "the forwarder never tried");
+    assert_eq!(pending, 1, "the exit must stay queued");
+    worker.join().unwrap();
+    drop(fillers);
+}
+
+/// Exits are kept for as long as containerd is away (the old forwarder gave up after
+/// ten tries), then delivered in order; a containerd restart loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_an_absent_and_a_restarting_containerd() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("containerd.sock.ttrpc");
+    let events = Events::connect_with(&path.to_string_lossy(), "ns", fast());
+    events.publish(start(1));
+    events.publish(exit(1));
+    assert!(
+        until(Duration::from_secs(20), || events.failures() >= 50).await,
+        "forwarder stopped retrying after {} tries",
+        events.failures()
+    );
+    assert_eq!(
+        events.pending(),
+        2,
+        "events dropped while containerd was away"
+    );
+
+    let fake = Arc::new(FakeContainerd::default());
+    let mut server = serve(&path, fake.clone()).await;
+    assert!(until(Duration::from_secs(10), || events.pending() == 0).await);
+    assert_eq!(
+        *fake.seen.lock().unwrap(),
+        vec!["/tasks/start c1".to_string(), "/tasks/exit e1".to_string()]
+    );
+
+    // containerd restarts: the old connection dies, the next events wait and then arrive.
+    server.shutdown().await.unwrap();
+    let _ = std::fs::remove_file(&path);
+    for n in 2..=4 {
+        events.publish(exit(n));
+    }
+    let before = events.failures();
+    assert!(until(Duration::from_secs(10), || events.failures() > before + 5).await);
+    let fake2 = Arc::new(FakeContainerd::default());
+    let mut server2 = serve(&path, fake2.clone()).await;
+    assert!(until(Duration::from_secs(10), || events.pending() == 0).await);
+    assert_eq!(
+        *fake2.seen.lock().unwrap(),
+        vec![
+            "/tasks/exit e2".to_string(),
+            "/tasks/exit e3".to_string(),
+            "/tasks/exit e4".to_string()
+        ]
+    );
+    server2.shutdown().await.unwrap();
+}

@@ -1,0 +1,212 @@
+//! Exec processes of a container: registered by Exec, run by Start with
+//! `runc exec --detach`, signalled directly (runc has no notion of them) and forgotten by
+//! Delete. Each call holds the exec's own lifecycle lock, as init's calls hold init's.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use runc_client::ExecOpts;
+
+use crate::container::IO_DRAIN_LIMIT;
+use crate::container::{finish_io, read_pid, report_exit, report_exit_locked, Container};
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::io::{self, StdioPaths};
+use crate::process::{Exited, Process, State, NEVER_RAN};
+use crate::tasks::Shared;
+
+/// Directory of the bundle holding exec pid files, apart from init's.
+pub const EXEC_DIR: &str = "execs";
+
+/// An exec process and the spec it runs.
+pub struct Exec {
+    /// Lifecycle and stdio of the exec.
+    pub process: Arc<Process>,
+    spec: oci_spec::runtime::Process,
+}
+
+impl Container {
+    fn exec_entry(&self, exec_id: &str) -> Result<Arc<Exec>> {
+        self.execs()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                kind: "exec",
+                id: format!("{}/{exec_id}", self.id),
+            })
+    }
+
+    /// Registers an exec (nothing runs until [`Container::start_exec`]), then
+    /// TaskExecAdded.
+    pub fn add_exec(
+        &self,
+        shared: &Shared,
+        exec_id: &str,
+        spec: oci_spec::runtime::Process,
+        stdio: StdioPaths,
+    ) -> Result<()> {
+        crate::ids::validate("exec", exec_id)?;
+        if stdio.terminal {
+            return Err(Error::Unimplemented("terminal (tty) stdio"));
+        }
+        match self.init.state() {
+            State::Running | State::Paused | State::Pausing | State::Resuming => {}
+            s => {
+                return Err(Error::FailedPrecondition {
+                    id: self.id.clone(),
+                    op: "exec",
+                    state: s.to_string(),
+                })
+            }
+        }
+        {
+            let mut execs = self.execs();
+            if execs.contains_key(exec_id) {
+                return Err(Error::AlreadyExists {
+                    kind: "exec",
+                    id: format!("{}/{exec_id}", self.id),
+                });
+            }
+            let process = Arc::new(Process::exec(&self.id, exec_id, stdio));
+            execs.insert(exec_id.to_string(), Arc::new(Exec { process, spec }));
+        }
+        shared.events.publish(Event::ExecAdded {
+            id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+        });
+        Ok(())
+    }
+
+    /// `runc exec --detach`; Created → Starting → Running, then TaskExecStarted. Returns
+    /// the exec's pid, and whether it already died (its exit still needs handling).
+    pub async fn start_exec(&self, shared: &Shared, exec_id: &str) -> Result<(i32, bool)> {
+        let exec = self.exec_entry(exec_id)?;
+        let p = &exec.process;
+        let _lifecycle = p.lifecycle.lock().await;
+        p.begin_start()?;
+        let started = self.run_exec(&exec).await;
+        let (pid, since) = match started {
+            Ok(v) => v,
+            Err(e) => {
+                p.copiers.lock().await.abort();
+                // Releases Wait with NEVER_RAN: the exec cannot run any more.
+                p.start_failed();
+                return Err(e);
+            }
+        };
+        p.start_succeeded(pid)?;
+        let early = match shared.router.register(pid, p, since) {
+            Some(exit) => p.reaped(exit.status as u32, exit.at).is_ok(),
+            None => false,
+        };
+        shared.events.publish(Event::ExecStarted {
+            id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+            pid,
+        });
+        Ok((pid, early))
+    }
+
+    async fn run_exec(&self, exec: &Exec) -> Result<(i32, SystemTime)> {
+        let p = &exec.process;
+        match self.init.state() {
+            State::Running | State::Paused | State::Pausing | State::Resuming => {}
+            s => {
+                return Err(Error::FailedPrecondition {
+                    id: self.id.clone(),
+                    op: "start exec",
+                    state: format!("container {s}"),
+                })
+            }
+        }
+        let (pio, copiers) = io::prepare(
+            &self.id,
+            &p.stdio,
+            self.options.io_uid,
+            self.options.io_gid,
+            &self.bundle,
+        )?;
+        *p.copiers.lock().await = copiers;
+        let dir = self.bundle.join(EXEC_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io(&self.id, format!("create {}", dir.display()), e))?;
+        let pid_file = dir.join(format!("{}.pid", p.exec_id));
+        let opts = ExecOpts {
+            pid_file: pid_file.clone(),
+            console_socket: None,
+            detach: true,
+            io: pio,
+            // Its environment may hold secrets: keep it in the root-only bundle.
+            spec_dir: Some(self.bundle.clone()),
+        };
+        let since = SystemTime::now();
+        let run = self.runc.exec(&self.id, &exec.spec, &opts).await;
+        // Our copies of the container-side pipe ends must go, or stdout never sees EOF.
+        drop(opts);
+        run.map_err(|e| Error::runc(&self.id, self.options.binary(), e))?;
+        let pid = read_pid(&self.id, &pid_file).await;
+        if let Err(e) = std::fs::remove_file(&pid_file) {
+            log::warn!("{}: remove {}: {e}", p.name(), pid_file.display());
+        }
+        Ok((pid?, since))
+    }
+
+    /// Signals an exec process directly. Takes no lock (see [`Container::kill`]).
+    pub fn kill_exec(&self, exec_id: &str, signal: u32) -> Result<()> {
+        let signal = crate::ids::signal(signal)?;
+        let p = self.process(exec_id)?;
+        let gone = || Error::NotFound {
+            kind: "process (already finished)",
+            id: p.name(),
+        };
+        let pid = p.pid();
+        match p.state() {
+            State::Running | State::Paused | State::Pausing | State::Resuming if pid > 0 => {}
+            State::Stopped | State::Deleting | State::Deleted => return Err(gone()),
+            s => {
+                return Err(Error::FailedPrecondition {
+                    id: p.name(),
+                    op: "kill",
+                    state: s.to_string(),
+                })
+            }
+        }
+        // SAFETY: kill(2) with a validated signal number; no memory is involved.
+        if unsafe { libc::kill(pid, signal) } == 0 {
+            return Ok(());
+        }
+        match std::io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ESRCH) => Err(gone()),
+            e => Err(Error::io(&self.id, format!("kill exec {exec_id}"), e)),
+        }
+    }
+
+    /// Forgets a finished (or never started) exec; Created | Stopped → Deleted. Publishes
+    /// its TaskExit first if that is still due.
+    pub async fn delete_exec(&self, shared: &Shared, exec_id: &str) -> Result<(i32, Exited)> {
+        let exec = self.exec_entry(exec_id)?;
+        let p = &exec.process;
+        let _lifecycle = p.lifecycle.lock().await;
+        p.begin_delete()?;
+        finish_io(p).await;
+        report_exit_locked(shared, p);
+        let exited = p.delete_done(Exited {
+            status: NEVER_RAN,
+            at: SystemTime::now(),
+        });
+        shared.router.forget(p.pid(), p);
+        self.execs().remove(exec_id);
+        Ok((p.pid(), exited))
+    }
+
+    /// Handles an exec's reaped exit: lets its output drain, then publishes TaskExit.
+    pub async fn exec_exited(&self, shared: &Shared, p: &Process) {
+        let progress = p.copiers.lock().await.progress();
+        progress.drain(IO_DRAIN_LIMIT).await;
+        report_exit(shared, p).await;
+    }
+}

@@ -1,0 +1,155 @@
+//! Routes reaped exits to the processes they belong to.
+//!
+//! Only live processes are in the map: a pid is registered when runc reports it
+//! (create for init, exec start for an exec) and leaves the map with its exit. A stopped
+//! process that is not deleted yet therefore cannot catch the exit of a new process that
+//! reused its pid (pid_max is 32768 here, and pids wrap).
+//!
+//! An exit can be reaped before its pid is registered (a process that dies before
+//! `runc exec --detach` returns); such exits wait among the unclaimed ones. A pid is only
+//! matched with an unclaimed exit reaped after the runc call that produced it began and
+//! while no live process holds that pid, so a stale exit of a reused pid is never taken.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use runc_client::Exit;
+
+use crate::process::Process;
+
+/// How many exits nobody claimed are remembered (mostly runc's own children).
+const UNCLAIMED_EXITS: usize = 128;
+
+#[derive(Default)]
+struct Inner {
+    live: HashMap<i32, Arc<Process>>,
+    unclaimed: VecDeque<Exit>,
+}
+
+/// The pid → live process map.
+#[derive(Default)]
+pub struct ExitRouter {
+    inner: Mutex<Inner>,
+}
+
+/// What became of a reaped exit.
+pub enum Routed {
+    /// It belongs to this live process (now removed from the map).
+    Process(Arc<Process>),
+    /// Nobody holds the pid yet; kept among the unclaimed exits.
+    Unclaimed,
+}
+
+impl ExitRouter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the exit for the live process holding its pid, or keeps it unclaimed.
+    pub fn route(&self, exit: Exit) -> Routed {
+        let mut inner = self.lock();
+        if let Some(p) = inner.live.remove(&exit.pid) {
+            return Routed::Process(p);
+        }
+        if inner.unclaimed.len() >= UNCLAIMED_EXITS {
+            inner.unclaimed.pop_front();
+        }
+        inner.unclaimed.push_back(exit);
+        Routed::Unclaimed
+    }
+
+    /// Registers `pid` for `process`, whose runc call began at `since`. Returns the exit
+    /// if the process already died (reaped after `since` and before this call).
+    pub fn register(&self, pid: i32, process: &Arc<Process>, since: SystemTime) -> Option<Exit> {
+        let mut inner = self.lock();
+        if let Some(pos) = inner
+            .unclaimed
+            .iter()
+            .rposition(|e| e.pid == pid && e.at >= since)
+        {
+            return inner.unclaimed.remove(pos);
+        }
+        if let Some(old) = inner.live.insert(pid, process.clone()) {
+            // Two live processes cannot share a pid; the old one's exit was lost.
+            log::warn!(
+                "pid {pid}: {} replaces {} in the exit map",
+                process.name(),
+                old.name()
+            );
+        }
+        None
+    }
+
+    /// Forgets `pid` if it still maps to `process` (it was deleted without an exit).
+    pub fn forget(&self, pid: i32, process: &Arc<Process>) {
+        let mut inner = self.lock();
+        if inner
+            .live
+            .get(&pid)
+            .is_some_and(|p| Arc::ptr_eq(p, process))
+        {
+            inner.live.remove(&pid);
+        }
+    }
+
+    /// Number of live registrations (tests and diagnostics).
+    pub fn live(&self) -> usize {
+        self.lock().live.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::StdioPaths;
+    use std::time::Duration;
+
+    fn exit(pid: i32, at: SystemTime) -> Exit {
+        Exit { pid, status: 0, at }
+    }
+
+    fn proc(id: &str) -> Arc<Process> {
+        Arc::new(Process::exec("c", id, StdioPaths::default()))
+    }
+
+    #[test]
+    fn a_stopped_process_does_not_catch_the_exit_of_its_pid_successor() {
+        let router = ExitRouter::default();
+        let (a, b) = (proc("a"), proc("b"));
+        let t0 = SystemTime::now();
+        assert!(router.register(100, &a, t0).is_none());
+        // A exits: routed to A and out of the map.
+        assert!(
+            matches!(router.route(exit(100, SystemTime::now())), Routed::Process(p) if Arc::ptr_eq(&p, &a))
+        );
+        // B reuses pid 100 while A is stopped but not deleted.
+        assert!(router.register(100, &b, SystemTime::now()).is_none());
+        match router.route(exit(100, SystemTime::now())) {
+            Routed::Process(p) => assert!(Arc::ptr_eq(&p, &b), "exit went to {}", p.name()),
+            Routed::Unclaimed => panic!("B's exit was lost"),
+        }
+    }
+
+    #[test]
+    fn early_exit_is_claimed_but_a_stale_one_is_not() {
+        let router = ExitRouter::default();
+        let before = SystemTime::now() - Duration::from_secs(10);
+        assert!(matches!(router.route(exit(7, before)), Routed::Unclaimed));
+        let since = SystemTime::now();
+        let p = proc("p");
+        assert!(
+            router.register(7, &p, since).is_none(),
+            "an exit reaped before the runc call began belongs to an older pid 7"
+        );
+        router.forget(7, &p);
+        assert_eq!(router.live(), 0);
+        assert!(matches!(
+            router.route(exit(8, SystemTime::now())),
+            Routed::Unclaimed
+        ));
+        let got = router.register(8, &p, since).expect("early exit lost");
+        assert_eq!(got.pid, 8);
+        assert_eq!(router.live(), 0, "a dead process must not stay registered");
+    }
+}

@@ -1,0 +1,324 @@
+//! The containers of one shim and the Task API's operations on them, independent of
+//! ttrpc (the [`crate::service`] maps requests onto these calls; tests call them
+//! directly).
+//!
+//! Lifecycle work runs in its own task, detached from the request: when containerd's
+//! deadline drops a request mid-way, runc is never killed half-way through and the
+//! state machine still completes its transition. A Create whose caller went away
+//! counts as failed and is rolled back, because containerd will not know the container.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use containerd_shim_protos::api::CreateTaskRequest;
+use runc_client::{Exit, Reaper};
+use tokio::sync::{oneshot, Notify};
+
+use crate::container::Container;
+use crate::error::{Error, Result};
+use crate::events::{Event, Events};
+use crate::exits::{ExitRouter, Routed};
+use crate::io::StdioPaths;
+use crate::process::{Exited, Process, State};
+
+/// What every container's lifecycle calls share.
+pub struct Shared {
+    /// Where task events go.
+    pub events: Events,
+    /// pid → live process, for exits.
+    pub router: ExitRouter,
+    namespace: String,
+    reaper: Reaper,
+}
+
+/// A process's state as the State RPC reports it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Bundle of the container.
+    pub bundle: String,
+    /// Current pid (0 until known).
+    pub pid: i32,
+    /// Lifecycle state.
+    pub state: State,
+    /// Exit, once reaped.
+    pub exited: Option<Exited>,
+    /// Its stdio paths.
+    pub stdio: StdioPaths,
+}
+
+/// The containers of this shim.
+pub struct Tasks {
+    shared: Arc<Shared>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Fired when the shim should exit (Shutdown with no containers left).
+    pub shutdown: Arc<Notify>,
+}
+
+/// Runs lifecycle work to completion whatever happens to the request that asked for it.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Error::Internal(format!("lifecycle task: {e}")))?
+}
+
+impl Tasks {
+    /// Containers in `namespace`, publishing through `events`, learning exits from `reaper`.
+    pub fn new(
+        namespace: &str,
+        events: Events,
+        reaper: Reaper,
+        shutdown: Arc<Notify>,
+    ) -> Arc<Self> {
+        let tasks = Arc::new(Self {
+            shared: Arc::new(Shared {
+                events,
+                router: ExitRouter::default(),
+                namespace: namespace.to_string(),
+                reaper,
+            }),
+            containers: Mutex::new(HashMap::new()),
+            shutdown,
+        });
+        // Subscribed before any container exists, so no exit can be missed.
+        let mut exits = tasks.shared.reaper.subscribe();
+        let weak = Arc::downgrade(&tasks);
+        tokio::spawn(async move {
+            while let Some(exit) = exits.recv().await {
+                let Some(tasks) = weak.upgrade() else { break };
+                tasks.dispatch(exit);
+            }
+        });
+        tasks
+    }
+
+    /// The shared handles (events, exit router).
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The container `id`.
+    pub fn container(&self, id: &str) -> Result<Arc<Container>> {
+        self.lock().get(id).cloned().ok_or_else(|| Error::NotFound {
+            kind: "container",
+            id: id.to_string(),
+        })
+    }
+
+    /// Whether no container is left.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Init's pid of container `id`, 0 if unknown.
+    pub fn init_pid(&self, id: &str) -> i32 {
+        self.lock()
+            .get(id)
+            .map(|c| c.init.pid())
+            .unwrap_or_default()
+    }
+
+    fn remove(&self, c: &Arc<Container>) {
+        let mut map = self.lock();
+        if map.get(&c.id).is_some_and(|m| Arc::ptr_eq(m, c)) {
+            map.remove(&c.id);
+        }
+    }
+
+    /// Routes one reaped exit; its handling (which may wait for output to drain) runs in
+    /// its own task, so one slow exit never holds up another.
+    fn dispatch(self: &Arc<Self>, exit: Exit) {
+        let Routed::Process(p) = self.shared.router.route(exit) else {
+            return;
+        };
+        if let Err(e) = p.reaped(exit.status as u32, exit.at) {
+            log::warn!("exit of pid {}: {e}", exit.pid);
+            return;
+        }
+        self.handle_exit(p);
+    }
+
+    fn handle_exit(self: &Arc<Self>, p: Arc<Process>) {
+        let Ok(c) = self.container(&p.container) else {
+            log::warn!("exit of {}: its container is gone", p.name());
+            return;
+        };
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if p.is_init() {
+                c.init_exited(&shared).await
+            } else {
+                c.exec_exited(&shared, &p).await
+            }
+        });
+    }
+
+    /// Creates container `req.id` (Creating → Created) and publishes TaskCreate.
+    pub async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<i32> {
+        let c = Arc::new(Container::new(
+            &req,
+            &self.shared.namespace,
+            self.shared.reaper.clone(),
+        )?);
+        // Taken before the container is visible, so a Start or Delete racing this Create
+        // waits for it instead of seeing a half-made container.
+        let guard = c
+            .init
+            .lifecycle
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| Error::Internal("fresh lifecycle lock taken".into()))?;
+        {
+            let mut map = self.lock();
+            if map.contains_key(&c.id) {
+                return Err(Error::AlreadyExists {
+                    kind: "container",
+                    id: c.id.clone(),
+                });
+            }
+            map.insert(c.id.clone(), c.clone());
+        }
+        let (tx, rx) = oneshot::channel();
+        let tasks = self.clone();
+        tokio::spawn(async move {
+            let _lifecycle = guard;
+            let (pid, early) = match c.create(&tasks.shared).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tasks.remove(&c);
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            if tx.send(Ok(pid)).is_err() {
+                log::warn!(
+                    "create {}: containerd gave up on the request; rolling back",
+                    c.id
+                );
+                c.abandon(&tasks.shared).await;
+                tasks.remove(&c);
+                return;
+            }
+            tasks.shared.events.publish(Event::Create {
+                id: c.id.clone(),
+                bundle: c.bundle.display().to_string(),
+                pid,
+                stdio: c.init.stdio.clone(),
+            });
+            if early {
+                tasks.handle_exit(c.init.clone());
+            }
+        });
+        rx.await
+            .map_err(|_| Error::Internal("create ended without a result".into()))?
+    }
+
+    /// Starts init (empty `exec_id`) or an exec.
+    pub async fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<i32> {
+        let c = self.container(id)?;
+        let tasks = self.clone();
+        let exec_id = exec_id.to_string();
+        detached(async move {
+            if exec_id.is_empty() {
+                return c.start(&tasks.shared).await;
+            }
+            let (pid, early) = c.start_exec(&tasks.shared, &exec_id).await?;
+            if early {
+                tasks.handle_exit(c.process(&exec_id)?);
+            }
+            Ok(pid)
+        })
+        .await
+    }
+
+    /// Deletes an exec, or the container with its init; returns pid and exit.
+    pub async fn delete(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<(i32, Exited)> {
+        let c = self.container(id)?;
+        let tasks = self.clone();
+        let exec_id = exec_id.to_string();
+        detached(async move {
+            if !exec_id.is_empty() {
+                return c.delete_exec(&tasks.shared, &exec_id).await;
+            }
+            let result = c.delete(&tasks.shared).await;
+            if result.is_ok() || c.init.state() == State::Deleted {
+                tasks.remove(&c);
+            }
+            result.map(|e| (c.init.pid(), e))
+        })
+        .await
+    }
+
+    /// Registers exec `exec_id` with its JSON process spec.
+    pub fn exec(&self, id: &str, exec_id: &str, spec: &[u8], stdio: StdioPaths) -> Result<()> {
+        let c = self.container(id)?;
+        let spec: oci_spec::runtime::Process = serde_json::from_slice(spec).map_err(|e| {
+            Error::InvalidArgument(format!("exec {id}/{exec_id}: bad process spec: {e}"))
+        })?;
+        c.add_exec(&self.shared, exec_id, spec, stdio)
+    }
+
+    /// Signals init (all processes with `all`) or an exec.
+    pub async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let c = self.container(id)?;
+        if exec_id.is_empty() {
+            c.kill(signal, all).await
+        } else {
+            c.kill_exec(exec_id, signal)
+        }
+    }
+
+    /// Freezes the container.
+    pub async fn pause(self: &Arc<Self>, id: &str) -> Result<()> {
+        let c = self.container(id)?;
+        let tasks = self.clone();
+        detached(async move { c.pause(&tasks.shared).await }).await
+    }
+
+    /// Thaws the container.
+    pub async fn resume(self: &Arc<Self>, id: &str) -> Result<()> {
+        let c = self.container(id)?;
+        let tasks = self.clone();
+        detached(async move { c.resume(&tasks.shared).await }).await
+    }
+
+    /// The state of init or an exec; never waits for a lifecycle call.
+    pub fn state(&self, id: &str, exec_id: &str) -> Result<Snapshot> {
+        let c = self.container(id)?;
+        let p = c.process(exec_id)?;
+        Ok(Snapshot {
+            bundle: c.bundle.display().to_string(),
+            pid: p.pid(),
+            state: p.state(),
+            exited: p.exited(),
+            stdio: p.stdio.clone(),
+        })
+    }
+
+    /// Waits until the process's exit has been reported.
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<Exited> {
+        let p = self.container(id)?.process(exec_id)?;
+        Ok(p.wait_reported().await)
+    }
+
+    /// Pids of every process in the container.
+    pub async fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        self.container(id)?.pids().await
+    }
+
+    /// Ends feeding stdin of init or an exec.
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        let p = self.container(id)?.process(exec_id)?;
+        p.copiers.lock().await.close_stdin();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,100 @@
+#!/bin/sh
+# A fake runc for the shim's lifecycle tests: real processes, no containers.
+# State lives in $root/<id>/ (pid, bundle, started, execs); every call is appended to
+# $root/calls.log as "<command> <id>". A bundle steers it with files:
+#   fake-init         shell command init runs once started (default: exec sleep 1000)
+#   fake-init-now     run init's command at create, without waiting for start
+#   fake-exec         shell command an exec runs (default: exec sleep 1000)
+#   fake-<cmd>-sleep  seconds <cmd> takes (create, start, exec, delete)
+#   fake-<cmd>-fail   <cmd> fails with the file's content as runc's error
+root=/run/runc; log=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --root) root=$2; shift 2 ;;
+        --log) log=$2; shift 2 ;;
+        --log-format|--rootless) shift 2 ;;
+        --systemd-cgroup|--debug) shift ;;
+        *) break ;;
+    esac
+done
+cmd=$1; shift
+bundle=""; pidfile=""; all=""; force=""; args=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bundle|-b) bundle=$2; shift 2 ;;
+        --pid-file) pidfile=$2; shift 2 ;;
+        --process|-p|--console-socket|--preserve-fds|--format|-f|--resources|-r|--interval) shift 2 ;;
+        --all|-a) all=1; shift ;;
+        --force) force=1; shift ;;
+        --detach|-d|--no-pivot|--no-new-keyring|--stats) shift ;;
+        --) shift; args="$args $*"; break ;;
+        *) args="$args $1"; shift ;;
+    esac
+done
+set -- $args
+id=$1; dir="$root/$id"
+mkdir -p "$root"
+echo "$cmd $id" >> "$root/calls.log"
+
+fail() {
+    if [ -n "$log" ]; then
+        printf '{"level":"error","msg":"%s","time":"t"}\n' "$1" >> "$log"
+    else
+        printf '{"level":"error","msg":"%s","time":"t"}\n' "$1" >&2
+    fi
+    exit 1
+}
+steer() { [ -n "$bundle" ] && [ -e "$bundle/fake-$1" ]; }
+[ "$cmd" = create ] || { [ -d "$dir" ] && bundle=$(cat "$dir/bundle"); }
+steer "$cmd-sleep" && sleep "$(cat "$bundle/fake-$cmd-sleep")"
+steer "$cmd-fail" && fail "$(cat "$bundle/fake-$cmd-fail")"
+[ "$cmd" = create ] || [ -d "$dir" ] || fail "container does not exist"
+
+case "$cmd" in
+create)
+    [ -d "$dir" ] && fail "container with given ID already exists"
+    mkdir -p "$dir"; echo "$bundle" > "$dir/bundle"
+    init="exec sleep 1000"; steer init && init=$(cat "$bundle/fake-init")
+    if steer init-now; then
+        sh -c "$init" &
+    else
+        sh -c 'while [ ! -e "$1/started" ]; do sleep 0.01; done; exec sh -c "$2"' init "$dir" "$init" &
+    fi
+    echo $! > "$dir/pid"; [ -n "$pidfile" ] && echo $! > "$pidfile"
+    ;;
+start)
+    [ -e "$dir/started" ] && fail "cannot start an already running container"
+    touch "$dir/started" ;;
+exec)
+    run="exec sleep 1000"; steer exec && run=$(cat "$bundle/fake-exec")
+    sh -c "$run" &
+    echo $! >> "$dir/execs"; [ -n "$pidfile" ] && echo $! > "$pidfile"
+    ;;
+kill)
+    sig=${2:-15}
+    # --all reaches the other processes even after init is gone, as with a shared PID
+    # namespace in runc.
+    if [ -n "$all" ] && [ -e "$dir/execs" ]; then
+        for p in $(cat "$dir/execs"); do kill "-$sig" "$p" 2>/dev/null; done
+    fi
+    if kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+        kill "-$sig" "$(cat "$dir/pid")"
+    elif [ -z "$all" ]; then
+        fail "container not running"
+    fi ;;
+delete)
+    pid=$(cat "$dir/pid")
+    if kill -0 "$pid" 2>/dev/null; then
+        [ -n "$force" ] || fail "cannot delete container that is not stopped"
+        kill -9 "$pid"
+    fi
+    rm -rf "$dir" ;;
+state)
+    printf '{"id":"%s","pid":%s,"status":"running","bundle":"%s"}\n' "$id" "$(cat "$dir/pid")" "$bundle" ;;
+ps)
+    printf '[%s]\n' "$(cat "$dir/pid")" ;;
+pause) kill -STOP "$(cat "$dir/pid")" ;;
+resume) kill -CONT "$(cat "$dir/pid")" ;;
+*) fail "fake runc: unknown command $cmd" ;;
+esac
+exit 0
