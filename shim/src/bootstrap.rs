@@ -3,32 +3,24 @@
 //! after a task without the daemon) and the daemon itself (serve the Task API).
 
 mod delete;
+mod serve;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
 use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
 use containerd_shim::Flags;
 use containerd_shim_protos::protobuf::{well_known_types::any::Any, Message};
-use containerd_shim_protos::shim_async::create_task;
-use containerd_shim_protos::ttrpc::r#async::{transport::Listener, Server};
-use runc_client::Reaper;
-use tokio::sync::Notify;
 
 use crate::cgroups;
-use crate::events::Events;
-use crate::logging;
 use crate::options::RuntimeOptions;
-use crate::peer::SameUser;
 use crate::record::write_atomic;
-use crate::service::TaskService;
 
 /// Annotation grouping containers into one shim (set by users or other tools).
 pub const GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
@@ -67,7 +59,7 @@ pub fn main() -> i32 {
     let result = match flags.action.as_str() {
         "start" => start(&flags),
         "delete" => delete::delete(&flags),
-        "" => serve(&flags),
+        "" => serve::serve(&flags),
         other => Err(format!(
             "unknown action {other:?} (expected start or delete)"
         )),
@@ -363,93 +355,6 @@ fn spawn_daemon(
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
     child.map_err(|e| format!("spawn shim daemon: {e}"))
 }
-
-fn serve(flags: &Flags) -> Result<(), String> {
-    // containerd runs the shim with the bundle as its working directory.
-    logging::init(
-        &std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
-        flags.debug,
-    );
-    // Orphaned container processes must become our children so we can reap them.
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        return Err(format!("PR_SET_CHILD_SUBREAPER: {e}"));
-    }
-    let listener = match std::env::var(LISTEN_FD_ENV) {
-        Ok(v) if v == LISTEN_FD.to_string() => {
-            // SAFETY: `start` handed this fd down for exactly this purpose.
-            let l = unsafe { UnixListener::from_raw_fd(LISTEN_FD) };
-            set_cloexec(l.as_raw_fd());
-            l
-        }
-        _ => match bind_or_reuse(&flags.socket)? {
-            Bind::Bound(l) => l,
-            Bind::Live => return Err(format!("{} is served by another shim", flags.socket)),
-        },
-    };
-    std::env::remove_var(LISTEN_FD_ENV);
-    let ttrpc_address = std::env::var(TTRPC_ADDRESS_ENV).map_err(|_| "TTRPC_ADDRESS is not set")?;
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    let socket = flags.socket.clone();
-    let namespace = flags.namespace.clone();
-    let result = rt.block_on(async move {
-        let reaper = Reaper::global();
-        let shutdown = Arc::new(Notify::new());
-        let service = TaskService::new(
-            &namespace,
-            Events::connect(&ttrpc_address, &namespace),
-            reaper,
-            shutdown.clone(),
-        );
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("listener: {e}"))?;
-        let listener = Listener::try_from(listener).map_err(|e| format!("listener: {e}"))?;
-        let mut server = Server::new()
-            .add_listener(listener)
-            .set_accept_hook(SameUser::current())
-            .register_service(task_services(Arc::new(service)));
-        server
-            .start()
-            .await
-            .map_err(|e| format!("start ttrpc server: {e}"))?;
-        log::info!("serving on {socket}");
-
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| format!("signal: {e}"))?;
-        tokio::select! {
-            _ = shutdown.notified() => log::info!("shutdown requested"),
-            _ = term.recv() => log::info!("SIGTERM"),
-        }
-        // Let the Shutdown reply reach containerd before the socket disappears.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let _ = server.shutdown().await;
-        Ok::<(), String>(())
-    });
-    let _ = std::fs::remove_file(socket_path(&flags.socket));
-    result
-}
-
-/// Registers the Task service under both names containerd uses for it: 1.6 and 1.7
-/// call `containerd.task.v2.Task`, 2.x `containerd.task.v3.Task`; the messages are the
-/// same on the wire.
-fn task_services(
-    service: Arc<TaskService>,
-) -> std::collections::HashMap<String, containerd_shim_protos::ttrpc::r#async::Service> {
-    let mut services = create_task(service.clone());
-    if let Some(v3) = create_task(service).remove(TASK_V3) {
-        services.insert(TASK_V2.to_string(), v3);
-    }
-    services
-}
-
-/// ttrpc service name of the Task API in containerd 1.x.
-pub const TASK_V2: &str = "containerd.task.v2.Task";
-/// ttrpc service name of the Task API in containerd 2.x.
-pub const TASK_V3: &str = "containerd.task.v3.Task";
 
 fn set_cloexec(fd: i32) {
     // SAFETY: plain fcntl on an fd we own.
