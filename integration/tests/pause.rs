@@ -1,0 +1,100 @@
+//! Pause and Resume through containerd's Tasks API: the container's processes really stop
+//! (its freezer cgroup is FROZEN) and really continue, for both shims.
+
+use std::time::{Duration, Instant};
+
+use containerd_client::services::v1::{GetRequest, PauseTaskRequest, ResumeTaskRequest};
+use containerd_client::types::v1::Status;
+use containerd_client::with_namespace;
+use tonic::Request;
+use sturdy_integration::ctr::runtime_flags;
+use sturdy_integration::{parity_tests, Containerd, BUSYBOX_IMAGE};
+
+const T: Duration = Duration::from_secs(60);
+
+/// The freezer.state file of the cgroup v1 freezer holding `pid`.
+fn freezer_state(pid: u32) -> Option<String> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cgroups.lines().find_map(|l| {
+        l.splitn(3, ':')
+            .nth(2)
+            .filter(|_| l.split(':').nth(1) == Some("freezer"))
+    })?;
+    std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The counter the container writes every 50 ms, read through its root.
+fn counter(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/root/tmp/n"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+async fn status(fx: &Containerd, id: &str) -> (Status, u32) {
+    let mut tasks = fx.client().await.expect("client").tasks();
+    let req = GetRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    let p = tasks
+        .get(with_namespace!(req, fx.namespace()))
+        .await
+        .expect("Tasks.Get")
+        .into_inner()
+        .process
+        .expect("process");
+    (p.status(), p.pid)
+}
+
+parity_tests! {
+    async fn pause_and_resume(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let fifo = fx.fifo_dir().to_string_lossy().into_owned();
+        let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--fifo-dir".into(), fifo];
+        args.extend(runtime_flags(&fx, h));
+        args.extend([BUSYBOX_IMAGE.to_string(), "counter".into()]);
+        args.extend(["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fx.ctr_in(fx.namespace(), &args, T).await.expect("ctr run -d");
+        let (_, pid) = status(&fx, "counter").await;
+        assert!(until(T, || counter(pid).is_some()).await, "counter never written");
+        let Some(before) = freezer_state(pid) else {
+            eprintln!("SKIPPED: no cgroup v1 freezer for pid {pid} on this host");
+            return;
+        };
+        assert_eq!(before, "THAWED");
+
+        let mut tasks = fx.client().await.expect("client").tasks();
+        let req = PauseTaskRequest { container_id: "counter".into() };
+        tasks.pause(with_namespace!(req, fx.namespace())).await.expect("Pause");
+        assert_eq!(freezer_state(pid).as_deref(), Some("FROZEN"));
+        assert_eq!(status(&fx, "counter").await.0, Status::Paused);
+
+        let req = ResumeTaskRequest { container_id: "counter".into() };
+        tasks.resume(with_namespace!(req, fx.namespace())).await.expect("Resume");
+        assert_eq!(freezer_state(pid).as_deref(), Some("THAWED"));
+        assert_eq!(status(&fx, "counter").await.0, Status::Running);
+        let resumed = counter(pid).unwrap_or_default();
+        assert!(until(T, || counter(pid).unwrap_or_default() > resumed + 2).await, "counter did not continue");
+
+        fx.ctr_in(fx.namespace(), &["task", "kill", "-s", "9", "counter"], T).await.expect("kill");
+        assert!(until(T, || !sturdy_integration::cleanup::pid_alive(pid as i32)).await);
+        fx.ctr_in(fx.namespace(), &["task", "delete", "counter"], T).await.expect("task delete");
+        fx.ctr_in(fx.namespace(), &["containers", "rm", "counter"], T).await.expect("containers rm");
+    }
+}
