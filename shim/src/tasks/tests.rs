@@ -348,6 +348,22 @@ async fn delete_while_created_kills_init_and_reports_its_exit() {
 }
 
 #[tokio::test]
+async fn duplicate_delete_deletes_once() {
+    let rig = Rig::new();
+    rig.create("c", &[("init", "exit 4"), ("delete-sleep", "0.2")])
+        .await
+        .unwrap();
+    rig.tasks.start("c", "").await.unwrap();
+    rig.wait("c", "").await.unwrap();
+    let (a, b) = tokio::join!(rig.tasks.delete("c", ""), rig.tasks.delete("c", ""));
+    assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
+    assert!(is(&a.and(b), not_found));
+    assert_eq!(rig.count("delete c"), 1);
+    let deletes = rig.topics("c").iter().filter(|t| *t == "/tasks/delete").count();
+    assert_eq!(deletes, 1);
+}
+
+#[tokio::test]
 async fn kill_of_a_stopped_process_is_not_found() {
     let rig = Rig::new();
     rig.create("c", &[("init", "exit 0")]).await.unwrap();
