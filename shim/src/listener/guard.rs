@@ -178,6 +178,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                     Poll::Pending => return this.hold_on(cx),
                 }
             } else if this.cursor.payload_left() == 0 {
+                // Admitted, so the header itself goes on now.
                 let n = this
                     .cursor
                     .hand_on(buf.initialize_unfilled_to(buf.remaining().min(HEADER_LEN)));
