@@ -14,6 +14,7 @@ pub mod exec;
 pub mod exits;
 pub mod ids;
 pub mod io;
+pub mod listener;
 pub mod logging;
 pub mod memory;
 pub mod mount;

@@ -1,18 +1,22 @@
 //! Who may talk to the shim: only processes of the shim's own uid.
 //!
 //! The socket's 0600 mode already keeps other users out of the filesystem path; checking
-//! SO_PEERCRED on every accepted connection also covers an fd passed on by a privileged
-//! process, as containerd's Go shim does with its same-user handshaker.
+//! SO_PEERCRED on every accepted connection (see [`crate::listener`]) also covers an fd
+//! passed on by a privileged process, as containerd's Go shim does with its same-user
+//! handshaker.
 
-use std::os::fd::{BorrowedFd, RawFd};
-
-use containerd_shim_protos::ttrpc::security_extension::{
-    AcceptHook, ConnectionData, HookError, HookOutput,
-};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+/// A connection's peer runs under another uid than the shim.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("peer uid {peer} is not the shim's uid {shim}")]
+pub struct ForeignPeer {
+    /// The peer's uid.
+    pub peer: u32,
+    /// The shim's effective uid.
+    pub shim: u32,
+}
 
 /// Rejects connections whose peer runs under another uid.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct SameUser {
     uid: u32,
 }
@@ -25,47 +29,39 @@ impl SameUser {
         }
     }
 
+    /// Accepts only `uid` (tests stand in for another user with it).
+    #[cfg(test)]
+    pub(crate) fn only(uid: u32) -> Self {
+        Self { uid }
+    }
+
     /// The decision for one peer uid.
-    pub fn check(&self, peer_uid: u32) -> Result<(), HookError> {
+    pub fn check(&self, peer_uid: u32) -> Result<(), ForeignPeer> {
         if peer_uid == self.uid {
             Ok(())
         } else {
-            Err(HookError::Rejected(format!(
-                "peer uid {peer_uid} is not the shim's uid {}",
-                self.uid
-            )))
+            Err(ForeignPeer {
+                peer: peer_uid,
+                shim: self.uid,
+            })
         }
-    }
-}
-
-impl AcceptHook for SameUser {
-    fn on_accept(&self, fd: RawFd) -> Result<HookOutput, HookError> {
-        // SAFETY: ttrpc hands us the accepted socket for the duration of this call.
-        let sock = unsafe { BorrowedFd::borrow_raw(fd) };
-        let creds = getsockopt(&sock, PeerCredentials).map_err(|e| HookError::Io(e.into()))?;
-        self.check(creds.uid())?;
-        Ok(HookOutput {
-            data: ConnectionData::default(),
-            payload_transform: None,
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixStream;
 
     #[test]
     fn same_uid_accepted_other_rejected() {
-        let hook = SameUser::current();
-        let (a, _b) = UnixStream::pair().unwrap();
-        assert!(hook.on_accept(a.as_raw_fd()).is_ok());
-        let other = SameUser { uid: 4242 };
-        assert!(matches!(
-            other.on_accept(a.as_raw_fd()),
-            Err(HookError::Rejected(_))
-        ));
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!(SameUser::current().check(me), Ok(()));
+        assert_eq!(
+            SameUser::only(4242).check(me),
+            Err(ForeignPeer {
+                peer: me,
+                shim: 4242
+            })
+        );
     }
 }

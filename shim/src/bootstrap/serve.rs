@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use containerd_shim::Flags;
 use containerd_shim_protos::shim_async::create_task;
-use containerd_shim_protos::ttrpc::r#async::{transport::Listener, Server};
+use containerd_shim_protos::ttrpc::r#async::Server;
 use runc_client::Reaper;
 use tokio::sync::Notify;
 
@@ -23,8 +23,8 @@ use super::{
     bind_or_reuse, set_cloexec, socket_path, Bind, LISTEN_FD, LISTEN_FD_ENV, TTRPC_ADDRESS_ENV,
 };
 use crate::events::Events;
+use crate::listener;
 use crate::logging;
-use crate::peer::SameUser;
 use crate::service::TaskService;
 use crate::tasks::Tasks;
 
@@ -74,13 +74,10 @@ pub(super) fn serve(flags: &Flags) -> Result<(), String> {
             shutdown.clone(),
         );
         let tasks = service.tasks().clone();
-        listener
-            .set_nonblocking(true)
+        let listener = listener::listen(listener, listener::Limits::default())
             .map_err(|e| format!("listener: {e}"))?;
-        let listener = Listener::try_from(listener).map_err(|e| format!("listener: {e}"))?;
         let mut server = Server::new()
             .add_listener(listener)
-            .set_accept_hook(SameUser::current())
             .register_service(task_services(Arc::new(service)));
         server
             .start()

@@ -1,0 +1,164 @@
+//! The Task API socket's accept loop: who may connect, how many at once, and how many
+//! request bytes may be in flight.
+//!
+//! ttrpc allocates a frame's announced payload (up to 4 MiB) as soon as it has read the
+//! frame's header. Unchecked, a client that announces large frames and never finishes them
+//! makes the shim hold that memory for as long as it likes, on as many connections as it
+//! likes; and glibc keeps those pages after they are freed. So:
+//!
+//! - at most [`MAX_CONNECTIONS`] connections are served at once; further ones wait in the
+//!   kernel's backlog until one closes;
+//! - a frame's header reaches ttrpc only once the frame is admitted: frames up to
+//!   [`SMALL_FRAME`] at once (the cap bounds them), larger ones when they fit in the
+//!   shim-wide [`FRAME_BUDGET`], first come first served;
+//! - a frame that makes no progress for [`STALL_LIMIT`] (its peer sends nothing, or it
+//!   waits for budget) has its connection closed, which hands its budget back;
+//! - once budget is handed back, the freed heap is returned to the kernel.
+//!
+//! Worst case, ttrpc holds FRAME_BUDGET + MAX_CONNECTIONS × SMALL_FRAME = 12 MiB of request
+//! payloads at once. Only processes of the shim's own uid get in ([`SameUser`]).
+
+mod budget;
+mod frames;
+mod guard;
+
+use std::io;
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_shim_protos::ttrpc::r#async::transport::Listener;
+use futures::stream::{self, Stream};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+
+use crate::peer::SameUser;
+use budget::Budget;
+pub use guard::Guarded;
+
+/// Connections served at once. containerd opens one connection per task it runs in this
+/// shim (a pod's containers share one shim), and tools add the odd short-lived one; 64
+/// leaves room for pods far larger than Kubernetes users run, while keeping what idle or
+/// misbehaving connections can pin small.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Request payload bytes ttrpc may hold at once for frames above [`SMALL_FRAME`]: two of
+/// ttrpc's largest (4 MiB) frames. containerd's requests to a shim are a few KiB, so the
+/// budget only matters for unusual large requests and for clients that misbehave.
+pub const FRAME_BUDGET: usize = 8 << 20;
+/// Frames up to this size need no budget: with one frame in flight per connection they
+/// hold at most MAX_CONNECTIONS × SMALL_FRAME (4 MiB), and every request containerd makes
+/// of a shim fits, so containerd is never made to wait behind a misbehaving client.
+pub const SMALL_FRAME: usize = 64 << 10;
+/// How long a frame may go without progress. A local client writes a frame at memory
+/// speed; waiting this long means it stopped, or the budget is held by ones that did.
+/// Short enough that a client stuck behind misbehaving ones is served within seconds.
+pub const STALL_LIMIT: Duration = Duration::from_secs(5);
+/// Pause after budget is handed back before trimming the heap: lets ttrpc drop the
+/// payload first and folds a burst of closing connections into one trim.
+const TRIM_DELAY: Duration = Duration::from_millis(100);
+/// Pause after a failed accept (e.g. out of fds) so the loop does not spin on it.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// The limits a listener enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Shim-wide bytes for frames above `small_frame`.
+    pub budget: usize,
+    /// Largest frame admitted without budget.
+    pub small_frame: usize,
+    /// Longest a frame may go without progress.
+    pub stall: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            budget: FRAME_BUDGET,
+            small_frame: SMALL_FRAME,
+            stall: STALL_LIMIT,
+        }
+    }
+}
+
+/// Turns the bound socket into ttrpc's listener under `limits`. Must run inside the
+/// runtime: it registers the socket and starts the task that trims the heap.
+pub fn listen(listener: StdUnixListener, limits: Limits) -> io::Result<Listener> {
+    listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(listener)?;
+    let budget = Budget::new(limits.budget);
+    tokio::spawn(trim_after_release(budget.clone()));
+    Ok(Listener::new(accepted(
+        listener,
+        limits,
+        budget,
+        SameUser::current(),
+    )))
+}
+
+/// Returns freed request memory to the kernel after budget comes back: glibc keeps freed
+/// pages of a large allocation once it has raised its mmap threshold past it.
+async fn trim_after_release(budget: Arc<Budget>) {
+    loop {
+        budget.released().notified().await;
+        tokio::time::sleep(TRIM_DELAY).await;
+        crate::memory::trim_heap();
+    }
+}
+
+/// The connections to serve: accepted only while under the cap, from our own uid.
+fn accepted(
+    listener: UnixListener,
+    limits: Limits,
+    budget: Arc<Budget>,
+    owner: SameUser,
+) -> impl Stream<Item = io::Result<Guarded<UnixStream>>> + Send + 'static {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let state = (listener, slots, budget, owner);
+    stream::unfold(state, move |state| async move {
+        let (listener, slots, budget, owner) = &state;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                log::warn!(
+                    "{} ttrpc connections open: new ones wait until one closes",
+                    limits.max_connections
+                );
+                // The semaphore is never closed; should it be, the listener ends.
+                slots.clone().acquire_owned().await.ok()?
+            }
+        };
+        let conn = loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    log::error!("accepting a ttrpc connection: {e}");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            };
+            let peer = match stream.peer_cred() {
+                Ok(peer) => peer,
+                Err(e) => {
+                    log::warn!("refused a ttrpc connection: SO_PEERCRED: {e}");
+                    continue;
+                }
+            };
+            match owner.check(peer.uid()) {
+                Ok(()) => {
+                    break Guarded::new(stream, budget.clone(), limits, Some(slot), peer.pid())
+                }
+                Err(e) => log::warn!(
+                    "refused a ttrpc connection from pid {}: {e}",
+                    peer.pid().unwrap_or(0)
+                ),
+            }
+        };
+        Some((Ok(conn), state))
+    })
+}
+
+#[cfg(test)]
+mod tests;
