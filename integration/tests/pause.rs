@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use containerd_client::services::v1::{GetRequest, PauseTaskRequest, ResumeTaskRequest};
 use containerd_client::types::v1::Status;
 use containerd_client::with_namespace;
-use tonic::Request;
 use sturdy_integration::ctr::runtime_flags;
 use sturdy_integration::{parity_tests, Containerd, BUSYBOX_IMAGE};
+use tonic::Request;
 
 const T: Duration = Duration::from_secs(60);
 

@@ -230,6 +230,20 @@ fn delete_without_a_record_succeeds_without_running_a_runtime() {
     assert!(out.status.success());
 }
 
+fn record_for(dir: &Path, id: &str, runtime: &Path) {
+    std::fs::write(
+        dir.join("sturdy.json"),
+        serde_json::json!({
+            "version": 1, "id": id, "namespace": "sturdy-proto-test", "runtime": runtime,
+            "root": dir.join("root"), "systemd_cgroup": false, "mounted_rootfs": false
+        })
+        .to_string(),
+    )
+    .unwrap();
+}
+
+/// A runtime error that merely says "does not exist" about something else (a cgroup
+/// path) is a failed delete, not a container that is gone: the record stays.
 #[test]
 fn delete_does_not_take_another_not_found_for_the_container_being_gone() {
     let dir = tempfile::tempdir().unwrap();
@@ -237,15 +251,26 @@ fn delete_does_not_take_another_not_found_for_the_container_being_gone() {
         dir.path(),
         "remove /sys/fs/cgroup/pids/k8s/busy: cgroup path does not exist",
     );
-    std::fs::write(
-        dir.path().join("sturdy.json"),
-        serde_json::json!({
-            "version": 1, "id": "busy", "namespace": "sturdy-proto-test", "runtime": script,
-            "root": dir.path().join("root"), "systemd_cgroup": false, "mounted_rootfs": false
-        })
-        .to_string(),
-    )
-    .unwrap();
+    record_for(dir.path(), "busy", &script);
+    let out = run(dir.path(), &delete_args("busy"), b"", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a running container passed as deleted"
+    );
+    assert!(err.contains("cgroup path does not exist"), "{err}");
+    assert!(dir.path().join("sturdy.json").exists(), "record removed");
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert!(log.contains("delete --force"), "{log}");
+}
+
+/// Even the runtime's own not-found message is confirmed with `state` before the record
+/// goes: a runtime that says "does not exist" for a container it still runs fails delete.
+#[test]
+fn delete_confirms_not_found_with_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (script, calls) = fake_runc(dir.path(), "container does not exist");
+    record_for(dir.path(), "busy", &script);
     let out = run(dir.path(), &delete_args("busy"), b"", &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -255,6 +280,5 @@ fn delete_does_not_take_another_not_found_for_the_container_being_gone() {
     assert!(err.contains("running"), "{err}");
     assert!(dir.path().join("sturdy.json").exists(), "record removed");
     let log = std::fs::read_to_string(&calls).unwrap();
-    assert!(log.contains("delete --force busy"), "{log}");
-    assert!(log.contains("state busy"), "{log}");
+    assert!(log.contains("state"), "{log}");
 }

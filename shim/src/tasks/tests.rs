@@ -359,7 +359,11 @@ async fn duplicate_delete_deletes_once() {
     assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
     assert!(is(&a.and(b), not_found));
     assert_eq!(rig.count("delete c"), 1);
-    let deletes = rig.topics("c").iter().filter(|t| *t == "/tasks/delete").count();
+    let deletes = rig
+        .topics("c")
+        .iter()
+        .filter(|t| *t == "/tasks/delete")
+        .count();
     assert_eq!(deletes, 1);
 }
 
@@ -467,7 +471,9 @@ async fn ids_and_signals_are_checked() {
         assert!(is(&r, invalid), "{bad}: {r:?}");
     }
     assert!(rig.calls().is_empty(), "runc called: {:?}", rig.calls());
-    rig.create("ok", &[]).await.unwrap();
+    // The exec ignores signal 40, so it is still there for the SIGKILL at the end.
+    std::fs::write(bundle.join("fake-exec"), "trap '' 40; exec sleep 1000").unwrap();
+    rig.tasks.create(rig.request("ok", &bundle)).await.unwrap();
     rig.tasks.start("ok", "").await.unwrap();
     for bad in ["../../../../tmp/x", "--help", "a/b"] {
         let r = rig.tasks.exec("ok", bad, SPEC, Default::default());
