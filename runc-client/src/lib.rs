@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cgroup;
 mod command;
 pub mod config;
 pub mod drain;
