@@ -4,6 +4,10 @@
 //! or fake runtimes; no containerd needed.
 
 mod common;
+#[path = "delete_protocol/lock.rs"]
+mod lock;
+#[path = "delete_protocol/sweep.rs"]
+mod sweep;
 
 use std::path::{Path, PathBuf};
 
@@ -98,6 +102,13 @@ fn delete_is_idempotent_on_a_half_removed_bundle() {
         // The first round removed the record and pid file: the second finds neither.
         assert!(!dir.path().join("sturdy.json").exists());
         assert!(!dir.path().join("init.pid").exists());
+        // One line per step that did something, and nothing when nothing was left to do.
+        let err = String::from_utf8_lossy(&out.stderr);
+        if round == 0 {
+            assert!(err.contains("removed init.pid, sturdy.json"), "{err}");
+        } else {
+            assert_eq!(err, "", "a delete with nothing to do reported something");
+        }
     }
 }
 
@@ -281,4 +292,52 @@ fn delete_confirms_not_found_with_state() {
     assert!(dir.path().join("sturdy.json").exists(), "record removed");
     let log = std::fs::read_to_string(&calls).unwrap();
     assert!(log.contains("state"), "{log}");
+}
+
+/// An unusable record is still an error that touches nothing, but it says where a runtime
+/// state for the id exists (here under the root the Go shim's options.json names), so an
+/// operator knows where to look.
+#[test]
+fn a_corrupt_record_error_names_runtime_state_found_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (script, calls) = fake_runc(dir.path(), "container does not exist");
+    std::fs::write(dir.path().join("sturdy.json"), b"{\"version\": 1, \"id\": ").unwrap();
+    let go_root = dir.path().join("go-root");
+    let state = go_root.join("sturdy-proto-test").join("torn");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("state.json"), "{}").unwrap();
+    std::fs::write(
+        dir.path().join("options.json"),
+        serde_json::json!({"root": go_root}).to_string(),
+    )
+    .unwrap();
+    let path = path_with(script.parent().unwrap());
+    let out = run(dir.path(), &delete_args("torn"), b"", &[("PATH", &path)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("EOF while parsing"), "{err}");
+    assert!(
+        err.contains(&format!("exists at {}", state.display())),
+        "{err}"
+    );
+    assert!(!calls.exists(), "a runtime ran");
+    assert!(
+        state.join("state.json").exists(),
+        "acted on the found state"
+    );
+    assert!(dir.path().join("sturdy.json").exists());
+}
+
+/// An id that is not a containerd identifier never becomes a path: nothing is touched.
+#[test]
+fn delete_refuses_an_id_that_could_name_another_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (script, calls) = fake_runc(dir.path(), "container does not exist");
+    record_for(dir.path(), "../escape", &script);
+    let out = run(dir.path(), &delete_args("../escape"), b"", &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("../escape"), "{err}");
+    assert!(!calls.exists(), "a runtime ran");
+    assert!(dir.path().join("sturdy.json").exists());
 }

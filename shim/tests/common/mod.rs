@@ -1,7 +1,7 @@
 //! Helpers shared by the tests that drive the built shim binary.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// The shim binary cargo built for these tests.
@@ -20,4 +20,100 @@ pub fn run(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Out
         .expect("spawn shim");
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().expect("wait shim")
+}
+
+/// Starts the shim in `dir` with `args` and `env` without waiting for it (stdin closed).
+#[allow(dead_code)]
+pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    Command::new(SHIM)
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shim")
+}
+
+/// A fake runtime `dir/bin/<name>`: a shell script that logs each invocation's arguments
+/// as one line to the returned calls file, then runs `body` (with the same "$@").
+#[allow(dead_code)]
+pub fn fake_runtime(dir: &Path, name: &str, body: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = dir.join(format!("{name}-calls"));
+    let script = bin.join(name);
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$@\" >> '{}'\n{body}\n", calls.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, calls)
+}
+
+/// How many logged calls of a fake runtime were `subcommand`.
+#[allow(dead_code)]
+pub fn calls_of(calls: &Path, subcommand: &str) -> usize {
+    std::fs::read_to_string(calls)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == subcommand))
+        .count()
+}
+
+/// Writes a bundle record for `id` naming `runtime` and `root`.
+#[allow(dead_code)]
+pub fn write_record(bundle: &Path, id: &str, runtime: &Path, root: &Path) {
+    std::fs::write(
+        bundle.join("sturdy.json"),
+        serde_json::json!({
+            "version": 1, "id": id, "namespace": "sturdy-proto-test", "runtime": runtime,
+            "root": root, "systemd_cgroup": false, "mounted_rootfs": false
+        })
+        .to_string(),
+    )
+    .unwrap();
+}
+
+/// `delete` arguments for `id` with the bundle given by `-bundle`.
+#[allow(dead_code)]
+pub fn delete_args<'a>(id: &'a str, bundle: &'a str) -> Vec<&'a str> {
+    vec![
+        "-namespace",
+        "sturdy-proto-test",
+        "-id",
+        id,
+        "-address",
+        "/nonexistent",
+        "-bundle",
+        bundle,
+        "delete",
+    ]
+}
+
+/// Whether process `pid` has `path` open.
+#[allow(dead_code)]
+pub fn has_open(pid: u32, path: &Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == path))
+        })
+        .unwrap_or(false)
+}
+
+/// Polls `f` every few milliseconds for up to `limit`; its last answer.
+#[allow(dead_code)]
+pub fn wait_for(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    f()
 }
