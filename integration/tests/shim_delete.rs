@@ -1,6 +1,7 @@
 //! `containerd-shim-sturdy-v2 ... delete` after the shim was SIGKILLed leaves nothing of
 //! the container behind, even when the container's processes do not die with its init
-//! (a pod-shared PID namespace), and when two deletes run at the same moment.
+//! (a pod-shared PID namespace), when two deletes run at the same moment, and when runc
+//! lost the container's state (only the cgroups still know its processes).
 //!
 //! containerd is frozen (SIGSTOP, by its pid) while the shim dies and our delete runs, so
 //! its own dead-shim cleanup cannot do (or hide) the work under test; it is thawed

@@ -328,7 +328,8 @@ fn a_corrupt_record_error_names_runtime_state_found_elsewhere() {
     assert!(dir.path().join("sturdy.json").exists());
 }
 
-/// An id that is not a containerd identifier never becomes a path: nothing is touched.
+/// An id that is not a containerd identifier is refused up front, before delete joins it
+/// into any path (runtime state, cgroups) or runs anything.
 #[test]
 fn delete_refuses_an_id_that_could_name_another_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -337,7 +338,7 @@ fn delete_refuses_an_id_that_could_name_another_path() {
     let out = run(dir.path(), &delete_args("../escape"), b"", &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("../escape"), "{err}");
+    assert!(err.contains("container id \"../escape\""), "{err}");
     assert!(!calls.exists(), "a runtime ran");
     assert!(dir.path().join("sturdy.json").exists());
 }
