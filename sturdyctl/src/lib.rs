@@ -3,9 +3,14 @@
 
 #![warn(missing_docs)]
 
+pub mod containerd;
 pub mod discovery;
 pub mod health;
 pub mod journal;
+pub mod logger;
 pub mod pidfd;
 pub mod probe;
 pub mod procfs;
+pub mod recovery;
+pub mod units;
+pub mod watchdog;
