@@ -179,28 +179,52 @@ impl Api {
         }
     }
 
-    /// Every namespace's containers (runtime names) and tasks.
-    pub async fn list(&self) -> Result<Listing, ApiError> {
-        let namespaces = self
+    /// Every container's runtime name. Unlike listing tasks, this never waits for a shim
+    /// (containerd answers from its metadata store), so a hung shim cannot stall it.
+    pub async fn runtimes(&self) -> Result<Runtimes, ApiError> {
+        let mut runtimes = Runtimes::new();
+        for ns in self.namespaces().await? {
+            for (id, runtime) in self.containers(&ns).await? {
+                runtimes.insert((ns.clone(), id), runtime);
+            }
+        }
+        Ok(runtimes)
+    }
+
+    async fn namespaces(&self) -> Result<Vec<String>, ApiError> {
+        Ok(self
             .call("ListNamespaces", "", "", |c| async move {
                 NamespacesClient::new(c)
                     .list(ListNamespacesRequest::default())
                     .await
             })
             .await?
-            .namespaces;
+            .namespaces
+            .into_iter()
+            .map(|n| n.name)
+            .collect())
+    }
+
+    async fn containers(&self, ns: &str) -> Result<Vec<(String, String)>, ApiError> {
+        Ok(self
+            .call("ListContainers", ns, "", |c| {
+                let req = with_ns(ListContainersRequest::default(), ns);
+                async move { ContainersClient::new(c).list(req).await }
+            })
+            .await?
+            .containers
+            .into_iter()
+            .map(|c| (c.id, c.runtime.map(|r| r.name).unwrap_or_default()))
+            .collect())
+    }
+
+    /// Every namespace's containers (runtime names) and tasks. Listing tasks asks every
+    /// shim for its state, so a hung shim makes this take up to the call deadline.
+    pub async fn list(&self) -> Result<Listing, ApiError> {
         let mut listing = Listing::default();
-        for ns in namespaces.into_iter().map(|n| n.name) {
-            let containers = self
-                .call("ListContainers", &ns, "", |c| {
-                    let req = with_ns(ListContainersRequest::default(), &ns);
-                    async move { ContainersClient::new(c).list(req).await }
-                })
-                .await?
-                .containers;
-            for c in containers {
-                let runtime = c.runtime.map(|r| r.name).unwrap_or_default();
-                listing.runtimes.insert((ns.clone(), c.id), runtime);
+        for ns in self.namespaces().await? {
+            for (id, runtime) in self.containers(&ns).await? {
+                listing.runtimes.insert((ns.clone(), id), runtime);
             }
             let tasks = self
                 .call("ListTasks", &ns, "", |c| {
@@ -285,14 +309,17 @@ impl Api {
     }
 
     /// containerd's task events (`/tasks/…`) in every namespace, from now on.
+    ///
+    /// No deadline: containerd sends the response headers only with the first event, so
+    /// this resolves when the first task event arrives (and the stream yields it).
     pub async fn subscribe_tasks(&self) -> Result<Streaming<Envelope>, ApiError> {
         let channel = self.channel().await?;
         let req = SubscribeRequest {
             filters: vec![r#"topic~="^/tasks/""#.into()],
         };
-        match tokio::time::timeout(CALL_DEADLINE, EventsClient::new(channel).subscribe(req)).await {
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => {
+        match EventsClient::new(channel).subscribe(req).await {
+            Ok(resp) => Ok(resp.into_inner()),
+            Err(status) => {
                 *self.channel.lock().await = None;
                 Err(ApiError::Status {
                     call: "Subscribe",
@@ -301,11 +328,6 @@ impl Api {
                     status: Box::new(status),
                 })
             }
-            Err(_) => Err(ApiError::Timeout {
-                call: "Subscribe",
-                namespace: String::new(),
-                id: String::new(),
-            }),
         }
     }
 }

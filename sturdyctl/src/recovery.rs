@@ -427,29 +427,47 @@ pub async fn recover(
     inc.step("kill cgroups".into(), ok, t.elapsed(), detail)
         .await;
 
-    // The shim's own task last: for a pod that is the sandbox, whose namespaces the
-    // others joined.
+    // All at once: containerd's own dead-shim cleanup runs the same deletes as soon as it
+    // sees the connection close, and removes each bundle after; whoever comes first does it.
+    let mut deletes = tokio::task::JoinSet::new();
+    for task in shim.tasks.iter().cloned() {
+        let (shim, timeout) = (shim.clone(), ctx.delete_timeout);
+        deletes.spawn(async move {
+            let t = Instant::now();
+            let res = if task.bundle.exists() {
+                run_delete(&shim, &task, timeout).await.map(Some)
+            } else {
+                Ok(None)
+            };
+            (task.id, res, t.elapsed())
+        });
+    }
     let mut deleted: HashMap<String, Deleted> = HashMap::new();
-    for task in shim.tasks.iter().rev() {
-        let t = Instant::now();
-        let step = format!("delete {}", task.id);
-        if !task.bundle.exists() {
+    while let Some(joined) = deletes.join_next().await {
+        let Ok((id, res, took)) = joined else {
             inc.step(
-                step,
-                true,
-                t.elapsed(),
-                "bundle already gone (containerd's own cleanup ran)".into(),
+                "delete".into(),
+                false,
+                Duration::ZERO,
+                "delete task failed".into(),
             )
             .await;
             continue;
-        }
-        match run_delete(&shim, task, ctx.delete_timeout).await {
-            Ok(d) => {
-                let detail = format!("pid {} exit status {}", d.pid, d.exit_status);
-                deleted.insert(task.id.clone(), d);
-                inc.step(step, true, t.elapsed(), detail).await;
+        };
+        let step = format!("delete {id}");
+        match res {
+            Ok(Some(d)) => {
+                let detail = format!("ran: pid {} exit status {}", d.pid, d.exit_status);
+                deleted.insert(id, d);
+                inc.step(step, true, took, detail).await;
             }
-            Err(e) => inc.step(step, false, t.elapsed(), e).await,
+            Ok(None) => {
+                let detail = "bundle already gone: containerd's dead-shim cleanup ran the \
+                              shim's delete first"
+                    .to_string();
+                inc.step(step, true, took, detail).await;
+            }
+            Err(e) => inc.step(step, false, took, e).await,
         }
     }
 

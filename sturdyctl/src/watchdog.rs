@@ -16,7 +16,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
 use crate::containerd::{event_container_id, Api};
-use crate::discovery::{self, Scope, Shim};
+use crate::discovery::{self, Runtimes, Scope, Shim};
 use crate::health::{Health, ProbeResult, Verdict};
 use crate::journal::{Journal, JournalError};
 use crate::pidfd::Pidfd;
@@ -104,6 +104,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
     let (tx, mut rx) = mpsc::channel::<Msg>(256);
     let events = tokio::spawn(follow_events(api.clone(), seen.clone(), tx.clone()));
+    let runtimes = Arc::new(std::sync::Mutex::new(None));
+    let refresher = tokio::spawn(refresh_runtimes(
+        api.clone(),
+        runtimes.clone(),
+        cfg.interval,
+    ));
     let mut state = State {
         cfg: cfg.clone(),
         scope,
@@ -114,7 +120,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         done: HashSet::new(),
         dead_seen: HashSet::new(),
         recoveries: JoinSet::new(),
-        api_down: false,
+        runtimes,
     };
     state.resume_unfinished().await?;
 
@@ -122,9 +128,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
+        // Verdicts first: a recovery must never wait behind a rescan.
         tokio::select! {
+            biased;
             _ = &mut shutdown => break,
-            _ = ticker.tick() => state.rescan().await,
             Some(msg) = rx.recv() => match msg {
                 Msg::Verdict { address, reason, pidfd, since } => {
                     state.start_recovery(address, reason, Some(pidfd), since).await;
@@ -138,10 +145,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             Some(res) = state.recoveries.join_next(), if !state.recoveries.is_empty() => {
                 state.recovery_done(res);
             }
+            _ = ticker.tick() => state.rescan().await,
         }
     }
     log::info!("shutting down");
     events.abort();
+    refresher.abort();
     for (_, w) in state.watched.drain() {
         w.task.abort();
     }
@@ -173,7 +182,8 @@ struct State {
     /// Shims found dead (and unrecovered) by the previous scan.
     dead_seen: HashSet<String>,
     recoveries: JoinSet<(String, String, recovery::Outcome)>,
-    api_down: bool,
+    /// containerd's runtime names, as last listed (None while it does not answer).
+    runtimes: Arc<std::sync::Mutex<Option<Runtimes>>>,
 }
 
 impl State {
@@ -208,22 +218,11 @@ impl State {
     }
 
     async fn rescan(&mut self) {
-        let runtimes = match self.ctx.api.list().await {
-            Ok(l) => {
-                if self.api_down {
-                    log::info!("containerd answers again");
-                    self.api_down = false;
-                }
-                Some(l.runtimes)
-            }
-            Err(e) => {
-                if !self.api_down {
-                    log::warn!("{e}; discovering from the bundles alone until it answers");
-                    self.api_down = true;
-                }
-                None
-            }
-        };
+        let runtimes = self
+            .runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let scope = self.scope.clone();
         let shims = match tokio::task::spawn_blocking(move || {
             discovery::discover(&scope, runtimes.as_ref())
@@ -268,7 +267,8 @@ impl State {
 
     fn watch(&mut self, shim: Shim, identity: ProcIdentity) {
         if let Some(w) = self.watched.get(&shim.address) {
-            if w.identity == identity && !w.task.is_finished() {
+            if w.identity == identity {
+                // A finished watcher has sent its verdict, which is on its way: keep it.
                 w.shim.send_if_modified(|s| merge_tasks(s, &shim));
                 return;
             }
@@ -498,6 +498,37 @@ async fn probe_until_hung(
                 return (misses, silent_for);
             }
         }
+    }
+}
+
+/// Keeps the runtime names of containerd's containers current, away from the main loop
+/// (a slow containerd must not delay verdicts).
+async fn refresh_runtimes(
+    api: Arc<Api>,
+    cache: Arc<std::sync::Mutex<Option<Runtimes>>>,
+    interval: Duration,
+) {
+    let mut down = false;
+    loop {
+        let listed = api.runtimes().await;
+        let value = match listed {
+            Ok(r) => {
+                if down {
+                    log::info!("containerd answers again");
+                    down = false;
+                }
+                Some(r)
+            }
+            Err(e) => {
+                if !down {
+                    log::warn!("{e}; discovering from the bundles alone until it answers");
+                    down = true;
+                }
+                None
+            }
+        };
+        *cache.lock().unwrap_or_else(|e| e.into_inner()) = value;
+        tokio::time::sleep(interval).await;
     }
 }
 
