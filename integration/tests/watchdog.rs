@@ -40,7 +40,17 @@ struct Watchdog {
 }
 
 impl Watchdog {
+    /// Started with `--interval INTERVAL --misses MISSES` and `extra`.
     fn start(fx: &Containerd, extra: &[&str]) -> Watchdog {
+        let interval = format!("{}ms", INTERVAL.as_millis());
+        let misses = MISSES.to_string();
+        let mut args = vec!["--interval", interval.as_str(), "--misses", misses.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_with(fx, &args)
+    }
+
+    /// Started with the default timing and `args`.
+    fn start_with(fx: &Containerd, args: &[&str]) -> Watchdog {
         let bin = sturdyctl_bin();
         assert!(
             bin.is_file(),
@@ -51,8 +61,6 @@ impl Watchdog {
         std::fs::create_dir_all(&dir).expect("watchdog dir");
         let log = dir.join("watchdog.log");
         let journal = dir.join("watchdog.journal");
-        let interval = format!("{}ms", INTERVAL.as_millis());
-        let misses = MISSES.to_string();
         let child = Command::new(&bin)
             .arg("watchdog")
             .arg("--address")
@@ -61,8 +69,7 @@ impl Watchdog {
             .arg(fx.state_dir())
             .arg("--journal")
             .arg(&journal)
-            .args(["--interval", &interval, "--misses", &misses])
-            .args(extra)
+            .args(args)
             .env("STURDYCTL_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -154,20 +161,21 @@ impl Watchdog {
         entries
     }
 
-    fn stop(&mut self) {
+    /// SIGTERM, then SIGKILL after 25 s; returns how it exited.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let pid = Pid::from_raw(self.child.id() as i32);
         if let Ok(None) = self.child.try_wait() {
             let _ = kill(pid, Signal::SIGTERM);
             let end = Instant::now() + Duration::from_secs(25);
             while Instant::now() < end {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return Some(status);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = self.child.kill();
         }
-        let _ = self.child.wait();
+        self.child.wait().ok()
     }
 }
 
@@ -476,7 +484,7 @@ async fn assert_pod_cleaned(
 async fn killed_shim_pod_is_recovered() {
     let fx = Containerd::start().await.expect("start containerd");
     let mut cri = fx.cri().await.expect("cri client");
-    let wd = Watchdog::start(&fx, &[]);
+    let mut wd = Watchdog::start(&fx, &[]);
     let pod = run_pod(&fx, &mut cri, Handler::Sturdy, "killed", 1).await;
     wd.wait_watching(&pod.address, pod.shim).await;
     let exits = follow_exits(&fx).await;
@@ -508,6 +516,12 @@ async fn killed_shim_pod_is_recovered() {
             "no successful delete of {id}: {entries:#?}"
         );
     }
+    let status = wd.stop().expect("watchdog exit status");
+    assert!(
+        status.success(),
+        "the watchdog ended with {status} on SIGTERM"
+    );
+    assert!(wd.log().contains("SIGTERM"), "{}", wd.log());
     drop(wd);
 
     // Containerd alone, for comparison (informational).
@@ -531,11 +545,26 @@ async fn killed_shim_pod_is_recovered() {
 /// within interval × misses + 2 s; containerd alone never recovers it.
 async fn hung_shim_recovered(handler: Handler, extra: &[&str]) {
     let fx = Containerd::start().await.expect("start containerd");
-    let mut cri = fx.cri().await.expect("cri client");
     let wd = Watchdog::start(&fx, extra);
-    let pod = run_pod(&fx, &mut cri, handler, "hung", 1).await;
+    hung_shim_recovered_by(
+        &fx,
+        &wd,
+        handler,
+        INTERVAL * MISSES + Duration::from_secs(2),
+    )
+    .await;
+}
+
+async fn hung_shim_recovered_by(
+    fx: &Containerd,
+    wd: &Watchdog,
+    handler: Handler,
+    window: Duration,
+) {
+    let mut cri = fx.cri().await.expect("cri client");
+    let pod = run_pod(fx, &mut cri, handler, "hung", 1).await;
     wd.wait_watching(&pod.address, pod.shim).await;
-    let exits = follow_exits(&fx).await;
+    let exits = follow_exits(fx).await;
 
     let _resume = Resume(pod.shim);
     signal(pod.shim, Signal::SIGSTOP);
@@ -547,9 +576,8 @@ async fn hung_shim_recovered(handler: Handler, extra: &[&str]) {
             .unwrap()
             .as_millis()
     );
-    let window = INTERVAL * MISSES + Duration::from_secs(2);
     let label = format!(
-        "watchdog, {} shim SIGSTOPped (interval {INTERVAL:?}, misses {MISSES})",
+        "watchdog, {} shim SIGSTOPped (allowed {window:?})",
         handler.name()
     );
     let gone = measure(&label, &pod.pids, t0).await;
@@ -563,7 +591,7 @@ async fn hung_shim_recovered(handler: Handler, extra: &[&str]) {
         !cleanup::pid_alive(pod.shim),
         "the hung shim is still alive"
     );
-    assert_pod_cleaned(&fx, &mut cri, &pod, &exits).await;
+    assert_pod_cleaned(fx, &mut cri, &pod, &exits).await;
     let entries = wd
         .wait_finished(&pod.address, Duration::from_secs(20))
         .await;
@@ -583,6 +611,15 @@ async fn hung_shim_recovered(handler: Handler, extra: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_sturdy_shim_is_recovered() {
     hung_shim_recovered(Handler::Sturdy, &[]).await;
+}
+
+/// With the default timing (probe every 2 s, 3 misses) a hung shim's pod is recovered
+/// within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_shim_recovered_within_10s_by_default() {
+    let fx = Containerd::start().await.expect("start containerd");
+    let wd = Watchdog::start_with(&fx, &[]);
+    hung_shim_recovered_by(&fx, &wd, Handler::Sturdy, Duration::from_secs(10)).await;
 }
 
 /// The same for containerd's Go shim, watched through `--runtime io.containerd.runc.v2`.
