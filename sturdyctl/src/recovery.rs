@@ -3,7 +3,6 @@
 //! sure containerd learned the exits. Each step is journalled with its duration.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -572,9 +571,4 @@ async fn confirm_containerd(
             notes.join("; ")
         ),
     )
-}
-
-/// Whether `path` is an existing directory (bundles vanish once containerd cleaned up).
-pub fn exists(path: &Path) -> bool {
-    path.is_dir()
 }
