@@ -256,7 +256,8 @@ impl State {
         self.dead_seen = dead_now;
         // Bundles gone: containerd is done with that shim.
         self.watched.retain(|address, w| {
-            let keep = present.contains(address);
+            // A finished watcher's verdict is still on its way to the loop: keep it for that.
+            let keep = present.contains(address) || w.task.is_finished();
             if !keep {
                 log::debug!("shim {address}: its bundles are gone; no longer watched");
                 w.task.abort();
