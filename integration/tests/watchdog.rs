@@ -82,6 +82,20 @@ async fn killed_shim_pod_is_recovered() {
         let t0 = Instant::now();
         let label = format!("containerd alone, {} shim SIGKILLed", handler.name());
         measure(&label, &pod.pids, t0).await;
+        let socket = socket_file(&pod.address);
+        // containerd alone removes sturdy's socket (through its delete) but not the Go
+        // shim's: for the record, then clean up what this test caused.
+        until(Duration::from_secs(5), || !socket.exists()).await;
+        println!(
+            "containerd alone, {} shim SIGKILLed: its socket {}",
+            handler.name(),
+            if socket.exists() {
+                "is left behind"
+            } else {
+                "was removed"
+            }
+        );
+        remove_stale_socket(&pod.address);
     }
 }
 
@@ -273,4 +287,8 @@ async fn killed_shim_with_two_containers() {
         .filter(|e| e["detail"].as_str().is_some_and(|d| d.starts_with("ran:")))
         .count();
     println!("deletes: {by_watchdog} of 3 run by the watchdog, the others by containerd first");
+    assert!(
+        !socket_file(&pod.address).exists(),
+        "the dead shim's socket is left behind"
+    );
 }

@@ -257,6 +257,30 @@ pub fn kill_cgroups(tasks: &[Task]) -> (bool, String) {
     (survivors.is_empty(), detail)
 }
 
+/// Removes a dead shim's socket file if nothing listens on it any more.
+pub fn remove_stale_socket(address: &str) -> (bool, String) {
+    let path = probe::socket_path(address);
+    if path.starts_with('\0') {
+        return (true, "abstract socket: nothing to remove".into());
+    }
+    match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(_) => (true, format!("{path}: something listens there again; kept")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (true, format!("{path}: already gone"))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            match std::fs::remove_file(&path) {
+                Ok(()) => (true, format!("{path}: removed")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (true, format!("{path}: already gone"))
+                }
+                Err(e) => (false, format!("{path}: remove: {e}")),
+            }
+        }
+        Err(e) => (false, format!("{path}: connect: {e}; kept")),
+    }
+}
+
 /// What one shim `delete` run returned.
 #[derive(Debug, Clone, Default)]
 pub struct Deleted {
@@ -469,6 +493,12 @@ pub async fn recover(
             Err(e) => inc.step(step, false, took, e).await,
         }
     }
+
+    // A killed shim never removes its socket, and containerd 1.6 leaves it for the Go shim.
+    let t = Instant::now();
+    let (ok, detail) = remove_stale_socket(&shim.address);
+    inc.step("remove socket".into(), ok, t.elapsed(), detail)
+        .await;
 
     let t = Instant::now();
     let (ok, detail) = confirm_containerd(ctx, &shim, since, &deleted).await;

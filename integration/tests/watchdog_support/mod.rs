@@ -385,6 +385,22 @@ pub async fn measure(label: &str, pids: &[i32], t0: Instant) -> Duration {
     gone
 }
 
+/// The socket file of a shim address.
+pub fn socket_file(address: &str) -> PathBuf {
+    PathBuf::from(address.trim_start_matches("unix://"))
+}
+
+/// Removes the socket of a shim this test killed, once nothing listens on it (a killed
+/// shim cannot remove it, and containerd alone leaves the Go shim's behind).
+pub fn remove_stale_socket(address: &str) {
+    let path = socket_file(address);
+    if let Err(e) = std::os::unix::net::UnixStream::connect(&path) {
+        if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Sends SIGCONT to a stopped shim on drop (if it still runs), so a failed test's teardown
 /// can talk to it.
 pub struct Resume(pub i32);
@@ -501,5 +517,11 @@ pub async fn assert_pod_cleaned(
     assert!(
         until(Duration::from_secs(10), || saw_exit(exits, &pod.id)).await,
         "containerd never announced the sandbox's exit"
+    );
+    let socket = socket_file(&pod.address);
+    assert!(
+        until(Duration::from_secs(10), || !socket.exists()).await,
+        "the dead shim's socket {} is left behind",
+        socket.display()
     );
 }
