@@ -1,0 +1,294 @@
+//! `sturdyctl watchdog` against real containerd 1.6 (incident 003, containerd issue 3199):
+//! a SIGKILLed or hung (SIGSTOPped) shim's pod is killed, cleaned up and reported to
+//! containerd by the watchdog, while a shim that is merely slow is left alone.
+//!
+//! The watchdog binary is `target/debug/sturdyctl` (built by `cargo build --workspace`), run
+//! as a child with this fixture's socket and state dir and killed by PID when the test ends.
+
+mod watchdog_support;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use sturdy_integration::k8s_cri::v1::PodSandboxState;
+use sturdy_integration::{cleanup, Containerd, Handler};
+use watchdog_support::*;
+/// Incident 003: `kill -9` of a pod's shim. The watchdog kills the pod's processes within
+/// a fraction of a second (target 0.5 s), runs the shim's delete, and containerd and CRI
+/// see the pod exit. Printed beside: what containerd alone does (no watchdog).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_shim_pod_is_recovered() {
+    let fx = Containerd::start().await.expect("start containerd");
+    let mut cri = fx.cri().await.expect("cri client");
+    let mut wd = Watchdog::start(&fx, &[]);
+    let pod = run_pod(&fx, &mut cri, Handler::Sturdy, "killed", 1).await;
+    wd.wait_watching(&pod.address, pod.shim).await;
+    let exits = follow_exits(&fx).await;
+
+    signal(pod.shim, Signal::SIGKILL);
+    let t0 = Instant::now();
+    let gone = measure("watchdog, sturdy shim SIGKILLed", &pod.pids, t0).await;
+    // Target 0.5 s.
+    assert!(
+        gone < Duration::from_millis(1000),
+        "pod processes ran {} ms after the shim's death",
+        gone.as_millis()
+    );
+    assert_pod_cleaned(&fx, &mut cri, &pod, &exits).await;
+    let entries = wd
+        .wait_finished(&pod.address, Duration::from_secs(20))
+        .await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["phase"] == "started" && e["reason"] == "dead"),
+        "{entries:#?}"
+    );
+    for id in &pod.all {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["step"] == format!("delete {id}") && e["ok"] == true),
+            "no successful delete of {id}: {entries:#?}"
+        );
+    }
+    // The operator's view: the incident, finished, with its steps.
+    let status = wd.status(&fx, &[]);
+    let incident = status["incidents"]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["address"] == pod.address.as_str()))
+        .unwrap_or_else(|| panic!("status lists no incident for the pod: {status:#}"));
+    assert_eq!(incident["finished"], true, "{incident:#}");
+    assert_eq!(incident["reason"], "dead", "{incident:#}");
+    let status = wd.stop().expect("watchdog exit status");
+    assert!(
+        status.success(),
+        "the watchdog ended with {status} on SIGTERM"
+    );
+    assert!(wd.log().contains("SIGTERM"), "{}", wd.log());
+    drop(wd);
+
+    // Containerd alone, for comparison (informational).
+    for handler in [Handler::Runc, Handler::Sturdy] {
+        let pod = run_pod(
+            &fx,
+            &mut cri,
+            handler,
+            &format!("alone-{}", handler.name()),
+            1,
+        )
+        .await;
+        signal(pod.shim, Signal::SIGKILL);
+        let t0 = Instant::now();
+        let label = format!("containerd alone, {} shim SIGKILLed", handler.name());
+        measure(&label, &pod.pids, t0).await;
+        let socket = socket_file(&pod.address);
+        // containerd alone removes sturdy's socket (through its delete) but not the Go
+        // shim's: for the record, then clean up what this test caused.
+        until(Duration::from_secs(5), || !socket.exists()).await;
+        println!(
+            "containerd alone, {} shim SIGKILLed: its socket {}",
+            handler.name(),
+            if socket.exists() {
+                "is left behind"
+            } else {
+                "was removed"
+            }
+        );
+        remove_stale_socket(&pod.address);
+    }
+}
+
+/// A hung shim (SIGSTOP: alive, socket open, silent) is killed and its pod recovered
+/// within interval × misses + 2 s; containerd alone never recovers it.
+async fn hung_shim_recovered(handler: Handler, extra: &[&str]) {
+    let fx = Containerd::start().await.expect("start containerd");
+    let wd = Watchdog::start(&fx, extra);
+    hung_shim_recovered_by(
+        &fx,
+        &wd,
+        handler,
+        INTERVAL * MISSES + Duration::from_secs(2),
+    )
+    .await;
+}
+
+async fn hung_shim_recovered_by(
+    fx: &Containerd,
+    wd: &Watchdog,
+    handler: Handler,
+    window: Duration,
+) {
+    let mut cri = fx.cri().await.expect("cri client");
+    let pod = run_pod(fx, &mut cri, handler, "hung", 1).await;
+    wd.wait_watching(&pod.address, pod.shim).await;
+    let exits = follow_exits(fx).await;
+
+    let _resume = Resume(pod.shim);
+    signal(pod.shim, Signal::SIGSTOP);
+    let t0 = Instant::now();
+    println!(
+        "SIGSTOP at {} ms",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let label = format!(
+        "watchdog, {} shim SIGSTOPped (allowed {window:?})",
+        handler.name()
+    );
+    let gone = measure(&label, &pod.pids, t0).await;
+    assert!(
+        gone <= window,
+        "recovery took {} ms, more than {} ms",
+        gone.as_millis(),
+        window.as_millis()
+    );
+    assert!(
+        !cleanup::pid_alive(pod.shim),
+        "the hung shim is still alive"
+    );
+    assert_pod_cleaned(fx, &mut cri, &pod, &exits).await;
+    let entries = wd
+        .wait_finished(&pod.address, Duration::from_secs(20))
+        .await;
+    assert!(
+        entries.iter().any(|e| e["phase"] == "started"
+            && e["reason"].as_str().is_some_and(|r| r.starts_with("hung"))),
+        "{entries:#?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["step"] == "kill shim" && e["ok"] == true),
+        "{entries:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_sturdy_shim_is_recovered() {
+    hung_shim_recovered(Handler::Sturdy, &[]).await;
+}
+
+/// With the default timing (probe every 2 s, 3 misses) a hung shim's pod is recovered
+/// within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_shim_recovered_within_10s_by_default() {
+    let fx = Containerd::start().await.expect("start containerd");
+    let wd = Watchdog::start_with(&fx, &[]);
+    hung_shim_recovered_by(&fx, &wd, Handler::Sturdy, Duration::from_secs(10)).await;
+}
+
+/// The same for containerd's Go shim, watched through `--runtime io.containerd.runc.v2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_go_shim_is_recovered() {
+    hung_shim_recovered(Handler::Runc, &["--runtime", "io.containerd.runc.v2"]).await;
+}
+
+/// A shim stopped for less than the detection window and resumed is left alone, even
+/// while two busy loops keep both cores busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn briefly_stopped_shim_is_left_alone_under_load() {
+    let fx = Containerd::start().await.expect("start containerd");
+    let mut cri = fx.cri().await.expect("cri client");
+    let wd = Watchdog::start(&fx, &[]);
+    let pod = run_pod(&fx, &mut cri, Handler::Sturdy, "slow", 1).await;
+    wd.wait_watching(&pod.address, pod.shim).await;
+    let _hogs = Hogs::start(2);
+    let _resume = Resume(pod.shim);
+
+    // Two intervals: at least one probe goes unanswered, never `MISSES` in a row.
+    let stop = INTERVAL * (MISSES - 1);
+    signal(pod.shim, Signal::SIGSTOP);
+    let t0 = Instant::now();
+    tokio::time::sleep(stop).await;
+    signal(pod.shim, Signal::SIGCONT);
+    println!("shim stopped for {} ms", t0.elapsed().as_millis());
+    // The watchdog noticed the silence and saw the shim answer again.
+    wd.wait_log(
+        &[&pod.address, "answered again after"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(cleanup::pid_alive(pod.shim), "the resumed shim was killed");
+    assert!(
+        pod.pids.iter().all(|p| running(*p)),
+        "pod processes were killed"
+    );
+    let st = cri.pod_status(&pod.id).await.expect("PodSandboxStatus");
+    assert_eq!(st.state, PodSandboxState::SandboxReady as i32);
+    // The operator's view: the shim is watched and answers, no incident.
+    let status = wd.status(&fx, &[]);
+    let shim = status["shims"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["address"] == pod.address.as_str()))
+        .unwrap_or_else(|| panic!("status does not list the pod's shim: {status:#}"));
+    assert_eq!(shim["pid"], pod.shim, "{shim:#}");
+    assert_eq!(shim["answering"], true, "{shim:#}");
+    assert_eq!(shim["tasks"].as_array().map(Vec::len), Some(2), "{shim:#}");
+    assert_eq!(status["incidents"], serde_json::json!([]), "{status:#}");
+    assert!(
+        wd.incident_entries(&pod.address).is_empty(),
+        "an incident was journalled: {:#?}",
+        wd.journal()
+    );
+    // Still answering containerd.
+    let out = cri
+        .exec_sync(
+            &pod.containers[0],
+            &["/bin/echo", "ok"],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("ExecSync after SIGCONT");
+    assert_eq!(out.stdout, "ok\n");
+}
+
+/// A pod with two containers: every process of all three goes, and the watchdog ran the
+/// shim's delete for each of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_shim_with_two_containers() {
+    let fx = Containerd::start().await.expect("start containerd");
+    let mut cri = fx.cri().await.expect("cri client");
+    let wd = Watchdog::start(&fx, &[]);
+    let pod = run_pod(&fx, &mut cri, Handler::Sturdy, "two", 2).await;
+    assert_eq!(pod.all.len(), 3);
+    wd.wait_watching(&pod.address, pod.shim).await;
+
+    signal(pod.shim, Signal::SIGKILL);
+    let t0 = Instant::now();
+    let gone = measure(
+        "watchdog, sturdy shim of a 3-container pod SIGKILLed",
+        &pod.pids,
+        t0,
+    )
+    .await;
+    assert!(
+        gone < Duration::from_millis(1000),
+        "{} ms",
+        gone.as_millis()
+    );
+    let entries = wd
+        .wait_finished(&pod.address, Duration::from_secs(20))
+        .await;
+    for id in &pod.all {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["step"] == format!("delete {id}") && e["ok"] == true),
+            "delete did not run for {id}: {entries:#?}"
+        );
+    }
+    // containerd sees the connection close at the same moment and runs the same deletes
+    // (removing each bundle after); the journal says who came first.
+    let by_watchdog = entries
+        .iter()
+        .filter(|e| e["detail"].as_str().is_some_and(|d| d.starts_with("ran:")))
+        .count();
+    println!("deletes: {by_watchdog} of 3 run by the watchdog, the others by containerd first");
+    assert!(
+        !socket_file(&pod.address).exists(),
+        "the dead shim's socket is left behind"
+    );
+}

@@ -1,0 +1,527 @@
+//! Helpers of the watchdog integration tests: the watchdog as a child process, pods to
+//! break, CPU hogs, and measuring how long a pod's processes outlive their shim.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use containerd_client::events::TaskExit;
+use containerd_client::services::v1::{PublishRequest, SubscribeRequest};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sturdy_integration::containerd::workspace_dir;
+use sturdy_integration::k8s_cri::v1::PodSandboxState;
+use sturdy_integration::{cleanup, container_config, Containerd, Cri, Handler, CRI_NAMESPACE};
+
+/// Probe interval the tests run the watchdog with.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+/// Misses the tests run the watchdog with.
+pub const MISSES: u32 = 3;
+
+/// Where the watchdog binary is: `STURDYCTL_BIN`, else next to the shim in target/debug.
+pub fn sturdyctl_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("STURDYCTL_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target"));
+    target.join("debug").join("sturdyctl")
+}
+
+/// A running `sturdyctl watchdog`, SIGTERMed (then SIGKILLed) by PID on drop.
+pub struct Watchdog {
+    pub child: Child,
+    pub log: PathBuf,
+    pub journal: PathBuf,
+}
+
+impl Watchdog {
+    /// Started with `--interval INTERVAL --misses MISSES` and `extra`.
+    pub fn start(fx: &Containerd, extra: &[&str]) -> Watchdog {
+        let interval = format!("{}ms", INTERVAL.as_millis());
+        let misses = MISSES.to_string();
+        let mut args = vec!["--interval", interval.as_str(), "--misses", misses.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_with(fx, &args)
+    }
+
+    /// Started with the default timing and `args`.
+    pub fn start_with(fx: &Containerd, args: &[&str]) -> Watchdog {
+        let bin = sturdyctl_bin();
+        assert!(
+            bin.is_file(),
+            "{} is missing: run `cargo build --workspace` first",
+            bin.display()
+        );
+        let dir = fx.dir().join("watchdog");
+        std::fs::create_dir_all(&dir).expect("watchdog dir");
+        let log = dir.join("watchdog.log");
+        let journal = dir.join("watchdog.journal");
+        let child = Command::new(&bin)
+            .arg("watchdog")
+            .arg("--address")
+            .arg(fx.socket())
+            .arg("--state-dir")
+            .arg(fx.state_dir())
+            .arg("--journal")
+            .arg(&journal)
+            .args(args)
+            .env("STURDYCTL_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("watchdog log"))
+            .spawn()
+            .expect("start sturdyctl watchdog");
+        Watchdog {
+            child,
+            log,
+            journal,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Journal entries (JSON lines).
+    pub fn journal(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.journal)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until the watchdog's log has a line containing all of `needles`.
+    pub async fn wait_log(&self, needles: &[&str], limit: Duration) {
+        let ok = until(limit, || {
+            self.log()
+                .lines()
+                .any(|l| needles.iter().all(|n| l.contains(n)))
+        })
+        .await;
+        assert!(
+            ok,
+            "the watchdog never logged {needles:?} within {limit:?}; its log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Waits until the watchdog watches the shim at `address` with pid `pid`.
+    pub async fn wait_watching(&self, address: &str, pid: i32) {
+        self.wait_log(
+            &["watching shim", address, &format!("pid {pid} ")],
+            Duration::from_secs(15),
+        )
+        .await;
+    }
+
+    /// Entries of incidents whose `started` entry concerns the shim at `address`.
+    pub fn incident_entries(&self, address: &str) -> Vec<serde_json::Value> {
+        let entries = self.journal();
+        let ids: Vec<String> = entries
+            .iter()
+            .filter(|e| e["phase"] == "started" && e["shim"]["address"] == address)
+            .filter_map(|e| e["incident"].as_str().map(String::from))
+            .collect();
+        entries
+            .into_iter()
+            .filter(|e| ids.iter().any(|id| e["incident"] == id.as_str()))
+            .collect()
+    }
+
+    pub async fn wait_finished(&self, address: &str, limit: Duration) -> Vec<serde_json::Value> {
+        let ok = until(limit, || {
+            self.incident_entries(address)
+                .iter()
+                .any(|e| e["phase"] == "finished")
+        })
+        .await;
+        assert!(
+            ok,
+            "no finished incident for {address} in the journal within {limit:?}; journal:\n{:#?}\nlog:\n{}",
+            self.journal(),
+            self.log()
+        );
+        let entries = self.incident_entries(address);
+        for e in &entries {
+            println!(
+                "  journal: {} {} {} ({} ms) {}",
+                e["at_ms"],
+                e["phase"].as_str().unwrap_or(""),
+                e["step"].as_str().or(e["reason"].as_str()).unwrap_or(""),
+                e["ms"].as_u64().or(e["total_ms"].as_u64()).unwrap_or(0),
+                e["detail"].as_str().or(e["summary"].as_str()).unwrap_or("")
+            );
+        }
+        entries
+    }
+
+    /// `sturdyctl status --json` about the same containerd and journal.
+    pub fn status(&self, fx: &Containerd, extra: &[&str]) -> serde_json::Value {
+        let out = Command::new(sturdyctl_bin())
+            .arg("status")
+            .arg("--json")
+            .arg("--address")
+            .arg(fx.socket())
+            .arg("--state-dir")
+            .arg(fx.state_dir())
+            .arg("--journal")
+            .arg(&self.journal)
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sturdyctl status");
+        assert!(
+            out.status.success(),
+            "sturdyctl status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// SIGTERM, then SIGKILL after 25 s; returns how it exited.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(pid, Signal::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(25);
+            while Instant::now() < end {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return Some(status);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+        }
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- watchdog log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Busy-loop processes keeping both cores busy; killed by PID on drop.
+pub struct Hogs(pub Vec<Child>);
+
+impl Hogs {
+    pub fn start(n: usize) -> Hogs {
+        Hogs(
+            (0..n)
+                .map(|_| {
+                    Command::new("/bin/sh")
+                        .args(["-c", "while :; do :; done"])
+                        .stdin(Stdio::null())
+                        .spawn()
+                        .expect("start a CPU hog")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f()
+}
+
+/// Every pid in the cgroups of the given containers (their cgroupsPath in every hierarchy).
+pub fn cgroup_pids(fx: &Containerd, ids: &[String]) -> Vec<i32> {
+    pub fn collect(dir: &Path, out: &mut Vec<i32>) {
+        if let Ok(t) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(t.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect(&e.path(), out);
+            }
+        }
+    }
+    let mut pids = Vec::new();
+    for id in ids {
+        let Some(path) = fx
+            .bundle(CRI_NAMESPACE, id)
+            .and_then(|b| b.cgroups_path.clone())
+        else {
+            continue;
+        };
+        for dir in cleanup::cgroup_dirs(&path) {
+            collect(&dir, &mut pids);
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// A running pod through `handler`: its sandbox and `n` containers running sleep.
+pub struct Pod {
+    pub id: String,
+    pub containers: Vec<String>,
+    /// Sandbox first.
+    pub all: Vec<String>,
+    pub shim: i32,
+    pub address: String,
+    pub pids: Vec<i32>,
+}
+
+pub async fn run_pod(
+    fx: &Containerd,
+    cri: &mut Cri,
+    handler: Handler,
+    name: &str,
+    n: usize,
+) -> Pod {
+    let cfg = fx.pod_config(name);
+    let id = cri.run_pod(handler, &cfg).await.expect("RunPodSandbox");
+    let mut containers = Vec::new();
+    for i in 0..n {
+        let c = cri
+            .create_container(
+                &id,
+                container_config(&format!("main{i}"), &["/bin/sleep", "3600"]),
+                &cfg,
+            )
+            .await
+            .expect("CreateContainer");
+        cri.start_container(&c).await.expect("StartContainer");
+        containers.push(c);
+    }
+    let shim = fx.shim_pid(CRI_NAMESPACE, &id).expect("the pod's shim pid");
+    let address = fx
+        .bundle(CRI_NAMESPACE, &id)
+        .and_then(|b| b.address)
+        .expect("the pod's shim address");
+    let mut all = vec![id.clone()];
+    all.extend(containers.iter().cloned());
+    let pids = cgroup_pids(fx, &all);
+    // sandbox: sh + sleep; each container: sleep.
+    assert!(
+        pids.len() > n,
+        "too few processes in the pod's cgroups: {pids:?}"
+    );
+    assert!(pids.iter().all(|p| running(*p)));
+    Pod {
+        id,
+        containers,
+        all,
+        shim,
+        address,
+        pids,
+    }
+}
+
+/// Whether `pid` still runs: exists, is no zombie and is not exiting.
+///
+/// A killed pid-namespace init (a sandbox's pause process) stays in the kernel's exit path
+/// until every process of its namespace is reaped; the ones whose shim died are orphans of
+/// PID 1, which on this host reaps only now and then (about once a second). Such a process
+/// has taken its SIGKILL (PF_EXITING is set) and runs no code of its own any more.
+pub fn running(pid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state); flags are field 9.
+    let state = fields.first().copied().unwrap_or("X");
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    !matches!(state, "Z" | "X") && flags & PF_EXITING == 0
+}
+
+/// How long until none of `pids` runs, if within `limit`.
+pub async fn time_until_gone(pids: &[i32], t0: Instant, limit: Duration) -> Option<Duration> {
+    until(limit, || pids.iter().all(|p| !running(*p)))
+        .await
+        .then(|| t0.elapsed())
+}
+
+/// Waits until `pids` stop running and prints how long that took and how long until they
+/// fully exited (which includes PID 1's reaping of the dead shim's orphans on this host).
+pub async fn measure(label: &str, pids: &[i32], t0: Instant) -> Duration {
+    let Some(gone) = time_until_gone(pids, t0, Duration::from_secs(30)).await else {
+        let running: Vec<i32> = pids.iter().copied().filter(|p| running(*p)).collect();
+        panic!("{label}: pod processes {running:?} still run after 30 s");
+    };
+    let reaped = if until(Duration::from_secs(30), || {
+        pids.iter().all(|p| !cleanup::pid_alive(*p))
+    })
+    .await
+    {
+        format!("{} ms", t0.elapsed().as_millis())
+    } else {
+        "more than 30 s".into()
+    };
+    println!(
+        "{label}: pod processes stopped running after {} ms, fully exited after {reaped}",
+        gone.as_millis()
+    );
+    gone
+}
+
+/// The socket file of a shim address.
+pub fn socket_file(address: &str) -> PathBuf {
+    PathBuf::from(address.trim_start_matches("unix://"))
+}
+
+/// Removes the socket of a shim this test killed, once nothing listens on it (a killed
+/// shim cannot remove it, and containerd alone leaves the Go shim's behind).
+pub fn remove_stale_socket(address: &str) {
+    let path = socket_file(address);
+    if let Err(e) = std::os::unix::net::UnixStream::connect(&path) {
+        if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Sends SIGCONT to a stopped shim on drop (if it still runs), so a failed test's teardown
+/// can talk to it.
+pub struct Resume(pub i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let is_shim = procfs_cmdline(self.0).iter().any(|a| a == "-id");
+        if cleanup::pid_alive(self.0) && is_shim {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGCONT);
+        }
+    }
+}
+
+pub fn procfs_cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Collects (topic, payload) of containerd's task exit events from now on.
+pub async fn follow_exits(fx: &Containerd) -> Arc<Mutex<Vec<(String, Vec<u8>)>>> {
+    const READY: &str = "/sturdy-test/ready";
+    let client = fx.client().await.expect("containerd client");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    // containerd answers Subscribe (sends its headers) only with the first event, so the
+    // call itself waits in the background.
+    let events = client.events();
+    tokio::spawn(async move {
+        let mut events = events;
+        let req = SubscribeRequest {
+            filters: vec![
+                r#"topic=="/tasks/exit""#.into(),
+                format!(r#"topic=="{READY}""#),
+            ],
+        };
+        let Ok(resp) = events.subscribe(req).await else {
+            return;
+        };
+        let mut stream = resp.into_inner();
+        while let Ok(Some(env)) = stream.message().await {
+            let payload = env.event.map(|a| a.value).unwrap_or_default();
+            sink.lock().unwrap().push((env.topic, payload));
+        }
+    });
+    // Subscribed once an event of our own topic comes through (no one else listens to it).
+    let ready = || seen.lock().unwrap().iter().any(|(t, _)| t == READY);
+    let mut publisher = client.events();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !ready() && Instant::now() < end {
+        let event = TaskExit {
+            container_id: "sturdy-test-ready".into(),
+            ..Default::default()
+        };
+        let mut req = tonic::Request::new(PublishRequest {
+            topic: READY.into(),
+            event: Some(containerd_client::to_any(&event)),
+        });
+        req.metadata_mut()
+            .insert("containerd-namespace", CRI_NAMESPACE.parse().unwrap());
+        publisher.publish(req).await.expect("Publish");
+        until(Duration::from_millis(500), ready).await;
+    }
+    assert!(ready(), "never subscribed to containerd's events");
+    seen
+}
+
+/// Whether a TaskExit for `id` was seen (its container_id is field 1 of the payload).
+pub fn saw_exit(seen: &Mutex<Vec<(String, Vec<u8>)>>, id: &str) -> bool {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .any(|(_, p)| p.windows(id.len()).any(|w| w == id.as_bytes()))
+}
+
+pub fn signal(pid: i32, sig: Signal) {
+    kill(Pid::from_raw(pid), sig).unwrap_or_else(|e| panic!("{sig} to {pid}: {e}"));
+}
+
+pub async fn assert_pod_cleaned(
+    fx: &Containerd,
+    cri: &mut Cri,
+    pod: &Pod,
+    exits: &Mutex<Vec<(String, Vec<u8>)>>,
+) {
+    for id in &pod.all {
+        let rootfs = fx
+            .state_dir()
+            .join("io.containerd.runtime.v2.task")
+            .join(CRI_NAMESPACE)
+            .join(id)
+            .join("rootfs");
+        assert!(
+            until(Duration::from_secs(10), || cleanup::mounts_under(&rootfs)
+                .is_empty())
+            .await,
+            "{} still mounted",
+            rootfs.display()
+        );
+    }
+    let mut ready = true;
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        let st = cri.pod_status(&pod.id).await.expect("PodSandboxStatus");
+        ready = st.state == PodSandboxState::SandboxReady as i32;
+        if !ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!ready, "the pod is still Ready in CRI");
+    assert!(
+        until(Duration::from_secs(10), || saw_exit(exits, &pod.id)).await,
+        "containerd never announced the sandbox's exit"
+    );
+    let socket = socket_file(&pod.address);
+    assert!(
+        until(Duration::from_secs(10), || !socket.exists()).await,
+        "the dead shim's socket {} is left behind",
+        socket.display()
+    );
+}

@@ -1,0 +1,215 @@
+//! `sturdyctl status`: the shims discovered now (with a probe each) and recent incidents.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sturdyctl::containerd::Api;
+use sturdyctl::discovery::{self, Scope};
+use sturdyctl::journal::{Incident, Journal, Phase, DEFAULT_MAX_BYTES};
+use sturdyctl::probe::{self, Outcome};
+use sturdyctl::units::format_ms;
+
+use super::Target;
+
+/// How many incidents are shown.
+const RECENT: usize = 20;
+
+/// Options of `sturdyctl status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the status.
+pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let api = Api::new(&args.target.address);
+    let listing = match api.list().await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::warn!("{e}; shims are discovered from the bundles alone");
+            None
+        }
+    };
+    let scope = Scope {
+        state_dir: args.target.state_dir.clone(),
+        containerd_address: args.target.address.to_string_lossy().into_owned(),
+        runtimes: args.target.runtimes(),
+    };
+    let runtimes = listing.as_ref().map(|l| l.runtimes.clone());
+    let shims =
+        tokio::task::spawn_blocking(move || discovery::discover(&scope, runtimes.as_ref())).await?;
+    let mut shim_values = Vec::new();
+    for shim in &shims {
+        let outcome = probe::probe(&shim.address, &shim.id, Duration::from_secs(1)).await;
+        let probe = match &outcome {
+            Outcome::Answered { latency, .. } => format!("answered in {} ms", latency.as_millis()),
+            Outcome::NoReply => "NO REPLY within 1 s".into(),
+            Outcome::Refused(e) => format!("REFUSED: {e}"),
+        };
+        let tasks: Vec<Value> = shim
+            .tasks
+            .iter()
+            .map(|t| {
+                let status = listing.as_ref().and_then(|l| {
+                    l.tasks
+                        .iter()
+                        .find(|x| x.namespace == t.namespace && x.id == t.id)
+                        .map(|x| x.status.clone())
+                });
+                json!({"namespace": t.namespace, "id": t.id, "bundle": t.bundle, "status": status})
+            })
+            .collect();
+        shim_values.push(json!({
+            "address": shim.address,
+            "runtime": shim.runtime,
+            "namespace": shim.namespace,
+            "id": shim.id,
+            "pid": shim.process.as_ref().map(|p| p.pid),
+            "exe": shim.process.as_ref().map(|p| p.exe.clone()),
+            "probe": probe,
+            "answering": outcome.answered(),
+            "tasks": tasks,
+        }));
+    }
+    let journal = Journal::new(&args.target.journal, DEFAULT_MAX_BYTES);
+    let incidents = journal.incidents()?;
+    let recent: Vec<Value> = incidents
+        .iter()
+        .rev()
+        .take(RECENT)
+        .rev()
+        .map(incident_value)
+        .collect();
+    let out = json!({
+        "containerd": args.target.address,
+        "containerd_answering": listing.is_some(),
+        "state_dir": args.target.state_dir,
+        "journal": args.target.journal,
+        "shims": shim_values,
+        "incidents": recent,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_text(&out);
+    }
+    Ok(())
+}
+
+fn incident_value(inc: &Incident) -> Value {
+    let mut v = json!({"id": inc.id, "finished": inc.finished()});
+    let mut steps = Vec::new();
+    for e in &inc.entries {
+        match &e.phase {
+            Phase::Started { reason, shim } => {
+                v["started_at"] = json!(format_ms(e.at_ms));
+                v["reason"] = json!(reason);
+                v["address"] = json!(shim.address);
+                v["runtime"] = json!(shim.runtime);
+                v["containers"] =
+                    json!(shim.tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>());
+            }
+            Phase::Step {
+                step,
+                ok,
+                ms,
+                detail,
+            } => {
+                steps.push(json!({"step": step, "ok": ok, "ms": ms, "detail": detail}));
+            }
+            Phase::Finished {
+                ok,
+                total_ms,
+                summary,
+            } => {
+                v["ok"] = json!(ok);
+                v["total_ms"] = json!(total_ms);
+                v["summary"] = json!(summary);
+                v["finished_at"] = json!(format_ms(e.at_ms));
+            }
+        }
+    }
+    v["steps"] = json!(steps);
+    v
+}
+
+fn print_text(out: &Value) {
+    let s = |v: &Value| {
+        v.as_str()
+            .map(String::from)
+            .unwrap_or_else(|| v.to_string())
+    };
+    println!(
+        "containerd {} ({}), state {}",
+        s(&out["containerd"]),
+        if out["containerd_answering"] == true {
+            "answering"
+        } else {
+            "NOT answering"
+        },
+        s(&out["state_dir"])
+    );
+    let shims = out["shims"].as_array().cloned().unwrap_or_default();
+    println!("\nSHIMS ({})", shims.len());
+    for sh in &shims {
+        println!(
+            "  {}  {}  pid {}  {}",
+            s(&sh["address"]),
+            s(&sh["runtime"]),
+            sh["pid"]
+                .as_i64()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "- (no process)".into()),
+            s(&sh["probe"])
+        );
+        for t in sh["tasks"].as_array().into_iter().flatten() {
+            println!(
+                "      {}/{}  {}",
+                s(&t["namespace"]),
+                s(&t["id"]),
+                t["status"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    let incidents = out["incidents"].as_array().cloned().unwrap_or_default();
+    println!(
+        "\nINCIDENTS ({}; journal {})",
+        incidents.len(),
+        s(&out["journal"])
+    );
+    for inc in &incidents {
+        let state = if inc["finished"] == true {
+            if inc["ok"] == true {
+                "ok"
+            } else {
+                "FINISHED WITH ERRORS"
+            }
+        } else {
+            "UNFINISHED"
+        };
+        println!(
+            "  {}  {}  {}  {}  {} ms",
+            inc["started_at"].as_str().unwrap_or("?"),
+            s(&inc["id"]),
+            inc["reason"].as_str().unwrap_or("?"),
+            state,
+            inc["total_ms"]
+                .as_u64()
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+        for st in inc["steps"].as_array().into_iter().flatten() {
+            println!(
+                "      {:<8} {} ({} ms): {}",
+                if st["ok"] == true { "ok" } else { "FAILED" },
+                s(&st["step"]),
+                st["ms"],
+                s(&st["detail"])
+            );
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! `sturdyctl watchdog`: run the shim watchdog in the foreground until SIGTERM or SIGINT.
+
+use std::time::Duration;
+
+use sturdyctl::journal::DEFAULT_MAX_BYTES;
+use sturdyctl::units::parse_duration;
+use sturdyctl::watchdog::{self, Config};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::Target;
+
+/// Options of `sturdyctl watchdog`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
+    /// Probe interval, also each probe's deadline (e.g. 2s, 500ms).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Consecutive unanswered probes after which a shim is hung and killed.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    misses: u32,
+    /// How long containerd gets after a shim's death to announce its task exits itself.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    containerd_grace: Duration,
+}
+
+/// Runs the watchdog until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM"),
+            _ = int.recv() => log::info!("SIGINT"),
+        }
+    };
+    let cfg = Config {
+        runtimes: args.target.runtimes(),
+        address: args.target.address,
+        state_dir: args.target.state_dir,
+        interval: args.interval,
+        misses: args.misses,
+        journal: args.target.journal,
+        journal_max_bytes: DEFAULT_MAX_BYTES,
+        containerd_grace: args.containerd_grace,
+        delete_timeout: Duration::from_secs(10),
+    };
+    watchdog::run(cfg, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,489 @@
+//! Which shims serve tasks of the watched runtimes, read from containerd's runtime-v2 task
+//! bundles (`<state>/io.containerd.runtime.v2.task/<ns>/<id>/`) and, when it answers,
+//! containerd's API.
+//!
+//! A bundle holds `address` (the shim's socket), `config.json` (the OCI spec, with
+//! `linux.cgroupsPath`) and `shim-binary-path` (containerd 1.6.20+). sturdy adds
+//! `shim.pid` and `sturdy.json` (with its runc `root`); containerd's Go shim adds
+//! `options.json` (runc options, `root` without the namespace). Tasks with the same
+//! `address` share one shim: a pod's shim serves its sandbox and all its containers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::procfs::{self, ProcIdentity};
+
+/// containerd's runtime-v2 bundle directory below its state dir.
+pub const TASK_DIR: &str = "io.containerd.runtime.v2.task";
+/// runc root of containerd's Go shim when its options name none.
+pub const DEFAULT_RUNC_ROOT: &str = "/run/containerd/runc";
+
+/// One task, as its bundle describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// containerd namespace.
+    pub namespace: String,
+    /// Container id.
+    pub id: String,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// Runtime name (`io.containerd.sturdy.v2`), "" if unknown.
+    pub runtime: String,
+    /// runc root holding `<id>/state.json` (namespace included).
+    pub runc_root: Option<PathBuf>,
+    /// `linux.cgroupsPath` of the spec.
+    pub cgroups_path: Option<String>,
+    /// Shim binary containerd recorded (`shim-binary-path`).
+    pub shim_binary: Option<PathBuf>,
+    /// Shim socket address.
+    pub address: String,
+    /// Content of `shim.pid` (sturdy writes it for the task the shim was started for).
+    pub shim_pid: Option<i32>,
+}
+
+/// One shim process and the tasks it serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shim {
+    /// Socket address (`unix:///run/containerd/s/…`), the grouping key.
+    pub address: String,
+    /// Namespace it was started in.
+    pub namespace: String,
+    /// The id it was started for (`-id`; a pod's sandbox).
+    pub id: String,
+    /// Runtime name.
+    pub runtime: String,
+    /// The process, if one was found alive.
+    pub process: Option<ProcIdentity>,
+    /// containerd's gRPC address the shim was given (`-address`).
+    pub containerd_address: String,
+    /// containerd's binary the shim was given (`-publish-binary`), "" if none.
+    pub publish_binary: String,
+    /// Its tasks, the one it was started for first.
+    pub tasks: Vec<Task>,
+}
+
+impl Shim {
+    /// A stable id for its incidents: namespace, shim id, pid and start time.
+    pub fn incident_id(&self) -> String {
+        match &self.process {
+            Some(p) => format!("{}/{}@{}.{}", self.namespace, self.id, p.pid, p.start_time),
+            None => format!(
+                "{}/{}@dead.{}",
+                self.namespace,
+                self.id,
+                self.tasks.iter().find_map(|t| t.shim_pid).unwrap_or(0)
+            ),
+        }
+    }
+
+    /// The shim binary to run `delete` with: the recorded executable if it still exists,
+    /// else containerd's record, else `containerd-shim-<name>-<version>` on PATH.
+    pub fn binary(&self) -> PathBuf {
+        if let Some(p) = &self.process {
+            let path = procfs::live_path(&p.exe);
+            if path.is_file() {
+                return path;
+            }
+        }
+        if let Some(b) = self.tasks.iter().find_map(|t| t.shim_binary.clone()) {
+            if b.is_file() {
+                return b;
+            }
+        }
+        let name = binary_name(&self.runtime).unwrap_or_else(|| "containerd-shim".into());
+        find_on_path(&name).unwrap_or_else(|| PathBuf::from(name))
+    }
+}
+
+/// `io.containerd.sturdy.v2` → `containerd-shim-sturdy-v2`, the way containerd maps it.
+pub fn binary_name(runtime: &str) -> Option<String> {
+    let parts: Vec<&str> = runtime.split('.').collect();
+    if parts.len() < 2 {
+        return None;
+    }
+    let (name, version) = (parts[parts.len() - 2], parts[parts.len() - 1]);
+    Some(format!("containerd-shim-{name}-{version}"))
+}
+
+/// The inverse of [`binary_name`] for `containerd-shim-<name>-<version>` binaries.
+pub fn runtime_of_binary(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_str()?;
+    let rest = file.strip_prefix("containerd-shim-")?;
+    let (name, version) = rest.rsplit_once('-')?;
+    Some(format!("io.containerd.{name}.{version}"))
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Reads one bundle; `None` while it has no `address` (its shim is not started yet).
+pub fn read_bundle(dir: &Path, namespace: &str, id: &str) -> Option<Task> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let address = read("address")?.trim().to_string();
+    if address.is_empty() {
+        return None;
+    }
+    let mut task = Task {
+        namespace: namespace.into(),
+        id: id.into(),
+        bundle: dir.to_path_buf(),
+        address,
+        shim_pid: read("shim.pid").and_then(|s| s.trim().parse().ok()),
+        shim_binary: read("shim-binary-path")
+            .map(|s| PathBuf::from(s.trim()))
+            .filter(|p| !p.as_os_str().is_empty()),
+        ..Default::default()
+    };
+    if let Some(spec) = read("config.json") {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&spec) {
+            task.cgroups_path = v["linux"]["cgroupsPath"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(String::from);
+        }
+    }
+    if let Some(rec) = read("sturdy.json") {
+        // sturdy's record names the root with the namespace already in it.
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&rec) {
+            task.runc_root = v["root"].as_str().map(PathBuf::from);
+        }
+        task.runtime = "io.containerd.sturdy.v2".into();
+    } else if let Some(opts) = read("options.json") {
+        // The Go shim's runc options: it runs runc with `<root>/<namespace>`.
+        let root = serde_json::from_str::<serde_json::Value>(&opts)
+            .ok()
+            .and_then(|v| v["root"].as_str().map(String::from))
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| DEFAULT_RUNC_ROOT.into());
+        task.runc_root = Some(Path::new(&root).join(namespace));
+    }
+    if task.runtime.is_empty() {
+        task.runtime = task
+            .shim_binary
+            .as_deref()
+            .and_then(runtime_of_binary)
+            .unwrap_or_default();
+    }
+    if task.runc_root.is_none() && task.runtime == "io.containerd.runc.v2" {
+        task.runc_root = Some(Path::new(DEFAULT_RUNC_ROOT).join(namespace));
+    }
+    Some(task)
+}
+
+/// Every bundle with an address under `state_dir`.
+pub fn bundles(state_dir: &Path) -> Vec<Task> {
+    let base = state_dir.join(TASK_DIR);
+    let mut out = Vec::new();
+    for ns in dir_names(&base) {
+        for id in dir_names(&base.join(&ns)) {
+            if let Some(t) = read_bundle(&base.join(&ns).join(&id), &ns, &id) {
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// What discovery is told.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// containerd's state dir.
+    pub state_dir: PathBuf,
+    /// containerd's gRPC socket (shims were given it as `-address`).
+    pub containerd_address: String,
+    /// Runtime names to watch.
+    pub runtimes: Vec<String>,
+}
+
+/// A running shim process as its command line shows it.
+#[derive(Debug, Clone)]
+struct ShimProc {
+    pid: i32,
+    args: Vec<String>,
+}
+
+/// Shim daemons of this containerd, by (namespace, id): processes whose command line
+/// carries `-namespace`, `-id` and our `-address`, other than `start`/`delete` runs.
+fn shim_processes(containerd_address: &str) -> HashMap<(String, String), ShimProc> {
+    let mut out = HashMap::new();
+    for pid in procfs::pids() {
+        let args = procfs::cmdline(pid);
+        if !is_shim_daemon(&args, containerd_address) {
+            continue;
+        }
+        let (Some(ns), Some(id)) = (
+            procfs::flag(&args, "-namespace"),
+            procfs::flag(&args, "-id"),
+        ) else {
+            continue;
+        };
+        if procfs::alive(pid) {
+            out.insert((ns.to_string(), id.to_string()), ShimProc { pid, args });
+        }
+    }
+    out
+}
+
+/// Whether a command line is a shim daemon started by the containerd at `address`.
+pub fn is_shim_daemon(args: &[String], containerd_address: &str) -> bool {
+    let Some(bin) = args.first() else {
+        return false;
+    };
+    let bin_ok = Path::new(bin)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .is_some_and(|f| f.starts_with("containerd-shim"));
+    let action = args.last().map(String::as_str);
+    bin_ok
+        && !matches!(action, Some("start") | Some("delete"))
+        && procfs::flag(args, "-id").is_some()
+        && procfs::flag(args, "-address").is_some_and(|a| same_address(a, containerd_address))
+}
+
+fn same_address(a: &str, b: &str) -> bool {
+    let strip = |s: &str| s.trim_start_matches("unix://").to_string();
+    let (a, b) = (strip(a), strip(b));
+    a == b
+        || std::fs::canonicalize(&a)
+            .ok()
+            .zip(std::fs::canonicalize(&b).ok())
+            .is_some_and(|(x, y)| x == y)
+}
+
+/// Runtime names of containers, from containerd's API, by (namespace, id).
+pub type Runtimes = HashMap<(String, String), String>;
+
+/// The shims serving tasks of the watched runtimes, with their processes where alive.
+pub fn discover(scope: &Scope, api_runtimes: Option<&Runtimes>) -> Vec<Shim> {
+    let mut groups: BTreeMap<String, Vec<Task>> = BTreeMap::new();
+    for mut t in bundles(&scope.state_dir) {
+        if let Some(r) = api_runtimes.and_then(|m| m.get(&(t.namespace.clone(), t.id.clone()))) {
+            t.runtime = r.clone();
+        }
+        groups.entry(t.address.clone()).or_default().push(t);
+    }
+    let mut procs: Option<HashMap<(String, String), ShimProc>> = None;
+    let mut shims = Vec::new();
+    for (address, mut tasks) in groups {
+        let runtime = tasks
+            .iter()
+            .map(|t| t.runtime.clone())
+            .find(|r| !r.is_empty())
+            .unwrap_or_default();
+        if !scope.runtimes.contains(&runtime) {
+            continue;
+        }
+        for t in &mut tasks {
+            if t.runtime.is_empty() {
+                t.runtime = runtime.clone();
+            }
+        }
+        let found = find_process(scope, &tasks, &mut procs);
+        let (process, args) = match found {
+            Some((pid, args)) => match procfs::identity(pid) {
+                Ok(id) => (Some(id), args),
+                Err(_) => (None, Vec::new()),
+            },
+            None => (None, Vec::new()),
+        };
+        let shim_id = procfs::flag(&args, "-id")
+            .map(String::from)
+            .or_else(|| {
+                tasks
+                    .iter()
+                    .find(|t| t.shim_pid.is_some())
+                    .map(|t| t.id.clone())
+            })
+            .unwrap_or_else(|| tasks[0].id.clone());
+        // The task the shim was started for first: its delete is the last to run.
+        tasks.sort_by_key(|t| t.id != shim_id);
+        shims.push(Shim {
+            namespace: procfs::flag(&args, "-namespace")
+                .map(String::from)
+                .unwrap_or_else(|| tasks[0].namespace.clone()),
+            id: shim_id,
+            runtime,
+            process,
+            containerd_address: procfs::flag(&args, "-address")
+                .map(String::from)
+                .unwrap_or_else(|| scope.containerd_address.clone()),
+            publish_binary: procfs::flag(&args, "-publish-binary")
+                .unwrap_or_default()
+                .to_string(),
+            address,
+            tasks,
+        });
+    }
+    shims
+}
+
+fn find_process(
+    scope: &Scope,
+    tasks: &[Task],
+    procs: &mut Option<HashMap<(String, String), ShimProc>>,
+) -> Option<(i32, Vec<String>)> {
+    // sturdy's shim.pid first: no /proc walk needed.
+    for pid in tasks.iter().filter_map(|t| t.shim_pid) {
+        let args = procfs::cmdline(pid);
+        let ids_match =
+            procfs::flag(&args, "-id").is_some_and(|id| tasks.iter().any(|t| t.id == id));
+        if ids_match && is_shim_daemon(&args, &scope.containerd_address) && procfs::alive(pid) {
+            return Some((pid, args));
+        }
+    }
+    let procs = procs.get_or_insert_with(|| shim_processes(&scope.containerd_address));
+    tasks.iter().find_map(|t| {
+        procs
+            .get(&(t.namespace.clone(), t.id.clone()))
+            .map(|p| (p.pid, p.args.clone()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn runtime_binary_mapping() {
+        assert_eq!(
+            binary_name("io.containerd.sturdy.v2").as_deref(),
+            Some("containerd-shim-sturdy-v2")
+        );
+        assert_eq!(
+            binary_name("io.containerd.runc.v2").as_deref(),
+            Some("containerd-shim-runc-v2")
+        );
+        assert_eq!(binary_name("x"), None);
+        assert_eq!(
+            runtime_of_binary(Path::new("/usr/bin/containerd-shim-runc-v2")).as_deref(),
+            Some("io.containerd.runc.v2")
+        );
+    }
+
+    #[test]
+    fn sturdy_and_go_bundles_grouped_by_address() {
+        let state = tempfile::tempdir().unwrap();
+        let base = state.path().join(TASK_DIR).join("k8s.io");
+        let sandbox = base.join("pod1");
+        write(&sandbox, "address", "unix:///run/containerd/s/aaa\n");
+        write(&sandbox, "shim.pid", "4242");
+        write(
+            &sandbox,
+            "config.json",
+            r#"{"linux":{"cgroupsPath":"/kubepods/pod1"}}"#,
+        );
+        write(
+            &sandbox,
+            "sturdy.json",
+            r#"{"version":1,"id":"pod1","namespace":"k8s.io","runtime":"runc","root":"/r/k8s.io"}"#,
+        );
+        let ctr = base.join("ctr1");
+        write(&ctr, "address", "unix:///run/containerd/s/aaa");
+        write(&ctr, "sturdy.json", r#"{"root":"/r/k8s.io"}"#);
+        let go = base.join("go1");
+        write(&go, "address", "unix:///run/containerd/s/bbb");
+        write(&go, "options.json", r#"{"root":"/custom/runc"}"#);
+        write(&go, "shim-binary-path", "/usr/bin/containerd-shim-runc-v2");
+        let go_default = base.join("go2");
+        write(&go_default, "address", "unix:///run/containerd/s/ccc");
+        write(&go_default, "options.json", "{}");
+        write(
+            &go_default,
+            "shim-binary-path",
+            "/usr/bin/containerd-shim-runc-v2",
+        );
+        // Not started yet: no address.
+        write(&base.join("starting"), "config.json", "{}");
+
+        let tasks = bundles(state.path());
+        assert_eq!(tasks.len(), 4);
+        let pod = tasks.iter().find(|t| t.id == "pod1").unwrap();
+        assert_eq!(pod.shim_pid, Some(4242));
+        assert_eq!(pod.cgroups_path.as_deref(), Some("/kubepods/pod1"));
+        assert_eq!(pod.runc_root.as_deref(), Some(Path::new("/r/k8s.io")));
+        assert_eq!(pod.runtime, "io.containerd.sturdy.v2");
+        let go = tasks.iter().find(|t| t.id == "go1").unwrap();
+        assert_eq!(go.runtime, "io.containerd.runc.v2");
+        assert_eq!(
+            go.runc_root.as_deref(),
+            Some(Path::new("/custom/runc/k8s.io"))
+        );
+        let go2 = tasks.iter().find(|t| t.id == "go2").unwrap();
+        assert_eq!(
+            go2.runc_root.as_deref(),
+            Some(Path::new("/run/containerd/runc/k8s.io"))
+        );
+
+        let scope = Scope {
+            state_dir: state.path().into(),
+            containerd_address: "/nonexistent/containerd.sock".into(),
+            runtimes: vec!["io.containerd.sturdy.v2".into()],
+        };
+        let shims = discover(&scope, None);
+        assert_eq!(shims.len(), 1, "{shims:?}");
+        let s = &shims[0];
+        assert_eq!(s.address, "unix:///run/containerd/s/aaa");
+        assert_eq!(s.id, "pod1", "the shim.pid holder is the shim's own id");
+        assert_eq!(s.tasks[0].id, "pod1");
+        assert_eq!(s.tasks.len(), 2);
+        assert!(
+            s.process.is_none(),
+            "pid 4242 is no shim of this containerd"
+        );
+        assert_eq!(s.incident_id(), "k8s.io/pod1@dead.4242");
+
+        // The API's runtime names win over what the bundle suggests.
+        let mut api = Runtimes::new();
+        api.insert(
+            ("k8s.io".into(), "go1".into()),
+            "io.containerd.runc.v2".into(),
+        );
+        let scope = Scope {
+            runtimes: vec![
+                "io.containerd.sturdy.v2".into(),
+                "io.containerd.runc.v2".into(),
+            ],
+            ..scope
+        };
+        assert_eq!(discover(&scope, Some(&api)).len(), 3);
+    }
+
+    #[test]
+    fn shim_daemon_command_lines() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let daemon = args("/x/containerd-shim-sturdy-v2 -namespace k8s.io -id p -address /c.sock -publish-binary /usr/bin/containerd -socket unix:///s -debug");
+        assert!(is_shim_daemon(&daemon, "/c.sock"));
+        assert!(is_shim_daemon(&daemon, "unix:///c.sock"));
+        assert!(!is_shim_daemon(&daemon, "/other.sock"));
+        let start =
+            args("/x/containerd-shim-runc-v2 -namespace k8s.io -id p -address /c.sock start");
+        assert!(!is_shim_daemon(&start, "/c.sock"));
+        let other = args("/bin/sleep -id p -address /c.sock");
+        assert!(!is_shim_daemon(&other, "/c.sock"));
+    }
+}

@@ -1,0 +1,16 @@
+//! sturdyctl's library: the containerd-side shim watchdog and what it is built from, so
+//! tests can drive each piece on its own.
+
+#![warn(missing_docs)]
+
+pub mod containerd;
+pub mod discovery;
+pub mod health;
+pub mod journal;
+pub mod logger;
+pub mod pidfd;
+pub mod probe;
+pub mod procfs;
+pub mod recovery;
+pub mod units;
+pub mod watchdog;

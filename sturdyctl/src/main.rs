@@ -1,0 +1,50 @@
+//! `sturdyctl`: operator tool for sturdy. One module per subcommand under `cmd/`.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Operator tool for the sturdy containerd shim.
+#[derive(Debug, Parser)]
+#[command(name = "sturdyctl", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Watch containerd's shims; recover the pods of dead or hung ones (foreground).
+    Watchdog(cmd::watchdog::Args),
+    /// List the shims the watchdog would watch and its recent incidents.
+    Status(cmd::status::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    sturdyctl::logger::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sturdyctl: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Watchdog(args) => cmd::watchdog::run(args).await,
+            Command::Status(args) => cmd::status::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sturdyctl: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! Recovering the pod of a dead or hung shim: kill the shim (if hung), kill every process
+//! in its containers' cgroups, run the shim binary's `delete` for each container, and make
+//! sure containerd learned the exits. Each step is journalled with its duration.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::Message;
+use runc_client::cgroup::{CgroupSet, RuncStateFile};
+use tokio::sync::Notify;
+
+use crate::containerd::Api;
+use crate::discovery::{Shim, Task};
+use crate::journal::{now_ms, Entry, Journal, Phase};
+use crate::pidfd::Pidfd;
+use crate::probe;
+
+/// How long the kill of a container's cgroups may take before survivors are reported.
+pub const CGROUP_KILL_LIMIT: Duration = Duration::from_secs(2);
+
+/// Why a shim is being recovered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// Its pidfd reported its exit while its containers still had state.
+    Dead,
+    /// It missed this many probes in a row.
+    Hung {
+        /// Consecutive misses.
+        misses: u32,
+        /// How long it had not answered.
+        silent_for: Duration,
+    },
+    /// Found dead with leftovers by discovery (e.g. it died while no watchdog ran).
+    DeadAtDiscovery,
+    /// An incident a previous watchdog journalled as started but not finished.
+    Resumed {
+        /// The original reason.
+        original: String,
+    },
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Dead => write!(f, "dead"),
+            Reason::Hung { misses, silent_for } => write!(
+                f,
+                "hung: {misses} probes unanswered for {:.1} s",
+                silent_for.as_secs_f64()
+            ),
+            Reason::DeadAtDiscovery => write!(f, "dead at discovery"),
+            Reason::Resumed { original } => write!(f, "resumed after restart ({original})"),
+        }
+    }
+}
+
+/// Task exits and deletes containerd announced, so a recovery can tell whether containerd
+/// learned of its tasks' ends by itself.
+#[derive(Debug, Default)]
+pub struct SeenExits {
+    seen: Mutex<HashMap<(String, String), Instant>>,
+    notify: Notify,
+}
+
+impl SeenExits {
+    /// Records an exit or delete of `id` in `ns`.
+    pub fn record(&self, ns: &str, id: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        seen.retain(|_, at| now.duration_since(*at) < Duration::from_secs(600));
+        seen.insert((ns.to_string(), id.to_string()), now);
+        drop(seen);
+        self.notify.notify_waiters();
+    }
+
+    fn seen_since(&self, ns: &str, id: &str, since: Instant) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ns.to_string(), id.to_string()))
+            .is_some_and(|at| *at >= since)
+    }
+
+    /// Waits until every one of `ids` was seen since `since`, or until `until`; returns
+    /// those not seen.
+    pub async fn wait_all(
+        &self,
+        ns: &str,
+        ids: &[String],
+        since: Instant,
+        until: Instant,
+    ) -> Vec<String> {
+        loop {
+            let notified = self.notify.notified();
+            let missing: Vec<String> = ids
+                .iter()
+                .filter(|id| !self.seen_since(ns, id, since))
+                .cloned()
+                .collect();
+            if missing.is_empty() || Instant::now() >= until {
+                return missing;
+            }
+            let _ = tokio::time::timeout_at(until.into(), notified).await;
+        }
+    }
+}
+
+/// What recovery needs besides the shim.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// containerd's API.
+    pub api: Arc<Api>,
+    /// The incident journal.
+    pub journal: Arc<Journal>,
+    /// Exits containerd announced.
+    pub seen: Arc<SeenExits>,
+    /// How long containerd gets, from the shim's death, to announce the exits itself.
+    pub containerd_grace: Duration,
+    /// Deadline of one shim `delete` run.
+    pub delete_timeout: Duration,
+    /// Probe deadline (used when a resumed incident's shim is still alive).
+    pub probe_deadline: Duration,
+}
+
+/// How a recovery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The shim exited after its containers were gone: nothing to recover.
+    CleanExit,
+    /// Recovered (ok is whether every step succeeded).
+    Recovered {
+        /// Every step succeeded.
+        ok: bool,
+    },
+    /// A resumed incident whose shim answers again: nothing done.
+    Abandoned,
+}
+
+struct Incident<'a> {
+    ctx: &'a Context,
+    id: String,
+    ok: bool,
+}
+
+impl Incident<'_> {
+    async fn journal(&self, phase: Phase) {
+        let entry = Entry {
+            at_ms: now_ms(),
+            incident: self.id.clone(),
+            phase,
+        };
+        let journal = self.ctx.journal.clone();
+        let res = tokio::task::spawn_blocking(move || journal.append(&entry)).await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::error!("incident {}: {e}", self.id),
+            Err(e) => log::error!("incident {}: journal task failed: {e}", self.id),
+        }
+    }
+
+    async fn step(&mut self, step: String, ok: bool, took: Duration, detail: String) {
+        if ok {
+            log::info!(
+                "incident {}: {step}: {detail} ({} ms)",
+                self.id,
+                took.as_millis()
+            );
+        } else {
+            log::error!(
+                "incident {}: {step} FAILED: {detail} ({} ms)",
+                self.id,
+                took.as_millis()
+            );
+            self.ok = false;
+        }
+        self.journal(Phase::Step {
+            step,
+            ok,
+            ms: took.as_millis() as u64,
+            detail,
+        })
+        .await;
+    }
+}
+
+/// Whether any of the shim's containers still has runc state or live processes: a shim
+/// that exits normally does so only after its containers were deleted.
+pub fn has_leftovers(shim: &Shim) -> bool {
+    shim.tasks.iter().any(|t| {
+        let state = t
+            .runc_root
+            .as_deref()
+            .map(|root| matches!(RuncStateFile::load(root, &t.id), Ok(Some(_))))
+            .unwrap_or(false);
+        state || !cgroups_of(t).pids().is_empty()
+    })
+}
+
+/// A container's cgroups: runc's record first, the spec's cgroupsPath as a second source.
+pub fn cgroups_of(task: &Task) -> CgroupSet {
+    let mut set = CgroupSet::default();
+    if let Some(root) = task.runc_root.as_deref() {
+        match RuncStateFile::load(root, &task.id) {
+            Ok(Some(state)) => set.merge(state.cgroups()),
+            Ok(None) => {}
+            Err(e) => log::warn!(
+                "{}/{}: runc state in {}: {e}",
+                task.namespace,
+                task.id,
+                root.display()
+            ),
+        }
+    }
+    if let Some(path) = task.cgroups_path.as_deref() {
+        // An empty or root path would name every process of the hierarchy.
+        if runc_client::cgroup::relative_path(path)
+            .components()
+            .next()
+            .is_some()
+        {
+            match CgroupSet::from_cgroups_path(path) {
+                Ok(s) => set.merge(s),
+                Err(e) => log::warn!("{}/{}: cgroups of {path}: {e}", task.namespace, task.id),
+            }
+        }
+    }
+    set
+}
+
+/// Kills every process of every container of the shim through their cgroups (blocking).
+pub fn kill_cgroups(tasks: &[Task]) -> (bool, String) {
+    let mut killed = 0;
+    let mut survivors = Vec::new();
+    let mut dirs = 0;
+    for t in tasks {
+        let set = cgroups_of(t);
+        dirs += set.dirs().count();
+        if set.is_empty() {
+            continue;
+        }
+        let report = set.kill_all(CGROUP_KILL_LIMIT);
+        killed += report.killed.len();
+        survivors.extend(report.survivors);
+    }
+    let detail = format!(
+        "{killed} processes killed in {dirs} cgroup dirs of {} containers{}",
+        tasks.len(),
+        if survivors.is_empty() {
+            String::new()
+        } else {
+            format!("; SURVIVORS {survivors:?}")
+        }
+    );
+    (survivors.is_empty(), detail)
+}
+
+/// Removes a dead shim's socket file if nothing listens on it any more.
+pub fn remove_stale_socket(address: &str) -> (bool, String) {
+    let path = probe::socket_path(address);
+    if path.starts_with('\0') {
+        return (true, "abstract socket: nothing to remove".into());
+    }
+    match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(_) => (true, format!("{path}: something listens there again; kept")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (true, format!("{path}: already gone"))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            match std::fs::remove_file(&path) {
+                Ok(()) => (true, format!("{path}: removed")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (true, format!("{path}: already gone"))
+                }
+                Err(e) => (false, format!("{path}: remove: {e}")),
+            }
+        }
+        Err(e) => (false, format!("{path}: connect: {e}; kept")),
+    }
+}
+
+/// What one shim `delete` run returned.
+#[derive(Debug, Clone, Default)]
+pub struct Deleted {
+    /// Init pid from the DeleteResponse.
+    pub pid: u32,
+    /// Exit status from the DeleteResponse.
+    pub exit_status: u32,
+    /// Exit time from the DeleteResponse.
+    pub exited_at: Option<SystemTime>,
+}
+
+/// Runs `<shim> … -id ID -bundle B delete` in the bundle, under a deadline.
+pub async fn run_delete(shim: &Shim, task: &Task, deadline: Duration) -> Result<Deleted, String> {
+    let binary = shim.binary();
+    let mut cmd = tokio::process::Command::new(&binary);
+    cmd.args(["-namespace", &task.namespace])
+        .args(["-address", &shim.containerd_address])
+        .args(["-publish-binary", &shim.publish_binary])
+        .args(["-id", &task.id])
+        .arg("-bundle")
+        .arg(&task.bundle)
+        .arg("delete")
+        .current_dir(&task.bundle)
+        .env("NAMESPACE", &task.namespace)
+        .env("GRPC_ADDRESS", &shim.containerd_address)
+        .env(
+            "TTRPC_ADDRESS",
+            format!("{}.ttrpc", shim.containerd_address),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("{} delete: spawn: {e}", binary.display()))?;
+    let out = tokio::time::timeout(deadline, child.wait_with_output())
+        .await
+        .map_err(|_| format!("{} delete: no exit within {deadline:?}", binary.display()))?
+        .map_err(|e| format!("{} delete: {e}", binary.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = stderr.trim();
+    if !out.status.success() {
+        return Err(format!(
+            "{} delete exited with {}: {stderr}",
+            binary.display(),
+            out.status
+        ));
+    }
+    if !stderr.is_empty() {
+        log::info!("{}/{}: delete said: {stderr}", task.namespace, task.id);
+    }
+    let resp = DeleteResponse::parse_from_bytes(&out.stdout).map_err(|e| {
+        format!(
+            "{} delete: undecodable DeleteResponse: {e}",
+            binary.display()
+        )
+    })?;
+    Ok(Deleted {
+        pid: resp.pid,
+        exit_status: resp.exit_status,
+        exited_at: resp
+            .exited_at
+            .as_ref()
+            .map(|t| UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)),
+    })
+}
+
+/// Recovers `shim`. `since` is when it died or was found hung; `pidfd` names the shim
+/// process when one is known.
+pub async fn recover(
+    ctx: &Context,
+    shim: Shim,
+    reason: Reason,
+    pidfd: Option<Arc<Pidfd>>,
+    since: Instant,
+) -> Outcome {
+    let id = shim.incident_id();
+    if reason == Reason::Dead && !has_leftovers(&shim) {
+        log::debug!("shim {id} exited after its containers were deleted");
+        return Outcome::CleanExit;
+    }
+    log::warn!(
+        "incident {id}: shim {} ({}) serving {} containers: {reason}",
+        shim.address,
+        shim.runtime,
+        shim.tasks.len()
+    );
+    let mut inc = Incident {
+        ctx,
+        id: id.clone(),
+        ok: true,
+    };
+    if !matches!(reason, Reason::Resumed { .. }) {
+        inc.journal(Phase::Started {
+            reason: reason.to_string(),
+            shim: shim.clone(),
+        })
+        .await;
+    }
+
+    // A resumed incident's shim may be alive: finish only if it still does not answer.
+    let mut pidfd = pidfd;
+    if pidfd.is_none() {
+        if let Some(p) = &shim.process {
+            pidfd = Pidfd::open(p).ok().map(Arc::new);
+        }
+    }
+    if let (Reason::Resumed { .. }, Some(fd)) = (&reason, &pidfd) {
+        if !fd.exited() {
+            let outcome = probe::probe(&shim.address, &shim.id, ctx.probe_deadline).await;
+            if outcome.answered() {
+                inc.step(
+                    "probe".into(),
+                    true,
+                    Duration::ZERO,
+                    format!("shim answers again ({outcome:?}): nothing to do"),
+                )
+                .await;
+                inc.journal(Phase::Finished {
+                    ok: true,
+                    total_ms: since.elapsed().as_millis() as u64,
+                    summary: "abandoned: the shim answers".into(),
+                })
+                .await;
+                return Outcome::Abandoned;
+            }
+        }
+    }
+    if let Some(fd) = &pidfd {
+        if !fd.exited() {
+            let t = Instant::now();
+            let res = fd.signal(libc::SIGKILL);
+            let waited = tokio::time::timeout(Duration::from_secs(2), fd.wait_exit()).await;
+            let (ok, detail) = match (res, waited) {
+                (Ok(()), Ok(Ok(()))) => (
+                    true,
+                    format!(
+                        "SIGKILL to pid {} through its pidfd; it exited",
+                        fd.identity().pid
+                    ),
+                ),
+                (Ok(()), Ok(Err(e))) => (false, format!("SIGKILL sent; waiting for the exit: {e}")),
+                (Ok(()), Err(_)) => (false, "SIGKILL sent; no exit within 2 s".into()),
+                (Err(e), _) => (false, format!("SIGKILL: {e}")),
+            };
+            inc.step("kill shim".into(), ok, t.elapsed(), detail).await;
+        }
+    }
+
+    let t = Instant::now();
+    let tasks = shim.tasks.clone();
+    let (ok, detail) = match tokio::task::spawn_blocking(move || kill_cgroups(&tasks)).await {
+        Ok(r) => r,
+        Err(e) => (false, format!("cgroup kill task failed: {e}")),
+    };
+    let detail = format!(
+        "{detail}; {} ms after the {}",
+        since.elapsed().as_millis(),
+        if matches!(reason, Reason::Hung { .. }) {
+            "verdict"
+        } else {
+            "death"
+        }
+    );
+    inc.step("kill cgroups".into(), ok, t.elapsed(), detail)
+        .await;
+
+    // All at once: containerd's own dead-shim cleanup runs the same deletes as soon as it
+    // sees the connection close, and removes each bundle after; whoever comes first does it.
+    let mut deletes = tokio::task::JoinSet::new();
+    for task in shim.tasks.iter().cloned() {
+        let (shim, timeout) = (shim.clone(), ctx.delete_timeout);
+        deletes.spawn(async move {
+            let t = Instant::now();
+            let res = if task.bundle.exists() {
+                run_delete(&shim, &task, timeout).await.map(Some)
+            } else {
+                Ok(None)
+            };
+            (task.id, res, t.elapsed())
+        });
+    }
+    let mut deleted: HashMap<String, Deleted> = HashMap::new();
+    while let Some(joined) = deletes.join_next().await {
+        let Ok((id, res, took)) = joined else {
+            inc.step(
+                "delete".into(),
+                false,
+                Duration::ZERO,
+                "delete task failed".into(),
+            )
+            .await;
+            continue;
+        };
+        let step = format!("delete {id}");
+        match res {
+            Ok(Some(d)) => {
+                let detail = format!("ran: pid {} exit status {}", d.pid, d.exit_status);
+                deleted.insert(id, d);
+                inc.step(step, true, took, detail).await;
+            }
+            Ok(None) => {
+                let detail = "bundle already gone: containerd's dead-shim cleanup ran the \
+                              shim's delete first"
+                    .to_string();
+                inc.step(step, true, took, detail).await;
+            }
+            Err(e) => inc.step(step, false, took, e).await,
+        }
+    }
+
+    // A killed shim never removes its socket, and containerd 1.6 leaves it for the Go shim.
+    let t = Instant::now();
+    let (ok, detail) = remove_stale_socket(&shim.address);
+    inc.step("remove socket".into(), ok, t.elapsed(), detail)
+        .await;
+
+    let t = Instant::now();
+    let (ok, detail) = confirm_containerd(ctx, &shim, since, &deleted).await;
+    inc.step("containerd".into(), ok, t.elapsed(), detail).await;
+
+    let total = since.elapsed();
+    let summary = format!(
+        "{} containers of shim {} recovered{}",
+        shim.tasks.len(),
+        shim.address,
+        if inc.ok { "" } else { " with errors" }
+    );
+    log::warn!(
+        "incident {id}: finished in {} ms: {summary}",
+        total.as_millis()
+    );
+    let ok = inc.ok;
+    inc.journal(Phase::Finished {
+        ok,
+        total_ms: total.as_millis() as u64,
+        summary,
+    })
+    .await;
+    Outcome::Recovered { ok }
+}
+
+/// Waits for containerd to announce the tasks' exits by itself (its dead-shim cleanup),
+/// and announces the missing ones in its place once the grace has passed.
+async fn confirm_containerd(
+    ctx: &Context,
+    shim: &Shim,
+    since: Instant,
+    deleted: &HashMap<String, Deleted>,
+) -> (bool, String) {
+    let ids: Vec<String> = shim.tasks.iter().map(|t| t.id.clone()).collect();
+    let ns = shim.namespace.as_str();
+    let missing = ctx
+        .seen
+        .wait_all(ns, &ids, since, since + ctx.containerd_grace)
+        .await;
+    if missing.is_empty() {
+        return (
+            true,
+            format!(
+                "containerd announced every exit within {} ms of the shim's end",
+                since.elapsed().as_millis()
+            ),
+        );
+    }
+    let mut notes = Vec::new();
+    let mut ok = true;
+    for id in &missing {
+        let status = ctx.api.task_status(ns, id).await;
+        if let Ok(None) = status {
+            if !shim.tasks.iter().any(|t| t.id == *id && t.bundle.exists()) {
+                notes.push(format!("{id}: gone from containerd"));
+                continue;
+            }
+        }
+        let d = deleted.get(id).cloned().unwrap_or_default();
+        let exited_at = d.exited_at.unwrap_or_else(SystemTime::now);
+        let exit_status = if deleted.contains_key(id) {
+            d.exit_status
+        } else {
+            137
+        };
+        match ctx
+            .api
+            .publish_exit(ns, id, d.pid, exit_status, exited_at)
+            .await
+        {
+            Ok(()) => notes.push(format!("{id}: TaskExit published (status was {status:?})")),
+            Err(e) => {
+                ok = false;
+                notes.push(format!("{id}: publishing TaskExit: {e}"));
+            }
+        }
+        match ctx.api.delete_task(ns, id).await {
+            Ok(()) => notes.push(format!("{id}: task deleted")),
+            Err(e) => {
+                // A dead shim's task delete reports the closed connection after
+                // containerd removed the task: check before calling it a failure.
+                match ctx.api.task_status(ns, id).await {
+                    Ok(None) => notes.push(format!("{id}: task delete said {e}; task gone")),
+                    other => {
+                        ok = false;
+                        notes.push(format!("{id}: task delete: {e}; status now {other:?}"));
+                    }
+                }
+            }
+        }
+    }
+    (
+        ok,
+        format!(
+            "containerd did not announce {} of {} exits within {:?}: {}",
+            missing.len(),
+            ids.len(),
+            ctx.containerd_grace,
+            notes.join("; ")
+        ),
+    )
+}

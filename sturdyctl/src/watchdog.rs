@@ -1,0 +1,575 @@
+//! The watchdog loop: rescan every interval (and on containerd's task events), watch each
+//! shim's pidfd for its death and probe it for hangs, and recover what died or hung.
+//!
+//! It keeps no state of its own besides the journal: a restarted watchdog rediscovers every
+//! shim, recovers bundles whose shim died meanwhile, and finishes incidents the journal
+//! shows as started but not finished.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::MissedTickBehavior;
+
+use crate::containerd::{event_container_id, Api};
+use crate::discovery::{self, Runtimes, Scope, Shim};
+use crate::health::{Health, ProbeResult, Verdict};
+use crate::journal::{Journal, JournalError};
+use crate::pidfd::Pidfd;
+use crate::probe::{self, Outcome as Probe};
+use crate::procfs::ProcIdentity;
+use crate::recovery::{self, Context, Reason, SeenExits};
+
+/// Watchdog settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// containerd's gRPC socket.
+    pub address: PathBuf,
+    /// containerd's state dir.
+    pub state_dir: PathBuf,
+    /// Runtime names whose shims are watched.
+    pub runtimes: Vec<String>,
+    /// Probe (and rescan) interval; also each probe's deadline.
+    pub interval: Duration,
+    /// Consecutive unanswered probes that make a shim hung.
+    pub misses: u32,
+    /// The incident journal.
+    pub journal: PathBuf,
+    /// Bound of the journal file.
+    pub journal_max_bytes: u64,
+    /// How long containerd gets to announce a dead shim's task exits itself.
+    pub containerd_grace: Duration,
+    /// Deadline of one shim `delete`.
+    pub delete_timeout: Duration,
+}
+
+/// Why the watchdog could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchdogError {
+    /// The journal could not be locked or read.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+enum Msg {
+    /// A watcher saw its shim exit, or found it hung.
+    Verdict {
+        address: String,
+        reason: Reason,
+        pidfd: Arc<Pidfd>,
+        since: Instant,
+    },
+    /// A task event: rescan soon.
+    Rescan,
+}
+
+struct Watched {
+    identity: ProcIdentity,
+    shim: watch::Sender<Shim>,
+    task: JoinHandle<()>,
+}
+
+/// Runs the watchdog until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), WatchdogError> {
+    let journal = Arc::new(Journal::new(&cfg.journal, cfg.journal_max_bytes));
+    journal.lock_exclusive()?;
+    let api = Arc::new(Api::new(&cfg.address));
+    let seen = Arc::new(SeenExits::default());
+    let ctx = Context {
+        api: api.clone(),
+        journal: journal.clone(),
+        seen: seen.clone(),
+        containerd_grace: cfg.containerd_grace,
+        delete_timeout: cfg.delete_timeout,
+        probe_deadline: cfg.interval,
+    };
+    let scope = Scope {
+        state_dir: cfg.state_dir.clone(),
+        containerd_address: cfg.address.to_string_lossy().into_owned(),
+        runtimes: cfg.runtimes.clone(),
+    };
+    log::info!(
+        "watching shims of {:?} for containerd {} (state {}), probe every {:?}, hung after {} misses, journal {}",
+        cfg.runtimes,
+        cfg.address.display(),
+        cfg.state_dir.display(),
+        cfg.interval,
+        cfg.misses,
+        cfg.journal.display()
+    );
+
+    let (tx, mut rx) = mpsc::channel::<Msg>(256);
+    let events = tokio::spawn(follow_events(api.clone(), seen.clone(), tx.clone()));
+    let runtimes = Arc::new(std::sync::Mutex::new(None));
+    let refresher = tokio::spawn(refresh_runtimes(
+        api.clone(),
+        runtimes.clone(),
+        cfg.interval,
+    ));
+    let mut state = State {
+        cfg: cfg.clone(),
+        scope,
+        ctx,
+        tx,
+        watched: HashMap::new(),
+        recovering: HashSet::new(),
+        done: HashSet::new(),
+        dead_seen: HashSet::new(),
+        recoveries: JoinSet::new(),
+        runtimes,
+    };
+    state.resume_unfinished().await?;
+
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        // Verdicts first: a recovery must never wait behind a rescan.
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(msg) = rx.recv() => match msg {
+                Msg::Verdict { address, reason, pidfd, since } => {
+                    state.start_recovery(address, reason, Some(pidfd), since).await;
+                }
+                Msg::Rescan => {
+                    // Coalesce a burst of events into one rescan.
+                    while let Ok(Msg::Rescan) = rx.try_recv() {}
+                    state.rescan().await;
+                }
+            },
+            Some(res) = state.recoveries.join_next(), if !state.recoveries.is_empty() => {
+                state.recovery_done(res);
+            }
+            _ = ticker.tick() => state.rescan().await,
+        }
+    }
+    log::info!("shutting down");
+    events.abort();
+    refresher.abort();
+    for (_, w) in state.watched.drain() {
+        w.task.abort();
+    }
+    // Recoveries in flight finish (they are bounded); a second signal is not awaited:
+    // the journal lets the next watchdog finish what remains.
+    let drain = async {
+        while let Some(res) = state.recoveries.join_next().await {
+            state.recovery_done(res);
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(20), drain)
+        .await
+        .is_err()
+    {
+        log::warn!("recoveries still running at exit: the next start finishes them");
+    }
+    Ok(())
+}
+
+struct State {
+    cfg: Config,
+    scope: Scope,
+    ctx: Context,
+    tx: mpsc::Sender<Msg>,
+    watched: HashMap<String, Watched>,
+    recovering: HashSet<String>,
+    /// Incidents recovered or found finished in the journal: never redone.
+    done: HashSet<String>,
+    /// Shims found dead (and unrecovered) by the previous scan.
+    dead_seen: HashSet<String>,
+    recoveries: JoinSet<(String, String, recovery::Outcome)>,
+    /// containerd's runtime names, as last listed (None while it does not answer).
+    runtimes: Arc<std::sync::Mutex<Option<Runtimes>>>,
+}
+
+impl State {
+    async fn resume_unfinished(&mut self) -> Result<(), WatchdogError> {
+        let journal = self.ctx.journal.clone();
+        let incidents = tokio::task::spawn_blocking(move || journal.incidents())
+            .await
+            .map_err(|e| JournalError::Io {
+                path: self.cfg.journal.clone(),
+                op: "read",
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        for inc in incidents {
+            if inc.finished() {
+                self.done.insert(inc.id.clone());
+                continue;
+            }
+            let Some((reason, shim)) = inc.started() else {
+                continue;
+            };
+            log::warn!("incident {}: started by an earlier watchdog ({reason}), not finished: finishing it", inc.id);
+            self.spawn_recovery(
+                shim.clone(),
+                Reason::Resumed {
+                    original: reason.to_string(),
+                },
+                None,
+                Instant::now(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn rescan(&mut self) {
+        let runtimes = self
+            .runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let scope = self.scope.clone();
+        let shims = match tokio::task::spawn_blocking(move || {
+            discovery::discover(&scope, runtimes.as_ref())
+        })
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("discovery failed: {e}");
+                return;
+            }
+        };
+        let present: HashSet<String> = shims.iter().map(|s| s.address.clone()).collect();
+        let mut dead_now = HashSet::new();
+        for shim in shims {
+            if self.recovering.contains(&shim.address) {
+                continue;
+            }
+            match shim.process.clone() {
+                Some(identity) => self.watch(shim, identity),
+                None => {
+                    if let Some(w) = self.watched.get(&shim.address) {
+                        // Its watcher's pidfd tells a death; keep the tasks current.
+                        w.shim.send_if_modified(|s| merge_tasks(s, &shim));
+                        continue;
+                    }
+                    self.found_dead(shim, &mut dead_now).await;
+                }
+            }
+        }
+        self.dead_seen = dead_now;
+        // Bundles gone: containerd is done with that shim.
+        self.watched.retain(|address, w| {
+            // A finished watcher's verdict is still on its way to the loop: keep it for that.
+            let keep = present.contains(address) || w.task.is_finished();
+            if !keep {
+                log::debug!("shim {address}: its bundles are gone; no longer watched");
+                w.task.abort();
+            }
+            keep
+        });
+    }
+
+    fn watch(&mut self, shim: Shim, identity: ProcIdentity) {
+        if let Some(w) = self.watched.get(&shim.address) {
+            if w.identity == identity {
+                // A finished watcher has sent its verdict, which is on its way: keep it.
+                w.shim.send_if_modified(|s| merge_tasks(s, &shim));
+                return;
+            }
+            w.task.abort();
+        }
+        let pidfd = match Pidfd::open(&identity) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                // Died between discovery and here: the next scan finds it dead.
+                log::info!("shim {} (pid {}): {e}", shim.address, identity.pid);
+                self.watched.remove(&shim.address);
+                return;
+            }
+        };
+        log::info!(
+            "watching shim {} pid {} ({}, {} containers: {})",
+            shim.address,
+            identity.pid,
+            shim.runtime,
+            shim.tasks.len(),
+            shim.tasks
+                .iter()
+                .map(|t| t.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let address = shim.address.clone();
+        let (shim_tx, shim_rx) = watch::channel(shim);
+        let task = tokio::spawn(watch_shim(
+            shim_rx,
+            pidfd,
+            self.cfg.interval,
+            self.cfg.misses,
+            self.tx.clone(),
+        ));
+        self.watched.insert(
+            address,
+            Watched {
+                identity,
+                shim: shim_tx,
+                task,
+            },
+        );
+    }
+
+    async fn found_dead(&mut self, shim: Shim, dead_now: &mut HashSet<String>) {
+        let id = shim.incident_id();
+        if self.done.contains(&id) {
+            return;
+        }
+        // A shim that is starting or exiting normally has no live socket for a moment:
+        // act only on one that refuses connections with containers left, twice in a row.
+        let leftovers = {
+            let s = shim.clone();
+            tokio::task::spawn_blocking(move || recovery::has_leftovers(&s))
+                .await
+                .unwrap_or(false)
+        };
+        if !leftovers {
+            return;
+        }
+        match probe::probe(&shim.address, &shim.id, self.cfg.interval).await {
+            Probe::Refused(why) => {
+                if self.dead_seen.contains(&shim.address) {
+                    log::warn!(
+                        "shim {} is gone ({why}) but its containers are not",
+                        shim.address
+                    );
+                    self.spawn_recovery(shim, Reason::DeadAtDiscovery, None, Instant::now());
+                } else {
+                    dead_now.insert(shim.address.clone());
+                }
+            }
+            other => log::debug!(
+                "shim {}: no process found but its socket gave {other:?}",
+                shim.address
+            ),
+        }
+    }
+
+    async fn start_recovery(
+        &mut self,
+        address: String,
+        reason: Reason,
+        pidfd: Option<Arc<Pidfd>>,
+        since: Instant,
+    ) {
+        let Some(w) = self.watched.remove(&address) else {
+            return;
+        };
+        w.task.abort();
+        let mut shim = w.shim.borrow().clone();
+        // Containers added since the last scan share the address: include them.
+        let scope = self.scope.clone();
+        let fresh = tokio::task::spawn_blocking(move || discovery::bundles(&scope.state_dir))
+            .await
+            .unwrap_or_default();
+        for t in fresh.into_iter().filter(|t| t.address == address) {
+            if !shim
+                .tasks
+                .iter()
+                .any(|x| x.id == t.id && x.namespace == t.namespace)
+            {
+                let mut t = t;
+                if t.runtime.is_empty() {
+                    t.runtime = shim.runtime.clone();
+                }
+                shim.tasks.push(t);
+            }
+        }
+        self.spawn_recovery(shim, reason, pidfd, since);
+    }
+
+    fn spawn_recovery(
+        &mut self,
+        shim: Shim,
+        reason: Reason,
+        pidfd: Option<Arc<Pidfd>>,
+        since: Instant,
+    ) {
+        let id = shim.incident_id();
+        if self.done.contains(&id) || !self.recovering.insert(shim.address.clone()) {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        let address = shim.address.clone();
+        self.recoveries.spawn(async move {
+            let outcome = recovery::recover(&ctx, shim, reason, pidfd, since).await;
+            (address, id, outcome)
+        });
+    }
+
+    fn recovery_done(
+        &mut self,
+        res: Result<(String, String, recovery::Outcome), tokio::task::JoinError>,
+    ) {
+        match res {
+            Ok((address, id, outcome)) => {
+                self.recovering.remove(&address);
+                if outcome != recovery::Outcome::CleanExit {
+                    self.done.insert(id);
+                }
+            }
+            Err(e) => log::error!("a recovery task failed: {e}"),
+        }
+    }
+}
+
+/// Adopts `new`'s tasks into `current`; true if anything changed.
+fn merge_tasks(current: &mut Shim, new: &Shim) -> bool {
+    if current.tasks == new.tasks {
+        return false;
+    }
+    current.tasks = new.tasks.clone();
+    true
+}
+
+/// Watches one shim: its death through the pidfd, hangs through the probes.
+async fn watch_shim(
+    shim: watch::Receiver<Shim>,
+    pidfd: Arc<Pidfd>,
+    interval: Duration,
+    misses: u32,
+    tx: mpsc::Sender<Msg>,
+) {
+    let address = shim.borrow().address.clone();
+    let exit = async {
+        if let Err(e) = pidfd.wait_exit().await {
+            log::error!("shim {address}: {e}; watching it by probes alone");
+            std::future::pending::<()>().await;
+        }
+    };
+    let probing = probe_until_hung(shim, interval, misses);
+    let (reason, since) = tokio::select! {
+        biased;
+        () = exit => {
+            log::debug!("shim {address} (pid {}) exited", pidfd.identity().pid);
+            (Reason::Dead, Instant::now())
+        }
+        (misses, silent_for) = probing => (Reason::Hung { misses, silent_for }, Instant::now()),
+    };
+    let _ = tx
+        .send(Msg::Verdict {
+            address,
+            reason,
+            pidfd,
+            since,
+        })
+        .await;
+}
+
+/// Probes every interval (deadline: one interval) until `misses` go unanswered in a row.
+async fn probe_until_hung(
+    shim: watch::Receiver<Shim>,
+    interval: Duration,
+    misses: u32,
+) -> (u32, Duration) {
+    let mut health = Health::new(misses);
+    let epoch = Instant::now();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let (address, id) = {
+            let s = shim.borrow();
+            (s.address.clone(), s.id.clone())
+        };
+        let sent = Instant::now();
+        let outcome = probe::probe(&address, &id, interval).await;
+        let result = if outcome.answered() {
+            ProbeResult::Answered
+        } else {
+            ProbeResult::Missed
+        };
+        match health.observe(result, sent - epoch, Instant::now() - epoch) {
+            Verdict::Healthy => {}
+            Verdict::Recovered { after, silent_for } => log::warn!(
+                "shim {address} answered again after {after} missed probes ({:.1} s silent): left alone",
+                silent_for.as_secs_f64()
+            ),
+            Verdict::Missed { misses: n } => log::warn!("shim {address}: probe {n}/{misses} unanswered ({outcome:?})"),
+            Verdict::Hung { misses, silent_for } => {
+                log::error!(
+                    "shim {address}: {misses} probes unanswered over {:.1} s: hung",
+                    silent_for.as_secs_f64()
+                );
+                return (misses, silent_for);
+            }
+        }
+    }
+}
+
+/// Keeps the runtime names of containerd's containers current, away from the main loop
+/// (a slow containerd must not delay verdicts).
+async fn refresh_runtimes(
+    api: Arc<Api>,
+    cache: Arc<std::sync::Mutex<Option<Runtimes>>>,
+    interval: Duration,
+) {
+    let mut down = false;
+    loop {
+        let listed = api.runtimes().await;
+        let value = match listed {
+            Ok(r) => {
+                if down {
+                    log::info!("containerd answers again");
+                    down = false;
+                }
+                Some(r)
+            }
+            Err(e) => {
+                if !down {
+                    log::warn!("{e}; discovering from the bundles alone until it answers");
+                    down = true;
+                }
+                None
+            }
+        };
+        *cache.lock().unwrap_or_else(|e| e.into_inner()) = value;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Follows containerd's task events: records exits and deletes, and asks for a rescan.
+async fn follow_events(api: Arc<Api>, seen: Arc<SeenExits>, tx: mpsc::Sender<Msg>) {
+    let mut warned = false;
+    loop {
+        match api.subscribe_tasks().await {
+            Ok(mut stream) => {
+                if warned {
+                    log::info!("following containerd's task events again");
+                    warned = false;
+                }
+                loop {
+                    match stream.message().await {
+                        Ok(Some(env)) => {
+                            if env.topic == "/tasks/exit" || env.topic == "/tasks/delete" {
+                                if let Some(id) = event_container_id(&env) {
+                                    seen.record(&env.namespace, &id);
+                                }
+                            }
+                            if env.topic == "/tasks/create" || env.topic == "/tasks/start" {
+                                let _ = tx.try_send(Msg::Rescan);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            log::debug!("task events: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if !warned {
+                    log::warn!("cannot follow containerd's task events: {e}; retrying");
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,154 @@
+//! A restarted watchdog is stateless but for its journal: it finishes the recoveries an
+//! earlier one started (exactly once) and recovers shims that died while none ran.
+//! No containerd here: its socket does not exist, as while containerd is down.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use sturdyctl::discovery::{Shim, Task, TASK_DIR};
+use sturdyctl::journal::{Entry, Journal, Phase, DEFAULT_MAX_BYTES};
+use sturdyctl::watchdog::{self, Config};
+
+fn config(dir: &Path) -> Config {
+    Config {
+        address: dir.join("containerd.sock"),
+        state_dir: dir.join("state"),
+        runtimes: vec!["io.containerd.sturdy.v2".into()],
+        interval: Duration::from_millis(100),
+        misses: 3,
+        journal: dir.join("watchdog.journal"),
+        journal_max_bytes: DEFAULT_MAX_BYTES,
+        containerd_grace: Duration::from_millis(100),
+        delete_timeout: Duration::from_secs(5),
+    }
+}
+
+fn finished_count(journal: &Path, incident: &str) -> usize {
+    Journal::new(journal, DEFAULT_MAX_BYTES)
+        .read()
+        .unwrap()
+        .iter()
+        .filter(|e| e.incident == incident && matches!(e.phase, Phase::Finished { .. }))
+        .count()
+}
+
+/// An incident journalled as started (the watchdog died mid-recovery) is finished by the
+/// next watchdog, and not again by the one after.
+#[tokio::test]
+async fn unfinished_incident_is_finished_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let shim = Shim {
+        address: "unix:///nonexistent/shim.sock".into(),
+        namespace: "default".into(),
+        id: "c1".into(),
+        runtime: "io.containerd.sturdy.v2".into(),
+        tasks: vec![Task {
+            namespace: "default".into(),
+            id: "c1".into(),
+            bundle: dir.path().join("gone-bundle"),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let incident = shim.incident_id();
+    Journal::new(&cfg.journal, DEFAULT_MAX_BYTES)
+        .append(&Entry {
+            at_ms: 1,
+            incident: incident.clone(),
+            phase: Phase::Started {
+                reason: "dead".into(),
+                shim,
+            },
+        })
+        .unwrap();
+
+    // Shut down at once: resumed recoveries are still carried to their end.
+    watchdog::run(cfg.clone(), async {}).await.unwrap();
+    assert_eq!(finished_count(&cfg.journal, &incident), 1);
+    watchdog::run(cfg.clone(), async {}).await.unwrap();
+    assert_eq!(
+        finished_count(&cfg.journal, &incident),
+        1,
+        "a finished incident was redone"
+    );
+}
+
+/// A bundle whose shim died while no watchdog ran (its socket refuses, runc still has the
+/// container) is recovered by the next watchdog: delete runs with containerd's arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_found_dead_at_start_is_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let bundle = cfg.state_dir.join(TASK_DIR).join("default").join("c1");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let runc_root = dir.path().join("runc/default");
+    std::fs::create_dir_all(runc_root.join("c1")).unwrap();
+    std::fs::write(
+        runc_root.join("c1/state.json"),
+        r#"{"id":"c1","init_process_pid":0,"cgroup_paths":{}}"#,
+    )
+    .unwrap();
+    let calls = dir.path().join("delete-calls");
+    let fake_shim = dir.path().join("containerd-shim-sturdy-v2");
+    std::fs::write(
+        &fake_shim,
+        format!("#!/bin/sh\necho \"$PWD $*\" >> {}\n", calls.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake_shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let w = |name: &str, text: String| std::fs::write(bundle.join(name), text).unwrap();
+    w(
+        "address",
+        format!("unix://{}", dir.path().join("dead.sock").display()),
+    );
+    w("shim.pid", "999999".into());
+    w("shim-binary-path", fake_shim.display().to_string());
+    w(
+        "sturdy.json",
+        format!(r#"{{"root":"{}"}}"#, runc_root.display()),
+    );
+    w("config.json", "{}".into());
+
+    let journal = cfg.journal.clone();
+    let done = async move {
+        loop {
+            let finished = Journal::new(&journal, DEFAULT_MAX_BYTES)
+                .read()
+                .unwrap_or_default()
+                .iter()
+                .any(|e| matches!(e.phase, Phase::Finished { .. }));
+            if finished {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), watchdog::run(cfg.clone(), done))
+        .await
+        .expect("the dead shim was never recovered")
+        .unwrap();
+
+    let entries = Journal::new(&cfg.journal, DEFAULT_MAX_BYTES)
+        .read()
+        .unwrap();
+    assert!(
+        entries.iter().any(|e| matches!(&e.phase,
+            Phase::Started { reason, .. } if reason == "dead at discovery")),
+        "{entries:#?}"
+    );
+    let calls = std::fs::read_to_string(&calls).expect("delete never ran");
+    let line = calls.lines().next().unwrap();
+    let expected_args = format!(
+        "-namespace default -address {} -publish-binary  -id c1 -bundle {} delete",
+        cfg.address.display(),
+        bundle.display()
+    );
+    assert_eq!(
+        line,
+        format!("{} {expected_args}", bundle.display()),
+        "delete ran in the wrong place or with the wrong arguments"
+    );
+    assert_eq!(calls.lines().count(), 1, "delete ran more than once");
+}
