@@ -2,8 +2,8 @@
 //! (or the Go runc shim), print its output, and tear everything down again.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
-use std::time::Duration;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 use sturdy_integration::containerd::SHIM_BINARY;
 use sturdy_integration::ctr::shim_looks_real;
@@ -149,7 +149,178 @@ async fn demo(fx: &Containerd, h: Handler) -> Result<(), String> {
     if out.exit_code != 0 {
         return Err(format!("exec exited {}: {}", out.exit_code, out.stderr));
     }
+    if h == Handler::Sturdy {
+        watchdog_demo(fx).await?;
+    }
     Ok(())
+}
+
+/// `sturdyctl` next to this program (demo.sh builds the workspace in release mode).
+fn sturdyctl_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join("sturdyctl");
+    p.is_file().then_some(p)
+}
+
+/// A child process killed by PID when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `sturdyctl watchdog`, then kills one pod's shim (incident 003) and hangs another's
+/// (SIGSTOP), and shows that both pods are recovered.
+async fn watchdog_demo(fx: &Containerd) -> Result<(), String> {
+    let Some(bin) = sturdyctl_bin() else {
+        println!("\n==> sturdyctl not built next to sturdy-demo: skipping the watchdog part");
+        return Ok(());
+    };
+    println!("\n==> sturdyctl watchdog --interval 1s (recovers dead and hung shims)");
+    let dir = fx.dir().join("watchdog");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let journal = dir.join("journal");
+    let log = dir.join("watchdog.log");
+    let _watchdog = Child(
+        Command::new(&bin)
+            .arg("watchdog")
+            .arg("--address")
+            .arg(fx.socket())
+            .arg("--state-dir")
+            .arg(fx.state_dir())
+            .arg("--journal")
+            .arg(&journal)
+            .args(["--interval", "1s", "--misses", "3"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", bin.display()))?,
+    );
+    let mut cri = fx.cri().await.map_err(|e| e.to_string())?;
+    for (name, signal, what) in [
+        ("killed", libc::SIGKILL, "kill -9 (the shim dies)"),
+        ("hung", libc::SIGSTOP, "kill -STOP (the shim hangs)"),
+    ] {
+        let pod_config = fx.pod_config(name);
+        let pod = cri
+            .run_pod(Handler::Sturdy, &pod_config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ctr = cri
+            .create_container(
+                &pod,
+                container_config("main", &["/bin/sleep", "3600"]),
+                &pod_config,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        cri.start_container(&ctr).await.map_err(|e| e.to_string())?;
+        let shim = fx
+            .shim_pid(sturdy_integration::CRI_NAMESPACE, &pod)
+            .ok_or("no shim pid for the pod")?;
+        let watching = format!("pid {shim} ");
+        if !until(Duration::from_secs(15), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("watching shim") && l.contains(&watching))
+        })
+        .await
+        {
+            return Err(format!(
+                "the watchdog never picked up shim {shim}; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        let sleep_pid = container_pid(fx, &ctr).ok_or("no container pid")?;
+        println!("    pod {name}: shim pid {shim}, container process {sleep_pid}; {what}");
+        let t0 = Instant::now();
+        // SAFETY: kill(2) of the shim this demo's containerd started, by its pid.
+        unsafe { libc::kill(shim, signal) };
+        if !until(Duration::from_secs(20), || !running(sleep_pid)).await {
+            return Err(format!("pod {name}: its process {sleep_pid} still runs"));
+        }
+        println!(
+            "    pod {name}: container process stopped {:.2} s after the signal",
+            t0.elapsed().as_secs_f64()
+        );
+        let end = Instant::now() + Duration::from_secs(20);
+        let state = loop {
+            let s = cri.pod_status(&pod).await.map_err(|e| e.to_string())?.state;
+            if s != sturdy_integration::k8s_cri::v1::PodSandboxState::SandboxReady as i32
+                || Instant::now() > end
+            {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        println!(
+            "    pod {name}: CRI reports {}",
+            if state == 0 {
+                "Ready (not recovered!)"
+            } else {
+                "NotReady"
+            }
+        );
+        cri.remove_pod(&pod).await.map_err(|e| e.to_string())?;
+    }
+    if !until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .matches("\"phase\":\"finished\"")
+            .count()
+            >= 2
+    })
+    .await
+    {
+        return Err("the watchdog did not finish both recoveries".into());
+    }
+    println!("\n==> sturdyctl status (the watchdog's journal)");
+    let out = Command::new(&bin)
+        .arg("status")
+        .arg("--address")
+        .arg(fx.socket())
+        .arg("--state-dir")
+        .arg(fx.state_dir())
+        .arg("--journal")
+        .arg(&journal)
+        .output()
+        .map_err(|e| e.to_string())?;
+    print!("{}", indent(&String::from_utf8_lossy(&out.stdout)));
+    Ok(())
+}
+
+/// The host pid of a CRI container's init, from its bundle.
+fn container_pid(fx: &Containerd, id: &str) -> Option<i32> {
+    fx.bundle(sturdy_integration::CRI_NAMESPACE, id)
+        .and_then(|b| b.init_pid)
+}
+
+/// Running or sleeping (a zombie has already died).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next()),
+            Some('Z') | Some('X')
+        ),
+        Err(_) => false,
+    }
+}
+
+async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
 }
 
 fn indent(s: &str) -> String {
