@@ -344,6 +344,12 @@ impl Container {
         let execs: Vec<Arc<Exec>> = self.execs().drain().map(|(_, e)| e).collect();
         for exec in execs {
             exec.process.copiers.lock().await.abort();
+            // Nothing can ask about these execs any more; release whoever still waits.
+            shared.router.forget(exec.process.pid(), &exec.process);
+            exec.process.delete_done(Exited {
+                status: KILLED,
+                at: SystemTime::now(),
+            });
         }
         if !self.rootfs.is_empty() {
             unmount(&self.bundle.join("rootfs"));

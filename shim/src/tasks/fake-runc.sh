@@ -56,7 +56,9 @@ create)
     mkdir -p "$dir"; echo "$bundle" > "$dir/bundle"
     init="exec sleep 1000"; steer init && init=$(cat "$bundle/fake-init")
     if steer init-now; then
-        sh -c "$init" &
+        # Runs at once, but only after this script exited: a child that died while its
+        # parent still ran would be reaped by the parent, never seen by the shim.
+        sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 0.005; done; exec sh -c "$2"' init "$$" "$init" &
     else
         sh -c 'while [ ! -e "$1/started" ]; do sleep 0.01; done; exec sh -c "$2"' init "$dir" "$init" &
     fi
@@ -67,7 +69,8 @@ start)
     touch "$dir/started" ;;
 exec)
     run="exec sleep 1000"; steer exec && run=$(cat "$bundle/fake-exec")
-    sh -c "$run" &
+    # As for init-now: the exec must not die while this script can still reap it.
+    sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 0.005; done; exec sh -c "$2"' exec "$$" "$run" &
     echo $! >> "$dir/execs"; [ -n "$pidfile" ] && echo $! > "$pidfile"
     ;;
 kill)

@@ -368,6 +368,26 @@ async fn duplicate_delete_deletes_once() {
 }
 
 #[tokio::test]
+async fn deleting_the_container_releases_waiters_of_its_execs() {
+    let rig = Rig::new();
+    rig.create("c", &[]).await.unwrap();
+    rig.tasks.start("c", "").await.unwrap();
+    rig.tasks.exec("c", "e", SPEC, Default::default()).unwrap();
+    let waiter = {
+        let tasks = rig.tasks.clone();
+        tokio::spawn(async move { tasks.wait("c", "e").await })
+    };
+    rig.tasks.kill("c", "", 9, false).await.unwrap();
+    rig.wait("c", "").await.unwrap();
+    rig.tasks.delete("c", "").await.unwrap();
+    let got = tokio::time::timeout(T, waiter)
+        .await
+        .expect("Wait on an exec of a deleted container never returned")
+        .unwrap();
+    assert!(got.is_ok(), "{got:?}");
+}
+
+#[tokio::test]
 async fn kill_of_a_stopped_process_is_not_found() {
     let rig = Rig::new();
     rig.create("c", &[("init", "exit 0")]).await.unwrap();
