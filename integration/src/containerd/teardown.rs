@@ -46,13 +46,7 @@ impl Containerd {
             cgroups,
             shim_sockets: bundles
                 .iter()
-                .filter_map(|b| {
-                    b.address
-                        .clone()
-                        .or_else(|| bootstrap_address(&b.dir))
-                        .as_deref()
-                        .and_then(cleanup::socket_from_address)
-                })
+                .filter_map(|b| b.address.as_deref().and_then(cleanup::socket_from_address))
                 .collect(),
             dir: self.dir.clone(),
         }
@@ -259,14 +253,6 @@ pub(super) fn lock_file(path: &Path, arg: FlockArg) -> Result<Flock<File>> {
         context: format!("locking {}", path.display()),
         source: e.into(),
     })
-}
-
-/// The shim address containerd 2.x records in a bundle's `bootstrap.json`; its Go shim
-/// writes no `address` file, so without this its socket would outlive the fixture.
-pub(crate) fn bootstrap_address(bundle: &Path) -> Option<String> {
-    let raw = std::fs::read(bundle.join("bootstrap.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
-    v["address"].as_str().map(String::from)
 }
 
 /// Tear down fixtures whose test process died without running Drop.
