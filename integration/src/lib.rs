@@ -7,10 +7,12 @@
 pub mod cleanup;
 pub mod containerd;
 pub mod cri;
+pub mod critest;
 pub mod ctr;
 pub mod error;
 pub mod handler;
 pub mod image;
+pub mod registry;
 pub mod tools;
 
 pub use containerd::{Builder, Containerd, ExtraRuntime, Footprint, Generation, CRI_NAMESPACE};

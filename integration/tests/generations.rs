@@ -27,7 +27,53 @@ fn sturdy_root(bundle: &Path) -> String {
     rec["root"].as_str().expect("root").to_string()
 }
 
+/// Unix sockets under /run/containerd/s that `pid` listens on, as `ss` reports them.
+fn listening_sockets(pid: i32) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-xlpn"])
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("/run/containerd/s/"))
+        })
+        .map(String::from)
+        .collect()
+}
+
 generation_tests! {
+    /// Every socket a shim of the fixture listens on is in its footprint and gone after
+    /// Drop, even when teardown has to SIGKILL the shim: the Go shim of 2.x listens on a
+    /// second socket that no bundle file names.
+    async fn shim_sockets_go_with_the_fixture(g: Generation) {
+        let fx = Containerd::builder().generation(g).start().await.expect("start containerd");
+        let mut sockets = Vec::new();
+        for h in Handler::ALL {
+            let id = format!("sock-{h}");
+            fx.ctr_run_detached(h, &id, &["/bin/sleep", "3600"]).await.expect("ctr run -d");
+            let pid = fx.shim_pid(fx.namespace(), &id).expect("shim pid");
+            let held = listening_sockets(pid);
+            assert!(!held.is_empty(), "{g}/{h}: shim {pid} listens on nothing");
+            sockets.extend(held);
+        }
+        let footprint = fx.footprint();
+        for s in &sockets {
+            assert!(
+                footprint.shim_sockets.iter().any(|f| f == Path::new(s)),
+                "{g}: {s} is not in the footprint {:?}",
+                footprint.shim_sockets
+            );
+        }
+        // The tasks still run: teardown kills their shims, which cannot remove their sockets.
+        drop(fx);
+        for s in &sockets {
+            assert!(!Path::new(s).exists(), "{g}: {s} outlived the fixture");
+        }
+    }
+
     /// Which Task service containerd calls, and which OCI spec version it writes:
     /// 1.6 and 1.7 call `containerd.task.v2.Task` on every shim; 2.1 calls
     /// `containerd.task.v3.Task` on its Go shim (which answers `start` with a version 3
@@ -70,6 +116,9 @@ generation_tests! {
     /// `runtimeoptions.v1.Options.config_body`, 1.6 sends nothing at all, so the shim falls
     /// back to its default runc root. (That is why the fixture always sets `ConfigPath`.)
     async fn options_table_without_config_path(g: Generation) {
+        // 1.6 lands in the host's default runc root: leave it as it was found.
+        let default_ns = Path::new("/run/containerd/runc/k8s.io");
+        let default_ns_existed = default_ns.exists();
         let root = tempfile::tempdir().expect("tempdir");
         let fx = Containerd::builder()
             .generation(g)
@@ -91,6 +140,10 @@ generation_tests! {
         let got = sturdy_root(&bundle);
         cri.stop_pod(&pod).await.expect("StopPodSandbox");
         cri.remove_pod(&pod).await.expect("RemovePodSandbox");
+        if !default_ns_existed {
+            // Fails (and keeps it) unless empty: another user's state is never removed.
+            let _ = std::fs::remove_dir(default_ns);
+        }
         let want = match g {
             Generation::V1_6 => "/run/containerd/runc/k8s.io".to_string(),
             _ => format!("{}/k8s.io", root.path().display()),

@@ -34,6 +34,14 @@ impl Containerd {
                 .iter()
                 .cloned(),
         );
+        let mut shim_sockets: BTreeSet<PathBuf> = bundles
+            .iter()
+            .filter_map(|b| b.address.as_deref().and_then(cleanup::socket_from_address))
+            .collect();
+        // The Go shim of 2.x also listens on a second socket no bundle file names.
+        for pid in &shim_pids {
+            shim_sockets.extend(unix_sockets_of(*pid, Path::new(SHIM_SOCKET_DIR)));
+        }
         let mut cgroups = cleanup::cgroup_dirs(&self.cgroup_name);
         cgroups.extend(cleanup::cgroup_dirs(&self.namespace));
         Footprint {
@@ -44,10 +52,7 @@ impl Containerd {
             netns: netns.into_iter().collect(),
             bridge: self.bridge.clone(),
             cgroups,
-            shim_sockets: bundles
-                .iter()
-                .filter_map(|b| b.address.as_deref().and_then(cleanup::socket_from_address))
-                .collect(),
+            shim_sockets: shim_sockets.into_iter().collect(),
             dir: self.dir.clone(),
         }
     }
@@ -255,6 +260,41 @@ pub(super) fn lock_file(path: &Path, arg: FlockArg) -> Result<Flock<File>> {
     })
 }
 
+/// Where containerd's shims put their sockets, whatever the fixture's state dir.
+const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+
+/// Paths under `dir` of the unix sockets process `pid` holds open.
+fn unix_sockets_of(pid: i32, dir: &Path) -> Vec<PathBuf> {
+    let inodes: BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    // Num RefCount Protocol Flags Type St Inode Path
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let inode: u64 = f.get(6)?.parse().ok()?;
+            let path = Path::new(f.get(7)?);
+            (inodes.contains(&inode) && path.starts_with(dir)).then(|| path.to_path_buf())
+        })
+        .collect()
+}
+
 /// Tear down fixtures whose test process died without running Drop.
 ///
 /// A live fixture holds an flock on its `owner.lock`; if we can take it, the owner is gone
@@ -372,5 +412,20 @@ impl Footprint {
             out.push(format!("temp dir {} exists", self.dir.display()));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_a_process_holds_are_found_by_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("listening.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let found = unix_sockets_of(std::process::id() as i32, dir.path());
+        assert_eq!(found, vec![path]);
+        assert!(unix_sockets_of(std::process::id() as i32, Path::new("/nonexistent")).is_empty());
     }
 }
