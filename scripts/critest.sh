@@ -13,12 +13,21 @@
 #
 # Exit status: 0 every spec passed, 1 some failed, 2 usage, 3 could not run,
 # 77 ../shared/tools (or $STURDY_TOOLS) lacks what the run needs, 130 interrupted.
+#
+#   scripts/critest.sh --check [GENERATION]   only says whether the tools for a run are
+#                                             there (exit 0) or not (77)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 [ $# -ge 1 ] || usage
-case "$1" in sturdy|runc) ;; -h|--help) usage ;; *) echo "critest.sh: HANDLER must be sturdy or runc" >&2; usage ;; esac
+check_only=0
+case "$1" in
+    sturdy|runc) ;;
+    --check) check_only=1 ;;
+    -h|--help) usage ;;
+    *) echo "critest.sh: HANDLER must be sturdy or runc" >&2; usage ;;
+esac
 generation=1.6
 if [ $# -ge 2 ] && [ "${2#-}" = "$2" ]; then generation=$2; fi
 
@@ -37,6 +46,7 @@ for a in "${need[@]}"; do
         exit 77
     fi
 done
+if [ "$check_only" = 1 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
     echo "critest.sh: needs root (it runs containerd, runc and CNI)" >&2
     exit 3
