@@ -1,6 +1,7 @@
 //! A private containerd per test: own root, state, sockets, CNI network, runc root and cgroup,
 //! of any supported generation (1.6 from Debian, 1.7 and 2.1 from `../shared/tools`).
 
+mod builder;
 mod config;
 mod generation;
 mod subnets;
@@ -15,9 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use sha2::{Digest, Sha256};
 
+pub use builder::{Builder, ExtraRuntime};
 pub use generation::{Binaries, Generation, GENERATION_ENV};
 pub use subnets::{SubnetSlot, POD_NETWORK, SUBNET_SLOTS};
 pub use teardown::{log_tail, reap_stale_fixtures, Footprint};
@@ -27,7 +29,6 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::{self, PAUSE_IMAGE};
 use crate::Handler;
 use config::qp;
-use teardown::lock_file;
 
 /// CRI's fixed containerd namespace.
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -68,147 +69,6 @@ fn random_suffix() -> String {
     h.update(now.as_nanos().to_le_bytes());
     h.update(format!("{:?}", std::thread::current().id()).as_bytes());
     hex::encode(h.finalize())[..8].to_string()
-}
-
-/// Options for [`Containerd`]; `Containerd::start()` uses the defaults.
-#[derive(Debug, Clone)]
-pub struct Builder {
-    shim_bin: PathBuf,
-    import_images: bool,
-    start_timeout: Duration,
-    extra_runtimes: Vec<ExtraRuntime>,
-    sturdy_as_runc_v2: bool,
-    generation: Option<Generation>,
-    sandbox_image: String,
-    registry_config_path: Option<PathBuf>,
-    port_mapping: bool,
-}
-
-/// An additional CRI runtime handler written into the fixture's config.
-#[derive(Debug, Clone)]
-pub struct ExtraRuntime {
-    /// Handler name (`runtime_handler` in RunPodSandbox).
-    pub name: String,
-    /// containerd runtime type, e.g. `io.containerd.runc.v2`.
-    pub runtime_type: String,
-    /// Shim binary path (`runtime_path`), if not found by name.
-    pub runtime_path: Option<PathBuf>,
-    /// Lines of the `options` table, verbatim TOML.
-    pub options: String,
-}
-
-impl Default for Builder {
-    fn default() -> Self {
-        Builder {
-            shim_bin: default_shim_bin(),
-            import_images: true,
-            start_timeout: Duration::from_secs(30),
-            extra_runtimes: Vec::new(),
-            sturdy_as_runc_v2: false,
-            generation: None,
-            sandbox_image: PAUSE_IMAGE.into(),
-            registry_config_path: None,
-            port_mapping: false,
-        }
-    }
-}
-
-impl Builder {
-    /// Use this sturdy shim binary (it may be missing; only sturdy runs need it).
-    pub fn shim_bin(mut self, path: impl Into<PathBuf>) -> Self {
-        self.shim_bin = path.into();
-        self
-    }
-
-    /// Skip importing the busybox and pause images.
-    pub fn without_images(mut self) -> Self {
-        self.import_images = false;
-        self
-    }
-
-    /// Adds a CRI runtime handler beyond `runc` and `sturdy`.
-    pub fn runtime(mut self, runtime: ExtraRuntime) -> Self {
-        self.extra_runtimes.push(runtime);
-        self
-    }
-
-    /// Installs sturdy as a drop-in `containerd-shim-runc-v2` on this containerd's PATH, so
-    /// `io.containerd.runc.v2` runtimes (and the runc options encoding) reach sturdy.
-    pub fn sturdy_as_runc_v2(mut self) -> Self {
-        self.sturdy_as_runc_v2 = true;
-        self
-    }
-
-    /// How long to wait for containerd to answer.
-    pub fn start_timeout(mut self, t: Duration) -> Self {
-        self.start_timeout = t;
-        self
-    }
-
-    /// Run this containerd generation (default: [`GENERATION_ENV`], else 1.6).
-    pub fn generation(mut self, g: Generation) -> Self {
-        self.generation = Some(g);
-        self
-    }
-
-    /// CRI's sandbox (pause) image (default: the locally built [`PAUSE_IMAGE`]).
-    pub fn sandbox_image(mut self, reference: impl Into<String>) -> Self {
-        self.sandbox_image = reference.into();
-        self
-    }
-
-    /// CRI's registry `config_path`: a dir of `<registry>/hosts.toml` files.
-    pub fn registry_config_path(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.registry_config_path = Some(dir.into());
-        self
-    }
-
-    /// Adds the `portmap` CNI plugin, so pods' host ports work (it installs iptables rules
-    /// on the host for as long as such a pod lives).
-    pub fn port_mapping(mut self) -> Self {
-        self.port_mapping = true;
-        self
-    }
-
-    /// Create the temp dir, write the config, start containerd and import the images.
-    pub async fn start(self) -> Result<Containerd> {
-        let generation = match self.generation {
-            Some(g) => g,
-            None => Generation::from_env()?,
-        };
-        // Before anything exists: a generation this host cannot run leaves nothing behind.
-        let bins = generation.binaries()?;
-        reap_stale_fixtures();
-        let dir = tempfile::Builder::new()
-            .prefix("sturdy-test-")
-            .tempdir()
-            .ctx(|| "creating temp dir".into())?
-            // Drop owns removal: it has to unmount first, which TempDir would not.
-            .keep();
-        let suffix = random_suffix();
-        let mut fx = Containerd::identity(dir, &suffix, self.shim_bin.clone());
-        fx.generation = generation;
-        fx.bins = bins;
-        fx.extra_runtimes = self.extra_runtimes;
-        fx.sturdy_as_runc_v2 = self.sturdy_as_runc_v2;
-        fx.sandbox_image = self.sandbox_image;
-        fx.registry_config_path = self.registry_config_path;
-        fx.port_mapping = self.port_mapping;
-        // From here on Drop cleans whatever got created if a later step fails.
-        fx.owner = Some(lock_file(
-            &fx.dir.join("owner.lock"),
-            FlockArg::LockExclusive,
-        )?);
-        fx.subnet = Some(SubnetSlot::acquire()?);
-        fx.prepare()?;
-        fx.spawn()?;
-        fx.write_record()?;
-        fx.wait_ready(self.start_timeout).await?;
-        if self.import_images {
-            fx.import_images().await?;
-        }
-        Ok(fx)
-    }
 }
 
 /// A running private containerd. Dropping it tears down everything it caused.

@@ -1,5 +1,5 @@
 //! Runtime handlers under test, and the macros that run a test against each handler
-//! ([`parity_tests!`]) or each containerd generation ([`generation_tests!`]).
+//! (`parity_tests!`) or each containerd generation (`generation_tests!`).
 
 use std::fmt;
 
