@@ -25,6 +25,9 @@ PACKAGES=(
     util-linux                  # findmnt, mount, nsenter
     ca-certificates curl        # fetching rustup on a machine without Rust
     gcc libc6-dev               # linker and crt files for cargo
+    xz-utils                    # unpacking ../shared/tools archives (tar -J)
+    docker-registry             # scripts/critest.sh: local registry serving critest's images
+    skopeo                      # scripts/critest.sh: pushing the OCI archives into it
 )
 
 missing=()
@@ -44,8 +47,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
         policy_added=1
     fi
     trap '[ "$policy_added" = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+    # docker-registry's package starts its daemon where it can; policy-rc.d forbids that,
+    # and any registry that still appears during the install is stopped by its PID below.
+    registries_before=" $(pgrep -x docker-registry | tr '\n' ' ') "
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    for pid in $(pgrep -x docker-registry || true); do
+        case "$registries_before" in *" $pid "*) continue ;; esac
+        echo "deps.sh: stopping the docker-registry (pid $pid) its package started"
+        $SUDO kill "$pid" || true
+    done
 else
     echo "deps.sh: all system packages present"
 fi

@@ -34,6 +34,109 @@ step "cargo test --workspace"
 test_status=0
 cargo test --locked --workspace -- --test-threads=2 || test_status=$?
 
+# The parity suite again on containerd 1.7 and 2.1 (from ../shared/tools): every
+# integration test file but tests/generations.rs, which covers all generations itself.
+for generation in 1.7 2.1; do
+    step "integration tests on containerd $generation"
+    if ! bash scripts/critest.sh --check "$generation"; then
+        continue
+    fi
+    targets=()
+    for f in integration/tests/*.rs; do
+        name=$(basename "$f" .rs)
+        [ "$name" = generations ] || targets+=(--test "$name")
+    done
+    skip=()
+    if [ "$generation" = 2.1 ]; then
+        skip=(
+            # 2.1's Go shim drops /tasks/delete in about 1 of 6 runs (the oracle, not sturdy:
+            # the sturdy variant still runs); see docs/testing.md.
+            --skip events_in_order::runc
+            # sturdyctl finds shims by the bundle's `address` file, which 2.x's Go shim does
+            # not write (its address is in bootstrap.json): remove once sturdyctl reads it.
+            --skip hung_go_shim_is_recovered
+        )
+    fi
+    STURDY_CONTAINERD=$generation cargo test --locked -p sturdy-integration "${targets[@]}" \
+        -- --test-threads=2 "${skip[@]}" || test_status=$?
+done
+
+# critest through sturdy on every generation and through the Go shim on 1.6: sturdy fails
+# the run if it fails a spec the Go shim passes. The Go shim's result on 1.7 and 2.1 is taken
+# as measured (it passes every spec but DIGEST_SPEC there, see docs/testing.md) rather than
+# re-run, to keep CI at four critest runs.
+#
+# Specs sturdy may fail while the issue named with each is open. Empty this list when that
+# issue is resolved: a listed spec sturdy passes on every generation fails the run, so the
+# list cannot outlive its reason.
+KNOWN_GAPS=(
+    # issue 9 (Task API part 2: Stats)
+    "[k8s.io] Container runtime should support basic operations on container runtime should support listing container stats [Conformance]"
+    # issue 9 (Task API part 2: exec with a terminal)
+    "[k8s.io] Streaming runtime should support streaming interfaces runtime should support exec with tty=true and stdin=true [Conformance]"
+)
+# Pins an upstream image digest: no locally built image passes it, whatever the runtime.
+DIGEST_SPEC="[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]"
+
+# critest_run HANDLER GENERATION: runs it, leaves $work/critest-HANDLER-GENERATION.txt;
+# returns critest.sh's status (77: tools absent).
+critest_run() {
+    local out="$work/critest-$1-$2.txt" t0 rc=0
+    t0=$(date +%s)
+    bash scripts/critest.sh "$1" "$2" --results "$out" || rc=$?
+    echo "    ($1 on $2: critest.sh exit $rc after $(( $(date +%s) - t0 ))s)"
+    return "$rc"
+}
+# failed_specs FILE: the specs a results file records as failed, one per line.
+failed_specs() { sed -n 's/^FAIL\t//p' "$1"; }
+listed() { local s=$1; shift; local x; for x in "$@"; do [ "$x" = "$s" ] && return 0; done; return 1; }
+
+step "critest v1.26.1: sturdy on containerd 1.6, 1.7 and 2.1, runc (the Go shim) on 1.6"
+critest_status=0
+if ! bash scripts/critest.sh --check 1.6; then
+    echo "SKIPPED: critest"
+else
+    runs=("runc 1.6" "sturdy 1.6" "sturdy 1.7" "sturdy 2.1")
+    for r in "${runs[@]}"; do
+        rc=0
+        # shellcheck disable=SC2086
+        critest_run $r || rc=$?
+        case "$rc" in
+            0|1) ;;
+            77) echo "SKIPPED: critest $r (its tools are absent)" ;;
+            *) echo "critest $r could not run" >&2; critest_status=1 ;;
+        esac
+    done
+    declare -A gap_failed=()
+    for g in 1.6 1.7 2.1; do
+        res="$work/critest-sturdy-$g.txt"
+        [ -f "$res" ] || continue
+        # What the Go shim fails here: its 1.6 run, else the measured baseline.
+        baseline=("$DIGEST_SPEC")
+        if [ "$g" = 1.6 ] && [ -f "$work/critest-runc-1.6.txt" ]; then
+            mapfile -t baseline < <(failed_specs "$work/critest-runc-1.6.txt")
+        fi
+        while IFS= read -r spec; do
+            if listed "$spec" "${KNOWN_GAPS[@]}"; then
+                gap_failed[$spec]=1
+            elif ! listed "$spec" "${baseline[@]}"; then
+                echo "critest: sturdy on $g fails a spec the Go shim passes: $spec" >&2
+                critest_status=1
+            fi
+        done < <(failed_specs "$res")
+        echo "critest on $g: sturdy $(grep -c '^PASS' "$res") passed" \
+            "(Go shim: $(if [ "$g" = 1.6 ] && [ -f "$work/critest-runc-1.6.txt" ]; then
+                grep -c '^PASS' "$work/critest-runc-1.6.txt"; else echo "79, measured"; fi))"
+    done
+    for spec in "${KNOWN_GAPS[@]}"; do
+        if [ -z "${gap_failed[$spec]:-}" ] && ls "$work"/critest-sturdy-*.txt >/dev/null 2>&1; then
+            echo "critest: sturdy now passes a KNOWN_GAPS spec everywhere; remove it from scripts/test.sh: $spec" >&2
+            critest_status=1
+        fi
+    done
+fi
+[ "$critest_status" -eq 0 ] || test_status=1
+
 # Runs even after failed tests: a failing test must not leak either.
 step "leak check"
 leak_status=0

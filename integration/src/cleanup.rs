@@ -26,7 +26,8 @@ pub struct Bundle {
     pub shim_pid: Option<i32>,
     /// PID of the container's init process.
     pub init_pid: Option<i32>,
-    /// Shim socket address (`unix:///run/containerd/s/...`).
+    /// Shim socket address (`unix:///run/containerd/s/...`), from `address` or 2.x's
+    /// `bootstrap.json`.
     pub address: Option<String>,
     /// Network namespace the spec joins (pod sandboxes).
     pub netns: Option<PathBuf>,
@@ -48,7 +49,8 @@ pub fn bundles(state_dir: &Path) -> Vec<Bundle> {
                 init_pid: read_pid(&dir.join("init.pid")),
                 address: std::fs::read_to_string(dir.join("address"))
                     .ok()
-                    .map(|s| s.trim().to_string()),
+                    .map(|s| s.trim().to_string())
+                    .or_else(|| bootstrap_address(&dir)),
                 ..Default::default()
             };
             if let Ok(spec) = std::fs::read(dir.join("config.json")) {
@@ -62,6 +64,14 @@ pub fn bundles(state_dir: &Path) -> Vec<Bundle> {
         }
     }
     out
+}
+
+/// The shim address containerd 2.x records in a bundle's `bootstrap.json` (its Go shim
+/// writes no `address` file).
+fn bootstrap_address(bundle: &Path) -> Option<String> {
+    let raw = std::fs::read(bundle.join("bootstrap.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    v["address"].as_str().map(String::from)
 }
 
 /// The `path` of the network namespace a runtime spec joins, if it names one.

@@ -65,6 +65,9 @@ pub enum Error {
     /// Something answered but not the way it should.
     #[error("unexpected: {0}")]
     Unexpected(String),
+    /// A tool from `../shared/tools` is missing, corrupt or could not be unpacked.
+    #[error("tools: {0}")]
+    Tools(#[from] crate::tools::ToolsError),
     /// JSON (de)serialisation failed.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),

@@ -1,4 +1,5 @@
-//! Runtime handlers under test and the macro that runs every test against each of them.
+//! Runtime handlers under test, and the macros that run a test against each handler
+//! (`parity_tests!`) or each containerd generation (`generation_tests!`).
 
 use std::fmt;
 
@@ -79,6 +80,60 @@ macro_rules! parity_tests {
                 async fn sturdy() {
                     body($crate::Handler::Sturdy).await
                 }
+            }
+        }
+    )*};
+}
+
+/// Runs `body` on containerd generation `g`, or says why it cannot run here and returns
+/// (a generation from `../shared/tools` on a host without them).
+pub async fn run_on<F, Fut>(g: crate::Generation, body: F)
+where
+    F: FnOnce(crate::Generation) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if !g.available() {
+        eprintln!(
+            "SKIPPED on containerd {g}: {} has no {}.tar.xz",
+            crate::tools::tools_dir().display(),
+            g.archive().unwrap_or_default()
+        );
+        return;
+    }
+    body(g).await
+}
+
+/// Write a test once, get one `#[tokio::test]` per containerd generation.
+///
+/// `generation_tests! { async fn quirk(g: Generation) { ... } }` expands to a module `quirk`
+/// with the tests `quirk::v1_6`, `quirk::v1_7` and `quirk::v2_1`; the body sees the
+/// generation as `g` and starts its fixture with `Containerd::builder().generation(g)`.
+/// A generation this host cannot run is skipped with a message saying so.
+#[macro_export]
+macro_rules! generation_tests {
+    ($($(#[$meta:meta])* async fn $name:ident($g:ident : Generation) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[allow(unused_imports)]
+            use $crate::Generation;
+
+            async fn body($g: $crate::Generation) $body
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v1_6() {
+                $crate::handler::run_on($crate::Generation::V1_6, body).await
+            }
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v1_7() {
+                $crate::handler::run_on($crate::Generation::V1_7, body).await
+            }
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v2_1() {
+                $crate::handler::run_on($crate::Generation::V2_1, body).await
             }
         }
     )*};

@@ -7,12 +7,15 @@
 pub mod cleanup;
 pub mod containerd;
 pub mod cri;
+pub mod critest;
 pub mod ctr;
 pub mod error;
 pub mod handler;
 pub mod image;
+pub mod registry;
+pub mod tools;
 
-pub use containerd::{Builder, Containerd, ExtraRuntime, Footprint, CRI_NAMESPACE};
+pub use containerd::{Builder, Containerd, ExtraRuntime, Footprint, Generation, CRI_NAMESPACE};
 pub use cri::{container_config, Cri};
 pub use ctr::{Output, RunOptions};
 pub use error::{Error, Result};

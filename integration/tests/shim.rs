@@ -352,12 +352,15 @@ parity_tests! {
         cri.stop_pod(&pod).await.expect("second StopPodSandbox");
         cri.remove_pod(&pod).await.expect("RemovePodSandbox");
         cri.remove_pod(&pod).await.expect("second RemovePodSandbox");
-        let err = cri
+        let stop_unknown = cri
             .runtime
             .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: "no-such-pod".into() })
-            .await
-            .expect_err("StopPodSandbox of an unknown pod");
-        assert_eq!(err.code(), Code::NotFound, "{err}");
+            .await;
+        // containerd 1.7 and later answer it with success (tests/generations.rs pins that).
+        if fx.generation() == sturdy_integration::Generation::V1_6 {
+            let err = stop_unknown.expect_err("StopPodSandbox of an unknown pod");
+            assert_eq!(err.code(), Code::NotFound, "{err}");
+        }
         // containerd treats removing an unknown sandbox as done; both shims agree.
         cri.runtime
             .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: "no-such-pod".into() })

@@ -1,0 +1,154 @@
+//! Options of a fixture, and starting one.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::fcntl::FlockArg;
+
+use super::teardown::lock_file;
+use super::{
+    default_shim_bin, random_suffix, reap_stale_fixtures, Containerd, Generation, SubnetSlot,
+};
+use crate::error::{IoContext, Result};
+use crate::image::PAUSE_IMAGE;
+
+/// Options for [`Containerd`]; `Containerd::start()` uses the defaults.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    shim_bin: PathBuf,
+    import_images: bool,
+    start_timeout: Duration,
+    extra_runtimes: Vec<ExtraRuntime>,
+    sturdy_as_runc_v2: bool,
+    generation: Option<Generation>,
+    sandbox_image: String,
+    registry_config_path: Option<PathBuf>,
+    port_mapping: bool,
+}
+
+/// An additional CRI runtime handler written into the fixture's config.
+#[derive(Debug, Clone)]
+pub struct ExtraRuntime {
+    /// Handler name (`runtime_handler` in RunPodSandbox).
+    pub name: String,
+    /// containerd runtime type, e.g. `io.containerd.runc.v2`.
+    pub runtime_type: String,
+    /// Shim binary path (`runtime_path`), if not found by name.
+    pub runtime_path: Option<PathBuf>,
+    /// Lines of the `options` table, verbatim TOML.
+    pub options: String,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            shim_bin: default_shim_bin(),
+            import_images: true,
+            start_timeout: Duration::from_secs(30),
+            extra_runtimes: Vec::new(),
+            sturdy_as_runc_v2: false,
+            generation: None,
+            sandbox_image: PAUSE_IMAGE.into(),
+            registry_config_path: None,
+            port_mapping: false,
+        }
+    }
+}
+
+impl Builder {
+    /// Use this sturdy shim binary (it may be missing; only sturdy runs need it).
+    pub fn shim_bin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.shim_bin = path.into();
+        self
+    }
+
+    /// Skip importing the busybox and pause images.
+    pub fn without_images(mut self) -> Self {
+        self.import_images = false;
+        self
+    }
+
+    /// Adds a CRI runtime handler beyond `runc` and `sturdy`.
+    pub fn runtime(mut self, runtime: ExtraRuntime) -> Self {
+        self.extra_runtimes.push(runtime);
+        self
+    }
+
+    /// Installs sturdy as a drop-in `containerd-shim-runc-v2` on this containerd's PATH, so
+    /// `io.containerd.runc.v2` runtimes (and the runc options encoding) reach sturdy.
+    pub fn sturdy_as_runc_v2(mut self) -> Self {
+        self.sturdy_as_runc_v2 = true;
+        self
+    }
+
+    /// How long to wait for containerd to answer.
+    pub fn start_timeout(mut self, t: Duration) -> Self {
+        self.start_timeout = t;
+        self
+    }
+
+    /// Run this containerd generation (default: [`super::GENERATION_ENV`], else 1.6).
+    pub fn generation(mut self, g: Generation) -> Self {
+        self.generation = Some(g);
+        self
+    }
+
+    /// CRI's sandbox (pause) image (default: the locally built [`PAUSE_IMAGE`]).
+    pub fn sandbox_image(mut self, reference: impl Into<String>) -> Self {
+        self.sandbox_image = reference.into();
+        self
+    }
+
+    /// CRI's registry `config_path`: a dir of `<registry>/hosts.toml` files.
+    pub fn registry_config_path(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.registry_config_path = Some(dir.into());
+        self
+    }
+
+    /// Adds the `portmap` CNI plugin, so pods' host ports work (it installs iptables rules
+    /// on the host for as long as such a pod lives).
+    pub fn port_mapping(mut self) -> Self {
+        self.port_mapping = true;
+        self
+    }
+
+    /// Create the temp dir, write the config, start containerd and import the images.
+    pub async fn start(self) -> Result<Containerd> {
+        let generation = match self.generation {
+            Some(g) => g,
+            None => Generation::from_env()?,
+        };
+        // Before anything exists: a generation this host cannot run leaves nothing behind.
+        let bins = generation.binaries()?;
+        reap_stale_fixtures();
+        let dir = tempfile::Builder::new()
+            .prefix("sturdy-test-")
+            .tempdir()
+            .ctx(|| "creating temp dir".into())?
+            // Drop owns removal: it has to unmount first, which TempDir would not.
+            .keep();
+        let suffix = random_suffix();
+        let mut fx = Containerd::identity(dir, &suffix, self.shim_bin.clone());
+        fx.generation = generation;
+        fx.bins = bins;
+        fx.extra_runtimes = self.extra_runtimes;
+        fx.sturdy_as_runc_v2 = self.sturdy_as_runc_v2;
+        fx.sandbox_image = self.sandbox_image;
+        fx.registry_config_path = self.registry_config_path;
+        fx.port_mapping = self.port_mapping;
+        // From here on Drop cleans whatever got created if a later step fails.
+        fx.owner = Some(lock_file(
+            &fx.dir.join("owner.lock"),
+            FlockArg::LockExclusive,
+        )?);
+        fx.subnet = Some(SubnetSlot::acquire()?);
+        fx.prepare()?;
+        fx.spawn()?;
+        fx.write_record()?;
+        fx.wait_ready(self.start_timeout).await?;
+        if self.import_images {
+            fx.import_images().await?;
+        }
+        Ok(fx)
+    }
+}
