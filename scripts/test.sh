@@ -52,9 +52,6 @@ for generation in 1.7 2.1; do
             # 2.1's Go shim drops /tasks/delete in about 1 of 6 runs (the oracle, not sturdy:
             # the sturdy variant still runs); see docs/testing.md.
             --skip events_in_order::runc
-            # sturdyctl finds shims by the bundle's `address` file, which 2.x's Go shim does
-            # not write (its address is in bootstrap.json): remove once sturdyctl reads it.
-            --skip hung_go_shim_is_recovered
         )
     fi
     STURDY_CONTAINERD=$generation cargo test --locked -p sturdy-integration "${targets[@]}" \

@@ -123,10 +123,21 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Reads one bundle; `None` while it has no `address` (its shim is not started yet).
+/// The shim's socket: the `address` file, or for containerd 2.x's Go shim (which writes
+/// none) the `address` that containerd recorded in `bootstrap.json`.
+fn bundle_address(dir: &Path) -> Option<String> {
+    if let Ok(a) = std::fs::read_to_string(dir.join("address")) {
+        return Some(a.trim().to_string());
+    }
+    let raw = std::fs::read(dir.join("bootstrap.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    v["address"].as_str().map(|a| a.trim().to_string())
+}
+
+/// Reads one bundle; `None` while it has no address (its shim is not started yet).
 pub fn read_bundle(dir: &Path, namespace: &str, id: &str) -> Option<Task> {
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-    let address = read("address")?.trim().to_string();
+    let address = bundle_address(dir)?;
     if address.is_empty() {
         return None;
     }
@@ -383,6 +394,18 @@ mod tests {
             runtime_of_binary(Path::new("/usr/bin/containerd-shim-runc-v2")).as_deref(),
             Some("io.containerd.runc.v2")
         );
+    }
+
+    #[test]
+    fn containerd_2_go_shim_address_comes_from_bootstrap_json() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("bootstrap.json"),
+            r#"{"version":3,"address":"unix:///run/containerd/s/abc","protocol":"ttrpc"}"#,
+        )
+        .unwrap();
+        let t = read_bundle(dir.path(), "k8s.io", "c1").expect("bundle");
+        assert_eq!(t.address, "unix:///run/containerd/s/abc");
     }
 
     #[test]
