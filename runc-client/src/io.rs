@@ -2,9 +2,9 @@
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
@@ -66,18 +66,6 @@ pub(crate) fn set_nonblocking<Fd: AsFd>(fd: Fd) -> Result<()> {
     Ok(())
 }
 
-static UNIQUE: AtomicU64 = AtomicU64::new(0);
-
-/// A directory name unlikely to collide across processes and calls.
-pub(crate) fn unique_name(prefix: &str) -> String {
-    let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
-}
-
 /// A unix socket runc connects to (--console-socket) to hand over the pty master.
 pub struct ConsoleSocket {
     dir: PathBuf,
@@ -86,13 +74,20 @@ pub struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    /// Bind a socket in a fresh private temp dir; must be called inside a tokio runtime.
+    /// Binds a socket in a fresh private directory of the temp dir; must be called inside
+    /// a tokio runtime.
     pub fn new() -> Result<ConsoleSocket> {
-        let dir = std::env::temp_dir().join(unique_name("runc-console"));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
+        ConsoleSocket::new_in(&std::env::temp_dir())
+    }
+
+    /// Binds a socket in a fresh private directory under `parent`.
+    ///
+    /// The directory comes from mkdtemp (an unguessable name, mode 0700): nobody can take
+    /// its name first, or connect and hand us a pty of theirs. A unix socket path holds at
+    /// most 107 bytes, so `parent` must be short (a bundle path often is not).
+    pub fn new_in(parent: &Path) -> Result<ConsoleSocket> {
+        let dir = nix::unistd::mkdtemp(&parent.join("runc-console-XXXXXX"))
+            .map_err(|e| Error::io(format!("mkdtemp in {}", parent.display()), e))?;
         let path = dir.join("pty.sock");
         match UnixListener::bind(&path) {
             Ok(listener) => Ok(ConsoleSocket {
@@ -140,6 +135,24 @@ impl ConsoleSocket {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(Error::io("recvmsg on console socket", e)),
             }
+        }
+    }
+
+    /// [`ConsoleSocket::receive_master`], giving up after `deadline`.
+    ///
+    /// runc sends the master before `runc create` (or `runc exec --detach`) returns, so a
+    /// caller that saw runc succeed waits here only for a runtime that connected and then
+    /// sent nothing, or never connected at all.
+    pub async fn receive_master_within(&self, deadline: Duration) -> Result<OwnedFd> {
+        match tokio::time::timeout(deadline, self.receive_master()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::io(
+                format!("console socket {}", self.path.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no pty master received within {deadline:?}"),
+                ),
+            )),
         }
     }
 }
@@ -292,5 +305,44 @@ mod tests {
         );
         drop(sock);
         assert!(!path.exists() && !dir.exists());
+    }
+
+    #[tokio::test]
+    async fn console_socket_dirs_are_private_and_unguessable() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let a = ConsoleSocket::new_in(parent.path()).unwrap();
+        let b = ConsoleSocket::new_in(parent.path()).unwrap();
+        let (da, db) = (a.path().parent().unwrap(), b.path().parent().unwrap());
+        assert_ne!(da, db);
+        assert_eq!(da.parent(), Some(parent.path()));
+        let mode = std::fs::metadata(da).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+        // The old name was pid, counter and clock: a squatter could create it first. The
+        // new one ends in mkdtemp's random part.
+        let name = da.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("runc-console-"), "{name}");
+        assert!(!name.contains(&std::process::id().to_string()), "{name}");
+        drop((a, b));
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn receive_master_gives_up_at_its_deadline() {
+        let sock = ConsoleSocket::new().unwrap();
+        // A peer that connects and sends nothing, and no peer at all.
+        let _peer = std::os::unix::net::UnixStream::connect(sock.path()).unwrap();
+        let t = std::time::Instant::now();
+        let err = sock
+            .receive_master_within(Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(err.to_string().contains("no pty master"), "{err}");
+        let lonely = ConsoleSocket::new().unwrap();
+        assert!(lonely
+            .receive_master_within(Duration::from_millis(100))
+            .await
+            .is_err());
     }
 }
