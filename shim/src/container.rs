@@ -71,9 +71,6 @@ impl Container {
         if !req.checkpoint.is_empty() {
             return Err(Error::Unimplemented("create from checkpoint"));
         }
-        if req.terminal {
-            return Err(Error::Unimplemented("terminal (tty) stdio"));
-        }
         let bundle = PathBuf::from(&req.bundle);
         if !bundle.is_absolute() {
             return Err(Error::InvalidArgument(format!(
@@ -184,22 +181,22 @@ impl Container {
             mount_all(&self.id, &self.rootfs, &rootfs).await?;
             done.mounted = true;
         }
-        let (pio, copiers) = io::prepare(
+        let stdio = io::prepare_stdio(
             &self.id,
             &self.init.stdio,
             self.options.io_uid,
             self.options.io_gid,
             &self.bundle,
         )?;
-        *self.init.copiers.lock().await = copiers;
+        *self.init.copiers.lock().await = stdio.copiers;
         let pid_file = self.bundle.join("init.pid");
         let opts = CreateOpts {
             pid_file: pid_file.clone(),
-            console_socket: None,
+            console_socket: stdio.console.as_ref().map(|c| c.socket_path().to_owned()),
             no_pivot: self.options.no_pivot_root,
             no_new_keyring: self.options.no_new_keyring,
             detach: true,
-            io: pio,
+            io: stdio.io,
             extra_files: Vec::new(),
         };
         done.runc_called = true;
@@ -208,6 +205,10 @@ impl Container {
             .await
             .map_err(|e| self.runc_error(e))?;
         drop(opts);
+        if let Some(console) = stdio.console {
+            // A failure here is undone like a failed `runc create`: init is deleted.
+            *self.init.copiers.lock().await = console.start().await?;
+        }
         read_pid(&self.id, &pid_file).await
     }
 

@@ -47,9 +47,6 @@ impl Container {
         stdio: StdioPaths,
     ) -> Result<()> {
         crate::ids::validate("exec", exec_id)?;
-        if stdio.terminal {
-            return Err(Error::Unimplemented("terminal (tty) stdio"));
-        }
         match self.init.state() {
             State::Running | State::Paused | State::Pausing | State::Resuming => {}
             s => {
@@ -120,14 +117,14 @@ impl Container {
                 })
             }
         }
-        let (pio, copiers) = io::prepare(
+        let stdio = io::prepare_stdio(
             &self.id,
             &p.stdio,
             self.options.io_uid,
             self.options.io_gid,
             &self.bundle,
         )?;
-        *p.copiers.lock().await = copiers;
+        *p.copiers.lock().await = stdio.copiers;
         let dir = self.bundle.join(EXEC_DIR);
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -137,9 +134,9 @@ impl Container {
         let pid_file = dir.join(format!("{}.pid", p.exec_id));
         let opts = ExecOpts {
             pid_file: pid_file.clone(),
-            console_socket: None,
+            console_socket: stdio.console.as_ref().map(|c| c.socket_path().to_owned()),
             detach: true,
-            io: pio,
+            io: stdio.io,
             // Its environment may hold secrets: keep it in the root-only bundle.
             spec_dir: Some(self.bundle.clone()),
         };
@@ -152,7 +149,19 @@ impl Container {
         if let Err(e) = std::fs::remove_file(&pid_file) {
             log::warn!("{}: remove {}: {e}", p.name(), pid_file.display());
         }
-        Ok((pid?, since))
+        let pid = pid?;
+        if let Some(console) = stdio.console {
+            match console.start().await {
+                Ok(copiers) => *p.copiers.lock().await = copiers,
+                Err(e) => {
+                    // Nobody would ever read its terminal: the exec must not run on.
+                    // SAFETY: kill(2) on the pid runc just started; no memory is involved.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    return Err(e);
+                }
+            }
+        }
+        Ok((pid, since))
     }
 
     /// Signals an exec process directly. Takes no lock (see [`Container::kill`]).

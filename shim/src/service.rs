@@ -241,9 +241,12 @@ impl Task for TaskService {
     async fn resize_pty(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ResizePtyRequest,
+        req: api::ResizePtyRequest,
     ) -> TtrpcResult<Empty> {
-        Err(Error::Unimplemented("ResizePty").into())
+        self.tasks
+            .resize_pty(&req.id, &req.exec_id, req.width, req.height)
+            .await?;
+        Ok(Empty::new())
     }
 
     async fn update(

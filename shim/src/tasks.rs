@@ -312,11 +312,32 @@ impl Tasks {
         self.container(id)?.pids().await
     }
 
-    /// Ends feeding stdin of init or an exec.
+    /// Ends feeding stdin of init or an exec (with a terminal: sends its EOF character).
     pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
         let p = self.container(id)?.process(exec_id)?;
         p.copiers.lock().await.close_stdin();
         Ok(())
+    }
+
+    /// Sets the terminal size of init or an exec; FailedPrecondition when it has none.
+    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let p = self.container(id)?.process(exec_id)?;
+        let resized = p.copiers.lock().await.resize(width, height);
+        match resized {
+            Some(r) => {
+                r.map_err(|e| Error::io(id, format!("resize the terminal of {}", p.name()), e))
+            }
+            None => Err(Error::FailedPrecondition {
+                id: p.name(),
+                op: "resize a terminal",
+                state: if p.stdio.terminal {
+                    // Asked for, but runc has not handed it over yet, or it is closed.
+                    format!("{} with its terminal not open", p.state())
+                } else {
+                    format!("{} without a terminal", p.state())
+                },
+            }),
+        }
     }
 }
 

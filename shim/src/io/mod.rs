@@ -11,9 +11,14 @@
 //! Output is drained from the container's pipes whatever containerd's reader does: what its
 //! FIFO cannot take waits in a [`spool::Spool`] (memory up to [`OUTPUT_MEMORY_BOUND`] per
 //! stream, then an unlinked file in the bundle), see [`output`].
+//!
+//! A process with a terminal has a pty instead of pipes; [`console`] copies its master
+//! through the same loops.
 
+pub mod console;
 mod output;
 mod spool;
+mod stdin;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -24,7 +29,6 @@ use std::time::{Duration, Instant};
 use nix::fcntl::OFlag;
 use nix::unistd::{fchown, Gid, Uid};
 use runc_client::ProcessIo;
-use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -61,6 +65,8 @@ pub struct Copiers {
     stdin_close: Option<oneshot::Sender<()>>,
     stdin: Option<JoinHandle<()>>,
     outputs: Vec<JoinHandle<()>>,
+    /// The pty master, for a process with a terminal.
+    console: Option<Arc<console::Console>>,
     /// Progress of the output loops, for draining.
     progress: Arc<Progress>,
 }
@@ -139,11 +145,55 @@ impl Progress {
 }
 
 impl Copiers {
-    /// Stops feeding stdin; the container sees EOF once buffered data is written.
+    /// Stops feeding stdin; the container sees EOF once buffered data is written (with a
+    /// terminal: the terminal's EOF character, see [`console`]).
     pub fn close_stdin(&mut self) {
         if let Some(tx) = self.stdin_close.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Sets the size of the process's terminal; None when it has none.
+    pub fn resize(&self, width: u32, height: u32) -> Option<std::io::Result<()>> {
+        self.console.as_ref().map(|c| c.resize(width, height))
+    }
+
+    /// Starts feeding `fifo` (containerd's stdin) into `to` (the process's stdin pipe or
+    /// pty master) until CloseIO.
+    fn start_stdin(
+        &mut self,
+        fifo: pipe::Receiver,
+        to: pipe::Sender,
+        console: Option<Arc<console::Console>>,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        self.stdin_close = Some(tx);
+        self.stdin = Some(tokio::spawn(stdin::copy_stdin(fifo, to, rx, console)));
+    }
+
+    /// Starts draining `from` (a process's stdout or stderr, or its pty master) into `fifo`.
+    fn start_output(
+        &mut self,
+        id: &str,
+        from: pipe::Receiver,
+        fifo: pipe::Sender,
+        spill_dir: &Path,
+    ) {
+        let progress = self.progress.clone();
+        // Counted before spawning, released by the guard however the loop ends, even if
+        // it is aborted before it ever ran.
+        progress.active.fetch_add(1, Ordering::Relaxed);
+        let active = ActiveGuard(progress.clone());
+        let spool = spool::Spool::new(
+            id,
+            spill_dir,
+            OUTPUT_MEMORY_BOUND,
+            OUTPUT_SPILL_LIMIT,
+            progress.clone(),
+        );
+        self.outputs.push(tokio::spawn(output::copy_output(
+            from, fifo, spool, progress, active,
+        )));
     }
 
     /// The progress of the output loops, to drain without holding the copier lock.
@@ -161,6 +211,8 @@ impl Copiers {
         for h in self.outputs.drain(..) {
             h.abort();
         }
+        // The loops held the other copies of the master: now the terminal hangs up.
+        self.console = None;
     }
 }
 
@@ -170,7 +222,43 @@ impl Drop for Copiers {
     }
 }
 
-/// Builds the pipes for a new process and starts the copy loops.
+/// A new process's stdio, ready for runc.
+pub struct Prepared {
+    /// The fds runc gives the process (none with a terminal: the pty takes their place).
+    pub io: ProcessIo,
+    /// The running copy loops (none yet with a terminal).
+    pub copiers: Copiers,
+    /// With a terminal: the socket runc sends the pty master to, and the FIFOs waiting
+    /// for it; [`console::Pending::start`] starts the loops once runc has run.
+    pub console: Option<console::Pending>,
+}
+
+/// Prepares a new process's stdio: pipes with their copy loops running, or for a terminal
+/// a console socket. Every FIFO is opened here, before runc runs, so a bad path fails the
+/// request without a process to clean up.
+pub fn prepare_stdio(
+    id: &str,
+    paths: &StdioPaths,
+    uid: u32,
+    gid: u32,
+    spill_dir: &Path,
+) -> Result<Prepared> {
+    if paths.terminal {
+        return Ok(Prepared {
+            io: ProcessIo::default(),
+            copiers: Copiers::default(),
+            console: Some(console::Pending::new(id, paths, spill_dir)?),
+        });
+    }
+    let (io, copiers) = prepare(id, paths, uid, gid, spill_dir)?;
+    Ok(Prepared {
+        io,
+        copiers,
+        console: None,
+    })
+}
+
+/// Builds the pipes for a new process without a terminal and starts the copy loops.
 ///
 /// Output the FIFOs cannot take yet spills into unlinked files created in `spill_dir`
 /// (the bundle). Returns the fds runc must give the container and the handle on the copiers.
@@ -182,25 +270,19 @@ pub fn prepare(
     spill_dir: &Path,
 ) -> Result<(ProcessIo, Copiers)> {
     if paths.terminal {
-        return Err(Error::Unimplemented("terminal (tty) stdio"));
+        return Err(Error::Internal(format!(
+            "{id}: terminal stdio has no pipes (see prepare_stdio)"
+        )));
     }
     let mut io = ProcessIo::default();
     let mut copiers = Copiers::default();
 
     if !paths.stdin.is_empty() {
-        check_scheme(&paths.stdin)?;
+        let fifo = open_stdin_fifo(id, &paths.stdin)?;
         let (read, write) = make_pipe(id, uid, gid)?;
-        // Read-write so that the FIFO never reports EOF before the client opened it;
-        // the end of stdin is signalled through CloseIO instead.
-        let fifo = pipe::OpenOptions::new()
-            .read_write(true)
-            .open_receiver(&paths.stdin)
-            .map_err(|e| Error::io(id, format!("open stdin fifo {}", paths.stdin), e))?;
         let sender = pipe::Sender::from_owned_fd(write)
             .map_err(|e| Error::io(id, "register stdin pipe", e))?;
-        let (tx, rx) = oneshot::channel();
-        copiers.stdin_close = Some(tx);
-        copiers.stdin = Some(tokio::spawn(copy_stdin(fifo, sender, rx)));
+        copiers.start_stdin(fifo, sender, None);
         io.stdin = Some(read);
     }
     for (path, slot) in [
@@ -210,34 +292,36 @@ pub fn prepare(
         if path.is_empty() {
             continue;
         }
-        check_scheme(path)?;
+        let fifo = open_output_fifo(id, path)?;
         let (read, write) = make_pipe(id, uid, gid)?;
-        // Read-write keeps an extra reader on the FIFO: a containerd restart closes its
-        // reader, and without ours the container would get EPIPE.
-        let fifo = pipe::OpenOptions::new()
-            .read_write(true)
-            .open_sender(path)
-            .map_err(|e| Error::io(id, format!("open output fifo {path}"), e))?;
         let receiver = pipe::Receiver::from_owned_fd(read)
             .map_err(|e| Error::io(id, "register output pipe", e))?;
-        let progress = copiers.progress.clone();
-        // Counted before spawning, released by the guard however the loop ends, even if
-        // it is aborted before it ever ran.
-        progress.active.fetch_add(1, Ordering::Relaxed);
-        let active = ActiveGuard(progress.clone());
-        let spool = spool::Spool::new(
-            id,
-            spill_dir,
-            OUTPUT_MEMORY_BOUND,
-            OUTPUT_SPILL_LIMIT,
-            progress.clone(),
-        );
-        copiers.outputs.push(tokio::spawn(output::copy_output(
-            receiver, fifo, spool, progress, active,
-        )));
+        copiers.start_output(id, receiver, fifo, spill_dir);
         *slot = Some(write);
     }
     Ok((io, copiers))
+}
+
+/// Opens containerd's stdin FIFO for reading.
+fn open_stdin_fifo(id: &str, path: &str) -> Result<pipe::Receiver> {
+    check_scheme(path)?;
+    // Read-write so that the FIFO never reports EOF before the client opened it; the end
+    // of stdin is signalled through CloseIO instead.
+    pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(path)
+        .map_err(|e| Error::io(id, format!("open stdin fifo {path}"), e))
+}
+
+/// Opens one of containerd's output FIFOs for writing.
+fn open_output_fifo(id: &str, path: &str) -> Result<pipe::Sender> {
+    check_scheme(path)?;
+    // Read-write keeps an extra reader on the FIFO: a containerd restart closes its
+    // reader, and without ours the container would get EPIPE.
+    pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(path)
+        .map_err(|e| Error::io(id, format!("open output fifo {path}"), e))
 }
 
 fn check_scheme(path: &str) -> Result<()> {
@@ -261,31 +345,6 @@ fn make_pipe(id: &str, uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd)> {
     }
     debug_assert!(read.as_raw_fd() >= 0);
     Ok((read, write))
-}
-
-async fn copy_stdin(mut fifo: pipe::Receiver, mut to: pipe::Sender, close: oneshot::Receiver<()>) {
-    tokio::select! {
-        r = tokio::io::copy(&mut fifo, &mut to) => {
-            if let Err(e) = r {
-                log::debug!("stdin copy ended: {e}");
-            }
-        }
-        _ = close => {
-            // CloseIO: forward what is already buffered in the FIFO without waiting for more.
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match fifo.try_read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if to.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    // Dropping `to` closes the pipe: the container reads EOF.
 }
 
 /// How long a FIFO's unread content may stay unchanged before we stop waiting for its reader.
