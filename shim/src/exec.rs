@@ -43,10 +43,13 @@ impl Container {
         &self,
         shared: &Shared,
         exec_id: &str,
-        spec: oci_spec::runtime::Process,
+        mut spec: oci_spec::runtime::Process,
         stdio: StdioPaths,
     ) -> Result<()> {
         crate::ids::validate("exec", exec_id)?;
+        // runc allocates a pty by the spec and we expect one by the request: they must
+        // agree, or runc either never sends the master or refuses to run detached.
+        spec.set_terminal(Some(stdio.terminal));
         match self.init.state() {
             State::Running | State::Paused | State::Pausing | State::Resuming => {}
             s => {
