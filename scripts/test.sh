@@ -69,8 +69,6 @@ done
 KNOWN_GAPS=(
     # issue 9 (Task API part 2: Stats)
     "[k8s.io] Container runtime should support basic operations on container runtime should support listing container stats [Conformance]"
-    # issue 9 (Task API part 2: exec with a terminal)
-    "[k8s.io] Streaming runtime should support streaming interfaces runtime should support exec with tty=true and stdin=true [Conformance]"
 )
 # Pins an upstream image digest: no locally built image passes it, whatever the runtime.
 DIGEST_SPEC="[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]"
