@@ -335,16 +335,18 @@ impl Tasks {
         let any = resources.ok_or_else(|| {
             Error::InvalidArgument(format!("update {id}: the request carries no resources"))
         })?;
-        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
-            .map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "update {id}: resources ({}) are not an OCI LinuxResources in JSON: {e}",
-                    any.type_url
-                ))
-            })?;
+        // runc reads the resources itself; only what is not even a JSON object stops here.
+        let object = any.value.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if !object || serde_json::from_slice::<serde::de::IgnoredAny>(&any.value).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "update {id}: resources ({}) are not an OCI LinuxResources in JSON",
+                any.type_url
+            )));
+        }
         if !annotations.is_empty() {
             log::debug!("update {id}: annotations not applied: {annotations:?}");
         }
+        let resources = any.value.clone();
         detached(async move { c.update(&resources).await }).await
     }
 

@@ -59,8 +59,9 @@ async fn stats_read_the_cgroup_runc_recorded_until_it_is_gone() {
 async fn update_hands_runc_the_resources_while_the_container_lives() {
     let rig = Rig::new();
     rig.create("c", &[]).await.unwrap();
+    // A field no spec version has yet must reach runc as well: runc decides.
     let json =
-        r#"{"memory":{"limit":67108864},"cpu":{"shares":512,"quota":50000,"period":100000}}"#;
+        r#"{"memory":{"limit":67108864},"cpu":{"shares":512,"quota":50000},"future":{"x":1}}"#;
     let annotations = HashMap::from([("io.example/a".to_string(), "b".to_string())]);
 
     // Created and running containers take it, like paused ones.
@@ -81,6 +82,12 @@ async fn update_hands_runc_the_resources_while_the_container_lives() {
     assert_eq!(sent["memory"]["limit"], 67108864);
     assert_eq!(sent["cpu"]["shares"], 512);
     assert_eq!(sent["cpu"]["quota"], 50000);
+    assert_eq!(sent["future"]["x"], 1);
+    let bundle = rig.dir.path().join("c");
+    assert!(
+        !bundle.join("update-resources.json").exists(),
+        "resources file left in the bundle"
+    );
     rig.tasks.resume("c").await.unwrap();
 
     // Garbage never reaches runc.
@@ -90,6 +97,8 @@ async fn update_hands_runc_the_resources_while_the_container_lives() {
         .update("c", Some(&resources("{nope")), &none)
         .await;
     assert!(is(&bad, invalid));
+    let array = rig.tasks.update("c", Some(&resources("[1]")), &none).await;
+    assert!(is(&array, invalid));
     assert!(is(
         &rig.tasks.update("c", None, &HashMap::new()).await,
         invalid
