@@ -67,8 +67,6 @@ done
 # issue is resolved: a listed spec sturdy passes on every generation fails the run, so the
 # list cannot outlive its reason.
 KNOWN_GAPS=(
-    # issue 9 (Task API part 2: Stats)
-    "[k8s.io] Container runtime should support basic operations on container runtime should support listing container stats [Conformance]"
     # issue 9 (Task API part 2: exec with a terminal)
     "[k8s.io] Streaming runtime should support streaming interfaces runtime should support exec with tty=true and stdin=true [Conformance]"
 )
