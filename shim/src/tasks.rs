@@ -151,8 +151,8 @@ impl Tasks {
             return;
         };
         if p.is_init() {
-            // The kernel signalled an OOM before its kill, so it is pending by now: out
-            // before anything can publish this exit (the exit handler, or a Delete).
+            // An OOM that killed init is pending by now (the kernel signals it before the
+            // kill): out before anything can publish this exit (exit handler or Delete).
             c.flush_oom(&self.shared);
         }
         let shared = self.shared.clone();
