@@ -67,8 +67,6 @@ done
 # issue is resolved: a listed spec sturdy passes on every generation fails the run, so the
 # list cannot outlive its reason.
 KNOWN_GAPS=(
-    # issue 9 (Task API part 2: Stats)
-    "[k8s.io] Container runtime should support basic operations on container runtime should support listing container stats [Conformance]"
 )
 # Pins an upstream image digest: no locally built image passes it, whatever the runtime.
 DIGEST_SPEC="[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]"

@@ -23,6 +23,8 @@ use crate::process::{Exited, Process, State};
 use crate::record::Record;
 use crate::tasks::Shared;
 
+mod resources;
+
 /// Longest exit handling waits for the last output to reach containerd's FIFOs while the
 /// copy still makes progress (a silent pipe is given up on much sooner).
 pub const IO_DRAIN_LIMIT: Duration = Duration::from_secs(60);
@@ -53,6 +55,7 @@ pub struct Container {
     namespace: String,
     rootfs: Vec<Mount>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
+    cgroups: resources::CgroupState,
 }
 
 /// What a create had done when it failed, so that only that is undone.
@@ -125,6 +128,7 @@ impl Container {
             namespace: namespace.to_string(),
             rootfs: req.rootfs.to_vec(),
             execs: Mutex::new(HashMap::new()),
+            cgroups: Default::default(),
         })
     }
 
@@ -423,6 +427,8 @@ impl Container {
         }
         let progress = self.init.copiers.lock().await.progress();
         progress.drain(IO_DRAIN_LIMIT).await;
+        // Once more, after the drain: an OOM counted late must still come first.
+        self.flush_oom(shared);
         report_exit(shared, &self.init).await;
         crate::memory::trim_heap();
     }

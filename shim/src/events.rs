@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim_protos::protobuf::{
@@ -108,6 +108,8 @@ pub enum Event {
     Paused { id: String },
     /// `/tasks/resumed`.
     Resumed { id: String },
+    /// `/tasks/oom`: the container's cgroup ran out of memory and the kernel killed in it.
+    Oom { id: String },
 }
 
 impl Event {
@@ -122,11 +124,14 @@ impl Event {
             Event::ExecStarted { .. } => topics::TASK_EXEC_STARTED_EVENT_TOPIC,
             Event::Paused { .. } => topics::TASK_PAUSED_EVENT_TOPIC,
             Event::Resumed { .. } => topics::TASK_RESUMED_EVENT_TOPIC,
+            Event::Oom { .. } => topics::TASK_OOM_EVENT_TOPIC,
         }
     }
 
+    /// Exits, and the OOMs that decide the reason CRI gives an exit, are kept when the
+    /// outbox overflows.
     fn is_exit(&self) -> bool {
-        matches!(self, Event::Exit { .. })
+        matches!(self, Event::Exit { .. } | Event::Oom { .. })
     }
 
     /// The Any payload: fixed type name plus the encoded message.
@@ -234,6 +239,14 @@ impl Event {
                 }
                 .write_to_bytes(),
             ),
+            Event::Oom { id } => (
+                "containerd.events.TaskOOM",
+                TaskOOM {
+                    container_id: id.clone(),
+                    ..Default::default()
+                }
+                .write_to_bytes(),
+            ),
         };
         Ok(Any {
             type_url: type_url.to_string(),
@@ -331,7 +344,8 @@ impl Recorder {
                     | Event::Start { id, .. }
                     | Event::Delete { id, .. }
                     | Event::Paused { id }
-                    | Event::Resumed { id } => (id.clone(), String::new()),
+                    | Event::Resumed { id }
+                    | Event::Oom { id } => (id.clone(), String::new()),
                     Event::Exit { id, exec_id, .. } => {
                         let exec = if exec_id == id {
                             String::new()

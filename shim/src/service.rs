@@ -249,19 +249,26 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn update(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: api::UpdateTaskRequest,
-    ) -> TtrpcResult<Empty> {
-        Err(Error::Unimplemented("Update").into())
+    async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let r = self
+            .tasks
+            .update(&req.id, req.resources.as_ref(), &req.annotations)
+            .await;
+        logged("update", &req.id, r)?;
+        Ok(Empty::new())
     }
 
     async fn stats(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::StatsRequest,
+        req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        Err(Error::Unimplemented("Stats").into())
+        // Not logged: kubelet asks every few seconds, and NotFound for a container that
+        // just went is normal.
+        let stats = self.tasks.stats(&req.id)?;
+        Ok(api::StatsResponse {
+            stats: Some(stats).into(),
+            ..Default::default()
+        })
     }
 }

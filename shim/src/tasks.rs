@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use containerd_shim_protos::api::CreateTaskRequest;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use runc_client::{Exit, Reaper};
 use tokio::sync::{oneshot, Notify};
 
@@ -149,6 +150,11 @@ impl Tasks {
             log::warn!("exit of {}: its container is gone", p.name());
             return;
         };
+        if p.is_init() {
+            // An OOM that killed init is pending by now (the kernel signals it before the
+            // kill): out before anything can publish this exit (exit handler or Delete).
+            c.flush_oom(&self.shared);
+        }
         let shared = self.shared.clone();
         tokio::spawn(async move {
             if p.is_init() {
@@ -211,6 +217,7 @@ impl Tasks {
                 pid,
                 stdio: c.init.stdio.clone(),
             });
+            c.watch_oom(&tasks.shared);
             if early {
                 tasks.handle_exit(c.init.clone());
             }
@@ -248,6 +255,7 @@ impl Tasks {
             }
             let result = c.delete(&tasks.shared).await;
             if result.is_ok() || c.init.state() == State::Deleted {
+                c.stop_oom_watch();
                 tasks.remove(&c);
             }
             result.map(|e| (c.init.pid(), e))
@@ -310,6 +318,41 @@ impl Tasks {
     /// Pids of every process in the container.
     pub async fn pids(&self, id: &str) -> Result<Vec<i32>> {
         self.container(id)?.pids().await
+    }
+
+    /// Applies new resources (`resources`: an OCI `LinuxResources` as JSON, the way
+    /// containerd marshals it) to the container with `runc update`.
+    ///
+    /// `annotations` carry nothing runc can apply (containerd's Go shim ignores them too);
+    /// they are logged.
+    pub async fn update(
+        self: &Arc<Self>,
+        id: &str,
+        resources: Option<&Any>,
+        annotations: &HashMap<String, String>,
+    ) -> Result<()> {
+        let c = self.container(id)?;
+        let any = resources.ok_or_else(|| {
+            Error::InvalidArgument(format!("update {id}: the request carries no resources"))
+        })?;
+        // runc reads the resources itself; only what is not even a JSON object stops here.
+        let object = any.value.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if !object || serde_json::from_slice::<serde::de::IgnoredAny>(&any.value).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "update {id}: resources ({}) are not an OCI LinuxResources in JSON",
+                any.type_url
+            )));
+        }
+        if !annotations.is_empty() {
+            log::debug!("update {id}: annotations not applied: {annotations:?}");
+        }
+        let resources = any.value.clone();
+        detached(async move { c.update(&resources).await }).await
+    }
+
+    /// The container's cgroup statistics, as the Any containerd expects.
+    pub fn stats(&self, id: &str) -> Result<Any> {
+        self.container(id)?.stats()
     }
 
     /// Ends feeding stdin of init or an exec (with a terminal: sends its EOF character).

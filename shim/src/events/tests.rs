@@ -115,6 +115,28 @@ fn a_full_outbox_keeps_exits() {
     assert_eq!(q.back().map(|(e, _)| e.clone()), Some(exit(1)));
 }
 
+#[test]
+fn an_oom_is_a_task_oom_kept_like_an_exit() {
+    let oom = Event::Oom { id: "c1".into() };
+    assert_eq!(oom.topic(), "/tasks/oom");
+    let any = oom.encode().unwrap();
+    assert_eq!(any.type_url, "containerd.events.TaskOOM");
+    let decoded = TaskOOM::parse_from_bytes(&any.value).unwrap();
+    assert_eq!(decoded.container_id, "c1");
+
+    let outbox = Outbox {
+        queue: Mutex::new(VecDeque::new()),
+        ready: Default::default(),
+        failures: Default::default(),
+    };
+    outbox.push(oom.clone());
+    for n in 0..OUTBOX as i32 {
+        outbox.push(start(n));
+    }
+    outbox.push(exit(1));
+    assert!(outbox.lock().iter().any(|(e, _)| *e == oom), "OOM dropped");
+}
+
 /// A wedged containerd (listen backlog full, never accepting) must not freeze the shim:
 /// the runtime thread keeps serving other work while the forwarder retries.
 #[test]

@@ -7,6 +7,8 @@
 #   fake-exec         shell command an exec runs (default: exec sleep 1000)
 #   fake-<cmd>-sleep  seconds <cmd> takes (create, start, exec, delete)
 #   fake-<cmd>-fail   <cmd> fails with the file's content as runc's error
+#   fake-cgroups      JSON object written as cgroup_paths of $root/<id>/state.json
+# update copies the resources it got (a file, or - for stdin) to $root/<id>/update.json.
 root=/run/runc; log=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -18,12 +20,13 @@ while [ $# -gt 0 ]; do
     esac
 done
 cmd=$1; shift
-bundle=""; pidfile=""; all=""; force=""; args=""
+bundle=""; pidfile=""; all=""; force=""; args=""; resources=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --bundle|-b) bundle=$2; shift 2 ;;
         --pid-file) pidfile=$2; shift 2 ;;
-        --process|-p|--console-socket|--preserve-fds|--format|-f|--resources|-r|--interval) shift 2 ;;
+        --resources|-r) resources=$2; shift 2 ;;
+        --process|-p|--console-socket|--preserve-fds|--format|-f|--interval) shift 2 ;;
         --all|-a) all=1; shift ;;
         --force) force=1; shift ;;
         --detach|-d|--no-pivot|--no-new-keyring|--stats) shift ;;
@@ -63,6 +66,8 @@ create)
         sh -c 'while [ ! -e "$1/started" ]; do sleep 0.01; done; exec sh -c "$2"' init "$dir" "$init" &
     fi
     echo $! > "$dir/pid"; [ -n "$pidfile" ] && echo $! > "$pidfile"
+    steer cgroups && printf '{"id":"%s","init_process_pid":%s,"cgroup_paths":%s}\n' \
+        "$id" "$(cat "$dir/pid")" "$(cat "$bundle/fake-cgroups")" > "$dir/state.json"
     ;;
 start)
     [ -e "$dir/started" ] && fail "cannot start an already running container"
@@ -96,6 +101,7 @@ state)
     printf '{"id":"%s","pid":%s,"status":"running","bundle":"%s"}\n' "$id" "$(cat "$dir/pid")" "$bundle" ;;
 ps)
     printf '[%s]\n' "$(cat "$dir/pid")" ;;
+update) if [ "$resources" = - ]; then cat; else cat "$resources"; fi > "$dir/update.json" ;;
 pause) kill -STOP "$(cat "$dir/pid")" ;;
 resume) kill -CONT "$(cat "$dir/pid")" ;;
 *) fail "fake runc: unknown command $cmd" ;;

@@ -13,6 +13,8 @@ use crate::error::Error;
 use crate::events::Recorder;
 use crate::process::{Exited, NEVER_RAN};
 
+mod resources;
+
 const FAKE_RUNC: &str = include_str!("fake-runc.sh");
 const T: Duration = Duration::from_secs(20);
 /// The smallest process spec an exec may carry.

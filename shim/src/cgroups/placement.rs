@@ -4,9 +4,6 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Root of the cgroup filesystems.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
 /// Moves `pid` into the cgroup `path` (relative to each hierarchy's root).
 ///
 /// On cgroup v2 (unified) that is one `cgroup.procs`; on v1 every mounted controller
@@ -73,7 +70,7 @@ fn inherit_cpuset(hierarchy: &Path, rel: &str) -> io::Result<()> {
 
 /// Moves `pid` into `path` under the host's cgroup root.
 pub fn add_shim_process(path: &str, pid: u32) -> io::Result<()> {
-    add_process(Path::new(CGROUP_ROOT), path, pid)
+    add_process(Path::new(super::CGROUP_ROOT), path, pid)
 }
 
 /// Sets `pid`'s oom_score_adj to the containerd's (our parent's) + 1, so the kernel picks

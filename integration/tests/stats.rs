@@ -1,0 +1,213 @@
+//! Stats, Update and OOM through CRI, the way a kubelet sees them: new limits reach the
+//! container's cgroup, ContainerStats and ListContainerStats show real usage, and a
+//! container that runs out of memory ends `OOMKilled`; for both shims.
+
+use std::time::{Duration, Instant};
+
+use containerd_client::services::v1::GetRequest;
+use containerd_client::with_namespace;
+use sturdy_integration::k8s_cri::v1::{
+    ContainerState, ContainerStats, ContainerStatsFilter, ContainerStatsRequest,
+    LinuxContainerConfig, LinuxContainerResources, ListContainerStatsRequest,
+    UpdateContainerResourcesRequest,
+};
+use sturdy_integration::{container_config, parity_tests, Containerd, Cri, CRI_NAMESPACE};
+use tonic::Request;
+
+const T: Duration = Duration::from_secs(60);
+const MIB: i64 = 1024 * 1024;
+
+/// Host pid of a CRI container's init, from containerd's task.
+async fn task_pid(fx: &Containerd, id: &str) -> u32 {
+    let mut tasks = fx.client().await.expect("client").tasks();
+    let req = GetRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    tasks
+        .get(with_namespace!(req, CRI_NAMESPACE))
+        .await
+        .expect("Tasks.Get")
+        .into_inner()
+        .process
+        .expect("process")
+        .pid
+}
+
+/// The directory of `pid`'s cgroup in the v1 hierarchy of `controller`.
+fn v1_cgroup_dir(pid: u32, controller: &str) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == controller)
+            .then(|| format!("/sys/fs/cgroup/{controllers}{path}").into())
+    })
+}
+
+fn read_trimmed(path: std::path::PathBuf) -> String {
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+fn usage(s: &ContainerStats) -> (u64, u64) {
+    let cpu = s
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map(|v| v.value)
+        .unwrap_or_default();
+    let mem = s
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map(|v| v.value)
+        .unwrap_or_default();
+    (cpu, mem)
+}
+
+async fn wait_exited(cri: &mut Cri, id: &str) -> sturdy_integration::k8s_cri::v1::ContainerStatus {
+    let end = Instant::now() + T;
+    loop {
+        let s = cri.container_status(id).await.expect("ContainerStatus");
+        if s.state == ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(Instant::now() < end, "{id} never exited: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+parity_tests! {
+    /// UpdateContainerResources reaches the running container's cgroups.
+    async fn update_container_resources(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let mut cri = fx.cri().await.expect("cri client");
+        let pod_config = fx.pod_config("update");
+        let pod = cri.run_pod(h, &pod_config).await.expect("RunPodSandbox");
+        let ctr = cri
+            .create_container(&pod, container_config("sleeper", &["/bin/sleep", "3600"]), &pod_config)
+            .await
+            .expect("CreateContainer");
+        cri.start_container(&ctr).await.expect("StartContainer");
+        let pid = task_pid(&fx, &ctr).await;
+        let (Some(memory), Some(cpu)) = (v1_cgroup_dir(pid, "memory"), v1_cgroup_dir(pid, "cpu")) else {
+            eprintln!("SKIPPED: no cgroup v1 memory and cpu hierarchies for pid {pid} on this host");
+            return;
+        };
+        assert_ne!(read_trimmed(memory.join("memory.limit_in_bytes")), (64 * MIB).to_string());
+
+        cri.runtime
+            .update_container_resources(UpdateContainerResourcesRequest {
+                container_id: ctr.clone(),
+                linux: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: 64 * MIB,
+                    cpu_shares: 512,
+                    cpu_period: 100_000,
+                    cpu_quota: 50_000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("UpdateContainerResources");
+        assert_eq!(read_trimmed(memory.join("memory.limit_in_bytes")), (64 * MIB).to_string());
+        assert_eq!(read_trimmed(cpu.join("cpu.shares")), "512");
+        assert_eq!(read_trimmed(cpu.join("cpu.cfs_quota_us")), "50000");
+        // Still the same, still running process.
+        assert_eq!(task_pid(&fx, &ctr).await, pid);
+        let s = cri.container_status(&ctr).await.expect("ContainerStatus");
+        assert_eq!(s.state, ContainerState::ContainerRunning as i32);
+        assert_eq!(
+            s.resources.and_then(|r| r.linux).map(|l| l.memory_limit_in_bytes),
+            Some(64 * MIB),
+            "CRI keeps the new limit"
+        );
+    }
+
+    /// ContainerStats and ListContainerStats report the CPU time and memory a container
+    /// really used.
+    async fn container_stats(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let mut cri = fx.cri().await.expect("cri client");
+        let pod_config = fx.pod_config("stats");
+        let pod = cri.run_pod(h, &pod_config).await.expect("RunPodSandbox");
+        // Keeps 4 MiB in a shell variable and burns some CPU, then idles.
+        let busy = "x=a; i=0; while [ $i -lt 22 ]; do x=$x$x; i=$((i+1)); done; \
+                    i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; sleep 3600";
+        let ctr = cri
+            .create_container(&pod, container_config("busy", &["/bin/sh", "-c", busy]), &pod_config)
+            .await
+            .expect("CreateContainer");
+        cri.start_container(&ctr).await.expect("StartContainer");
+
+        let end = Instant::now() + T;
+        let stats = loop {
+            let s = cri
+                .runtime
+                .container_stats(ContainerStatsRequest { container_id: ctr.clone() })
+                .await
+                .expect("ContainerStats")
+                .into_inner()
+                .stats
+                .expect("stats");
+            let (cpu, mem) = usage(&s);
+            if cpu > 50_000_000 && mem > 4_000_000 {
+                break s;
+            }
+            assert!(Instant::now() < end, "stats stayed low: cpu {cpu} ns, memory {mem} B");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(stats.attributes.as_ref().map(|a| a.id.as_str()), Some(ctr.as_str()));
+        assert!(stats.cpu.as_ref().is_some_and(|c| c.timestamp > 0));
+
+        let listed = cri
+            .runtime
+            .list_container_stats(ListContainerStatsRequest {
+                filter: Some(ContainerStatsFilter { id: ctr.clone(), ..Default::default() }),
+            })
+            .await
+            .expect("ListContainerStats")
+            .into_inner()
+            .stats;
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        let (cpu, mem) = usage(&listed[0]);
+        assert!(cpu > 50_000_000 && mem > 4_000_000, "listed: cpu {cpu} ns, memory {mem} B");
+        let all = cri
+            .runtime
+            .list_container_stats(ListContainerStatsRequest::default())
+            .await
+            .expect("ListContainerStats")
+            .into_inner()
+            .stats;
+        assert!(all.iter().any(|s| s.attributes.as_ref().is_some_and(|a| a.id == ctr)));
+    }
+
+    /// A container that allocates past its memory limit ends OOMKilled.
+    async fn oom_killed(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let mut cri = fx.cri().await.expect("cri client");
+        let pod_config = fx.pod_config("oom");
+        let pod = cri.run_pod(h, &pod_config).await.expect("RunPodSandbox");
+        let mut config = container_config("hog", &["/bin/sh", "-c", "x=a; while :; do x=$x$x; done"]);
+        config.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 32 * MIB,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let ctr = cri
+            .create_container(&pod, config, &pod_config)
+            .await
+            .expect("CreateContainer");
+        cri.start_container(&ctr).await.expect("StartContainer");
+        let s = wait_exited(&mut cri, &ctr).await;
+        assert_eq!(s.exit_code, 137, "{s:?}");
+        assert_eq!(s.reason, "OOMKilled", "{s:?}");
+    }
+}

@@ -1,0 +1,214 @@
+//! Watching a container's memory cgroup for OOM kills, without ever blocking the runtime.
+//!
+//! cgroup v1: an eventfd registered on `memory.oom_control` through `cgroup.event_control`.
+//! The kernel signals it when the cgroup runs out of memory, and once more when the
+//! cgroup is removed, so a signal counts as an OOM only while the cgroup still exists.
+//! cgroup v2: inotify on `memory.events`, whose `oom_kill` counter is compared with the
+//! last value seen. Both fds are non-blocking and awaited through tokio's `AsyncFd`.
+//!
+//! The kernel signals the OOM (v1) before it picks and kills a victim, and counts the kill
+//! (v2) right after sending SIGKILL, so by the time the shim has reaped a killed init the
+//! OOM is pending here. [`OomMonitor::check`] takes it at once, without waiting for the
+//! watch task to be scheduled: that is how exit handling publishes TaskOOM before TaskExit.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// What a check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// An OOM happened since the last check; it has been reported.
+    Oom,
+    /// Nothing new.
+    Quiet,
+    /// The cgroup is gone: nothing more will come.
+    Gone,
+}
+
+enum Kind {
+    V1 { oom_control: PathBuf },
+    V2 { events: PathBuf },
+}
+
+/// One container's OOM watch.
+pub struct OomMonitor {
+    fd: AsyncFd<OwnedFd>,
+    kind: Kind,
+    /// Makes a check and its report one step, whoever checks (the watch task or exit
+    /// handling); holds the last v2 `oom_kill` count reported.
+    reported: Mutex<u64>,
+}
+
+fn last_os_error<T>(what: &str) -> io::Result<T> {
+    let e = io::Error::last_os_error();
+    Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+}
+
+/// Reads from a non-blocking fd; `None` when there is nothing (EAGAIN).
+fn read_nonblocking(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: reads into a buffer we own, from an fd we own.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Hands `fd` to the runtime's reactor, for reading.
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns the fd; nothing closes or replaces it while it lives.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
+impl OomMonitor {
+    /// Registers an eventfd on the v1 memory cgroup `dir`.
+    pub fn v1(dir: &Path) -> io::Result<Self> {
+        let oom_control = dir.join("memory.oom_control");
+        // SAFETY: eventfd returns a new fd or -1.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            return last_os_error("eventfd");
+        }
+        // SAFETY: raw is a fresh fd nothing else owns.
+        let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // The kernel keeps the eventfd, not this file: it may be closed once registered.
+        let control = File::open(&oom_control)?;
+        std::fs::write(
+            dir.join("cgroup.event_control"),
+            format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()),
+        )?;
+        Ok(Self {
+            fd: register(efd)?,
+            kind: Kind::V1 { oom_control },
+            reported: Mutex::new(0),
+        })
+    }
+
+    /// Watches `memory.events` of the v2 cgroup `dir`.
+    pub fn v2(dir: &Path) -> io::Result<Self> {
+        let events = dir.join("memory.events");
+        // SAFETY: inotify_init1 returns a new fd or -1.
+        let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if raw < 0 {
+            return last_os_error("inotify_init1");
+        }
+        // SAFETY: raw is a fresh fd nothing else owns.
+        let ifd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let path = std::ffi::CString::new(events.as_os_str().as_encoded_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: a valid fd and NUL-terminated path.
+        if unsafe { libc::inotify_add_watch(ifd.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) } < 0 {
+            return last_os_error(&format!("inotify_add_watch {}", events.display()));
+        }
+        Ok(Self {
+            fd: register(ifd)?,
+            kind: Kind::V2 { events },
+            reported: Mutex::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.reported.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes whatever the kernel signalled, without blocking; calls `report` (while no
+    /// other check can run) when that was an OOM not reported before.
+    pub fn check(&self, report: impl FnOnce()) -> io::Result<Pending> {
+        let mut reported = self.lock();
+        match &self.kind {
+            Kind::V1 { oom_control } => {
+                let mut signalled = false;
+                let mut buf = [0u8; 8];
+                while read_nonblocking(self.fd.get_ref(), &mut buf)?.is_some() {
+                    signalled = true;
+                }
+                if !signalled {
+                    return Ok(Pending::Quiet);
+                }
+                if !oom_control.exists() {
+                    return Ok(Pending::Gone);
+                }
+                report();
+                Ok(Pending::Oom)
+            }
+            Kind::V2 { events } => {
+                let mut removed = false;
+                // Room for a few events (a header is 16 bytes, and no name for a file watch).
+                let mut buf = [0u8; 256];
+                while let Some(n) = read_nonblocking(self.fd.get_ref(), &mut buf)? {
+                    removed |= inotify_removed(&buf[..n]);
+                }
+                let Some(count) = oom_kills(events)? else {
+                    return Ok(Pending::Gone);
+                };
+                if count > *reported {
+                    *reported = count;
+                    report();
+                    return Ok(Pending::Oom);
+                }
+                Ok(if removed {
+                    Pending::Gone
+                } else {
+                    Pending::Quiet
+                })
+            }
+        }
+    }
+
+    /// Reports every OOM as it happens, until the cgroup is gone.
+    pub async fn watch(&self, report: impl Fn()) -> io::Result<()> {
+        loop {
+            let mut ready = self.fd.readable().await?;
+            // check() reads until EAGAIN, so clearing the readiness loses no signal.
+            let pending = self.check(&report)?;
+            ready.clear_ready();
+            if pending == Pending::Gone {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Whether the inotify events in `buf` say the watch ended (file or cgroup removed).
+fn inotify_removed(buf: &[u8]) -> bool {
+    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+    let mut at = 0;
+    let mut removed = false;
+    while at + HEADER <= buf.len() {
+        // SAFETY: HEADER bytes are in the buffer; read_unaligned copes with alignment.
+        let ev: libc::inotify_event =
+            unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+        removed |= ev.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF) != 0;
+        at += HEADER + ev.len as usize;
+    }
+    removed
+}
+
+/// The `oom_kill` counter of a v2 memory.events; `None` when the file is gone.
+fn oom_kills(events: &Path) -> io::Result<Option<u64>> {
+    let mut count = 0;
+    let present = super::files::flat_keyed(events, |k, v| {
+        if k == "oom_kill" {
+            count = v;
+        }
+    })
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    Ok(present.then_some(count))
+}
+
+#[cfg(test)]
+mod tests;

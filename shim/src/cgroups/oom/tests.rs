@@ -1,0 +1,181 @@
+//! The OOM watch: v2 against a fixture memory.events (inotify works on any file), v1
+//! against a real memory cgroup of this host, with a process that really runs out of
+//! memory.
+
+use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(20);
+
+async fn until(mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + T;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f()
+}
+
+fn events(oom_kill: u64) -> String {
+    format!("low 0\nhigh 0\nmax 3\noom 1\noom_kill {oom_kill}\noom_group_kill 0\n")
+}
+
+/// A watch task counting its reports.
+fn spawn_watch(m: &Arc<OomMonitor>) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<io::Result<()>>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (m, s) = (m.clone(), seen.clone());
+    let task = tokio::spawn(async move {
+        m.watch(|| {
+            s.fetch_add(1, Ordering::SeqCst);
+        })
+        .await
+    });
+    (seen, task)
+}
+
+fn check_count(m: &OomMonitor) -> (Pending, usize) {
+    let mut n = 0;
+    let p = m.check(|| n += 1).unwrap();
+    (p, n)
+}
+
+#[tokio::test]
+async fn v2_reports_each_new_oom_kill_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("memory.events"), events(0)).unwrap();
+    let m = Arc::new(OomMonitor::v2(dir.path()).unwrap());
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+    let (seen, task) = spawn_watch(&m);
+
+    std::fs::write(dir.path().join("memory.events"), events(1)).unwrap();
+    assert!(
+        until(|| seen.load(Ordering::SeqCst) == 1).await,
+        "watch missed the kill"
+    );
+
+    // A kill the exit path takes before the watch task runs is not reported twice.
+    std::fs::write(dir.path().join("memory.events"), events(2)).unwrap();
+    assert_eq!(check_count(&m), (Pending::Oom, 1));
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+    // Other counters changing is no OOM kill.
+    std::fs::write(
+        dir.path().join("memory.events"),
+        events(2).replace("max 3", "max 4"),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+
+    // The cgroup going away ends the watch.
+    std::fs::remove_file(dir.path().join("memory.events")).unwrap();
+    tokio::time::timeout(T, task)
+        .await
+        .expect("watch did not end with its cgroup")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    assert_eq!(check_count(&m), (Pending::Gone, 0));
+}
+
+/// A memory cgroup of this host's v1 hierarchy, removed (with whatever this test put in
+/// it, by pid) on drop.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new() -> Option<TestCgroup> {
+        let root = Path::new(crate::cgroups::CGROUP_ROOT).join("memory");
+        if !root.join("cgroup.event_control").exists() {
+            return None;
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir = root.join(format!("sturdy-oom-test-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        Some(TestCgroup(dir))
+    }
+
+    fn remove(&self) {
+        let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) of a process this test placed in its own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let end = Instant::now() + T;
+        while self.0.exists() && std::fs::remove_dir(&self.0).is_err() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Runs a shell in `cg` that doubles a string until the kernel kills it; returns its
+/// exit status.
+async fn run_out_of_memory(cg: &Path) -> i32 {
+    let reaper = runc_client::Reaper::global();
+    let mut exits = reaper.subscribe();
+    let child = {
+        let _hold = reaper.hold();
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$1/cgroup.procs" && x=a && while :; do x=$x$x; done"#)
+            .arg("sh")
+            .arg(cg)
+            .spawn()
+            .unwrap()
+    };
+    runc_client::Reaper::notify_spawned();
+    let pid = child.id() as i32;
+    tokio::time::timeout(T, exits.wait_for(pid))
+        .await
+        .expect("the shell never ran out of memory")
+        .status
+}
+
+#[tokio::test]
+async fn v1_oom_is_pending_once_the_killed_process_is_reaped() {
+    let Some(cg) = TestCgroup::new() else {
+        eprintln!("SKIPPED: no writable cgroup v1 memory hierarchy on this host");
+        return;
+    };
+    std::fs::write(cg.0.join("memory.limit_in_bytes"), "16M").unwrap();
+    // Without swap accounting there is no memsw; with swap the limit must cover it too.
+    let _ = std::fs::write(cg.0.join("memory.memsw.limit_in_bytes"), "16M");
+    let m = Arc::new(OomMonitor::v1(&cg.0).unwrap());
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+
+    // No watch task runs: the exit path alone must find the OOM.
+    assert_eq!(run_out_of_memory(&cg.0).await, 128 + libc::SIGKILL);
+    assert_eq!(check_count(&m), (Pending::Oom, 1));
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+
+    let (seen, task) = spawn_watch(&m);
+    assert_eq!(run_out_of_memory(&cg.0).await, 128 + libc::SIGKILL);
+    assert!(
+        until(|| seen.load(Ordering::SeqCst) >= 1).await,
+        "watch missed the OOM"
+    );
+    let reported = seen.load(Ordering::SeqCst);
+
+    // Removing the cgroup signals the eventfd too: that ends the watch, and is no OOM.
+    cg.remove();
+    tokio::time::timeout(T, task)
+        .await
+        .expect("watch did not end with its cgroup")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), reported);
+}
