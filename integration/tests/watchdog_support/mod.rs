@@ -67,7 +67,14 @@ impl Watchdog {
         );
         let dir = fx.dir().join("watchdog");
         std::fs::create_dir_all(&dir).expect("watchdog dir");
-        let log = dir.join("watchdog.log");
+        // A watchdog started again on the same journal gets a log of its own.
+        let log = (0..)
+            .map(|n| match n {
+                0 => dir.join("watchdog.log"),
+                n => dir.join(format!("watchdog.{n}.log")),
+            })
+            .find(|p| !p.exists())
+            .expect("a free log name");
         let journal = dir.join("watchdog.journal");
         let child = Command::new(&bin)
             .arg("watchdog")
@@ -190,6 +197,16 @@ impl Watchdog {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL now (no chance to finish anything), and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then SIGKILL after 25 s; returns how it exited.

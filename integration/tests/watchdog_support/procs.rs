@@ -131,3 +131,57 @@ impl Drop for ContainerdDown {
         self.thaw();
     }
 }
+
+/// A shim `delete` run by `parent`, its process group stopped (SIGSTOP) until it is
+/// killed or resumed. The watchdog starts each delete as a group leader, so a runtime the
+/// delete runs stops with it.
+pub struct HeldDelete {
+    pub pgid: i32,
+    pub args: Vec<String>,
+    killed: bool,
+}
+
+impl HeldDelete {
+    /// Polls `parent`'s children until one is a shim `delete`, and stops its group.
+    pub async fn catch(parent: i32, limit: Duration) -> Option<HeldDelete> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            for pid in children_of(parent) {
+                let args = procfs_cmdline(pid);
+                if args
+                    .iter()
+                    .rev()
+                    .find(|a| !a.is_empty())
+                    .map(String::as_str)
+                    != Some("delete")
+                {
+                    continue;
+                }
+                // Gone meanwhile (ESRCH): it finished before it could be held.
+                if kill(Pid::from_raw(-pid), Signal::SIGSTOP).is_ok() {
+                    return Some(HeldDelete {
+                        pgid: pid,
+                        args,
+                        killed: false,
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        None
+    }
+
+    /// SIGKILL to the whole group, as a service manager ends what its dead unit left.
+    pub fn kill(&mut self) {
+        if !std::mem::replace(&mut self.killed, true) {
+            let _ = kill(Pid::from_raw(-self.pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for HeldDelete {
+    fn drop(&mut self) {
+        // A failed test must not leave a stopped delete holding the bundle's lock.
+        self.kill();
+    }
+}
