@@ -1,10 +1,15 @@
 //! The watchdog killed in the middle of a recovery and started again: the next one finds
 //! the incident started but not finished in the journal and completes it, once.
 //!
-//! The kill lands between `started` and `finished` for sure: the test catches a shim
-//! `delete` the watchdog runs and stops its process group (SIGSTOP), so the recovery
-//! cannot end, checks the journal, then SIGKILLs the watchdog and the held delete (a
-//! service manager ends a dead unit's leftover processes too).
+//! The kill lands between `started` and `finished` for sure, at one of two points:
+//! - containerd up: the test holds containerd's own delete of the dead shim's containers
+//!   (SIGSTOP of its process group), so containerd cannot announce the exits and the
+//!   watchdog waits for them (its grace), with its cgroup kill done; the watchdog is
+//!   SIGKILLed there and containerd's delete resumed;
+//! - containerd frozen (SIGSTOP) throughout: the watchdog runs the deletes itself; the
+//!   test holds one of them, SIGKILLs the watchdog and the held delete (a service manager
+//!   ends a dead unit's leftover processes too), and the second watchdog must finish the
+//!   deletes while containerd is still frozen.
 
 mod watchdog_support;
 
@@ -19,31 +24,43 @@ fn count(entries: &[serde_json::Value], phase: &str) -> usize {
     entries.iter().filter(|e| e["phase"] == phase).count()
 }
 
-/// `frozen`: containerd is SIGSTOPped from before the shim's death until the second
-/// watchdog cleaned up, so none of the work can be containerd's.
 async fn watchdog_killed_mid_recovery(frozen: bool) {
     let fx = Containerd::start().await.expect("start containerd");
     let mut cri = fx.cri().await.expect("cri client");
-    let args = ["--containerd-grace", "1s"];
+    let args = ["--containerd-grace", "2s"];
     let mut first = Watchdog::start(&fx, &args);
     let pod = run_pod(&fx, &mut cri, Handler::Sturdy, "restart", 1).await;
     first.wait_watching(&pod.address, pod.shim).await;
 
     let mut down = frozen.then(|| ContainerdDown::new(fx.pid(), Down::Frozen));
     signal(pod.shim, Signal::SIGKILL);
-    let mut held = HeldDelete::catch(first.pid(), Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "no shim delete of the watchdog's could be held; journal: {:#?}",
-                first.journal()
-            )
-        });
+    let mut held = if frozen {
+        HeldDelete::catch(first.pid(), Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "no shim delete of the watchdog's could be held; journal: {:#?}",
+                    first.journal()
+                )
+            })
+    } else {
+        let held = HeldDelete::catch(fx.pid(), Duration::from_secs(20))
+            .await
+            .expect("containerd ran no delete of the dead shim's containers");
+        first
+            .wait_log(&["kill cgroups"], Duration::from_secs(10))
+            .await;
+        held
+    };
     let at_kill = first.incident_entries(&pod.address);
     assert_eq!(count(&at_kill, "started"), 1, "{at_kill:#?}");
     assert_eq!(count(&at_kill, "finished"), 0, "{at_kill:#?}");
     first.kill();
-    held.kill();
+    if frozen {
+        held.kill();
+    } else {
+        held.resume();
+    }
     println!(
         "watchdog killed mid-recovery (held: {}); its journal then:",
         held.args.join(" ")
@@ -55,6 +72,10 @@ async fn watchdog_killed_mid_recovery(frozen: bool) {
             e["step"].as_str().unwrap_or("")
         );
     }
+    assert!(
+        pod.pids.iter().all(|p| !running(*p)),
+        "the first watchdog did not kill the pod's processes"
+    );
 
     let second = Watchdog::start(&fx, &args);
     if let Some(down) = down.as_mut() {
@@ -115,11 +136,13 @@ async fn watchdog_killed_mid_recovery(frozen: bool) {
     assert_eq!(count(&entries, "finished"), 1, "{entries:#?}");
 }
 
+/// containerd up; the watchdog killed while it waits for containerd's own cleanup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_killed_mid_recovery_finishes_it_once_on_restart() {
     watchdog_killed_mid_recovery(false).await;
 }
 
+/// containerd frozen; the watchdog killed during one of its own deletes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_killed_mid_recovery_while_containerd_is_frozen() {
     watchdog_killed_mid_recovery(true).await;

@@ -457,8 +457,16 @@ pub async fn recover(
     inc.step("kill cgroups".into(), ok, t.elapsed(), detail)
         .await;
 
-    // All at once: containerd's own dead-shim cleanup runs the same deletes as soon as it
-    // sees the connection close, and removes each bundle after; whoever comes first does it.
+    // containerd's own dead-shim cleanup (it sees the shim's connection close) runs the
+    // shim's delete, removes the bundle, then announces the exit. A delete of ours running
+    // while containerd removes a bundle could recreate the delete lock inside it, and
+    // containerd would leave the renamed bundle behind: containerd goes first, and what it
+    // has not done within its grace (down, hung, or its delete failed) is ours.
+    let ids: Vec<String> = shim.tasks.iter().map(|t| t.id.clone()).collect();
+    let unannounced = ctx
+        .seen
+        .wait_all(&shim.namespace, &ids, since, since + ctx.containerd_grace)
+        .await;
     let mut deletes = tokio::task::JoinSet::new();
     for task in shim.tasks.iter().cloned() {
         let (shim, timeout) = (shim.clone(), ctx.delete_timeout);
@@ -492,8 +500,8 @@ pub async fn recover(
                 inc.step(step, true, took, detail).await;
             }
             Ok(None) => {
-                let detail = "bundle already gone: containerd's dead-shim cleanup ran the \
-                              shim's delete first"
+                let detail = "bundle removed: containerd's dead-shim cleanup ran the shim's \
+                              delete"
                     .to_string();
                 inc.step(step, true, took, detail).await;
             }
@@ -508,7 +516,7 @@ pub async fn recover(
         .await;
 
     let t = Instant::now();
-    match confirm::confirm_containerd(ctx, &shim, since, &deleted).await {
+    match confirm::confirm_containerd(ctx, &shim, since, unannounced, &deleted).await {
         Confirmed::Done { ok, detail } => {
             inc.step("containerd".into(), ok, t.elapsed(), detail).await;
         }

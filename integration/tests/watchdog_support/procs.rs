@@ -171,6 +171,13 @@ impl HeldDelete {
         None
     }
 
+    /// SIGCONT to the whole group: it carries on.
+    pub fn resume(&mut self) {
+        if !std::mem::replace(&mut self.killed, true) {
+            let _ = kill(Pid::from_raw(-self.pgid), Signal::SIGCONT);
+        }
+    }
+
     /// SIGKILL to the whole group, as a service manager ends what its dead unit left.
     pub fn kill(&mut self) {
         if !std::mem::replace(&mut self.killed, true) {
