@@ -113,7 +113,9 @@ impl FixtureCheck<'_> {
             .join("io.containerd.runtime.v2.task")
             .join(CRI_NAMESPACE);
         for id in cleanup::read_dir_names(&tasks) {
-            out.push(format!("bundle {id}"));
+            let mut files = cleanup::read_dir_names(&tasks.join(&id));
+            files.sort();
+            out.push(format!("bundle {id} holding {files:?}"));
         }
         for id in cleanup::read_dir_names(&fx.runc_root().join(CRI_NAMESPACE)) {
             out.push(format!("runc state {id}"));
