@@ -292,3 +292,67 @@ async fn killed_shim_with_two_containers() {
         "the dead shim's socket is left behind"
     );
 }
+
+/// With containerd up, its own dead-shim cleanup (the shim's delete, then removing the
+/// bundle) runs first; the watchdog runs no delete of its own meanwhile. A delete of the
+/// watchdog's racing containerd's removal of the bundle could recreate the delete lock in
+/// the bundle being removed, and containerd then left the renamed bundle `.<id>` behind
+/// (seen in the churn test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_cleanup_is_not_raced_by_the_watchdog() {
+    let fx = Containerd::start().await.expect("start containerd");
+    let mut cri = fx.cri().await.expect("cri client");
+    let wd = Watchdog::start(&fx, &[]);
+    let pod = run_pod(&fx, &mut cri, Handler::Sturdy, "race", 1).await;
+    wd.wait_watching(&pod.address, pod.shim).await;
+
+    signal(pod.shim, Signal::SIGKILL);
+    let mut held = HeldDelete::catch(fx.pid(), Duration::from_secs(10))
+        .await
+        .expect("containerd ran no delete of the dead shim's containers");
+    // Well within the grace containerd gets (5 s): the watchdog's cgroup kill is done,
+    // its deletes must wait.
+    let t0 = Instant::now();
+    let mut raced = std::collections::BTreeSet::new();
+    while t0.elapsed() < Duration::from_millis(1500) {
+        for pid in children_of(wd.pid()) {
+            let args = procfs_cmdline(pid);
+            if args.iter().any(|a| a == "delete") {
+                raced.insert(args.join(" "));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    held.resume();
+    assert!(
+        raced.is_empty(),
+        "the watchdog ran deletes while containerd's was running: {raced:#?}"
+    );
+    assert!(
+        pod.pids.iter().all(|p| !running(*p)),
+        "the pod's processes run on"
+    );
+    let entries = wd
+        .wait_finished(&pod.address, Duration::from_secs(20))
+        .await;
+    for id in &pod.all {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["step"] == format!("delete {id}") && e["ok"] == true),
+            "no delete step for {id}: {entries:#?}"
+        );
+    }
+    wait_nothing_left(
+        "the pod's runtime leftovers",
+        Duration::from_secs(10),
+        || runtime_leftovers(&fx, &pod),
+    )
+    .await;
+    cri.stop_pod(&pod.id).await.expect("StopPodSandbox");
+    cri.remove_pod(&pod.id).await.expect("RemovePodSandbox");
+    wait_nothing_left("the pod", Duration::from_secs(10), || {
+        pod_leftovers(&fx, &pod)
+    })
+    .await;
+}

@@ -191,6 +191,11 @@ impl Api {
         Ok(runtimes)
     }
 
+    /// Whether containerd answers (it lists its namespaces within the call deadline).
+    pub async fn ping(&self) -> Result<(), ApiError> {
+        self.namespaces().await.map(|_| ())
+    }
+
     async fn namespaces(&self) -> Result<Vec<String>, ApiError> {
         Ok(self
             .call("ListNamespaces", "", "", |c| async move {

@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod confirm;
 pub mod containerd;
 pub mod discovery;
 pub mod health;

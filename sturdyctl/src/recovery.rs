@@ -10,8 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::Message;
 use runc_client::cgroup::{CgroupSet, RuncStateFile};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
+use crate::confirm::{self, Confirmed};
 use crate::containerd::Api;
 use crate::discovery::{Shim, Task};
 use crate::journal::{now_ms, Entry, Journal, Phase};
@@ -123,6 +124,9 @@ pub struct Context {
     pub delete_timeout: Duration,
     /// Probe deadline (used when a resumed incident's shim is still alive).
     pub probe_deadline: Duration,
+    /// Turns true when the watchdog shuts down: a recovery waiting for containerd stops
+    /// waiting and leaves its incident unfinished for the next start.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// How a recovery ended.
@@ -137,6 +141,9 @@ pub enum Outcome {
     },
     /// A resumed incident whose shim answers again: nothing done.
     Abandoned,
+    /// Shutdown came while containerd could not confirm the exits: left unfinished in
+    /// the journal for the next start.
+    Interrupted,
 }
 
 struct Incident<'a> {
@@ -450,8 +457,16 @@ pub async fn recover(
     inc.step("kill cgroups".into(), ok, t.elapsed(), detail)
         .await;
 
-    // All at once: containerd's own dead-shim cleanup runs the same deletes as soon as it
-    // sees the connection close, and removes each bundle after; whoever comes first does it.
+    // containerd's own dead-shim cleanup (it sees the shim's connection close) runs the
+    // shim's delete, removes the bundle, then announces the exit. A delete of ours running
+    // while containerd removes a bundle could recreate the delete lock inside it, and
+    // containerd would leave the renamed bundle behind: containerd goes first, and what it
+    // has not done within its grace (down, hung, or its delete failed) is ours.
+    let ids: Vec<String> = shim.tasks.iter().map(|t| t.id.clone()).collect();
+    let unannounced = ctx
+        .seen
+        .wait_all(&shim.namespace, &ids, since, since + ctx.containerd_grace)
+        .await;
     let mut deletes = tokio::task::JoinSet::new();
     for task in shim.tasks.iter().cloned() {
         let (shim, timeout) = (shim.clone(), ctx.delete_timeout);
@@ -485,8 +500,8 @@ pub async fn recover(
                 inc.step(step, true, took, detail).await;
             }
             Ok(None) => {
-                let detail = "bundle already gone: containerd's dead-shim cleanup ran the \
-                              shim's delete first"
+                let detail = "bundle removed: containerd's dead-shim cleanup ran the shim's \
+                              delete"
                     .to_string();
                 inc.step(step, true, took, detail).await;
             }
@@ -501,8 +516,17 @@ pub async fn recover(
         .await;
 
     let t = Instant::now();
-    let (ok, detail) = confirm_containerd(ctx, &shim, since, &deleted).await;
-    inc.step("containerd".into(), ok, t.elapsed(), detail).await;
+    match confirm::confirm_containerd(ctx, &shim, since, unannounced, &deleted).await {
+        Confirmed::Done { ok, detail } => {
+            inc.step("containerd".into(), ok, t.elapsed(), detail).await;
+        }
+        Confirmed::Interrupted { detail } => {
+            inc.step("containerd".into(), false, t.elapsed(), detail)
+                .await;
+            log::warn!("incident {id}: left unfinished for the next start");
+            return Outcome::Interrupted;
+        }
+    }
 
     let total = since.elapsed();
     let summary = format!(
@@ -523,82 +547,4 @@ pub async fn recover(
     })
     .await;
     Outcome::Recovered { ok }
-}
-
-/// Waits for containerd to announce the tasks' exits by itself (its dead-shim cleanup),
-/// and announces the missing ones in its place once the grace has passed.
-async fn confirm_containerd(
-    ctx: &Context,
-    shim: &Shim,
-    since: Instant,
-    deleted: &HashMap<String, Deleted>,
-) -> (bool, String) {
-    let ids: Vec<String> = shim.tasks.iter().map(|t| t.id.clone()).collect();
-    let ns = shim.namespace.as_str();
-    let missing = ctx
-        .seen
-        .wait_all(ns, &ids, since, since + ctx.containerd_grace)
-        .await;
-    if missing.is_empty() {
-        return (
-            true,
-            format!(
-                "containerd announced every exit within {} ms of the shim's end",
-                since.elapsed().as_millis()
-            ),
-        );
-    }
-    let mut notes = Vec::new();
-    let mut ok = true;
-    for id in &missing {
-        let status = ctx.api.task_status(ns, id).await;
-        if let Ok(None) = status {
-            if !shim.tasks.iter().any(|t| t.id == *id && t.bundle.exists()) {
-                notes.push(format!("{id}: gone from containerd"));
-                continue;
-            }
-        }
-        let d = deleted.get(id).cloned().unwrap_or_default();
-        let exited_at = d.exited_at.unwrap_or_else(SystemTime::now);
-        let exit_status = if deleted.contains_key(id) {
-            d.exit_status
-        } else {
-            137
-        };
-        match ctx
-            .api
-            .publish_exit(ns, id, d.pid, exit_status, exited_at)
-            .await
-        {
-            Ok(()) => notes.push(format!("{id}: TaskExit published (status was {status:?})")),
-            Err(e) => {
-                ok = false;
-                notes.push(format!("{id}: publishing TaskExit: {e}"));
-            }
-        }
-        match ctx.api.delete_task(ns, id).await {
-            Ok(()) => notes.push(format!("{id}: task deleted")),
-            Err(e) => {
-                // A dead shim's task delete reports the closed connection after
-                // containerd removed the task: check before calling it a failure.
-                match ctx.api.task_status(ns, id).await {
-                    Ok(None) => notes.push(format!("{id}: task delete said {e}; task gone")),
-                    other => {
-                        ok = false;
-                        notes.push(format!("{id}: task delete: {e}; status now {other:?}"));
-                    }
-                }
-            }
-        }
-    }
-    (
-        ok,
-        format!(
-            "containerd did not announce {} of {} exits within {:?}: {}",
-            missing.len(),
-            ids.len(),
-            ctx.containerd_grace,
-            notes.join("; ")
-        ),
-    )
 }

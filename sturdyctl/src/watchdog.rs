@@ -79,6 +79,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     journal.lock_exclusive()?;
     let api = Arc::new(Api::new(&cfg.address));
     let seen = Arc::new(SeenExits::default());
+    let (stopping, shutdown_rx) = watch::channel(false);
     let ctx = Context {
         api: api.clone(),
         journal: journal.clone(),
@@ -86,6 +87,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         containerd_grace: cfg.containerd_grace,
         delete_timeout: cfg.delete_timeout,
         probe_deadline: cfg.interval,
+        shutdown: shutdown_rx,
     };
     let scope = Scope {
         state_dir: cfg.state_dir.clone(),
@@ -149,6 +151,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         }
     }
     log::info!("shutting down");
+    // Recoveries waiting only for containerd stop waiting (their incidents stay open).
+    let _ = stopping.send(true);
     events.abort();
     refresher.abort();
     for (_, w) in state.watched.drain() {
@@ -409,7 +413,10 @@ impl State {
         match res {
             Ok((address, id, outcome)) => {
                 self.recovering.remove(&address);
-                if outcome != recovery::Outcome::CleanExit {
+                if matches!(
+                    outcome,
+                    recovery::Outcome::Recovered { .. } | recovery::Outcome::Abandoned
+                ) {
                     self.done.insert(id);
                 }
             }

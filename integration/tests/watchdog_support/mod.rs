@@ -1,7 +1,17 @@
 //! Helpers of the watchdog integration tests: the watchdog as a child process, pods to
 //! break, CPU hogs, and measuring how long a pod's processes outlive their shim.
+// Several test binaries include this module and each uses only part of it.
+#![allow(dead_code, unused_imports)]
 
-use std::path::{Path, PathBuf};
+mod leaks;
+mod pods;
+mod procs;
+
+pub use leaks::*;
+pub use pods::*;
+pub use procs::*;
+
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sturdy_integration::containerd::workspace_dir;
 use sturdy_integration::k8s_cri::v1::PodSandboxState;
-use sturdy_integration::{cleanup, container_config, Containerd, Cri, Handler, CRI_NAMESPACE};
+use sturdy_integration::{cleanup, Containerd, Cri, CRI_NAMESPACE};
 
 /// Probe interval the tests run the watchdog with.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -57,7 +67,14 @@ impl Watchdog {
         );
         let dir = fx.dir().join("watchdog");
         std::fs::create_dir_all(&dir).expect("watchdog dir");
-        let log = dir.join("watchdog.log");
+        // A watchdog started again on the same journal gets a log of its own.
+        let log = (0..)
+            .map(|n| match n {
+                0 => dir.join("watchdog.log"),
+                n => dir.join(format!("watchdog.{n}.log")),
+            })
+            .find(|p| !p.exists())
+            .expect("a free log name");
         let journal = dir.join("watchdog.journal");
         let child = Command::new(&bin)
             .arg("watchdog")
@@ -182,6 +199,16 @@ impl Watchdog {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL now (no chance to finish anything), and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then SIGKILL after 25 s; returns how it exited.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let pid = Pid::from_raw(self.child.id() as i32);
@@ -237,6 +264,34 @@ impl Drop for Hogs {
     }
 }
 
+/// Milliseconds since the Unix epoch (the journal's clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Polls PodSandboxStatus until the pod is in state `want`; returns the last state seen.
+pub async fn wait_pod_state(
+    cri: &mut Cri,
+    id: &str,
+    want: PodSandboxState,
+    limit: Duration,
+) -> Option<i32> {
+    let end = Instant::now() + limit;
+    let mut state = None;
+    loop {
+        if let Ok(st) = cri.pod_status(id).await {
+            state = Some(st.state);
+        }
+        if state == Some(want as i32) || Instant::now() >= end {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
@@ -246,113 +301,6 @@ pub async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     f()
-}
-
-/// Every pid in the cgroups of the given containers (their cgroupsPath in every hierarchy).
-pub fn cgroup_pids(fx: &Containerd, ids: &[String]) -> Vec<i32> {
-    pub fn collect(dir: &Path, out: &mut Vec<i32>) {
-        if let Ok(t) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            out.extend(t.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
-        }
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                collect(&e.path(), out);
-            }
-        }
-    }
-    let mut pids = Vec::new();
-    for id in ids {
-        let Some(path) = fx
-            .bundle(CRI_NAMESPACE, id)
-            .and_then(|b| b.cgroups_path.clone())
-        else {
-            continue;
-        };
-        for dir in cleanup::cgroup_dirs(&path) {
-            collect(&dir, &mut pids);
-        }
-    }
-    pids.sort_unstable();
-    pids.dedup();
-    pids
-}
-
-/// A running pod through `handler`: its sandbox and `n` containers running sleep.
-pub struct Pod {
-    pub id: String,
-    pub containers: Vec<String>,
-    /// Sandbox first.
-    pub all: Vec<String>,
-    pub shim: i32,
-    pub address: String,
-    pub pids: Vec<i32>,
-}
-
-pub async fn run_pod(
-    fx: &Containerd,
-    cri: &mut Cri,
-    handler: Handler,
-    name: &str,
-    n: usize,
-) -> Pod {
-    let cfg = fx.pod_config(name);
-    let id = cri.run_pod(handler, &cfg).await.expect("RunPodSandbox");
-    let mut containers = Vec::new();
-    for i in 0..n {
-        let c = cri
-            .create_container(
-                &id,
-                container_config(&format!("main{i}"), &["/bin/sleep", "3600"]),
-                &cfg,
-            )
-            .await
-            .expect("CreateContainer");
-        cri.start_container(&c).await.expect("StartContainer");
-        containers.push(c);
-    }
-    let shim = fx.shim_pid(CRI_NAMESPACE, &id).expect("the pod's shim pid");
-    let address = fx
-        .bundle(CRI_NAMESPACE, &id)
-        .and_then(|b| b.address)
-        .expect("the pod's shim address");
-    let mut all = vec![id.clone()];
-    all.extend(containers.iter().cloned());
-    let pids = cgroup_pids(fx, &all);
-    // sandbox: sh + sleep; each container: sleep.
-    assert!(
-        pids.len() > n,
-        "too few processes in the pod's cgroups: {pids:?}"
-    );
-    assert!(pids.iter().all(|p| running(*p)));
-    Pod {
-        id,
-        containers,
-        all,
-        shim,
-        address,
-        pids,
-    }
-}
-
-/// Whether `pid` still runs: exists, is no zombie and is not exiting.
-///
-/// A killed pid-namespace init (a sandbox's pause process) stays in the kernel's exit path
-/// until every process of its namespace is reaped; the ones whose shim died are orphans of
-/// PID 1, which on this host reaps only now and then (about once a second). Such a process
-/// has taken its SIGKILL (PF_EXITING is set) and runs no code of its own any more.
-pub fn running(pid: i32) -> bool {
-    const PF_EXITING: u64 = 0x4;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return false;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 (state); flags are field 9.
-    let state = fields.first().copied().unwrap_or("X");
-    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
-    !matches!(state, "Z" | "X") && flags & PF_EXITING == 0
 }
 
 /// How long until none of `pids` runs, if within `limit`.
@@ -412,14 +360,6 @@ impl Drop for Resume {
             let _ = kill(Pid::from_raw(self.0), Signal::SIGCONT);
         }
     }
-}
-
-pub fn procfs_cmdline(pid: i32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
 }
 
 /// Collects (topic, payload) of containerd's task exit events from now on.
