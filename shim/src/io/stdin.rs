@@ -50,10 +50,19 @@ pub(super) async fn copy_stdin(
             _ = &mut close => break,
         }
     }
-    // CloseIO: forward what is already buffered in the FIFO without waiting for more.
+    // CloseIO: forward what is already buffered in the FIFO without waiting for more. A
+    // plain non-blocking read(2), not `try_read`: tokio's readiness can lag bytes that were
+    // written just before CloseIO, and `try_read` then says WouldBlock without reading.
     loop {
-        match fifo.try_read(&mut buf) {
-            Ok(0) | Err(_) => break,
+        match nix::unistd::read(&fifo, &mut buf) {
+            Ok(0) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                if e != nix::errno::Errno::EAGAIN {
+                    log::debug!("stdin fifo read at CloseIO: {e}");
+                }
+                break;
+            }
             Ok(n) => {
                 if let Err(e) = to.write_all(&buf[..n]).await {
                     log::debug!("stdin copy ended: {e}");
