@@ -151,6 +151,17 @@ impl Containerd {
         for sock in &before.shim_sockets {
             let _ = std::fs::remove_file(sock);
         }
+        // A Go shim killed during the test (containerd 1.6 and 1.7 then leave its socket) had
+        // no bundle left to name it above; its address is a hash of ours and the task's.
+        for sock in go_shim_sockets_named_in(&self.log_path(), &self.socket) {
+            if sock.exists() {
+                eprintln!(
+                    "sturdy-integration: removing {} left by a killed shim",
+                    sock.display()
+                );
+                let _ = std::fs::remove_file(sock);
+            }
+        }
         // libcni caches results outside our dir, keyed by network name.
         for name in cleanup::read_dir_names(Path::new("/var/lib/cni/results")) {
             if name.starts_with(&format!("{}-", self.network)) {
@@ -262,6 +273,42 @@ pub(super) fn lock_file(path: &Path, arg: FlockArg) -> Result<Flock<File>> {
 
 /// Where containerd's shims put their sockets, whatever the fixture's state dir.
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+
+/// The shim sockets containerd's shims could have used for any task `log` names: the Go
+/// shim's address is `/run/containerd/s/` + sha256 of `<containerd address>/<ns>/<id>` (the
+/// id is the sandbox's for a grouped pod, `/debug` appended in debug mode on 2.x), so these
+/// are ours alone, whatever other containerd runs on the host.
+fn go_shim_sockets_named_in(log: &Path, address: &Path) -> Vec<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return Vec::new();
+    };
+    let mut namespaces = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for word in text.split(|c: char| c.is_whitespace() || c == '"') {
+        if let Some(ns) = word.strip_prefix("namespace=") {
+            namespaces.insert(ns.to_string());
+        } else if let Some(id) = word.strip_prefix("id=") {
+            ids.insert(id.to_string());
+        } else if let Some((_, rest)) = word.split_once("io.containerd.runtime.v2.task/") {
+            if let Some((ns, id)) = rest.split_once('/') {
+                namespaces.insert(ns.to_string());
+                ids.insert(id.split('/').next().unwrap_or(id).to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ns in &namespaces {
+        for id in &ids {
+            let key = address.join(ns).join(id);
+            for key in [key.clone(), key.join("debug")] {
+                let digest = Sha256::digest(key.as_os_str().as_encoded_bytes());
+                out.push(Path::new(SHIM_SOCKET_DIR).join(hex::encode(digest)));
+            }
+        }
+    }
+    out
+}
 
 /// Paths under `dir` of the unix sockets process `pid` holds open.
 fn unix_sockets_of(pid: i32, dir: &Path) -> Vec<PathBuf> {
@@ -418,6 +465,25 @@ impl Footprint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Go shim's socket of a task the log names is found (sha256 of address/ns/id, the
+    /// value containerd 1.6's shim.SocketAddress gives for these inputs).
+    #[test]
+    fn go_shim_socket_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("containerd.log");
+        std::fs::write(
+            &log,
+            "time=\"t\" level=info msg=\"starting signal loop\" namespace=k8s.io \
+             path=/tmp/x/state/io.containerd.runtime.v2.task/k8s.io/abc pid=7\n",
+        )
+        .unwrap();
+        let found = go_shim_sockets_named_in(&log, Path::new("/tmp/x/containerd.sock"));
+        assert!(found.contains(&PathBuf::from(
+            "/run/containerd/s/1007340b7a8858d4d0bcaa4fe6fc4551d9761394cd40e818d501857f206388f9"
+        )));
+        assert!(go_shim_sockets_named_in(&dir.path().join("none"), Path::new("/a")).is_empty());
+    }
 
     #[test]
     fn sockets_a_process_holds_are_found_by_inode() {
