@@ -190,16 +190,52 @@ pub fn read_bundle(dir: &Path, namespace: &str, id: &str) -> Option<Task> {
 
 /// Every bundle with an address under `state_dir`.
 pub fn bundles(state_dir: &Path) -> Vec<Task> {
-    let base = state_dir.join(TASK_DIR);
-    let mut out = Vec::new();
-    for ns in dir_names(&base) {
-        for id in dir_names(&base.join(&ns)) {
-            if let Some(t) = read_bundle(&base.join(&ns).join(&id), &ns, &id) {
-                out.push(t);
+    BundleCache::default().bundles(state_dir)
+}
+
+/// Bundles read by earlier scans, reused while their directory is unchanged.
+///
+/// The watchdog rescans every interval; parsing every bundle's `config.json` each time was
+/// most of its CPU with 100 pods. Shims and containerd add a bundle's files by creating or
+/// renaming them into it (`address`, `shim.pid`), which changes the directory's mtime, and
+/// nothing rewrites what discovery reads in place, so (inode, mtime) of the directory tells
+/// when to read it again.
+#[derive(Debug, Default)]
+pub struct BundleCache {
+    entries: HashMap<PathBuf, (DirKey, Option<Task>)>,
+}
+
+/// A bundle directory's inode and mtime (seconds, nanoseconds).
+type DirKey = (u64, i64, i64);
+
+impl BundleCache {
+    /// Every bundle with an address under `state_dir`, reading only new or changed ones.
+    pub fn bundles(&mut self, state_dir: &Path) -> Vec<Task> {
+        use std::os::unix::fs::MetadataExt;
+        let base = state_dir.join(TASK_DIR);
+        let mut out = Vec::new();
+        let mut seen = HashMap::with_capacity(self.entries.len());
+        for ns in dir_names(&base) {
+            for id in dir_names(&base.join(&ns)) {
+                let dir = base.join(&ns).join(&id);
+                let Ok(meta) = std::fs::metadata(&dir) else {
+                    continue;
+                };
+                let key = (meta.ino(), meta.mtime(), meta.mtime_nsec());
+                let task = match self.entries.remove(&dir) {
+                    Some((k, task)) if k == key => task,
+                    _ => read_bundle(&dir, &ns, &id),
+                };
+                if let Some(t) = &task {
+                    out.push(t.clone());
+                }
+                seen.insert(dir, (key, task));
             }
         }
+        // Bundles gone since the last scan are forgotten.
+        self.entries = seen;
+        out
     }
-    out
 }
 
 fn dir_names(dir: &Path) -> Vec<String> {
@@ -286,8 +322,17 @@ pub type Runtimes = HashMap<(String, String), String>;
 
 /// The shims serving tasks of the watched runtimes, with their processes where alive.
 pub fn discover(scope: &Scope, api_runtimes: Option<&Runtimes>) -> Vec<Shim> {
+    discover_cached(scope, api_runtimes, &mut BundleCache::default())
+}
+
+/// [`discover`], reusing the bundles `cache` read before.
+pub fn discover_cached(
+    scope: &Scope,
+    api_runtimes: Option<&Runtimes>,
+    cache: &mut BundleCache,
+) -> Vec<Shim> {
     let mut groups: BTreeMap<String, Vec<Task>> = BTreeMap::new();
-    for mut t in bundles(&scope.state_dir) {
+    for mut t in cache.bundles(&scope.state_dir) {
         if let Some(r) = api_runtimes.and_then(|m| m.get(&(t.namespace.clone(), t.id.clone()))) {
             t.runtime = r.clone();
         }
@@ -394,6 +439,38 @@ mod tests {
             runtime_of_binary(Path::new("/usr/bin/containerd-shim-runc-v2")).as_deref(),
             Some("io.containerd.runc.v2")
         );
+    }
+
+    /// A cached bundle is read again once a file is added to it, and forgotten once gone;
+    /// an unchanged one is not parsed again (its spec edited in place is not seen: nothing
+    /// does that to a live bundle).
+    #[test]
+    fn bundle_cache_rereads_only_changed_bundles() {
+        let state = tempfile::tempdir().unwrap();
+        let b = state.path().join(TASK_DIR).join("k8s.io").join("c1");
+        write(&b, "address", "unix:///run/containerd/s/aaa");
+        write(&b, "config.json", r#"{"linux":{"cgroupsPath":"/a"}}"#);
+        let mut cache = BundleCache::default();
+        let first = cache.bundles(state.path());
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].cgroups_path.as_deref(), Some("/a"));
+        assert_eq!(first[0].shim_pid, None);
+        // Rewritten in place: the directory's mtime does not move, the cached task stays.
+        let mtime = std::fs::metadata(&b).unwrap().modified().unwrap();
+        std::fs::write(b.join("config.json"), r#"{"linux":{"cgroupsPath":"/b"}}"#).unwrap();
+        assert_eq!(std::fs::metadata(&b).unwrap().modified().unwrap(), mtime);
+        assert_eq!(
+            cache.bundles(state.path())[0].cgroups_path.as_deref(),
+            Some("/a")
+        );
+        // A new file (as shims write theirs: created or renamed in) is picked up.
+        write(&b, "shim.pid", "4242");
+        let again = cache.bundles(state.path());
+        assert_eq!(again[0].shim_pid, Some(4242));
+        assert_eq!(again[0].cgroups_path.as_deref(), Some("/b"));
+        std::fs::remove_dir_all(&b).unwrap();
+        assert!(cache.bundles(state.path()).is_empty());
+        assert!(cache.entries.is_empty());
     }
 
     #[test]

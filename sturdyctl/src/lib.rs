@@ -6,6 +6,7 @@
 pub mod confirm;
 pub mod containerd;
 pub mod discovery;
+mod feeds;
 pub mod health;
 pub mod journal;
 pub mod logger;

@@ -11,12 +11,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
-use crate::containerd::{event_container_id, Api};
-use crate::discovery::{self, Runtimes, Scope, Shim};
+use crate::containerd::Api;
+use crate::discovery::{self, BundleCache, Runtimes, Scope, Shim};
+use crate::feeds;
 use crate::health::{Health, ProbeResult, Verdict};
 use crate::journal::{Journal, JournalError};
 use crate::pidfd::Pidfd;
@@ -55,7 +56,7 @@ pub enum WatchdogError {
     Journal(#[from] JournalError),
 }
 
-enum Msg {
+pub(crate) enum Msg {
     /// A watcher saw its shim exit, or found it hung.
     Verdict {
         address: String,
@@ -105,11 +106,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     );
 
     let (tx, mut rx) = mpsc::channel::<Msg>(256);
-    let events = tokio::spawn(follow_events(api.clone(), seen.clone(), tx.clone()));
+    let relist = Arc::new(Notify::new());
+    let events = tokio::spawn(feeds::follow_events(
+        api.clone(),
+        seen.clone(),
+        tx.clone(),
+        relist.clone(),
+    ));
     let runtimes = Arc::new(std::sync::Mutex::new(None));
-    let refresher = tokio::spawn(refresh_runtimes(
+    let refresher = tokio::spawn(feeds::refresh_runtimes(
         api.clone(),
         runtimes.clone(),
+        relist.clone(),
         cfg.interval,
     ));
     let mut state = State {
@@ -123,6 +131,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         dead_seen: HashSet::new(),
         recoveries: JoinSet::new(),
         runtimes,
+        relist,
+        unlisted: HashSet::new(),
+        bundles: Arc::default(),
     };
     state.resume_unfinished().await?;
 
@@ -188,6 +199,12 @@ struct State {
     recoveries: JoinSet<(String, String, recovery::Outcome)>,
     /// containerd's runtime names, as last listed (None while it does not answer).
     runtimes: Arc<std::sync::Mutex<Option<Runtimes>>>,
+    /// Asks for containerd's runtime names to be listed again.
+    relist: Arc<Notify>,
+    /// Tasks the last rescan found that containerd's list lacked.
+    unlisted: HashSet<(String, String)>,
+    /// Bundles read by earlier rescans.
+    bundles: Arc<std::sync::Mutex<BundleCache>>,
 }
 
 impl State {
@@ -228,18 +245,36 @@ impl State {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let scope = self.scope.clone();
-        let shims = match tokio::task::spawn_blocking(move || {
-            discovery::discover(&scope, runtimes.as_ref())
+        let cache = self.bundles.clone();
+        let (shims, runtimes) = match tokio::task::spawn_blocking(move || {
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            let shims = discovery::discover_cached(&scope, runtimes.as_ref(), &mut cache);
+            (shims, runtimes)
         })
         .await
         {
-            Ok(s) => s,
+            Ok(found) => found,
             Err(e) => {
                 log::error!("discovery failed: {e}");
                 return;
             }
         };
         let present: HashSet<String> = shims.iter().map(|s| s.address.clone()).collect();
+        // A task containerd's last list did not have (its create event was missed): list
+        // again, once per such task (a bundle containerd forgot must not relist every scan).
+        let unlisted: HashSet<(String, String)> = match runtimes.as_ref() {
+            Some(r) => shims
+                .iter()
+                .flat_map(|s| &s.tasks)
+                .map(|t| (t.namespace.clone(), t.id.clone()))
+                .filter(|k| !r.contains_key(k))
+                .collect(),
+            None => HashSet::new(),
+        };
+        if unlisted.iter().any(|k| !self.unlisted.contains(k)) {
+            self.relist.notify_one();
+        }
+        self.unlisted = unlisted;
         let mut dead_now = HashSet::new();
         for shim in shims {
             if self.recovering.contains(&shim.address) {
@@ -506,77 +541,5 @@ async fn probe_until_hung(
                 return (misses, silent_for);
             }
         }
-    }
-}
-
-/// Keeps the runtime names of containerd's containers current, away from the main loop
-/// (a slow containerd must not delay verdicts).
-async fn refresh_runtimes(
-    api: Arc<Api>,
-    cache: Arc<std::sync::Mutex<Option<Runtimes>>>,
-    interval: Duration,
-) {
-    let mut down = false;
-    loop {
-        let listed = api.runtimes().await;
-        let value = match listed {
-            Ok(r) => {
-                if down {
-                    log::info!("containerd answers again");
-                    down = false;
-                }
-                Some(r)
-            }
-            Err(e) => {
-                if !down {
-                    log::warn!("{e}; discovering from the bundles alone until it answers");
-                    down = true;
-                }
-                None
-            }
-        };
-        *cache.lock().unwrap_or_else(|e| e.into_inner()) = value;
-        tokio::time::sleep(interval).await;
-    }
-}
-
-/// Follows containerd's task events: records exits and deletes, and asks for a rescan.
-async fn follow_events(api: Arc<Api>, seen: Arc<SeenExits>, tx: mpsc::Sender<Msg>) {
-    let mut warned = false;
-    loop {
-        match api.subscribe_tasks().await {
-            Ok(mut stream) => {
-                if warned {
-                    log::info!("following containerd's task events again");
-                    warned = false;
-                }
-                loop {
-                    match stream.message().await {
-                        Ok(Some(env)) => {
-                            if env.topic == "/tasks/exit" || env.topic == "/tasks/delete" {
-                                if let Some(id) = event_container_id(&env) {
-                                    seen.record(&env.namespace, &id);
-                                }
-                            }
-                            if env.topic == "/tasks/create" || env.topic == "/tasks/start" {
-                                let _ = tx.try_send(Msg::Rescan);
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            log::debug!("task events: {e}");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                if !warned {
-                    log::warn!("cannot follow containerd's task events: {e}; retrying");
-                    warned = true;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
