@@ -28,6 +28,7 @@ PACKAGES=(
     xz-utils                    # unpacking ../shared/tools archives (tar -J)
     docker-registry             # scripts/critest.sh: local registry serving critest's images
     skopeo                      # scripts/critest.sh: pushing the OCI archives into it
+    criu                        # runc checkpoint/restore (Task API Checkpoint, restore on Create)
 )
 
 missing=()
@@ -49,7 +50,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     trap '[ "$policy_added" = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d' EXIT
     # docker-registry's package starts its daemon where it can; policy-rc.d forbids that,
     # and any registry that still appears during the install is stopped by its PID below.
-    registries_before=" $(pgrep -x docker-registry | tr '\n' ' ') "
+    registries_before=" $( (pgrep -x docker-registry || true) | tr '\n' ' ') "
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
     for pid in $(pgrep -x docker-registry || true); do

@@ -63,6 +63,9 @@ pub struct RuncConfig {
     pub output_limit: usize,
     /// F_SETPIPE_SZ for the client's pipes; None keeps the kernel default.
     pub pipe_size: Option<usize>,
+    /// --criu: the CRIU binary runc runs for checkpoint and restore (a name looked up on
+    /// PATH, or a path); None leaves runc's default, `criu` on PATH.
+    pub criu: Option<PathBuf>,
 }
 
 impl Default for RuncConfig {
@@ -77,6 +80,7 @@ impl Default for RuncConfig {
             deadlines: Deadlines::default(),
             output_limit: DEFAULT_OUTPUT_LIMIT,
             pipe_size: None,
+            criu: None,
         }
     }
 }
@@ -106,6 +110,10 @@ impl RuncConfig {
         if self.debug {
             args.push("--debug".into());
         }
+        if let Some(criu) = &self.criu {
+            args.push("--criu".into());
+            args.push(criu.clone().into_os_string());
+        }
         args
     }
 }
@@ -121,6 +129,7 @@ mod tests {
             systemd_cgroup: true,
             rootless: Some(false),
             debug: true,
+            criu: Some("/opt/criu".into()),
             ..Default::default()
         };
         let args: Vec<String> = c
@@ -135,7 +144,9 @@ mod tests {
                 "/run/x",
                 "--systemd-cgroup",
                 "--rootless=false",
-                "--debug"
+                "--debug",
+                "--criu",
+                "/opt/criu"
             ]
         );
         assert!(RuncConfig::default().global_args().is_empty());

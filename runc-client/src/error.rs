@@ -86,6 +86,35 @@ pub enum Error {
         /// The refused signal number.
         signal: i32,
     },
+    /// CRIU failed under `runc checkpoint` or `runc restore`; its own log says why.
+    #[error("runc {command} {id}: exit status {status}: {message} (CRIU log {}{})", log.display(), criu_errors(errors))]
+    Criu {
+        /// The runc subcommand.
+        command: &'static str,
+        /// The container id.
+        id: String,
+        /// runc's exit status.
+        status: i32,
+        /// runc's own message, without the log path.
+        message: String,
+        /// CRIU's log (dump.log, restore.log) as runc named it; a caller that moves the
+        /// log may update this.
+        log: PathBuf,
+        /// CRIU's last error lines, oldest first; empty when the log could not be read.
+        errors: Vec<String>,
+    },
+    /// The CRIU binary that checkpoint and restore need is not there; nothing was run.
+    #[error("runc {command} {id}: CRIU not found: {reason}")]
+    CriuNotFound {
+        /// The runc subcommand.
+        command: &'static str,
+        /// The container id.
+        id: String,
+        /// The binary looked for: `criu`, or the configured `--criu`.
+        criu: PathBuf,
+        /// Where it was looked for and what was (not) found there.
+        reason: String,
+    },
     /// runc succeeded but its output could not be understood.
     #[error("runc {command} {id}: cannot parse output: {message}")]
     Parse {
@@ -109,6 +138,11 @@ impl Error {
         matches!(self, Error::Timeout { .. })
     }
 
+    /// True when checkpoint or restore was refused because CRIU is not installed.
+    pub fn is_criu_missing(&self) -> bool {
+        matches!(self, Error::CriuNotFound { .. })
+    }
+
     /// True when the call was refused before running anything (bad id or signal).
     pub fn is_invalid_argument(&self) -> bool {
         matches!(self, Error::InvalidId { .. } | Error::InvalidSignal { .. })
@@ -123,6 +157,8 @@ impl Error {
             | Error::Spawn { command, .. }
             | Error::InvalidId { command, .. }
             | Error::InvalidSignal { command, .. }
+            | Error::Criu { command, .. }
+            | Error::CriuNotFound { command, .. }
             | Error::Parse { command, .. } => Some(command),
             Error::Io { .. } => None,
         }
@@ -137,6 +173,8 @@ impl Error {
             | Error::Spawn { id, .. }
             | Error::InvalidId { id, .. }
             | Error::InvalidSignal { id, .. }
+            | Error::Criu { id, .. }
+            | Error::CriuNotFound { id, .. }
             | Error::Parse { id, .. } => Some(id),
             Error::Io { .. } => None,
         }
@@ -159,6 +197,18 @@ impl Error {
         message: String,
         root: Option<&Path>,
     ) -> Error {
+        if matches!(command, "checkpoint" | "restore") {
+            if let Some((head, log)) = crate::criu::log_named_in(&message) {
+                return Error::Criu {
+                    command,
+                    id: id.to_string(),
+                    status,
+                    message: head,
+                    errors: crate::criu::errors_in_log(&log),
+                    log,
+                };
+            }
+        }
         if says_not_found(command, id, &message, root) {
             Error::NotFound {
                 command,
@@ -174,6 +224,15 @@ impl Error {
                 message,
             }
         }
+    }
+}
+
+/// CRIU's errors appended to a message, when there are any.
+fn criu_errors(errors: &[String]) -> String {
+    if errors.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", errors.join("; "))
     }
 }
 
@@ -322,6 +381,45 @@ mod tests {
         assert_eq!(crun_state_root(Some(Path::new("/r")), Some("/x")), "/r");
         assert_eq!(crun_join("//a//", "b"), "/a/b");
         assert_eq!(crun_join("/", "b"), "/b");
+    }
+
+    #[test]
+    fn a_criu_failure_carries_criu_s_own_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dump.log");
+        std::fs::write(
+            &log,
+            "(00.03) Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds\n",
+        )
+        .unwrap();
+        let message = format!(
+            "criu failed: type DUMP errno 0\nlog file: {}",
+            log.display()
+        );
+        let e = Error::from_exit("checkpoint", "c1", 1, message.clone(), None);
+        match &e {
+            Error::Criu {
+                message, errors, ..
+            } => {
+                assert_eq!(message, "criu failed: type DUMP errno 0");
+                assert_eq!(
+                    errors,
+                    &["Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds"]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = e.to_string();
+        assert!(
+            text.contains("checkpoint c1") && text.contains("Unexpected rt vDSO area bounds"),
+            "{text}"
+        );
+        assert!(text.contains(&log.display().to_string()), "{text}");
+        // Only checkpoint and restore run CRIU.
+        assert!(matches!(
+            Error::from_exit("start", "c1", 1, message, None),
+            Error::Runc { .. }
+        ));
     }
 
     #[test]

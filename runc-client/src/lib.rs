@@ -37,6 +37,7 @@
 pub mod cgroup;
 mod command;
 pub mod config;
+pub mod criu;
 pub mod drain;
 pub mod error;
 pub mod events;

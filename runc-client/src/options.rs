@@ -40,32 +40,37 @@ pub struct ExecOpts {
     pub spec_dir: Option<PathBuf>,
 }
 
-/// CRIU options for `runc checkpoint`.
+/// CRIU options for `runc checkpoint` (and, where runc restore knows them, `runc restore`).
 #[derive(Clone, Debug, Default)]
 pub struct CheckpointOpts {
-    /// --image-path: where CRIU writes (or reads) the images.
+    /// --image-path: where CRIU writes (or reads) the images; empty leaves runc's default
+    /// (`checkpoint` in runc's working directory).
     pub image_path: PathBuf,
-    /// --work-path: CRIU logs and work files.
+    /// --work-path: CRIU logs and work files (dump.log, restore.log); None puts them with
+    /// the images.
     pub work_path: Option<PathBuf>,
-    /// --parent-path: previous pre-dump images.
+    /// --parent-path: previous pre-dump images (checkpoint only: a restore follows the
+    /// `parent` link CRIU left in the images).
     pub parent_path: Option<PathBuf>,
-    /// --leave-running.
+    /// --leave-running: the container goes on after the dump (else CRIU kills it).
     pub leave_running: bool,
-    /// --tcp-established.
+    /// --tcp-established: dump (restore) established TCP connections.
     pub tcp_established: bool,
-    /// --ext-unix-sk.
+    /// --ext-unix-sk: allow unix sockets connected to the outside of the container.
     pub ext_unix_sk: bool,
-    /// --shell-job.
+    /// --shell-job: allow a process attached to a terminal (ptys).
     pub shell_job: bool,
-    /// --file-locks.
+    /// --file-locks: dump (restore) held file locks.
     pub file_locks: bool,
-    /// --pre-dump.
+    /// --pre-dump: dump memory only and leave the container running (checkpoint only).
     pub pre_dump: bool,
     /// --auto-dedup.
     pub auto_dedup: bool,
-    /// --lazy-pages.
+    /// --lazy-pages: memory is served later by a page server (userfaultfd).
     pub lazy_pages: bool,
-    /// --empty-ns, e.g. "network".
+    /// --page-server ADDRESS:PORT: send the memory pages there (checkpoint only).
+    pub page_server: Option<String>,
+    /// --empty-ns, e.g. "network": create the namespace on restore but not its content.
     pub empty_namespaces: Vec<String>,
     /// --manage-cgroups-mode: "soft", "full", "strict" or "ignore".
     pub cgroups_mode: Option<String>,
@@ -74,8 +79,10 @@ pub struct CheckpointOpts {
 impl CheckpointOpts {
     /// Flags shared by checkpoint and restore.
     pub(crate) fn common_args(&self, args: &mut Vec<std::ffi::OsString>) {
-        args.push("--image-path".into());
-        args.push(self.image_path.clone().into_os_string());
+        if !self.image_path.as_os_str().is_empty() {
+            args.push("--image-path".into());
+            args.push(self.image_path.clone().into_os_string());
+        }
         if let Some(p) = &self.work_path {
             args.push("--work-path".into());
             args.push(p.clone().into_os_string());
@@ -109,6 +116,10 @@ impl CheckpointOpts {
             args.push("--parent-path".into());
             args.push(p.clone().into_os_string());
         }
+        if let Some(server) = &self.page_server {
+            args.push("--page-server".into());
+            args.push(server.into());
+        }
         if self.leave_running {
             args.push("--leave-running".into());
         }
@@ -131,8 +142,14 @@ pub struct RestoreOpts {
     pub detach: bool,
     /// --no-pivot.
     pub no_pivot: bool,
-    /// --no-subreaper.
+    /// --no-subreaper: the restored init is reparented to the caller (when it is a child
+    /// subreaper) instead of staying runc's.
     pub no_subreaper: bool,
-    /// Stdio for the restored init.
+    /// --lsm-profile TYPE:NAME for the restored processes.
+    pub lsm_profile: Option<String>,
+    /// --lsm-mount-context for the restored mounts.
+    pub lsm_mount_context: Option<String>,
+    /// Stdio for the restored init: runc hands these to CRIU for the pipes the
+    /// checkpointed init had as stdio.
     pub io: ProcessIo,
 }

@@ -387,8 +387,12 @@ impl Runc {
     }
 
     /// `runc checkpoint` with CRIU options.
+    ///
+    /// Refused with [`Error::CriuNotFound`] before anything runs when the CRIU binary runc
+    /// would use is not there; a CRIU failure is an [`Error::Criu`] naming CRIU's log.
     pub async fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
         check_id("checkpoint", id)?;
+        crate::criu::locate(self.config(), "checkpoint", id)?;
         let mut args = Args::new("checkpoint");
         opts.checkpoint_args(&mut args.0);
         let args = args.id(id);
@@ -396,9 +400,14 @@ impl Runc {
         self.simple("checkpoint", id, args, d).await.map(drop)
     }
 
-    /// `runc restore` from a checkpoint image into `bundle`.
+    /// `runc restore` from a checkpoint image into `bundle` (`opts.checkpoint.parent_path`
+    /// and `page_server` are checkpoint-only and not passed).
+    ///
+    /// Refused with [`Error::CriuNotFound`] before anything runs when the CRIU binary runc
+    /// would use is not there; a CRIU failure is an [`Error::Criu`] naming CRIU's log.
     pub async fn restore(&self, id: &str, bundle: &Path, opts: &RestoreOpts) -> Result<()> {
         check_id("restore", id)?;
+        crate::criu::locate(self.config(), "restore", id)?;
         let io = clone_io(&opts.io, "restore", id)?;
         let mut args = Args::new("restore")
             .arg("--bundle")
@@ -407,7 +416,9 @@ impl Runc {
             .path("--pid-file", &opts.pid_file)
             .opt("--console-socket", opts.console_socket.as_ref())
             .flag(opts.no_pivot, "--no-pivot")
-            .flag(opts.no_subreaper, "--no-subreaper");
+            .flag(opts.no_subreaper, "--no-subreaper")
+            .opt("--lsm-profile", opts.lsm_profile.as_ref())
+            .opt("--lsm-mount-context", opts.lsm_mount_context.as_ref());
         opts.checkpoint.common_args(&mut args.0);
         let args = args.id(id);
         self.call(Call {

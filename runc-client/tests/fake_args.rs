@@ -44,21 +44,36 @@ async fn typed_calls_pass_arguments_and_parse_output() {
     let checkpoint = runc_client::CheckpointOpts {
         image_path: "/img".into(),
         work_path: Some("/work".into()),
+        parent_path: Some("/pre".into()),
         leave_running: true,
         tcp_established: true,
+        ext_unix_sk: true,
+        shell_job: true,
+        file_locks: true,
+        page_server: Some("10.0.0.1:27".into()),
         empty_namespaces: vec!["network".into()],
         cgroups_mode: Some("soft".into()),
         ..Default::default()
     };
-    runc.checkpoint("c9", &checkpoint).await.unwrap();
+    // CRIU must exist before runc runs; any executable stands in for it here.
+    let with_criu = runc_client::Runc::new(
+        runc_client::RuncConfig {
+            criu: Some("/bin/sh".into()),
+            ..runc.config().clone()
+        },
+        runc_client::Reaper::global(),
+    );
+    with_criu.checkpoint("c9", &checkpoint).await.unwrap();
     let restore = runc_client::RestoreOpts {
         checkpoint: checkpoint.clone(),
         pid_file: "/p.pid".into(),
         detach: true,
         no_subreaper: true,
+        lsm_profile: Some("apparmor:x".into()),
         ..Default::default()
     };
-    runc.restore("c9", Path::new("/bundle"), &restore)
+    with_criu
+        .restore("c9", Path::new("/bundle"), &restore)
         .await
         .unwrap();
     runc.start("c9").await.unwrap();
@@ -103,10 +118,14 @@ async fn typed_calls_pass_arguments_and_parse_output() {
             "kill --all -- c9 9",
             "delete --force -- c9",
             "update --resources - -- c9",
-            "checkpoint --image-path /img --work-path /work --tcp-established --empty-ns network \
-             --manage-cgroups-mode soft --leave-running -- c9",
-            "restore --bundle /bundle --detach --pid-file /p.pid --no-subreaper --image-path /img \
-             --work-path /work --tcp-established --empty-ns network --manage-cgroups-mode soft -- c9",
+            "checkpoint --image-path /img --work-path /work --tcp-established --ext-unix-sk \
+             --shell-job --file-locks --empty-ns network --manage-cgroups-mode soft \
+             --parent-path /pre --page-server 10.0.0.1:27 --leave-running -- c9",
+            // No --parent-path or --page-server: runc restore has neither.
+            "restore --bundle /bundle --detach --pid-file /p.pid --no-subreaper \
+             --lsm-profile apparmor:x --image-path /img --work-path /work --tcp-established \
+             --ext-unix-sk --shell-job --file-locks --empty-ns network \
+             --manage-cgroups-mode soft -- c9",
             "start -- c9",
             "pause -- c9",
             "resume -- c9",
@@ -123,6 +142,7 @@ async fn typed_calls_pass_arguments_and_parse_output() {
     // Drained commands log JSON to stderr: no log file to create per call. Create, exec and
     // restore hand their stdio over, so they alone need a log file.
     for line in args.lines() {
+        let line = line.strip_prefix("--criu /bin/sh ").unwrap_or(line);
         if [" restore ", " create ", " exec "]
             .iter()
             .any(|c| line.contains(c))
@@ -131,6 +151,112 @@ async fn typed_calls_pass_arguments_and_parse_output() {
         } else {
             assert!(line.starts_with("--log-format json "), "{line}");
         }
+    }
+}
+
+/// runc is given the configured CRIU; a CRIU that is not there stops checkpoint and
+/// restore before runc is spawned, naming what is missing.
+#[tokio::test]
+async fn checkpoint_and_restore_need_criu_before_runc_runs() {
+    let fake = Fake::new("echo \"$@\" >> \"$DIR/args\"");
+    let criu = fake.path("criu");
+    std::fs::write(&criu, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&criu, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let with = |criu: &Path| {
+        runc_client::Runc::new(
+            runc_client::RuncConfig {
+                criu: Some(criu.to_path_buf()),
+                ..fake.runc.config().clone()
+            },
+            runc_client::Reaper::global(),
+        )
+    };
+    let opts = runc_client::CheckpointOpts {
+        image_path: "/img".into(),
+        ..Default::default()
+    };
+    with(&criu).checkpoint("c9", &opts).await.unwrap();
+    let args = std::fs::read_to_string(fake.path("args")).unwrap();
+    assert!(
+        args.starts_with(&format!("--criu {} ", criu.display())),
+        "{args}"
+    );
+
+    let missing = fake.path("no-criu-here");
+    let runc = with(&missing);
+    let restore = runc_client::RestoreOpts {
+        checkpoint: opts.clone(),
+        ..Default::default()
+    };
+    for (what, err) in [
+        (
+            "checkpoint",
+            runc.checkpoint("c9", &opts).await.unwrap_err(),
+        ),
+        (
+            "restore",
+            runc.restore("c9", Path::new("/b"), &restore)
+                .await
+                .unwrap_err(),
+        ),
+    ] {
+        assert!(err.is_criu_missing(), "{what}: {err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{what} c9"))
+                && text.contains(&missing.display().to_string())
+                && text.contains("does not exist"),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(fake.path("args"))
+            .unwrap()
+            .lines()
+            .count(),
+        1,
+        "runc was spawned without CRIU"
+    );
+}
+
+/// A CRIU failure comes back typed, with CRIU's own reason from the log runc names.
+#[tokio::test]
+async fn a_criu_failure_reports_criu_s_errors() {
+    let fake = Fake::new(
+        "printf '(00.1) Error (criu/kerndat.c:1615): kerndat_vdso_fill_symtable failed\\n' \
+           > \"$DIR/dump.log\"\n\
+         printf '{\"level\":\"error\",\"msg\":\"criu failed: type DUMP errno 0\\\\nlog file: %s/dump.log\"}\\n' \"$DIR\" >&2\n\
+         exit 1",
+    );
+    let runc = runc_client::Runc::new(
+        runc_client::RuncConfig {
+            criu: Some("/bin/sh".into()),
+            ..fake.runc.config().clone()
+        },
+        runc_client::Reaper::global(),
+    );
+    let err = runc
+        .checkpoint("c9", &Default::default())
+        .await
+        .unwrap_err();
+    match &err {
+        runc_client::Error::Criu {
+            command,
+            id,
+            message,
+            log,
+            errors,
+            ..
+        } => {
+            assert_eq!((*command, id.as_str()), ("checkpoint", "c9"));
+            assert_eq!(message, "criu failed: type DUMP errno 0");
+            assert_eq!(log, &fake.path("dump.log"));
+            assert_eq!(
+                errors,
+                &["Error (criu/kerndat.c:1615): kerndat_vdso_fill_symtable failed"]
+            );
+        }
+        other => panic!("{other:?}"),
     }
 }
 

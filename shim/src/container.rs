@@ -1,5 +1,6 @@
 //! A container: its bundle, the runc client configured for it, its init process and the
 //! lifecycle calls on init (create, start, pause, resume, kill, delete) and its exit.
+//! Checkpoint and restore are in [`checkpoint`].
 //!
 //! Every lifecycle call holds init's lifecycle lock from its state check to its event, so
 //! calls on one container are serialised and an exit is never published between a
@@ -23,6 +24,7 @@ use crate::process::{Exited, Process, State};
 use crate::record::Record;
 use crate::tasks::Shared;
 
+pub mod checkpoint;
 mod resources;
 
 /// Longest exit handling waits for the last output to reach containerd's FIFOs while the
@@ -56,6 +58,9 @@ pub struct Container {
     rootfs: Vec<Mount>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     cgroups: resources::CgroupState,
+    /// Set when Create carried a checkpoint: Start restores from it.
+    restore: Option<checkpoint::RestoreFrom>,
+    parked: checkpoint::ParkedSlot,
 }
 
 /// What a create had done when it failed, so that only that is undone.
@@ -71,9 +76,7 @@ impl Container {
     pub fn new(req: &CreateTaskRequest, namespace: &str, reaper: Reaper) -> Result<Self> {
         let id = req.id.as_str();
         crate::ids::validate("container", id)?;
-        if !req.checkpoint.is_empty() {
-            return Err(Error::Unimplemented("create from checkpoint"));
-        }
+        let restore = restore_from(req)?;
         let bundle = PathBuf::from(&req.bundle);
         if !bundle.is_absolute() {
             return Err(Error::InvalidArgument(format!(
@@ -108,6 +111,7 @@ impl Container {
                 root: Some(Record::runc_root(&options.root, namespace)),
                 systemd_cgroup: options.systemd_cgroup,
                 log: Some(bundle.join("log.json")),
+                criu: (!options.criu_path.is_empty()).then(|| PathBuf::from(&options.criu_path)),
                 ..RuncConfig::default()
             },
             reaper,
@@ -129,6 +133,8 @@ impl Container {
             rootfs: req.rootfs.to_vec(),
             execs: Mutex::new(HashMap::new()),
             cgroups: Default::default(),
+            restore,
+            parked: Default::default(),
         })
     }
 
@@ -166,6 +172,10 @@ impl Container {
             }
         };
         self.init.created(pid)?;
+        if self.restores() {
+            // Nothing runs before the restore.
+            return Ok((pid, false));
+        }
         let early = match shared.router.register(pid, &self.init, since) {
             Some(exit) => self.init.reaped(exit.status as u32, exit.at).is_ok(),
             None => false,
@@ -193,6 +203,11 @@ impl Container {
             &self.bundle,
         )?;
         *self.init.copiers.lock().await = stdio.copiers;
+        if self.restores() {
+            // runc restore, at Start, hands these to CRIU; until then init has no pid.
+            self.park(stdio.io, stdio.console);
+            return Ok(0);
+        }
         let pid_file = self.bundle.join("init.pid");
         let opts = CreateOpts {
             pid_file: pid_file.clone(),
@@ -260,22 +275,34 @@ impl Container {
         }
     }
 
-    /// `runc start`; Created → Starting → Running, then TaskStart.
-    pub async fn start(&self, shared: &Shared) -> Result<i32> {
+    /// `runc start` (`runc restore` for a container created from a checkpoint);
+    /// Created → Starting → Running, then TaskStart. Returns init's pid, and whether a
+    /// restored init already exited (its exit is recorded and still needs handling).
+    pub async fn start(&self, shared: &Shared) -> Result<(i32, bool)> {
         let _lifecycle = self.init.lifecycle.lock().await;
         self.init.begin_start()?;
-        if let Err(e) = self.runc.start(&self.id).await {
-            self.init.start_failed();
-            return Err(self.runc_error(e));
-        }
-        let pid = self.init.pid();
+        let started = if self.restores() {
+            self.restore(shared).await
+        } else {
+            match self.runc.start(&self.id).await {
+                Ok(()) => Ok((self.init.pid(), false)),
+                Err(e) => Err(self.runc_error(e)),
+            }
+        };
+        let (pid, early) = match started {
+            Ok(v) => v,
+            Err(e) => {
+                self.init.start_failed();
+                return Err(e);
+            }
+        };
         self.init.start_succeeded(pid)?;
         shared.events.publish(Event::Start {
             id: self.id.clone(),
             pid,
         });
         crate::memory::trim_heap();
-        Ok(pid)
+        Ok((pid, early))
     }
 
     /// `runc pause`; Running → Pausing → Paused, then TaskPaused.
@@ -342,7 +369,8 @@ impl Container {
                 return Err(self.runc_error(e));
             }
         }
-        if was == State::Created {
+        // A container waiting for its restore has no process to wait for.
+        if was == State::Created && self.init.pid() != 0 {
             let _ = tokio::time::timeout(CREATED_KILL_LIMIT, self.init.wait_reaped()).await;
         }
         finish_io(&self.init).await;
@@ -470,6 +498,31 @@ pub async fn finish_io(p: &Process) {
     let progress = p.copiers.lock().await.progress();
     progress.drain_moving(DELETE_DRAIN_LIMIT).await;
     p.copiers.lock().await.abort();
+}
+
+/// The checkpoint `req` restores from, if any. runc restore has no `--parent-path`: CRIU
+/// follows the `parent` link a pre-dump left in the images, so `parent_checkpoint` (which
+/// containerd does not send) needs nothing more.
+fn restore_from(req: &CreateTaskRequest) -> Result<Option<checkpoint::RestoreFrom>> {
+    if req.checkpoint.is_empty() {
+        return Ok(None);
+    }
+    if !req.checkpoint.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "container {}: checkpoint {:?} is not an absolute path",
+            req.id, req.checkpoint
+        )));
+    }
+    if !req.parent_checkpoint.is_empty() {
+        log::info!(
+            "container {}: parent checkpoint {} is found through the images' parent link",
+            req.id,
+            req.parent_checkpoint
+        );
+    }
+    Ok(Some(checkpoint::RestoreFrom {
+        image: PathBuf::from(&req.checkpoint),
+    }))
 }
 
 /// Reads a pid file runc wrote.

@@ -97,6 +97,9 @@ impl Error {
             Error::Runc { source, .. } => {
                 if source.is_not_found() {
                     Code::NOT_FOUND
+                } else if source.is_criu_missing() {
+                    // Checkpoint and restore cannot work on this host as it is.
+                    Code::FAILED_PRECONDITION
                 } else if source.is_invalid_argument() {
                     Code::INVALID_ARGUMENT
                 } else if source.is_timeout() {
@@ -154,6 +157,18 @@ mod tests {
             crun.to_string().ends_with("(runtime binary crun)"),
             "{crun}"
         );
+        let no_criu = Error::runc(
+            "x",
+            "runc",
+            runc_client::Error::CriuNotFound {
+                command: "checkpoint",
+                id: "x".into(),
+                criu: "criu".into(),
+                reason: "no executable \"criu\" on PATH".into(),
+            },
+        );
+        assert_eq!(no_criu.code(), Code::FAILED_PRECONDITION);
+        assert!(no_criu.to_string().contains("CRIU not found"), "{no_criu}");
         let fifo = Error::io(
             "x",
             "open output fifo /gone",

@@ -78,6 +78,8 @@ pub enum Event {
         bundle: String,
         pid: i32,
         stdio: StdioPaths,
+        /// The checkpoint a restore starts from ("" for a plain create).
+        checkpoint: String,
     },
     /// `/tasks/start`.
     Start { id: String, pid: i32 },
@@ -142,6 +144,7 @@ impl Event {
                 bundle,
                 pid,
                 stdio,
+                checkpoint,
             } => (
                 "containerd.events.TaskCreate",
                 TaskCreate {
@@ -155,6 +158,7 @@ impl Event {
                         ..Default::default()
                     })
                     .into(),
+                    checkpoint: checkpoint.clone(),
                     pid: *pid as u32,
                     ..Default::default()
                 }

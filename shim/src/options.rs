@@ -33,7 +33,7 @@ pub enum OptionsError {
     #[error("malformed {type_url} payload: {reason}")]
     Malformed { type_url: String, reason: String },
     /// The TOML options table had a key we do not know.
-    #[error("unknown runtime option {0:?} (known: BinaryName, Root, SystemdCgroup, NoPivotRoot, NoNewKeyring, ShimCgroup, IoUid, IoGid, CriuImagePath, CriuWorkPath)")]
+    #[error("unknown runtime option {0:?} (known: BinaryName, Root, SystemdCgroup, NoPivotRoot, NoNewKeyring, ShimCgroup, IoUid, IoGid, CriuPath, CriuImagePath, CriuWorkPath)")]
     UnknownKey(String),
     /// A key had a value of the wrong type or range.
     #[error("runtime option {key}: {reason}")]
@@ -81,6 +81,10 @@ pub struct RuntimeOptions {
     pub io_uid: u32,
     /// Owner gid of the container's stdio pipes.
     pub io_gid: u32,
+    /// CRIU binary runc runs (runc's `--criu`): a name on PATH or an absolute path; empty
+    /// means `criu` on PATH.
+    #[serde(default)]
+    pub criu_path: String,
     /// CRIU image path for checkpoints.
     pub criu_image_path: String,
     /// CRIU work path for checkpoints.
@@ -115,6 +119,7 @@ impl RuntimeOptions {
                         reason: e.to_string(),
                     }
                 })?;
+                let criu_path = removed_criu_path(&o);
                 let decoded = Self {
                     binary_name: o.binary_name,
                     root: o.root,
@@ -124,6 +129,7 @@ impl RuntimeOptions {
                     shim_cgroup: o.shim_cgroup,
                     io_uid: o.io_uid,
                     io_gid: o.io_gid,
+                    criu_path,
                     criu_image_path: o.criu_image_path,
                     criu_work_path: o.criu_work_path,
                 };
@@ -164,6 +170,7 @@ impl RuntimeOptions {
                 "BinaryName" => o.binary_name = string(key, value)?,
                 "Root" => o.root = string(key, value)?,
                 "ShimCgroup" => o.shim_cgroup = string(key, value)?,
+                "CriuPath" => o.criu_path = string(key, value)?,
                 "CriuImagePath" => o.criu_image_path = string(key, value)?,
                 "CriuWorkPath" => o.criu_work_path = string(key, value)?,
                 "SystemdCgroup" => o.systemd_cgroup = boolean(key, value)?,
@@ -191,6 +198,7 @@ impl RuntimeOptions {
             ("ShimCgroup", &self.shim_cgroup),
             ("Root", &self.root),
             ("BinaryName", &self.binary_name),
+            ("CriuPath", &self.criu_path),
             ("CriuImagePath", &self.criu_image_path),
             ("CriuWorkPath", &self.criu_work_path),
         ] {
@@ -215,15 +223,19 @@ impl RuntimeOptions {
         }
         // A bare name is looked up on PATH; a relative path with a slash would be resolved
         // against the shim's working directory (the bundle), which nobody means.
-        let b = &self.binary_name;
-        if b.contains('/') && !b.starts_with('/') {
-            return Err(bad(
-                "BinaryName",
-                format!("{b:?} is a relative path: use a bare name looked up on PATH or an absolute path"),
-            ));
-        }
-        if b.ends_with('/') {
-            return Err(bad("BinaryName", format!("{b:?} names a directory")));
+        for (key, b) in [
+            ("BinaryName", &self.binary_name),
+            ("CriuPath", &self.criu_path),
+        ] {
+            if b.contains('/') && !b.starts_with('/') {
+                return Err(bad(
+                    key,
+                    format!("{b:?} is a relative path: use a bare name looked up on PATH or an absolute path"),
+                ));
+            }
+            if b.ends_with('/') {
+                return Err(bad(key, format!("{b:?} names a directory")));
+            }
         }
         let cg = &self.shim_cgroup;
         if !cg.is_empty() {
@@ -307,6 +319,19 @@ fn read_config_path(path: &Path) -> Result<String, OptionsError> {
             format!("not UTF-8: {e}"),
         ))
     })
+}
+
+/// `criu_path` (field 8) of `containerd.runc.v1.Options`: containerd 1.6 and 1.7 send it,
+/// 2.0 removed it from the message, and so did the protos this shim is built with; it
+/// survives decoding as an unknown field.
+fn removed_criu_path(o: &RuncOptions) -> String {
+    use containerd_shim_protos::protobuf::UnknownValueRef;
+    match o.special_fields.unknown_fields().get(8) {
+        Some(UnknownValueRef::LengthDelimited(bytes)) => {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+        _ => String::new(),
+    }
 }
 
 fn string(key: &str, value: &toml::Value) -> Result<String, OptionsError> {

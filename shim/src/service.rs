@@ -11,7 +11,6 @@ use containerd_shim_protos::types::task::{ProcessInfo, Status as TaskStatus};
 use runc_client::Reaper;
 use tokio::sync::Notify;
 
-use crate::error::Error;
 use crate::events::{timestamp, Events};
 use crate::io::StdioPaths;
 use crate::process::State;
@@ -213,9 +212,14 @@ impl Task for TaskService {
     async fn checkpoint(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::CheckpointTaskRequest,
+        req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<Empty> {
-        Err(Error::Unimplemented("Checkpoint").into())
+        let r = self
+            .tasks
+            .checkpoint(&req.id, &req.path, req.options.as_ref())
+            .await;
+        logged("checkpoint", &req.id, r)?;
+        Ok(Empty::new())
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {

@@ -192,6 +192,7 @@ impl Tasks {
         }
         let (tx, rx) = oneshot::channel();
         let tasks = self.clone();
+        let req_checkpoint = req.checkpoint.clone();
         tokio::spawn(async move {
             let _lifecycle = guard;
             let (pid, early) = match c.create(&tasks.shared).await {
@@ -216,8 +217,12 @@ impl Tasks {
                 bundle: c.bundle.display().to_string(),
                 pid,
                 stdio: c.init.stdio.clone(),
+                checkpoint: req_checkpoint,
             });
-            c.watch_oom(&tasks.shared);
+            // A container to be restored has no cgroup before its Start.
+            if !c.restores() {
+                c.watch_oom(&tasks.shared);
+            }
             if early {
                 tasks.handle_exit(c.init.clone());
             }
@@ -233,7 +238,14 @@ impl Tasks {
         let exec_id = exec_id.to_string();
         detached(async move {
             if exec_id.is_empty() {
-                return c.start(&tasks.shared).await;
+                let (pid, early) = c.start(&tasks.shared).await?;
+                if c.restores() {
+                    c.watch_oom(&tasks.shared);
+                }
+                if early {
+                    tasks.handle_exit(c.init.clone());
+                }
+                return Ok(pid);
             }
             let (pid, early) = c.start_exec(&tasks.shared, &exec_id).await?;
             if early {
@@ -280,6 +292,20 @@ impl Tasks {
         } else {
             c.kill_exec(exec_id, signal)
         }
+    }
+
+    /// Checkpoints the container into `path` (CRIU images) with containerd's options (a
+    /// `containerd.runc.v1.CheckpointOptions`); with their `exit` the container stops.
+    pub async fn checkpoint(
+        self: &Arc<Self>,
+        id: &str,
+        path: &str,
+        options: Option<&Any>,
+    ) -> Result<()> {
+        let c = self.container(id)?;
+        let decoded = crate::container::checkpoint::checkpoint_options(id, options)?;
+        let opts = crate::container::checkpoint::checkpoint_opts(id, path, &decoded)?;
+        detached(async move { c.checkpoint(opts).await }).await
     }
 
     /// Freezes the container.

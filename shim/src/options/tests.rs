@@ -51,6 +51,37 @@ fn runc_options_decode() {
     assert_eq!(got.io_uid, 7);
 }
 
+/// containerd 1.6 and 1.7 still send `criu_path` (field 8), which these protos dropped.
+#[test]
+fn runc_options_keep_the_criu_path_containerd_1_6_sends() {
+    let mut value = RuncOptions {
+        root: "/run/x".into(),
+        ..Default::default()
+    }
+    .write_to_bytes()
+    .unwrap();
+    {
+        let mut out = CodedOutputStream::vec(&mut value);
+        out.write_string(8, "/opt/criu/sbin/criu").unwrap();
+        out.flush().unwrap();
+    }
+    let any = Any {
+        type_url: RUNC_OPTIONS_TYPE.into(),
+        value,
+        ..Default::default()
+    };
+    let got = RuntimeOptions::from_any(Some(&any)).unwrap();
+    assert_eq!(got.criu_path, "/opt/criu/sbin/criu");
+    assert_eq!(got.root, "/run/x");
+    let toml = RuntimeOptions::from_toml("CriuPath = \"criu-4\"").unwrap();
+    assert_eq!(toml.criu_path, "criu-4");
+    let err = RuntimeOptions::from_toml("CriuPath = \"sbin/criu\"").unwrap_err();
+    assert!(
+        matches!(&err, OptionsError::BadValue { key, .. } if key == "CriuPath"),
+        "{err}"
+    );
+}
+
 #[test]
 fn generic_options_same_keys() {
     let any = generic_any(

@@ -8,24 +8,33 @@
 #   fake-<cmd>-sleep  seconds <cmd> takes (create, start, exec, delete)
 #   fake-<cmd>-fail   <cmd> fails with the file's content as runc's error
 #   fake-cgroups      JSON object written as cgroup_paths of $root/<id>/state.json
+#   fake-checkpoint-criu-fail  checkpoint fails as CRIU does: an error in <work>/dump.log
 # update copies the resources it got (a file, or - for stdin) to $root/<id>/update.json.
+# checkpoint and restore keep their arguments in $root/<id>/<cmd>.args; checkpoint writes
+# its "images" (init's pid) and kills init unless --leave-running; restore runs fake-init
+# at once, like init-now.
 root=/run/runc; log=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --root) root=$2; shift 2 ;;
         --log) log=$2; shift 2 ;;
-        --log-format|--rootless) shift 2 ;;
+        --log-format|--rootless|--criu) shift 2 ;;
         --systemd-cgroup|--debug) shift ;;
         *) break ;;
     esac
 done
 cmd=$1; shift
-bundle=""; pidfile=""; all=""; force=""; args=""; resources=""
+given="$*"
+bundle=""; pidfile=""; all=""; force=""; args=""; resources=""; image=""; work=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --bundle|-b) bundle=$2; shift 2 ;;
         --pid-file) pidfile=$2; shift 2 ;;
         --resources|-r) resources=$2; shift 2 ;;
+        --image-path) image=$2; shift 2 ;;
+        --work-path) work=$2; shift 2 ;;
+        --parent-path|--manage-cgroups-mode|--empty-ns|--page-server|--lsm-profile|--lsm-mount-context) shift 2 ;;
+        --leave-running|--tcp-established|--ext-unix-sk|--shell-job|--file-locks|--pre-dump|--auto-dedup|--lazy-pages|--no-subreaper) shift ;;
         --process|-p|--console-socket|--preserve-fds|--format|-f|--interval) shift 2 ;;
         --all|-a) all=1; shift ;;
         --force) force=1; shift ;;
@@ -48,10 +57,11 @@ fail() {
     exit 1
 }
 steer() { [ -n "$bundle" ] && [ -e "$bundle/fake-$1" ]; }
-[ "$cmd" = create ] || { [ -d "$dir" ] && bundle=$(cat "$dir/bundle"); }
+case "$cmd" in create|restore) new=1 ;; *) new="" ;; esac
+[ -n "$new" ] || { [ -d "$dir" ] && bundle=$(cat "$dir/bundle"); }
 steer "$cmd-sleep" && sleep "$(cat "$bundle/fake-$cmd-sleep")"
 steer "$cmd-fail" && fail "$(cat "$bundle/fake-$cmd-fail")"
-[ "$cmd" = create ] || [ -d "$dir" ] || fail "container does not exist"
+[ -n "$new" ] || [ -d "$dir" ] || fail "container does not exist"
 
 case "$cmd" in
 create)
@@ -69,6 +79,23 @@ create)
     steer cgroups && printf '{"id":"%s","init_process_pid":%s,"cgroup_paths":%s}\n' \
         "$id" "$(cat "$dir/pid")" "$(cat "$bundle/fake-cgroups")" > "$dir/state.json"
     ;;
+restore)
+    [ -d "$dir" ] && fail "container with given ID already exists"
+    [ -e "$image/fake-images" ] || fail "criu failed: type RESTORE errno 0"
+    mkdir -p "$dir"; echo "$bundle" > "$dir/bundle"; echo "$given" > "$dir/restore.args"
+    init="exec sleep 1000"; steer init && init=$(cat "$bundle/fake-init")
+    sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 0.005; done; exec sh -c "$2"' init "$$" "$init" &
+    echo $! > "$dir/pid"; [ -n "$pidfile" ] && echo $! > "$pidfile"
+    touch "$dir/started" ;;
+checkpoint)
+    echo "$given" > "$dir/checkpoint.args"
+    if steer checkpoint-criu-fail; then
+        mkdir -p "$work"
+        printf '(00.01) Error (criu/fake.c:1): %s\n' "$(cat "$bundle/fake-checkpoint-criu-fail")" > "$work/dump.log"
+        fail "criu failed: type DUMP errno 0\\nlog file: $work/dump.log"
+    fi
+    mkdir -p "$image"; cat "$dir/pid" > "$image/fake-images"
+    case " $given " in *" --leave-running "*) ;; *) kill -9 "$(cat "$dir/pid")" ;; esac ;;
 start)
     [ -e "$dir/started" ] && fail "cannot start an already running container"
     touch "$dir/started" ;;

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::events::Recorder;
 use crate::process::{Exited, NEVER_RAN};
 
+mod checkpoint;
 mod resources;
 
 const FAKE_RUNC: &str = include_str!("fake-runc.sh");

@@ -1,0 +1,226 @@
+//! CRIU, which runc runs for checkpoint and restore: finding its binary before runc is
+//! started, and reading why it failed from its own log.
+//!
+//! runc only notices a missing CRIU deep into the call (after freezing the container for
+//! a checkpoint); looking first turns that into a clear [`Error::CriuNotFound`]. When CRIU
+//! itself fails, runc's message is a generic "criu failed: type DUMP errno 0" followed by
+//! the log's path; the reason is in that log, so [`Error::Criu`] carries its last errors.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::config::RuncConfig;
+use crate::error::{Error, Result};
+
+/// The binary runc runs when no `--criu` is given.
+pub const DEFAULT_BINARY: &str = "criu";
+
+/// How much of the end of a CRIU log is scanned for its errors.
+const LOG_TAIL: u64 = 64 * 1024;
+/// How many of CRIU's last error lines an error carries.
+const MAX_ERRORS: usize = 4;
+/// Longest error line kept (CRIU quotes paths, which can be long).
+const MAX_LINE: usize = 300;
+
+/// The CRIU binary runc would run for `cfg`: the configured `--criu` path (or name on
+/// PATH), else `criu` on PATH. `command` and `id` only label the error.
+pub fn locate(cfg: &RuncConfig, command: &'static str, id: &str) -> Result<PathBuf> {
+    let wanted = cfg
+        .criu
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BINARY));
+    let missing = |reason: String| Error::CriuNotFound {
+        command,
+        id: id.to_string(),
+        criu: wanted.clone(),
+        reason,
+    };
+    if wanted.as_os_str().is_empty() {
+        return Err(missing("the configured CRIU path is empty".into()));
+    }
+    // Like runc's own lookup: a name with a slash is a path, anything else is searched on
+    // the PATH runc inherits from us.
+    if wanted.as_os_str().as_bytes().contains(&b'/') {
+        return executable(&wanted)
+            .map(|()| wanted.clone())
+            .map_err(|why| missing(format!("{}: {why}", wanted.display())));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        let candidate = dir.join(&wanted);
+        if executable(&candidate).is_ok() {
+            return Ok(candidate);
+        }
+    }
+    Err(missing(format!(
+        "no executable {:?} on PATH {:?} (install CRIU, or configure its path)",
+        wanted.display().to_string(),
+        path.to_string_lossy()
+    )))
+}
+
+/// Ok if `p` is a regular file this process may execute; else why not.
+fn executable(p: &Path) -> std::result::Result<(), String> {
+    let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        _ => e.to_string(),
+    })?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    nix::unistd::access(p, nix::unistd::AccessFlags::X_OK)
+        .map_err(|e| format!("is not executable: {e}"))
+}
+
+/// runc 1.1 reports a CRIU failure as "criu failed: ...\nlog file: PATH": its message
+/// without the path, and the path.
+pub(crate) fn log_named_in(message: &str) -> Option<(String, PathBuf)> {
+    let (head, path) = message.rsplit_once("log file: ")?;
+    let path = path.trim();
+    if !path.starts_with('/') || path.contains('\n') {
+        return None;
+    }
+    Some((head.trim_end().to_string(), PathBuf::from(path)))
+}
+
+/// CRIU's last "Error" lines in `log`, oldest first, without their timestamps; empty when
+/// the log cannot be read.
+pub fn errors_in_log(log: &Path) -> Vec<String> {
+    let Ok(mut file) = std::fs::File::open(log) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(LOG_TAIL);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut text = Vec::new();
+    if file.take(LOG_TAIL).read_to_end(&mut text).is_err() {
+        return Vec::new();
+    }
+    errors_in(&String::from_utf8_lossy(&text))
+}
+
+/// The error lines of a CRIU log text; see [`errors_in_log`].
+fn errors_in(text: &str) -> Vec<String> {
+    let mut errors: Vec<String> = text
+        .lines()
+        .filter_map(|line| {
+            // "(00.034716) Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds",
+            // and in restore logs with the pid first: "pie: 65: Error (...)".
+            let at = line.find("Error (")?;
+            let mut e: String = line[at..].trim_end().to_string();
+            if e.len() > MAX_LINE {
+                let mut cut = MAX_LINE;
+                while !e.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                e.truncate(cut);
+                e.push('…');
+            }
+            Some(e)
+        })
+        .collect();
+    let drop = errors.len().saturating_sub(MAX_ERRORS);
+    errors.drain(..drop);
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn config(criu: Option<&Path>) -> RuncConfig {
+        RuncConfig {
+            criu: criu.map(Path::to_path_buf),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_configured_path_must_be_an_executable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("criu");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            locate(&config(Some(&exe)), "checkpoint", "c1").unwrap(),
+            exe
+        );
+
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let gone = dir.path().join("gone");
+        for (path, why) in [
+            (&gone, "does not exist"),
+            (&dir.path().to_path_buf(), "is not a regular file"),
+        ] {
+            let err = locate(&config(Some(path)), "restore", "c1").unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("restore c1") && text.contains(why) && text.contains("CRIU"),
+                "{text}"
+            );
+            assert!(err.is_criu_missing());
+            assert_eq!(err.command(), Some("restore"));
+        }
+        // access(X_OK) wants an x bit even for root, as exec does.
+        let err = locate(&config(Some(&plain)), "checkpoint", "c1").unwrap_err();
+        assert!(err.to_string().contains("not executable"), "{err}");
+    }
+
+    #[test]
+    fn a_bare_name_is_searched_on_path() {
+        // A name nobody has: the error says which name and which PATH.
+        let name = Path::new("criu-that-is-not-installed-anywhere");
+        let err = locate(&config(Some(name)), "checkpoint", "c1").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("criu-that-is-not-installed-anywhere"),
+            "{text}"
+        );
+        assert!(text.contains("PATH"), "{text}");
+        // `sh` is on every PATH this runs with.
+        let sh = locate(&config(Some(Path::new("sh"))), "checkpoint", "c1").unwrap();
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+    }
+
+    #[test]
+    fn runcs_criu_message_names_the_log() {
+        let (head, log) =
+            log_named_in("criu failed: type DUMP errno 0\nlog file: /w/dump.log").unwrap();
+        assert_eq!(head, "criu failed: type DUMP errno 0");
+        assert_eq!(log, PathBuf::from("/w/dump.log"));
+        assert!(log_named_in("container does not exist").is_none());
+        assert!(log_named_in("log file: relative/dump.log").is_none());
+    }
+
+    #[test]
+    fn only_the_last_errors_are_kept_without_timestamps() {
+        let log = "(00.000001) Version: 3.17.1\n\
+                   (00.034716) Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds\n\
+                   (00.034718) Error (criu/vdso.c:613): vdso: Failed to fill self vdso symtable\n\
+                   (00.034745) Adjust mmap_min_addr 0x1000 -> 0x10000\n\
+                   (00.030170) pie: 65: Error (criu/pie/parasite-vdso.c:297): vdso: Can't find vDSO area in image\n\
+                   (00.1) Error (a): 1\n(00.2) Error (b): 2\n";
+        let errors = errors_in(log);
+        assert_eq!(
+            errors,
+            [
+                "Error (criu/vdso.c:613): vdso: Failed to fill self vdso symtable",
+                "Error (criu/pie/parasite-vdso.c:297): vdso: Can't find vDSO area in image",
+                "Error (a): 1",
+                "Error (b): 2",
+            ]
+        );
+        let long = format!("Error (x): {}", "é".repeat(400));
+        assert!(errors_in(&long)[0].len() <= MAX_LINE + '…'.len_utf8());
+        assert!(errors_in_log(Path::new("/nonexistent/dump.log")).is_empty());
+    }
+}
