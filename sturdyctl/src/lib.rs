@@ -5,6 +5,7 @@
 
 pub mod confirm;
 pub mod containerd;
+pub mod ctrconfig;
 pub mod discovery;
 pub mod health;
 pub mod journal;
