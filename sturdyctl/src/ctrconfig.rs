@@ -11,6 +11,8 @@ use toml_edit::{DocumentMut, Item, Table, Value};
 
 /// The runtime type sturdy registers (containerd maps it to `containerd-shim-sturdy-v2`).
 pub const RUNTIME_TYPE: &str = "io.containerd.sturdy.v2";
+/// The shim binary containerd runs for [`RUNTIME_TYPE`].
+pub const SHIM_BINARY: &str = "containerd-shim-sturdy-v2";
 /// The CRI handler name (`RuntimeClass.handler`) sturdy is installed under.
 pub const HANDLER: &str = "sturdy";
 
