@@ -86,6 +86,8 @@ pub struct Containerd {
     bins: Binaries,
     extra_runtimes: Vec<ExtraRuntime>,
     sturdy_as_runc_v2: bool,
+    /// Whether the config defines the `sturdy` handler (and bin/ holds its shim).
+    sturdy_handler: bool,
     sandbox_image: String,
     registry_config_path: Option<PathBuf>,
     port_mapping: bool,
@@ -193,6 +195,11 @@ impl Containerd {
         &self.bins
     }
 
+    /// containerd's config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
     /// The shim binary this fixture was configured with.
     pub fn shim_bin(&self) -> &Path {
         &self.shim_bin
@@ -235,8 +242,10 @@ impl Containerd {
         }
         // A symlink keeps `cargo build` updates visible; a missing target only hurts sturdy runs.
         let link = self.shim_on_path();
-        std::os::unix::fs::symlink(&self.shim_bin, &link)
-            .ctx(|| format!("linking {}", link.display()))?;
+        if self.sturdy_handler {
+            std::os::unix::fs::symlink(&self.shim_bin, &link)
+                .ctx(|| format!("linking {}", link.display()))?;
+        }
         // containerd finds shims by a PATH lookup, and bin/ comes first on its PATH: this
         // makes `runc` the generation's own Go shim, or sturdy shadowing it.
         let go_shim = if self.sturdy_as_runc_v2 {
@@ -437,6 +446,7 @@ impl Containerd {
             bins: Binaries::debian(),
             extra_runtimes: Vec::new(),
             sturdy_as_runc_v2: false,
+            sturdy_handler: true,
             sandbox_image: PAUSE_IMAGE.into(),
             registry_config_path: None,
             port_mapping: false,

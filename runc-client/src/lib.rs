@@ -61,4 +61,4 @@ pub use options::{CheckpointOpts, CreateOpts, ExecOpts, RestoreOpts};
 pub use reaper::{Exit, ExitSubscription, ReapHold, Reaper};
 pub use runc::Runc;
 pub use types::{Event, State, Stats};
-pub use version::{KnownIssue, Version};
+pub use version::{affected, Affected, KnownIssue, SemVer, Version};

@@ -23,37 +23,113 @@ pub struct KnownIssue {
     pub id: &'static str,
     /// What goes wrong.
     pub summary: &'static str,
+    /// The first fixed release of each maintained line, for the operator's fix.
+    pub fixed_in: &'static str,
+    /// Where this is documented (advisory, pull request).
+    pub source: &'static str,
 }
 
-/// One row of the known-bad table: versions in `[introduced, fixed)` of `runtime` are affected.
+/// One row of the known-bad table: versions in any `[introduced, fixed)` range of `runtime`
+/// are affected, unless the build is a distribution's that carries the fix.
 struct BadRange {
     runtime: &'static str,
-    introduced: Option<&'static str>,
-    fixed: Option<&'static str>,
+    ranges: &'static [(Option<&'static str>, &'static str)],
+    /// Distribution builds with the fix backported: (the `commit:` line up to the
+    /// distribution's update counter, the first update with the fix).
+    backports: &'static [(&'static str, u32)],
     issue: KnownIssue,
 }
 
 const KNOWN_BAD: &[BadRange] = &[
     BadRange {
         runtime: "runc",
-        introduced: Some("1.0.0-rc93"),
-        fixed: Some("1.0.0-rc94"),
+        ranges: &[(Some("1.0.0-rc93"), "1.0.0-rc94")],
+        backports: &[],
         issue: KnownIssue {
             id: "runc-rc93-init-hang",
             summary: "runc init can hang exporting a large seccomp filter with noNewPrivileges \
                       when fs.pipe-user-pages-soft is exhausted; containers never start",
+            fixed_in: "1.0.0-rc94",
+            source: "https://github.com/opencontainers/runc/pull/2871 (incident 002)",
         },
     },
     BadRange {
         runtime: "runc",
-        introduced: Some("1.0.0-rc93"),
-        fixed: Some("1.1.12"),
+        ranges: &[(Some("1.0.0-rc93"), "1.1.12")],
+        // Debian 12's runc 1.1.5+ds1-1+deb12u1 (its changelog: "CVE-2024-21626: several
+        // container breakouts due to internally leaked fds").
+        backports: &[("1.1.5+ds1-1+deb12u", 1)],
         issue: KnownIssue {
             id: "CVE-2024-21626",
             summary: "leaked host fd lets a container process escape via its working directory",
+            fixed_in: "1.1.12",
+            source:
+                "https://github.com/opencontainers/runc/security/advisories/GHSA-xr7r-f8xq-vfvv",
+        },
+    },
+    BadRange {
+        runtime: "runc",
+        ranges: &[
+            (None, "1.2.8"),
+            (Some("1.3.0-rc.1"), "1.3.3"),
+            (Some("1.4.0-rc.1"), "1.4.0-rc.3"),
+        ],
+        backports: &[],
+        issue: KnownIssue {
+            id: "CVE-2025-31133",
+            summary: "maskedPaths bind-mount race lets a container write host procfs files \
+                      (container escape)",
+            fixed_in: "1.2.8, 1.3.3, 1.4.0-rc.3",
+            source:
+                "https://github.com/opencontainers/runc/security/advisories/GHSA-9493-h29p-rfm2",
         },
     },
 ];
+
+/// The distribution update counter of `build` if it starts with `prefix` ("…+deb12u3" → 3).
+fn update_counter(build: &str, prefix: &str) -> Option<u32> {
+    let rest = build.strip_prefix(prefix)?;
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// Whether `version` (with distribution build id `build`) falls in one of `ranges` without
+/// one of `backports`. Shared with tables of other programs (sturdyctl's containerd table).
+pub fn affected(
+    version: &SemVer,
+    build: Option<&str>,
+    ranges: &[(Option<&str>, &str)],
+    backports: &[(&str, u32)],
+) -> Affected {
+    let bound = |s: &str| SemVer::parse(s).expect("table versions are valid");
+    let in_range = ranges
+        .iter()
+        .any(|(i, f)| i.is_none_or(|i| *version >= bound(i)) && *version < bound(f));
+    if !in_range {
+        return Affected::No;
+    }
+    let backported = build.is_some_and(|b| {
+        backports
+            .iter()
+            .any(|(prefix, min)| update_counter(b, prefix).is_some_and(|n| n >= *min))
+    });
+    if backported {
+        Affected::Backported
+    } else {
+        Affected::Yes
+    }
+}
+
+/// Whether a release carries a known issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Affected {
+    /// Outside every affected range.
+    No,
+    /// In an affected range.
+    Yes,
+    /// In an affected range, but the distribution backported the fix.
+    Backported,
+}
 
 impl Version {
     /// Parse the text printed by `runc --version` (or crun's equivalent).
@@ -85,17 +161,25 @@ impl Version {
     }
 
     /// Known defects of this release, empty when none are known or the version is unparseable.
+    /// Issues a distribution build has backported the fix for are left out
+    /// ([`Version::backported_issues`] lists them).
     pub fn known_issues(&self) -> Vec<KnownIssue> {
+        self.issues_where(Affected::Yes)
+    }
+
+    /// Known defects of the upstream release whose fix this distribution build carries.
+    pub fn backported_issues(&self) -> Vec<KnownIssue> {
+        self.issues_where(Affected::Backported)
+    }
+
+    fn issues_where(&self, want: Affected) -> Vec<KnownIssue> {
         let Some(v) = self.semver() else {
             return Vec::new();
         };
         KNOWN_BAD
             .iter()
             .filter(|b| b.runtime == self.runtime)
-            .filter(|b| {
-                let bound = |s: &str| SemVer::parse(s).expect("table versions are valid");
-                b.introduced.is_none_or(|i| v >= bound(i)) && b.fixed.is_none_or(|f| v < bound(f))
-            })
+            .filter(|b| affected(&v, self.commit.as_deref(), b.ranges, b.backports) == want)
             .map(|b| b.issue)
             .collect()
     }
@@ -224,31 +308,64 @@ mod tests {
         assert!(SemVer::parse("1.x.0").is_none());
     }
 
-    fn issues(version: &str) -> Vec<&'static str> {
+    fn runc(version: &str, commit: Option<&str>) -> Version {
         Version {
             runc: version.into(),
-            commit: None,
+            commit: commit.map(String::from),
             spec: None,
             runtime: "runc".into(),
         }
-        .known_issues()
-        .iter()
-        .map(|i| i.id)
-        .collect()
+    }
+
+    fn issues(version: &str) -> Vec<&'static str> {
+        runc(version, None)
+            .known_issues()
+            .iter()
+            .map(|i| i.id)
+            .collect()
     }
 
     #[test]
     fn flags_known_bad_releases() {
         assert_eq!(
             issues("1.0.0-rc93"),
-            ["runc-rc93-init-hang", "CVE-2024-21626"]
+            ["runc-rc93-init-hang", "CVE-2024-21626", "CVE-2025-31133"]
         );
-        assert_eq!(issues("1.0.0-rc92"), Vec::<&str>::new());
-        assert_eq!(issues("1.0.0-rc94"), ["CVE-2024-21626"]);
-        assert_eq!(issues("1.1.5+ds1"), ["CVE-2024-21626"]);
-        assert_eq!(issues("1.1.11"), ["CVE-2024-21626"]);
-        assert!(issues("1.1.12").is_empty());
-        assert!(issues("1.2.0").is_empty());
+        assert_eq!(issues("1.0.0-rc92"), ["CVE-2025-31133"]);
+        assert_eq!(issues("1.0.0-rc94"), ["CVE-2024-21626", "CVE-2025-31133"]);
+        assert_eq!(issues("1.1.5+ds1"), ["CVE-2024-21626", "CVE-2025-31133"]);
+        assert_eq!(issues("1.1.11"), ["CVE-2024-21626", "CVE-2025-31133"]);
+        assert_eq!(issues("1.1.12"), ["CVE-2025-31133"]);
+        assert_eq!(issues("1.2.7"), ["CVE-2025-31133"]);
+        assert!(issues("1.2.8").is_empty());
+        assert_eq!(issues("1.3.2"), ["CVE-2025-31133"]);
+        assert!(issues("1.3.3").is_empty());
+        assert_eq!(issues("1.4.0-rc.2"), ["CVE-2025-31133"]);
+        assert!(issues("1.4.0").is_empty());
         assert!(issues("unknown").is_empty());
+    }
+
+    #[test]
+    fn distribution_backports_are_told_apart() {
+        // Debian 12's runc prints its package version as the commit.
+        let debian = runc("1.1.5+ds1", Some("1.1.5+ds1-1+deb12u1"));
+        let ids = |v: Vec<KnownIssue>| v.iter().map(|i| i.id).collect::<Vec<_>>();
+        assert_eq!(ids(debian.known_issues()), ["CVE-2025-31133"]);
+        assert_eq!(ids(debian.backported_issues()), ["CVE-2024-21626"]);
+        // The unpatched Debian build (deb12u0 never existed; "-1" has no counter).
+        let plain = runc("1.1.5+ds1", Some("1.1.5+ds1-1"));
+        assert_eq!(
+            ids(plain.known_issues()),
+            ["CVE-2024-21626", "CVE-2025-31133"]
+        );
+        assert!(plain.backported_issues().is_empty());
+        assert_eq!(
+            update_counter("1.6.20~ds1-1+deb12u3", "1.6.20~ds1-1+deb12u"),
+            Some(3)
+        );
+        assert_eq!(
+            update_counter("1.6.20~ds1-1+deb12u", "1.6.20~ds1-1+deb12u"),
+            None
+        );
     }
 }

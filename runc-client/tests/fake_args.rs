@@ -98,7 +98,7 @@ async fn typed_calls_pass_arguments_and_parse_output() {
     assert!(next(&mut events).await.is_none());
     let version = runc.version().await.unwrap();
     assert_eq!(version.runc, "1.0.0-rc93");
-    assert_eq!(version.known_issues().len(), 2);
+    assert_eq!(version.known_issues().len(), 3);
 
     let args = std::fs::read_to_string(fake.path("args")).unwrap();
     let lines: Vec<String> = args

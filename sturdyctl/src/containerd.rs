@@ -191,6 +191,18 @@ impl Api {
         Ok(runtimes)
     }
 
+    /// containerd's release and build revision (its Version service).
+    pub async fn version(&self) -> Result<(String, String), ApiError> {
+        let v = self
+            .call("version", "", "", |c| async move {
+                containerd_client::services::v1::version_client::VersionClient::new(c)
+                    .version(())
+                    .await
+            })
+            .await?;
+        Ok((v.version, v.revision))
+    }
+
     /// Whether containerd answers (it lists its namespaces within the call deadline).
     pub async fn ping(&self) -> Result<(), ApiError> {
         self.namespaces().await.map(|_| ())

@@ -5,9 +5,13 @@
 
 pub mod confirm;
 pub mod containerd;
+pub mod ctrconfig;
 pub mod discovery;
+pub mod doctor;
 mod feeds;
 pub mod health;
+pub mod host;
+pub mod install;
 pub mod journal;
 pub mod logger;
 pub mod pidfd;

@@ -18,6 +18,17 @@ enum Command {
     Watchdog(cmd::watchdog::Args),
     /// List the shims the watchdog would watch and its recent incidents.
     Status(cmd::status::Args),
+    /// Check the node (runc, containerd, config, cgroups, pipes, watchdog); exit 0/1/2 by
+    /// the worst finding.
+    Doctor(cmd::doctor::Args),
+    /// Install the shim and add the `sturdy` runtime to containerd's config.toml.
+    Install(cmd::install::InstallArgs),
+    /// Remove the `sturdy` runtime from containerd's config.toml and the binaries.
+    Uninstall(cmd::install::UninstallArgs),
+}
+
+fn ok() -> std::process::ExitCode {
+    std::process::ExitCode::SUCCESS
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,12 +47,15 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Watchdog(args) => cmd::watchdog::run(args).await,
-            Command::Status(args) => cmd::status::run(args).await,
+            Command::Watchdog(args) => cmd::watchdog::run(args).await.map(|()| ok()),
+            Command::Status(args) => cmd::status::run(args).await.map(|()| ok()),
+            Command::Doctor(args) => cmd::doctor::run(args).await,
+            Command::Install(args) => cmd::install::run_install(args).map(|()| ok()),
+            Command::Uninstall(args) => cmd::install::run_uninstall(args).map(|()| ok()),
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("sturdyctl: {e}");
             std::process::ExitCode::FAILURE

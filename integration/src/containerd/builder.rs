@@ -20,6 +20,7 @@ pub struct Builder {
     start_timeout: Duration,
     extra_runtimes: Vec<ExtraRuntime>,
     sturdy_as_runc_v2: bool,
+    sturdy_handler: bool,
     generation: Option<Generation>,
     sandbox_image: String,
     registry_config_path: Option<PathBuf>,
@@ -47,6 +48,7 @@ impl Default for Builder {
             start_timeout: Duration::from_secs(30),
             extra_runtimes: Vec::new(),
             sturdy_as_runc_v2: false,
+            sturdy_handler: true,
             generation: None,
             sandbox_image: PAUSE_IMAGE.into(),
             registry_config_path: None,
@@ -78,6 +80,13 @@ impl Builder {
     /// `io.containerd.runc.v2` runtimes (and the runc options encoding) reach sturdy.
     pub fn sturdy_as_runc_v2(mut self) -> Self {
         self.sturdy_as_runc_v2 = true;
+        self
+    }
+
+    /// Leaves the `sturdy` handler out of the config and the shim off containerd's PATH, for
+    /// tests where `sturdyctl install` adds both.
+    pub fn without_sturdy_handler(mut self) -> Self {
+        self.sturdy_handler = false;
         self
     }
 
@@ -133,6 +142,7 @@ impl Builder {
         fx.bins = bins;
         fx.extra_runtimes = self.extra_runtimes;
         fx.sturdy_as_runc_v2 = self.sturdy_as_runc_v2;
+        fx.sturdy_handler = self.sturdy_handler;
         fx.sandbox_image = self.sandbox_image;
         fx.registry_config_path = self.registry_config_path;
         fx.port_mapping = self.port_mapping;

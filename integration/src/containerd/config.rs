@@ -206,6 +206,9 @@ disabled_plugins = [
     fn runtimes(&self, prefix: &str) -> String {
         let mut out = String::new();
         for h in Handler::ALL {
+            if h == Handler::Sturdy && !self.sturdy_handler {
+                continue;
+            }
             out.push_str(&format!(
                 "\n[{prefix}.{name}]\n  runtime_type = {rt}\n\
                  [{prefix}.{name}.options]\n  Root = {root}\n",

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+pub mod doctor;
+pub mod install;
 pub mod status;
 pub mod watchdog;
 

@@ -1,0 +1,589 @@
+//! Every check against fixture trees and canned command output.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use super::*;
+use crate::host::{RunError, ScriptedRunner};
+use crate::journal::{Entry, Journal, Phase, DEFAULT_MAX_BYTES};
+
+const CONFIG: &str = r#"version = 2
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.sturdy]
+  runtime_type = "io.containerd.sturdy.v2"
+"#;
+/// PID 1 of the fixture is systemd on cgroup v2: both runtimes use its driver.
+const SYSTEMD_OPTIONS: &str = r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  SystemdCgroup = true
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.sturdy.options]
+  SystemdCgroup = true
+"#;
+const RUNC_OK: &str = "runc version 1.2.8\ncommit: v1.2.8-0-gdeadbee\nspec: 1.2.1\n";
+const CONTAINERD_OK: &str =
+    "containerd github.com/containerd/containerd v1.7.29 442cb34bda9a6a0fed82a2ca7cade05c5c749582\n";
+const SHIM_OK: &str = "containerd-shim-sturdy-v2:\n  Version:  0.1.0\n  Revision: abc\n  \
+                       Runtime:  io.containerd.sturdy.v2 (Rust, wraps runc)\n";
+const MOUNTS_V2: &str = "\
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n\
+31 27 0:28 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw\n\
+40 27 0:30 / /run rw - tmpfs tmpfs rw\n";
+
+/// A fixture node: a healthy one unless a test changes it.
+struct Node {
+    dir: tempfile::TempDir,
+    runner: ScriptedRunner,
+    opts: Options,
+}
+
+impl Node {
+    fn new() -> Node {
+        let node = Node {
+            dir: tempfile::tempdir().unwrap(),
+            runner: ScriptedRunner::new()
+                .with("runc", RUNC_OK)
+                .with("containerd", CONTAINERD_OK)
+                .with("containerd-shim-sturdy-v2", SHIM_OK)
+                .with("criu", "Version: 3.17.1\n"),
+            opts: Options {
+                sturdyctl_version: "0.1.0".into(),
+                ..Options::default()
+            },
+        };
+        node.file(
+            "/etc/containerd/config.toml",
+            &format!("{CONFIG}{SYSTEMD_OPTIONS}"),
+        );
+        node.file("/proc/sys/fs/pipe-user-pages-soft", "16384\n");
+        node.file("/proc/self/mountinfo", MOUNTS_V2);
+        node.file("/proc/1/comm", "systemd\n");
+        node.file("/proc/stat", "cpu 1 2 3\nbtime 1000\n");
+        for bin in ["/usr/bin/containerd", "/usr/sbin/runc", "/usr/sbin/criu"] {
+            node.exe(bin);
+        }
+        node.exe("/usr/local/bin/containerd-shim-sturdy-v2");
+        std::fs::create_dir_all(node.path("/var/lib/sturdy")).unwrap();
+        node
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p.trim_start_matches('/'))
+    }
+
+    fn file(&self, p: &str, content: &str) {
+        let p = self.path(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn exe(&self, p: &str) {
+        self.file(p, "");
+        std::fs::set_permissions(self.path(p), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn remove(&self, p: &str) {
+        std::fs::remove_file(self.path(p)).unwrap();
+    }
+
+    /// A process in the fixture's /proc.
+    fn process(&self, pid: i32, cmdline: &[&str], path_env: Option<&str>, uid: u32, pipes: &[u64]) {
+        let base = format!("/proc/{pid}");
+        self.file(
+            &format!("{base}/cmdline"),
+            &format!("{}\0", cmdline.join("\0")),
+        );
+        self.file(
+            &format!("{base}/status"),
+            &format!("Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
+        );
+        self.file(
+            &format!("{base}/stat"),
+            &format!("{pid} (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0\n"),
+        );
+        if let Some(p) = path_env {
+            self.file(&format!("{base}/environ"), &format!("HOME=/\0PATH={p}\0"));
+        }
+        std::os::unix::fs::symlink(cmdline[0], self.path(&format!("{base}/exe"))).unwrap();
+        std::fs::create_dir_all(self.path(&format!("{base}/fd"))).unwrap();
+        for (fd, ino) in pipes.iter().enumerate() {
+            std::os::unix::fs::symlink(
+                format!("pipe:[{ino}]"),
+                self.path(&format!("{base}/fd/{fd}")),
+            )
+            .unwrap();
+        }
+    }
+
+    fn run(&self) -> Vec<Finding> {
+        let host = Host::fixture(
+            self.dir.path(),
+            self.runner.clone(),
+            "/usr/local/bin:/usr/bin:/usr/sbin",
+        );
+        super::run(&host, &self.opts)
+    }
+
+    fn check(&self, check: &str) -> Vec<Finding> {
+        self.run()
+            .into_iter()
+            .filter(|f| f.check == check)
+            .collect()
+    }
+}
+
+fn worst_of(findings: &[Finding]) -> Severity {
+    worst(findings)
+}
+
+fn has(findings: &[Finding], severity: Severity, text: &str) -> bool {
+    findings
+        .iter()
+        .any(|f| f.severity == severity && f.summary.contains(text))
+}
+
+#[test]
+fn a_healthy_node_has_nothing_to_fix() {
+    let node = Node::new();
+    let journal = Journal::new(
+        node.path("/var/lib/sturdy/watchdog.journal"),
+        DEFAULT_MAX_BYTES,
+    );
+    journal.lock_exclusive().unwrap();
+    node.process(42, &["/usr/local/bin/sturdyctl", "watchdog"], None, 0, &[]);
+    let findings = node.run();
+    assert_eq!(worst(&findings), Severity::Ok, "{findings:#?}");
+    for check in [
+        "runc",
+        "containerd",
+        "pipes",
+        "cgroup",
+        "routing",
+        "criu",
+        "watchdog",
+        "records",
+    ] {
+        assert!(
+            findings.iter().any(|f| f.check == check),
+            "no {check} finding: {findings:#?}"
+        );
+    }
+    assert!(
+        has(&findings, Severity::Ok, "sturdyctl watchdog runs (pid 42"),
+        "{findings:#?}"
+    );
+}
+
+#[test]
+fn exit_codes_follow_the_worst_severity() {
+    assert_eq!(Severity::Ok.exit_code(), 0);
+    assert_eq!(Severity::Info.exit_code(), 0);
+    assert_eq!(Severity::Warn.exit_code(), 1);
+    assert_eq!(Severity::Error.exit_code(), 2);
+    assert_eq!(worst(&[]), Severity::Ok);
+    let json = serde_json::to_value(Finding::new("runc", Severity::Warn, "x").fix("y")).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"check": "runc", "severity": "warn", "summary": "x", "fix": "y"})
+    );
+}
+
+#[test]
+fn runc_known_bad_versions_are_errors_with_their_source() {
+    let mut node = Node::new();
+    node.runner = node.runner.clone().with(
+        "runc",
+        "runc version 1.0.0-rc93\ncommit: x\nspec: 1.0.2-dev\n",
+    );
+    let f = node.check("runc");
+    assert_eq!(worst_of(&f), Severity::Error);
+    let hang = f
+        .iter()
+        .find(|f| f.summary.contains("runc-rc93-init-hang"))
+        .unwrap();
+    assert!(hang.source.as_deref().unwrap().contains("runc/pull/2871"));
+    assert!(hang.fix.as_deref().unwrap().contains("1.0.0-rc94"));
+    // Debian's patched build: the backport is information, the unfixed CVE an error.
+    node.runner = node.runner.clone().with(
+        "runc",
+        "runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1+deb12u1\nspec: 1.0.2-dev\n",
+    );
+    let f = node.check("runc");
+    assert!(
+        has(
+            &f,
+            Severity::Info,
+            "CVE-2024-21626 is fixed in this distribution build"
+        ),
+        "{f:#?}"
+    );
+    assert!(has(&f, Severity::Error, "CVE-2025-31133"), "{f:#?}");
+}
+
+#[test]
+fn runc_is_the_configured_binary_name_and_a_hang_is_a_finding() {
+    let mut node = Node::new();
+    node.file(
+        "/etc/containerd/config.toml",
+        &format!("{CONFIG}  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.sturdy.options]\n    BinaryName = \"/usr/bin/crun\"\n"),
+    );
+    node.exe("/usr/bin/crun");
+    node.runner = node.runner.clone().with(
+        "/usr/bin/crun",
+        "crun version 1.8.1\ncommit: f8a0\nspec: 1.0.0\n",
+    );
+    let f = node.check("runc");
+    assert!(
+        has(&f, Severity::Ok, "crun 1.8.1 at /usr/bin/crun"),
+        "{f:#?}"
+    );
+    node.runner = node.runner.clone().failing(
+        "/usr/bin/crun",
+        RunError::Timeout {
+            program: "/usr/bin/crun".into(),
+            deadline: std::time::Duration::from_secs(10),
+        },
+    );
+    assert!(has(&node.check("runc"), Severity::Error, "no exit within"));
+    node.remove("/usr/bin/crun");
+    assert!(has(
+        &node.check("runc"),
+        Severity::Error,
+        "is not on containerd's PATH"
+    ));
+}
+
+#[test]
+fn containerd_incident_000_releases_and_pending_upgrades() {
+    let mut node = Node::new();
+    node.runner = node.runner.clone().with(
+        "containerd",
+        "containerd github.com/containerd/containerd v1.6.12 a05d175\n",
+    );
+    let f = node.check("containerd");
+    let ip = f
+        .iter()
+        .find(|f| f.summary.contains("containerd-7843-pod-ip-loss"))
+        .unwrap();
+    assert_eq!(ip.severity, Severity::Error);
+    assert!(ip.fix.as_deref().unwrap().contains("1.6.15"));
+    // The daemon still runs the old release while the binary was upgraded.
+    node.runner = node.runner.clone().with("containerd", CONTAINERD_OK);
+    node.opts.api_version = Some(Ok(("v1.6.12".into(), "a05d175".into())));
+    let f = node.check("containerd");
+    assert!(
+        has(&f, Severity::Warn, "an upgrade is waiting for a restart"),
+        "{f:#?}"
+    );
+    assert!(
+        has(&f, Severity::Error, "containerd v1.6.12 (running"),
+        "{f:#?}"
+    );
+    // Debian 12's build with every backport.
+    let deb = "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3\n";
+    node.runner = node.runner.clone().with("containerd", deb);
+    node.opts.api_version = Some(Ok(("1.6.20~ds1".into(), "1.6.20~ds1-1+deb12u3".into())));
+    let f = node.check("containerd");
+    assert_eq!(worst_of(&f), Severity::Info, "{f:#?}");
+    assert_eq!(f.iter().filter(|f| f.severity == Severity::Info).count(), 3);
+    node.remove("/usr/bin/containerd");
+    node.opts.api_version = None;
+    assert!(has(
+        &node.check("containerd"),
+        Severity::Error,
+        "no containerd found"
+    ));
+}
+
+#[test]
+fn pipes_over_the_soft_limit_are_an_error() {
+    let node = Node::new();
+    node.file("/proc/sys/fs/pipe-user-pages-soft", "56\n");
+    node.process(10, &["/usr/bin/a"], None, 0, &[1, 2, 2]);
+    node.process(11, &["/usr/bin/b"], None, 0, &[3]);
+    node.process(12, &["/usr/bin/c"], None, 1000, &[4, 5, 6, 7, 8]);
+    let f = node.check("pipes");
+    // 3 distinct root pipes * 16 pages = 48 of 56: above 80 %.
+    assert!(
+        has(&f, Severity::Warn, "about 3 pipes (~48 pages)"),
+        "{f:#?}"
+    );
+    node.process(13, &["/usr/bin/d"], None, 0, &[9]);
+    let f = node.check("pipes");
+    assert!(has(&f, Severity::Error, "incident 002"), "{f:#?}");
+    assert!(f[0]
+        .fix
+        .as_deref()
+        .unwrap()
+        .starts_with("sysctl -w fs.pipe-user-pages-soft="));
+    node.file("/proc/sys/fs/pipe-user-pages-soft", "0\n");
+    assert!(has(&node.check("pipes"), Severity::Ok, "no soft limit"));
+}
+
+#[test]
+fn cgroup_driver_mismatches() {
+    let node = Node::new();
+    assert_eq!(worst_of(&node.check("cgroup")), Severity::Ok);
+    // v2 + systemd init + cgroupfs driver for both.
+    node.file("/etc/containerd/config.toml", CONFIG);
+    assert!(has(&node.check("cgroup"), Severity::Warn, "two managers"));
+    // sturdy and runc disagree.
+    let mixed = SYSTEMD_OPTIONS.replacen("SystemdCgroup = true", "SystemdCgroup = false", 1);
+    node.file("/etc/containerd/config.toml", &format!("{CONFIG}{mixed}"));
+    assert!(has(
+        &node.check("cgroup"),
+        Severity::Warn,
+        "the runc handler uses SystemdCgroup = false, sturdy true"
+    ));
+    // SystemdCgroup without systemd.
+    node.file("/proc/1/comm", "tini\n");
+    node.file(
+        "/etc/containerd/config.toml",
+        &format!("{CONFIG}{SYSTEMD_OPTIONS}"),
+    );
+    let f = node.check("cgroup");
+    assert!(
+        has(
+            &f,
+            Severity::Error,
+            "runc cannot use systemd without systemd"
+        ),
+        "{f:#?}"
+    );
+    // kubelet disagrees.
+    node.file("/proc/1/comm", "systemd\n");
+    node.file(
+        "/var/lib/kubelet/config.yaml",
+        "kind: KubeletConfiguration\ncgroupDriver: cgroupfs\n",
+    );
+    assert!(has(
+        &node.check("cgroup"),
+        Severity::Error,
+        "kubelet's cgroupDriver is cgroupfs"
+    ));
+    // v1 hybrid, cgroupfs everywhere.
+    node.file("/etc/containerd/config.toml", CONFIG);
+    node.file(
+        "/proc/self/mountinfo",
+        "27 1 254:0 / / rw - ext4 /dev/vda rw\n31 27 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+         32 31 0:29 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
+    );
+    let f = node.check("cgroup");
+    assert!(has(&f, Severity::Ok, "cgroup v1 (hybrid)"), "{f:#?}");
+}
+
+#[test]
+fn routing_needs_the_handler_the_type_and_sturdys_binary() {
+    let mut node = Node::new();
+    node.remove("/etc/containerd/config.toml");
+    assert!(has(
+        &node.check("routing"),
+        Severity::Error,
+        "no containerd config"
+    ));
+    node.file("/etc/containerd/config.toml", "version = 2\n");
+    let f = node.check("routing");
+    assert!(
+        has(&f, Severity::Error, "defines no runtime `sturdy`"),
+        "{f:#?}"
+    );
+    assert_eq!(
+        f[0].fix.as_deref(),
+        Some("sturdyctl install --config /etc/containerd/config.toml")
+    );
+    node.file(
+        "/etc/containerd/config.toml",
+        &CONFIG.replace("sturdy.v2", "runc.v2"),
+    );
+    assert!(has(
+        &node.check("routing"),
+        Severity::Error,
+        "not \"io.containerd.sturdy.v2\""
+    ));
+    node.file("/etc/containerd/config.toml", CONFIG);
+    node.runner = node.runner.clone().with(
+        "containerd-shim-sturdy-v2",
+        "containerd-shim-runc-v2:\n  Version: 1.7\n",
+    );
+    assert!(has(
+        &node.check("routing"),
+        Severity::Error,
+        "is not sturdy's shim"
+    ));
+    node.runner = node.runner.clone().with(
+        "containerd-shim-sturdy-v2",
+        &SHIM_OK.replace("0.1.0", "0.0.9"),
+    );
+    assert!(has(
+        &node.check("routing"),
+        Severity::Warn,
+        "half-finished upgrade"
+    ));
+    node.remove("/usr/local/bin/containerd-shim-sturdy-v2");
+    assert!(has(
+        &node.check("routing"),
+        Severity::Error,
+        "containerd-shim-sturdy-v2 is not on PATH"
+    ));
+}
+
+#[test]
+fn routing_uses_containerds_path_and_imports() {
+    let node = Node::new();
+    node.remove("/usr/local/bin/containerd-shim-sturdy-v2");
+    node.exe("/opt/sturdy/bin/containerd-shim-sturdy-v2");
+    node.process(
+        7,
+        &["/usr/bin/containerd"],
+        Some("/opt/sturdy/bin:/usr/bin:/usr/sbin"),
+        0,
+        &[],
+    );
+    let f = node.check("routing");
+    assert!(
+        has(
+            &f,
+            Severity::Ok,
+            "→ /opt/sturdy/bin/containerd-shim-sturdy-v2"
+        ),
+        "{f:#?}"
+    );
+    // The handler in an imported drop-in.
+    node.file(
+        "/etc/containerd/config.toml",
+        "version = 2\nimports = [\"conf.d/*.toml\"]\n",
+    );
+    node.file(
+        "/etc/containerd/conf.d/50-sturdy.toml",
+        "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.sturdy]\n  runtime_type = \"io.containerd.sturdy.v2\"\n",
+    );
+    assert!(has(
+        &node.check("routing"),
+        Severity::Ok,
+        "handler `sturdy`"
+    ));
+}
+
+#[test]
+fn containerd_16_ignores_inline_options_and_config_edits_need_a_restart() {
+    let mut node = Node::new();
+    node.runner = node.runner.clone().with(
+        "containerd",
+        "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3\n",
+    );
+    node.file(
+        "/etc/containerd/config.toml",
+        &format!("{CONFIG}  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.sturdy.options]\n    Root = \"/run/sturdy\"\n"),
+    );
+    // containerd started at btime 1000 + 100 ticks: long before the config was written.
+    node.process(
+        7,
+        &["/usr/bin/containerd"],
+        Some("/usr/local/bin:/usr/bin:/usr/sbin"),
+        0,
+        &[],
+    );
+    let f = node.check("routing");
+    assert!(
+        has(&f, Severity::Warn, "Root in `sturdy`'s options are ignored"),
+        "{f:#?}"
+    );
+    assert!(
+        has(
+            &f,
+            Severity::Warn,
+            "changed after containerd (pid 7) started"
+        ),
+        "{f:#?}"
+    );
+}
+
+#[test]
+fn criu_is_optional_unless_configured() {
+    let node = Node::new();
+    assert!(has(
+        &node.check("criu"),
+        Severity::Ok,
+        "checkpoint/restore available"
+    ));
+    node.remove("/usr/sbin/criu");
+    assert!(has(
+        &node.check("criu"),
+        Severity::Info,
+        "criu not installed"
+    ));
+    node.file(
+        "/etc/containerd/criu.toml",
+        "CriuImagePath = \"/var/lib/criu\"\n",
+    );
+    node.file(
+        "/etc/containerd/config.toml",
+        &format!("{CONFIG}  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.sturdy.options]\n    ConfigPath = \"/etc/containerd/criu.toml\"\n"),
+    );
+    assert!(has(&node.check("criu"), Severity::Warn, "set Criu paths"));
+}
+
+#[test]
+fn watchdog_absent_and_unfinished_recoveries() {
+    let node = Node::new();
+    let f = node.check("watchdog");
+    assert!(
+        has(&f, Severity::Warn, "no sturdyctl watchdog runs"),
+        "{f:#?}"
+    );
+    let journal = Journal::new(
+        node.path("/var/lib/sturdy/watchdog.journal"),
+        DEFAULT_MAX_BYTES,
+    );
+    journal
+        .append(&Entry {
+            at_ms: 1,
+            incident: "k8s.io/abc/1/2".into(),
+            phase: Phase::Step {
+                step: "kill shim".into(),
+                ok: true,
+                ms: 1,
+                detail: String::new(),
+            },
+        })
+        .unwrap();
+    assert!(has(
+        &node.check("watchdog"),
+        Severity::Warn,
+        "unfinished recoveries in the journal: k8s.io/abc/1/2"
+    ));
+    journal.lock_exclusive().unwrap();
+    let f = node.check("watchdog");
+    assert!(has(&f, Severity::Ok, "a watchdog holds"), "{f:#?}");
+    assert_eq!(worst_of(&f), Severity::Ok, "{f:#?}");
+}
+
+#[test]
+fn records_on_tmpfs_or_not_a_directory() {
+    let node = Node::new();
+    assert!(has(
+        &node.check("records"),
+        Severity::Ok,
+        "/var/lib/sturdy is writable (ext4)"
+    ));
+    node.file(
+        "/proc/self/mountinfo",
+        &format!("{MOUNTS_V2}50 27 0:40 / /var/lib/sturdy rw - tmpfs tmpfs rw\n"),
+    );
+    assert!(has(
+        &node.check("records"),
+        Severity::Warn,
+        "lost at reboot"
+    ));
+    std::fs::remove_dir(node.path("/var/lib/sturdy")).unwrap();
+    assert!(has(
+        &node.check("records"),
+        Severity::Info,
+        "does not exist yet"
+    ));
+    node.file("/var/lib/sturdy", "oops");
+    assert!(has(
+        &node.check("records"),
+        Severity::Error,
+        "is not a directory"
+    ));
+}
