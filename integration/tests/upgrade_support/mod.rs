@@ -301,6 +301,38 @@ impl Pod {
         self.containers.retain(|x| x.name != name);
     }
 
+    /// After the pod's shim died: waits until containerd's cleanup killed its processes
+    /// and CRI reports the pod NOTREADY and every container EXITED (as kubelet sees it).
+    pub async fn wait_crashed(&self, cri: &mut Cri) {
+        let p = format!("{} ({}) after its shim died", self.name, self.handler);
+        let procs: Vec<Proc> = std::iter::once(self.pause)
+            .chain(self.containers.iter().map(|c| c.init))
+            .collect();
+        wait_for(
+            || format!("{p}: processes outlived the cleanup: {procs:?}"),
+            || procs.iter().all(|x| !x.alive()),
+        )
+        .await;
+        let end = Instant::now() + T;
+        loop {
+            let pod = cri.pod_status(&self.id).await.expect("PodSandboxStatus");
+            let mut exited = pod.state == PodSandboxState::SandboxNotready as i32;
+            for c in &self.containers {
+                let s = cri.container_status(&c.id).await.expect("ContainerStatus");
+                exited &= s.state == ContainerState::ContainerExited as i32;
+            }
+            if exited {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "{p}: CRI never saw it: pod state {}",
+                pod.state
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// StopPodSandbox and RemovePodSandbox; afterwards its pause, containers, shim (unless
     /// [`Pod::shim_may_linger`]), netns and bundle are gone.
     pub async fn remove(self, fx: &Containerd, cri: &mut Cri) {
