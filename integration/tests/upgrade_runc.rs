@@ -148,6 +148,7 @@ parity_tests! {
         assert!(late_by.calls(&late).iter().any(|c| c == "kill"), "late: not stopped by its runc");
         kill(Pid::from_raw(fresh.shim.pid), Signal::SIGKILL).expect("SIGKILL fresh's shim");
         fresh.wait_crashed(&mut cri).await;
+        fresh.wait_runc_state_gone(&fx).await;
         served_by(&fresh, &b, &a, &["delete"], &["delete"], "cleaned up after its shim died");
         cri.stop_pod(&fresh.id).await.expect("StopPodSandbox of the crashed pod");
         cri.remove_pod(&fresh.id).await.expect("RemovePodSandbox of the crashed pod");

@@ -333,6 +333,30 @@ impl Pod {
         }
     }
 
+    /// Sandbox and container ids of the pod.
+    pub fn ids(&self) -> Vec<String> {
+        std::iter::once(self.id.clone())
+            .chain(self.containers.iter().map(|c| c.id.clone()))
+            .collect()
+    }
+
+    /// Waits until runc's state of the pod's sandbox and containers is gone: CRI may
+    /// learn of a dead shim's exits before containerd's cleanup (`<shim> delete`) is done.
+    pub async fn wait_runc_state_gone(&self, fx: &Containerd) {
+        let left = || -> Vec<PathBuf> {
+            self.ids()
+                .iter()
+                .map(|id| fx.runc_root().join(CRI_NAMESPACE).join(id))
+                .filter(|p| p.exists())
+                .collect()
+        };
+        wait_for(
+            || format!("{}: runc state left: {:?}", self.name, left()),
+            || left().is_empty(),
+        )
+        .await;
+    }
+
     /// StopPodSandbox and RemovePodSandbox; afterwards its pause, containers, shim (unless
     /// [`Pod::shim_may_linger`]), netns and bundle are gone.
     pub async fn remove(self, fx: &Containerd, cri: &mut Cri) {
