@@ -525,6 +525,25 @@ mod tests {
     }
 
     #[test]
+    fn runc_binary_reaches_both_handlers_and_the_sturdy_options_file() {
+        for g in Generation::ALL {
+            let mut fx = unstarted(g);
+            assert!(!fx.config_toml().contains("BinaryName"), "{g}");
+            assert!(!fx.sturdy_options_toml().contains("BinaryName"), "{g}");
+            fx.runc_binary = Some(PathBuf::from("/opt/runc-b"));
+            let cfg = fx.config_toml();
+            assert_eq!(
+                cfg.matches("BinaryName = \"/opt/runc-b\"").count(),
+                2,
+                "{g}"
+            );
+            assert!(fx
+                .sturdy_options_toml()
+                .contains("BinaryName = \"/opt/runc-b\"\n"));
+        }
+    }
+
+    #[test]
     fn cni_conflist_is_ours() {
         let mut fx = unstarted(Generation::V1_6);
         let cni: serde_json::Value = serde_json::from_str(&fx.cni_conflist()).unwrap();
