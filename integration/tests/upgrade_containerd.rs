@@ -52,6 +52,19 @@ async fn start_pods(fx: &Containerd, cri: &mut sturdy_integration::Cri, name: &s
     out
 }
 
+/// New pods got addresses no live pod holds: the IPAM state survived the swap too.
+fn distinct_ips<'a>(pods: impl Iterator<Item = &'a Pod>) {
+    let mut seen = BTreeSet::new();
+    for pod in pods {
+        assert!(
+            seen.insert(pod.ip),
+            "{}: IP {} given twice",
+            pod.name,
+            pod.ip
+        );
+    }
+}
+
 /// The step: containerd replaced by `g` under `pods`; every pod is checked, and the time
 /// it took is printed for the report.
 async fn upgrade(fx: &mut Containerd, g: Generation, pods: &[Pod], label: &str) {
@@ -168,6 +181,7 @@ async fn containerd_upgrade_and_downgrade_keep_pods() {
         pod.add_container(&fx, &mut cri, "on-1-7").await;
     }
     let c = start_pods(&fx, &mut cri, "c").await;
+    distinct_ips(a.iter().chain(&c));
 
     // 1.7 → 2.1.
     let live: Vec<Pod> = a.iter().chain(&c).cloned().collect();
@@ -181,6 +195,7 @@ async fn containerd_upgrade_and_downgrade_keep_pods() {
         pod.add_container(&fx, &mut cri, "on-2-1").await;
     }
     let d = start_pods(&fx, &mut cri, "d").await;
+    distinct_ips(a.iter().chain(&d));
 
     // 2.1 → 1.7. containerd promises no downgrade (RELEASES.md covers upgrades only); what
     // happens is pinned here. containerd 2.1 records in `bootstrap.json` the Task API
@@ -229,6 +244,7 @@ async fn containerd_upgrade_and_downgrade_keep_pods() {
         pod.add_container(&fx, &mut cri, "on-1-7-again").await;
     }
     let e = start_pods(&fx, &mut cri, "e").await;
+    distinct_ips(a.iter().chain(&e));
     for pod in a.iter().chain(&e) {
         pod.check(&fx, &mut cri, "after the downgrade").await;
     }
