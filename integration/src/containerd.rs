@@ -6,6 +6,7 @@ mod config;
 mod generation;
 mod subnets;
 mod teardown;
+mod upgrade;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -28,7 +29,6 @@ use crate::cleanup;
 use crate::error::{Error, IoContext, Result};
 use crate::image::{self, PAUSE_IMAGE};
 use crate::Handler;
-use config::qp;
 
 /// CRI's fixed containerd namespace.
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -91,6 +91,8 @@ pub struct Containerd {
     sandbox_image: String,
     registry_config_path: Option<PathBuf>,
     port_mapping: bool,
+    /// `BinaryName` of the `runc` and `sturdy` handlers (`None`: runc on PATH).
+    runc_binary: Option<PathBuf>,
     child: Option<Child>,
     pid: i32,
     subnet: Option<SubnetSlot>,
@@ -263,8 +265,7 @@ impl Containerd {
         let cni = self.cni_conflist();
         let conf = d.join("cni/net.d/10-sturdy.conflist");
         std::fs::write(&conf, cni).ctx(|| format!("writing {}", conf.display()))?;
-        let opts = format!("Root = {}\n", qp(&self.runc_root()));
-        std::fs::write(self.sturdy_options_path(), opts)
+        std::fs::write(self.sturdy_options_path(), self.sturdy_options_toml())
             .ctx(|| "writing sturdy runtime options".into())?;
         let cfg = d.join("config.toml");
         std::fs::write(&cfg, self.config_toml()).ctx(|| format!("writing {}", cfg.display()))
@@ -450,6 +451,7 @@ impl Containerd {
             sandbox_image: PAUSE_IMAGE.into(),
             registry_config_path: None,
             port_mapping: false,
+            runc_binary: None,
             dir,
             suffix: suffix.to_string(),
             child: None,
@@ -530,6 +532,25 @@ mod tests {
         assert!(
             v3.contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.sturdy]")
         );
+    }
+
+    #[test]
+    fn runc_binary_reaches_both_handlers_and_the_sturdy_options_file() {
+        for g in Generation::ALL {
+            let mut fx = unstarted(g);
+            assert!(!fx.config_toml().contains("BinaryName"), "{g}");
+            assert!(!fx.sturdy_options_toml().contains("BinaryName"), "{g}");
+            fx.runc_binary = Some(PathBuf::from("/opt/runc-b"));
+            let cfg = fx.config_toml();
+            assert_eq!(
+                cfg.matches("BinaryName = \"/opt/runc-b\"").count(),
+                2,
+                "{g}"
+            );
+            assert!(fx
+                .sturdy_options_toml()
+                .contains("BinaryName = \"/opt/runc-b\"\n"));
+        }
     }
 
     #[test]

@@ -15,6 +15,14 @@ use serde::{Deserialize, Serialize};
 /// File name of the record inside the bundle.
 pub const RECORD_FILE: &str = "sturdy.json";
 /// The record format this shim writes and understands.
+///
+/// Every record ever written carries it (format 1 since the first release). A field
+/// added with a default keeps the version: older binaries ignore fields they do not know,
+/// so a rollback still reads the record. Any change an older binary would misread (a
+/// renamed, removed or reinterpreted field) bumps it, and binaries that do not know the
+/// new number refuse the record rather than guess ([`Record::check`]). A bump must come
+/// with reading of every earlier version, proven by a fixture file of it in
+/// `record/testdata/`.
 pub const RECORD_VERSION: u32 = 1;
 /// Where runc state lives when the options name no root, as in containerd's Go shim.
 pub const DEFAULT_RUNC_ROOT: &str = "/run/containerd/runc";
@@ -242,6 +250,56 @@ mod tests {
         let mut r = record("c1");
         r.root = PathBuf::from("runc-root");
         assert!(r.check("c1").unwrap_err().contains("not absolute"));
+    }
+
+    /// `sturdy.json` exactly as format 1 is written (captured from a CRI container's
+    /// bundle, root set to the default): every later binary must read it, so replacing the
+    /// shim binary under running containers keeps their `delete` working.
+    const V1: &str = include_str!("record/testdata/sturdy-v1.json");
+
+    fn bundle_with(record: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(RECORD_FILE), record).unwrap();
+        dir
+    }
+
+    #[test]
+    fn format_1_records_of_earlier_releases_are_read() {
+        let id = "4b1080f9bf4412ec77a23f7538f7a6386a89796dc162d8e2ed17af7303dcabe9";
+        let dir = bundle_with(V1);
+        let r = Record::load(dir.path()).unwrap().expect("record");
+        assert_eq!(
+            r,
+            Record {
+                version: 1,
+                id: id.into(),
+                namespace: "k8s.io".into(),
+                runtime: "runc".into(),
+                root: PathBuf::from("/run/containerd/runc/k8s.io"),
+                systemd_cgroup: false,
+                mounted_rootfs: true,
+            }
+        );
+        assert_eq!(r.check(id), Ok(()));
+        // What this binary writes for the same facts is still format 1, field for field.
+        let written: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let fixture: serde_json::Value = serde_json::from_str(V1).unwrap();
+        assert_eq!(written, fixture);
+    }
+
+    #[test]
+    fn unknown_fields_of_a_later_release_are_ignored_but_a_missing_version_is_not() {
+        let mut v: serde_json::Value = serde_json::from_str(V1).unwrap();
+        v["added_later"] = serde_json::json!({"anything": [1, 2]});
+        let dir = bundle_with(&v.to_string());
+        let r = Record::load(dir.path()).unwrap().expect("record");
+        assert_eq!(r.check(&r.id.clone()), Ok(()));
+
+        // No sturdy ever wrote a record without a version: such a file is not ours.
+        v.as_object_mut().unwrap().remove("version");
+        let dir = bundle_with(&v.to_string());
+        let err = Record::load(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     }
 
     #[test]

@@ -202,6 +202,16 @@ disabled_plugins = [
         out
     }
 
+    /// What `sturdy-runtime.toml` (the sturdy handler's `ConfigPath`) holds: the same
+    /// `Root` and `BinaryName` as the handler's options table.
+    pub(super) fn sturdy_options_toml(&self) -> String {
+        let mut out = format!("Root = {}\n", qp(&self.runc_root()));
+        if let Some(bin) = &self.runc_binary {
+            out.push_str(&format!("BinaryName = {}\n", qp(bin)));
+        }
+        out
+    }
+
     /// The `runc` and `sturdy` handlers plus the builder's extra runtimes, under `prefix`.
     fn runtimes(&self, prefix: &str) -> String {
         let mut out = String::new();
@@ -216,6 +226,9 @@ disabled_plugins = [
                 rt = q(h.runtime_type()),
                 root = qp(&self.runc_root()),
             ));
+            if let Some(bin) = &self.runc_binary {
+                out.push_str(&format!("  BinaryName = {}\n", qp(bin)));
+            }
             if h == Handler::Sturdy {
                 // containerd 1.6 passes non-runc runtime types only TypeUrl/ConfigPath
                 // (1.7 and 2.x would send the table as ConfigBody without it).
