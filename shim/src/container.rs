@@ -140,7 +140,7 @@ impl Container {
 
     fn record(&self) -> Record {
         Record {
-            version: 1,
+            version: crate::record::RECORD_VERSION,
             id: self.id.clone(),
             namespace: self.namespace.clone(),
             runtime: self.options.binary().to_string(),
