@@ -37,6 +37,8 @@ pub const DELETE_DRAIN_LIMIT: Duration = Duration::from_secs(8);
 const EXEC_EXIT_LIMIT: Duration = Duration::from_secs(10);
 /// How long Delete of a created container waits for `runc delete --force` to reap init.
 const CREATED_KILL_LIMIT: Duration = Duration::from_secs(2);
+/// How long init's TaskExit waits for a Kill still in runc to answer.
+const KILL_ANSWER_LIMIT: Duration = Duration::from_secs(5);
 /// Status reported for a process whose exit was never seen (killed by a forced delete).
 pub const KILLED: u32 = 137;
 
@@ -350,6 +352,7 @@ impl Container {
             State::Stopped | State::Deleting | State::Deleted if !all => return Err(gone()),
             _ => {}
         }
+        let _killing = self.init.kills.read().await;
         match self.runc.kill(&self.id, signal, all).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_found() || !self.init.state().is_live() => Err(gone()),
@@ -457,7 +460,17 @@ impl Container {
         progress.drain(IO_DRAIN_LIMIT).await;
         // Once more, after the drain: an OOM counted late must still come first.
         self.flush_oom(shared);
-        report_exit(shared, &self.init).await;
+        let _lifecycle = self.init.lifecycle.lock().await;
+        // A Kill still in runc answers first (bounded). Taken under the lifecycle lock, so
+        // a Kill never waits behind a Start stuck in runc.
+        let kills = tokio::time::timeout(KILL_ANSWER_LIMIT, self.init.kills.write()).await;
+        if kills.is_err() {
+            log::warn!(
+                "container {}: a Kill is still in runc after {KILL_ANSWER_LIMIT:?}; exit published",
+                self.id
+            );
+        }
+        report_exit_locked(shared, &self.init);
         crate::memory::trim_heap();
     }
 }

@@ -127,6 +127,10 @@ pub struct Process {
     pub lifecycle: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Copy loops between the process's pipes and containerd's FIFOs.
     pub copiers: tokio::sync::Mutex<Copiers>,
+    /// Held shared by each Kill while runc signals the process, and exclusively before its
+    /// TaskExit goes out: a Kill answers before the exit it caused is announced (containerd
+    /// deletes the task on that exit and closes the connection a late Kill answer needed).
+    pub kills: tokio::sync::RwLock<()>,
 }
 
 impl Process {
@@ -154,6 +158,7 @@ impl Process {
             stage,
             lifecycle: Default::default(),
             copiers: tokio::sync::Mutex::new(Copiers::default()),
+            kills: tokio::sync::RwLock::new(()),
         }
     }
 

@@ -6,6 +6,7 @@
 #   fake-init-now     run init's command at create, without waiting for start
 #   fake-exec         shell command an exec runs (default: exec sleep 1000)
 #   fake-<cmd>-sleep  seconds <cmd> takes (create, start, exec, delete)
+#   fake-kill-after   seconds kill takes after it signalled
 #   fake-<cmd>-fail   <cmd> fails with the file's content as runc's error
 #   fake-cgroups      JSON object written as cgroup_paths of $root/<id>/state.json
 #   fake-checkpoint-criu-fail  checkpoint fails as CRIU does: an error in <work>/dump.log
@@ -116,7 +117,8 @@ kill)
         kill "-$sig" "$(cat "$dir/pid")"
     elif [ -z "$all" ]; then
         fail "container not running"
-    fi ;;
+    fi
+    steer kill-after && sleep "$(cat "$bundle/fake-kill-after")" ;;
 delete)
     pid=$(cat "$dir/pid")
     if kill -0 "$pid" 2>/dev/null; then

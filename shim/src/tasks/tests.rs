@@ -399,6 +399,42 @@ async fn kill_of_a_stopped_process_is_not_found() {
     assert!(is(&rig.tasks.kill("c", "", 15, false).await, not_found));
 }
 
+/// A Kill answers before the TaskExit it caused goes out: containerd deletes the task on
+/// that exit and closes the connection the Kill's answer still needed (StopPodSandbox
+/// failed with "ttrpc: closed" when runc kill returned late on a loaded machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_answers_before_the_exit_it_caused() {
+    let rig = Rig::new();
+    rig.create("c", &[("kill-after", "2")]).await.unwrap();
+    rig.tasks.start("c", "").await.unwrap();
+    let answered = Arc::new(std::sync::Mutex::new(None));
+    let killer = {
+        let (tasks, answered) = (rig.tasks.clone(), answered.clone());
+        tokio::spawn(async move {
+            let r = tasks.kill("c", "", 9, false).await;
+            *answered.lock().unwrap() = Some(Instant::now());
+            r
+        })
+    };
+    rig.wait_for("TaskExit", || {
+        rig.topics("c").iter().any(|t| t.starts_with("/tasks/exit"))
+    })
+    .await;
+    let published = Instant::now();
+    tokio::time::timeout(T, killer)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let answered = answered.lock().unwrap().expect("Kill answered");
+    // The fake runc returns 2 s after the signal; the exit may only follow its answer.
+    assert!(
+        answered <= published || answered - published < Duration::from_millis(500),
+        "TaskExit went out {:?} before Kill answered",
+        answered - published
+    );
+}
+
 #[tokio::test]
 async fn wait_on_a_failed_exec_returns_and_delete_forgets_it() {
     let rig = Rig::new();
