@@ -233,7 +233,16 @@ impl Tasks {
         let exec_id = exec_id.to_string();
         detached(async move {
             if exec_id.is_empty() {
-                return c.start(&tasks.shared).await;
+                let pid = c.start(&tasks.shared).await?;
+                // A container starting in a pod is a moment its network may have changed.
+                if let Some(sandbox) = c
+                    .pod_sandbox
+                    .as_deref()
+                    .and_then(|s| tasks.container(s).ok())
+                {
+                    sandbox.record_network("container start");
+                }
+                return Ok(pid);
             }
             let (pid, early) = c.start_exec(&tasks.shared, &exec_id).await?;
             if early {
