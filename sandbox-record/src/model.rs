@@ -12,6 +12,10 @@ pub struct Record {
     pub sandbox_id: String,
     /// containerd namespace (`k8s.io` under CRI).
     pub namespace: String,
+    /// containerd's TTRPC address as the shim was given it (by default containerd's gRPC
+    /// socket plus `.ttrpc`): tells the records of several containerds apart.
+    #[serde(default)]
+    pub containerd: String,
     /// The pod, from CRI's annotations.
     pub pod: Pod,
     /// The network the pod had.
@@ -101,6 +105,14 @@ pub struct Route {
 }
 
 impl Record {
+    /// Whether this record was written for the containerd whose gRPC socket is `address`
+    /// (records that name none match every containerd).
+    pub fn belongs_to(&self, address: &str) -> bool {
+        self.containerd.is_empty()
+            || self.containerd == address
+            || self.containerd.strip_suffix(".ttrpc") == Some(address)
+    }
+
     /// Whether the pod uses the host's network.
     pub fn host_network(&self) -> bool {
         matches!(self.network, Network::Host)
@@ -148,6 +160,7 @@ impl Record {
     pub fn same_network(&self, other: &Record) -> bool {
         self.sandbox_id == other.sandbox_id
             && self.namespace == other.namespace
+            && self.containerd == other.containerd
             && self.pod == other.pod
             && self.network == other.network
     }
@@ -185,6 +198,7 @@ pub(crate) mod tests {
         Record {
             sandbox_id: id.into(),
             namespace: "k8s.io".into(),
+            containerd: "/run/containerd/containerd.sock.ttrpc".into(),
             pod: Pod {
                 name: "web-0".into(),
                 namespace: "default".into(),
@@ -237,6 +251,15 @@ pub(crate) mod tests {
             interfaces.push(iface(4, "net2", vec![addr("10.1.0.2", 24, "global")]));
         }
         assert_eq!(r.pod_ips(), vec!["198.18.0.50", "fd00::5", "10.1.0.2"]);
+    }
+
+    #[test]
+    fn belongs_to_its_containerd_only() {
+        let mut r = sample("s");
+        assert!(r.belongs_to("/run/containerd/containerd.sock"));
+        assert!(!r.belongs_to("/run/k3s/containerd/containerd.sock"));
+        r.containerd.clear();
+        assert!(r.belongs_to("/run/k3s/containerd/containerd.sock"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod health;
 pub mod journal;
 pub mod logger;
+pub mod netmeta;
 pub mod pidfd;
 pub mod probe;
 pub mod procfs;

@@ -18,6 +18,10 @@ enum Command {
     Watchdog(cmd::watchdog::Args),
     /// List the shims the watchdog would watch and its recent incidents.
     Status(cmd::status::Args),
+    /// List sturdy's sandbox network records and whether containerd's own records agree.
+    Sandboxes(cmd::sandboxes::ListArgs),
+    /// Show one sandbox's network record and containerd's view of it.
+    Sandbox(cmd::sandboxes::ShowArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +42,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Watchdog(args) => cmd::watchdog::run(args).await,
             Command::Status(args) => cmd::status::run(args).await,
+            Command::Sandboxes(args) => cmd::sandboxes::list(args).await,
+            Command::Sandbox(args) => cmd::sandboxes::show(args).await,
         }
     });
     match result {

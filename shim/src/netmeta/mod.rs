@@ -87,6 +87,8 @@ pub struct Plan {
     pub store: Store,
     /// containerd namespace.
     pub namespace: String,
+    /// containerd's TTRPC address (`TTRPC_ADDRESS`), naming which containerd this is for.
+    pub containerd: String,
     /// Sandbox id.
     pub sandbox_id: String,
     /// The pod.
@@ -131,6 +133,7 @@ impl Plan {
         Some(Plan {
             store: Store::new(dir),
             namespace: namespace.to_string(),
+            containerd: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
             sandbox_id: id.to_string(),
             pod: Pod {
                 name: get(SANDBOX_NAME),
@@ -287,6 +290,7 @@ fn snapshot_and_store(plan: &Plan, pid: i32, why: &'static str) -> Result<Found,
     let record = Record {
         sandbox_id: plan.sandbox_id.clone(),
         namespace: plan.namespace.clone(),
+        containerd: plan.containerd.clone(),
         pod: plan.pod.clone(),
         network,
         taken_at_ms: SystemTime::now()

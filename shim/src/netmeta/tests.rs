@@ -128,6 +128,7 @@ fn plan(dir: &std::path::Path, source: Source) -> Plan {
     Plan {
         store: Store::new(dir),
         namespace: "k8s.io".into(),
+        containerd: String::new(),
         sandbox_id: "sb1".into(),
         pod: Pod::default(),
         source,

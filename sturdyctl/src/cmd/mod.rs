@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+pub mod sandboxes;
 pub mod status;
 pub mod watchdog;
 
