@@ -152,9 +152,15 @@ impl Containerd {
     }
 
     /// Runtime options file handed to the sturdy shim (ctr `--runtime-config-path`, CRI
-    /// `ConfigPath`); it holds `Root = "<runc_root>"`.
+    /// `ConfigPath`); it holds `Root = "<runc_root>"` and `SandboxRecordDir`.
     pub fn sturdy_options_path(&self) -> PathBuf {
         self.dir.join("sturdy-runtime.toml")
+    }
+
+    /// Where the sturdy shim keeps this instance's pod sandbox network records (its
+    /// `SandboxRecordDir` option): `<dir>/sandboxes/<namespace>/<sandbox id>.json`.
+    pub fn sandbox_record_dir(&self) -> PathBuf {
+        self.dir.join("sandboxes")
     }
 
     /// cgroup parent of CRI pods (and ctr containers live under `/<namespace>`): one name per
@@ -254,7 +260,11 @@ impl Containerd {
         let cni = self.cni_conflist();
         let conf = d.join("cni/net.d/10-sturdy.conflist");
         std::fs::write(&conf, cni).ctx(|| format!("writing {}", conf.display()))?;
-        let opts = format!("Root = {}\n", qp(&self.runc_root()));
+        let opts = format!(
+            "Root = {}\nSandboxRecordDir = {}\n",
+            qp(&self.runc_root()),
+            qp(&self.sandbox_record_dir())
+        );
         std::fs::write(self.sturdy_options_path(), opts)
             .ctx(|| "writing sturdy runtime options".into())?;
         let cfg = d.join("config.toml");

@@ -85,15 +85,15 @@ pub fn compare(
     record: &Record,
     cri: Option<&Result<CriNetwork, cri::CriError>>,
 ) -> (State, String) {
-    if record.host_network() {
-        return (State::HostNetwork, String::new());
-    }
     let Some(cri) = cri else {
         return (
             State::Unknown,
             "containerd has no such sandbox container".into(),
         );
     };
+    if record.host_network() {
+        return (State::HostNetwork, String::new());
+    }
     let theirs = match cri {
         Ok(n) => n.ips(),
         Err(e) => return (State::Unreadable, e.to_string()),
@@ -282,5 +282,6 @@ mod tests {
         let mut host = record(&[]);
         host.network = Network::Host;
         assert_eq!(compare(&host, Some(&cri("", &[]))).0, State::HostNetwork);
+        assert_eq!(compare(&host, None).0, State::Unknown);
     }
 }
