@@ -137,7 +137,7 @@ async fn incident_000(repair: bool) {
     );
 
     fx.restart().await.expect("restart containerd");
-    let mut cri = fx.cri().await.expect("cri client");
+    let mut cri = cri_ready(&fx).await;
     let status = cri.pod_status(&id).await.expect("PodSandboxStatus");
     assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
     let after_restart = status.network.map(|n| n.ip).unwrap_or_default();

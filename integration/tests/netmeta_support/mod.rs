@@ -185,3 +185,17 @@ pub fn flip_a_byte(path: &Path) {
     bytes[at] ^= 0x02;
     std::fs::write(path, bytes).unwrap();
 }
+
+/// A CRI client once CRI answers again after a containerd (re)start: containerd's API is
+/// up before the CRI plugin has recovered its pods ("server is not initialized yet").
+pub async fn cri_ready(fx: &Containerd) -> sturdy_integration::Cri {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut cri = fx.cri().await.expect("cri client");
+        match cri.list_pods().await {
+            Ok(_) => return cri,
+            Err(e) if Instant::now() > end => panic!("CRI did not come back: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
