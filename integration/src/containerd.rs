@@ -89,6 +89,8 @@ pub struct Containerd {
     sandbox_image: String,
     registry_config_path: Option<PathBuf>,
     port_mapping: bool,
+    /// Extra environment of containerd (and its shims).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     pid: i32,
     subnet: Option<SubnetSlot>,
@@ -287,6 +289,7 @@ impl Containerd {
         let child = Command::new(&self.bins.containerd)
             .arg("--config")
             .arg(self.dir.join("config.toml"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("PATH", path)
             // containerd and its shims put temporary mounts under TMPDIR; keep them ours.
             .env("TMPDIR", self.dir.join("tmp"))
@@ -450,6 +453,7 @@ impl Containerd {
             sandbox_image: PAUSE_IMAGE.into(),
             registry_config_path: None,
             port_mapping: false,
+            env: Vec::new(),
             dir,
             suffix: suffix.to_string(),
             child: None,
