@@ -31,6 +31,10 @@ const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
 const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
 
+/// How long a lifecycle event's snapshot waits, so that the events of one pod start
+/// (Create, Start) share one snapshot and its fsyncs land after RunPodSandbox answered
+/// rather than inside it (docs/benchmarks.md has the measurement).
+pub const SETTLE: Duration = Duration::from_millis(200);
 /// How long a namespace without an address is snapshotted again (with backoff).
 pub const RETRY_FOR: Duration = Duration::from_secs(60);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -211,10 +215,17 @@ async fn run(plan: Arc<Plan>, pid: i32, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut next_retry = Instant::now();
     let mut refresh = tokio::time::interval_at(Instant::now() + REFRESH, REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A lifecycle event's snapshot waits SETTLE: later events within it share it.
+    let mut pending: Option<(&'static str, Instant)> = None;
     loop {
+        let due = pending.map(|(_, at)| at).unwrap_or_else(Instant::now);
         let why = tokio::select! {
             msg = rx.recv() => match msg {
-                Some(Msg::Snapshot(why)) => why,
+                Some(Msg::Snapshot(why)) => {
+                    let at = pending.map(|(_, at)| at).unwrap_or_else(|| Instant::now() + SETTLE);
+                    pending = Some((why, at));
+                    continue;
+                }
                 Some(Msg::Remove(ack)) => {
                     let p = plan.clone();
                     match tokio::task::spawn_blocking(move || p.store.remove(&p.namespace, &p.sandbox_id)).await {
@@ -227,6 +238,9 @@ async fn run(plan: Arc<Plan>, pid: i32, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 }
                 None => return,
             },
+            _ = tokio::time::sleep_until(due), if pending.is_some() => {
+                pending.take().map(|(why, _)| why).unwrap_or("start")
+            }
             _ = tokio::time::sleep_until(next_retry), if retry.is_some() => "retry",
             _ = refresh.tick() => "refresh",
         };
