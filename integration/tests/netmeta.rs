@@ -56,6 +56,15 @@ async fn incident_000(repair: bool) {
         trigger: "create".into(),
     };
     store(&fx).write(&stray).unwrap();
+    // A corrupt record nobody rewrote for long, of a sandbox containerd does not know.
+    let corrupt = store(&fx).path(CRI_NAMESPACE, "0000corrupt").unwrap();
+    std::fs::write(&corrupt, b"{\"format\":\"sturdy-sandbox-record\",\"vers").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&corrupt)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
 
     let before = container(&fx, &id).await;
     strip_ips(&fx, &id).await;
@@ -123,6 +132,7 @@ async fn incident_000(repair: bool) {
             .path(CRI_NAMESPACE, "0000stray")
             .unwrap()
             .exists()
+            && !corrupt.exists()
     })
     .await;
     assert!(

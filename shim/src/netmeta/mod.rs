@@ -320,6 +320,16 @@ fn snapshot_and_store(plan: &Plan, pid: i32, why: &'static str) -> Result<Found,
     };
     match plan.store.read(&plan.namespace, &plan.sandbox_id) {
         Ok(Some(old)) if old.same_network(&record) => return Ok(found),
+        // A namespace that lost every pod IP is a pod being torn down (CNI DEL runs before
+        // the sandbox's task is deleted), not a network worth recording over a good one.
+        Ok(Some(old)) if found == Found::NoAddress && !old.pod_ips().is_empty() => {
+            log::debug!(
+                "sandbox {}: no pod IP in the namespace now ({why}); keeping the record of {:?}",
+                plan.sandbox_id,
+                old.pod_ips()
+            );
+            return Ok(Found::Complete);
+        }
         Ok(_) => {}
         Err(e) if e.is_corrupt() => {
             log::error!("{e}; replacing it with a fresh snapshot ({why})")

@@ -201,6 +201,12 @@ async fn records_a_namespace_retries_until_it_has_an_address_and_removes_at_the_
     let fresh = wait_record(&store, |_| true).await;
     assert_eq!(fresh.trigger, "refresh");
     assert!(fresh.same_network(&r));
+    // CNI DEL before the task's delete: the record keeps the pod's IPs.
+    ns.ip("addr flush dev eth0");
+    rec.trigger("refresh");
+    tokio::time::sleep(SETTLE * 2).await;
+    let kept = wait_record(&store, |_| true).await;
+    assert_eq!(kept.pod_ips(), vec!["192.0.2.5", "192.0.2.6"]);
     rec.remove().await;
     assert!(!file.exists());
     // Nothing brings it back.

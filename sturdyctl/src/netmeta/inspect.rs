@@ -71,6 +71,8 @@ pub struct Row {
     pub containerd_ips: Option<Vec<String>>,
     /// The sandbox's runtime name, when containerd knows it.
     pub runtime: Option<String>,
+    /// Whether containerd knows the sandbox (`None`: containerd did not answer).
+    pub known: Option<bool>,
     /// The verdict.
     pub state: State,
     /// Why, when the state needs one (the corruption, the unreadable extension, …).
@@ -163,6 +165,7 @@ pub async fn inspect(api: &Api, store: &Store) -> Vec<Row> {
     };
     let mut rows = Vec::new();
     for entry in entries {
+        let key = (entry.namespace.clone(), entry.sandbox_id.clone());
         let mut row = Row {
             namespace: entry.namespace.clone(),
             sandbox_id: entry.sandbox_id.clone(),
@@ -171,11 +174,11 @@ pub async fn inspect(api: &Api, store: &Store) -> Vec<Row> {
             ips: Vec::new(),
             containerd_ips: None,
             runtime: None,
+            known: containers.as_ref().map(|m| m.contains_key(&key)),
             state: State::Unreachable,
             detail: String::new(),
             extension: None,
         };
-        let key = (entry.namespace.clone(), entry.sandbox_id.clone());
         let container = containers.as_ref().and_then(|m| m.get(&key));
         row.runtime = container.map(|c| c.runtime.clone());
         let cri = container.map(|c| match &c.extension {

@@ -96,6 +96,15 @@ pub async fn pass(
                 "sandbox {name}: containerd's record and sturdy's differ: {}; nothing changed",
                 row.detail
             ),
+            // A live shim rewrites a corrupt record within a minute (its refresh): one left
+            // alone far longer, of a sandbox containerd does not know, has no shim.
+            State::Corrupt if row.known == Some(false) && stale(&row.path) => {
+                match collect(api, &cfg.store, &row).await {
+                    Ok(true) => report.collected.push(key),
+                    Ok(false) => {}
+                    Err(e) => log::warn!("sandbox {name}: corrupt record not collected: {e}"),
+                }
+            }
             State::Corrupt if fresh => log::error!(
                 "sandbox {name}: {}; its shim replaces it at its next snapshot",
                 row.detail
@@ -128,6 +137,15 @@ pub async fn pass(
         Err(e) => log::warn!("sandbox record gc task: {e}"),
     }
     report
+}
+
+/// Whether a file was last written longer than [`sandbox_record::store::TEMP_GRACE`] ago.
+fn stale(path: &std::path::Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age >= sandbox_record::store::TEMP_GRACE)
 }
 
 /// Why a repair did not happen.
