@@ -160,10 +160,13 @@ pub async fn show(args: ShowArgs) -> Result<(), Box<dyn std::error::Error>> {
         s(&v["pod_uid"])
     );
     println!(
-        "record      {} ({}, {})",
+        "record      {} (taken at {}, on {})",
         r.path.display(),
-        s(&v["trigger"]),
-        s(&v["taken_at_ms"])
+        r.record
+            .as_ref()
+            .map(|rec| sturdyctl::units::format_ms(rec.taken_at_ms))
+            .unwrap_or_else(|| "-".into()),
+        s(&v["trigger"])
     );
     println!("runtime     {}", r.runtime.as_deref().unwrap_or("-"));
     println!(
@@ -180,7 +183,11 @@ pub async fn show(args: ShowArgs) -> Result<(), Box<dyn std::error::Error>> {
         "containerd  {}",
         r.containerd_ips
             .as_ref()
-            .map(|v| v.join(", "))
+            .map(|v| if v.is_empty() {
+                "(no IP)".to_string()
+            } else {
+                v.join(", ")
+            })
             .unwrap_or_else(|| "-".into())
     );
     if let Some(sandbox_record::Network::Namespace {
