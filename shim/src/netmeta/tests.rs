@@ -244,3 +244,15 @@ async fn an_unwritable_store_never_fails_and_a_later_snapshot_succeeds() {
     assert!(wait_record(&store, |_| true).await.host_network());
     rec.remove().await;
 }
+
+#[tokio::test]
+async fn create_and_start_share_one_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let rec = Recorder::start(plan(dir.path(), Source::Host), 0, "create");
+    rec.trigger("start");
+    // Taken separately, the second would find the same network and leave "create" on disk.
+    let r = wait_record(&store, |_| true).await;
+    assert_eq!(r.trigger, "start");
+    rec.remove().await;
+}
