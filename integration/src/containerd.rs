@@ -93,6 +93,8 @@ pub struct Containerd {
     port_mapping: bool,
     /// `BinaryName` of the `runc` and `sturdy` handlers (`None`: runc on PATH).
     runc_binary: Option<PathBuf>,
+    /// Extra environment of containerd (and its shims).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     pid: i32,
     subnet: Option<SubnetSlot>,
@@ -156,9 +158,15 @@ impl Containerd {
     }
 
     /// Runtime options file handed to the sturdy shim (ctr `--runtime-config-path`, CRI
-    /// `ConfigPath`); it holds `Root = "<runc_root>"`.
+    /// `ConfigPath`); it holds `Root = "<runc_root>"` and `SandboxRecordDir`.
     pub fn sturdy_options_path(&self) -> PathBuf {
         self.dir.join("sturdy-runtime.toml")
+    }
+
+    /// Where the sturdy shim keeps this instance's pod sandbox network records (its
+    /// `SandboxRecordDir` option): `<dir>/sandboxes/<namespace>/<sandbox id>.json`.
+    pub fn sandbox_record_dir(&self) -> PathBuf {
+        self.dir.join("sandboxes")
     }
 
     /// cgroup parent of CRI pods (and ctr containers live under `/<namespace>`): one name per
@@ -287,6 +295,7 @@ impl Containerd {
         let child = Command::new(&self.bins.containerd)
             .arg("--config")
             .arg(self.dir.join("config.toml"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("PATH", path)
             // containerd and its shims put temporary mounts under TMPDIR; keep them ours.
             .env("TMPDIR", self.dir.join("tmp"))
@@ -452,6 +461,7 @@ impl Containerd {
             registry_config_path: None,
             port_mapping: false,
             runc_binary: None,
+            env: Vec::new(),
             dir,
             suffix: suffix.to_string(),
             child: None,

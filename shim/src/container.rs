@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::exec::Exec;
 use crate::io::{self, StdioPaths};
+use crate::netmeta::{self, Recorder};
 use crate::options::RuntimeOptions;
 use crate::process::{Exited, Process, State};
 use crate::record::Record;
@@ -63,6 +64,11 @@ pub struct Container {
     /// Set when Create carried a checkpoint: Start restores from it.
     restore: Option<checkpoint::RestoreFrom>,
     parked: checkpoint::ParkedSlot,
+    /// For a pod sandbox: how to record its network (docs/netmeta.md).
+    netmeta: Option<netmeta::Plan>,
+    recorder: std::sync::OnceLock<Recorder>,
+    /// For an app container of a pod: the sandbox's id.
+    pub pod_sandbox: Option<String>,
 }
 
 /// What a create had done when it failed, so that only that is undone.
@@ -124,6 +130,8 @@ impl Container {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
+        let netmeta = netmeta::Plan::for_container(&spec, id, namespace, &options);
+        let pod_sandbox = netmeta::sandbox_of(&spec, id);
         Ok(Self {
             id: id.to_string(),
             bundle,
@@ -137,7 +145,24 @@ impl Container {
             cgroups: Default::default(),
             restore,
             parked: Default::default(),
+            netmeta,
+            recorder: std::sync::OnceLock::new(),
+            pod_sandbox,
         })
+    }
+
+    /// Asks for a snapshot of the sandbox's network (first call: starts recording it).
+    /// Never waits and never fails: see [`crate::netmeta`].
+    pub fn record_network(&self, why: &'static str) {
+        let Some(plan) = &self.netmeta else { return };
+        let mut started = false;
+        let rec = self.recorder.get_or_init(|| {
+            started = true;
+            Recorder::start(plan.clone(), self.init.pid(), why)
+        });
+        if !started {
+            rec.trigger(why);
+        }
     }
 
     fn record(&self) -> Record {
@@ -174,6 +199,7 @@ impl Container {
             }
         };
         self.init.created(pid)?;
+        self.record_network("create");
         if self.restores() {
             // Nothing runs before the restore.
             return Ok((pid, false));
@@ -269,6 +295,9 @@ impl Container {
         shared.router.forget(self.init.pid(), &self.init);
         self.undo_create(done, &Error::Internal("create abandoned".into()))
             .await;
+        if let Some(rec) = self.recorder.get() {
+            rec.remove().await;
+        }
         if self.init.begin_delete().is_ok() {
             self.init.delete_done(Exited {
                 status: KILLED,
@@ -299,6 +328,7 @@ impl Container {
             }
         };
         self.init.start_succeeded(pid)?;
+        self.record_network("start");
         shared.events.publish(Event::Start {
             id: self.id.clone(),
             pid,
@@ -389,6 +419,9 @@ impl Container {
         }
         if !self.rootfs.is_empty() {
             unmount(&self.bundle.join("rootfs"));
+        }
+        if let Some(rec) = self.recorder.get() {
+            rec.remove().await;
         }
         report_exit_locked(shared, &self.init);
         let pid = self.init.pid();

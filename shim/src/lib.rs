@@ -18,6 +18,7 @@ pub mod listener;
 pub mod logging;
 pub mod memory;
 pub mod mount;
+pub mod netmeta;
 pub mod options;
 pub mod peer;
 pub mod process;

@@ -33,7 +33,7 @@ pub enum OptionsError {
     #[error("malformed {type_url} payload: {reason}")]
     Malformed { type_url: String, reason: String },
     /// The TOML options table had a key we do not know.
-    #[error("unknown runtime option {0:?} (known: BinaryName, Root, SystemdCgroup, NoPivotRoot, NoNewKeyring, ShimCgroup, IoUid, IoGid, CriuPath, CriuImagePath, CriuWorkPath)")]
+    #[error("unknown runtime option {0:?} (known: BinaryName, Root, SystemdCgroup, NoPivotRoot, NoNewKeyring, ShimCgroup, IoUid, IoGid, CriuPath, CriuImagePath, CriuWorkPath, SandboxRecordDir, NoSandboxRecord)")]
     UnknownKey(String),
     /// A key had a value of the wrong type or range.
     #[error("runtime option {key}: {reason}")]
@@ -89,6 +89,11 @@ pub struct RuntimeOptions {
     pub criu_image_path: String,
     /// CRIU work path for checkpoints.
     pub criu_work_path: String,
+    /// Directory of the pod sandbox network records; empty means
+    /// `/var/lib/sturdy/sandboxes` (docs/netmeta.md).
+    pub sandbox_record_dir: String,
+    /// Keep no pod sandbox network records.
+    pub no_sandbox_record: bool,
 }
 
 impl RuntimeOptions {
@@ -132,6 +137,7 @@ impl RuntimeOptions {
                     criu_path,
                     criu_image_path: o.criu_image_path,
                     criu_work_path: o.criu_work_path,
+                    ..Self::default()
                 };
                 decoded.validate()?;
                 Ok(decoded)
@@ -173,6 +179,8 @@ impl RuntimeOptions {
                 "CriuPath" => o.criu_path = string(key, value)?,
                 "CriuImagePath" => o.criu_image_path = string(key, value)?,
                 "CriuWorkPath" => o.criu_work_path = string(key, value)?,
+                "SandboxRecordDir" => o.sandbox_record_dir = string(key, value)?,
+                "NoSandboxRecord" => o.no_sandbox_record = boolean(key, value)?,
                 "SystemdCgroup" => o.systemd_cgroup = boolean(key, value)?,
                 "NoPivotRoot" => o.no_pivot_root = boolean(key, value)?,
                 "NoNewKeyring" => o.no_new_keyring = boolean(key, value)?,
@@ -201,6 +209,7 @@ impl RuntimeOptions {
             ("CriuPath", &self.criu_path),
             ("CriuImagePath", &self.criu_image_path),
             ("CriuWorkPath", &self.criu_work_path),
+            ("SandboxRecordDir", &self.sandbox_record_dir),
         ] {
             if value.chars().any(char::is_control) {
                 return Err(bad(key, format!("{value:?} contains a control character")));
@@ -216,6 +225,7 @@ impl RuntimeOptions {
             ("Root", &self.root),
             ("CriuImagePath", &self.criu_image_path),
             ("CriuWorkPath", &self.criu_work_path),
+            ("SandboxRecordDir", &self.sandbox_record_dir),
         ] {
             if !value.is_empty() && !value.starts_with('/') {
                 return Err(bad(key, format!("{value:?} must be an absolute path")));

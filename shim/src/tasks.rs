@@ -242,6 +242,14 @@ impl Tasks {
                 if c.restores() {
                     c.watch_oom(&tasks.shared);
                 }
+                // A container starting in a pod is a moment its network may have changed.
+                if let Some(sandbox) = c
+                    .pod_sandbox
+                    .as_deref()
+                    .and_then(|s| tasks.container(s).ok())
+                {
+                    sandbox.record_network("container start");
+                }
                 if early {
                     tasks.handle_exit(c.init.clone());
                 }

@@ -88,7 +88,7 @@ pub struct Api {
     channel: tokio::sync::Mutex<Option<Channel>>,
 }
 
-fn with_ns<T>(msg: T, ns: &str) -> Request<T> {
+pub(crate) fn with_ns<T>(msg: T, ns: &str) -> Request<T> {
     let mut req = Request::new(msg);
     if let Ok(v) = ns.parse() {
         req.metadata_mut().insert("containerd-namespace", v);
@@ -144,7 +144,7 @@ impl Api {
     }
 
     /// Runs one call under the deadline; a transport failure drops the channel.
-    async fn call<T, F>(
+    pub(crate) async fn call<T, F>(
         &self,
         call: &'static str,
         ns: &str,
@@ -208,7 +208,7 @@ impl Api {
         self.namespaces().await.map(|_| ())
     }
 
-    async fn namespaces(&self) -> Result<Vec<String>, ApiError> {
+    pub(crate) async fn namespaces(&self) -> Result<Vec<String>, ApiError> {
         Ok(self
             .call("ListNamespaces", "", "", |c| async move {
                 NamespacesClient::new(c)

@@ -14,6 +14,7 @@ pub mod host;
 pub mod install;
 pub mod journal;
 pub mod logger;
+pub mod netmeta;
 pub mod pidfd;
 pub mod probe;
 pub mod procfs;

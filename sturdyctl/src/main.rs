@@ -18,6 +18,10 @@ enum Command {
     Watchdog(cmd::watchdog::Args),
     /// List the shims the watchdog would watch and its recent incidents.
     Status(cmd::status::Args),
+    /// List sturdy's sandbox network records and whether containerd's own records agree.
+    Sandboxes(cmd::sandboxes::ListArgs),
+    /// Show one sandbox's network record and containerd's view of it.
+    Sandbox(cmd::sandboxes::ShowArgs),
     /// Check the node (runc, containerd, config, cgroups, pipes, watchdog); exit 0/1/2 by
     /// the worst finding.
     Doctor(cmd::doctor::Args),
@@ -52,6 +56,8 @@ fn main() -> std::process::ExitCode {
             Command::Doctor(args) => cmd::doctor::run(args).await,
             Command::Install(args) => cmd::install::run_install(args).map(|()| ok()),
             Command::Uninstall(args) => cmd::install::run_uninstall(args).map(|()| ok()),
+            Command::Sandboxes(args) => cmd::sandboxes::list(args).await.map(|()| ok()),
+            Command::Sandbox(args) => cmd::sandboxes::show(args).await.map(|()| ok()),
         }
     });
     match result {

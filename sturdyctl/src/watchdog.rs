@@ -46,6 +46,8 @@ pub struct Config {
     pub containerd_grace: Duration,
     /// Deadline of one shim `delete`.
     pub delete_timeout: Duration,
+    /// Sandbox network records to check (and repair from) every interval, if any.
+    pub sandboxes: Option<crate::netmeta::SandboxWatch>,
 }
 
 /// Why the watchdog could not run.
@@ -113,6 +115,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         tx.clone(),
         relist.clone(),
     ));
+    // Its own task: a slow containerd or disk must never delay a verdict.
+    let sandboxes = cfg.sandboxes.clone().map(|sw| {
+        tokio::spawn(crate::netmeta::watch(
+            api.clone(),
+            journal.clone(),
+            sw,
+            cfg.runtimes.clone(),
+            cfg.interval,
+        ))
+    });
     let runtimes = Arc::new(std::sync::Mutex::new(None));
     let refresher = tokio::spawn(feeds::refresh_runtimes(
         api.clone(),
@@ -166,6 +178,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let _ = stopping.send(true);
     events.abort();
     refresher.abort();
+    if let Some(t) = sandboxes {
+        t.abort();
+    }
     for (_, w) in state.watched.drain() {
         w.task.abort();
     }

@@ -21,6 +21,7 @@ fn config(dir: &Path) -> Config {
         journal_max_bytes: DEFAULT_MAX_BYTES,
         containerd_grace: Duration::from_millis(100),
         delete_timeout: Duration::from_secs(5),
+        sandboxes: None,
     }
 }
 

@@ -25,6 +25,7 @@ pub struct Builder {
     sandbox_image: String,
     registry_config_path: Option<PathBuf>,
     port_mapping: bool,
+    env: Vec<(String, String)>,
 }
 
 /// An additional CRI runtime handler written into the fixture's config.
@@ -53,6 +54,7 @@ impl Default for Builder {
             sandbox_image: PAUSE_IMAGE.into(),
             registry_config_path: None,
             port_mapping: false,
+            env: Vec::new(),
         }
     }
 }
@@ -121,6 +123,13 @@ impl Builder {
         self
     }
 
+    /// Sets an environment variable of containerd, and so of the shims it starts (e.g. a
+    /// test-only fault hook of the debug shim).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     /// Create the temp dir, write the config, start containerd and import the images.
     pub async fn start(self) -> Result<Containerd> {
         let generation = match self.generation {
@@ -146,6 +155,7 @@ impl Builder {
         fx.sandbox_image = self.sandbox_image;
         fx.registry_config_path = self.registry_config_path;
         fx.port_mapping = self.port_mapping;
+        fx.env = self.env;
         // From here on Drop cleans whatever got created if a later step fails.
         fx.owner = Some(lock_file(
             &fx.dir.join("owner.lock"),

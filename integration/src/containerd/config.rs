@@ -205,7 +205,11 @@ disabled_plugins = [
     /// What `sturdy-runtime.toml` (the sturdy handler's `ConfigPath`) holds: the same
     /// `Root` and `BinaryName` as the handler's options table.
     pub(super) fn sturdy_options_toml(&self) -> String {
-        let mut out = format!("Root = {}\n", qp(&self.runc_root()));
+        let mut out = format!(
+            "Root = {}\nSandboxRecordDir = {}\n",
+            qp(&self.runc_root()),
+            qp(&self.sandbox_record_dir())
+        );
         if let Some(bin) = &self.runc_binary {
             out.push_str(&format!("BinaryName = {}\n", qp(bin)));
         }

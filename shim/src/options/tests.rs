@@ -305,3 +305,25 @@ fn config_path_is_read() {
         "crun"
     );
 }
+
+#[test]
+fn sandbox_record_options() {
+    let o = RuntimeOptions::from_toml(
+        "SandboxRecordDir = \"/srv/sturdy/sandboxes\"\nNoSandboxRecord = false\n",
+    )
+    .unwrap();
+    assert_eq!(o.sandbox_record_dir, "/srv/sturdy/sandboxes");
+    assert!(!o.no_sandbox_record);
+    assert!(
+        RuntimeOptions::from_toml("NoSandboxRecord = true")
+            .unwrap()
+            .no_sandbox_record
+    );
+    for bad in [
+        "SandboxRecordDir = \"records\"",
+        "SandboxRecordDir = true",
+        "NoSandboxRecord = \"yes\"",
+    ] {
+        assert!(RuntimeOptions::from_toml(bad).is_err(), "{bad}");
+    }
+}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 pub mod doctor;
 pub mod install;
+pub mod sandboxes;
 pub mod status;
 pub mod watchdog;
 

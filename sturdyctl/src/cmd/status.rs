@@ -134,6 +134,9 @@ fn incident_value(inc: &Incident) -> Value {
         }
     }
     v["steps"] = json!(steps);
+    if v.get("reason").is_none() && inc.id.starts_with("sandbox-ip ") {
+        v["reason"] = json!("sandbox IP lost by containerd (docs/netmeta.md)");
+    }
     v
 }
 

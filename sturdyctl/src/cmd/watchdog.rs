@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use sturdyctl::journal::DEFAULT_MAX_BYTES;
+use sturdyctl::netmeta::SandboxWatch;
 use sturdyctl::units::parse_duration;
 use sturdyctl::watchdog::{self, Config};
 use tokio::signal::unix::{signal, SignalKind};
@@ -23,6 +24,12 @@ pub struct Args {
     /// How long containerd gets after a shim's death to announce its task exits itself.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     containerd_grace: Duration,
+    /// The shims' sandbox network records (their `SandboxRecordDir` option).
+    #[arg(long, default_value = sandbox_record::DEFAULT_DIR)]
+    record_dir: std::path::PathBuf,
+    /// Report sandboxes whose IPs containerd lost, but do not write them back.
+    #[arg(long)]
+    no_repair: bool,
 }
 
 /// Runs the watchdog until SIGTERM or SIGINT.
@@ -45,6 +52,10 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         journal_max_bytes: DEFAULT_MAX_BYTES,
         containerd_grace: args.containerd_grace,
         delete_timeout: Duration::from_secs(10),
+        sandboxes: Some(SandboxWatch {
+            store: sandbox_record::Store::new(args.record_dir),
+            repair: !args.no_repair,
+        }),
     };
     watchdog::run(cfg, shutdown).await?;
     Ok(())

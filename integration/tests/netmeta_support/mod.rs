@@ -1,0 +1,201 @@
+//! Helpers of the sandbox network record tests: the records the shim wrote, containerd's
+//! own record of a sandbox (the `io.cri-containerd.sandbox.metadata` extension), and
+//! `sturdyctl sandboxes` / `sandbox` runs.
+// Several test binaries include this module and each uses only part of it.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::{GetContainerRequest, UpdateContainerRequest};
+use sandbox_record::{Record, Store};
+use sturdy_integration::{Containerd, CRI_NAMESPACE};
+
+/// CRI's sandbox metadata extension.
+pub const EXTENSION: &str = "io.cri-containerd.sandbox.metadata";
+
+/// The record store of the fixture's sturdy shims.
+pub fn store(fx: &Containerd) -> Store {
+    Store::new(fx.sandbox_record_dir())
+}
+
+/// The record file of sandbox `id`.
+pub fn record_path(fx: &Containerd, id: &str) -> std::path::PathBuf {
+    store(fx).path(CRI_NAMESPACE, id).unwrap()
+}
+
+/// Waits until the record of `id` reads and satisfies `ok`; panics with what it saw.
+pub async fn wait_record(
+    fx: &Containerd,
+    id: &str,
+    limit: Duration,
+    ok: impl Fn(&Record) -> bool,
+) -> Record {
+    let end = Instant::now() + limit;
+    loop {
+        let got = store(fx).read(CRI_NAMESPACE, id);
+        if let Ok(Some(r)) = &got {
+            if ok(r) {
+                return r.clone();
+            }
+        }
+        if Instant::now() > end {
+            panic!("no matching record of {id} within {limit:?}: {got:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn with_ns<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("containerd-namespace", CRI_NAMESPACE.parse().unwrap());
+    req
+}
+
+/// containerd's stored container `id` (every field).
+pub async fn container(fx: &Containerd, id: &str) -> containerd_client::services::v1::Container {
+    let mut c = ContainersClient::new(fx.channel().await.unwrap());
+    c.get(with_ns(GetContainerRequest { id: id.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap()
+}
+
+/// containerd's stored sandbox metadata JSON of `id`.
+pub async fn metadata(fx: &Containerd, id: &str) -> serde_json::Value {
+    let c = container(fx, id).await;
+    let any = c
+        .extensions
+        .get(EXTENSION)
+        .expect("the sandbox metadata extension");
+    serde_json::from_slice(&any.value).unwrap()
+}
+
+/// containerd's stored pod IPs of `id` (IP first, then AdditionalIPs).
+pub async fn stored_ips(fx: &Containerd, id: &str) -> Vec<String> {
+    let m = metadata(fx, id).await;
+    let mut ips = vec![m["Metadata"]["IP"].as_str().unwrap_or_default().to_string()];
+    ips.extend(
+        m["Metadata"]["AdditionalIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from)),
+    );
+    ips.retain(|s| !s.is_empty());
+    ips
+}
+
+/// Incident 000 emulated: containerd's stored record of `id` loses its IPs, exactly what
+/// containerd 1.6.9–1.6.14 stored (the record written before CNI ran, never updated).
+pub async fn strip_ips(fx: &Containerd, id: &str) {
+    let c = container(fx, id).await;
+    let mut any = c.extensions.get(EXTENSION).unwrap().clone();
+    let mut m: serde_json::Value = serde_json::from_slice(&any.value).unwrap();
+    m["Metadata"]["IP"] = "".into();
+    m["Metadata"]["AdditionalIPs"] = serde_json::Value::Null;
+    any.value = serde_json::to_vec(&m).unwrap();
+    let mut client = ContainersClient::new(fx.channel().await.unwrap());
+    client
+        .update(with_ns(UpdateContainerRequest {
+            container: Some(containerd_client::services::v1::Container {
+                id: id.into(),
+                extensions: [(EXTENSION.to_string(), any)].into_iter().collect(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec![format!("extensions.{EXTENSION}")],
+            }),
+        }))
+        .await
+        .unwrap();
+    assert!(stored_ips(fx, id).await.is_empty());
+}
+
+/// `sturdyctl ARGS --address … --dir …`, its JSON output.
+pub fn sturdyctl_json(fx: &Containerd, args: &[&str]) -> serde_json::Value {
+    let bin = sturdyctl_bin();
+    let out = Command::new(&bin)
+        .args(args)
+        .arg("--json")
+        .arg("--address")
+        .arg(fx.socket())
+        .arg("--dir")
+        .arg(fx.sandbox_record_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "sturdyctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "sturdyctl {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The state `sturdyctl sandbox ID` reports.
+pub fn state_of(fx: &Containerd, id: &str) -> String {
+    sturdyctl_json(fx, &["sandbox", id])["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn sturdyctl_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("STURDYCTL_BIN") {
+        return p.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| sturdy_integration::containerd::workspace_dir().join("target"));
+    let bin = target.join("debug").join("sturdyctl");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p sturdyctl` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `ip ARGS` inside the network namespace at `netns` (the test may; the shim never).
+pub fn ip_in(netns: &Path, args: &str) {
+    let st = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .arg("ip")
+        .args(args.split(' '))
+        .status()
+        .expect("run nsenter ip");
+    assert!(st.success(), "ip {args} in {}", netns.display());
+}
+
+/// Flips one byte in the middle of a file.
+pub fn flip_a_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x02;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A CRI client once CRI answers again after a containerd (re)start: containerd's API is
+/// up before the CRI plugin has recovered its pods ("server is not initialized yet").
+pub async fn cri_ready(fx: &Containerd) -> sturdy_integration::Cri {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut cri = fx.cri().await.expect("cri client");
+        match cri.list_pods().await {
+            Ok(_) => return cri,
+            Err(e) if Instant::now() > end => panic!("CRI did not come back: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Tests of the store: durable writes, listing, corruption, ENOSPC, gc, SIGKILL.
+
+use super::*;
+use crate::model::tests::sample;
+use crate::model::Network;
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn write_read_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path().join("sandboxes"));
+    assert!(store.read("k8s.io", "s1").unwrap().is_none());
+    let r = sample("s1");
+    let path = store.write(&r).unwrap();
+    assert_eq!(path, dir.path().join("sandboxes/k8s.io/s1.json"));
+    assert_eq!(store.read("k8s.io", "s1").unwrap().unwrap(), r);
+    assert_eq!(names(&dir.path().join("sandboxes/k8s.io")), vec!["s1.json"]);
+    let mut r2 = r.clone();
+    r2.trigger = "start".into();
+    store.write(&r2).unwrap();
+    assert_eq!(store.read("k8s.io", "s1").unwrap().unwrap(), r2);
+    assert_eq!(names(&dir.path().join("sandboxes/k8s.io")), vec!["s1.json"]);
+    assert!(store.remove("k8s.io", "s1").unwrap());
+    assert!(!store.remove("k8s.io", "s1").unwrap());
+    assert!(store.read("k8s.io", "s1").unwrap().is_none());
+}
+
+#[test]
+fn names_that_are_not_file_names_are_refused() {
+    let store = Store::new("/nonexistent");
+    for (ns, id) in [
+        ("k8s.io", ""),
+        ("k8s.io", "../x"),
+        ("..", "x"),
+        ("a/b", "x"),
+        ("k8s.io", ".x"),
+    ] {
+        assert!(
+            matches!(store.path(ns, id), Err(RecordError::InvalidName { .. })),
+            "{ns}/{id}"
+        );
+    }
+}
+
+#[test]
+fn list_reports_each_record_and_each_corrupt_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    store.write(&sample("b")).unwrap();
+    store.write(&sample("a")).unwrap();
+    let mut other = sample("c");
+    other.namespace = "default".into();
+    store.write(&other).unwrap();
+    // A flipped byte, a record under the wrong name, stray files.
+    let b = dir.path().join("k8s.io/b.json");
+    let mut bytes = fs::read(&b).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x04;
+    fs::write(&b, bytes).unwrap();
+    fs::copy(
+        dir.path().join("k8s.io/a.json"),
+        dir.path().join("k8s.io/z.json"),
+    )
+    .unwrap();
+    fs::write(dir.path().join("k8s.io/.a.json.tmp.1.1"), b"{").unwrap();
+    fs::write(dir.path().join("k8s.io/notes.txt"), b"x").unwrap();
+    let listed = store.list().unwrap();
+    let summary: Vec<(String, String, bool)> = listed
+        .iter()
+        .map(|e| (e.namespace.clone(), e.sandbox_id.clone(), e.record.is_ok()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("default".into(), "c".into(), true),
+            ("k8s.io".into(), "a".into(), true),
+            ("k8s.io".into(), "b".into(), false),
+            ("k8s.io".into(), "z".into(), false),
+        ]
+    );
+    assert!(listed[2].record.as_ref().unwrap_err().is_corrupt());
+    let z = listed[3].record.as_ref().unwrap_err().to_string();
+    assert!(z.contains("for k8s.io/a"), "{z}");
+    assert!(Store::new(dir.path().join("missing"))
+        .list()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn gc_removes_unknown_sandboxes_and_old_temp_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    for id in ["live", "gone", "corrupt-gone"] {
+        store.write(&sample(id)).unwrap();
+    }
+    fs::write(dir.path().join("k8s.io/corrupt-gone.json"), b"garbage").unwrap();
+    let young = dir.path().join("k8s.io/.live.json.tmp.9.9");
+    let old = dir.path().join("k8s.io/.gone.json.tmp.9.8");
+    fs::write(&young, b"{").unwrap();
+    fs::write(&old, b"{").unwrap();
+    let long_ago = SystemTime::now() - TEMP_GRACE - Duration::from_secs(5);
+    File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let report = store.gc(|ns, id| ns == "k8s.io" && id == "live").unwrap();
+    let mut removed = report.removed.clone();
+    removed.sort();
+    assert_eq!(
+        removed,
+        vec![
+            ("k8s.io".to_string(), "corrupt-gone".to_string()),
+            ("k8s.io".to_string(), "gone".to_string())
+        ]
+    );
+    assert_eq!(report.temp_removed, vec![old]);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        names(&dir.path().join("k8s.io")),
+        vec![".live.json.tmp.9.9".to_string(), "live.json".to_string()]
+    );
+}
+
+#[test]
+fn failed_write_keeps_the_old_record_and_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let r = sample("s1");
+    store.write(&r).unwrap();
+    // rename(2) cannot replace a directory with a file: the write fails at its last step.
+    let mut other = sample("s2");
+    fs::create_dir(dir.path().join("k8s.io/s2.json")).unwrap();
+    other.trigger = "start".into();
+    let err = store.write(&other).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RecordError::Io {
+                op: "rename temp file over",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        names(&dir.path().join("k8s.io")),
+        vec!["s1.json", "s2.json"]
+    );
+    assert_eq!(store.read("k8s.io", "s1").unwrap().unwrap(), r);
+}
+
+#[test]
+fn concurrent_writers_leave_one_whole_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    let mut r = sample("s");
+                    r.trigger = format!("t{t}-{i}");
+                    store.write(&r).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(store.read("k8s.io", "s").unwrap().is_some());
+    assert_eq!(names(&dir.path().join("k8s.io")), vec!["s.json"]);
+}
+
+/// A tmpfs of a few pages, unmounted (lazily) on drop even when the test fails.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        use std::ffi::CString;
+        let target = CString::new(at.as_os_str().as_encoded_bytes()).unwrap();
+        let opts = CString::new(format!("size={size},mode=0755")).unwrap();
+        // SAFETY: valid C strings for the duration of the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        (rc == 0).then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        use std::ffi::CString;
+        let target = CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn enospc_keeps_the_old_record_and_a_later_write_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_fs) = Tmpfs::mount(dir.path(), "16k") else {
+        println!("SKIPPED enospc_keeps_the_old_record: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let store = Store::new(dir.path());
+    let old = sample("s1");
+    store.write(&old).unwrap();
+    // Fill the file system.
+    let filler = dir.path().join("filler");
+    let mut f = File::create(&filler).unwrap();
+    let chunk = vec![0u8; 512];
+    while f.write_all(&chunk).is_ok() {}
+    drop(f);
+    let mut new = sample("s1");
+    new.trigger = "start".into();
+    let err = store.write(&new).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert_eq!(store.read("k8s.io", "s1").unwrap().unwrap(), old);
+    assert_eq!(names(&dir.path().join("k8s.io")), vec!["s1.json"]);
+    fs::remove_file(&filler).unwrap();
+    store.write(&new).unwrap();
+    assert_eq!(store.read("k8s.io", "s1").unwrap().unwrap(), new);
+}
+
+const CHILD_ENV: &str = "SANDBOX_RECORD_TEST_WRITER_DIR";
+
+/// Not a test on its own: the child of `sigkill_while_writing_leaves_old_or_new`, which
+/// rewrites one record forever, each version numbered in its trigger.
+#[test]
+fn writer_child() {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let store = Store::new(dir);
+    for i in 0u64.. {
+        let mut r = sample("s1");
+        r.trigger = format!("v{i}");
+        // Vary the size so a torn write would show.
+        if let Network::Namespace { routes, .. } = &mut r.network {
+            let route = routes[0].clone();
+            routes.extend((0..i % 7).map(|_| route.clone()));
+        }
+        store.write(&r).unwrap();
+        println!("wrote v{i}");
+    }
+}
+
+#[test]
+fn sigkill_while_writing_leaves_old_or_new() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let exe = std::env::current_exe().unwrap();
+    let mut seed: u64 = 0x5eed_1234;
+    let mut versions_seen = std::collections::BTreeSet::new();
+    for round in 0..25 {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "store::tests::writer_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // xorshift: deterministic "random" kill points between 5 and 125 ms.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let wait = Duration::from_millis(5 + seed % 120);
+        std::thread::sleep(wait);
+        // SAFETY: signalling the child this test spawned, by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        match store.read("k8s.io", "s1") {
+            Ok(Some(r)) => {
+                assert!(r.trigger.starts_with('v'), "round {round}: {r:?}");
+                versions_seen.insert(r.trigger);
+            }
+            // Killed before its first write finished.
+            Ok(None) => {}
+            Err(e) => panic!("round {round} (killed after {wait:?}): {e}"),
+        }
+    }
+    println!("records found after the kills: {versions_seen:?}");
+    assert!(!versions_seen.is_empty(), "no write ever completed");
+}

@@ -1,0 +1,304 @@
+//! The watchdog's sandbox pass: every interval, compare each record with containerd's;
+//! write the IPs back where containerd's record lost them, report any other disagreement,
+//! and collect the records of sandboxes containerd no longer knows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost_types::Any;
+use sandbox_record::Store;
+
+use super::cri;
+use super::inspect::{inspect, Row, State};
+use crate::containerd::Api;
+use crate::journal::{now_ms, Entry, Journal, Phase};
+
+/// The sandbox checks' settings.
+#[derive(Debug, Clone)]
+pub struct SandboxWatch {
+    /// The record store.
+    pub store: Store,
+    /// Whether a lost IP is written back (`--no-repair` turns it off).
+    pub repair: bool,
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    /// Sandboxes whose IPs were written back.
+    pub repaired: Vec<(String, String)>,
+    /// Records removed because containerd no longer knows their sandbox.
+    pub collected: Vec<(String, String)>,
+}
+
+/// Runs a pass every `interval`, forever (the caller aborts the task).
+pub async fn watch(
+    api: Arc<Api>,
+    journal: Arc<Journal>,
+    cfg: SandboxWatch,
+    runtimes: Vec<String>,
+    interval: Duration,
+) {
+    log::info!(
+        "checking sandbox records in {} every {interval:?} ({})",
+        cfg.store.dir().display(),
+        if cfg.repair {
+            "repairing lost IPs"
+        } else {
+            "reporting only: --no-repair"
+        }
+    );
+    let mut seen = HashMap::new();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        pass(&api, &journal, &cfg, &runtimes, &mut seen).await;
+    }
+}
+
+/// One pass. `seen` holds each record's last verdict, so a standing disagreement is
+/// reported when it appears or changes, not every interval.
+pub async fn pass(
+    api: &Api,
+    journal: &Arc<Journal>,
+    cfg: &SandboxWatch,
+    runtimes: &[String],
+    seen: &mut HashMap<(String, String), (State, String)>,
+) -> PassReport {
+    let mut report = PassReport::default();
+    let rows = inspect(api, &cfg.store).await;
+    let mut now = HashMap::new();
+    for row in rows {
+        let key = (row.namespace.clone(), row.sandbox_id.clone());
+        let verdict = (row.state.clone(), row.detail.clone());
+        let fresh = seen.get(&key) != Some(&verdict);
+        now.insert(key.clone(), verdict);
+        let name = format!("{}/{}", row.namespace, row.sandbox_id);
+        let watched = row.runtime.as_ref().is_some_and(|r| runtimes.contains(r));
+        match row.state {
+            State::Lost if watched && cfg.repair => match repair(api, journal, &row).await {
+                Ok(true) => report.repaired.push(key),
+                Ok(false) => {}
+                Err(e) => log::error!("sandbox {name}: repair of its lost IPs failed: {e}"),
+            },
+            State::Lost if fresh => log::error!(
+                "sandbox {name}: {}; {}",
+                row.detail,
+                if watched {
+                    "NOT repaired (--no-repair)"
+                } else {
+                    "not repaired: its runtime is not watched"
+                }
+            ),
+            State::Differ if fresh => log::warn!(
+                "sandbox {name}: containerd's record and sturdy's differ: {}; nothing changed",
+                row.detail
+            ),
+            // A live shim rewrites a corrupt record within a minute (its refresh): one left
+            // alone far longer, of a sandbox containerd does not know, has no shim.
+            State::Corrupt if row.known == Some(false) && stale(&row.path) => {
+                match collect(api, &cfg.store, &row).await {
+                    Ok(true) => report.collected.push(key),
+                    Ok(false) => {}
+                    Err(e) => log::warn!("sandbox {name}: corrupt record not collected: {e}"),
+                }
+            }
+            State::Corrupt if fresh => log::error!(
+                "sandbox {name}: {}; its shim replaces it at its next snapshot",
+                row.detail
+            ),
+            State::Unreadable if fresh => log::warn!("sandbox {name}: {}", row.detail),
+            State::Unknown => match collect(api, &cfg.store, &row).await {
+                Ok(true) => report.collected.push(key),
+                Ok(false) => {}
+                Err(e) => log::warn!("sandbox {name}: record not collected: {e}"),
+            },
+            _ => {}
+        }
+    }
+    *seen = now;
+    let store = cfg.store.clone();
+    // Only temp files of interrupted writes: every record is kept by this gc.
+    match tokio::task::spawn_blocking(move || store.gc(|_, _| true)).await {
+        Ok(Ok(r)) => {
+            for p in r.temp_removed {
+                log::info!(
+                    "removed {}, left by an interrupted record write",
+                    p.display()
+                );
+            }
+            for e in r.errors {
+                log::warn!("{e}");
+            }
+        }
+        Ok(Err(e)) => log::warn!("{e}"),
+        Err(e) => log::warn!("sandbox record gc task: {e}"),
+    }
+    report
+}
+
+/// Whether a file was last written longer than [`sandbox_record::store::TEMP_GRACE`] ago.
+fn stale(path: &std::path::Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age >= sandbox_record::store::TEMP_GRACE)
+}
+
+/// Why a repair did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    /// A containerd call failed.
+    #[error(transparent)]
+    Api(#[from] crate::containerd::ApiError),
+    /// containerd's extension could not be rewritten.
+    #[error(transparent)]
+    Cri(#[from] cri::CriError),
+    /// containerd still shows no IP after the update.
+    #[error("containerd still has {got:?} after the update (wrote {wrote:?})")]
+    NotApplied {
+        /// What was written.
+        wrote: Vec<String>,
+        /// What containerd shows.
+        got: Vec<String>,
+    },
+}
+
+/// Writes the record's IPs into containerd's extension of a running sandbox; `Ok(false)`
+/// when it is not running or its extension changed since it was inspected (left alone).
+async fn repair(api: &Api, journal: &Arc<Journal>, row: &Row) -> Result<bool, RepairError> {
+    let (ns, id) = (row.namespace.as_str(), row.sandbox_id.as_str());
+    let started = Instant::now();
+    match api.task_status(ns, id).await? {
+        Some(s) if s == "RUNNING" => {}
+        other => {
+            log::debug!("sandbox {ns}/{id}: lost IPs but its task is {other:?}: not repaired");
+            return Ok(false);
+        }
+    }
+    let Some(inspected) = row.extension.as_ref() else {
+        return Ok(false);
+    };
+    // Whatever CRI wrote since the inspection wins: only the state that was judged is fixed.
+    let current = api.sandbox_container(ns, id).await?;
+    let Some(current) = current.and_then(|c| c.extension) else {
+        return Ok(false);
+    };
+    if &current != inspected {
+        log::info!("sandbox {ns}/{id}: containerd's record changed while being checked; next pass");
+        return Ok(false);
+    }
+    let value = cri::with_ips(&current.value, &row.ips)?;
+    let any = Any {
+        type_url: current.type_url.clone(),
+        value,
+    };
+    api.update_extension(ns, id, cri::EXTENSION, any).await?;
+    let after = api
+        .sandbox_container(ns, id)
+        .await?
+        .and_then(|c| c.extension)
+        .map(|a| cri::parse(&a.value))
+        .transpose()?
+        .map(|n| n.ips())
+        .unwrap_or_default();
+    let ok = after == row.ips;
+    let ms = started.elapsed().as_millis() as u64;
+    let pod = row
+        .record
+        .as_ref()
+        .map(|r| format!("{}/{}", r.pod.namespace, r.pod.name))
+        .unwrap_or_default();
+    let detail = format!(
+        "containerd's {} of running sandbox {ns}/{id} (pod {pod}) had no IP; wrote back {} from {}{}",
+        cri::EXTENSION,
+        row.ips.join(", "),
+        row.path.display(),
+        if ok { String::new() } else { format!("; containerd then showed {after:?}") }
+    );
+    if ok {
+        log::error!("REPAIRED: {detail}");
+    } else {
+        log::error!("REPAIR FAILED: {detail}");
+    }
+    let at = now_ms();
+    let incident = format!("sandbox-ip {ns}/{id} {at}");
+    let entries = [
+        Entry {
+            at_ms: at,
+            incident: incident.clone(),
+            phase: Phase::Step {
+                step: format!("repair sandbox IP {id}"),
+                ok,
+                ms,
+                detail: detail.clone(),
+            },
+        },
+        Entry {
+            at_ms: at,
+            incident,
+            phase: Phase::Finished {
+                ok,
+                total_ms: ms,
+                summary: format!(
+                    "sandbox {ns}/{id}: lost IPs {} written back",
+                    row.ips.join(", ")
+                ),
+            },
+        },
+    ];
+    let journal = journal.clone();
+    let written =
+        tokio::task::spawn_blocking(move || entries.iter().try_for_each(|e| journal.append(e)))
+            .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::error!("{e}"),
+        Err(e) => log::error!("journal task: {e}"),
+    }
+    if ok {
+        Ok(true)
+    } else {
+        Err(RepairError::NotApplied {
+            wrote: row.ips.clone(),
+            got: after,
+        })
+    }
+}
+
+/// Removes the record of a sandbox containerd does not know, after asking once more (it
+/// may have been created after the listing the verdict came from).
+async fn collect(api: &Api, store: &Store, row: &Row) -> Result<bool, RepairError> {
+    if api
+        .sandbox_container(&row.namespace, &row.sandbox_id)
+        .await?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    let (store, ns, id) = (store.clone(), row.namespace.clone(), row.sandbox_id.clone());
+    let removed = tokio::task::spawn_blocking(move || store.remove(&ns, &id)).await;
+    match removed {
+        Ok(Ok(true)) => {
+            log::info!(
+                "sandbox {}/{}: containerd no longer knows it; record {} removed",
+                row.namespace,
+                row.sandbox_id,
+                row.path.display()
+            );
+            Ok(true)
+        }
+        Ok(Ok(false)) => Ok(false),
+        Ok(Err(e)) => {
+            log::warn!("{e}");
+            Ok(false)
+        }
+        Err(e) => {
+            log::warn!("record removal task: {e}");
+            Ok(false)
+        }
+    }
+}
