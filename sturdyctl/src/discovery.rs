@@ -203,6 +203,9 @@ pub fn bundles(state_dir: &Path) -> Vec<Task> {
 #[derive(Debug, Default)]
 pub struct BundleCache {
     entries: HashMap<PathBuf, (DirKey, Option<Task>)>,
+    /// Shims known alive by address (the watchdog follows each through a pidfd): their
+    /// process is taken from here instead of /proc.
+    pub alive: HashMap<String, Shim>,
 }
 
 /// A bundle directory's inode and mtime (seconds, nanoseconds).
@@ -354,6 +357,25 @@ pub fn discover_cached(
                 t.runtime = runtime.clone();
             }
         }
+        // A shim the caller already follows through a pidfd (which tells its death) needs no
+        // /proc reads: most of an idle watchdog's system time went to them.
+        if let Some(k) = cache.alive.get(&address).filter(|k| {
+            k.process.as_ref().is_some_and(|p| {
+                tasks
+                    .iter()
+                    .filter_map(|t| t.shim_pid)
+                    .all(|pid| pid == p.pid)
+            })
+        }) {
+            let first = k.id.clone();
+            tasks.sort_by_key(|t| t.id != first);
+            shims.push(Shim {
+                tasks,
+                runtime,
+                ..k.clone()
+            });
+            continue;
+        }
         let found = find_process(scope, &tasks, &mut procs);
         let (process, args) = match found {
             Some((pid, args)) => match procfs::identity(pid) {
@@ -416,174 +438,4 @@ fn find_process(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, name: &str, text: &str) {
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join(name), text).unwrap();
-    }
-
-    #[test]
-    fn runtime_binary_mapping() {
-        assert_eq!(
-            binary_name("io.containerd.sturdy.v2").as_deref(),
-            Some("containerd-shim-sturdy-v2")
-        );
-        assert_eq!(
-            binary_name("io.containerd.runc.v2").as_deref(),
-            Some("containerd-shim-runc-v2")
-        );
-        assert_eq!(binary_name("x"), None);
-        assert_eq!(
-            runtime_of_binary(Path::new("/usr/bin/containerd-shim-runc-v2")).as_deref(),
-            Some("io.containerd.runc.v2")
-        );
-    }
-
-    /// A cached bundle is read again once a file is added to it, and forgotten once gone;
-    /// an unchanged one is not parsed again (its spec edited in place is not seen: nothing
-    /// does that to a live bundle).
-    #[test]
-    fn bundle_cache_rereads_only_changed_bundles() {
-        let state = tempfile::tempdir().unwrap();
-        let b = state.path().join(TASK_DIR).join("k8s.io").join("c1");
-        write(&b, "address", "unix:///run/containerd/s/aaa");
-        write(&b, "config.json", r#"{"linux":{"cgroupsPath":"/a"}}"#);
-        let mut cache = BundleCache::default();
-        let first = cache.bundles(state.path());
-        assert_eq!(first.len(), 1);
-        assert_eq!(first[0].cgroups_path.as_deref(), Some("/a"));
-        assert_eq!(first[0].shim_pid, None);
-        // Rewritten in place: the directory's mtime does not move, the cached task stays.
-        let mtime = std::fs::metadata(&b).unwrap().modified().unwrap();
-        std::fs::write(b.join("config.json"), r#"{"linux":{"cgroupsPath":"/b"}}"#).unwrap();
-        assert_eq!(std::fs::metadata(&b).unwrap().modified().unwrap(), mtime);
-        assert_eq!(
-            cache.bundles(state.path())[0].cgroups_path.as_deref(),
-            Some("/a")
-        );
-        // A new file (as shims write theirs: created or renamed in) is picked up.
-        write(&b, "shim.pid", "4242");
-        let again = cache.bundles(state.path());
-        assert_eq!(again[0].shim_pid, Some(4242));
-        assert_eq!(again[0].cgroups_path.as_deref(), Some("/b"));
-        std::fs::remove_dir_all(&b).unwrap();
-        assert!(cache.bundles(state.path()).is_empty());
-        assert!(cache.entries.is_empty());
-    }
-
-    #[test]
-    fn containerd_2_go_shim_address_comes_from_bootstrap_json() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("bootstrap.json"),
-            r#"{"version":3,"address":"unix:///run/containerd/s/abc","protocol":"ttrpc"}"#,
-        )
-        .unwrap();
-        let t = read_bundle(dir.path(), "k8s.io", "c1").expect("bundle");
-        assert_eq!(t.address, "unix:///run/containerd/s/abc");
-    }
-
-    #[test]
-    fn sturdy_and_go_bundles_grouped_by_address() {
-        let state = tempfile::tempdir().unwrap();
-        let base = state.path().join(TASK_DIR).join("k8s.io");
-        let sandbox = base.join("pod1");
-        write(&sandbox, "address", "unix:///run/containerd/s/aaa\n");
-        write(&sandbox, "shim.pid", "4242");
-        write(
-            &sandbox,
-            "config.json",
-            r#"{"linux":{"cgroupsPath":"/kubepods/pod1"}}"#,
-        );
-        write(
-            &sandbox,
-            "sturdy.json",
-            r#"{"version":1,"id":"pod1","namespace":"k8s.io","runtime":"runc","root":"/r/k8s.io"}"#,
-        );
-        let ctr = base.join("ctr1");
-        write(&ctr, "address", "unix:///run/containerd/s/aaa");
-        write(&ctr, "sturdy.json", r#"{"root":"/r/k8s.io"}"#);
-        let go = base.join("go1");
-        write(&go, "address", "unix:///run/containerd/s/bbb");
-        write(&go, "options.json", r#"{"root":"/custom/runc"}"#);
-        write(&go, "shim-binary-path", "/usr/bin/containerd-shim-runc-v2");
-        let go_default = base.join("go2");
-        write(&go_default, "address", "unix:///run/containerd/s/ccc");
-        write(&go_default, "options.json", "{}");
-        write(
-            &go_default,
-            "shim-binary-path",
-            "/usr/bin/containerd-shim-runc-v2",
-        );
-        // Not started yet: no address.
-        write(&base.join("starting"), "config.json", "{}");
-
-        let tasks = bundles(state.path());
-        assert_eq!(tasks.len(), 4);
-        let pod = tasks.iter().find(|t| t.id == "pod1").unwrap();
-        assert_eq!(pod.shim_pid, Some(4242));
-        assert_eq!(pod.cgroups_path.as_deref(), Some("/kubepods/pod1"));
-        assert_eq!(pod.runc_root.as_deref(), Some(Path::new("/r/k8s.io")));
-        assert_eq!(pod.runtime, "io.containerd.sturdy.v2");
-        let go = tasks.iter().find(|t| t.id == "go1").unwrap();
-        assert_eq!(go.runtime, "io.containerd.runc.v2");
-        assert_eq!(
-            go.runc_root.as_deref(),
-            Some(Path::new("/custom/runc/k8s.io"))
-        );
-        let go2 = tasks.iter().find(|t| t.id == "go2").unwrap();
-        assert_eq!(
-            go2.runc_root.as_deref(),
-            Some(Path::new("/run/containerd/runc/k8s.io"))
-        );
-
-        let scope = Scope {
-            state_dir: state.path().into(),
-            containerd_address: "/nonexistent/containerd.sock".into(),
-            runtimes: vec!["io.containerd.sturdy.v2".into()],
-        };
-        let shims = discover(&scope, None);
-        assert_eq!(shims.len(), 1, "{shims:?}");
-        let s = &shims[0];
-        assert_eq!(s.address, "unix:///run/containerd/s/aaa");
-        assert_eq!(s.id, "pod1", "the shim.pid holder is the shim's own id");
-        assert_eq!(s.tasks[0].id, "pod1");
-        assert_eq!(s.tasks.len(), 2);
-        assert!(
-            s.process.is_none(),
-            "pid 4242 is no shim of this containerd"
-        );
-        assert_eq!(s.incident_id(), "k8s.io/pod1@dead.4242");
-
-        // The API's runtime names win over what the bundle suggests.
-        let mut api = Runtimes::new();
-        api.insert(
-            ("k8s.io".into(), "go1".into()),
-            "io.containerd.runc.v2".into(),
-        );
-        let scope = Scope {
-            runtimes: vec![
-                "io.containerd.sturdy.v2".into(),
-                "io.containerd.runc.v2".into(),
-            ],
-            ..scope
-        };
-        assert_eq!(discover(&scope, Some(&api)).len(), 3);
-    }
-
-    #[test]
-    fn shim_daemon_command_lines() {
-        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
-        let daemon = args("/x/containerd-shim-sturdy-v2 -namespace k8s.io -id p -address /c.sock -publish-binary /usr/bin/containerd -socket unix:///s -debug");
-        assert!(is_shim_daemon(&daemon, "/c.sock"));
-        assert!(is_shim_daemon(&daemon, "unix:///c.sock"));
-        assert!(!is_shim_daemon(&daemon, "/other.sock"));
-        let start =
-            args("/x/containerd-shim-runc-v2 -namespace k8s.io -id p -address /c.sock start");
-        assert!(!is_shim_daemon(&start, "/c.sock"));
-        let other = args("/bin/sleep -id p -address /c.sock");
-        assert!(!is_shim_daemon(&other, "/c.sock"));
-    }
-}
+mod tests;

@@ -261,8 +261,20 @@ impl State {
             .clone();
         let scope = self.scope.clone();
         let cache = self.bundles.clone();
+        // Shims whose watcher still runs: their pidfd tells a death, /proc need not.
+        let alive: HashMap<String, Shim> = self
+            .watched
+            .iter()
+            .filter(|(_, w)| !w.task.is_finished())
+            .map(|(a, w)| {
+                let mut shim = w.shim.borrow().clone();
+                shim.process = Some(w.identity.clone());
+                (a.clone(), shim)
+            })
+            .collect();
         let (shims, runtimes) = match tokio::task::spawn_blocking(move || {
             let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.alive = alive;
             let shims = discovery::discover_cached(&scope, runtimes.as_ref(), &mut cache);
             (shims, runtimes)
         })
