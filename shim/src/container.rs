@@ -185,13 +185,19 @@ impl Container {
             mount_all(&self.id, &self.rootfs, &rootfs).await?;
             done.mounted = true;
         }
+        let owner = io::Owner {
+            container: &self.id,
+            process: &self.id,
+            namespace: &self.namespace,
+        };
         let stdio = io::prepare_stdio(
-            &self.id,
+            &owner,
             &self.init.stdio,
             self.options.io_uid,
             self.options.io_gid,
             &self.bundle,
-        )?;
+        )
+        .await?;
         *self.init.copiers.lock().await = stdio.copiers;
         let pid_file = self.bundle.join("init.pid");
         let opts = CreateOpts {
@@ -381,6 +387,11 @@ impl Container {
         self.runc.ps(&self.id).await.map_err(|e| self.runc_error(e))
     }
 
+    /// The containerd namespace of this container.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// The execs of this container.
     pub(crate) fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Exec>>> {
         self.execs.lock().unwrap_or_else(|p| p.into_inner())
@@ -466,10 +477,21 @@ pub fn report_exit_locked(shared: &Shared, p: &Process) {
 ///
 /// containerd (CRI's exit monitor) calls Delete as soon as Wait returns, which can be
 /// before the exit handler finished draining; aborting then would cut off the tail.
+///
+/// A logging binary is stopped last, once its pipes are closed, and waited for (SIGTERM,
+/// SIGKILL after [`io::logger::STOP_GRACE`]), as the Go shim's Delete does.
 pub async fn finish_io(p: &Process) {
     let progress = p.copiers.lock().await.progress();
     progress.drain_moving(DELETE_DRAIN_LIMIT).await;
-    p.copiers.lock().await.abort();
+    let logger = {
+        let mut copiers = p.copiers.lock().await;
+        let logger = copiers.take_logger();
+        copiers.abort();
+        logger
+    };
+    if let Some(logger) = logger {
+        logger.stop(io::logger::STOP_GRACE).await;
+    }
 }
 
 /// Reads a pid file runc wrote.

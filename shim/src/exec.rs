@@ -120,13 +120,19 @@ impl Container {
                 })
             }
         }
+        let owner = io::Owner {
+            container: &self.id,
+            process: &p.exec_id,
+            namespace: self.namespace(),
+        };
         let stdio = io::prepare_stdio(
-            &self.id,
+            &owner,
             &p.stdio,
             self.options.io_uid,
             self.options.io_gid,
             &self.bundle,
-        )?;
+        )
+        .await?;
         *p.copiers.lock().await = stdio.copiers;
         let dir = self.bundle.join(EXEC_DIR);
         std::fs::DirBuilder::new()
