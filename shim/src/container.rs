@@ -382,9 +382,25 @@ impl Container {
         Ok(exited)
     }
 
-    /// Pids of every process in the container.
-    pub async fn pids(&self) -> Result<Vec<i32>> {
-        self.runc.ps(&self.id).await.map_err(|e| self.runc_error(e))
+    /// Pids of every process in the container, each with the id of the running exec it
+    /// is, if it is one.
+    pub async fn pids(&self) -> Result<Vec<(i32, Option<String>)>> {
+        let pids = self
+            .runc
+            .ps(&self.id)
+            .await
+            .map_err(|e| self.runc_error(e))?;
+        // Only live execs: a finished one's pid may already belong to another process.
+        let execs: HashMap<i32, String> = self
+            .execs()
+            .iter()
+            .filter(|(_, e)| e.process.state().is_live() && e.process.pid() > 0)
+            .map(|(id, e)| (e.process.pid(), id.clone()))
+            .collect();
+        Ok(pids
+            .into_iter()
+            .map(|pid| (pid, execs.get(&pid).cloned()))
+            .collect())
     }
 
     /// The containerd namespace of this container.
