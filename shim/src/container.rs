@@ -155,7 +155,9 @@ impl Container {
     /// and still needs handling).
     pub async fn create(&self, shared: &Shared) -> Result<(i32, bool)> {
         let mut done = Progress::default();
-        let since = SystemTime::now();
+        // Held until init's pid is registered: its early exit must stay claimable.
+        let expected = shared.router.expect_pid();
+        let since = expected.since();
         let result = self.try_create(&mut done).await;
         let pid = match result {
             Ok(pid) => pid,
