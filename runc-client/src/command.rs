@@ -134,12 +134,28 @@ impl LogTarget {
 /// inherited signals 32 and 33 ignored (glibc's posix_spawn, which std uses when it can,
 /// leaves its internal signals SIG_IGN in the child) and this thread's blocked signals.
 pub(crate) fn spawn_reaped(
-    mut cmd: std::process::Command,
+    cmd: std::process::Command,
     command: &'static str,
     id: &str,
     cfg: &RuncConfig,
     reaper: &Reaper,
 ) -> Result<i32> {
+    let (child, _hold) = spawn_held(cmd, reaper).map_err(|source| Error::Spawn {
+        command,
+        id: id.to_string(),
+        binary: cfg.binary.clone(),
+        source,
+    })?;
+    Ok(child.id() as i32)
+}
+
+/// Spawns `cmd` with default signal dispositions (see [`spawn_reaped`]) and returns the
+/// std `Child` (drop it: the reaper collects the exit) with the reaper still held, so the
+/// caller can look at the fresh pid before its exit could be collected.
+pub(crate) fn spawn_held(
+    mut cmd: std::process::Command,
+    reaper: &Reaper,
+) -> std::io::Result<(std::process::Child, crate::reaper::ReapHold)> {
     // SAFETY: reset_signals only makes raw syscalls: async-signal-safe, no allocation.
     unsafe {
         cmd.pre_exec(reset_signals);
@@ -148,17 +164,11 @@ pub(crate) fn spawn_reaped(
     // panics when our reaper got there first: keep the reaper off during that window.
     let hold = reaper.hold();
     let spawned = cmd.spawn();
-    drop(hold);
     // The Command holds the child's ends of the pipes: close them or EOF never comes.
     drop(cmd);
-    let child = spawned.map_err(|source| Error::Spawn {
-        command,
-        id: id.to_string(),
-        binary: cfg.binary.clone(),
-        source,
-    })?;
+    let child = spawned?;
     Reaper::notify_spawned();
-    Ok(child.id() as i32)
+    Ok((child, hold))
 }
 
 /// Highest signal number on Linux (SIGRTMAX).

@@ -95,6 +95,31 @@ impl Reaper {
         }
     }
 
+    /// Spawns `cmd` as a child this reaper collects, with every signal at its default and
+    /// none blocked (as runc is spawned), and returns its pid with a pidfd for it.
+    ///
+    /// The pidfd is opened before the child's exit can be collected, so it always names
+    /// this child: signalling it (`pidfd_send_signal`) or polling it for the exit never
+    /// reaches a process that reused the pid.
+    pub fn spawn_with_pidfd(
+        &self,
+        cmd: std::process::Command,
+    ) -> std::io::Result<(i32, std::os::fd::OwnedFd)> {
+        let (child, hold) = crate::command::spawn_held(cmd, self)?;
+        let pid = child.id() as i32;
+        let pidfd = pidfd_open(pid);
+        drop(hold);
+        match pidfd {
+            Ok(fd) => Ok((pid, fd)),
+            Err(e) => {
+                // Unwatchable, so it must not run on; still our unreaped child: no reuse.
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                Err(e)
+            }
+        }
+    }
+
     /// Tell the reaper a child was just spawned, so it stops idling on ECHILD.
     pub fn notify_spawned() {
         let reaper = Reaper::global();
@@ -180,6 +205,17 @@ pub(crate) fn exit_status(raw: i32) -> Option<i32> {
     } else {
         None
     }
+}
+
+/// `pidfd_open(2)`: an fd that refers to process `pid`, close-on-exec.
+fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd and nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
 }
 
 /// Keeps the reaper from collecting exits while alive; see [`Reaper::hold`].
@@ -281,6 +317,32 @@ mod tests {
 
         let (mut sub, pid) = spawn(&reaper, "kill -9 $$");
         assert_eq!(within(sub.wait_for(pid)).await.status, 128 + 9);
+    }
+
+    /// The pidfd names the child: it polls readable once the child exited, even after the
+    /// reaper collected it, and the exit is delivered as for any child.
+    #[tokio::test]
+    async fn spawn_with_pidfd_watches_the_child() {
+        use std::os::fd::AsFd;
+        let reaper = Reaper::global();
+        let mut sub = reaper.subscribe();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg("read x; exit 5");
+        // Close-on-exec, so the child holds no write end and sees EOF when we drop ours.
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        cmd.stdin(std::process::Stdio::from(r));
+        let (pid, pidfd) = reaper.spawn_with_pidfd(cmd).unwrap();
+        let polled = |timeout: u16| {
+            let mut fds = [nix::poll::PollFd::new(
+                pidfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(timeout)).unwrap()
+        };
+        assert_eq!(polled(0), 0, "readable while the child runs");
+        drop(w);
+        assert_eq!(within(sub.wait_for(pid)).await.status, 5);
+        assert_eq!(polled(10_000), 1, "not readable after the exit");
     }
 
     /// A death by a real-time signal (no name in nix) used to wedge the reaper for good.

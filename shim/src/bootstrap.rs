@@ -3,6 +3,7 @@
 //! after a task without the daemon) and the daemon itself (serve the Task API).
 
 mod delete;
+mod info;
 mod serve;
 
 use std::ffi::OsString;
@@ -55,6 +56,16 @@ pub fn main() -> i32 {
         println!("  Revision: {}", crate::REVISION);
         println!("  Runtime:  io.containerd.sturdy.v2 (Rust, wraps runc)");
         return 0;
+    }
+    if flags.info {
+        let name = info::runtime_name(Path::new(&args[0]));
+        return match info::info(&name) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{name} -info: {e}");
+                1
+            }
+        };
     }
     let result = match flags.action.as_str() {
         "start" => start(&flags),

@@ -188,7 +188,9 @@ impl Container {
     /// and still needs handling).
     pub async fn create(&self, shared: &Shared) -> Result<(i32, bool)> {
         let mut done = Progress::default();
-        let since = SystemTime::now();
+        // Held until init's pid is registered: its early exit must stay claimable.
+        let expected = shared.router.expect_pid();
+        let since = expected.since();
         let result = self.try_create(&mut done).await;
         let pid = match result {
             Ok(pid) => pid,
@@ -223,13 +225,19 @@ impl Container {
             mount_all(&self.id, &self.rootfs, &rootfs).await?;
             done.mounted = true;
         }
+        let owner = io::Owner {
+            container: &self.id,
+            process: &self.id,
+            namespace: &self.namespace,
+        };
         let stdio = io::prepare_stdio(
-            &self.id,
+            &owner,
             &self.init.stdio,
             self.options.io_uid,
             self.options.io_gid,
             &self.bundle,
-        )?;
+        )
+        .await?;
         *self.init.copiers.lock().await = stdio.copiers;
         if self.restores() {
             // runc restore, at Start, hands these to CRIU; until then init has no pid.
@@ -440,9 +448,30 @@ impl Container {
         Ok(exited)
     }
 
-    /// Pids of every process in the container.
-    pub async fn pids(&self) -> Result<Vec<i32>> {
-        self.runc.ps(&self.id).await.map_err(|e| self.runc_error(e))
+    /// Pids of every process in the container, each with the id of the running exec it
+    /// is, if it is one.
+    pub async fn pids(&self) -> Result<Vec<(i32, Option<String>)>> {
+        let pids = self
+            .runc
+            .ps(&self.id)
+            .await
+            .map_err(|e| self.runc_error(e))?;
+        // Only live execs: a finished one's pid may already belong to another process.
+        let execs: HashMap<i32, String> = self
+            .execs()
+            .iter()
+            .filter(|(_, e)| e.process.state().is_live() && e.process.pid() > 0)
+            .map(|(id, e)| (e.process.pid(), id.clone()))
+            .collect();
+        Ok(pids
+            .into_iter()
+            .map(|pid| (pid, execs.get(&pid).cloned()))
+            .collect())
+    }
+
+    /// The containerd namespace of this container.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     /// The execs of this container.
@@ -540,10 +569,21 @@ pub fn report_exit_locked(shared: &Shared, p: &Process) {
 ///
 /// containerd (CRI's exit monitor) calls Delete as soon as Wait returns, which can be
 /// before the exit handler finished draining; aborting then would cut off the tail.
+///
+/// A logging binary is stopped last, once its pipes are closed, and waited for (SIGTERM,
+/// SIGKILL after [`io::logger::STOP_GRACE`]), as the Go shim's Delete does.
 pub async fn finish_io(p: &Process) {
     let progress = p.copiers.lock().await.progress();
     progress.drain_moving(DELETE_DRAIN_LIMIT).await;
-    p.copiers.lock().await.abort();
+    let logger = {
+        let mut copiers = p.copiers.lock().await;
+        let logger = copiers.take_logger();
+        copiers.abort();
+        logger
+    };
+    if let Some(logger) = logger {
+        logger.stop(io::logger::STOP_GRACE).await;
+    }
 }
 
 /// The checkpoint `req` restores from, if any. runc restore has no `--parent-path`: CRIU

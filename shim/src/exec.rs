@@ -85,6 +85,9 @@ impl Container {
         let p = &exec.process;
         let _lifecycle = p.lifecycle.lock().await;
         p.begin_start()?;
+        // Held until the pid is registered: an exec that ends before `runc exec` returns
+        // leaves its exit among the unclaimed ones, which must keep it however many come.
+        let _expected = shared.router.expect_pid();
         let started = self.run_exec(&exec).await;
         let (pid, since) = match started {
             Ok(v) => v,
@@ -120,13 +123,19 @@ impl Container {
                 })
             }
         }
+        let owner = io::Owner {
+            container: &self.id,
+            process: &p.exec_id,
+            namespace: self.namespace(),
+        };
         let stdio = io::prepare_stdio(
-            &self.id,
+            &owner,
             &p.stdio,
             self.options.io_uid,
             self.options.io_gid,
             &self.bundle,
-        )?;
+        )
+        .await?;
         *p.copiers.lock().await = stdio.copiers;
         let dir = self.bundle.join(EXEC_DIR);
         std::fs::DirBuilder::new()
@@ -212,6 +221,9 @@ impl Container {
         });
         shared.router.forget(p.pid(), p);
         self.execs().remove(exec_id);
+        // Its buffers (runc's output, the spec, the stdio loops) are freed; trimming once
+        // the burst it may belong to is over also returns what its neighbours freed.
+        crate::memory::trim_heap_soon();
         Ok((p.pid(), exited))
     }
 

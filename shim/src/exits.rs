@@ -9,8 +9,14 @@
 //! `runc exec --detach` returns); such exits wait among the unclaimed ones. A pid is only
 //! matched with an unclaimed exit reaped after the runc call that produced it began and
 //! while no live process holds that pid, so a stale exit of a reused pid is never taken.
+//!
+//! Unclaimed exits are kept in a bounded queue, but never dropped while a runc call that
+//! could still claim them is in flight ([`ExitRouter::expect_pid`]): in an exec storm
+//! (100 ExecSyncs at once) hundreds of exits (runc's own, and execs that ended before
+//! their `runc exec` returned) arrive while registrations lag, and an exec whose early
+//! exit was pushed out was never reported: its Wait, and CRI's ExecSync, hung for good.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -25,6 +31,50 @@ const UNCLAIMED_EXITS: usize = 128;
 struct Inner {
     live: HashMap<i32, Arc<Process>>,
     unclaimed: VecDeque<Exit>,
+    /// Start times of the runc calls in flight that will register a pid (with counts).
+    expecting: BTreeMap<SystemTime, usize>,
+}
+
+impl Inner {
+    /// Drops the oldest unclaimed exits beyond the bound, as long as no call in flight
+    /// began before them (such a call could still claim them).
+    fn trim(&mut self) {
+        let oldest_call = self.expecting.keys().next().copied();
+        while self.unclaimed.len() > UNCLAIMED_EXITS {
+            match (self.unclaimed.front(), oldest_call) {
+                (Some(e), Some(since)) if e.at >= since => break,
+                _ => {
+                    self.unclaimed.pop_front();
+                }
+            }
+        }
+    }
+}
+
+/// A runc call in flight that will register a pid; see [`ExitRouter::expect_pid`].
+pub struct PidExpected<'a> {
+    router: &'a ExitRouter,
+    since: SystemTime,
+}
+
+impl PidExpected<'_> {
+    /// When the call began: the `since` to register its pid with.
+    pub fn since(&self) -> SystemTime {
+        self.since
+    }
+}
+
+impl Drop for PidExpected<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.router.lock();
+        if let Some(n) = inner.expecting.get_mut(&self.since) {
+            *n -= 1;
+            if *n == 0 {
+                inner.expecting.remove(&self.since);
+            }
+        }
+        inner.trim();
+    }
 }
 
 /// The pid → live process map.
@@ -52,11 +102,21 @@ impl ExitRouter {
         if let Some(p) = inner.live.remove(&exit.pid) {
             return Routed::Process(p);
         }
-        if inner.unclaimed.len() >= UNCLAIMED_EXITS {
-            inner.unclaimed.pop_front();
-        }
         inner.unclaimed.push_back(exit);
+        inner.trim();
         Routed::Unclaimed
+    }
+
+    /// Marks a runc call that will report a pid (create, exec) as in flight, from now
+    /// until the guard is dropped (after [`ExitRouter::register`]): exits reaped
+    /// meanwhile stay claimable however many arrive.
+    pub fn expect_pid(&self) -> PidExpected<'_> {
+        let since = SystemTime::now();
+        *self.lock().expecting.entry(since).or_default() += 1;
+        PidExpected {
+            router: self,
+            since,
+        }
     }
 
     /// Registers `pid` for `process`, whose runc call began at `since`. Returns the exit
@@ -129,6 +189,32 @@ mod tests {
             Routed::Process(p) => assert!(Arc::ptr_eq(&p, &b), "exit went to {}", p.name()),
             Routed::Unclaimed => panic!("B's exit was lost"),
         }
+    }
+
+    /// More exits than the bound arrive while an exec's `runc exec` is in flight; its own
+    /// exit, among the first, is still claimed. Once no call is in flight the queue is
+    /// cut back to the bound.
+    #[test]
+    fn a_flood_of_exits_does_not_push_out_a_claimable_one() {
+        let router = ExitRouter::default();
+        let expected = router.expect_pid();
+        let since = expected.since();
+        assert!(matches!(
+            router.route(exit(7, SystemTime::now())),
+            Routed::Unclaimed
+        ));
+        for pid in 1000..1000 + 3 * UNCLAIMED_EXITS as i32 {
+            router.route(exit(pid, SystemTime::now()));
+        }
+        let p = proc("p");
+        let got = router
+            .register(7, &p, since)
+            .expect("the early exit was pushed out");
+        assert_eq!(got.pid, 7);
+        drop(expected);
+        assert_eq!(router.lock().unclaimed.len(), UNCLAIMED_EXITS);
+        router.route(exit(9, SystemTime::now()));
+        assert_eq!(router.lock().unclaimed.len(), UNCLAIMED_EXITS);
     }
 
     #[test]

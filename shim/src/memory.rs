@@ -8,6 +8,8 @@
 //! costs a few extra minor faults and never slows a hot path down.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// Keeps glibc malloc to one arena: the shim's few threads do little allocation, and
 /// per-thread arenas would each keep their own free pages resident.
@@ -24,6 +26,33 @@ pub fn trim_heap() {
     // SAFETY: malloc_trim is thread-safe and only releases free memory.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// How long [`trim_heap_soon`] waits: a burst of execs (ExecSync storms) ends in a burst
+/// of deletes, and one trim after the last returns more than one per delete.
+const TRIM_SOON_DELAY: Duration = Duration::from_millis(200);
+
+/// Whether a [`trim_heap_soon`] trim is pending.
+static TRIM_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// [`trim_heap`] shortly, once for any number of calls meanwhile. Needs a tokio runtime;
+/// outside one it trims at once.
+pub fn trim_heap_soon() {
+    if TRIM_PENDING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let trim = async {
+        tokio::time::sleep(TRIM_SOON_DELAY).await;
+        TRIM_PENDING.store(false, Ordering::Release);
+        trim_heap();
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn(trim)),
+        Err(_) => {
+            TRIM_PENDING.store(false, Ordering::Release);
+            trim_heap();
+        }
     }
 }
 

@@ -5,18 +5,25 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use containerd_shim_protos::api::{self, Empty};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::oci::ProcessDetails;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use containerd_shim_protos::types::task::{ProcessInfo, Status as TaskStatus};
 use runc_client::Reaper;
 use tokio::sync::Notify;
 
+use crate::error::Error;
 use crate::events::{timestamp, Events};
 use crate::io::StdioPaths;
 use crate::process::State;
 use crate::tasks::Tasks;
 
 type TtrpcResult<T> = ttrpc::Result<T>;
+
+/// Type URL of the exec details on a Pids entry, as containerd's typeurl names them.
+const PROCESS_DETAILS_TYPE: &str = "containerd.runc.v1.ProcessDetails";
 
 /// The Task service registered with the ttrpc server.
 #[derive(Clone)]
@@ -155,14 +162,32 @@ impl Task for TaskService {
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
         let pids = self.tasks.pids(&req.id).await?;
-        Ok(api::PidsResponse {
-            processes: pids
-                .into_iter()
-                .map(|pid| ProcessInfo {
-                    pid: pid as u32,
+        let mut processes = Vec::with_capacity(pids.len());
+        for (pid, exec_id) in pids {
+            let mut info = ProcessInfo {
+                pid: pid as u32,
+                ..Default::default()
+            };
+            if let Some(exec_id) = exec_id {
+                // What containerd's Go shim attaches to an exec's pid (`ctr task ps` shows it).
+                let details = ProcessDetails {
+                    exec_id,
+                    ..Default::default()
+                };
+                let value = details.write_to_bytes().map_err(|e| {
+                    Error::Internal(format!("{}: encode ProcessDetails: {e}", req.id))
+                })?;
+                info.info = Some(Any {
+                    type_url: PROCESS_DETAILS_TYPE.to_string(),
+                    value,
                     ..Default::default()
                 })
-                .collect(),
+                .into();
+            }
+            processes.push(info);
+        }
+        Ok(api::PidsResponse {
+            processes,
             ..Default::default()
         })
     }

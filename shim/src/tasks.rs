@@ -350,7 +350,7 @@ impl Tasks {
     }
 
     /// Pids of every process in the container.
-    pub async fn pids(&self, id: &str) -> Result<Vec<i32>> {
+    pub async fn pids(&self, id: &str) -> Result<Vec<(i32, Option<String>)>> {
         self.container(id)?.pids().await
     }
 

@@ -27,7 +27,9 @@ use runc_client::ConsoleSocket;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 
-use super::{open_output_fifo, open_stdin_fifo, Copiers, StdioPaths};
+use super::logger::Logger;
+use super::outputs::Outputs;
+use super::{open_stdin_fifo, Copiers, StdioPaths};
 use crate::error::{Error, Result};
 
 /// How long the pty master may take to arrive once runc returned; runc sends it before it
@@ -112,29 +114,38 @@ pub(super) fn eof_sequence(t: &Termios, last: Option<u8>) -> Vec<u8> {
     }
 }
 
-/// A terminal's stdio before runc ran: the console socket and containerd's FIFOs, opened.
+/// A terminal's stdio before runc ran: the console socket, containerd's stdin FIFO and
+/// the output target, opened.
 pub struct Pending {
     id: String,
     socket: ConsoleSocket,
     stdin: Option<pipe::Receiver>,
     stdout: pipe::Sender,
+    logger: Option<Logger>,
     spill_dir: PathBuf,
 }
 
 impl Pending {
-    /// Opens the FIFOs and binds the console socket.
-    pub(super) fn new(id: &str, paths: &StdioPaths, spill_dir: &Path) -> Result<Pending> {
-        if paths.stdout.is_empty() {
+    /// Opens the stdin FIFO and binds the console socket. The terminal's one output
+    /// stream goes to `outputs.stdout`; its stderr stays unused (a logging binary sees EOF
+    /// on its fd 4 at once, as with the Go shim).
+    pub(super) fn new(
+        id: &str,
+        paths: &StdioPaths,
+        outputs: Outputs,
+        spill_dir: &Path,
+    ) -> Result<Pending> {
+        let Some(stdout) = outputs.stdout else {
             // The master must be drained or the process blocks on its first full buffer.
             return Err(Error::InvalidArgument(format!(
                 "{id}: a terminal needs a stdout FIFO"
             )));
-        }
+        };
+        // With a terminal the Go shim feeds stdin whatever the output target.
         let stdin = match paths.stdin.as_str() {
             "" => None,
             path => Some(open_stdin_fifo(id, path)?),
         };
-        let stdout = open_output_fifo(id, &paths.stdout)?;
         let socket = ConsoleSocket::new()
             .map_err(|e| Error::io(id, "create the console socket", io::Error::other(e)))?;
         Ok(Pending {
@@ -142,6 +153,7 @@ impl Pending {
             socket,
             stdin,
             stdout,
+            logger: outputs.logger,
             spill_dir: spill_dir.to_path_buf(),
         })
     }
@@ -195,6 +207,7 @@ impl Pending {
         };
         let console = Arc::new(Console { master });
         let mut copiers = Copiers::default();
+        copiers.logger = self.logger;
         copiers.start_output(id, reader, self.stdout, &self.spill_dir);
         if let (Some(fifo), Some(writer)) = (self.stdin, writer) {
             copiers.start_stdin(fifo, writer, Some(console.clone()));

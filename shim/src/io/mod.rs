@@ -14,11 +14,19 @@
 //!
 //! A process with a terminal has a pty instead of pipes; [`console`] copies its master
 //! through the same loops.
+//!
+//! Instead of FIFO paths containerd may pass `binary://` (a logging binary, [`logger`]) or
+//! `file://` (a log file, [`file`]) URIs; [`outputs`] gives the copy loops a pipe end to
+//! write to for each, so the container's side and the loops stay the same.
 
 pub mod console;
+mod file;
+pub mod logger;
 mod output;
+mod outputs;
 mod spool;
 mod stdin;
+mod uri;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -48,6 +56,18 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
+/// Whose stdio is set up: names the logs, and what a logging binary is told.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    /// Container id.
+    pub container: &'a str,
+    /// The process as containerd names it: the container id for init, the exec id for an
+    /// exec (a logging binary's `CONTAINER_ID`, as the Go shim sets it).
+    pub process: &'a str,
+    /// containerd namespace (a logging binary's `CONTAINER_NAMESPACE`).
+    pub namespace: &'a str,
+}
+
 /// How long output may make no progress before draining gives up on it.
 pub const DRAIN_IDLE_LIMIT: Duration = Duration::from_secs(2);
 
@@ -69,6 +89,8 @@ pub struct Copiers {
     console: Option<Arc<console::Console>>,
     /// Progress of the output loops, for draining.
     progress: Arc<Progress>,
+    /// The logging binary the output goes to (`binary://`).
+    logger: Option<logger::Logger>,
 }
 
 /// What the output copy loops of one process are doing; draining watches it without
@@ -201,8 +223,14 @@ impl Copiers {
         self.progress.clone()
     }
 
+    /// Takes the logging binary out, for a caller that stops it itself (and waits).
+    pub fn take_logger(&mut self) -> Option<logger::Logger> {
+        self.logger.take()
+    }
+
     /// Aborts every copy loop (used when the process is deleted); output still queued for
-    /// the FIFOs is dropped and the spill files are closed, which frees them.
+    /// the FIFOs is dropped and the spill files are closed, which frees them. A logging
+    /// binary still here is stopped in the background (SIGTERM, later SIGKILL).
     pub fn abort(&mut self) {
         self.close_stdin();
         if let Some(h) = self.stdin.take() {
@@ -213,6 +241,9 @@ impl Copiers {
         }
         // The loops held the other copies of the master: now the terminal hangs up.
         self.console = None;
+        if let Some(logger) = self.logger.take() {
+            logger.stop_detached();
+        }
     }
 }
 
@@ -234,23 +265,29 @@ pub struct Prepared {
 }
 
 /// Prepares a new process's stdio: pipes with their copy loops running, or for a terminal
-/// a console socket. Every FIFO is opened here, before runc runs, so a bad path fails the
-/// request without a process to clean up.
-pub fn prepare_stdio(
-    id: &str,
+/// a console socket. Every FIFO, log file and logging binary is opened or started here,
+/// before runc runs, so a bad path fails the request without a process to clean up.
+pub async fn prepare_stdio(
+    owner: &Owner<'_>,
     paths: &StdioPaths,
     uid: u32,
     gid: u32,
     spill_dir: &Path,
 ) -> Result<Prepared> {
+    let outputs = outputs::open(owner, paths).await?;
     if paths.terminal {
         return Ok(Prepared {
             io: ProcessIo::default(),
             copiers: Copiers::default(),
-            console: Some(console::Pending::new(id, paths, spill_dir)?),
+            console: Some(console::Pending::new(
+                owner.container,
+                paths,
+                outputs,
+                spill_dir,
+            )?),
         });
     }
-    let (io, copiers) = prepare(id, paths, uid, gid, spill_dir)?;
+    let (io, copiers) = prepare_pipes(owner.container, paths, outputs, uid, gid, spill_dir)?;
     Ok(Prepared {
         io,
         copiers,
@@ -258,13 +295,28 @@ pub fn prepare_stdio(
     })
 }
 
-/// Builds the pipes for a new process without a terminal and starts the copy loops.
-///
-/// Output the FIFOs cannot take yet spills into unlinked files created in `spill_dir`
-/// (the bundle). Returns the fds runc must give the container and the handle on the copiers.
+/// Builds the pipes for a new process without a terminal whose stdio are containerd's
+/// FIFOs, and starts the copy loops (see [`prepare_pipes`]).
 pub fn prepare(
     id: &str,
     paths: &StdioPaths,
+    uid: u32,
+    gid: u32,
+    spill_dir: &Path,
+) -> Result<(ProcessIo, Copiers)> {
+    let outputs = outputs::open_fifos(id, paths)?;
+    prepare_pipes(id, paths, outputs, uid, gid, spill_dir)
+}
+
+/// Builds the pipes for a new process without a terminal and starts the copy loops into
+/// `outputs`.
+///
+/// Output the targets cannot take yet spills into unlinked files created in `spill_dir`
+/// (the bundle). Returns the fds runc must give the container and the handle on the copiers.
+fn prepare_pipes(
+    id: &str,
+    paths: &StdioPaths,
+    outputs: outputs::Outputs,
     uid: u32,
     gid: u32,
     spill_dir: &Path,
@@ -276,8 +328,9 @@ pub fn prepare(
     }
     let mut io = ProcessIo::default();
     let mut copiers = Copiers::default();
+    copiers.logger = outputs.logger;
 
-    if !paths.stdin.is_empty() {
+    if outputs.stdin && !paths.stdin.is_empty() {
         let fifo = open_stdin_fifo(id, &paths.stdin)?;
         let (read, write) = make_pipe(id, uid, gid)?;
         let sender = pipe::Sender::from_owned_fd(write)
@@ -285,18 +338,15 @@ pub fn prepare(
         copiers.start_stdin(fifo, sender, None);
         io.stdin = Some(read);
     }
-    for (path, slot) in [
-        (&paths.stdout, &mut io.stdout),
-        (&paths.stderr, &mut io.stderr),
+    for (target, slot) in [
+        (outputs.stdout, &mut io.stdout),
+        (outputs.stderr, &mut io.stderr),
     ] {
-        if path.is_empty() {
-            continue;
-        }
-        let fifo = open_output_fifo(id, path)?;
+        let Some(target) = target else { continue };
         let (read, write) = make_pipe(id, uid, gid)?;
         let receiver = pipe::Receiver::from_owned_fd(read)
             .map_err(|e| Error::io(id, "register output pipe", e))?;
-        copiers.start_output(id, receiver, fifo, spill_dir);
+        copiers.start_output(id, receiver, target, spill_dir);
         *slot = Some(write);
     }
     Ok((io, copiers))
@@ -324,13 +374,15 @@ fn open_output_fifo(id: &str, path: &str) -> Result<pipe::Sender> {
         .map_err(|e| Error::io(id, format!("open output fifo {path}"), e))
 }
 
+/// A URI where a FIFO path belongs: a stdin URI, or a stderr URI under a plain stdout
+/// (the stdout path alone decides where output goes, as in the Go shim).
 fn check_scheme(path: &str) -> Result<()> {
-    if path.contains("://") {
-        return Err(Error::Unimplemented(
-            "binary:// and file:// stdio (only FIFO paths for now)",
-        ));
+    match uri::scheme(path) {
+        Some(scheme) => Err(Error::InvalidArgument(format!(
+            "stdio {path:?}: a {scheme}: URI is only honoured as stdout (stderr follows it)"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A close-on-exec pipe whose ends belong to the IO uid/gid.

@@ -500,7 +500,7 @@ async fn a_failed_create_removes_its_record_and_deletes_only_what_it_made() {
     // Fails before runc create: nothing to delete in runc.
     let bundle = rig.bundle("c", &[]);
     let mut req = rig.request("c", &bundle);
-    req.stdout = "binary:///usr/bin/logger".into();
+    req.stdout = "binary:///nonexistent/logger".into();
     assert!(rig.tasks.create(req).await.is_err());
     assert!(rig.calls().is_empty(), "runc called: {:?}", rig.calls());
     assert!(!bundle.join(crate::record::RECORD_FILE).exists());

@@ -16,6 +16,11 @@ use super::*;
 
 const T: Duration = Duration::from_secs(20);
 
+/// containerd's output FIFOs of `paths`, opened.
+fn fifos(paths: &StdioPaths) -> Outputs {
+    super::super::outputs::open_fifos("c", paths).unwrap()
+}
+
 fn fifo(dir: &Path, name: &str) -> String {
     let path = dir.join(name);
     nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -58,7 +63,7 @@ async fn rig(with_stdin: bool) -> Rig {
         stderr: String::new(),
         terminal: true,
     };
-    let pending = Pending::new("c", &paths, dir.path()).unwrap();
+    let pending = Pending::new("c", &paths, fifos(&paths), dir.path()).unwrap();
     let pty = openpty(None, None).unwrap();
     let socket = pending.socket_path().to_path_buf();
     let sent = std::thread::spawn(move || send_like_runc(&socket, pty.master));
@@ -280,7 +285,7 @@ async fn a_terminal_without_stdout_is_refused() {
         terminal: true,
         ..Default::default()
     };
-    match Pending::new("c", &paths, dir.path()) {
+    match Pending::new("c", &paths, fifos(&paths), dir.path()) {
         Err(Error::InvalidArgument(m)) => assert!(m.contains("stdout"), "{m}"),
         other => panic!("{:?}", other.err()),
     }
@@ -295,7 +300,7 @@ async fn no_master_from_the_runtime_is_an_error_not_a_hang() {
         terminal: true,
         ..Default::default()
     };
-    let pending = Pending::new("c", &paths, dir.path()).unwrap();
+    let pending = Pending::new("c", &paths, fifos(&paths), dir.path()).unwrap();
     let socket_dir = pending.socket_path().parent().unwrap().to_path_buf();
     let err = pending.start().await.err().expect("no master, yet started");
     assert!(err.to_string().contains("pty master"), "{err}");

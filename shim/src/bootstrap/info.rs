@@ -1,0 +1,183 @@
+//! `-info`: containerd 2.x asks a runtime what it is before it relies on optional runtime
+//! features (idmapped mounts, recursive read-only mounts): it runs the shim binary with
+//! `-info`, the runtime options `Any` (or nothing) on stdin, and reads a
+//! `containerd.types.RuntimeInfo` protobuf from stdout.
+//!
+//! The answer carries the runtime's name (from the binary's name, so a drop-in
+//! `containerd-shim-runc-v2` says `io.containerd.runc.v2`), sturdy's version, the options
+//! it was given, and what `<runtime> features` prints, as the Any containerd's typeurl
+//! registers for the runtime-spec `features.Features` type (JSON inside). A runtime
+//! without a working `features` command (crun before 1.9, or a failing one) still gets an
+//! answer: no features, and the reason in the annotation [`FEATURES_ERROR_ANNOTATION`] and
+//! on stderr (containerd's Go shim only logs it at debug level).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};
+use runc_client::{Reaper, Runc, RuncConfig};
+
+use crate::options::RuntimeOptions;
+
+/// Type URL of the runtime-spec features document, as containerd's typeurl registers it.
+pub const FEATURES_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
+/// Annotation saying why the answer carries no features.
+pub const FEATURES_ERROR_ANNOTATION: &str = "io.containerd.sturdy.features-error";
+
+/// Runs `-info`: reads the options from stdin and prints the RuntimeInfo on stdout.
+pub(super) fn info(runtime_name: &str) -> Result<(), String> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .take(super::MAX_STDIN)
+        .read_to_end(&mut input)
+        .map_err(|e| format!("read stdin: {e}"))?;
+    let options = if input.is_empty() {
+        None
+    } else {
+        Some(Any::parse_from_bytes(&input).map_err(|e| format!("runtime options on stdin: {e}"))?)
+    };
+    let parsed = RuntimeOptions::from_any(options.as_ref()).map_err(|e| e.to_string())?;
+    let features = features(parsed.binary());
+    if let Err(e) = &features {
+        eprintln!("{runtime_name}: no runtime features: {e}");
+    }
+    let bytes = runtime_info(runtime_name, options, features)
+        .write_to_bytes()
+        .map_err(|e| format!("encode RuntimeInfo: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("write stdout: {e}"))
+}
+
+/// The runtime name containerd knows a shim binary by: `containerd-shim-X-vN` serves
+/// `io.containerd.X.vN`.
+pub(super) fn runtime_name(argv0: &Path) -> String {
+    let file = argv0
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or_default();
+    match file
+        .strip_prefix("containerd-shim-")
+        .and_then(|r| r.rsplit_once('-'))
+    {
+        Some((name, version)) if !name.is_empty() && version.starts_with('v') => {
+            format!("io.containerd.{name}.{version}")
+        }
+        _ => "io.containerd.sturdy.v2".to_string(),
+    }
+}
+
+/// The RuntimeInfo for `options` (echoed as given) and the runtime's features document.
+pub(super) fn runtime_info(
+    name: &str,
+    options: Option<Any>,
+    features: Result<Vec<u8>, String>,
+) -> RuntimeInfo {
+    let mut info = RuntimeInfo {
+        name: name.to_string(),
+        version: MessageField::some(RuntimeVersion {
+            version: crate::VERSION.to_string(),
+            revision: crate::REVISION.to_string(),
+            ..Default::default()
+        }),
+        options: options.into(),
+        annotations: HashMap::new(),
+        ..Default::default()
+    };
+    match features {
+        Ok(json) => {
+            info.features = MessageField::some(Any {
+                type_url: FEATURES_TYPE_URL.to_string(),
+                value: json,
+                ..Default::default()
+            })
+        }
+        Err(e) => {
+            info.annotations
+                .insert(FEATURES_ERROR_ANNOTATION.to_string(), e);
+        }
+    }
+    info
+}
+
+/// `<binary> features`, checked to be a JSON object.
+fn features(binary: &str) -> Result<Vec<u8>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let runc = Runc::new(
+        RuncConfig {
+            // runc-client's query deadline (10 s) bounds it.
+            binary: PathBuf::from(binary),
+            ..RuncConfig::default()
+        },
+        Reaper::global(),
+    );
+    let value = rt
+        .block_on(runc.features())
+        .map_err(|e| format!("{binary} features: {e}"))?;
+    if !value.is_object() {
+        return Err(format!("{binary} features: not a JSON object: {value}"));
+    }
+    serde_json::to_vec(&value).map_err(|e| format!("{binary} features: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_follows_the_binary() {
+        for (argv0, name) in [
+            (
+                "/usr/bin/containerd-shim-sturdy-v2",
+                "io.containerd.sturdy.v2",
+            ),
+            ("containerd-shim-runc-v2", "io.containerd.runc.v2"),
+            ("/x/containerd-shim-my-rt-v3", "io.containerd.my-rt.v3"),
+            ("/x/sturdy", "io.containerd.sturdy.v2"),
+        ] {
+            assert_eq!(runtime_name(Path::new(argv0)), name, "{argv0}");
+        }
+    }
+
+    #[test]
+    fn features_and_options_are_anys() {
+        let options = Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: vec![1, 2, 3],
+            ..Default::default()
+        };
+        let info = runtime_info(
+            "io.containerd.sturdy.v2",
+            Some(options.clone()),
+            Ok(b"{\"ociVersionMin\":\"1.0.0\"}".to_vec()),
+        );
+        let info = RuntimeInfo::parse_from_bytes(&info.write_to_bytes().unwrap()).unwrap();
+        assert_eq!(info.name, "io.containerd.sturdy.v2");
+        assert_eq!(info.version.version, crate::VERSION);
+        assert_eq!(info.options.as_ref(), Some(&options));
+        assert_eq!(info.features.type_url, FEATURES_TYPE_URL);
+        assert_eq!(info.features.value, b"{\"ociVersionMin\":\"1.0.0\"}");
+        assert!(info.annotations.is_empty());
+    }
+
+    #[test]
+    fn a_runtime_without_features_still_answers() {
+        let info = runtime_info("n", None, Err("crun features: unknown command".into()));
+        assert!(info.features.is_none());
+        assert!(info.options.is_none());
+        assert_eq!(
+            info.annotations
+                .get(FEATURES_ERROR_ANNOTATION)
+                .map(String::as_str),
+            Some("crun features: unknown command")
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! Where a process's output goes: containerd's FIFOs, a logging binary (`binary://`) or a
+//! log file (`file://`), chosen by the stdout path the way the Go shim chooses (its
+//! stderr path only says whether stderr is wanted). Whatever the target, the output copy
+//! loops get a pipe or FIFO end to write to, so every target has the same spool, drain and
+//! never-block guarantees.
+
+use tokio::net::unix::pipe;
+
+use super::logger::{self, Logger};
+use super::uri::{self, Target};
+use super::{file, open_output_fifo, Owner, StdioPaths};
+use crate::error::Result;
+
+/// The ends a process's output loops write into.
+#[derive(Default)]
+pub struct Outputs {
+    /// For stdout (None: /dev/null).
+    pub stdout: Option<pipe::Sender>,
+    /// For stderr (None: /dev/null).
+    pub stderr: Option<pipe::Sender>,
+    /// Whether the stdin FIFO feeds the process: not with a logging binary, whose
+    /// processes get /dev/null as in the Go shim.
+    pub stdin: bool,
+    /// The logging binary, for `binary://`.
+    pub logger: Option<Logger>,
+}
+
+/// Opens containerd's output FIFOs (plain paths only).
+pub fn open_fifos(id: &str, paths: &StdioPaths) -> Result<Outputs> {
+    let open = |path: &str| match path {
+        "" => Ok(None),
+        path => open_output_fifo(id, path).map(Some),
+    };
+    Ok(Outputs {
+        stdout: open(&paths.stdout)?,
+        stderr: open(&paths.stderr)?,
+        stdin: true,
+        logger: None,
+    })
+}
+
+/// Opens whatever `paths.stdout` names: FIFOs, a started and ready logging binary, or a
+/// log file.
+pub async fn open(owner: &Owner<'_>, paths: &StdioPaths) -> Result<Outputs> {
+    match uri::parse(owner.container, &paths.stdout)? {
+        Target::Fifo => open_fifos(owner.container, paths),
+        Target::Binary { path, args } => {
+            let started = logger::start(owner, &path, &args, logger::READY_LIMIT).await?;
+            Ok(Outputs {
+                stdout: Some(started.stdout),
+                // The Go shim gives a logger both streams whatever the stderr path says.
+                stderr: Some(started.stderr),
+                stdin: false,
+                logger: Some(started.logger),
+            })
+        }
+        Target::File(path) => {
+            let (stdout, stderr) =
+                file::open(owner.container, &path, true, !paths.stderr.is_empty()).await?;
+            Ok(Outputs {
+                stdout,
+                stderr,
+                stdin: true,
+                logger: None,
+            })
+        }
+    }
+}
