@@ -10,7 +10,7 @@ mod watchdog_support;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use sturdy_integration::k8s_cri::v1::{ContainerState, PodSandboxState};
+use sturdy_integration::k8s_cri::v1::PodSandboxState;
 use sturdy_integration::{cleanup, Containerd, Handler};
 use watchdog_support::*;
 /// Incident 003: `kill -9` of a pod's shim. The watchdog kills the pod's processes within
@@ -349,23 +349,7 @@ async fn containerd_cleanup_is_not_raced_by_the_watchdog() {
         || runtime_leftovers(&fx, &pod),
     )
     .await;
-    // containerd 1.7 and 2.1 handle a dead shim's TaskExit in CRI only on a retry (their
-    // first try fails to delete the task over the closed connection), seconds later: until
-    // then CRI refuses to remove a container it still thinks runs.
-    for id in pod.all.iter().filter(|id| **id != pod.id) {
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            let state = cri.container_status(id).await.ok().map(|s| s.state);
-            if state == Some(ContainerState::ContainerExited as i32) {
-                break;
-            }
-            assert!(
-                Instant::now() < end,
-                "CRI never saw container {id} exit (state {state:?})"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    wait_cri_containers_exited(&mut cri, &pod, Duration::from_secs(30)).await;
     cri.stop_pod(&pod.id).await.expect("StopPodSandbox");
     cri.remove_pod(&pod.id).await.expect("RemovePodSandbox");
     wait_nothing_left("the pod", Duration::from_secs(10), || {

@@ -118,6 +118,7 @@ async fn shim_killed_while_containerd_is_down(how: Down) {
     );
 
     // The kubelet's part.
+    wait_cri_containers_exited(&mut cri, &pod, Duration::from_secs(30)).await;
     cri.stop_pod(&pod.id).await.expect("StopPodSandbox");
     cri.remove_pod(&pod.id).await.expect("RemovePodSandbox");
     wait_nothing_left("the pod", Duration::from_secs(10), || {

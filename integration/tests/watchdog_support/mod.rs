@@ -465,3 +465,25 @@ pub async fn assert_pod_cleaned(
         socket.display()
     );
 }
+
+/// Waits until CRI reports every container of `pod` but its sandbox exited: containerd 1.7
+/// and 2.1 handle a dead shim's TaskExit in CRI only on a retry (the first try fails to
+/// delete the task over the closed connection), seconds later, and refuse to remove a
+/// container they still think runs until then.
+pub async fn wait_cri_containers_exited(cri: &mut Cri, pod: &Pod, limit: Duration) {
+    use sturdy_integration::k8s_cri::v1::ContainerState;
+    for id in pod.all.iter().filter(|id| **id != pod.id) {
+        let end = Instant::now() + limit;
+        loop {
+            let state = cri.container_status(id).await.ok().map(|s| s.state);
+            if state == Some(ContainerState::ContainerExited as i32) {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "CRI never saw container {id} exit (state {state:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
