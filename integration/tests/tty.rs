@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use sturdy_integration::k8s_cri::v1::ContainerConfig;
+use sturdy_integration::k8s_cri::v1::{ContainerConfig, ContainerState};
 use sturdy_integration::tools::{self, CRI_TOOLS};
 use sturdy_integration::{container_config, parity_tests, Containerd, Cri, Handler, CRI_NAMESPACE};
 use tokio::io::AsyncWriteExt;
@@ -226,6 +226,48 @@ parity_tests! {
         term.type_in(b"\x04");
         let status = term.wait(T).await;
         assert_eq!(status, Some(0), "crictl: {:?}", term.shown.text());
+    }
+
+    /// Attach without a terminal to a container whose stdin is open once (`stdin_once`):
+    /// what is sent reaches its cat and comes back through the attach stream, and the end
+    /// of the attach's stdin closes the container's (CRI's CloseIO on init): cat sees EOF
+    /// and the container exits 0.
+    async fn cri_attach_piped_stdin_ends(h: Handler) {
+        let Some(crictl) = crictl("cri_attach_piped_stdin_ends") else { return };
+        let fx = Containerd::start().await.expect("start containerd");
+        let mut config = container_config("cat", &["/bin/cat"]);
+        config.stdin = true;
+        config.stdin_once = true;
+        let (mut cri, ctr) = pod_with(&fx, h, "attachi", config).await;
+        let endpoint = format!("unix://{}", fx.socket().display());
+        let mut child = tokio::process::Command::new(&crictl)
+            .args(crictl_args(&endpoint, &["attach", "-i", &ctr]))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn crictl");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello\nattached\n").await.expect("write");
+        drop(stdin);
+        let out = tokio::time::timeout(T, child.wait_with_output())
+            .await
+            .expect("the attach never ended: cat never saw EOF")
+            .expect("crictl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "crictl: {:?}: {stderr}", out.status);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nattached\n", "{stderr}");
+        let end = std::time::Instant::now() + T;
+        let status = loop {
+            let s = cri.container_status(&ctr).await.expect("ContainerStatus");
+            if s.state == ContainerState::ContainerExited as i32 {
+                break s;
+            }
+            assert!(std::time::Instant::now() < end, "cat still runs: {s:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(status.exit_code, 0, "{status:?}");
     }
 
     /// Attach to a container started with a terminal and stdin: typed commands run in it,

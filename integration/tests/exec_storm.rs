@@ -1,0 +1,217 @@
+//! Exec storm (issue 9): 100 ExecSync calls at once into one container all complete with
+//! their own output, and afterwards the shim's open fds and resident memory come back to
+//! what they were before the storm.
+
+use std::time::{Duration, Instant};
+
+use sturdy_integration::{container_config, parity_tests, Containerd, Cri, Handler, CRI_NAMESPACE};
+
+const EXECS: usize = 100;
+/// Longest one ExecSync may take while 99 others compete for 2 cores.
+const EXEC_LIMIT: Duration = Duration::from_secs(180);
+/// How long the shim may take to settle after the storm.
+const SETTLE: Duration = Duration::from_secs(60);
+/// Resident memory sturdy may keep above its baseline after a storm. Measured on a debug
+/// build: its heap goes from ~250 KiB to ~1 MiB resident after the first storm (trimmed,
+/// so pages still holding some live allocation, and capacity that maps and queues grew
+/// to), total RSS +0.65 to +1.3 MiB; 6 storms in a row: +0.7, then +0.06 to +0.12 MiB
+/// each, levelling off.
+const RSS_SLACK_KIB: u64 = 1536;
+/// What a second storm may add to the first one's leftovers (measured: 20 to 460 KiB).
+const LEAK_SLACK_KIB: u64 = 512;
+
+/// Open fds of `pid`.
+fn fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of `pid` in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The memory lines of `pid`'s status, for the log.
+fn memory(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("Rss") || l.starts_with("VmData"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints the mappings of `pid` holding more than 32 KiB resident, for a failure report.
+fn dump_smaps(pid: i32) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut header = "";
+    for line in text.lines() {
+        if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-'))
+        {
+            header = line;
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            let kib: u64 = v
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if kib > 32 {
+                eprintln!("  {kib:>6} KiB  {header}");
+            }
+        }
+    }
+}
+
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+async fn exec_marker(mut cri: Cri, ctr: String, i: usize) -> (usize, String, String, i32) {
+    let marker = format!("marker-{i}");
+    let script = format!("echo {marker}; echo {marker}-err >&2");
+    // CRI's own timeout starts only once the exec started: bound the whole call too.
+    let out = tokio::time::timeout(
+        EXEC_LIMIT + Duration::from_secs(30),
+        cri.exec_sync(&ctr, &["/bin/sh", "-c", &script], EXEC_LIMIT),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("ExecSync {i} never returned"))
+    .unwrap_or_else(|e| panic!("ExecSync {i}: {e}"));
+    (i, out.stdout, out.stderr, out.exit_code)
+}
+
+/// Runs `EXECS` ExecSyncs at once, checks every output, and logs the shim's peak.
+async fn storm(h: Handler, cri: &Cri, ctr: &str, shim: i32) {
+    let t = Instant::now();
+    let storm: Vec<_> = (0..EXECS)
+        .map(|i| tokio::spawn(exec_marker(cri.clone(), ctr.to_string(), i)))
+        .collect();
+    let (mut peak_fds, mut peak_rss) = (0, 0);
+    let mut results = Vec::new();
+    for task in storm {
+        while !task.is_finished() {
+            peak_fds = peak_fds.max(fds(shim));
+            peak_rss = peak_rss.max(rss_kib(shim));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        results.push(task.await.expect("exec task"));
+    }
+    eprintln!(
+        "{h}: {EXECS} execs in {:?}; peak {peak_fds} fds, {peak_rss} KiB RSS, {} threads",
+        t.elapsed(),
+        threads(shim)
+    );
+    for (i, stdout, stderr, code) in results {
+        assert_eq!(code, 0, "exec {i}: {stderr}");
+        assert_eq!(stdout, format!("marker-{i}\n"), "exec {i}");
+        assert_eq!(stderr, format!("marker-{i}-err\n"), "exec {i}");
+    }
+}
+
+/// Waits until the shim holds at most `fds` fds and `rss` KiB; returns what it holds then
+/// (or at the deadline) and whether it got there.
+async fn settle(h: Handler, shim: i32, fds_max: usize, rss_max: u64) -> (usize, u64, bool) {
+    let t = Instant::now();
+    let ok = loop {
+        if fds(shim) <= fds_max && rss_kib(shim) <= rss_max {
+            break true;
+        }
+        if t.elapsed() > SETTLE {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let now = (fds(shim), rss_kib(shim));
+    eprintln!(
+        "{h}: after {:?}: {} fds, {} KiB RSS, {} threads; {}",
+        t.elapsed(),
+        now.0,
+        now.1,
+        threads(shim),
+        memory(shim)
+    );
+    if !ok {
+        dump_smaps(shim);
+    }
+    (now.0, now.1, ok)
+}
+
+parity_tests! {
+    /// Every exec answers with its own marker. For sturdy the storm runs twice; each time
+    /// the shim's fds come back to the baseline and its RSS to within allocator slack of
+    /// it, and the second storm adds (nearly) nothing to the first (no leak). For the Go
+    /// shim (one storm: it takes 2 to 2.7 minutes here, as it holds one lock across every
+    /// exec Start's `runc exec`) fds and RSS are only logged: measured 60 s after the
+    /// storm, its fds were back at the baseline in one run of four and 2 to 6 above it in
+    /// the others, its RSS 0.9 to 1.8 MiB above it (the Go runtime keeps freed heap).
+    async fn exec_storm(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let mut cri = fx.cri().await.expect("cri client");
+        let pod_config = fx.pod_config("storm");
+        let pod = cri.run_pod(h, &pod_config).await.expect("RunPodSandbox");
+        let ctr = cri
+            .create_container(&pod, container_config("main", &["/bin/sleep", "3600"]), &pod_config)
+            .await
+            .expect("CreateContainer");
+        cri.start_container(&ctr).await.expect("StartContainer");
+        let shim = fx.shim_pid(CRI_NAMESPACE, &pod).expect("the pod's shim");
+
+        // Warm up: the first exec sets up what every later one reuses.
+        for i in 0..3 {
+            let (_, out, _, code) = exec_marker(cri.clone(), ctr.clone(), i).await;
+            assert_eq!((out.as_str(), code), (format!("marker-{i}\n").as_str(), 0));
+        }
+        // Settled: the values stop changing.
+        let mut base = (fds(shim), rss_kib(shim));
+        let end = Instant::now() + SETTLE;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = (fds(shim), rss_kib(shim));
+            if now == base || Instant::now() > end {
+                base = now;
+                break;
+            }
+            base = now;
+        }
+        let (base_fds, base_rss) = base;
+        eprintln!("{h}: shim {shim} before: {base_fds} fds, {base_rss} KiB RSS, {} threads; {}", threads(shim), memory(shim));
+
+        let rounds = if h == Handler::Sturdy { 2 } else { 1 };
+        let mut after = Vec::new();
+        for _ in 0..rounds {
+            storm(h, &cri, &ctr, shim).await;
+            let (fds_now, rss_now, ok) = settle(h, shim, base_fds, base_rss + RSS_SLACK_KIB).await;
+            let report = format!(
+                "{h}: shim did not return to its baseline within {SETTLE:?}: fds {base_fds} -> {fds_now}, RSS {base_rss} -> {rss_now} KiB"
+            );
+            match h {
+                Handler::Sturdy => assert!(ok, "{report}"),
+                // Measured, not required: see the doc comment.
+                Handler::Runc if !ok => eprintln!("{report}"),
+                Handler::Runc => {}
+            }
+            after.push(rss_now);
+        }
+        if let [first, second] = after[..] {
+            assert!(
+                second <= first + LEAK_SLACK_KIB,
+                "{h}: RSS grew by {} KiB in the second storm ({first} -> {second} KiB)",
+                second.saturating_sub(first)
+            );
+        }
+        cri.stop_pod(&pod).await.expect("StopPodSandbox");
+        cri.remove_pod(&pod).await.expect("RemovePodSandbox");
+    }
+}
