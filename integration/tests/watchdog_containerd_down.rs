@@ -49,12 +49,24 @@ async fn shim_killed_while_containerd_is_down(how: Down) {
         "containerd {how:?}: runtime leftovers gone {} ms after the kill",
         t0.elapsed().as_millis()
     );
+    // A delete's journal entry follows the delete's exit, which can come after everything
+    // it removed is gone (it waits for init's exit, reaped by PID 1 here).
+    let ran = |entries: &[serde_json::Value], id: &str| {
+        entries.iter().any(|e| {
+            e["step"] == format!("delete {id}")
+                && e["ok"] == true
+                && e["detail"].as_str().is_some_and(|d| d.starts_with("ran:"))
+        })
+    };
+    until(Duration::from_secs(20), || {
+        let entries = wd.incident_entries(&pod.address);
+        pod.all.iter().all(|id| ran(&entries, id))
+    })
+    .await;
     let entries = wd.incident_entries(&pod.address);
     for id in &pod.all {
         assert!(
-            entries.iter().any(|e| e["step"] == format!("delete {id}")
-                && e["ok"] == true
-                && e["detail"].as_str().is_some_and(|d| d.starts_with("ran:"))),
+            ran(&entries, id),
             "the watchdog did not run the delete of {id} itself: {entries:#?}"
         );
     }
