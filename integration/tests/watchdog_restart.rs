@@ -124,6 +124,7 @@ async fn watchdog_killed_mid_recovery(frozen: bool) {
     )
     .await;
     assert_eq!(state, Some(PodSandboxState::SandboxNotready as i32));
+    wait_cri_containers_exited(&mut cri, &pod, Duration::from_secs(30)).await;
     cri.stop_pod(&pod.id).await.expect("StopPodSandbox");
     cri.remove_pod(&pod.id).await.expect("RemovePodSandbox");
     wait_nothing_left("the pod", Duration::from_secs(10), || {
