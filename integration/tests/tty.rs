@@ -6,7 +6,7 @@
 
 mod tty_support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -16,6 +16,35 @@ use sturdy_integration::{container_config, parity_tests, Containerd, Cri, Handle
 use tokio::io::AsyncWriteExt;
 use tonic::Code;
 use tty_support::*;
+
+/// Runs crictl with `args`, feeds `input` on a pipe and closes it; returns its stdout
+/// once it ends successfully (`stuck` if it does not end within T).
+async fn crictl_piped(
+    crictl: &Path,
+    endpoint: &str,
+    args: &[&str],
+    input: &[u8],
+    stuck: &str,
+) -> Vec<u8> {
+    let mut child = tokio::process::Command::new(crictl)
+        .args(crictl_args(endpoint, args))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn crictl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).await.expect("write");
+    drop(stdin);
+    let out = tokio::time::timeout(T, child.wait_with_output())
+        .await
+        .expect(stuck)
+        .expect("crictl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "crictl: {:?}: {stderr}", out.status);
+    out.stdout
+}
 
 /// `crictl` from ../shared/tools, or None (the caller skips, saying why).
 fn crictl(test: &str) -> Option<PathBuf> {
@@ -176,24 +205,8 @@ parity_tests! {
         let fx = Containerd::start().await.expect("start containerd");
         let (_cri, ctr) = pod_with(&fx, h, "execi", container_config("main", &["/bin/sleep", "600"])).await;
         let endpoint = format!("unix://{}", fx.socket().display());
-        let mut child = tokio::process::Command::new(&crictl)
-            .args(crictl_args(&endpoint, &["exec", "-i", &ctr, "cat"]))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn crictl");
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"hello\nworld\n").await.expect("write");
-        drop(stdin);
-        let out = tokio::time::timeout(T, child.wait_with_output())
-            .await
-            .expect("cat never saw EOF")
-            .expect("crictl");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "crictl: {:?}: {stderr}", out.status);
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nworld\n", "{stderr}");
+        let out = crictl_piped(&crictl, &endpoint, &["exec", "-i", &ctr, "cat"], b"hello\nworld\n", "cat never saw EOF").await;
+        assert_eq!(String::from_utf8_lossy(&out), "hello\nworld\n");
     }
 
     /// `crictl exec -it` under a terminal: the exec's terminal follows ours (crictl sends
@@ -240,24 +253,8 @@ parity_tests! {
         config.stdin_once = true;
         let (mut cri, ctr) = pod_with(&fx, h, "attachi", config).await;
         let endpoint = format!("unix://{}", fx.socket().display());
-        let mut child = tokio::process::Command::new(&crictl)
-            .args(crictl_args(&endpoint, &["attach", "-i", &ctr]))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn crictl");
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"hello\nattached\n").await.expect("write");
-        drop(stdin);
-        let out = tokio::time::timeout(T, child.wait_with_output())
-            .await
-            .expect("the attach never ended: cat never saw EOF")
-            .expect("crictl");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "crictl: {:?}: {stderr}", out.status);
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nattached\n", "{stderr}");
+        let out = crictl_piped(&crictl, &endpoint, &["attach", "-i", &ctr], b"hello\nattached\n", "the attach never ended: cat never saw EOF").await;
+        assert_eq!(String::from_utf8_lossy(&out), "hello\nattached\n");
         let end = std::time::Instant::now() + T;
         let status = loop {
             let s = cri.container_status(&ctr).await.expect("ContainerStatus");
