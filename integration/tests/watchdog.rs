@@ -357,3 +357,54 @@ async fn containerd_cleanup_is_not_raced_by_the_watchdog() {
     })
     .await;
 }
+
+/// The watchdog keeps one probe connection open per shim. A pod removed the normal way
+/// must still see its shim exit at once (a shim whose shutdown waited for that idle
+/// connection would linger for ttrpc's connection timeout, 5 s), and no incident follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_shims_exit_promptly_when_their_pod_is_removed() {
+    let fx = Containerd::start().await.expect("start containerd");
+    let mut cri = fx.cri().await.expect("cri client");
+    let wd = Watchdog::start(&fx, &["--runtime", "io.containerd.runc.v2"]);
+    for handler in [Handler::Sturdy, Handler::Runc] {
+        let pod = run_pod(
+            &fx,
+            &mut cri,
+            handler,
+            &format!("normal-{}", handler.name()),
+            1,
+        )
+        .await;
+        wd.wait_watching(&pod.address, pod.shim).await;
+        // Two more probes on the kept connection.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cri.stop_pod(&pod.id).await.expect("StopPodSandbox");
+        cri.remove_pod(&pod.id).await.expect("RemovePodSandbox");
+        let t0 = Instant::now();
+        let exited = until(Duration::from_secs(10), || !running(pod.shim)).await;
+        let took = t0.elapsed();
+        println!(
+            "{} shim exited {} ms after RemovePodSandbox returned",
+            handler.name(),
+            took.as_millis()
+        );
+        assert!(exited, "the {} shim runs on", handler.name());
+        assert!(
+            took < Duration::from_secs(2),
+            "the {} shim took {} ms to exit",
+            handler.name(),
+            took.as_millis()
+        );
+        wait_nothing_left("the pod", Duration::from_secs(10), || {
+            pod_leftovers(&fx, &pod)
+        })
+        .await;
+        assert!(
+            wd.incident_entries(&pod.address).is_empty(),
+            "a normal removal became an incident: {:#?}",
+            wd.incident_entries(&pod.address)
+        );
+    }
+    let log = wd.log();
+    assert!(!log.contains("unanswered"), "{log}");
+}

@@ -21,3 +21,4 @@ pub mod procfs;
 pub mod recovery;
 pub mod units;
 pub mod watchdog;
+mod watcher;

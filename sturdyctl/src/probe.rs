@@ -19,7 +19,6 @@ pub const TASK_SERVICE: &str = "containerd.task.v2.Task";
 const HEADER_LEN: usize = 10;
 const TYPE_REQUEST: u8 = 1;
 const TYPE_RESPONSE: u8 = 2;
-const STREAM_ID: u32 = 1;
 /// Replies larger than this are not read (a Connect reply is tiny).
 const MAX_REPLY: usize = 64 * 1024;
 
@@ -58,7 +57,7 @@ pub fn socket_path(address: &str) -> String {
 }
 
 /// The encoded ttrpc frame of a `Connect` request for task `id`.
-pub fn connect_frame(id: &str, deadline: Duration) -> Vec<u8> {
+pub fn connect_frame(id: &str, stream_id: u32, deadline: Duration) -> Vec<u8> {
     let payload = ConnectRequest {
         id: id.to_string(),
         ..Default::default()
@@ -73,7 +72,7 @@ pub fn connect_frame(id: &str, deadline: Duration) -> Vec<u8> {
     let body = req.write_to_bytes().unwrap_or_default();
     let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&STREAM_ID.to_be_bytes());
+    frame.extend_from_slice(&stream_id.to_be_bytes());
     frame.push(TYPE_REQUEST);
     frame.push(0);
     frame.extend_from_slice(&body);
@@ -97,20 +96,66 @@ pub fn decode_reply(body: &[u8]) -> (Option<u32>, Option<String>) {
     (pid, None)
 }
 
-/// Probes the shim at `address` once, asking about task `id`, within `deadline`.
+/// Probes the shim at `address` once, on a fresh connection, asking about task `id`,
+/// within `deadline`.
 pub async fn probe(address: &str, id: &str, deadline: Duration) -> Outcome {
-    let started = Instant::now();
-    match tokio::time::timeout(deadline, exchange(address, id, deadline)).await {
-        Err(_) => Outcome::NoReply,
-        Ok(Err(Failure::Refused(e))) => Outcome::Refused(e),
-        // The shim closed or garbled the connection: it is alive enough to do that, but
-        // it did not answer either; that is a miss, not a death (the pidfd tells deaths).
-        Ok(Err(Failure::Broken(_))) => Outcome::NoReply,
-        Ok(Ok((shim_pid, status))) => Outcome::Answered {
-            latency: started.elapsed(),
-            shim_pid,
-            status,
-        },
+    Prober::new().probe(address, id, deadline).await
+}
+
+/// Probes one shim again and again over one kept connection.
+///
+/// A connect, accept and close per probe was most of an idle watchdog's CPU time (100
+/// shims every 2 s). The connection is dropped after any miss, so a late reply to an
+/// unanswered probe is never taken for the answer to the next one, and each probe after a
+/// miss starts on a fresh connection, exactly like a one-shot probe. A kept connection the
+/// shim has closed (it restarted its listener, or reaps idle clients) is not a miss: the
+/// probe reconnects once within the same deadline.
+#[derive(Debug, Default)]
+pub struct Prober {
+    conn: Option<Kept>,
+}
+
+#[derive(Debug)]
+struct Kept {
+    address: String,
+    stream: UnixStream,
+    /// The next request's stream id: clients use odd ids, increasing.
+    next_id: u32,
+    /// Whether the framing is still known, so the connection can serve the next probe.
+    reusable: bool,
+}
+
+impl Prober {
+    /// A prober with no connection yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a connection is kept for the next probe.
+    pub fn connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Probes the shim at `address` once, asking about task `id`, within `deadline`.
+    pub async fn probe(&mut self, address: &str, id: &str, deadline: Duration) -> Outcome {
+        let started = Instant::now();
+        // Taken out for the exchange: a deadline that drops it leaves no connection.
+        let kept = self.conn.take().filter(|k| k.address == address);
+        match tokio::time::timeout(deadline, exchange(kept, address, id, deadline)).await {
+            Err(_) => Outcome::NoReply,
+            Ok(Err(Failure::Refused(e))) => Outcome::Refused(e),
+            // The shim closed or garbled the connection: it is alive enough to do that, but
+            // it did not answer either; that is a miss, not a death (the pidfd tells deaths).
+            Ok(Err(Failure::Broken(_))) => Outcome::NoReply,
+            Ok(Ok((kept, (shim_pid, status)))) => {
+                self.conn = Some(kept).filter(|k| k.reusable);
+                Outcome::Answered {
+                    latency: started.elapsed(),
+                    shim_pid,
+                    status,
+                }
+            }
+        }
     }
 }
 
@@ -119,142 +164,93 @@ enum Failure {
     Broken(#[allow(dead_code)] String),
 }
 
+type Reply = (Option<u32>, Option<String>);
+
 async fn exchange(
+    kept: Option<Kept>,
     address: &str,
     id: &str,
     deadline: Duration,
-) -> Result<(Option<u32>, Option<String>), Failure> {
+) -> Result<(Kept, Reply), Failure> {
+    if let Some(mut kept) = kept {
+        match round_trip(&mut kept, id, deadline).await {
+            Ok(reply) => return Ok((kept, reply)),
+            // Closed before any reply byte: the shim let go of an idle connection.
+            Err(Trip::Closed) => {}
+            Err(Trip::Broken(e)) => return Err(Failure::Broken(e)),
+        }
+    }
     let path = socket_path(address);
-    let mut stream = UnixStream::connect(&path)
+    let stream = UnixStream::connect(&path)
         .await
         .map_err(|e| Failure::Refused(format!("connect {address}: {e}")))?;
+    let mut kept = Kept {
+        address: address.to_string(),
+        stream,
+        next_id: 1,
+        reusable: true,
+    };
+    match round_trip(&mut kept, id, deadline).await {
+        Ok(reply) => Ok((kept, reply)),
+        Err(Trip::Closed) => Err(Failure::Broken("closed without a reply".into())),
+        Err(Trip::Broken(e)) => Err(Failure::Broken(e)),
+    }
+}
+
+enum Trip {
+    /// Write failed or end of stream before the first byte of a reply.
+    Closed,
+    Broken(String),
+}
+
+/// One request and its reply on `kept`; frames of other streams are skipped.
+async fn round_trip(kept: &mut Kept, id: &str, deadline: Duration) -> Result<Reply, Trip> {
+    let stream_id = kept.next_id;
+    // Ids must increase: a connection that runs out of them is replaced.
+    match stream_id.checked_add(2) {
+        Some(next) => kept.next_id = next,
+        None => kept.reusable = false,
+    }
+    let stream = &mut kept.stream;
     stream
-        .write_all(&connect_frame(id, deadline))
+        .write_all(&connect_frame(id, stream_id, deadline))
         .await
-        .map_err(|e| Failure::Broken(format!("write: {e}")))?;
+        .map_err(|_| Trip::Closed)?;
+    let mut first = true;
     loop {
         let mut header = [0u8; HEADER_LEN];
-        stream
-            .read_exact(&mut header)
-            .await
-            .map_err(|e| Failure::Broken(format!("read header: {e}")))?;
+        match stream.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if first && closed(&e) => return Err(Trip::Closed),
+            Err(e) => return Err(Trip::Broken(format!("read header: {e}"))),
+        }
+        first = false;
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let stream_id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        let reply_id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
         if len > MAX_REPLY {
-            // Still a reply from a live shim; do not read it.
+            // Still a reply from a live shim; do not read it (nor keep the connection, whose
+            // framing is now lost).
+            kept.reusable = false;
             return Ok((None, Some(format!("{len}-byte reply"))));
         }
         let mut body = vec![0u8; len];
         stream
             .read_exact(&mut body)
             .await
-            .map_err(|e| Failure::Broken(format!("read body: {e}")))?;
-        if header[8] == TYPE_RESPONSE && stream_id == STREAM_ID {
+            .map_err(|e| Trip::Broken(format!("read body: {e}")))?;
+        if header[8] == TYPE_RESPONSE && reply_id == stream_id {
             return Ok(decode_reply(&body));
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use containerd_shim_protos::ttrpc::Status;
-
-    #[test]
-    fn frame_layout() {
-        let f = connect_frame("pod1", Duration::from_secs(1));
-        let len = u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize;
-        assert_eq!(len, f.len() - HEADER_LEN);
-        assert_eq!(&f[4..8], &1u32.to_be_bytes());
-        assert_eq!(f[8], TYPE_REQUEST);
-        let req = Request::parse_from_bytes(&f[HEADER_LEN..]).unwrap();
-        assert_eq!(req.service, TASK_SERVICE);
-        assert_eq!(req.method, "Connect");
-        assert_eq!(req.timeout_nano, 1_000_000_000);
-        assert_eq!(
-            ConnectRequest::parse_from_bytes(&req.payload).unwrap().id,
-            "pod1"
-        );
-    }
-
-    #[test]
-    fn replies_decoded() {
-        let ok = Response {
-            payload: ConnectResponse {
-                shim_pid: 77,
-                task_pid: 78,
-                ..Default::default()
-            }
-            .write_to_bytes()
-            .unwrap(),
-            ..Default::default()
-        };
-        assert_eq!(
-            decode_reply(&ok.write_to_bytes().unwrap()),
-            (Some(77), None)
-        );
-        let mut status = Status::new();
-        status.set_code(containerd_shim_protos::ttrpc::Code::UNIMPLEMENTED);
-        status.set_message("service containerd.task.v2.Task: unknown service".into());
-        let err = Response {
-            status: Some(status).into(),
-            ..Default::default()
-        };
-        let (pid, st) = decode_reply(&err.write_to_bytes().unwrap());
-        assert_eq!(pid, None);
-        assert!(st.unwrap().contains("unknown service"));
-        assert_eq!(socket_path("unix://@abc"), "\0abc");
-        assert_eq!(socket_path("unix:///run/x"), "/run/x");
-    }
-
-    #[tokio::test]
-    async fn silent_listener_is_a_miss_and_absent_socket_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.sock");
-        // Bound and listening, but never accepting or answering, like a stopped shim.
-        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let addr = format!("unix://{}", path.display());
-        let t = Instant::now();
-        assert_eq!(
-            probe(&addr, "x", Duration::from_millis(200)).await,
-            Outcome::NoReply
-        );
-        assert!(t.elapsed() < Duration::from_secs(2));
-        let gone = format!("unix://{}", dir.path().join("none.sock").display());
-        assert!(matches!(
-            probe(&gone, "x", Duration::from_millis(200)).await,
-            Outcome::Refused(_)
-        ));
-    }
-
-    #[tokio::test]
-    async fn any_reply_is_an_answer() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.sock");
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut header = [0u8; HEADER_LEN];
-            s.read_exact(&mut header).await.unwrap();
-            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-            let mut body = vec![0u8; len as usize];
-            s.read_exact(&mut body).await.unwrap();
-            let mut status = Status::new();
-            status.set_code(containerd_shim_protos::ttrpc::Code::NOT_FOUND);
-            let reply = Response {
-                status: Some(status).into(),
-                ..Default::default()
-            }
-            .write_to_bytes()
-            .unwrap();
-            let mut out = (reply.len() as u32).to_be_bytes().to_vec();
-            out.extend_from_slice(&header[4..8]);
-            out.extend_from_slice(&[TYPE_RESPONSE, 0]);
-            out.extend_from_slice(&reply);
-            s.write_all(&out).await.unwrap();
-        });
-        let addr = format!("unix://{}", path.display());
-        let out = probe(&addr, "x", Duration::from_secs(5)).await;
-        assert!(out.answered(), "{out:?}");
-    }
+fn closed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted
+    )
 }
+
+#[cfg(test)]
+mod tests;

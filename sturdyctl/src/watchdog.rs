@@ -18,12 +18,12 @@ use tokio::time::MissedTickBehavior;
 use crate::containerd::Api;
 use crate::discovery::{self, BundleCache, Runtimes, Scope, Shim};
 use crate::feeds;
-use crate::health::{Health, ProbeResult, Verdict};
 use crate::journal::{Journal, JournalError};
 use crate::pidfd::Pidfd;
 use crate::probe::{self, Outcome as Probe};
 use crate::procfs::ProcIdentity;
 use crate::recovery::{self, Context, Reason, SeenExits};
+use crate::watcher::{self, ProbeClock};
 
 /// Watchdog settings.
 #[derive(Debug, Clone)]
@@ -146,6 +146,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         relist,
         unlisted: HashSet::new(),
         bundles: Arc::default(),
+        clock: ProbeClock::start(cfg.interval),
     };
     state.resume_unfinished().await?;
 
@@ -220,6 +221,8 @@ struct State {
     unlisted: HashSet<(String, String)>,
     /// Bundles read by earlier rescans.
     bundles: Arc<std::sync::Mutex<BundleCache>>,
+    /// The tick every watcher probes on.
+    clock: ProbeClock,
 }
 
 impl State {
@@ -364,13 +367,14 @@ impl State {
         );
         let address = shim.address.clone();
         let (shim_tx, shim_rx) = watch::channel(shim);
-        let task = tokio::spawn(watch_shim(
+        let task = watcher::spawn(
             shim_rx,
             pidfd,
+            &self.clock,
             self.cfg.interval,
             self.cfg.misses,
             self.tx.clone(),
-        ));
+        );
         self.watched.insert(
             address,
             Watched {
@@ -494,79 +498,4 @@ fn merge_tasks(current: &mut Shim, new: &Shim) -> bool {
     }
     current.tasks = new.tasks.clone();
     true
-}
-
-/// Watches one shim: its death through the pidfd, hangs through the probes.
-async fn watch_shim(
-    shim: watch::Receiver<Shim>,
-    pidfd: Arc<Pidfd>,
-    interval: Duration,
-    misses: u32,
-    tx: mpsc::Sender<Msg>,
-) {
-    let address = shim.borrow().address.clone();
-    let exit = async {
-        if let Err(e) = pidfd.wait_exit().await {
-            log::error!("shim {address}: {e}; watching it by probes alone");
-            std::future::pending::<()>().await;
-        }
-    };
-    let probing = probe_until_hung(shim, interval, misses);
-    let (reason, since) = tokio::select! {
-        biased;
-        () = exit => {
-            log::debug!("shim {address} (pid {}) exited", pidfd.identity().pid);
-            (Reason::Dead, Instant::now())
-        }
-        (misses, silent_for) = probing => (Reason::Hung { misses, silent_for }, Instant::now()),
-    };
-    let _ = tx
-        .send(Msg::Verdict {
-            address,
-            reason,
-            pidfd,
-            since,
-        })
-        .await;
-}
-
-/// Probes every interval (deadline: one interval) until `misses` go unanswered in a row.
-async fn probe_until_hung(
-    shim: watch::Receiver<Shim>,
-    interval: Duration,
-    misses: u32,
-) -> (u32, Duration) {
-    let mut health = Health::new(misses);
-    let epoch = Instant::now();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let (address, id) = {
-            let s = shim.borrow();
-            (s.address.clone(), s.id.clone())
-        };
-        let sent = Instant::now();
-        let outcome = probe::probe(&address, &id, interval).await;
-        let result = if outcome.answered() {
-            ProbeResult::Answered
-        } else {
-            ProbeResult::Missed
-        };
-        match health.observe(result, sent - epoch, Instant::now() - epoch) {
-            Verdict::Healthy => {}
-            Verdict::Recovered { after, silent_for } => log::warn!(
-                "shim {address} answered again after {after} missed probes ({:.1} s silent): left alone",
-                silent_for.as_secs_f64()
-            ),
-            Verdict::Missed { misses: n } => log::warn!("shim {address}: probe {n}/{misses} unanswered ({outcome:?})"),
-            Verdict::Hung { misses, silent_for } => {
-                log::error!(
-                    "shim {address}: {misses} probes unanswered over {:.1} s: hung",
-                    silent_for.as_secs_f64()
-                );
-                return (misses, silent_for);
-            }
-        }
-    }
 }

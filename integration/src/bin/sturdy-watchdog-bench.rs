@@ -102,6 +102,10 @@ impl Watchdog {
     }
 
     fn stop(&mut self) {
+        // Already reaped (stopped before): its pid may belong to another process by now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
         let end = Instant::now() + Duration::from_secs(25);
         while Instant::now() < end {
@@ -434,13 +438,33 @@ async fn main() {
         cpu as f64 / wall.as_nanos() as f64 * 100.0
     );
 
+    if recoveries > 0 {
+        recoveries_report(&fx, &mut cri, &mut wd, pods, recoveries, alone_hung).await;
+    }
+    wd.stop();
+    for p in &background {
+        remove_pod(&mut cri, p).await;
+    }
+    drop(fx);
+}
+
+/// Breaks shims `recoveries` times each way, with the watchdog and without it, and prints
+/// the recovery times.
+async fn recoveries_report(
+    fx: &Containerd,
+    cri: &mut Cri,
+    wd: &mut Watchdog,
+    pods: usize,
+    recoveries: usize,
+    alone_hung: Duration,
+) {
     let mut rows = Vec::new();
     for (how, label) in [(Break::Kill, "SIGKILL"), (Break::Stop, "SIGSTOP")] {
         for h in [Handler::Sturdy, Handler::Runc] {
             let mut t = Vec::new();
             for n in 0..recoveries {
                 let limit = Duration::from_secs(30);
-                t.push(recover_once(&fx, &mut cri, Some(&wd), h, how, n, limit).await);
+                t.push(recover_once(fx, cri, Some(&*wd), h, how, n, limit).await);
             }
             rows.push((label, h, "watchdog", t));
         }
@@ -454,7 +478,7 @@ async fn main() {
             };
             let mut t = Vec::new();
             for n in 0..count {
-                t.push(recover_once(&fx, &mut cri, None, h, how, n, limit).await);
+                t.push(recover_once(fx, cri, None, h, how, n, limit).await);
             }
             rows.push((label, h, "containerd alone", t));
         }
@@ -486,8 +510,4 @@ async fn main() {
             summary(&t.iter().map(|x| x.not_ready).collect::<Vec<_>>()),
         );
     }
-    for p in &background {
-        remove_pod(&mut cri, p).await;
-    }
-    drop(fx);
 }
