@@ -15,6 +15,10 @@ state() {
     if [ -d /run/netns ]; then
         find /run/netns -mindepth 1 -maxdepth 1 -name 'cni-*' -printf 'netns %p\n'
     fi
+    # libcni's cached results (CRI's loopback network is shared by every fixture).
+    if [ -d /var/lib/cni/results ]; then
+        find /var/lib/cni/results -mindepth 1 -maxdepth 1 -printf 'cni-result %p\n'
+    fi
     # Fixture temp dirs.
     find "${TMPDIR:-/tmp}" -mindepth 1 -maxdepth 1 -name 'sturdy-test-*' -printf 'tempdir %p\n'
     # Fixture bridges (stu<hex>) and their veths' peers would show up as links.
@@ -40,7 +44,7 @@ case "${1:-}" in
             echo "$leaked" | sed 's/^/  /' >&2
             exit 1
         fi
-        echo "leak check: ok (no new containerd/shim/runc processes, overlay mounts, cni netns, sturdy-test-* dirs, bridges, cgroups or shim sockets)"
+        echo "leak check: ok (no new containerd/shim/runc processes, overlay mounts, cni netns, CNI results, sturdy-test-* dirs, bridges, cgroups or shim sockets)"
         ;;
     selftest)
         # Prove the check can fail: plant a fake fixture dir and expect a complaint about it.

@@ -271,6 +271,64 @@ pub fn remove_netns(path: &Path) {
     }
 }
 
+/// Where libcni caches each ADD's result: one file per network, container and interface.
+pub const CNI_RESULTS: &str = "/var/lib/cni/results";
+
+/// One cached CNI result, as far as cleanup needs it.
+#[derive(Debug, Clone)]
+pub struct CniResult {
+    /// The cache file.
+    pub file: PathBuf,
+    /// The network's name (CRI's loopback network is `cni-loopback`).
+    pub network: String,
+    /// The sandbox id.
+    pub container_id: String,
+    /// The pod's cgroup parent (CRI passes it as a capability argument; not every
+    /// containerd release does).
+    pub cgroup_path: Option<String>,
+    /// The pod's uid (CRI passes it as `K8S_POD_UID`).
+    pub pod_uid: Option<String>,
+    /// The network namespaces the result's interfaces live in.
+    pub netns: Vec<PathBuf>,
+}
+
+/// Every cached CNI result under `dir` that parses.
+pub fn cni_results(dir: &Path) -> Vec<CniResult> {
+    read_dir_names(dir)
+        .into_iter()
+        .filter_map(|name| {
+            let file = dir.join(name);
+            let raw = std::fs::read(&file).ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+            let netns = v["result"]["interfaces"]
+                .as_array()
+                .map(|all| {
+                    all.iter()
+                        .filter_map(|i| i["sandbox"].as_str())
+                        .filter(|s| !s.is_empty())
+                        .map(PathBuf::from)
+                        .collect::<BTreeSet<_>>()
+                })
+                .unwrap_or_default();
+            Some(CniResult {
+                network: v["networkName"].as_str()?.to_string(),
+                container_id: v["containerId"].as_str()?.to_string(),
+                cgroup_path: v["capabilityArgs"]["cgroupPath"]
+                    .as_str()
+                    .map(str::to_string),
+                pod_uid: v["cniArgs"].as_array().and_then(|args| {
+                    args.iter()
+                        .find(|kv| kv[0] == "K8S_POD_UID")
+                        .and_then(|kv| kv[1].as_str())
+                        .map(str::to_string)
+                }),
+                netns: netns.into_iter().collect(),
+                file,
+            })
+        })
+        .collect()
+}
+
 /// True if a network interface of that name exists in our netns.
 pub fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
@@ -370,6 +428,30 @@ pub fn socket_from_address(address: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A result as libcni 1.x writes it for CRI's loopback network.
+    #[test]
+    fn cni_results_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("cni-loopback-abc-lo"),
+            r#"{"kind":"cniCacheV1","containerId":"abc","ifName":"lo",
+               "networkName":"cni-loopback",
+               "cniArgs":[["K8S_POD_UID","doomed-1234abcd"],["IgnoreUnknown","1"]],
+               "capabilityArgs":{"cgroupPath":"/sturdy-1234abcd"},
+               "result":{"interfaces":[{"name":"lo","sandbox":"/var/run/netns/cni-x"}]}}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("garbage"), "{").unwrap();
+        let all = cni_results(dir.path());
+        assert_eq!(all.len(), 1);
+        let r = &all[0];
+        assert_eq!(r.network, "cni-loopback");
+        assert_eq!(r.container_id, "abc");
+        assert_eq!(r.cgroup_path.as_deref(), Some("/sturdy-1234abcd"));
+        assert_eq!(r.pod_uid.as_deref(), Some("doomed-1234abcd"));
+        assert_eq!(r.netns, vec![PathBuf::from("/var/run/netns/cni-x")]);
+    }
 
     #[test]
     fn mountinfo_escapes_are_decoded() {

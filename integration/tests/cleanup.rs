@@ -42,6 +42,14 @@ async fn populate(fx: &Containerd) -> Footprint {
     assert!(fp.mounts.len() >= 3, "mounts: {:?}", fp.mounts);
     assert!(!fp.cgroups.is_empty(), "no cgroups found");
     assert!(!fp.shim_sockets.is_empty(), "no shim sockets found");
+    // CRI's loopback network is shared by every fixture: its results must still be ours.
+    assert!(
+        fp.cni_results.iter().any(|f| f
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("cni-loopback-"))),
+        "no cni-loopback result found: {:?}",
+        fp.cni_results
+    );
     assert!(
         fp.leftovers().len() > 5,
         "footprint should be alive: {:?}",

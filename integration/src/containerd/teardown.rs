@@ -44,6 +44,12 @@ impl Containerd {
         }
         let mut cgroups = cleanup::cgroup_dirs(&self.cgroup_name);
         cgroups.extend(cleanup::cgroup_dirs(&self.namespace));
+        let ids = bundles.iter().map(|b| b.id.clone()).collect();
+        let cni_results = self
+            .cni_results(&ids, &netns)
+            .into_iter()
+            .map(|r| r.file)
+            .collect();
         Footprint {
             containerd_pid: self.pid,
             shim_pids: shim_pids.into_iter().collect(),
@@ -53,8 +59,31 @@ impl Containerd {
             bridge: self.bridge.clone(),
             cgroups,
             shim_sockets: shim_sockets.into_iter().collect(),
+            cni_results,
             dir: self.dir.clone(),
         }
+    }
+
+    /// The CNI results this instance caused: its own network's, and those of CRI's loopback
+    /// network, which every fixture shares, told by sandbox id, netns, pod cgroup parent or
+    /// the pod uid `pod_config` gives.
+    fn cni_results(
+        &self,
+        sandboxes: &BTreeSet<String>,
+        netns: &BTreeSet<PathBuf>,
+    ) -> Vec<cleanup::CniResult> {
+        let parent = self.cgroup_parent();
+        let uid_tail = format!("-{}", self.suffix);
+        cleanup::cni_results(Path::new(cleanup::CNI_RESULTS))
+            .into_iter()
+            .filter(|r| {
+                r.network == self.network
+                    || sandboxes.contains(&r.container_id)
+                    || r.netns.iter().any(|n| netns.contains(n))
+                    || r.cgroup_path.as_deref() == Some(parent.as_str())
+                    || r.pod_uid.as_deref().is_some_and(|u| u.ends_with(&uid_tail))
+            })
+            .collect()
     }
 
     /// Stops the containerd process this fixture started: SIGTERM by PID, SIGKILL after 10 s.
@@ -93,6 +122,10 @@ impl Containerd {
         }
         self.remove_pods_best_effort();
         let before = self.footprint();
+        let sandbox_ids: BTreeSet<String> = cleanup::bundles(&self.state_dir())
+            .into_iter()
+            .map(|b| b.id)
+            .collect();
 
         // containerd first, so it does not restart or re-create what we remove next.
         self.stop_daemon();
@@ -133,14 +166,21 @@ impl Containerd {
         if !left.is_empty() {
             problems.push(format!("mounts left: {left:?}"));
         }
-        let mut netns = before.netns.clone();
+        let mut netns: BTreeSet<PathBuf> = before.netns.iter().cloned().collect();
         netns.extend(
             cleanup::bundles(&self.state_dir())
                 .into_iter()
                 .filter_map(|b| b.netns),
         );
+        // A pod whose sandbox never got a bundle is known only by its CNI results, which
+        // name its netns; the results themselves outlive a containerd that was killed.
+        let cni_results = self.cni_results(&sandbox_ids, &netns);
+        netns.extend(cni_results.iter().flat_map(|r| r.netns.iter().cloned()));
         for ns in &netns {
             cleanup::remove_netns(ns);
+        }
+        for r in &cni_results {
+            let _ = std::fs::remove_file(&r.file);
         }
         cleanup::remove_link(&self.bridge);
         for name in [&self.cgroup_name, &self.namespace] {
@@ -160,12 +200,6 @@ impl Containerd {
                     sock.display()
                 );
                 let _ = std::fs::remove_file(sock);
-            }
-        }
-        // libcni caches results outside our dir, keyed by network name.
-        for name in cleanup::read_dir_names(Path::new("/var/lib/cni/results")) {
-            if name.starts_with(&format!("{}-", self.network)) {
-                let _ = std::fs::remove_file(Path::new("/var/lib/cni/results").join(name));
             }
         }
         // Retried because a process killed a moment ago may still have been creating files.
@@ -418,6 +452,9 @@ pub struct Footprint {
     pub cgroups: Vec<PathBuf>,
     /// Shim sockets under /run/containerd/s.
     pub shim_sockets: Vec<PathBuf>,
+    /// libcni's cached results of our pods.
+    #[serde(default)]
+    pub cni_results: Vec<PathBuf>,
     /// The temp dir.
     pub dir: PathBuf,
 }
@@ -447,6 +484,7 @@ impl Footprint {
             .iter()
             .chain(&self.cgroups)
             .chain(&self.shim_sockets)
+            .chain(&self.cni_results)
         {
             if p.exists() {
                 out.push(format!("{} exists", p.display()));
