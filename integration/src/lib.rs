@@ -14,6 +14,8 @@ pub mod handler;
 pub mod image;
 pub mod registry;
 pub mod tools;
+pub mod wait;
+pub mod watchdog;
 
 pub use containerd::{Builder, Containerd, ExtraRuntime, Footprint, Generation, CRI_NAMESPACE};
 pub use cri::{container_config, Cri};
@@ -21,6 +23,7 @@ pub use ctr::{Output, RunOptions};
 pub use error::{Error, Result};
 pub use handler::Handler;
 pub use image::{BUSYBOX_IMAGE, PAUSE_IMAGE};
+pub use wait::until;
 
 /// Re-exported so tests need no direct dependency on the CRI crate.
 pub use k8s_cri;

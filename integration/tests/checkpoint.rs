@@ -7,7 +7,7 @@
 //! fails with CRIU's reason and the container goes on. A missing CRIU is a
 //! FailedPrecondition naming it, for sturdy (the Go shim lets runc fail: Unknown).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use containerd_client::services::v1::snapshots::MountsRequest;
 use containerd_client::services::v1::{
@@ -17,6 +17,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::v1::Status;
 use sturdy_integration::ctr::runtime_flags;
+use sturdy_integration::until;
 use sturdy_integration::{parity_tests, Containerd, Handler, BUSYBOX_IMAGE};
 use tonic::Request;
 
@@ -73,17 +74,6 @@ fn log_in_rootfs(fx: &Containerd, id: &str) -> Vec<u64> {
         .join(id)
         .join("rootfs/tmp/log");
     numbers(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-}
-
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
 }
 
 /// A request in the fixture's namespace, under `lease` when given (so the checkpoint

@@ -14,7 +14,7 @@ use sturdy_integration::k8s_cri::v1::{
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxState,
 };
 use sturdy_integration::{container_config, Containerd, Handler, CRI_NAMESPACE};
-use watchdog_support::{until, wait_pod_state, Watchdog, INTERVAL};
+use watchdog_support::{until, wait_pod_state, Watchdog, WatchdogExt, INTERVAL};
 
 /// How long a record may take to appear after RunPodSandbox returned.
 const RECORDED: Duration = Duration::from_secs(10);

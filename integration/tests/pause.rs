@@ -1,12 +1,13 @@
 //! Pause and Resume through containerd's Tasks API: the container's processes really stop
 //! (its freezer cgroup is FROZEN) and really continue, for both shims.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use containerd_client::services::v1::{GetRequest, PauseTaskRequest, ResumeTaskRequest};
 use containerd_client::types::v1::Status;
 use containerd_client::with_namespace;
 use sturdy_integration::ctr::runtime_flags;
+use sturdy_integration::until;
 use sturdy_integration::{parity_tests, Containerd, BUSYBOX_IMAGE};
 use tonic::Request;
 
@@ -32,17 +33,6 @@ fn counter(pid: u32) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
 }
 
 async fn status(fx: &Containerd, id: &str) -> (Status, u32) {

@@ -2,7 +2,7 @@
 //! exec's entry carries its exec id (`containerd.runc.v1.ProcessDetails`), as `ctr task ps`
 //! shows it; for both shims.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use containerd_client::services::v1::{
     DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest,
@@ -11,6 +11,7 @@ use containerd_client::services::v1::{
 use containerd_client::with_namespace;
 use prost::Message;
 use sturdy_integration::cleanup::pid_alive;
+use sturdy_integration::until;
 use sturdy_integration::{parity_tests, Containerd};
 use tonic::Request;
 
@@ -21,17 +22,6 @@ const T: Duration = Duration::from_secs(60);
 struct ProcessDetails {
     #[prost(string, tag = "1")]
     exec_id: String,
-}
-
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
 }
 
 parity_tests! {

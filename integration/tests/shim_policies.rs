@@ -1,20 +1,10 @@
 //! sturdy's own policies, beyond parity with the Go shim (docs/shim.md, "Policies").
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sturdy_integration::k8s_cri::v1::ContainerState;
+use sturdy_integration::until;
 use sturdy_integration::{cleanup, container_config, Containerd, Handler, CRI_NAMESPACE};
-
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
-}
 
 /// SIGTERM never takes live pods down: the shim logs it and keeps serving; once its
 /// containers are gone, Shutdown ends it as usual.

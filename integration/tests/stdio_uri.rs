@@ -4,29 +4,18 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use containerd_client::services::v1::GetRequest;
 use containerd_client::with_namespace;
 use sturdy_integration::cleanup::pid_alive;
 use sturdy_integration::ctr::runtime_flags;
+use sturdy_integration::until;
 use sturdy_integration::{parity_tests, Containerd, Handler, RunOptions, BUSYBOX_IMAGE};
 use tonic::Request;
 
 const T: Duration = Duration::from_secs(60);
 const LINES: usize = 2000;
-
-/// Waits until `f` holds, polling; false if it still does not after `limit`.
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
-}
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()

@@ -53,7 +53,7 @@ async fn killed_shim_pod_is_recovered() {
         );
     }
     // The operator's view: the incident, finished, with its steps.
-    let status = wd.status(&fx, &[]);
+    let status = wd.status_json(&fx, &[]);
     let incident = status["incidents"]
         .as_array()
         .and_then(|all| all.iter().find(|i| i["address"] == pod.address.as_str()))
@@ -219,7 +219,7 @@ async fn briefly_stopped_shim_is_left_alone_under_load() {
     let st = cri.pod_status(&pod.id).await.expect("PodSandboxStatus");
     assert_eq!(st.state, PodSandboxState::SandboxReady as i32);
     // The operator's view: the shim is watched and answers, no incident.
-    let status = wd.status(&fx, &[]);
+    let status = wd.status_json(&fx, &[]);
     let shim = status["shims"]
         .as_array()
         .and_then(|all| all.iter().find(|s| s["address"] == pod.address.as_str()))

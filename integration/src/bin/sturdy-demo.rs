@@ -2,11 +2,13 @@
 //! (or the Go runc shim), print its output, and tear everything down again.
 
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use sturdy_integration::containerd::SHIM_BINARY;
 use sturdy_integration::ctr::shim_looks_real;
+use sturdy_integration::until;
+use sturdy_integration::watchdog::Watchdog;
 use sturdy_integration::{container_config, Containerd, Handler};
 
 const USAGE: &str = "usage: sturdy-demo [--runtime sturdy|runc] [--shim PATH]
@@ -162,16 +164,6 @@ fn sturdyctl_bin() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-/// A child process killed by PID when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs `sturdyctl watchdog`, then kills one pod's shim (incident 003) and hangs another's
 /// (SIGSTOP), and shows that both pods are recovered.
 async fn watchdog_demo(fx: &Containerd) -> Result<(), String> {
@@ -180,26 +172,8 @@ async fn watchdog_demo(fx: &Containerd) -> Result<(), String> {
         return Ok(());
     };
     println!("\n==> sturdyctl watchdog --interval 1s (recovers dead and hung shims)");
-    let dir = fx.dir().join("watchdog");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let journal = dir.join("journal");
-    let log = dir.join("watchdog.log");
-    let _watchdog = Child(
-        Command::new(&bin)
-            .arg("watchdog")
-            .arg("--address")
-            .arg(fx.socket())
-            .arg("--state-dir")
-            .arg(fx.state_dir())
-            .arg("--journal")
-            .arg(&journal)
-            .args(["--interval", "1s", "--misses", "3"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", bin.display()))?,
-    );
+    let watchdog = Watchdog::spawn(&bin, fx, &["--interval", "1s", "--misses", "3"], "info")
+        .map_err(|e| e.to_string())?;
     let mut cri = fx.cri().await.map_err(|e| e.to_string())?;
     for (name, signal, what) in [
         ("killed", libc::SIGKILL, "kill -9 (the shim dies)"),
@@ -222,18 +196,10 @@ async fn watchdog_demo(fx: &Containerd) -> Result<(), String> {
         let shim = fx
             .shim_pid(sturdy_integration::CRI_NAMESPACE, &pod)
             .ok_or("no shim pid for the pod")?;
-        let watching = format!("pid {shim} ");
-        if !until(Duration::from_secs(15), || {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .lines()
-                .any(|l| l.contains("watching shim") && l.contains(&watching))
-        })
-        .await
-        {
+        if !until(Duration::from_secs(15), || watchdog.watching("", shim)).await {
             return Err(format!(
                 "the watchdog never picked up shim {shim}; its log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                watchdog.log()
             ));
         }
         let sleep_pid = container_pid(fx, &ctr).ok_or("no container pid")?;
@@ -269,27 +235,14 @@ async fn watchdog_demo(fx: &Containerd) -> Result<(), String> {
         cri.remove_pod(&pod).await.map_err(|e| e.to_string())?;
     }
     if !until(Duration::from_secs(20), || {
-        std::fs::read_to_string(&journal)
-            .unwrap_or_default()
-            .matches("\"phase\":\"finished\"")
-            .count()
-            >= 2
+        watchdog.finished_incidents() >= 2
     })
     .await
     {
         return Err("the watchdog did not finish both recoveries".into());
     }
     println!("\n==> sturdyctl status (the watchdog's journal)");
-    let out = Command::new(&bin)
-        .arg("status")
-        .arg("--address")
-        .arg(fx.socket())
-        .arg("--state-dir")
-        .arg(fx.state_dir())
-        .arg("--journal")
-        .arg(&journal)
-        .output()
-        .map_err(|e| e.to_string())?;
+    let out = watchdog.status(fx, &[]).map_err(|e| e.to_string())?;
     print!("{}", indent(&String::from_utf8_lossy(&out.stdout)));
     Ok(())
 }
@@ -310,17 +263,6 @@ fn running(pid: i32) -> bool {
         ),
         Err(_) => false,
     }
-}
-
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
 }
 
 fn indent(s: &str) -> String {

@@ -15,7 +15,6 @@
 //! PodSandboxStatus says so.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -24,6 +23,8 @@ use sturdy_integration::containerd::workspace_dir;
 use sturdy_integration::k8s_cri::v1::{
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxState,
 };
+use sturdy_integration::until;
+use sturdy_integration::watchdog::Watchdog;
 use sturdy_integration::{cleanup, container_config, Containerd, Cri, Handler, CRI_NAMESPACE};
 
 const INTERVAL: &str = "2s";
@@ -33,96 +34,6 @@ fn sturdyctl_bin() -> PathBuf {
     std::env::var_os("STURDYCTL_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_dir().join("target/release/sturdyctl"))
-}
-
-/// The watchdog as a child, watching both runtimes at the default timing.
-struct Watchdog {
-    child: Child,
-    log: PathBuf,
-    journal: PathBuf,
-}
-
-impl Watchdog {
-    fn start(fx: &Containerd) -> Watchdog {
-        let dir = fx.dir().join("watchdog");
-        std::fs::create_dir_all(&dir).expect("watchdog dir");
-        let log = dir.join("watchdog.log");
-        let journal = dir.join("watchdog.journal");
-        let child = Command::new(sturdyctl_bin())
-            .arg("watchdog")
-            .arg("--address")
-            .arg(fx.socket())
-            .arg("--state-dir")
-            .arg(fx.state_dir())
-            .arg("--journal")
-            .arg(&journal)
-            .args(["--runtime", "io.containerd.runc.v2"])
-            .args(["--interval", INTERVAL, "--misses", &MISSES.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("watchdog log"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", sturdyctl_bin().display()));
-        Watchdog {
-            child,
-            log,
-            journal,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn watching(&self, address: &str, pid: i32) -> bool {
-        let pid = format!("pid {pid} ");
-        self.log()
-            .lines()
-            .any(|l| l.contains("watching shim") && l.contains(address) && l.contains(&pid))
-    }
-
-    fn finished(&self, address: &str) -> bool {
-        let text = std::fs::read_to_string(&self.journal).unwrap_or_default();
-        let entries: Vec<serde_json::Value> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let ids: Vec<&str> = entries
-            .iter()
-            .filter(|e| e["phase"] == "started" && e["shim"]["address"] == address)
-            .filter_map(|e| e["incident"].as_str())
-            .collect();
-        entries
-            .iter()
-            .any(|e| e["phase"] == "finished" && ids.iter().any(|id| e["incident"] == *id))
-    }
-
-    fn stop(&mut self) {
-        // Already reaped (stopped before): its pid may belong to another process by now.
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
-        let end = Instant::now() + Duration::from_secs(25);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// A host-network pod: the bench measures shims and the watchdog, not CNI, and needs more
@@ -287,11 +198,11 @@ async fn recover_once(
 ) -> Timing {
     let pod = run_pod(fx, cri, h, &format!("rec-{}-{how:?}-{n}", h.name())).await;
     if let Some(wd) = wd {
-        let end = Instant::now() + Duration::from_secs(20);
-        while !wd.watching(&pod.address, pod.shim) && Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(wd.watching(&pod.address, pod.shim), "never watched");
+        let watched = until(Duration::from_secs(20), || {
+            wd.watching(&pod.address, pod.shim)
+        })
+        .await;
+        assert!(watched, "never watched");
     }
     let sig = match how {
         Break::Kill => Signal::SIGKILL,
@@ -301,10 +212,7 @@ async fn recover_once(
     let t0 = Instant::now();
     let timing = observe(cri, &pod, t0, limit).await;
     if let Some(wd) = wd {
-        let end = Instant::now() + Duration::from_secs(30);
-        while !wd.finished(&pod.address) && Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until(Duration::from_secs(30), || wd.finished(&pod.address)).await;
     }
     remove_pod(cri, &pod).await;
     // The Go shim leaves its socket behind when containerd alone cleans up.
@@ -391,7 +299,17 @@ async fn main() {
         fx.shim_bin().display(),
         fx.version().await.unwrap_or_default()
     );
-    let mut wd = Watchdog::start(&fx);
+    // Both runtimes at the default timing, at the default log level.
+    let misses = MISSES.to_string();
+    let args = [
+        "--runtime",
+        "io.containerd.runc.v2",
+        "--interval",
+        INTERVAL,
+        "--misses",
+        &misses,
+    ];
+    let mut wd = Watchdog::spawn(&sturdyctl_bin(), &fx, &args, "info").expect("start the watchdog");
     let mut background = Vec::new();
     for i in 0..pods {
         let h = if i % 2 == 0 {
@@ -401,6 +319,7 @@ async fn main() {
         };
         background.push(run_pod(&fx, &mut cri, h, &format!("idle-{i}")).await);
     }
+    // Polled slowly: each check reads the whole log once per pod.
     let end = Instant::now() + Duration::from_secs(60);
     while !background.iter().all(|p| wd.watching(&p.address, p.shim)) {
         assert!(Instant::now() < end, "the watchdog never watched every pod");

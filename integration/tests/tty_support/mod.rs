@@ -19,6 +19,7 @@ use containerd_client::services::v1::{
 use containerd_client::with_namespace;
 use nix::fcntl::OFlag;
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+pub use sturdy_integration::until as wait_for;
 use sturdy_integration::Containerd;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -27,18 +28,6 @@ use tonic::{Request, Status};
 
 /// Longest any single step may take on a loaded 2-core machine.
 pub const T: Duration = Duration::from_secs(60);
-
-/// Waits until `f` holds, polling; false if it still does not after `limit`.
-pub async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
-}
 
 /// Everything a reader took from a FIFO or pty so far.
 #[derive(Clone, Default)]

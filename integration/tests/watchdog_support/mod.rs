@@ -22,6 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sturdy_integration::containerd::workspace_dir;
 use sturdy_integration::k8s_cri::v1::PodSandboxState;
+pub use sturdy_integration::until;
 use sturdy_integration::{cleanup, Containerd, Cri, CRI_NAMESPACE};
 
 /// Probe interval the tests run the watchdog with.
@@ -40,85 +41,39 @@ pub fn sturdyctl_bin() -> PathBuf {
     target.join("debug").join("sturdyctl")
 }
 
-/// A running `sturdyctl watchdog`, SIGTERMed (then SIGKILLed) by PID on drop.
-pub struct Watchdog {
-    pub child: Child,
-    pub log: PathBuf,
-    pub journal: PathBuf,
+pub use sturdy_integration::watchdog::Watchdog;
+
+/// Starting the watchdog the way these tests run it, and waiting on what it does.
+pub trait WatchdogExt: Sized {
+    /// Started with `--interval INTERVAL --misses MISSES` and `extra`.
+    fn start(fx: &Containerd, extra: &[&str]) -> Self;
+    /// Started with the default timing and `args`.
+    fn start_with(fx: &Containerd, args: &[&str]) -> Self;
+    /// Waits until its log has a line containing all of `needles`.
+    async fn wait_log(&self, needles: &[&str], limit: Duration);
+    /// Waits until it watches the shim at `address` with pid `pid`.
+    async fn wait_watching(&self, address: &str, pid: i32);
+    /// Waits until an incident of the shim at `address` finished; its journal entries.
+    async fn wait_finished(&self, address: &str, limit: Duration) -> Vec<serde_json::Value>;
+    /// `sturdyctl status --json` about the same containerd and journal.
+    fn status_json(&self, fx: &Containerd, extra: &[&str]) -> serde_json::Value;
 }
 
-impl Watchdog {
-    /// Started with `--interval INTERVAL --misses MISSES` and `extra`.
-    pub fn start(fx: &Containerd, extra: &[&str]) -> Watchdog {
+impl WatchdogExt for Watchdog {
+    fn start(fx: &Containerd, extra: &[&str]) -> Watchdog {
         let interval = format!("{}ms", INTERVAL.as_millis());
         let misses = MISSES.to_string();
         let mut args = vec!["--interval", interval.as_str(), "--misses", misses.as_str()];
         args.extend_from_slice(extra);
-        Self::start_with(fx, &args)
+        Watchdog::start_with(fx, &args)
     }
 
-    /// Started with the default timing and `args`.
-    pub fn start_with(fx: &Containerd, args: &[&str]) -> Watchdog {
-        let bin = sturdyctl_bin();
-        assert!(
-            bin.is_file(),
-            "{} is missing: run `cargo build --workspace` first",
-            bin.display()
-        );
-        let dir = fx.dir().join("watchdog");
-        std::fs::create_dir_all(&dir).expect("watchdog dir");
-        // A watchdog started again on the same journal gets a log of its own.
-        let log = (0..)
-            .map(|n| match n {
-                0 => dir.join("watchdog.log"),
-                n => dir.join(format!("watchdog.{n}.log")),
-            })
-            .find(|p| !p.exists())
-            .expect("a free log name");
-        let journal = dir.join("watchdog.journal");
-        let child = Command::new(&bin)
-            .arg("watchdog")
-            .arg("--address")
-            .arg(fx.socket())
-            .arg("--state-dir")
-            .arg(fx.state_dir())
-            .arg("--journal")
-            .arg(&journal)
-            .args(args)
-            .env("STURDYCTL_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("watchdog log"))
-            .spawn()
-            .expect("start sturdyctl watchdog");
-        Watchdog {
-            child,
-            log,
-            journal,
-        }
+    fn start_with(fx: &Containerd, args: &[&str]) -> Watchdog {
+        Watchdog::spawn(&sturdyctl_bin(), fx, args, "debug").expect("start sturdyctl watchdog")
     }
 
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Journal entries (JSON lines).
-    pub fn journal(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.journal)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// Waits until the watchdog's log has a line containing all of `needles`.
-    pub async fn wait_log(&self, needles: &[&str], limit: Duration) {
-        let ok = until(limit, || {
-            self.log()
-                .lines()
-                .any(|l| needles.iter().all(|n| l.contains(n)))
-        })
-        .await;
+    async fn wait_log(&self, needles: &[&str], limit: Duration) {
+        let ok = until(limit, || self.logged(needles)).await;
         assert!(
             ok,
             "the watchdog never logged {needles:?} within {limit:?}; its log:\n{}",
@@ -126,8 +81,7 @@ impl Watchdog {
         );
     }
 
-    /// Waits until the watchdog watches the shim at `address` with pid `pid`.
-    pub async fn wait_watching(&self, address: &str, pid: i32) {
+    async fn wait_watching(&self, address: &str, pid: i32) {
         self.wait_log(
             &["watching shim", address, &format!("pid {pid} ")],
             Duration::from_secs(15),
@@ -135,27 +89,8 @@ impl Watchdog {
         .await;
     }
 
-    /// Entries of incidents whose `started` entry concerns the shim at `address`.
-    pub fn incident_entries(&self, address: &str) -> Vec<serde_json::Value> {
-        let entries = self.journal();
-        let ids: Vec<String> = entries
-            .iter()
-            .filter(|e| e["phase"] == "started" && e["shim"]["address"] == address)
-            .filter_map(|e| e["incident"].as_str().map(String::from))
-            .collect();
-        entries
-            .into_iter()
-            .filter(|e| ids.iter().any(|id| e["incident"] == id.as_str()))
-            .collect()
-    }
-
-    pub async fn wait_finished(&self, address: &str, limit: Duration) -> Vec<serde_json::Value> {
-        let ok = until(limit, || {
-            self.incident_entries(address)
-                .iter()
-                .any(|e| e["phase"] == "finished")
-        })
-        .await;
+    async fn wait_finished(&self, address: &str, limit: Duration) -> Vec<serde_json::Value> {
+        let ok = until(limit, || self.finished(address)).await;
         assert!(
             ok,
             "no finished incident for {address} in the journal within {limit:?}; journal:\n{:#?}\nlog:\n{}",
@@ -176,63 +111,16 @@ impl Watchdog {
         entries
     }
 
-    /// `sturdyctl status --json` about the same containerd and journal.
-    pub fn status(&self, fx: &Containerd, extra: &[&str]) -> serde_json::Value {
-        let out = Command::new(sturdyctl_bin())
-            .arg("status")
-            .arg("--json")
-            .arg("--address")
-            .arg(fx.socket())
-            .arg("--state-dir")
-            .arg(fx.state_dir())
-            .arg("--journal")
-            .arg(&self.journal)
-            .args(extra)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run sturdyctl status");
+    fn status_json(&self, fx: &Containerd, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["--json"];
+        args.extend_from_slice(extra);
+        let out = self.status(fx, &args).expect("run sturdyctl status");
         assert!(
             out.status.success(),
             "sturdyctl status: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("status JSON")
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// SIGKILL now (no chance to finish anything), and reap it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then SIGKILL after 25 s; returns how it exited.
-    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(pid, Signal::SIGTERM);
-            let end = Instant::now() + Duration::from_secs(25);
-            while Instant::now() < end {
-                if let Ok(Some(status)) = self.child.try_wait() {
-                    return Some(status);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-        }
-        self.child.wait().ok()
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.stop();
-        if std::thread::panicking() {
-            eprintln!("--- watchdog log ---\n{}", self.log());
-        }
     }
 }
 
@@ -290,17 +178,6 @@ pub async fn wait_pod_state(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-pub async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    f()
 }
 
 /// How long until none of `pids` runs, if within `limit`.
