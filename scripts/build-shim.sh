@@ -9,6 +9,7 @@ if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; f
 host="$(rustc -vV | sed -n 's/^host: //p')"
 # With an explicit --target, RUSTFLAGS reach only the target crates, not build scripts or
 # proc macros (which cannot be built with crt-static).
-RUSTFLAGS="-C target-feature=+crt-static" \
+# panic = abort only here (see the release profile in Cargo.toml).
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_PANIC=abort \
   cargo build --locked --release -p sturdy-shim --target "$host" >&2
 echo "$PWD/target/$host/release/containerd-shim-sturdy-v2"

@@ -9,5 +9,8 @@ if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; f
 
 echo "==> cargo build --release --workspace"
 cargo build --locked --release --workspace
+# The shim as nodes get it (static, panic = abort), not the workspace's release build.
+echo "==> scripts/build-shim.sh"
+shim="$(bash scripts/build-shim.sh | tail -n 1)"
 
-exec target/release/sturdy-demo "$@"
+exec target/release/sturdy-demo --shim "$shim" "$@"
