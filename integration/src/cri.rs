@@ -11,9 +11,10 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
-    ListPodSandboxRequest, PodSandbox, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatus,
-    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandbox,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatus, PodSandboxStatusRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
@@ -84,6 +85,24 @@ impl Containerd {
             }),
             ..Default::default()
         }
+    }
+
+    /// [`Self::pod_config`] in the host's network namespace: no CNI, so no limit from the
+    /// fixture's /28 of addresses.
+    pub fn host_network_pod_config(&self, name: &str) -> PodSandboxConfig {
+        let mut cfg = self.pod_config(name);
+        // The host's UTS namespace too: runc refuses a hostname without a private one.
+        cfg.hostname.clear();
+        if let Some(linux) = cfg.linux.as_mut() {
+            linux.security_context = Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        cfg
     }
 }
 

@@ -12,6 +12,7 @@ pub mod ctr;
 pub mod error;
 pub mod handler;
 pub mod image;
+pub mod measure;
 pub mod registry;
 pub mod tools;
 pub mod wait;

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use netmeta_support::*;
 use sandbox_record::{Network, Pod as PodId, Record};
-use sturdy_integration::k8s_cri::v1::{
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxState,
-};
+use sturdy_integration::k8s_cri::v1::PodSandboxState;
 use sturdy_integration::{container_config, Containerd, Handler, CRI_NAMESPACE};
 use watchdog_support::{until, wait_pod_state, Watchdog, WatchdogExt, INTERVAL};
 
@@ -183,18 +181,7 @@ async fn incident_000_without_repair_loses_the_ip() {
 async fn host_network_pod_is_recorded_as_such() {
     let fx = Containerd::start().await.expect("start containerd");
     let mut cri = fx.cri().await.expect("cri client");
-    let mut cfg = fx.pod_config("hostnet");
-    // The host's UTS namespace too: runc refuses a hostname without a private one.
-    cfg.hostname.clear();
-    if let Some(linux) = cfg.linux.as_mut() {
-        linux.security_context = Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                network: NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
+    let cfg = fx.host_network_pod_config("hostnet");
     let id = cri
         .run_pod(Handler::Sturdy, &cfg)
         .await

@@ -46,9 +46,7 @@ async fn killed_shim_pod_is_recovered() {
     );
     for id in &pod.all {
         assert!(
-            entries
-                .iter()
-                .any(|e| e["step"] == format!("delete {id}") && e["ok"] == true),
+            delete_ok(&entries, id),
             "no successful delete of {id}: {entries:#?}"
         );
     }
@@ -274,9 +272,7 @@ async fn killed_shim_with_two_containers() {
         .await;
     for id in &pod.all {
         assert!(
-            entries
-                .iter()
-                .any(|e| e["step"] == format!("delete {id}") && e["ok"] == true),
+            delete_ok(&entries, id),
             "delete did not run for {id}: {entries:#?}"
         );
     }
@@ -337,9 +333,7 @@ async fn containerd_cleanup_is_not_raced_by_the_watchdog() {
         .await;
     for id in &pod.all {
         assert!(
-            entries
-                .iter()
-                .any(|e| e["step"] == format!("delete {id}") && e["ok"] == true),
+            delete_ok(&entries, id),
             "no delete step for {id}: {entries:#?}"
         );
     }
@@ -349,13 +343,7 @@ async fn containerd_cleanup_is_not_raced_by_the_watchdog() {
         || runtime_leftovers(&fx, &pod),
     )
     .await;
-    wait_cri_containers_exited(&mut cri, &pod, Duration::from_secs(30)).await;
-    cri.stop_pod(&pod.id).await.expect("StopPodSandbox");
-    cri.remove_pod(&pod.id).await.expect("RemovePodSandbox");
-    wait_nothing_left("the pod", Duration::from_secs(10), || {
-        pod_leftovers(&fx, &pod)
-    })
-    .await;
+    remove_recovered_pod(&fx, &mut cri, &pod).await;
 }
 
 /// The watchdog keeps one probe connection open per shim. A pod removed the normal way

@@ -113,13 +113,8 @@ async fn shim_killed_while_containerd_is_down(how: Down) {
     let entries = wd
         .wait_finished(&pod.address, Duration::from_secs(30))
         .await;
-    let finished: Vec<_> = entries
-        .iter()
-        .filter(|e| e["phase"] == "finished")
-        .collect();
-    assert_eq!(finished.len(), 1, "{entries:#?}");
     assert!(
-        finished[0]["at_ms"].as_u64().unwrap_or(0) >= back,
+        only_finished(&entries)["at_ms"].as_u64().unwrap_or(0) >= back,
         "finished before containerd was back: {entries:#?}"
     );
     assert!(
@@ -130,13 +125,7 @@ async fn shim_killed_while_containerd_is_down(how: Down) {
     );
 
     // The kubelet's part.
-    wait_cri_containers_exited(&mut cri, &pod, Duration::from_secs(30)).await;
-    cri.stop_pod(&pod.id).await.expect("StopPodSandbox");
-    cri.remove_pod(&pod.id).await.expect("RemovePodSandbox");
-    wait_nothing_left("the pod", Duration::from_secs(10), || {
-        pod_leftovers(&fx, &pod)
-    })
-    .await;
+    remove_recovered_pod(&fx, &mut cri, &pod).await;
     assert!(
         wd.log().contains("incident"),
         "the watchdog logged no incident"

@@ -91,15 +91,11 @@ async fn watchdog_killed_mid_recovery(frozen: bool) {
     let entries = second
         .wait_finished(&pod.address, Duration::from_secs(30))
         .await;
-    let finished: Vec<_> = entries
-        .iter()
-        .filter(|e| e["phase"] == "finished")
-        .collect();
-    assert_eq!(finished.len(), 1, "{entries:#?}");
-    assert_eq!(finished[0]["ok"], true, "{entries:#?}");
+    let finished = only_finished(&entries);
+    assert_eq!(finished["ok"], true, "{entries:#?}");
     assert_eq!(count(&entries, "started"), 1, "{entries:#?}");
     assert_eq!(
-        finished[0]["incident"], at_kill[0]["incident"],
+        finished["incident"], at_kill[0]["incident"],
         "a new incident was recovered instead of the interrupted one: {entries:#?}"
     );
     assert!(
@@ -109,9 +105,7 @@ async fn watchdog_killed_mid_recovery(frozen: bool) {
     );
     for id in &pod.all {
         assert!(
-            entries
-                .iter()
-                .any(|e| e["step"] == format!("delete {id}") && e["ok"] == true),
+            delete_ok(&entries, id),
             "no successful delete of {id}: {entries:#?}"
         );
     }
@@ -124,13 +118,7 @@ async fn watchdog_killed_mid_recovery(frozen: bool) {
     )
     .await;
     assert_eq!(state, Some(PodSandboxState::SandboxNotready as i32));
-    wait_cri_containers_exited(&mut cri, &pod, Duration::from_secs(30)).await;
-    cri.stop_pod(&pod.id).await.expect("StopPodSandbox");
-    cri.remove_pod(&pod.id).await.expect("RemovePodSandbox");
-    wait_nothing_left("the pod", Duration::from_secs(10), || {
-        pod_leftovers(&fx, &pod)
-    })
-    .await;
+    remove_recovered_pod(&fx, &mut cri, &pod).await;
     // Its rescans since found nothing to redo.
     let entries = second.incident_entries(&pod.address);
     assert_eq!(count(&entries, "started"), 1, "{entries:#?}");

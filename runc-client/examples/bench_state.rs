@@ -104,10 +104,7 @@ fn run() -> Result<(), Failure> {
     // Only now may the reaper start; the client's guard takes over cleanup.
     std::mem::forget(direct_guard);
     let runc = root.client();
-    let _guard = common::ContainerGuard {
-        runc: runc.clone(),
-        id: id.clone(),
-    };
+    let _guard = common::ContainerGuard::new(&runc, &id);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -7,17 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{process, runc_available, unique_id, wait_status, Bundle, ContainerGuard, Root};
-use runc_client::{CreateOpts, ExecOpts, Runc};
-
-macro_rules! require_runc {
-    () => {
-        if !runc_available() {
-            eprintln!("skipping: needs root, runc and /usr/bin/busybox");
-            return;
-        }
-    };
-}
+use common::{
+    create_and_start, process, read_to_string, require_runc, unique_id, wait_status, Bundle,
+    ContainerGuard, Root,
+};
+use runc_client::{ExecOpts, Runc};
 
 /// Every command on an id the runtime has no state for, each expected to be `NotFound`.
 async fn assert_every_command_not_found(runtime: &Runc, label: &str, has_events: bool) {
@@ -81,13 +75,7 @@ async fn runc_not_found_for_every_command_with_and_without_log() {
     let root = Root::new();
     assert_every_command_not_found(&root.client(), "runc, log on stderr", true).await;
     let log = root.path().join("shared-log.json");
-    let logged = Runc::new(
-        runc_client::RuncConfig {
-            log: Some(log.clone()),
-            ..root.client().config().clone()
-        },
-        runc_client::Reaper::global(),
-    );
+    let logged = root.client_with(|c| c.log = Some(log.clone()));
     assert_every_command_not_found(&logged, "runc, --log file", true).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("container does not exist"), "{text}");
@@ -96,18 +84,10 @@ async fn runc_not_found_for_every_command_with_and_without_log() {
 #[tokio::test]
 async fn crun_not_found_for_every_command() {
     require_runc!();
-    if !std::path::Path::new("/usr/bin/crun").exists() {
-        eprintln!("skipping: no /usr/bin/crun");
-        return;
-    }
     let root = Root::new();
-    let crun = Runc::new(
-        runc_client::RuncConfig {
-            binary: "/usr/bin/crun".into(),
-            ..root.client().config().clone()
-        },
-        runc_client::Reaper::global(),
-    );
+    let Some(crun) = root.crun() else {
+        return;
+    };
     // crun 1.8.1 has no `events` command.
     assert_every_command_not_found(&crun, "crun", false).await;
 }
@@ -122,14 +102,8 @@ async fn kill_passes_signal_zero_and_realtime_signals() {
     let script = "trap 'echo got34 >> /tmp/sig' 34; trap 'echo got64 >> /tmp/sig' 64; \
                   echo > /tmp/ready; while true; do sleep 0.05; done";
     let bundle = Bundle::new(&id, &["sh", "-c", script], |_| {});
-    let _guard = ContainerGuard {
-        runc: runc.clone(),
-        id: id.clone(),
-    };
-    runc.create(&id, bundle.path(), &CreateOpts::default())
-        .await
-        .unwrap();
-    runc.start(&id).await.unwrap();
+    let _guard = ContainerGuard::new(&runc, &id);
+    create_and_start(&runc, &id, &bundle).await;
     let tmp = bundle.rootfs().join("tmp");
     let wait_file = |name: &'static str, want: &'static str| {
         let path = tmp.join(name);
@@ -171,14 +145,8 @@ async fn exec_spec_in_the_bundle_leaves_nothing_behind() {
     let runc = root.client();
     let id = unique_id("spec");
     let bundle = Bundle::new(&id, &["sleep", "1000"], |_| {});
-    let _guard = ContainerGuard {
-        runc: runc.clone(),
-        id: id.clone(),
-    };
-    runc.create(&id, bundle.path(), &CreateOpts::default())
-        .await
-        .unwrap();
-    runc.start(&id).await.unwrap();
+    let _guard = ContainerGuard::new(&runc, &id);
+    create_and_start(&runc, &id, &bundle).await;
     let listing = || {
         let mut names: Vec<_> = std::fs::read_dir(bundle.path())
             .unwrap()
@@ -204,9 +172,7 @@ async fn exec_spec_in_the_bundle_leaves_nothing_behind() {
     runc.exec(&id, &spec, &opts).await.unwrap();
     drop(opts);
     drop(out.write);
-    let mut said = String::new();
-    std::io::Read::read_to_string(&mut std::fs::File::from(out.read), &mut said).unwrap();
-    assert_eq!(said, "s3cret-token\n");
+    assert_eq!(read_to_string(out.read), "s3cret-token\n");
     assert_eq!(listing(), before, "the exec left files in the bundle");
     runc.delete(&id, true).await.unwrap();
 }

@@ -4,29 +4,13 @@
 
 mod common;
 
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use common::{
-    process, runc_available, unique_id, wait_status, Bundle, CgroupGuard, ContainerGuard, Root,
-    SysctlGuard,
+    process, read_to_string, require_runc, unique_id, wait_status, Bundle, CgroupGuard,
+    ContainerGuard, Root, SysctlGuard,
 };
-use runc_client::{ConsoleSocket, CreateOpts, ExecOpts, Pipe, ProcessIo, Runc};
-
-macro_rules! require_runc {
-    () => {
-        if !runc_available() {
-            eprintln!("skipping: needs root, runc and /usr/bin/busybox");
-            return;
-        }
-    };
-}
-
-fn read_to_string(fd: OwnedFd) -> String {
-    let mut s = String::new();
-    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut s).unwrap();
-    s
-}
+use runc_client::{ConsoleSocket, CreateOpts, ExecOpts, Pipe, ProcessIo};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_lifecycle() {
@@ -35,10 +19,7 @@ async fn full_lifecycle() {
     let runc = root.client();
     let id = unique_id("life");
     let bundle = Bundle::new(&id, &["sleep", "1000"], |_| {});
-    let _guard = ContainerGuard {
-        runc: runc.clone(),
-        id: id.clone(),
-    };
+    let _guard = ContainerGuard::new(&runc, &id);
 
     let pid_file = bundle.path().join("init.pid");
     let opts = CreateOpts {
@@ -160,10 +141,7 @@ async fn runc_errors_carry_runcs_message() {
     let id = unique_id("bad");
     // A bundle whose process does not exist: create succeeds, start must fail with runc's reason.
     let bundle = Bundle::new(&id, &["/no/such/binary"], |_| {});
-    let _guard = ContainerGuard {
-        runc: runc.clone(),
-        id: id.clone(),
-    };
+    let _guard = ContainerGuard::new(&runc, &id);
     let err = runc
         .create(&id, bundle.path(), &CreateOpts::default())
         .await;
@@ -185,10 +163,7 @@ async fn failed_create_reports_runcs_reason() {
     let root = Root::new();
     let runc = root.client();
     let id = unique_id("nobundle");
-    let _guard = ContainerGuard {
-        runc: runc.clone(),
-        id: id.clone(),
-    };
+    let _guard = ContainerGuard::new(&runc, &id);
     let missing = tempfile::tempdir().unwrap();
     let started = Instant::now();
     // Stdio is handed over (here: to /dev/null), so the reason must come from runc's log.
@@ -217,16 +192,12 @@ async fn hanging_create_is_killed_with_runc_init() {
     require_runc!();
     let root = Root::new();
     let id = unique_id("hang");
-    let runc = Runc::new(
-        runc_client::RuncConfig {
-            deadlines: runc_client::Deadlines {
-                create: Duration::from_secs(3),
-                ..Default::default()
-            },
-            ..root.client().config().clone()
-        },
-        runc_client::Reaper::global(),
-    );
+    let runc = root.client_with(|c| {
+        c.deadlines = runc_client::Deadlines {
+            create: Duration::from_secs(3),
+            ..Default::default()
+        }
+    });
     let cgroup = CgroupGuard {
         name: format!("runc-client-test-{id}"),
     };
@@ -238,10 +209,7 @@ async fn hanging_create_is_killed_with_runc_init() {
             "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", hook_script]}]
         });
     });
-    let _guard = ContainerGuard {
-        runc: runc.clone(),
-        id: id.clone(),
-    };
+    let _guard = ContainerGuard::new(&runc, &id);
     let started = Instant::now();
     let err = runc
         .create(&id, bundle.path(), &CreateOpts::default())
@@ -309,10 +277,7 @@ async fn console_socket_delivers_the_pty_master() {
     let bundle = Bundle::new(&id, &["sh", "-c", "echo tty-ok; sleep 1000"], |c| {
         c["process"]["terminal"] = true.into();
     });
-    let _guard = ContainerGuard {
-        runc: runc.clone(),
-        id: id.clone(),
-    };
+    let _guard = ContainerGuard::new(&runc, &id);
     let console = ConsoleSocket::new().unwrap();
     let opts = CreateOpts {
         console_socket: Some(console.path().to_path_buf()),
@@ -366,18 +331,14 @@ async fn version_and_features() {
 async fn many_seccomp_nnp_containers_under_pipe_pressure() {
     require_runc!();
     let root = Root::new();
-    let runc = Runc::new(
-        runc_client::RuncConfig {
-            deadlines: runc_client::Deadlines {
-                create: Duration::from_secs(20),
-                start: Duration::from_secs(20),
-                delete: Duration::from_secs(20),
-                ..Default::default()
-            },
-            ..root.client().config().clone()
-        },
-        runc_client::Reaper::global(),
-    );
+    let runc = root.client_with(|c| {
+        c.deadlines = runc_client::Deadlines {
+            create: Duration::from_secs(20),
+            start: Duration::from_secs(20),
+            delete: Duration::from_secs(20),
+            ..Default::default()
+        }
+    });
     // Several hundred rules: argument-conditioned denials of personality(2) values nobody uses.
     let rules: Vec<serde_json::Value> = (0..300)
         .map(|i| {
@@ -402,10 +363,7 @@ async fn many_seccomp_nnp_containers_under_pipe_pressure() {
             c["process"]["noNewPrivileges"] = true.into();
             c["linux"]["seccomp"] = seccomp.clone();
         });
-        let guard = ContainerGuard {
-            runc: runc.clone(),
-            id: id.clone(),
-        };
+        let guard = ContainerGuard::new(&runc, &id);
         runc.create(&id, bundle.path(), &CreateOpts::default())
             .await
             .unwrap_or_else(|e| panic!("container {n}: create: {e}"));
@@ -427,18 +385,10 @@ async fn many_seccomp_nnp_containers_under_pipe_pressure() {
 #[tokio::test]
 async fn crun_is_a_drop_in_runtime() {
     require_runc!();
-    if !std::path::Path::new("/usr/bin/crun").exists() {
-        eprintln!("skipping: no /usr/bin/crun");
-        return;
-    }
     let root = Root::new();
-    let crun = Runc::new(
-        runc_client::RuncConfig {
-            binary: "/usr/bin/crun".into(),
-            ..root.client().config().clone()
-        },
-        runc_client::Reaper::global(),
-    );
+    let Some(crun) = root.crun() else {
+        return;
+    };
     let version = crun.version().await.unwrap();
     assert_eq!(version.runtime, "crun");
     assert!(version.semver().is_some(), "{version:?}");

@@ -11,7 +11,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use common::fake::{next, Fake};
-use common::{runc_available, unique_id, Bundle, ContainerGuard, Root};
+use common::{require_runc, unique_id, Bundle, ContainerGuard, Root};
 use runc_client::{CreateOpts, Pipe, ProcessIo};
 
 /// Ignored in this process: SIGHUP and SIGUSR1, glibc's internal 33, a real-time signal.
@@ -132,10 +132,7 @@ async fn runtime_starts_with_default_signals() {
 /// signals it never handles, such as 33 and an ignored SIGHUP, as it found them).
 #[tokio::test]
 async fn container_init_starts_with_default_signals() {
-    if !runc_available() {
-        eprintln!("skipping: needs root, runc and /usr/bin/busybox");
-        return;
-    }
+    require_runc!();
     ignore_signals();
     block_signals();
     assert_setup_took();
@@ -143,10 +140,7 @@ async fn container_init_starts_with_default_signals() {
     let runc = root.client();
     let id = unique_id("sigs");
     let bundle = Bundle::new(&id, &["cat", "/proc/self/status"], |_| {});
-    let _guard = ContainerGuard {
-        runc: runc.clone(),
-        id: id.clone(),
-    };
+    let _guard = ContainerGuard::new(&runc, &id);
     let out = Pipe::new().unwrap();
     let opts = CreateOpts {
         io: ProcessIo {

@@ -257,21 +257,9 @@ fn record_for(dir: &Path, id: &str, runtime: &Path) {
 /// path) is a failed delete, not a container that is gone: the record stays.
 #[test]
 fn delete_does_not_take_another_not_found_for_the_container_being_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    let (script, calls) = fake_runc(
-        dir.path(),
-        "remove /sys/fs/cgroup/pids/k8s/busy: cgroup path does not exist",
-    );
-    record_for(dir.path(), "busy", &script);
-    let out = run(dir.path(), &delete_args("busy"), b"", &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "a running container passed as deleted"
-    );
+    let (err, log) =
+        failed_delete_of_running("remove /sys/fs/cgroup/pids/k8s/busy: cgroup path does not exist");
     assert!(err.contains("cgroup path does not exist"), "{err}");
-    assert!(dir.path().join("sturdy.json").exists(), "record removed");
-    let log = std::fs::read_to_string(&calls).unwrap();
     assert!(log.contains("delete --force"), "{log}");
 }
 
@@ -279,19 +267,27 @@ fn delete_does_not_take_another_not_found_for_the_container_being_gone() {
 /// goes: a runtime that says "does not exist" for a container it still runs fails delete.
 #[test]
 fn delete_confirms_not_found_with_state() {
+    let (err, log) = failed_delete_of_running("container does not exist");
+    assert!(err.contains("running"), "{err}");
+    assert!(log.contains("state"), "{log}");
+}
+
+/// Deletes "busy" through a fake runtime that still runs it and whose delete fails with
+/// `delete_msg`; the delete must fail and keep the record. Its stderr and the runtime's
+/// call log.
+fn failed_delete_of_running(delete_msg: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let (script, calls) = fake_runc(dir.path(), "container does not exist");
+    let (script, calls) = fake_runc(dir.path(), delete_msg);
     record_for(dir.path(), "busy", &script);
     let out = run(dir.path(), &delete_args("busy"), b"", &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         !out.status.success(),
         "a running container passed as deleted"
     );
-    assert!(err.contains("running"), "{err}");
     assert!(dir.path().join("sturdy.json").exists(), "record removed");
     let log = std::fs::read_to_string(&calls).unwrap();
-    assert!(log.contains("state"), "{log}");
+    (err, log)
 }
 
 /// An unusable record is still an error that touches nothing, but it says where a runtime

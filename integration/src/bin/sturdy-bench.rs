@@ -8,34 +8,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sturdy_integration::k8s_cri::v1::{
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-};
+use sturdy_integration::measure::{mem_of, percentile, Mem};
 use sturdy_integration::{container_config, Containerd, Handler};
-
-/// Memory of one process, in KiB.
-#[derive(Debug, Clone, Copy, Default)]
-struct Mem {
-    rss: u64,
-    pss: u64,
-    uss: u64,
-}
-
-fn mem_of(pid: i32) -> Option<Mem> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |name: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Some(Mem {
-        rss: field("Rss:"),
-        pss: field("Pss:"),
-        uss: field("Private_Clean:") + field("Private_Dirty:"),
-    })
-}
 
 fn exe_name(pid: i32) -> String {
     std::fs::read_link(format!("/proc/{pid}/exe"))
@@ -48,39 +22,14 @@ fn median(v: &mut [f64]) -> f64 {
     percentile(v, 50.0)
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v[idx]
-}
-
-/// A host-network pod: the bench measures shims, not CNI, and needs more pods than a
-/// fixture's /28 has addresses.
-fn bench_pod(fx: &Containerd, name: &str) -> PodSandboxConfig {
-    let mut cfg = fx.pod_config(name);
-    // A host-network pod shares the host UTS namespace, so it cannot set a hostname.
-    cfg.hostname.clear();
-    if let Some(linux) = cfg.linux.as_mut() {
-        linux.security_context = Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                network: NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
-    cfg
-}
-
 /// Mean memory of the shims serving `pods` pods of `h`.
 async fn memory(fx: &Containerd, h: Handler, pods: usize) -> Result<(Mem, usize), String> {
     let mut cri = fx.cri().await.map_err(|e| e.to_string())?;
     let mut ids = Vec::new();
     for i in 0..pods {
-        let cfg = bench_pod(fx, &format!("mem-{}-{i}", h.name()));
+        // Host network: the bench measures shims, not CNI, and needs more pods than the
+        // fixture's /28 has addresses.
+        let cfg = fx.host_network_pod_config(&format!("mem-{}-{i}", h.name()));
         ids.push(cri.run_pod(h, &cfg).await.map_err(|e| e.to_string())?);
     }
     // Let the shims settle (Go's runtime grows its heap lazily after start).
@@ -123,7 +72,7 @@ async fn latency(
     iterations: usize,
 ) -> Result<(Vec<f64>, Vec<f64>), String> {
     let mut cri = fx.cri().await.map_err(|e| e.to_string())?;
-    let cfg = bench_pod(fx, &format!("lat-{}", h.name()));
+    let cfg = fx.host_network_pod_config(&format!("lat-{}", h.name()));
     let pod = cri.run_pod(h, &cfg).await.map_err(|e| e.to_string())?;
     let (mut up, mut down) = (Vec::new(), Vec::new());
     for i in 0..iterations {

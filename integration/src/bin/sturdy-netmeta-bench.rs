@@ -8,34 +8,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use sturdy_integration::measure::{mem_of, percentile};
 use sturdy_integration::{Containerd, ExtraRuntime, Handler, CRI_NAMESPACE};
 
 /// The handler of the same shim with `NoSandboxRecord = true`.
 const OFF: &str = "sturdy-norecord";
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((p / 100.0) * (v.len() - 1) as f64).round() as usize]
-}
-
-/// RSS and USS of a process, KiB.
-fn mem_of(pid: i32) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |name: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Some((
-        field("Rss:"),
-        field("Private_Clean:") + field("Private_Dirty:"),
-    ))
-}
 
 async fn run(iterations: usize, options_dir: &std::path::Path) -> Result<(), String> {
     let options = options_dir.join("norecord.toml");
@@ -97,7 +74,7 @@ async fn run(iterations: usize, options_dir: &std::path::Path) -> Result<(), Str
             // Once the first snapshot is written (it runs after RunPodSandbox answered).
             tokio::time::sleep(Duration::from_millis(300)).await;
             if let Some(m) = fx.shim_pid(CRI_NAMESPACE, &id).and_then(mem_of) {
-                mems.push(m);
+                mems.push((m.rss, m.uss));
             }
             let recorded = fx
                 .sandbox_record_dir()

@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sturdy_integration::containerd::workspace_dir;
-use sturdy_integration::k8s_cri::v1::{
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxState,
-};
+use sturdy_integration::k8s_cri::v1::PodSandboxState;
+use sturdy_integration::measure::mem_of;
 use sturdy_integration::until;
 use sturdy_integration::watchdog::Watchdog;
 use sturdy_integration::{cleanup, container_config, Containerd, Cri, Handler, CRI_NAMESPACE};
@@ -36,23 +35,6 @@ fn sturdyctl_bin() -> PathBuf {
         .unwrap_or_else(|| workspace_dir().join("target/release/sturdyctl"))
 }
 
-/// A host-network pod: the bench measures shims and the watchdog, not CNI, and needs more
-/// pods than a fixture's /28 has addresses.
-fn bench_pod(fx: &Containerd, name: &str) -> PodSandboxConfig {
-    let mut cfg = fx.pod_config(name);
-    cfg.hostname.clear();
-    if let Some(linux) = cfg.linux.as_mut() {
-        linux.security_context = Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                network: NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
-    cfg
-}
-
 struct Pod {
     id: String,
     shim: i32,
@@ -61,7 +43,9 @@ struct Pod {
 }
 
 async fn run_pod(fx: &Containerd, cri: &mut Cri, h: Handler, name: &str) -> Pod {
-    let cfg = bench_pod(fx, name);
+    // Host network: the bench measures shims and the watchdog, not CNI, and needs more pods
+    // than the fixture's /28 has addresses.
+    let cfg = fx.host_network_pod_config(name);
     let id = cri.run_pod(h, &cfg).await.expect("RunPodSandbox");
     let c = cri
         .create_container(&id, container_config("main", &["/bin/sleep", "3600"]), &cfg)
@@ -255,17 +239,10 @@ fn cpu_ns(pid: i32) -> u64 {
         .sum()
 }
 
-/// (RSS, PSS) in KiB from smaps_rollup.
+/// (RSS, PSS) in KiB; zero when smaps_rollup cannot be read.
 fn mem_kib(pid: i32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Rss:"), field("Pss:"))
+    let m = mem_of(pid).unwrap_or_default();
+    (m.rss, m.pss)
 }
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {

@@ -5,9 +5,11 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sturdy_integration::{cleanup, Containerd, CRI_NAMESPACE};
+use sturdy_integration::{cleanup, Containerd, Cri, CRI_NAMESPACE};
 
-use super::{bundle_dir, pids_in_cgroups, runc_state_dir, socket_file, Pod};
+use super::{
+    bundle_dir, pids_in_cgroups, runc_state_dir, socket_file, wait_cri_containers_exited, Pod,
+};
 
 /// What the shim's delete, runc and the watchdog must remove of `pod` (containerd and CRI
 /// play no part in it): its processes and its shim, its cgroups, runc's state, the rootfs
@@ -93,6 +95,18 @@ pub async fn wait_nothing_left(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The kubelet's part after a recovery: once CRI saw the containers exit, StopPodSandbox
+/// and RemovePodSandbox; then nothing of the pod may be left.
+pub async fn remove_recovered_pod(fx: &Containerd, cri: &mut Cri, pod: &Pod) {
+    wait_cri_containers_exited(cri, pod, Duration::from_secs(30)).await;
+    cri.stop_pod(&pod.id).await.expect("StopPodSandbox");
+    cri.remove_pod(&pod.id).await.expect("RemovePodSandbox");
+    wait_nothing_left("the pod", Duration::from_secs(10), || {
+        pod_leftovers(fx, pod)
+    })
+    .await;
 }
 
 /// What a fixture's pods left, fixture-wide. `known` are processes of the fixture's that

@@ -295,6 +295,24 @@ pub fn saw_exit(seen: &Mutex<Vec<(String, Vec<u8>)>>, id: &str) -> bool {
         .any(|(_, p)| p.windows(id.len()).any(|w| w == id.as_bytes()))
 }
 
+/// Whether the journal `entries` have a successful `delete {id}` step.
+pub fn delete_ok(entries: &[serde_json::Value], id: &str) -> bool {
+    entries
+        .iter()
+        .any(|e| e["step"] == format!("delete {id}") && e["ok"] == true)
+}
+
+/// The `finished` entry of an incident's journal `entries`, of which there must be one.
+#[track_caller]
+pub fn only_finished(entries: &[serde_json::Value]) -> &serde_json::Value {
+    let finished: Vec<_> = entries
+        .iter()
+        .filter(|e| e["phase"] == "finished")
+        .collect();
+    assert_eq!(finished.len(), 1, "{entries:#?}");
+    finished[0]
+}
+
 pub fn signal(pid: i32, sig: Signal) {
     kill(Pid::from_raw(pid), sig).unwrap_or_else(|e| panic!("{sig} to {pid}: {e}"));
 }

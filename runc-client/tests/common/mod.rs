@@ -3,6 +3,7 @@
 
 pub mod fake;
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -18,6 +19,19 @@ pub fn runc_available() -> bool {
             .map(|p| std::env::split_paths(&p).any(|d| d.join("runc").exists()))
             .unwrap_or(false)
 }
+
+/// Returns from the test, saying why, where real-runc tests cannot run.
+#[allow(unused_macros)]
+macro_rules! require_runc {
+    () => {
+        if !common::runc_available() {
+            eprintln!("skipping: needs root, runc and /usr/bin/busybox");
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_runc;
 
 /// A private runc state root, removed with everything in it.
 pub struct Root {
@@ -35,14 +49,27 @@ impl Root {
     }
 
     pub fn client(&self) -> Runc {
-        Runc::new(
-            RuncConfig {
-                root: Some(self.dir.path().to_path_buf()),
-                pipe_size: Some(4096),
-                ..Default::default()
-            },
-            Reaper::global(),
-        )
+        self.client_with(|_| {})
+    }
+
+    /// A client of this root whose configuration `edit` changes further.
+    pub fn client_with(&self, edit: impl FnOnce(&mut RuncConfig)) -> Runc {
+        let mut config = RuncConfig {
+            root: Some(self.dir.path().to_path_buf()),
+            pipe_size: Some(4096),
+            ..Default::default()
+        };
+        edit(&mut config);
+        Runc::new(config, Reaper::global())
+    }
+
+    /// A crun client of this root, or `None` (saying so) where /usr/bin/crun is missing.
+    pub fn crun(&self) -> Option<Runc> {
+        if !Path::new("/usr/bin/crun").exists() {
+            eprintln!("skipping: no /usr/bin/crun");
+            return None;
+        }
+        Some(self.client_with(|c| c.binary = "/usr/bin/crun".into()))
     }
 
     pub fn path(&self) -> &Path {
@@ -111,6 +138,16 @@ impl Bundle {
 pub struct ContainerGuard {
     pub runc: Runc,
     pub id: String,
+}
+
+impl ContainerGuard {
+    /// A guard that force-deletes `id` through `runc`.
+    pub fn new(runc: &Runc, id: &str) -> ContainerGuard {
+        ContainerGuard {
+            runc: runc.clone(),
+            id: id.to_string(),
+        }
+    }
 }
 
 impl Drop for ContainerGuard {
@@ -207,4 +244,19 @@ pub fn process(args: &[&str]) -> oci_spec::runtime::Process {
     let mut p = serde_json::to_value(oci_spec::runtime::Process::default()).unwrap();
     p["args"] = serde_json::json!(args);
     serde_json::from_value(p).unwrap()
+}
+
+/// Creates `id` from `bundle` with default options and starts it.
+pub async fn create_and_start(runc: &Runc, id: &str, bundle: &Bundle) {
+    runc.create(id, bundle.path(), &runc_client::CreateOpts::default())
+        .await
+        .unwrap();
+    runc.start(id).await.unwrap();
+}
+
+/// Everything written to the pipe end `fd` until its last writer closes.
+pub fn read_to_string(fd: OwnedFd) -> String {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut s).unwrap();
+    s
 }

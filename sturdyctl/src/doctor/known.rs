@@ -24,6 +24,16 @@ pub struct ContainerdIssue {
     pub source: &'static str,
 }
 
+/// Releases open to CVE-2024-25621 and to CVE-2025-64329: the same security releases fixed both.
+const FIXED_IN_1_7_29_RANGES: &[(Option<&str>, &str)] = &[
+    (None, "1.7.29"),
+    (Some("2.0.0-beta.0"), "2.0.7"),
+    (Some("2.1.0-beta.0"), "2.1.5"),
+    (Some("2.2.0-beta.0"), "2.2.0"),
+];
+/// The releases of [`FIXED_IN_1_7_29_RANGES`] that carry the fixes.
+const FIXED_IN_1_7_29: &str = "1.7.29, 2.0.7, 2.1.5, 2.2.0";
+
 /// The table. Debian's backports are from its containerd changelog
 /// (`/usr/share/doc/containerd/changelog.Debian.gz` on Debian 12).
 pub const CONTAINERD: &[ContainerdIssue] = &[
@@ -70,28 +80,18 @@ pub const CONTAINERD: &[ContainerdIssue] = &[
         summary: "/var/lib/containerd and CRI state directories are created group/world \
                   accessible: local users can read images and pod volumes",
         severity: Severity::Warn,
-        ranges: &[
-            (None, "1.7.29"),
-            (Some("2.0.0-beta.0"), "2.0.7"),
-            (Some("2.1.0-beta.0"), "2.1.5"),
-            (Some("2.2.0-beta.0"), "2.2.0"),
-        ],
+        ranges: FIXED_IN_1_7_29_RANGES,
         backports: &[("1.6.20~ds1-1+deb12u", 2)],
-        fixed_in: "1.7.29, 2.0.7, 2.1.5, 2.2.0",
+        fixed_in: FIXED_IN_1_7_29,
         source: "https://github.com/containerd/containerd/security/advisories/GHSA-pwhc-rpq9-4c8w",
     },
     ContainerdIssue {
         id: "CVE-2025-64329",
         summary: "CRI Attach leaks goroutines: repeated attaches exhaust the node's memory",
         severity: Severity::Warn,
-        ranges: &[
-            (None, "1.7.29"),
-            (Some("2.0.0-beta.0"), "2.0.7"),
-            (Some("2.1.0-beta.0"), "2.1.5"),
-            (Some("2.2.0-beta.0"), "2.2.0"),
-        ],
+        ranges: FIXED_IN_1_7_29_RANGES,
         backports: &[("1.6.20~ds1-1+deb12u", 3)],
-        fixed_in: "1.7.29, 2.0.7, 2.1.5, 2.2.0",
+        fixed_in: FIXED_IN_1_7_29,
         source: "https://github.com/containerd/containerd/security/advisories/GHSA-m6hq-p25p-ffr2",
     },
 ];
