@@ -272,10 +272,40 @@ struct ShimProc {
     args: Vec<String>,
 }
 
+/// A process whose command line names a shim daemon, with what tells the daemon apart from
+/// its own children.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Process id.
+    pub pid: i32,
+    /// Its parent.
+    pub ppid: i32,
+    /// Start time (clock ticks since boot).
+    pub start_time: u64,
+}
+
+/// The daemon among processes whose command lines all name the same shim.
+///
+/// A shim forking a child (to exec runc) shows its own command line in that child until the
+/// exec: such a child's parent is the daemon. Taking it for the shim once made its exit, a
+/// moment later, look like the shim's death, and the pod was killed (seen with containerd
+/// 1.7's Go shim). So the daemon is the candidate whose parent is no candidate; the oldest
+/// if several are.
+pub fn pick_daemon(candidates: &[Candidate]) -> Option<&Candidate> {
+    candidates
+        .iter()
+        .filter(|c| !candidates.iter().any(|p| p.pid == c.ppid))
+        .min_by_key(|c| (c.start_time, c.pid))
+}
+
+/// A candidate and its command line.
+type CandidateArgs = (Candidate, Vec<String>);
+
 /// Shim daemons of this containerd, by (namespace, id): processes whose command line
-/// carries `-namespace`, `-id` and our `-address`, other than `start`/`delete` runs.
+/// carries `-namespace`, `-id` and our `-address`, other than `start`/`delete` runs and
+/// children not yet exec'd.
 fn shim_processes(containerd_address: &str) -> HashMap<(String, String), ShimProc> {
-    let mut out = HashMap::new();
+    let mut found: HashMap<(String, String), Vec<CandidateArgs>> = HashMap::new();
     for pid in procfs::pids() {
         let args = procfs::cmdline(pid);
         if !is_shim_daemon(&args, containerd_address) {
@@ -287,11 +317,29 @@ fn shim_processes(containerd_address: &str) -> HashMap<(String, String), ShimPro
         ) else {
             continue;
         };
-        if procfs::alive(pid) {
-            out.insert((ns.to_string(), id.to_string()), ShimProc { pid, args });
+        let (Ok((state, start_time)), Some(ppid)) = (procfs::stat(pid), procfs::parent(pid)) else {
+            continue;
+        };
+        if state == 'Z' || state == 'X' {
+            continue;
         }
+        let key = (ns.to_string(), id.to_string());
+        let cand = Candidate {
+            pid,
+            ppid,
+            start_time,
+        };
+        found.entry(key).or_default().push((cand, args));
     }
-    out
+    found
+        .into_iter()
+        .filter_map(|(key, procs)| {
+            let cands: Vec<Candidate> = procs.iter().map(|(c, _)| c.clone()).collect();
+            let daemon = pick_daemon(&cands)?.pid;
+            let (_, args) = procs.into_iter().find(|(c, _)| c.pid == daemon)?;
+            Some((key, ShimProc { pid: daemon, args }))
+        })
+        .collect()
 }
 
 /// Whether a command line is a shim daemon started by the containerd at `address`.

@@ -32,6 +32,17 @@ pub fn parse_stat(text: &str) -> Option<(char, u64)> {
     Some((state, start))
 }
 
+/// Parent pid (field 4) from the text of /proc/PID/stat.
+pub fn parse_ppid(text: &str) -> Option<i32> {
+    let (_, rest) = text.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The parent of `pid`, if it exists.
+pub fn parent(pid: i32) -> Option<i32> {
+    parse_ppid(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
 /// State letter and start time of `pid`, or an error if it does not exist.
 pub fn stat(pid: i32) -> std::io::Result<(char, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

@@ -25,6 +25,9 @@ use crate::procfs::ProcIdentity;
 use crate::recovery::{self, Context, Reason, SeenExits};
 use crate::watcher::{self, ProbeClock};
 
+/// How long a dead shim's socket may take to show it is not answering any more.
+const DEAD_RECHECK: Duration = Duration::from_millis(300);
+
 /// Watchdog settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -432,6 +435,19 @@ impl State {
         };
         w.task.abort();
         let mut shim = w.shim.borrow().clone();
+        if matches!(reason, Reason::Dead) {
+            // A dead shim's socket refuses at once. One that still answers was served by
+            // another process than the one watched: never kill a pod for that. The next
+            // rescan finds the shim again.
+            let out = probe::probe(&address, &shim.id, DEAD_RECHECK).await;
+            if out.answered() {
+                log::error!(
+                    "shim {address}: process {} exited but the socket still answers: it was                      not the shim; looking for the shim again",
+                    w.identity.pid
+                );
+                return;
+            }
+        }
         // Containers added since the last scan share the address: include them.
         let scope = self.scope.clone();
         let fresh = tokio::task::spawn_blocking(move || discovery::bundles(&scope.state_dir))

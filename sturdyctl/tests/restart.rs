@@ -8,22 +8,10 @@ use std::time::Duration;
 
 use sturdyctl::discovery::{Shim, Task, TASK_DIR};
 use sturdyctl::journal::{Entry, Journal, Phase, DEFAULT_MAX_BYTES};
-use sturdyctl::watchdog::{self, Config};
+use sturdyctl::watchdog;
 
-fn config(dir: &Path) -> Config {
-    Config {
-        address: dir.join("containerd.sock"),
-        state_dir: dir.join("state"),
-        runtimes: vec!["io.containerd.sturdy.v2".into()],
-        interval: Duration::from_millis(100),
-        misses: 3,
-        journal: dir.join("watchdog.journal"),
-        journal_max_bytes: DEFAULT_MAX_BYTES,
-        containerd_grace: Duration::from_millis(100),
-        delete_timeout: Duration::from_secs(5),
-        sandboxes: None,
-    }
-}
+mod common;
+use common::config;
 
 fn finished_count(journal: &Path, incident: &str) -> usize {
     Journal::new(journal, DEFAULT_MAX_BYTES)

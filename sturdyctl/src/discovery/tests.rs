@@ -208,3 +208,76 @@ fn shim_daemon_command_lines() {
     let other = args("/bin/sleep -id p -address /c.sock");
     assert!(!is_shim_daemon(&other, "/c.sock"));
 }
+
+#[test]
+fn the_daemon_is_the_candidate_whose_parent_is_no_candidate() {
+    let daemon = Candidate {
+        pid: 100,
+        ppid: 1,
+        start_time: 50,
+    };
+    // Forked by the daemon to exec runc, still showing the daemon's command line.
+    let child = Candidate {
+        pid: 120,
+        ppid: 100,
+        start_time: 60,
+    };
+    assert_eq!(pick_daemon(&[daemon.clone(), child.clone()]), Some(&daemon));
+    assert_eq!(pick_daemon(&[child.clone(), daemon.clone()]), Some(&daemon));
+    // Two unrelated ones (should not happen): the older.
+    let other = Candidate {
+        pid: 90,
+        ppid: 1,
+        start_time: 70,
+    };
+    assert_eq!(pick_daemon(&[other, daemon.clone()]), Some(&daemon));
+    assert_eq!(pick_daemon(&[]), None);
+}
+
+/// A real shim-like process with a forked child that has not exec'd (a shell subshell shows
+/// its parent's command line, as a Go shim's child does before it execs runc): the parent is
+/// found, never the child. Taking the child made its exit look like the shim's death.
+#[test]
+fn a_forked_child_of_the_shim_is_not_taken_for_it() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("containerd-shim-fake-v2");
+    std::fs::copy("/bin/sh", &bin).unwrap();
+    let address = dir.path().join("containerd.sock");
+    let address = address.to_str().unwrap().to_string();
+    let mut child = std::process::Command::new(&bin)
+        .args(["-c", "(sleep 100; :) & wait", "sh"])
+        .args(["-namespace", "ns1", "-id", "c1", "-address", &address])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let parent = child.id() as i32;
+    // Kills the shell, its subshell and the sleep (our own process group) however the test ends.
+    struct Group(i32);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            // SAFETY: killpg(2) of the process group this test created.
+            unsafe { libc::killpg(self.0, libc::SIGKILL) };
+        }
+    }
+    let _group = Group(parent);
+    let key = ("ns1".to_string(), "c1".to_string());
+    let same_cmdline = || {
+        procfs::pids()
+            .into_iter()
+            .filter(|p| is_shim_daemon(&procfs::cmdline(*p), &address))
+            .count()
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while same_cmdline() < 2 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the subshell never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let found = shim_processes(&address);
+    assert_eq!(found.get(&key).map(|p| p.pid), Some(parent));
+    drop(_group);
+    let _ = child.wait();
+}
