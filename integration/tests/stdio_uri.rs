@@ -106,6 +106,60 @@ fn blocked_in_pipe_write(pid: u32) -> bool {
         .any(|p| read(Path::new(&format!("/proc/{p}/wchan"))).contains("pipe_write"))
 }
 
+/// A `file://` log gets both streams (its directories are created). Not a `parity_tests!`
+/// pair: the Go shim's variant is ignored (see its reason).
+mod file_log_gets_all_output {
+    use super::*;
+
+    async fn body(h: Handler) {
+        let fx = Containerd::start().await.expect("start containerd");
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("new/dir/c.log");
+        run_logged(&fx, h, "filed", &format!("file://{}", log.display())).await;
+        let want = 2 * numbered("out").len();
+        assert!(
+            until(T, || read(&log).len() >= want).await,
+            "{} of {want} bytes",
+            read(&log).len()
+        );
+        let text = read(&log);
+        let lines: Vec<&str> = text.lines().collect();
+        let of = |p: &str| {
+            lines
+                .iter()
+                .filter(|l| l.starts_with(p))
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n"
+        };
+        assert!(
+            of("out-") == numbered("out"),
+            "stdout lines out of order or missing"
+        );
+        assert!(
+            of("err-") == numbered("err"),
+            "stderr lines out of order or missing"
+        );
+        assert_eq!(lines.len(), 2 * LINES);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sturdy() {
+        body(Handler::Sturdy).await
+    }
+
+    /// Measured with two busy loops on this 2-core machine: the Go shim lost the end of the
+    /// file in 2 of 12 runs on containerd 1.7 and 1 of 8 on 1.6 (0 of 8 on 2.1), and once in
+    /// a full `scripts/test.sh` run on 1.7; sturdy lost nothing in the same runs nor in 15
+    /// more on 1.7.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "oracle flaw: containerd 1.6/1.7's Go shim loses the end of a file:// log under CPU load"]
+    async fn runc() {
+        body(Handler::Runc).await
+    }
+}
+
 parity_tests! {
     /// Everything the container writes reaches the logging binary, stdout on fd 3 and
     /// stderr on fd 4; it is told the container's id and namespace; Delete ends it.
@@ -127,22 +181,6 @@ parity_tests! {
         let pid: i32 = read(&dir.path().join("pid")).trim().parse().expect("logger pid");
         // The logger waits for SIGTERM once its pipes are closed: Delete (ctr run --rm) sent it.
         assert!(until(T, || !pid_alive(pid)).await, "the logger (pid {pid}) outlived Delete");
-    }
-
-    /// A `file://` log gets both streams (its directories are created).
-    async fn file_log_gets_all_output(h: Handler) {
-        let fx = Containerd::start().await.expect("start containerd");
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("new/dir/c.log");
-        run_logged(&fx, h, "filed", &format!("file://{}", log.display())).await;
-        let want = 2 * numbered("out").len();
-        assert!(until(T, || read(&log).len() >= want).await, "{} of {want} bytes", read(&log).len());
-        let text = read(&log);
-        let lines: Vec<&str> = text.lines().collect();
-        let of = |p: &str| lines.iter().filter(|l| l.starts_with(p)).copied().collect::<Vec<_>>().join("\n") + "\n";
-        assert!(of("out-") == numbered("out"), "stdout lines out of order or missing");
-        assert!(of("err-") == numbered("err"), "stderr lines out of order or missing");
-        assert_eq!(lines.len(), 2 * LINES);
     }
 
     /// A logger that does not read yet: the Go shim gives the container the logger's own
