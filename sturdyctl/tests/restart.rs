@@ -6,12 +6,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use sturdyctl::discovery::{Shim, Task, TASK_DIR};
+use sturdyctl::discovery::{Shim, Task};
 use sturdyctl::journal::{Entry, Journal, Phase, DEFAULT_MAX_BYTES};
 use sturdyctl::watchdog;
 
 mod common;
-use common::config;
+use common::{bundle_runc_still_has, config};
 
 fn finished_count(journal: &Path, incident: &str) -> usize {
     Journal::new(journal, DEFAULT_MAX_BYTES)
@@ -70,15 +70,7 @@ async fn unfinished_incident_is_finished_exactly_once() {
 async fn shim_found_dead_at_start_is_recovered() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let bundle = cfg.state_dir.join(TASK_DIR).join("default").join("c1");
-    std::fs::create_dir_all(&bundle).unwrap();
-    let runc_root = dir.path().join("runc/default");
-    std::fs::create_dir_all(runc_root.join("c1")).unwrap();
-    std::fs::write(
-        runc_root.join("c1/state.json"),
-        r#"{"id":"c1","init_process_pid":0,"cgroup_paths":{}}"#,
-    )
-    .unwrap();
+    let (bundle, runc_root) = bundle_runc_still_has(dir.path(), &cfg);
     let calls = dir.path().join("delete-calls");
     let fake_shim = dir.path().join("containerd-shim-sturdy-v2");
     std::fs::write(

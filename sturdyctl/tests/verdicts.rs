@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::ttrpc::Response;
-use sturdyctl::discovery::TASK_DIR;
 use sturdyctl::journal::{Journal, Phase, DEFAULT_MAX_BYTES};
 use sturdyctl::watchdog;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::config;
+use common::{bundle_runc_still_has, config};
 
 /// A ttrpc server that answers every request (with an empty reply) and counts them.
 fn answering_socket(path: &std::path::Path) -> Arc<AtomicUsize> {
@@ -65,16 +64,8 @@ async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 async fn an_exit_while_the_socket_answers_is_no_death() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let bundle = cfg.state_dir.join(TASK_DIR).join("default").join("c1");
-    std::fs::create_dir_all(&bundle).unwrap();
     // runc still has the container: a recovery would act on it.
-    let runc_root = dir.path().join("runc/default");
-    std::fs::create_dir_all(runc_root.join("c1")).unwrap();
-    std::fs::write(
-        runc_root.join("c1/state.json"),
-        r#"{"id":"c1","init_process_pid":0,"cgroup_paths":{}}"#,
-    )
-    .unwrap();
+    let (bundle, runc_root) = bundle_runc_still_has(dir.path(), &cfg);
     let socket = dir.path().join("shim.sock");
     let requests = answering_socket(&socket);
 

@@ -1,8 +1,9 @@
 //! What the watchdog tests without containerd share.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sturdyctl::discovery::TASK_DIR;
 use sturdyctl::journal::DEFAULT_MAX_BYTES;
 use sturdyctl::watchdog::Config;
 
@@ -21,4 +22,19 @@ pub fn config(dir: &Path) -> Config {
         delete_timeout: Duration::from_secs(5),
         sandboxes: None,
     }
+}
+
+/// The bundle dir of task `default/c1` under `cfg`'s state dir, and a runc root (under
+/// `dir`) whose state still has the container: what a shim that died leaves.
+pub fn bundle_runc_still_has(dir: &Path, cfg: &Config) -> (PathBuf, PathBuf) {
+    let bundle = cfg.state_dir.join(TASK_DIR).join("default").join("c1");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let runc_root = dir.join("runc/default");
+    std::fs::create_dir_all(runc_root.join("c1")).unwrap();
+    std::fs::write(
+        runc_root.join("c1/state.json"),
+        r#"{"id":"c1","init_process_pid":0,"cgroup_paths":{}}"#,
+    )
+    .unwrap();
+    (bundle, runc_root)
 }
