@@ -442,7 +442,8 @@ impl State {
             let out = probe::probe(&address, &shim.id, DEAD_RECHECK).await;
             if out.answered() {
                 log::error!(
-                    "shim {address}: process {} exited but the socket still answers: it was                      not the shim; looking for the shim again",
+                    "shim {address}: process {} exited but the socket still answers: it was not the \
+                     shim; looking for the shim again",
                     w.identity.pid
                 );
                 return;
