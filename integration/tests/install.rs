@@ -154,26 +154,21 @@ async fn pod_runs_through_the_installed_handler() {
         .expect("start containerd");
     let config = fx.config_path();
     let bin_dir = fx.dir().join("bin");
-    let out = sturdyctl(&[
-        "install",
-        "--config",
-        config.to_str().unwrap(),
-        "--bin-dir",
-        bin_dir.to_str().unwrap(),
-        "--shim",
-        fx.shim_bin().to_str().unwrap(),
-    ]);
+    let install = || {
+        sturdyctl(&[
+            "install",
+            "--config",
+            config.to_str().unwrap(),
+            "--bin-dir",
+            bin_dir.to_str().unwrap(),
+            "--shim",
+            fx.shim_bin().to_str().unwrap(),
+        ])
+    };
+    let out = install();
     assert!(out.contains("RESTART NEEDED"), "{out}");
     // A second install changes nothing.
-    let again = sturdyctl(&[
-        "install",
-        "--config",
-        config.to_str().unwrap(),
-        "--bin-dir",
-        bin_dir.to_str().unwrap(),
-        "--shim",
-        fx.shim_bin().to_str().unwrap(),
-    ]);
+    let again = install();
     assert!(again.contains("no restart needed"), "{again}");
     fx.restart().await.expect("restart containerd");
 
