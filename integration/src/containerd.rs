@@ -356,6 +356,35 @@ impl Containerd {
         Ok(v.into_inner().version)
     }
 
+    /// Status and pid of the init process of task `id` in containerd namespace `ns`.
+    pub async fn task_process(
+        &self,
+        ns: &str,
+        id: &str,
+    ) -> Result<(containerd_client::types::v1::Status, u32)> {
+        let req = containerd_client::services::v1::GetRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        let mut req = tonic::Request::new(req);
+        req.metadata_mut().insert(
+            "containerd-namespace",
+            ns.parse()
+                .map_err(|_| Error::Unexpected(format!("namespace {ns}")))?,
+        );
+        let p = self
+            .client()
+            .await?
+            .tasks()
+            .get(req)
+            .await
+            .map_err(crate::error::rpc("Tasks.Get"))?
+            .into_inner()
+            .process
+            .ok_or_else(|| Error::Unexpected(format!("Tasks.Get {id}: no process")))?;
+        Ok((p.status(), p.pid))
+    }
+
     /// A containerd API client over this instance's socket.
     pub async fn client(&self) -> Result<containerd_client::Client> {
         let channel = self.channel().await?;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use containerd_client::services::v1::{GetRequest, PauseTaskRequest, ResumeTaskRequest};
+use containerd_client::services::v1::{PauseTaskRequest, ResumeTaskRequest};
 use containerd_client::types::v1::Status;
 use containerd_client::with_namespace;
 use sturdy_integration::ctr::runtime_flags;
@@ -35,22 +35,6 @@ fn counter(pid: u32) -> Option<u64> {
         .ok()
 }
 
-async fn status(fx: &Containerd, id: &str) -> (Status, u32) {
-    let mut tasks = fx.client().await.expect("client").tasks();
-    let req = GetRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    let p = tasks
-        .get(with_namespace!(req, fx.namespace()))
-        .await
-        .expect("Tasks.Get")
-        .into_inner()
-        .process
-        .expect("process");
-    (p.status(), p.pid)
-}
-
 parity_tests! {
     async fn pause_and_resume(h: Handler) {
         let fx = Containerd::start().await.expect("start containerd");
@@ -61,7 +45,7 @@ parity_tests! {
         args.extend(["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done"].map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         fx.ctr_in(fx.namespace(), &args, T).await.expect("ctr run -d");
-        let (_, pid) = status(&fx, "counter").await;
+        let (_, pid) = fx.task_process(fx.namespace(), "counter").await.expect("Tasks.Get");
         assert!(until(T, || counter(pid).is_some()).await, "counter never written");
         let Some(before) = freezer_state(pid) else {
             eprintln!("SKIPPED: no cgroup v1 freezer for pid {pid} on this host");
@@ -73,12 +57,12 @@ parity_tests! {
         let req = PauseTaskRequest { container_id: "counter".into() };
         tasks.pause(with_namespace!(req, fx.namespace())).await.expect("Pause");
         assert_eq!(freezer_state(pid).as_deref(), Some("FROZEN"));
-        assert_eq!(status(&fx, "counter").await.0, Status::Paused);
+        assert_eq!(fx.task_process(fx.namespace(), "counter").await.expect("Tasks.Get").0, Status::Paused);
 
         let req = ResumeTaskRequest { container_id: "counter".into() };
         tasks.resume(with_namespace!(req, fx.namespace())).await.expect("Resume");
         assert_eq!(freezer_state(pid).as_deref(), Some("THAWED"));
-        assert_eq!(status(&fx, "counter").await.0, Status::Running);
+        assert_eq!(fx.task_process(fx.namespace(), "counter").await.expect("Tasks.Get").0, Status::Running);
         let resumed = counter(pid).unwrap_or_default();
         assert!(until(T, || counter(pid).unwrap_or_default() > resumed + 2).await, "counter did not continue");
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::{
-    DeleteTaskRequest, GetRequest, KillRequest, ListPidsRequest, WaitRequest,
+    DeleteTaskRequest, KillRequest, ListPidsRequest, WaitRequest,
 };
 use containerd_client::with_namespace;
 use sturdy_integration::ctr::runtime_flags;
@@ -32,19 +32,6 @@ async fn run_detached(fx: &Containerd, h: Handler, id: &str, cmd: &[&str]) {
     fx.ctr_in(fx.namespace(), &args, T)
         .await
         .expect("ctr run -d");
-}
-
-async fn task_pid(fx: &Containerd, id: &str) -> u32 {
-    let mut tasks = fx.client().await.expect("client").tasks();
-    let req = GetRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    let resp = tasks
-        .get(with_namespace!(req, fx.namespace()))
-        .await
-        .expect("Tasks.Get");
-    resp.into_inner().process.expect("process").pid
 }
 
 async fn remove_container(fx: &Containerd, id: &str) {
@@ -190,7 +177,7 @@ parity_tests! {
         let fx = Containerd::start().await.expect("start containerd");
         for (id, signal, want) in [("term", 15u32, 143u32), ("kill", 9, 137)] {
             run_detached(&fx, h, id, &["/bin/sh", "-c", "trap 'exit 143' TERM; while :; do sleep 1; done"]).await;
-            let pid = task_pid(&fx, id).await;
+            let pid = fx.task_process(fx.namespace(), id).await.expect("Tasks.Get").1;
             assert!(pid > 1, "init pid {pid}");
 
             let mut tasks = fx.client().await.expect("client").tasks();
@@ -288,7 +275,7 @@ parity_tests! {
     async fn init_inherits_only_stdio(h: Handler) {
         let fx = Containerd::start().await.expect("start containerd");
         run_detached(&fx, h, "fds", &["/bin/sleep", "300"]).await;
-        let pid = task_pid(&fx, "fds").await;
+        let pid = fx.task_process(fx.namespace(), "fds").await.expect("Tasks.Get").1;
         // Until runc's init has exec'd the entrypoint it still holds its own fds.
         assert!(
             wait_until(Duration::from_secs(10), || {

@@ -4,35 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use containerd_client::services::v1::GetRequest;
-use containerd_client::with_namespace;
 use sturdy_integration::k8s_cri::v1::{
     ContainerState, ContainerStats, ContainerStatsFilter, ContainerStatsRequest,
     LinuxContainerConfig, LinuxContainerResources, ListContainerStatsRequest,
     UpdateContainerResourcesRequest,
 };
 use sturdy_integration::{container_config, parity_tests, Containerd, Cri, CRI_NAMESPACE};
-use tonic::Request;
 
 const T: Duration = Duration::from_secs(60);
 const MIB: i64 = 1024 * 1024;
-
-/// Host pid of a CRI container's init, from containerd's task.
-async fn task_pid(fx: &Containerd, id: &str) -> u32 {
-    let mut tasks = fx.client().await.expect("client").tasks();
-    let req = GetRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    tasks
-        .get(with_namespace!(req, CRI_NAMESPACE))
-        .await
-        .expect("Tasks.Get")
-        .into_inner()
-        .process
-        .expect("process")
-        .pid
-}
 
 /// The directory of `pid`'s cgroup in the v1 hierarchy of `controller`.
 fn v1_cgroup_dir(pid: u32, controller: &str) -> Option<std::path::PathBuf> {
@@ -94,7 +74,7 @@ parity_tests! {
             .await
             .expect("CreateContainer");
         cri.start_container(&ctr).await.expect("StartContainer");
-        let pid = task_pid(&fx, &ctr).await;
+        let pid = fx.task_process(CRI_NAMESPACE, &ctr).await.expect("Tasks.Get").1;
         let (Some(memory), Some(cpu)) = (v1_cgroup_dir(pid, "memory"), v1_cgroup_dir(pid, "cpu")) else {
             eprintln!("SKIPPED: no cgroup v1 memory and cpu hierarchies for pid {pid} on this host");
             return;
@@ -119,7 +99,7 @@ parity_tests! {
         assert_eq!(read_trimmed(cpu.join("cpu.shares")), "512");
         assert_eq!(read_trimmed(cpu.join("cpu.cfs_quota_us")), "50000");
         // Still the same, still running process.
-        assert_eq!(task_pid(&fx, &ctr).await, pid);
+        assert_eq!(fx.task_process(CRI_NAMESPACE, &ctr).await.expect("Tasks.Get").1, pid);
         let s = cri.container_status(&ctr).await.expect("ContainerStatus");
         assert_eq!(s.state, ContainerState::ContainerRunning as i32);
         assert_eq!(

@@ -6,13 +6,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use containerd_client::services::v1::GetRequest;
-use containerd_client::with_namespace;
 use sturdy_integration::cleanup::pid_alive;
 use sturdy_integration::ctr::runtime_flags;
 use sturdy_integration::until;
 use sturdy_integration::{parity_tests, Containerd, Handler, RunOptions, BUSYBOX_IMAGE};
-use tonic::Request;
 
 const T: Duration = Duration::from_secs(60);
 const LINES: usize = 2000;
@@ -63,23 +60,6 @@ async fn run_logged(fx: &Containerd, h: Handler, id: &str, uri: &str) {
     };
     let out = fx.ctr_run_with(h, id, &cmd, opts).await.expect("ctr run");
     assert_eq!(out.exit_code, 0, "ctr run: {out:?}\n{}", fx.log_tail(20));
-}
-
-/// The init pid of task `id`.
-async fn task_pid(fx: &Containerd, id: &str) -> u32 {
-    let mut tasks = fx.client().await.expect("client").tasks();
-    let req = GetRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    tasks
-        .get(with_namespace!(req, fx.namespace()))
-        .await
-        .expect("Tasks.Get")
-        .into_inner()
-        .process
-        .expect("process")
-        .pid
 }
 
 /// `pid` and its descendants.
@@ -203,7 +183,7 @@ wait"#);
         args.extend(["/bin/sh".to_string(), "-c".into(), script]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         fx.ctr_in(fx.namespace(), &args, T).await.expect("ctr run -d");
-        let pid = task_pid(&fx, "slow").await;
+        let pid = fx.task_process(fx.namespace(), "slow").await.expect("Tasks.Get").1;
         let written = format!("/proc/{pid}/root/tmp/written");
         match h {
             Handler::Sturdy => assert!(
