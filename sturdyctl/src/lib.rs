@@ -19,6 +19,7 @@ pub mod pidfd;
 pub mod probe;
 pub mod procfs;
 pub mod recovery;
+pub mod trust;
 pub mod units;
 pub mod watchdog;
 mod watcher;
