@@ -19,8 +19,13 @@ state() {
     if [ -d /var/lib/cni/results ]; then
         find /var/lib/cni/results -mindepth 1 -maxdepth 1 -printf 'cni-result %p\n'
     fi
-    # Fixture temp dirs.
-    find "${TMPDIR:-/tmp}" -mindepth 1 -maxdepth 1 -name 'sturdy-test-*' -printf 'tempdir %p\n'
+    # Fixture temp dirs (fixtures live in STURDY_TEST_TMPDIR, see integration's
+    # fixture_base; the selftest plants one in TMPDIR).
+    for base in "${TMPDIR:-/tmp}" "${STURDY_TEST_TMPDIR:-/var/lib/sturdy-test}"; do
+        if [ -d "$base" ]; then
+            find "$base" -mindepth 1 -maxdepth 1 -name 'sturdy-test-*' -printf 'tempdir %p\n'
+        fi
+    done
     # Fixture bridges (stu<hex>) and their veths' peers would show up as links.
     ip -o link show | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }' | grep -E '^stu[0-9a-f]{8}$' | sed 's/^/link /' || true
     # Fixture cgroups and shim sockets.

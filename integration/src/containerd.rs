@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::fcntl::Flock;
 use sha2::{Digest, Sha256};
 
-pub use builder::{Builder, ExtraRuntime};
+pub use builder::{fixture_base, Builder, ExtraRuntime, FIXTURE_BASE_ENV};
 pub use generation::{Binaries, Generation, GENERATION_ENV};
 pub use subnets::{SubnetSlot, POD_NETWORK, SUBNET_SLOTS};
 pub use teardown::{log_tail, reap_stale_fixtures, Footprint};

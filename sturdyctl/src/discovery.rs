@@ -15,8 +15,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::procfs::{self, ProcIdentity};
 
+mod identity;
+pub use identity::{check_shim_process, NotTheShim, START_SLACK};
+
 /// containerd's runtime-v2 bundle directory below its state dir.
 pub const TASK_DIR: &str = "io.containerd.runtime.v2.task";
+/// Refusals remembered for logging once; a bound, since look-alikes can be started forever.
+const MAX_REFUSED: usize = 4096;
 /// runc root of containerd's Go shim when its options name none.
 pub const DEFAULT_RUNC_ROOT: &str = "/run/containerd/runc";
 
@@ -41,6 +46,11 @@ pub struct Task {
     pub address: String,
     /// Content of `shim.pid` (sturdy writes it for the task the shim was started for).
     pub shim_pid: Option<i32>,
+    /// When the shim's address was recorded in the bundle (mtime of `address`, or of
+    /// containerd 2.x's `bootstrap.json`), in ms since the Unix epoch: the shim serving
+    /// it was started before that.
+    #[serde(default)]
+    pub announced_ms: Option<u64>,
 }
 
 /// One shim process and the tasks it serves.
@@ -77,24 +87,6 @@ impl Shim {
             ),
         }
     }
-
-    /// The shim binary to run `delete` with: the recorded executable if it still exists,
-    /// else containerd's record, else `containerd-shim-<name>-<version>` on PATH.
-    pub fn binary(&self) -> PathBuf {
-        if let Some(p) = &self.process {
-            let path = procfs::live_path(&p.exe);
-            if path.is_file() {
-                return path;
-            }
-        }
-        if let Some(b) = self.tasks.iter().find_map(|t| t.shim_binary.clone()) {
-            if b.is_file() {
-                return b;
-            }
-        }
-        let name = binary_name(&self.runtime).unwrap_or_else(|| "containerd-shim".into());
-        find_on_path(&name).unwrap_or_else(|| PathBuf::from(name))
-    }
 }
 
 /// `io.containerd.sturdy.v2` → `containerd-shim-sturdy-v2`, the way containerd maps it.
@@ -115,29 +107,30 @@ pub fn runtime_of_binary(path: &Path) -> Option<String> {
     Some(format!("io.containerd.{name}.{version}"))
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 /// The shim's socket: the `address` file, or for containerd 2.x's Go shim (which writes
-/// none) the `address` that containerd recorded in `bootstrap.json`.
-fn bundle_address(dir: &Path) -> Option<String> {
-    if let Ok(a) = std::fs::read_to_string(dir.join("address")) {
-        return Some(a.trim().to_string());
+/// none) the `address` that containerd recorded in `bootstrap.json`; with the time it was
+/// recorded.
+fn bundle_address(dir: &Path) -> Option<(String, Option<u64>)> {
+    let mtime_ms = |file: &Path| {
+        let t = std::fs::metadata(file).and_then(|m| m.modified()).ok()?;
+        let since = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+        u64::try_from(since.as_millis()).ok()
+    };
+    let file = dir.join("address");
+    if let Ok(a) = std::fs::read_to_string(&file) {
+        return Some((a.trim().to_string(), mtime_ms(&file)));
     }
-    let raw = std::fs::read(dir.join("bootstrap.json")).ok()?;
+    let file = dir.join("bootstrap.json");
+    let raw = std::fs::read(&file).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
-    v["address"].as_str().map(|a| a.trim().to_string())
+    let address = v["address"].as_str().map(|a| a.trim().to_string())?;
+    Some((address, mtime_ms(&file)))
 }
 
 /// Reads one bundle; `None` while it has no address (its shim is not started yet).
 pub fn read_bundle(dir: &Path, namespace: &str, id: &str) -> Option<Task> {
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-    let address = bundle_address(dir)?;
+    let (address, announced_ms) = bundle_address(dir)?;
     if address.is_empty() {
         return None;
     }
@@ -146,6 +139,7 @@ pub fn read_bundle(dir: &Path, namespace: &str, id: &str) -> Option<Task> {
         id: id.into(),
         bundle: dir.to_path_buf(),
         address,
+        announced_ms,
         shim_pid: read("shim.pid").and_then(|s| s.trim().parse().ok()),
         shim_binary: read("shim-binary-path")
             .map(|s| PathBuf::from(s.trim()))
@@ -206,6 +200,8 @@ pub struct BundleCache {
     /// Shims known alive by address (the watchdog follows each through a pidfd): their
     /// process is taken from here instead of /proc.
     pub alive: HashMap<String, Shim>,
+    /// Processes refused as shims (pid, start time), so each refusal is logged once.
+    refused: std::collections::HashSet<(i32, u64)>,
 }
 
 /// A bundle directory's inode and mtime (seconds, nanoseconds).
@@ -323,6 +319,11 @@ fn shim_processes(containerd_address: &str) -> HashMap<(String, String), ShimPro
         if state == 'Z' || state == 'X' {
             continue;
         }
+        // Only root's processes from root's binaries can be a shim (or its forked child,
+        // which pick_daemon needs to see); anything else is someone's look-alike.
+        if crate::trust::process(pid).is_err() {
+            continue;
+        }
         let key = (ns.to_string(), id.to_string());
         let cand = Candidate {
             pid,
@@ -424,7 +425,7 @@ pub fn discover_cached(
             });
             continue;
         }
-        let found = find_process(scope, &tasks, &mut procs);
+        let found = find_process(scope, &tasks, &mut procs, &mut cache.refused);
         let (process, args) = match found {
             Some((pid, args)) => match procfs::identity(pid) {
                 Ok(id) => (Some(id), args),
@@ -463,25 +464,56 @@ pub fn discover_cached(
     shims
 }
 
+/// The shim process serving `tasks`: sturdy's `shim.pid` first, else the daemon among
+/// the processes whose command line names one of the tasks. Either way it must pass
+/// [`check_shim_process`]: a command line and a pid file name a process, they do not prove
+/// it is the shim (any user can run `exec -a containerd-shim-… -id <id> …`, and a dead
+/// shim's pid can be taken by anyone).
 fn find_process(
     scope: &Scope,
     tasks: &[Task],
     procs: &mut Option<HashMap<(String, String), ShimProc>>,
+    refused: &mut std::collections::HashSet<(i32, u64)>,
 ) -> Option<(i32, Vec<String>)> {
-    // sturdy's shim.pid first: no /proc walk needed.
-    for pid in tasks.iter().filter_map(|t| t.shim_pid) {
+    let pid_files = tasks.iter().filter_map(|t| t.shim_pid).filter_map(|pid| {
         let args = procfs::cmdline(pid);
         let ids_match =
             procfs::flag(&args, "-id").is_some_and(|id| tasks.iter().any(|t| t.id == id));
-        if ids_match && is_shim_daemon(&args, &scope.containerd_address) && procfs::alive(pid) {
-            return Some((pid, args));
-        }
+        (ids_match && is_shim_daemon(&args, &scope.containerd_address) && procfs::alive(pid))
+            .then_some((pid, args))
+    });
+    let mut candidates: Vec<(i32, Vec<String>)> = pid_files.collect();
+    if candidates.is_empty() {
+        let procs = procs.get_or_insert_with(|| shim_processes(&scope.containerd_address));
+        candidates.extend(tasks.iter().find_map(|t| {
+            procs
+                .get(&(t.namespace.clone(), t.id.clone()))
+                .map(|p| (p.pid, p.args.clone()))
+        }));
     }
-    let procs = procs.get_or_insert_with(|| shim_processes(&scope.containerd_address));
-    tasks.iter().find_map(|t| {
-        procs
-            .get(&(t.namespace.clone(), t.id.clone()))
-            .map(|p| (p.pid, p.args.clone()))
+    candidates.into_iter().find(|(pid, _)| {
+        let Ok((_, start_time)) = procfs::stat(*pid) else {
+            return false;
+        };
+        match check_shim_process(*pid, start_time, tasks) {
+            Ok(()) => true,
+            Err(e) => {
+                if refused.len() >= MAX_REFUSED {
+                    refused.clear();
+                }
+                if refused.insert((*pid, start_time)) {
+                    log::warn!(
+                        "not taking pid {pid} for the shim of {}: {e}",
+                        tasks
+                            .iter()
+                            .map(|t| format!("{}/{}", t.namespace, t.id))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                false
+            }
+        }
     })
 }
 

@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::discovery::Shim;
+use crate::private;
 
 /// Default bound of the journal file.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 20;
@@ -105,19 +106,26 @@ pub struct Incident {
 }
 
 impl Incident {
-    /// The `started` entry's shim and reason, if present.
+    /// The latest `started` entry's shim and reason, if present. An incident id can be
+    /// started again after it finished (a recovery that failed or panicked is retried).
     pub fn started(&self) -> Option<(&str, &Shim)> {
-        self.entries.iter().find_map(|e| match &e.phase {
+        self.entries.iter().rev().find_map(|e| match &e.phase {
             Phase::Started { reason, shim } => Some((reason.as_str(), shim)),
             _ => None,
         })
     }
 
-    /// Whether a `finished` entry exists.
+    /// Whether it finished: a `finished` entry and no `started` after it.
     pub fn finished(&self) -> bool {
         self.entries
             .iter()
-            .any(|e| matches!(e.phase, Phase::Finished { .. }))
+            .rev()
+            .find_map(|e| match e.phase {
+                Phase::Finished { .. } => Some(true),
+                Phase::Started { .. } => Some(false),
+                _ => None,
+            })
+            .unwrap_or(false)
     }
 }
 
@@ -141,6 +149,16 @@ impl Journal {
         }
     }
 
+    /// Its directory, created private (0700) if missing and checked.
+    fn directory(&self) -> Result<(), JournalError> {
+        match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => {
+                private::directory(dir).map_err(self.io("directory"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Where it is.
     pub fn path(&self) -> &Path {
         &self.path
@@ -157,16 +175,9 @@ impl Journal {
     /// Takes the exclusive lock (`<journal>.lock`) for this process's lifetime, so two
     /// watchdogs never recover the same shims at once.
     pub fn lock_exclusive(&self) -> Result<(), JournalError> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(self.io("create directory"))?;
-        }
+        self.directory()?;
         let lock_path = lock_path(&self.path);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(self.io("open lock file"))?;
+        let file = private::lock_file(&lock_path).map_err(self.io("open lock file"))?;
         // SAFETY: flock(2) on an fd we own.
         let rc = unsafe {
             libc::flock(
@@ -187,17 +198,11 @@ impl Journal {
     /// Appends one entry durably (write + fsync), trimming the file if it grew too big.
     pub fn append(&self, entry: &Entry) -> Result<(), JournalError> {
         let _serial = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(self.io("create directory"))?;
-        }
+        self.directory()?;
         let mut line = serde_json::to_vec(entry)
             .map_err(|e| self.io("encode entry")(std::io::Error::other(e)))?;
         line.push(b'\n');
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&self.path)
+        let mut file = private::open(&self.path, OpenOptions::new().read(true).append(true), true)
             .map_err(self.io("open"))?;
         let len = file.metadata().map_err(self.io("stat"))?.len();
         if len > 0 && !ends_with_newline(&mut file, len).map_err(self.io("read tail"))? {
@@ -214,12 +219,18 @@ impl Journal {
 
     /// Every readable entry, oldest first (torn or foreign lines are skipped and logged).
     pub fn read(&self) -> Result<Vec<Entry>, JournalError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
+        let file = match private::open(&self.path, OpenOptions::new().read(true), false) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(self.io("read")(e)),
+            Err(e) => return Err(self.io("open")(e)),
         };
-        Ok(parse(&text, &self.path))
+        // Appends may overshoot the bound by one entry before the trim; anything far
+        // beyond it is not the journal this code wrote, and is not read whole.
+        let mut raw = Vec::new();
+        file.take(self.max_bytes.saturating_mul(4))
+            .read_to_end(&mut raw)
+            .map_err(self.io("read"))?;
+        Ok(parse(&String::from_utf8_lossy(&raw), &self.path))
     }
 
     /// Entries grouped by incident, in order of their first entry.
@@ -243,7 +254,14 @@ impl Journal {
             out.push(b'\n');
         }
         let tmp = self.path.with_extension("journal.tmp");
-        let mut f = File::create(&tmp).map_err(self.io("create temp"))?;
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(self.io("remove stale temp")(e))
+            }
+            _ => {}
+        }
+        let mut f = private::open(&tmp, OpenOptions::new().write(true).create_new(true), true)
+            .map_err(self.io("create temp"))?;
         f.write_all(&out).map_err(self.io("write temp"))?;
         f.sync_all().map_err(self.io("fsync temp"))?;
         std::fs::rename(&tmp, &self.path).map_err(self.io("rename temp"))?;
@@ -395,6 +413,22 @@ mod tests {
         assert_eq!(incidents[0].entries.len(), 3);
         assert!(!incidents[1].finished());
         assert_eq!(incidents[1].started().unwrap().0, "dead");
+    }
+
+    /// A recovery that failed or panicked is started again under the same id: the retry
+    /// is unfinished until its own `finished`.
+    #[test]
+    fn an_incident_started_again_after_it_finished_is_unfinished() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path().join("w.journal"), DEFAULT_MAX_BYTES);
+        j.append(&started("a")).unwrap();
+        j.append(&finished("a")).unwrap();
+        j.append(&started("a")).unwrap();
+        j.append(&step("a", 1)).unwrap();
+        let incidents = j.incidents().unwrap();
+        assert!(!incidents[0].finished(), "the retry counts as done");
+        j.append(&finished("a")).unwrap();
+        assert!(j.incidents().unwrap()[0].finished());
     }
 
     #[test]

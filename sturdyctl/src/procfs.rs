@@ -107,6 +107,22 @@ pub fn pids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// When a process that started `start_time` clock ticks after boot started, in ms since
+/// the Unix epoch (whole-second precision: /proc/stat gives the boot time in seconds).
+pub fn start_epoch_ms(start_time: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|h| *h > 0)?;
+    Some(btime * 1000 + start_time.saturating_mul(1000) / hz)
+}
+
 /// The executable path without the " (deleted)" the kernel appends once the file is gone.
 pub fn live_path(exe: &Path) -> PathBuf {
     let s = exe.to_string_lossy();

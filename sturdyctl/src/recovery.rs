@@ -3,12 +3,9 @@
 //! sure containerd learned the exits. Each step is journalled with its duration.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use containerd_shim_protos::api::DeleteResponse;
-use containerd_shim_protos::protobuf::Message;
 use runc_client::cgroup::{CgroupSet, RuncStateFile};
 use tokio::sync::{watch, Notify};
 
@@ -18,6 +15,9 @@ use crate::discovery::{Shim, Task};
 use crate::journal::{now_ms, Entry, Journal, Phase};
 use crate::pidfd::Pidfd;
 use crate::probe;
+
+mod delete;
+pub use delete::{delete_binary, run_delete, Deleted};
 
 /// How long the kill of a container's cgroups may take before survivors are reported.
 pub const CGROUP_KILL_LIMIT: Duration = Duration::from_secs(2);
@@ -124,6 +124,9 @@ pub struct Context {
     pub delete_timeout: Duration,
     /// Probe deadline (used when a resumed incident's shim is still alive).
     pub probe_deadline: Duration,
+    /// Shim binaries the operator named per runtime, for `delete` where containerd
+    /// recorded none.
+    pub shim_binaries: HashMap<String, std::path::PathBuf>,
     /// Turns true when the watchdog shuts down: a recovery waiting for containerd stops
     /// waiting and leaves its incident unfinished for the next start.
     pub shutdown: watch::Receiver<bool>,
@@ -288,73 +291,19 @@ pub fn remove_stale_socket(address: &str) -> (bool, String) {
     }
 }
 
-/// What one shim `delete` run returned.
-#[derive(Debug, Clone, Default)]
-pub struct Deleted {
-    /// Init pid from the DeleteResponse.
-    pub pid: u32,
-    /// Exit status from the DeleteResponse.
-    pub exit_status: u32,
-    /// Exit time from the DeleteResponse.
-    pub exited_at: Option<SystemTime>,
-}
-
-/// Runs `<shim> … -id ID -bundle B delete` in the bundle, under a deadline.
-pub async fn run_delete(shim: &Shim, task: &Task, deadline: Duration) -> Result<Deleted, String> {
-    let binary = shim.binary();
-    let mut cmd = tokio::process::Command::new(&binary);
-    cmd.args(["-namespace", &task.namespace])
-        .args(["-address", &shim.containerd_address])
-        .args(["-publish-binary", &shim.publish_binary])
-        .args(["-id", &task.id])
-        .arg("-bundle")
-        .arg(&task.bundle)
-        .arg("delete")
-        .current_dir(&task.bundle)
-        .env("NAMESPACE", &task.namespace)
-        .env("GRPC_ADDRESS", &shim.containerd_address)
-        .env(
-            "TTRPC_ADDRESS",
-            format!("{}.ttrpc", shim.containerd_address),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("{} delete: spawn: {e}", binary.display()))?;
-    let out = tokio::time::timeout(deadline, child.wait_with_output())
-        .await
-        .map_err(|_| format!("{} delete: no exit within {deadline:?}", binary.display()))?
-        .map_err(|e| format!("{} delete: {e}", binary.display()))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stderr = stderr.trim();
-    if !out.status.success() {
-        return Err(format!(
-            "{} delete exited with {}: {stderr}",
-            binary.display(),
-            out.status
-        ));
+/// Fault injection for tests (debug builds only): `STURDY_WATCHDOG_FAULT=recovery-panic`
+/// makes the first recovery of the process panic.
+fn injected_panic() {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static DONE: AtomicBool = AtomicBool::new(false);
+        if std::env::var_os("STURDY_WATCHDOG_FAULT").is_some_and(|v| v == "recovery-panic")
+            && !DONE.swap(true, Ordering::SeqCst)
+        {
+            panic!("injected fault: recovery-panic");
+        }
     }
-    if !stderr.is_empty() {
-        log::info!("{}/{}: delete said: {stderr}", task.namespace, task.id);
-    }
-    let resp = DeleteResponse::parse_from_bytes(&out.stdout).map_err(|e| {
-        format!(
-            "{} delete: undecodable DeleteResponse: {e}",
-            binary.display()
-        )
-    })?;
-    Ok(Deleted {
-        pid: resp.pid,
-        exit_status: resp.exit_status,
-        exited_at: resp
-            .exited_at
-            .as_ref()
-            .map(|t| UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)),
-    })
 }
 
 /// Recovers `shim`. `since` is when it died or was found hung; `pidfd` names the shim
@@ -367,6 +316,7 @@ pub async fn recover(
     since: Instant,
 ) -> Outcome {
     let id = shim.incident_id();
+    injected_panic();
     if reason == Reason::Dead && !has_leftovers(&shim) {
         log::debug!("shim {id} exited after its containers were deleted");
         return Outcome::CleanExit;
@@ -394,7 +344,21 @@ pub async fn recover(
     let mut pidfd = pidfd;
     if pidfd.is_none() {
         if let Some(p) = &shim.process {
-            pidfd = Pidfd::open(p).ok().map(Arc::new);
+            // Known from the journal: signalled only if it is still a process the shim
+            // could be (the journal names it; a pid is not an identity).
+            match crate::trust::process(p.pid) {
+                Ok(()) => pidfd = Pidfd::open(p).ok().map(Arc::new),
+                Err(e) if crate::procfs::alive(p.pid) => {
+                    inc.step(
+                        "kill shim".into(),
+                        false,
+                        Duration::ZERO,
+                        format!("pid {} not signalled: {e}", p.pid),
+                    )
+                    .await
+                }
+                Err(_) => {}
+            }
         }
     }
     if let (Reason::Resumed { .. }, Some(fd)) = (&reason, &pidfd) {
@@ -470,10 +434,14 @@ pub async fn recover(
     let mut deletes = tokio::task::JoinSet::new();
     for task in shim.tasks.iter().cloned() {
         let (shim, timeout) = (shim.clone(), ctx.delete_timeout);
+        let binary = delete_binary(&shim, &task, &ctx.shim_binaries);
         deletes.spawn(async move {
             let t = Instant::now();
             let res = if task.bundle.exists() {
-                run_delete(&shim, &task, timeout).await.map(Some)
+                match binary {
+                    Ok(binary) => run_delete(&binary, &shim, &task, timeout).await.map(Some),
+                    Err(e) => Err(e),
+                }
             } else {
                 Ok(None)
             };

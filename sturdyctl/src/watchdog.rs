@@ -49,6 +49,9 @@ pub struct Config {
     pub containerd_grace: Duration,
     /// Deadline of one shim `delete`.
     pub delete_timeout: Duration,
+    /// Shim binary per runtime name for `delete`, where containerd recorded none in the
+    /// bundle (checked like every binary the watchdog runs).
+    pub shim_binaries: HashMap<String, PathBuf>,
     /// Sandbox network records to check (and repair from) every interval, if any.
     pub sandboxes: Option<crate::netmeta::SandboxWatch>,
 }
@@ -71,6 +74,12 @@ pub(crate) enum Msg {
     },
     /// A task event: rescan soon.
     Rescan,
+    /// A watched process is not the one serving its shim's socket.
+    NotTheShim {
+        address: String,
+        watched: i32,
+        server: i32,
+    },
 }
 
 struct Watched {
@@ -93,6 +102,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         containerd_grace: cfg.containerd_grace,
         delete_timeout: cfg.delete_timeout,
         probe_deadline: cfg.interval,
+        shim_binaries: cfg.shim_binaries.clone(),
         shutdown: shutdown_rx,
     };
     let scope = Scope {
@@ -145,6 +155,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         done: HashSet::new(),
         dead_seen: HashSet::new(),
         recoveries: JoinSet::new(),
+        recovery_of: HashMap::new(),
         runtimes,
         relist,
         unlisted: HashSet::new(),
@@ -165,14 +176,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 Msg::Verdict { address, reason, pidfd, since } => {
                     state.start_recovery(address, reason, Some(pidfd), since).await;
                 }
+                Msg::NotTheShim { address, watched, server } => {
+                    state.not_the_shim(address, watched, server);
+                }
                 Msg::Rescan => {
                     // Coalesce a burst of events into one rescan.
                     while let Ok(Msg::Rescan) = rx.try_recv() {}
                     state.rescan().await;
                 }
             },
-            Some(res) = state.recoveries.join_next(), if !state.recoveries.is_empty() => {
-                state.recovery_done(res);
+            Some(res) = state.recoveries.join_next_with_id(), if !state.recoveries.is_empty() => {
+                state.recovery_done(res).await;
             }
             _ = ticker.tick() => state.rescan().await,
         }
@@ -191,8 +205,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     // Recoveries in flight finish (they are bounded); a second signal is not awaited:
     // the journal lets the next watchdog finish what remains.
     let drain = async {
-        while let Some(res) = state.recoveries.join_next().await {
-            state.recovery_done(res);
+        while let Some(res) = state.recoveries.join_next_with_id().await {
+            state.recovery_done(res).await;
         }
     };
     if tokio::time::timeout(Duration::from_secs(20), drain)
@@ -215,7 +229,9 @@ struct State {
     done: HashSet<String>,
     /// Shims found dead (and unrecovered) by the previous scan.
     dead_seen: HashSet<String>,
-    recoveries: JoinSet<(String, String, recovery::Outcome)>,
+    recoveries: JoinSet<recovery::Outcome>,
+    /// The shim address and incident of each recovery task, by task id.
+    recovery_of: HashMap<tokio::task::Id, (String, String)>,
     /// containerd's runtime names, as last listed (None while it does not answer).
     runtimes: Arc<std::sync::Mutex<Option<Runtimes>>>,
     /// Asks for containerd's runtime names to be listed again.
@@ -246,6 +262,15 @@ impl State {
             let Some((reason, shim)) = inc.started() else {
                 continue;
             };
+            if let Some(why) = crate::replay::refusal(shim, &self.cfg.state_dir) {
+                log::error!(
+                    "incident {}: journalled by an earlier watchdog, NOT resumed: {why}",
+                    inc.id
+                );
+                self.end_incident(&inc.id, format!("refused on resume: {why}"))
+                    .await;
+                continue;
+            }
             log::warn!("incident {}: started by an earlier watchdog ({reason}), not finished: finishing it", inc.id);
             self.spawn_recovery(
                 shim.clone(),
@@ -416,8 +441,53 @@ impl State {
                     dead_now.insert(shim.address.clone());
                 }
             }
+            Probe::Answered {
+                shim_pid: Some(pid),
+                ..
+            } => self.adopt_answering(shim, pid as i32),
             other => log::debug!(
                 "shim {}: no process found but its socket gave {other:?}",
+                shim.address
+            ),
+        }
+    }
+
+    /// A watched process turned out not to serve its shim's socket: stop watching it
+    /// (it is never killed for the shim) and watch the server instead, if it is trusted.
+    fn not_the_shim(&mut self, address: String, watched: i32, server: i32) {
+        let Some(w) = self.watched.remove(&address) else {
+            return;
+        };
+        w.task.abort();
+        log::error!(
+            "shim {address}: watched pid {watched} is not its server (the socket names pid \
+             {server}); it is no longer taken for the shim"
+        );
+        let mut shim = w.shim.borrow().clone();
+        shim.process = None;
+        self.adopt_answering(shim, server);
+    }
+
+    /// Watches the process a shim's socket names as its server (its `Connect` reply),
+    /// when discovery found none it could prove to be the shim, e.g. after the clock
+    /// moved and start times no longer compare with the bundle's.
+    fn adopt_answering(&mut self, mut shim: Shim, pid: i32) {
+        match crate::trust::process(pid).and_then(|()| {
+            crate::procfs::identity(pid).map_err(|e| crate::trust::Untrusted::Process {
+                pid,
+                error: e.to_string(),
+            })
+        }) {
+            Ok(identity) => {
+                log::info!(
+                    "shim {}: its socket names pid {pid} as its server",
+                    shim.address
+                );
+                shim.process = Some(identity.clone());
+                self.watch(shim, identity);
+            }
+            Err(e) => log::warn!(
+                "shim {}: its socket names pid {pid}, which is not trusted: {e}",
                 shim.address
             ),
         }
@@ -483,19 +553,30 @@ impl State {
         }
         let ctx = self.ctx.clone();
         let address = shim.address.clone();
-        self.recoveries.spawn(async move {
-            let outcome = recovery::recover(&ctx, shim, reason, pidfd, since).await;
-            (address, id, outcome)
-        });
+        let task = self
+            .recoveries
+            .spawn(async move { recovery::recover(&ctx, shim, reason, pidfd, since).await });
+        self.recovery_of.insert(task.id(), (address, id));
     }
 
-    fn recovery_done(
+    /// Frees the shim of a finished recovery for later scans. A recovery that panicked (or
+    /// was cancelled) ends its incident in the journal as failed; the shim is then found
+    /// again by a scan and recovered anew, instead of being skipped for ever.
+    async fn recovery_done(
         &mut self,
-        res: Result<(String, String, recovery::Outcome), tokio::task::JoinError>,
+        res: Result<(tokio::task::Id, recovery::Outcome), tokio::task::JoinError>,
     ) {
+        let task = match &res {
+            Ok((task, _)) => *task,
+            Err(e) => e.id(),
+        };
+        let Some((address, id)) = self.recovery_of.remove(&task) else {
+            log::error!("a recovery task ended that no shim is known for");
+            return;
+        };
+        self.recovering.remove(&address);
         match res {
-            Ok((address, id, outcome)) => {
-                self.recovering.remove(&address);
+            Ok((_, outcome)) => {
                 if matches!(
                     outcome,
                     recovery::Outcome::Recovered { .. } | recovery::Outcome::Abandoned
@@ -503,7 +584,40 @@ impl State {
                     self.done.insert(id);
                 }
             }
-            Err(e) => log::error!("a recovery task failed: {e}"),
+            Err(e) => {
+                let why = if e.is_panic() {
+                    let payload = e.into_panic();
+                    let text = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "no message".into());
+                    format!("recovery panicked: {text}")
+                } else {
+                    format!("recovery task ended: {e}")
+                };
+                log::error!("incident {id}: {why}; shim {address} is looked at again");
+                self.end_incident(&id, why).await;
+            }
+        }
+    }
+
+    /// Journals `id` as finished and failed, with `why`.
+    async fn end_incident(&self, id: &str, why: String) {
+        let entry = crate::journal::Entry {
+            at_ms: crate::journal::now_ms(),
+            incident: id.to_string(),
+            phase: crate::journal::Phase::Finished {
+                ok: false,
+                total_ms: 0,
+                summary: why,
+            },
+        };
+        let journal = self.ctx.journal.clone();
+        match tokio::task::spawn_blocking(move || journal.append(&entry)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::error!("incident {id}: {e}"),
+            Err(e) => log::error!("incident {id}: journal task failed: {e}"),
         }
     }
 }

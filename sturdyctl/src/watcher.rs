@@ -84,14 +84,21 @@ async fn watch_shim(
             std::future::pending::<()>().await;
         }
     };
-    let probing = probe_until_hung(shim, ticks, interval, misses);
+    let watched = pidfd.identity().pid;
+    let probing = probe_until_hung(shim, ticks, interval, misses, watched);
     let (reason, since) = tokio::select! {
         biased;
         () = exit => {
-            log::debug!("shim {address} (pid {}) exited", pidfd.identity().pid);
+            log::debug!("shim {address} (pid {watched}) exited");
             (Reason::Dead, Instant::now())
         }
-        (misses, silent_for) = probing => (Reason::Hung { misses, silent_for }, Instant::now()),
+        ended = probing => match ended {
+            Ended::Hung { misses, silent_for } => (Reason::Hung { misses, silent_for }, Instant::now()),
+            Ended::ServedBy(server) => {
+                let _ = tx.send(Msg::NotTheShim { address, watched, server }).await;
+                return;
+            }
+        },
     };
     let _ = tx
         .send(Msg::Verdict {
@@ -103,13 +110,24 @@ async fn watch_shim(
         .await;
 }
 
+/// Why probing stopped.
+enum Ended {
+    /// Too many probes in a row went unanswered.
+    Hung { misses: u32, silent_for: Duration },
+    /// The socket is served by another process than the watched one (its `Connect`
+    /// reply names it): the watched process is not the shim, whatever its command line
+    /// says, and must be neither killed for the shim nor trusted as it.
+    ServedBy(i32),
+}
+
 /// Probes on every tick (deadline: one interval) until `misses` go unanswered in a row.
 async fn probe_until_hung(
     shim: watch::Receiver<Shim>,
     mut ticks: watch::Receiver<u64>,
     interval: Duration,
     misses: u32,
-) -> (u32, Duration) {
+    watched: i32,
+) -> Ended {
     let mut health = Health::new(misses);
     let epoch = Instant::now();
     let mut prober = Prober::new();
@@ -124,6 +142,16 @@ async fn probe_until_hung(
         };
         let sent = Instant::now();
         let outcome = prober.probe(&address, &id, interval).await;
+        if let crate::probe::Outcome::Answered {
+            shim_pid: Some(server),
+            ..
+        } = &outcome
+        {
+            let server = *server as i32;
+            if server != watched {
+                return Ended::ServedBy(server);
+            }
+        }
         let result = if outcome.answered() {
             ProbeResult::Answered
         } else {
@@ -143,7 +171,7 @@ async fn probe_until_hung(
                     "shim {address}: {misses} probes unanswered over {:.1} s: hung",
                     silent_for.as_secs_f64()
                 );
-                return (misses, silent_for);
+                return Ended::Hung { misses, silent_for };
             }
         }
     }

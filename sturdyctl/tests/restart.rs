@@ -2,16 +2,15 @@
 //! earlier one started (exactly once) and recovers shims that died while none ran.
 //! No containerd here: its socket does not exist, as while containerd is down.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use sturdyctl::discovery::{Shim, Task};
+use sturdyctl::discovery::{Shim, Task, TASK_DIR};
 use sturdyctl::journal::{Entry, Journal, Phase, DEFAULT_MAX_BYTES};
 use sturdyctl::watchdog;
 
 mod common;
-use common::{bundle_runc_still_has, config};
+use common::{bundle_runc_still_has, config, recording_shim, trusted_tempdir};
 
 fn finished_count(journal: &Path, incident: &str) -> usize {
     Journal::new(journal, DEFAULT_MAX_BYTES)
@@ -36,7 +35,8 @@ async fn unfinished_incident_is_finished_exactly_once() {
         tasks: vec![Task {
             namespace: "default".into(),
             id: "c1".into(),
-            bundle: dir.path().join("gone-bundle"),
+            // Where containerd keeps it (a resumed incident names no other place), gone.
+            bundle: cfg.state_dir.join(TASK_DIR).join("default").join("c1"),
             ..Default::default()
         }],
         ..Default::default()
@@ -56,6 +56,14 @@ async fn unfinished_incident_is_finished_exactly_once() {
     // Shut down at once: resumed recoveries are still carried to their end.
     watchdog::run(cfg.clone(), async {}).await.unwrap();
     assert_eq!(finished_count(&cfg.journal, &incident), 1);
+    let entries = Journal::new(&cfg.journal, DEFAULT_MAX_BYTES)
+        .read()
+        .unwrap();
+    assert!(
+        entries.iter().any(|e| matches!(&e.phase,
+            Phase::Step { step, .. } if step == "remove socket")),
+        "the incident was not redone: {entries:#?}"
+    );
     watchdog::run(cfg.clone(), async {}).await.unwrap();
     assert_eq!(
         finished_count(&cfg.journal, &incident),
@@ -72,13 +80,8 @@ async fn shim_found_dead_at_start_is_recovered() {
     let cfg = config(dir.path());
     let (bundle, runc_root) = bundle_runc_still_has(dir.path(), &cfg);
     let calls = dir.path().join("delete-calls");
-    let fake_shim = dir.path().join("containerd-shim-sturdy-v2");
-    std::fs::write(
-        &fake_shim,
-        format!("#!/bin/sh\necho \"$PWD $*\" >> {}\n", calls.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake_shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin_dir = trusted_tempdir();
+    let fake_shim = recording_shim(bin_dir.path(), &calls);
     let w = |name: &str, text: String| std::fs::write(bundle.join(name), text).unwrap();
     w(
         "address",

@@ -14,7 +14,7 @@ use sturdyctl::watchdog;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{bundle_runc_still_has, config};
+use common::{bundle_runc_still_has, config, trusted_tempdir};
 
 /// A ttrpc server that answers every request (with an empty reply) and counts them.
 fn answering_socket(path: &std::path::Path) -> Arc<AtomicUsize> {
@@ -70,7 +70,10 @@ async fn an_exit_while_the_socket_answers_is_no_death() {
     let requests = answering_socket(&socket);
 
     // Looks like a sturdy shim daemon of this containerd; exits when its stdin closes.
-    let bin = dir.path().join("containerd-shim-sturdy-v2");
+    // In a directory only root can change: a process is taken for a shim only if it runs
+    // as root from a binary no one else could have changed.
+    let bin_dir = trusted_tempdir();
+    let bin = bin_dir.path().join("containerd-shim-sturdy-v2");
     std::fs::copy("/bin/sh", &bin).unwrap();
     let address = cfg.address.to_str().unwrap().to_string();
     let mut lookalike = Command::new(&bin)

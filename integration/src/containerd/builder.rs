@@ -141,7 +141,7 @@ impl Builder {
         reap_stale_fixtures();
         let dir = tempfile::Builder::new()
             .prefix("sturdy-test-")
-            .tempdir()
+            .tempdir_in(fixture_base()?)
             .ctx(|| "creating temp dir".into())?
             // Drop owns removal: it has to unmount first, which TempDir would not.
             .keep();
@@ -171,4 +171,26 @@ impl Builder {
         }
         Ok(fx)
     }
+}
+
+/// Overrides where fixtures are created (default [`DEFAULT_FIXTURE_BASE`]).
+pub const FIXTURE_BASE_ENV: &str = "STURDY_TEST_TMPDIR";
+/// Where fixtures are created unless [`FIXTURE_BASE_ENV`] says otherwise.
+const DEFAULT_FIXTURE_BASE: &str = "/var/lib/sturdy-test";
+
+/// The directory fixtures are created in, made (0700) if missing. Not TMPDIR: the
+/// watchdog runs a shim binary only from directories no one but root can change, which
+/// rules out anything under the world-writable /tmp, and a fixture's `bin/` holds the
+/// shims containerd runs.
+pub fn fixture_base() -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os(FIXTURE_BASE_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_FIXTURE_BASE));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&base)
+        .ctx(|| format!("creating {}", base.display()))?;
+    Ok(base)
 }

@@ -382,7 +382,9 @@ fn unix_sockets_of(pid: i32, dir: &Path) -> Vec<PathBuf> {
 /// (the kernel dropped its lock), and whoever holds the lock does the cleanup, so two
 /// reapers never work on the same dir. Dirs without `fixture.json` are still being set up.
 pub fn reap_stale_fixtures() -> Vec<PathBuf> {
-    let tmp = std::env::temp_dir();
+    let Ok(tmp) = super::fixture_base() else {
+        return Vec::new();
+    };
     let mut reaped = Vec::new();
     for name in cleanup::read_dir_names(&tmp) {
         if !name.starts_with("sturdy-test-") {

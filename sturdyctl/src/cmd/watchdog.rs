@@ -30,6 +30,22 @@ pub struct Args {
     /// Report sandboxes whose IPs containerd lost, but do not write them back.
     #[arg(long)]
     no_repair: bool,
+    /// The shim binary to run `delete` with for a runtime whose bundles do not record one
+    /// (`RUNTIME=PATH`, repeatable). It must be root's, in directories only root can change.
+    #[arg(long = "shim-binary", value_parser = parse_shim_binary)]
+    shim_binaries: Vec<(String, std::path::PathBuf)>,
+}
+
+fn parse_shim_binary(s: &str) -> Result<(String, std::path::PathBuf), String> {
+    let (runtime, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected RUNTIME=PATH"))?;
+    let path = std::path::PathBuf::from(path);
+    if runtime.is_empty() || !path.is_absolute() {
+        return Err(format!("{s:?}: expected RUNTIME=/absolute/path"));
+    }
+    sturdyctl::trust::executable(&path).map_err(|e| e.to_string())?;
+    Ok((runtime.to_string(), path))
 }
 
 /// Runs the watchdog until SIGTERM or SIGINT.
@@ -52,6 +68,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         journal_max_bytes: DEFAULT_MAX_BYTES,
         containerd_grace: args.containerd_grace,
         delete_timeout: Duration::from_secs(10),
+        shim_binaries: args.shim_binaries.into_iter().collect(),
         sandboxes: Some(SandboxWatch {
             store: sandbox_record::Store::new(args.record_dir),
             repair: !args.no_repair,

@@ -1,4 +1,5 @@
 //! What the watchdog tests without containerd share.
+#![allow(dead_code)] // each test binary uses its own part of it
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,8 +21,33 @@ pub fn config(dir: &Path) -> Config {
         journal_max_bytes: DEFAULT_MAX_BYTES,
         containerd_grace: Duration::from_millis(100),
         delete_timeout: Duration::from_secs(5),
+        shim_binaries: Default::default(),
         sandboxes: None,
     }
+}
+
+/// A scratch directory only root can change, for binaries the watchdog may run (nothing
+/// under the world-writable /tmp is ever trusted). The suite runs as root, which owns /run.
+pub fn trusted_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("sturdy-trusted-")
+        .tempdir_in("/run")
+        .expect("a scratch dir in /run (the tests run as root)");
+    sturdyctl::trust::directory(dir.path()).expect("/run and the scratch dir are root's");
+    dir
+}
+
+/// A fake shim binary in `dir` that appends "$PWD $*" to `calls` when run.
+pub fn recording_shim(dir: &Path, calls: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("containerd-shim-sturdy-v2");
+    std::fs::write(
+        &bin,
+        format!("#!/bin/sh\necho \"$PWD $*\" >> {}\n", calls.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
 }
 
 /// The bundle dir of task `default/c1` under `cfg`'s state dir, and a runc root (under
