@@ -1,11 +1,11 @@
 //! Every check against fixture trees and canned command output.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
 use super::*;
-use crate::host::{RunError, ScriptedRunner};
-use crate::journal::{Entry, Journal, Phase, DEFAULT_MAX_BYTES};
+use crate::host::{RunError, ScriptedRunner, ScriptedTrust};
+use crate::journal::{lock_path, Entry, Journal, Phase, DEFAULT_MAX_BYTES};
 
 const CONFIG: &str = r#"version = 2
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
@@ -29,11 +29,17 @@ const MOUNTS_V2: &str = "\
 31 27 0:28 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw\n\
 40 27 0:30 / /run rw - tmpfs tmpfs rw\n";
 
+/// containerd's pid in the fixture and the PATH it runs with.
+const CONTAINERD_PID: i32 = 7;
+const CONTAINERD_PATH: &str = "/usr/local/bin:/usr/bin:/usr/sbin";
+
 /// A fixture node: a healthy one unless a test changes it.
 struct Node {
     dir: tempfile::TempDir,
     runner: ScriptedRunner,
     opts: Options,
+    /// Node paths other users may change.
+    untrusted: Vec<&'static str>,
 }
 
 impl Node {
@@ -47,8 +53,13 @@ impl Node {
                 .with("criu", "Version: 3.17.1\n"),
             opts: Options {
                 sturdyctl_version: "0.1.0".into(),
+                listener: Some(Ok(Peer {
+                    pid: CONTAINERD_PID,
+                    uid: 0,
+                })),
                 ..Options::default()
             },
+            untrusted: Vec::new(),
         };
         node.file(
             "/etc/containerd/config.toml",
@@ -57,12 +68,24 @@ impl Node {
         node.file("/proc/sys/fs/pipe-user-pages-soft", "16384\n");
         node.file("/proc/self/mountinfo", MOUNTS_V2);
         node.file("/proc/1/comm", "systemd\n");
-        node.file("/proc/stat", "cpu 1 2 3\nbtime 1000\n");
+        // Booted an hour from now: containerd started after the config was written.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        node.file("/proc/stat", &format!("cpu 1 2 3\nbtime {}\n", now + 3600));
         for bin in ["/usr/bin/containerd", "/usr/sbin/runc", "/usr/sbin/criu"] {
             node.exe(bin);
         }
         node.exe("/usr/local/bin/containerd-shim-sturdy-v2");
         std::fs::create_dir_all(node.path("/var/lib/sturdy")).unwrap();
+        node.process(
+            CONTAINERD_PID,
+            &["/usr/bin/containerd"],
+            Some(CONTAINERD_PATH),
+            0,
+            &[],
+        );
         node
     }
 
@@ -85,9 +108,10 @@ impl Node {
         std::fs::remove_file(self.path(p)).unwrap();
     }
 
-    /// A process in the fixture's /proc.
+    /// A process in the fixture's /proc (replacing one of that pid).
     fn process(&self, pid: i32, cmdline: &[&str], path_env: Option<&str>, uid: u32, pipes: &[u64]) {
         let base = format!("/proc/{pid}");
+        let _ = std::fs::remove_dir_all(self.path(&base));
         self.file(
             &format!("{base}/cmdline"),
             &format!("{}\0", cmdline.join("\0")),
@@ -115,12 +139,43 @@ impl Node {
     }
 
     fn run(&self) -> Vec<Finding> {
+        let trust = self
+            .untrusted
+            .iter()
+            .fold(ScriptedTrust::new(self.dir.path()), |t, p| t.untrusted(*p));
         let host = Host::fixture(
             self.dir.path(),
             self.runner.clone(),
             "/usr/local/bin:/usr/bin:/usr/sbin",
-        );
+        )
+        .with_trust(trust);
         super::run(&host, &self.opts)
+    }
+
+    /// The journal's lock taken (by this test process) and /proc/locks naming `pid` as its
+    /// holder.
+    fn watchdog_holds_the_lock(&self, pid: i32) -> Journal {
+        let journal = Journal::new(
+            self.path("/var/lib/sturdy/watchdog.journal"),
+            DEFAULT_MAX_BYTES,
+        );
+        journal.lock_exclusive().unwrap();
+        let meta = std::fs::metadata(lock_path(journal.path())).unwrap();
+        self.file(
+            "/proc/locks",
+            &format!(
+                "1: POSIX  ADVISORY  WRITE 99 00:00:1 0 EOF\n\
+                 2: FLOCK  ADVISORY  WRITE {pid} {:02x}:{:02x}:{} 0 EOF\n\
+                 2: -> FLOCK  ADVISORY  WRITE 77 {:02x}:{:02x}:{} 0 EOF\n",
+                libc::major(meta.dev()),
+                libc::minor(meta.dev()),
+                meta.ino(),
+                libc::major(meta.dev()),
+                libc::minor(meta.dev()),
+                meta.ino(),
+            ),
+        );
+        journal
     }
 
     fn check(&self, check: &str) -> Vec<Finding> {
@@ -144,11 +199,7 @@ fn has(findings: &[Finding], severity: Severity, text: &str) -> bool {
 #[test]
 fn a_healthy_node_has_nothing_to_fix() {
     let node = Node::new();
-    let journal = Journal::new(
-        node.path("/var/lib/sturdy/watchdog.journal"),
-        DEFAULT_MAX_BYTES,
-    );
-    journal.lock_exclusive().unwrap();
+    let _journal = node.watchdog_holds_the_lock(42);
     node.process(42, &["/usr/local/bin/sturdyctl", "watchdog"], None, 0, &[]);
     let findings = node.run();
     assert_eq!(worst(&findings), Severity::Ok, "{findings:#?}");
@@ -287,6 +338,7 @@ fn containerd_incident_000_releases_and_pending_upgrades() {
     assert_eq!(f.iter().filter(|f| f.severity == Severity::Info).count(), 3);
     node.remove("/usr/bin/containerd");
     node.opts.api_version = None;
+    node.opts.listener = Some(Err("connect: No such file or directory".into()));
     assert!(has(
         &node.check("containerd"),
         Severity::Error,
@@ -422,7 +474,7 @@ fn routing_needs_the_handler_the_type_and_sturdys_binary() {
     assert!(has(
         &node.check("routing"),
         Severity::Error,
-        "containerd-shim-sturdy-v2 is not on PATH"
+        "containerd-shim-sturdy-v2 is not on containerd's PATH"
     ));
 }
 
@@ -475,6 +527,7 @@ fn containerd_16_ignores_inline_options_and_config_edits_need_a_restart() {
         &format!("{CONFIG}  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.sturdy.options]\n    Root = \"/run/sturdy\"\n"),
     );
     // containerd started at btime 1000 + 100 ticks: long before the config was written.
+    node.file("/proc/stat", "cpu 1 2 3\nbtime 1000\n");
     node.process(
         7,
         &["/usr/bin/containerd"],
@@ -552,9 +605,73 @@ fn watchdog_absent_and_unfinished_recoveries() {
         "unfinished recoveries in the journal: k8s.io/abc/1/2"
     ));
     journal.lock_exclusive().unwrap();
+    // Held, but /proc/locks does not say by whom: nothing to vouch for.
     let f = node.check("watchdog");
-    assert!(has(&f, Severity::Ok, "a watchdog holds"), "{f:#?}");
+    assert!(has(&f, Severity::Warn, "not visible here"), "{f:#?}");
+    assert!(has(&f, Severity::Warn, "unfinished recoveries"), "{f:#?}");
+    drop(journal);
+    let _held = node.watchdog_holds_the_lock(42);
+    node.process(42, &["/usr/local/bin/sturdyctl", "watchdog"], None, 0, &[]);
+    let f = node.check("watchdog");
+    assert!(has(&f, Severity::Ok, "watchdog runs (pid 42"), "{f:#?}");
     assert_eq!(worst_of(&f), Severity::Ok, "{f:#?}");
+}
+
+/// L18: a process that calls itself `sturdyctl watchdog` and holds the journal's lock (a lock
+/// file others can open) is reported as what it is, not as a running watchdog.
+#[test]
+fn a_lock_holder_that_is_not_root_is_no_watchdog() {
+    let mut node = Node::new();
+    let _held = node.watchdog_holds_the_lock(50);
+    node.process(
+        50,
+        &["/usr/local/bin/sturdyctl", "watchdog"],
+        None,
+        65534,
+        &[],
+    );
+    let f = node.check("watchdog");
+    assert!(
+        has(
+            &f,
+            Severity::Error,
+            "lock is held by pid 50, which is no watchdog (pid 50 runs as uid 65534"
+        ),
+        "{f:#?}"
+    );
+    assert!(!f.iter().any(|f| f.severity == Severity::Ok), "{f:#?}");
+    // Root, but from a binary others can replace.
+    node.process(50, &["/home/user/sturdyctl", "watchdog"], None, 0, &[]);
+    node.untrusted.push("/home/user");
+    let f = node.check("watchdog");
+    assert!(
+        has(
+            &f,
+            Severity::Error,
+            "which is no watchdog (/home/user: mode 0777"
+        ),
+        "{f:#?}"
+    );
+}
+
+#[test]
+fn proc_locks_names_the_holder_of_an_inode() {
+    let dev = libc::makedev(0xfd, 1);
+    let text = "1: POSIX  ADVISORY  WRITE 10 fd:01:55 0 EOF\n\
+                2: FLOCK  ADVISORY  READ  11 fd:01:42 0 EOF\n\
+                3: FLOCK  ADVISORY  WRITE 12 fd:01:42 0 EOF\n\
+                3: -> FLOCK  ADVISORY  WRITE 13 fd:01:42 0 EOF\n";
+    assert_eq!(routing::holder_in(text, dev, 42), Some(12));
+    assert_eq!(
+        routing::holder_in(text, dev, 55),
+        None,
+        "POSIX locks are not flock's"
+    );
+    // Another device number (a btrfs subvolume): the inode alone when it is unique.
+    assert_eq!(routing::holder_in(text, libc::makedev(0, 40), 42), Some(12));
+    // A holder in another pid namespace shows as 0.
+    let hidden = "3: FLOCK  ADVISORY  WRITE 0 fd:01:42 0 EOF\n";
+    assert_eq!(routing::holder_in(hidden, dev, 42), None);
 }
 
 #[test]
@@ -586,4 +703,139 @@ fn records_on_tmpfs_or_not_a_directory() {
         Severity::Error,
         "is not a directory"
     ));
+}
+
+/// A path under `prefix` that the fixture's runner was asked to run.
+fn ran_under(node: &Node, prefix: &str) -> Vec<PathBuf> {
+    node.runner
+        .ran()
+        .into_iter()
+        .filter(|p| p.starts_with(prefix))
+        .collect()
+}
+
+/// H2, the review's scenario: a process named `containerd`, older (lower pid) than the real
+/// one, with a PATH leading to its own look-alikes of everything doctor runs. Doctor takes
+/// containerd from its socket, runs none of the look-alikes, and reports the real daemon.
+#[test]
+fn a_process_named_containerd_is_not_containerd() {
+    for uid in [65534, 0] {
+        let mut node = Node::new();
+        for bin in ["runc", "criu", "containerd-shim-sturdy-v2", "containerd"] {
+            node.exe(&format!("/home/evil/bin/{bin}"));
+        }
+        node.untrusted.push("/home/evil");
+        node.process(
+            5,
+            &["/home/evil/bin/containerd"],
+            Some("/home/evil/bin"),
+            uid,
+            &[],
+        );
+        let f = node.run();
+        assert_eq!(
+            ran_under(&node, "/home/evil"),
+            Vec::<PathBuf>::new(),
+            "uid {uid}"
+        );
+        assert!(
+            has(
+                &f,
+                Severity::Ok,
+                "containerd pid 7 listens on /run/containerd/containerd.sock (/usr/bin/containerd)"
+            ),
+            "{f:#?}"
+        );
+        assert!(has(&f, Severity::Ok, "at /usr/sbin/runc"), "{f:#?}");
+        assert!(
+            has(
+                &f,
+                Severity::Ok,
+                "→ /usr/local/bin/containerd-shim-sturdy-v2"
+            ),
+            "{f:#?}"
+        );
+        assert!(
+            !f.iter().any(|f| f.summary.contains("/home/evil")),
+            "{f:#?}"
+        );
+    }
+}
+
+/// The process on containerd's socket is believed only if it is root running a binary only
+/// root can change; otherwise nothing of it runs and its PATH is ignored.
+#[test]
+fn an_untrusted_listener_is_not_containerd() {
+    let mut node = Node::new();
+    for bin in ["runc", "criu", "containerd-shim-sturdy-v2", "containerd"] {
+        node.exe(&format!("/home/evil/bin/{bin}"));
+    }
+    node.untrusted.push("/home/evil");
+    let listening = |pid, uid| Some(Ok(Peer { pid, uid }));
+    for (uid, peer_uid, why) in [
+        (65534, 65534, "it listened as uid 65534"),
+        (65534, 0, "pid 5 runs as uid 65534, not root"),
+        (0, 0, "/home/evil: mode 0777"),
+    ] {
+        node.process(
+            5,
+            &["/home/evil/bin/containerd"],
+            Some("/home/evil/bin"),
+            uid,
+            &[],
+        );
+        node.opts.listener = listening(5, peer_uid);
+        let f = node.run();
+        assert_eq!(ran_under(&node, "/home/evil"), Vec::<PathBuf>::new());
+        assert!(
+            has(
+                &f,
+                Severity::Error,
+                &format!("pid 5 listening on /run/containerd/containerd.sock is not a trusted containerd ({why}")
+            ),
+            "{f:#?}"
+        );
+        // Still checks what it can, on sturdyctl's PATH.
+        assert!(has(&f, Severity::Ok, "at /usr/sbin/runc"), "{f:#?}");
+    }
+    node.opts.listener = Some(Err("connect: Connection refused".into()));
+    let f = node.check("containerd");
+    assert!(
+        has(&f, Severity::Warn, "containerd not found through its socket /run/containerd/containerd.sock (connect: Connection refused)"),
+        "{f:#?}"
+    );
+}
+
+/// containerd's own PATH through a directory others can change: doctor runs nothing found
+/// there and says containerd itself would.
+#[test]
+fn a_directory_others_can_change_on_containerds_path() {
+    let mut node = Node::new();
+    node.exe("/opt/open/bin/runc");
+    node.untrusted.push("/opt/open");
+    node.process(
+        CONTAINERD_PID,
+        &["/usr/bin/containerd"],
+        Some("/opt/open/bin:/usr/bin:/usr/sbin"),
+        0,
+        &[],
+    );
+    let f = node.run();
+    assert_eq!(ran_under(&node, "/opt/open"), Vec::<PathBuf>::new());
+    let runc = f.iter().find(|f| f.check == "runc").unwrap();
+    assert_eq!(runc.severity, Severity::Error, "{f:#?}");
+    assert!(
+        runc.summary
+            .contains("/opt/open/bin/runc: not run: /opt/open: mode 0777"),
+        "{runc:#?}"
+    );
+    assert_eq!(runc.fix.as_deref(), Some(UNTRUSTED_FIX));
+    assert!(
+        has(
+            &f,
+            Severity::Error,
+            "containerd's PATH has directories other users can change (/opt/open: mode 0777"
+        ),
+        "{f:#?}"
+    );
 }
