@@ -223,29 +223,30 @@ fn find_containerd(host: &Host, opts: &Options) -> Result<Daemon, Finding> {
     const CHECK: &str = "containerd";
     let socket = opts.address.display();
     let fix_address = "pass --address with containerd's socket (its [grpc] address)";
-    let peer =
-        match &opts.listener {
-            None => return Err(Finding::new(
+    let peer = match &opts.listener {
+        None => {
+            return Err(Finding::new(
                 CHECK,
                 Severity::Warn,
                 format!(
                     "{socket} was not asked who listens on it: containerd's own PATH is unknown"
                 ),
             )
-            .fix(fix_address)),
-            Some(Err(e)) => {
-                return Err(Finding::new(
-                    CHECK,
-                    Severity::Warn,
-                    format!(
+            .fix(fix_address))
+        }
+        Some(Err(e)) => {
+            return Err(Finding::new(
+                CHECK,
+                Severity::Warn,
+                format!(
                     "containerd not found through its socket {socket} ({e}): runc, criu and the \
                      shim are looked up on sturdyctl's PATH instead of containerd's"
                 ),
-                )
-                .fix(fix_address))
-            }
-            Some(Ok(peer)) => *peer,
-        };
+            )
+            .fix(fix_address))
+        }
+        Some(Ok(peer)) => *peer,
+    };
     let untrusted = |why: String| {
         Finding::new(
             CHECK,

@@ -834,7 +834,7 @@ fn a_directory_others_can_change_on_containerds_path() {
         has(
             &f,
             Severity::Error,
-            "containerd's PATH has directories other users can change (/opt/open: mode 0777"
+            "containerd's PATH has directories other users can change (/opt/open/bin (/opt/open: mode 0777"
         ),
         "{f:#?}"
     );

@@ -127,8 +127,10 @@ fn identity(ctx: &Context) -> Vec<Finding> {
         return out;
     };
     let open: Vec<String> = std::env::split_paths(path)
-        .filter_map(|d| ctx.host.trust.directory(&d).err())
-        .map(|e| e.to_string())
+        .filter_map(|d| {
+            let e = ctx.host.trust.directory(&d).err()?;
+            Some(format!("{} ({e})", d.display()))
+        })
         .collect();
     if !open.is_empty() {
         out.push(
