@@ -26,7 +26,12 @@ pub struct Builder {
     registry_config_path: Option<PathBuf>,
     port_mapping: bool,
     env: Vec<(String, String)>,
+    /// Where the fixture's dir is made (`None`: the temp dir).
+    base: Option<PathBuf>,
 }
+
+/// Where [`Builder::root_only_dir`] puts fixtures: a directory only root can change.
+pub const ROOT_ONLY_BASE: &str = "/run";
 
 /// An additional CRI runtime handler written into the fixture's config.
 #[derive(Debug, Clone)]
@@ -55,6 +60,7 @@ impl Default for Builder {
             registry_config_path: None,
             port_mapping: false,
             env: Vec::new(),
+            base: None,
         }
     }
 }
@@ -130,6 +136,13 @@ impl Builder {
         self
     }
 
+    /// Makes the fixture's dir under [`ROOT_ONLY_BASE`] instead of the world-writable temp
+    /// dir, for tests of what writes only where no one but root can (`sturdyctl install`).
+    pub fn root_only_dir(mut self) -> Self {
+        self.base = Some(PathBuf::from(ROOT_ONLY_BASE));
+        self
+    }
+
     /// Create the temp dir, write the config, start containerd and import the images.
     pub async fn start(self) -> Result<Containerd> {
         let generation = match self.generation {
@@ -139,9 +152,10 @@ impl Builder {
         // Before anything exists: a generation this host cannot run leaves nothing behind.
         let bins = generation.binaries()?;
         reap_stale_fixtures();
+        let base = self.base.clone().unwrap_or_else(std::env::temp_dir);
         let dir = tempfile::Builder::new()
             .prefix("sturdy-test-")
-            .tempdir()
+            .tempdir_in(base)
             .ctx(|| "creating temp dir".into())?
             // Drop owns removal: it has to unmount first, which TempDir would not.
             .keep();

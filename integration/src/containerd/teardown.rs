@@ -382,13 +382,18 @@ fn unix_sockets_of(pid: i32, dir: &Path) -> Vec<PathBuf> {
 /// (the kernel dropped its lock), and whoever holds the lock does the cleanup, so two
 /// reapers never work on the same dir. Dirs without `fixture.json` are still being set up.
 pub fn reap_stale_fixtures() -> Vec<PathBuf> {
-    let tmp = std::env::temp_dir();
+    let bases = [
+        std::env::temp_dir(),
+        PathBuf::from(super::builder::ROOT_ONLY_BASE),
+    ];
     let mut reaped = Vec::new();
-    for name in cleanup::read_dir_names(&tmp) {
-        if !name.starts_with("sturdy-test-") {
-            continue;
-        }
-        let dir = tmp.join(&name);
+    let fixtures = bases.iter().flat_map(|base| {
+        cleanup::read_dir_names(base)
+            .into_iter()
+            .filter(|name| name.starts_with("sturdy-test-"))
+            .map(move |name| base.join(name))
+    });
+    for dir in fixtures {
         let Ok(raw) = std::fs::read(dir.join("fixture.json")) else {
             continue;
         };

@@ -318,45 +318,44 @@ fn directories_others_can_change_are_refused() {
 }
 
 /// L19: in a container the host's tree is mounted under a root; a config.toml that is an
-/// absolute symlink on the host is followed on the host, not in the container.
+/// absolute symlink on the host is followed on the host, not in the container. (The host
+/// paths exist on no real machine: resolved outside the root they fail rather than touch
+/// this machine's files.)
 #[test]
 fn a_symlinked_config_resolves_under_the_host_root() {
     let s = Setup::new("minimal-v2.toml", "/bin/true");
     let host = s.dir.path().join("host");
-    std::fs::create_dir_all(host.join("etc/containerd")).unwrap();
-    std::fs::create_dir_all(host.join("etc/k8s")).unwrap();
-    let real = host.join("etc/k8s/containerd.toml");
+    let etc = host.join("etc/sturdy-test-containerd");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(host.join("etc/sturdy-test-k8s")).unwrap();
+    let real = host.join("etc/sturdy-test-k8s/containerd.toml");
     std::fs::copy(&s.opts.config, &real).unwrap();
     std::os::unix::fs::symlink(
-        "/etc/k8s/containerd.toml",
-        host.join("etc/containerd/config.toml"),
+        "/etc/sturdy-test-k8s/containerd.toml",
+        etc.join("config.toml"),
     )
     .unwrap();
     let opts = Options {
         host_root: host.clone(),
-        config: "/etc/containerd/config.toml".into(),
-        bin_dir: "/usr/local/bin".into(),
+        config: "/etc/sturdy-test-containerd/config.toml".into(),
+        bin_dir: "/opt/sturdy-test/bin".into(),
         ..s.opts.clone()
     };
     let o = install(&opts, &s.runner).unwrap();
     assert!(std::fs::read_to_string(&real)
         .unwrap()
         .contains("runtimes.sturdy]"));
-    assert!(
-        std::fs::symlink_metadata(host.join("etc/containerd/config.toml"))
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
-    assert!(host.join("usr/local/bin").join(SHIM_BINARY).is_file());
-    assert_eq!(o.config, PathBuf::from("/etc/containerd/config.toml"));
-    assert_eq!(
-        o.binaries[0].path,
-        PathBuf::from("/usr/local/bin").join(SHIM_BINARY)
-    );
+    assert!(std::fs::symlink_metadata(etc.join("config.toml"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let installed = host.join("opt/sturdy-test/bin").join(SHIM_BINARY);
+    assert!(installed.is_file());
+    assert_eq!(o.config, opts.config);
+    assert_eq!(o.binaries[0].path, opts.bin_dir.join(SHIM_BINARY));
     let u = uninstall(&opts, &[]).unwrap();
     assert_eq!(actions(&u), [Action::Removed, Action::Removed]);
-    assert!(!host.join("usr/local/bin").join(SHIM_BINARY).exists());
+    assert!(!installed.exists());
     assert!(!std::fs::read_to_string(&real)
         .unwrap()
         .contains("runtimes.sturdy]"));
