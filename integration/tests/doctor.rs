@@ -179,6 +179,16 @@ async fn impostor_named_containerd(uid: u32) {
         "doctor ran the impostor's look-alikes; findings: {findings:#?}"
     );
     let containerd = summaries(&findings, "containerd");
+    if let Some((_, why)) = containerd
+        .iter()
+        .find(|(_, s)| s.contains("is not a trusted containerd"))
+        .filter(|_| !binary_is_root_only(&fx.binaries().containerd))
+    {
+        // A checkout or tools cache others own: doctor rightly distrusts the fixture's own
+        // containerd, so only the first half (nothing of the impostor ran) was checked.
+        println!("SKIPPED impostor_named_containerd({uid}) in part: {why}");
+        return;
+    }
     let listens = format!(
         "containerd pid {} listens on {}",
         fx.pid(),
@@ -204,6 +214,27 @@ async fn impostor_named_containerd(uid: u32) {
     );
     drop(fx);
     drop(impostor);
+}
+
+/// Whether `bin` (a name is looked up on PATH) and every directory above it are root's and
+/// not group- or world-writable (symlinks resolved first: the fixture's binaries are plain
+/// files in plain directories).
+fn binary_is_root_only(bin: &Path) -> bool {
+    let found = if bin.is_absolute() {
+        Some(bin.to_path_buf())
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(bin))
+            .find(|p| p.is_file())
+    };
+    let Some(path) = found.and_then(|p| std::fs::canonicalize(p).ok()) else {
+        return false;
+    };
+    path.ancestors().all(|p| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            std::os::unix::fs::MetadataExt::uid(&m) == 0 && m.permissions().mode() & 0o022 == 0
+        })
+    })
 }
 
 #[tokio::test]
