@@ -204,7 +204,7 @@ impl Context<'_> {
     }
 }
 
-/// What the fix of a command doctor did not run because others may change it says.
+/// The fix for a program doctor did not run because others than root may change it.
 pub(crate) const UNTRUSTED_FIX: &str = "only root may be able to change what runs as root: \
     chown root and chmod go-w the file and every directory above it, or take that directory \
     off containerd's PATH";
