@@ -49,6 +49,18 @@ pub fn default_shim_bin() -> PathBuf {
     target.join("debug").join(SHIM_BINARY)
 }
 
+/// Where `sturdyctl` is taken from: `STURDYCTL_BIN`, else `$CARGO_TARGET_DIR/debug/sturdyctl`,
+/// else `<workspace>/target/debug/sturdyctl`.
+pub fn sturdyctl_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("STURDYCTL_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target"));
+    target.join("debug").join("sturdyctl")
+}
+
 /// Root of the cargo workspace this crate was built in.
 pub fn workspace_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -7,18 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use sturdy_integration::containerd::workspace_dir;
+use sturdy_integration::containerd::{sturdyctl_bin, workspace_dir};
 use sturdy_integration::{cleanup, container_config, Containerd, Generation, Handler};
-
-fn sturdyctl_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("STURDYCTL_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_dir().join("target"));
-    target.join("debug").join("sturdyctl")
-}
 
 fn sturdyctl(args: &[&str]) -> String {
     let bin = sturdyctl_bin();
@@ -70,7 +60,11 @@ fn every_generation_loads_the_config_install_wrote() {
         let Some(containerd) = binaries(g) else {
             continue;
         };
-        let dir = tempfile::tempdir().unwrap();
+        // install writes only where only root can: not under the world-writable /tmp.
+        let dir = tempfile::Builder::new()
+            .prefix("sturdy-install-")
+            .tempdir_in("/run")
+            .unwrap();
         let config = dir.path().join("config.toml");
         let original = std::fs::read_to_string(fixture(file)).unwrap();
         std::fs::write(&config, &original).unwrap();

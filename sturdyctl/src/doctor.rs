@@ -1,8 +1,14 @@
 //! `sturdyctl doctor`: checks a node for what makes sturdy (or containerd under it) fail, and
 //! says for each finding how bad it is and the one thing to do about it.
 //!
-//! Every check reads the node through a [`Host`] (a root directory plus a command runner),
-//! so tests run them against fixture trees and canned version strings.
+//! Every check reads the node through a [`Host`] (a root directory, a command runner and the
+//! trust in paths and processes), so tests run them against fixture trees and canned version
+//! strings.
+//!
+//! containerd is the process that listens on its socket (peer credentials of a connection,
+//! taken by the caller), never a process that merely calls itself `containerd`: anyone can
+//! name a process so, and doctor runs as root what it finds through containerd (security
+//! review 2026-12, H2). Everything doctor runs is checked with [`Host::run`] at use.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -10,7 +16,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::ctrconfig::{Config, Runtime};
-use crate::host::{Host, Proc};
+use crate::host::{Host, Proc, RunError};
 
 pub mod known;
 mod node;
@@ -95,11 +101,25 @@ impl Finding {
     }
 }
 
+/// The process at the other end of a connection to a Unix socket (SO_PEERCRED): for a
+/// listening socket, the process that called `listen()`, which containerd does itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Its pid (in doctor's pid namespace).
+    pub pid: i32,
+    /// Its effective uid when it called `listen()`.
+    pub uid: u32,
+}
+
 /// What doctor looks at, besides the node itself.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// containerd's config.toml.
     pub config: PathBuf,
+    /// containerd's gRPC socket.
+    pub address: PathBuf,
+    /// Who listens on `address`, or why that is unknown; `None` when not asked.
+    pub listener: Option<Result<Peer, String>>,
     /// The CRI handler sturdy is installed under.
     pub handler: String,
     /// sturdy's record directory.
@@ -117,6 +137,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             config: "/etc/containerd/config.toml".into(),
+            address: "/run/containerd/containerd.sock".into(),
+            listener: None,
             handler: crate::ctrconfig::HANDLER.into(),
             record_dir: "/var/lib/sturdy".into(),
             journal: "/var/lib/sturdy/watchdog.journal".into(),
@@ -137,18 +159,35 @@ pub(crate) struct Context<'a> {
     /// sturdy's effective options: the `ConfigPath` file's table if it names one, else
     /// the inline `options` table.
     pub options: toml::Table,
-    /// The running containerd, if any.
-    pub containerd: Option<Proc>,
+    /// The running containerd, found through its socket and trusted; else the finding that
+    /// says why there is none.
+    pub containerd: Result<Daemon, Finding>,
     pub processes: Vec<Proc>,
+}
+
+/// The containerd that listens on `--address`, a root process running a binary only root
+/// can change.
+#[derive(Debug, Clone)]
+pub(crate) struct Daemon {
+    pub pid: i32,
+    /// Its binary (the path it was started from; " (deleted)" stripped).
+    pub exe: Option<PathBuf>,
+    /// The PATH it runs with: shims and runc are found on it.
+    pub path_env: Option<OsString>,
 }
 
 impl Context<'_> {
     /// The PATH containerd runs with (shims and runc are found on it), else sturdyctl's.
     pub fn containerd_path(&self) -> &OsString {
+        self.containerd_path_env().unwrap_or(&self.host.path_env)
+    }
+
+    /// containerd's own PATH, when containerd was found.
+    pub fn containerd_path_env(&self) -> Option<&OsString> {
         self.containerd
             .as_ref()
-            .and_then(|p| p.path_env.as_ref())
-            .unwrap_or(&self.host.path_env)
+            .ok()
+            .and_then(|d| d.path_env.as_ref())
     }
 
     /// A string option of sturdy's runtime.
@@ -165,11 +204,78 @@ impl Context<'_> {
     }
 }
 
-fn is_containerd(p: &Proc) -> bool {
-    p.cmdline
-        .first()
-        .and_then(|a| a.rsplit('/').next())
-        .is_some_and(|n| n == "containerd")
+/// The fix for a program doctor did not run because others than root may change it.
+pub(crate) const UNTRUSTED_FIX: &str = "only root may be able to change what runs as root: \
+    chown root and chmod go-w the file and every directory above it, or take that directory \
+    off containerd's PATH";
+
+/// The finding for a command that could not be run: `fix` unless it was not trusted.
+pub(crate) fn run_failed(check: &'static str, e: &RunError, fix: impl Into<String>) -> Finding {
+    let finding = Finding::new(check, Severity::Error, e.to_string());
+    match e {
+        RunError::Untrusted { .. } => finding.fix(UNTRUSTED_FIX),
+        _ => finding.fix(fix),
+    }
+}
+
+/// containerd through its socket: the listener must be a trusted root process.
+fn find_containerd(host: &Host, opts: &Options) -> Result<Daemon, Finding> {
+    const CHECK: &str = "containerd";
+    let socket = opts.address.display();
+    let fix_address = "pass --address with containerd's socket (its [grpc] address)";
+    let peer = match &opts.listener {
+        None => {
+            return Err(Finding::new(
+                CHECK,
+                Severity::Warn,
+                format!(
+                    "{socket} was not asked who listens on it: containerd's own PATH is unknown"
+                ),
+            )
+            .fix(fix_address))
+        }
+        Some(Err(e)) => {
+            return Err(Finding::new(
+                CHECK,
+                Severity::Warn,
+                format!(
+                    "containerd not found through its socket {socket} ({e}): runc, criu and the \
+                     shim are looked up on sturdyctl's PATH instead of containerd's"
+                ),
+            )
+            .fix(fix_address))
+        }
+        Some(Ok(peer)) => *peer,
+    };
+    let untrusted = |why: String| {
+        Finding::new(
+            CHECK,
+            Severity::Error,
+            format!(
+                "pid {} listening on {socket} is not a trusted containerd ({why}): doctor runs \
+                 nothing of it and ignores its PATH",
+                peer.pid
+            ),
+        )
+        .fix(format!(
+            "find out what listens on {socket}; containerd runs as root from a binary only root \
+             can change"
+        ))
+    };
+    if peer.uid != 0 {
+        return Err(untrusted(format!("it listened as uid {}", peer.uid)));
+    }
+    host.trust
+        .process(peer.pid)
+        .map_err(|e| untrusted(e.to_string()))?;
+    let exe = std::fs::read_link(host.path(format!("/proc/{}/exe", peer.pid)))
+        .ok()
+        .map(|e| crate::procfs::live_path(&e));
+    Ok(Daemon {
+        pid: peer.pid,
+        exe,
+        path_env: host.path_env_of(peer.pid),
+    })
 }
 
 fn gather<'a>(host: &'a Host, opts: &'a Options) -> Context<'a> {
@@ -208,7 +314,7 @@ fn gather<'a>(host: &'a Host, opts: &'a Options) -> Context<'a> {
         }
     }
     let processes = host.processes();
-    let containerd = processes.iter().find(|p| is_containerd(p)).cloned();
+    let containerd = find_containerd(host, opts);
     Context {
         host,
         opts,

@@ -4,19 +4,31 @@
 //! Both are idempotent and check everything before they change anything. Files are replaced
 //! by rename, never rewritten in place: a running shim keeps its old binary (its inode), and
 //! a crash leaves the old file or the new one.
+//!
+//! Install writes only into directories only root can change ([`crate::trust::directory`]):
+//! containerd runs as root whatever it finds in the bin dir and whatever config.toml says, so
+//! a directory another user may write would hand that user root (security review 2026-12,
+//! L19). Paths are host paths under `host_root`, the host's `/` as mounted where install
+//! runs, and symlinks resolve as on the host ([`hostpath`]).
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::ctrconfig::{Config, ConfigError, RUNTIME_TYPE, SHIM_BINARY};
 use crate::host::{Proc, Runner};
+use crate::trust::Untrusted;
+
+mod hostpath;
 
 /// What `install` / `uninstall` act on.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The host's `/` as mounted here (`/` unless in a container); `config` and `bin_dir`
+    /// are host paths under it.
+    pub host_root: PathBuf,
     /// containerd's config.toml.
     pub config: PathBuf,
     /// Where the binaries go (must be on containerd's PATH).
@@ -57,6 +69,20 @@ pub enum InstallError {
         path: PathBuf,
         /// What `-v` said or why it could not run.
         reason: String,
+    },
+    /// A directory install would write to can be changed by others than root.
+    #[error(
+        "{what} {path} is not root's alone ({source}): containerd would run as root what \
+         others put there; make it root-owned and not group- or world-writable \
+         (chown root: DIR; chmod go-w DIR), or choose another"
+    )]
+    Untrusted {
+        /// Which directory (`--bin-dir`, the config's directory).
+        what: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// Why it is not trusted.
+        source: Untrusted,
     },
     /// sturdy shims still run: removing the runtime would strand their pods.
     #[error(
@@ -121,16 +147,45 @@ pub struct Outcome {
     pub notes: Vec<String>,
 }
 
-/// Reads and parses the config, refusing a missing one.
-fn read_config(path: &Path) -> Result<(PathBuf, String, Config), InstallError> {
+/// Reads and parses the config, refusing a missing one. Returns where the file is here.
+fn read_config(opts: &Options) -> Result<(PathBuf, String, Config), InstallError> {
+    let path = &opts.config;
     // Edit the file a symlinked config points at, never replace the link.
-    let real = std::fs::canonicalize(path).map_err(io(
+    let real = hostpath::resolve_in_root(&opts.host_root, path).map_err(io(
         path,
         "read (create it with `containerd config default`)",
     ))?;
     let text = std::fs::read_to_string(&real).map_err(io(&real, "read"))?;
     let config = Config::parse(path, &text)?;
     Ok((real, text, config))
+}
+
+/// Checks that only root can change the directory `here`.
+fn trusted_dir(what: &'static str, here: &Path) -> Result<(), InstallError> {
+    crate::trust::directory(here)
+        .map(|_| ())
+        .map_err(|source| InstallError::Untrusted {
+            what,
+            path: here.to_path_buf(),
+            source,
+        })
+}
+
+/// The config's directories (where the name is and where the file is) and the bin dir (or
+/// its deepest existing ancestor) must be root's alone. Returns where the bin dir is here.
+fn check_dirs(opts: &Options, config_here: &Path) -> Result<PathBuf, InstallError> {
+    let root = &opts.host_root;
+    if let Some(dir) = opts.config.parent() {
+        let here = hostpath::resolve_in_root(root, dir).map_err(io(dir, "resolve"))?;
+        trusted_dir("the config's directory", &here)?;
+    }
+    if let Some(dir) = config_here.parent() {
+        trusted_dir("the config's directory", dir)?;
+    }
+    let (base, missing) =
+        hostpath::existing_ancestor(root, &opts.bin_dir).map_err(io(&opts.bin_dir, "resolve"))?;
+    trusted_dir("--bin-dir", &base)?;
+    Ok(base.join(missing))
 }
 
 fn diff(path: &Path, old: &str, new: &str) -> String {
@@ -162,7 +217,8 @@ pub fn verify_shim(shim: &Path, runner: &dyn Runner) -> Result<(), InstallError>
 
 /// Installs the binaries and adds the runtime.
 pub fn install(opts: &Options, runner: &dyn Runner) -> Result<Outcome, InstallError> {
-    let (real, old, mut config) = read_config(&opts.config)?;
+    let (real, old, mut config) = read_config(opts)?;
+    let bin_dir = check_dirs(opts, &real)?;
     let changed = config.add_runtime(&opts.handler, &old)?;
     let new = config.render();
     verify_shim(&opts.shim, runner)?;
@@ -170,11 +226,21 @@ pub fn install(opts: &Options, runner: &dyn Runner) -> Result<Outcome, InstallEr
     if let Some(ctl) = &opts.sturdyctl {
         sources.push((ctl.clone(), "sturdyctl"));
     }
+    if !opts.dry_run && !bin_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&bin_dir)
+            .map_err(io(&bin_dir, "create directory"))?;
+        trusted_dir("--bin-dir", &bin_dir)?;
+    }
     let mut binaries = Vec::new();
     for (src, name) in sources {
-        let dest = opts.bin_dir.join(name);
-        let action = place_binary(&src, &dest, opts.dry_run)?;
-        binaries.push(BinaryChange { path: dest, action });
+        let action = place_binary(&src, &bin_dir.join(name), opts.dry_run)?;
+        binaries.push(BinaryChange {
+            path: opts.bin_dir.join(name),
+            action,
+        });
     }
     if changed && !opts.dry_run {
         write_atomic(&real, new.as_bytes(), None)?;
@@ -208,12 +274,15 @@ pub fn install(opts: &Options, runner: &dyn Runner) -> Result<Outcome, InstallEr
 /// Removes the runtime, then the binaries.
 pub fn uninstall(opts: &Options, processes: &[Proc]) -> Result<Outcome, InstallError> {
     let shim = opts.bin_dir.join(SHIM_BINARY);
+    // Only root's processes are shims of containerd: anyone may run the installed binary,
+    // and that must not stop an uninstall (security review 2026-12, L18).
     let pids: Vec<i32> = processes
         .iter()
         .filter(|p| {
-            p.exe
-                .as_ref()
-                .is_some_and(|e| crate::procfs::live_path(e) == shim)
+            p.uids == Some((0, 0))
+                && p.exe
+                    .as_ref()
+                    .is_some_and(|e| crate::procfs::live_path(e) == shim)
         })
         .map(|p| p.pid)
         .collect();
@@ -221,7 +290,7 @@ pub fn uninstall(opts: &Options, processes: &[Proc]) -> Result<Outcome, InstallE
         return Err(InstallError::ShimsRunning { path: shim, pids });
     }
     let mut notes = Vec::new();
-    let (changed, diff_text) = match read_config(&opts.config) {
+    let (changed, diff_text) = match read_config(opts) {
         Ok((real, old, mut config)) => {
             let changed = config.remove_runtime(&opts.handler, &old)?;
             let new = config.render();
@@ -244,14 +313,23 @@ pub fn uninstall(opts: &Options, processes: &[Proc]) -> Result<Outcome, InstallE
     if opts.sturdyctl.is_some() {
         names.push("sturdyctl");
     }
+    let bin_dir = match hostpath::resolve_in_root(&opts.host_root, &opts.bin_dir) {
+        Ok(here) => Some(here),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(&opts.bin_dir, "resolve")(e)),
+    };
     for name in names {
         let path = opts.bin_dir.join(name);
-        let action = match std::fs::symlink_metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Action::Absent,
-            Err(e) => return Err(io(&path, "stat")(e)),
-            Ok(_) => {
+        let here = bin_dir.as_ref().map(|d| d.join(name));
+        let action = match here.as_ref().map(std::fs::symlink_metadata) {
+            None => Action::Absent,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Action::Absent,
+            Some(Err(e)) => return Err(io(&path, "stat")(e)),
+            Some(Ok(_)) => {
                 if !opts.dry_run {
-                    std::fs::remove_file(&path).map_err(io(&path, "remove"))?;
+                    if let Some(here) = &here {
+                        std::fs::remove_file(here).map_err(io(here, "remove"))?;
+                    }
                 }
                 Action::Removed
             }
@@ -300,9 +378,6 @@ fn place_binary(src: &Path, dest: &Path, dry_run: bool) -> Result<Action, Instal
         Err(e) => return Err(io(dest, "read")(e)),
     };
     if !dry_run {
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
-        }
         write_atomic(dest, &bytes, Some(0o755))?;
     }
     Ok(action)

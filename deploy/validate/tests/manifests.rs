@@ -224,3 +224,64 @@ fn the_kustomization_lists_every_manifest_and_only_known_fields() {
     );
     assert_eq!(k["images"][0]["name"], "sturdy");
 }
+
+fn container<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
+    pod[list]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no {list} {name}"))
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Security review 2026-12, L17: no container is privileged; each drops every capability
+/// and adds back only what it was measured to need, under the runtime's seccomp profile.
+/// The installer restarts containerd only when asked, and checks the host directories it
+/// writes to through their host paths.
+#[test]
+fn the_daemonset_grants_only_the_capabilities_it_needs() {
+    let ds = load("daemonset.yaml");
+    let pod = &ds["spec"]["template"]["spec"];
+    for (list, name, caps) in [
+        (
+            "initContainers",
+            "install",
+            vec!["CHOWN", "DAC_OVERRIDE", "FOWNER"],
+        ),
+        (
+            "containers",
+            "watchdog",
+            vec![
+                "SYS_ADMIN",
+                "SYS_CHROOT",
+                "SYS_PTRACE",
+                "KILL",
+                "DAC_READ_SEARCH",
+            ],
+        ),
+    ] {
+        let sc = &container(pod, list, name)["securityContext"];
+        assert_eq!(sc["privileged"], false, "{name}");
+        assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{name}");
+        assert_eq!(strings(&sc["capabilities"]["add"]), caps, "{name}");
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+    }
+    let install = container(pod, "initContainers", "install");
+    let restart = install["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "STURDY_RESTART_CONTAINERD")
+        .expect("STURDY_RESTART_CONTAINERD");
+    assert_eq!(restart["value"], "false", "restarting containerd is opt-in");
+    let script = strings(&install["args"]).join("\n");
+    assert!(
+        script.contains("sturdyctl install --host-root /host --config /etc/containerd/config.toml --bin-dir /usr/local/bin"),
+        "{script}"
+    );
+}

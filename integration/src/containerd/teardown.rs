@@ -382,15 +382,15 @@ fn unix_sockets_of(pid: i32, dir: &Path) -> Vec<PathBuf> {
 /// (the kernel dropped its lock), and whoever holds the lock does the cleanup, so two
 /// reapers never work on the same dir. Dirs without `fixture.json` are still being set up.
 pub fn reap_stale_fixtures() -> Vec<PathBuf> {
-    let Ok(tmp) = super::fixture_base() else {
+    let Ok(base) = super::fixture_base() else {
         return Vec::new();
     };
     let mut reaped = Vec::new();
-    for name in cleanup::read_dir_names(&tmp) {
-        if !name.starts_with("sturdy-test-") {
-            continue;
-        }
-        let dir = tmp.join(&name);
+    let fixtures = cleanup::read_dir_names(&base)
+        .into_iter()
+        .filter(|name| name.starts_with("sturdy-test-"))
+        .map(|name| base.join(name));
+    for dir in fixtures {
         let Ok(raw) = std::fs::read(dir.join("fixture.json")) else {
             continue;
         };

@@ -1,12 +1,16 @@
 //! `sturdyctl doctor`: check the node and print each finding with its fix; the exit code is
 //! the worst severity (0 ok/info, 1 warn, 2 error).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use sturdyctl::containerd::Api;
-use sturdyctl::doctor::{self, Finding, Options, Severity};
+use sturdyctl::doctor::{self, Finding, Options, Peer, Severity};
 use sturdyctl::host::Host;
+
+/// How long connecting to containerd's socket may take.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Options of `sturdyctl doctor`.
 #[derive(Debug, clap::Args)]
@@ -43,7 +47,30 @@ pub async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
 }
 
+/// Who listens on containerd's socket: the peer credentials of a connection, which for a
+/// listening Unix socket are those of the process that called `listen()`. containerd does
+/// that itself, so this is containerd's pid, whatever other processes call themselves.
+async fn listener(address: &Path) -> Result<Peer, String> {
+    let connect = tokio::net::UnixStream::connect(address);
+    let stream = tokio::time::timeout(CONNECT_DEADLINE, connect)
+        .await
+        .map_err(|_| format!("no connection within {CONNECT_DEADLINE:?}"))?
+        .map_err(|e| format!("connect: {e}"))?;
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    let pid = cred
+        .pid()
+        .filter(|p| *p > 0)
+        .ok_or("SO_PEERCRED names no pid (a listener in another pid namespace?)")?;
+    Ok(Peer {
+        pid,
+        uid: cred.uid(),
+    })
+}
+
 async fn checks(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let listener = Some(listener(&args.address).await);
     let api_version = if args.address.exists() {
         Some(
             Api::new(&args.address)
@@ -56,6 +83,8 @@ async fn checks(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let opts = Options {
         config: args.config,
+        address: args.address,
+        listener,
         handler: args.handler,
         record_dir: args.record_dir,
         journal: args.journal,

@@ -10,6 +10,10 @@ use sturdyctl::install::{self, Action, Options, Outcome};
 /// Options shared by install and uninstall.
 #[derive(Debug, clap::Args)]
 pub struct Common {
+    /// The host's / as mounted here (in a container): --config and --bin-dir are host paths
+    /// under it, and their symlinks resolve as on the host.
+    #[arg(long, default_value = "/")]
+    host_root: PathBuf,
     /// containerd's config.toml.
     #[arg(long, default_value = "/etc/containerd/config.toml")]
     config: PathBuf,
@@ -54,6 +58,7 @@ fn options(c: &Common, shim: Option<PathBuf>, force: bool) -> Result<Options, st
     let me = std::env::current_exe()?;
     let shim = shim.unwrap_or_else(|| me.with_file_name(SHIM_BINARY));
     Ok(Options {
+        host_root: c.host_root.clone(),
         config: c.config.clone(),
         bin_dir: c.bin_dir.clone(),
         shim,

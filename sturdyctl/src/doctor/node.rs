@@ -64,18 +64,10 @@ pub(super) fn pipes(ctx: &Context) -> Vec<Finding> {
 fn root_pipes(ctx: &Context) -> u64 {
     let mut inodes = HashSet::new();
     for p in &ctx.processes {
-        let base = ctx.host.path(format!("/proc/{}", p.pid));
-        let uid0 = std::fs::read_to_string(base.join("status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .and_then(|l| l.split_whitespace().next().map(|u| u == "0"))
-            })
-            .unwrap_or(false);
-        if !uid0 {
+        if p.uids.is_none_or(|(real, _)| real != 0) {
             continue;
         }
+        let base = ctx.host.path(format!("/proc/{}", p.pid));
         let Ok(fds) = std::fs::read_dir(base.join("fd")) else {
             continue;
         };
@@ -233,18 +225,21 @@ pub(super) fn criu(ctx: &Context) -> Vec<Finding> {
     let configured =
         ctx.option_str("CriuImagePath").is_some() || ctx.option_str("CriuWorkPath").is_some();
     match ctx.host.which("criu", Some(ctx.containerd_path())) {
-        Some(bin) => {
-            let v = ctx
-                .host
-                .run(&bin, &["--version"])
-                .map(|t| t.lines().next().unwrap_or_default().trim().to_string())
-                .unwrap_or_else(|e| e.to_string());
-            vec![Finding::new(
-                CHECK,
-                Severity::Ok,
-                format!("{} ({v}): checkpoint/restore available", bin.display()),
-            )]
-        }
+        Some(bin) => match ctx.host.run(&bin, &["--version"]) {
+            Err(e @ crate::host::RunError::Untrusted { .. }) => {
+                vec![super::run_failed(CHECK, &e, "")]
+            }
+            run => {
+                let v = run
+                    .map(|t| t.lines().next().unwrap_or_default().trim().to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                vec![Finding::new(
+                    CHECK,
+                    Severity::Ok,
+                    format!("{} ({v}): checkpoint/restore available", bin.display()),
+                )]
+            }
+        },
         None if configured => vec![Finding::new(
             CHECK,
             Severity::Warn,

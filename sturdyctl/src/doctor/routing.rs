@@ -1,6 +1,7 @@
 //! Whether containerd routes the `sturdy` handler to sturdy's shim, and whether the watchdog
 //! runs.
 
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::ctrconfig::{Config, Runtime, Schema, RUNTIME_TYPE, SHIM_BINARY};
@@ -8,7 +9,7 @@ use crate::host::Host;
 use crate::journal::{lock_path, Journal, DEFAULT_MAX_BYTES};
 
 use super::known::ContainerdVersion;
-use super::{Context, Finding, Severity};
+use super::{run_failed, Context, Finding, Severity};
 
 /// The handler's runtime from the config or, failing that, from the files it imports.
 pub(super) fn find_runtime(host: &Host, config: &Config, handler: &str) -> Option<Runtime> {
@@ -76,7 +77,7 @@ fn containerd_minor(ctx: &Context) -> Option<(u64, u64)> {
             revision: r.clone(),
         },
         _ => {
-            let bin = ctx.host.which("containerd", None)?;
+            let bin = super::versions::containerd_binary(ctx)?;
             ContainerdVersion::parse(&ctx.host.run(&bin, &["--version"]).ok()?)?
         }
     };
@@ -124,15 +125,10 @@ pub(super) fn routing(ctx: &Context) -> Vec<Finding> {
         Some(p) if !is_16 => ctx.host.which(p, None),
         _ => ctx.host.which(SHIM_BINARY, Some(ctx.containerd_path())),
     };
-    let path_source = if ctx
-        .containerd
-        .as_ref()
-        .and_then(|p| p.path_env.as_ref())
-        .is_some()
-    {
+    let path_source = if ctx.containerd_path_env().is_some() {
         "containerd's PATH"
     } else {
-        "PATH (containerd not running: sturdyctl's PATH)"
+        "PATH (containerd not found through its socket: sturdyctl's PATH)"
     };
     let Some(shim) = shim else {
         out.push(
@@ -175,7 +171,7 @@ pub(super) fn routing(ctx: &Context) -> Vec<Finding> {
             return out;
         }
         Err(e) => {
-            out.push(Finding::new(CHECK, Severity::Error, e.to_string()).fix("sturdyctl install"));
+            out.push(run_failed(CHECK, &e, "sturdyctl install"));
             return out;
         }
     };
@@ -239,7 +235,7 @@ pub(super) fn routing(ctx: &Context) -> Vec<Finding> {
 
 /// config.toml changed after the running containerd started: the change is not live yet.
 fn restart_pending(ctx: &Context) -> Option<Finding> {
-    let pid = ctx.containerd.as_ref()?.pid;
+    let pid = ctx.containerd.as_ref().ok()?.pid;
     let modified = std::fs::metadata(ctx.host.path(&ctx.opts.config))
         .ok()?
         .modified()
@@ -274,40 +270,73 @@ fn restart_pending(ctx: &Context) -> Option<Finding> {
     })
 }
 
-/// The watchdog: its journal lock held, its process, unfinished incidents.
+/// The watchdog: its journal lock held by a trusted process, unfinished incidents.
+///
+/// A watchdog is the root process holding the exclusive lock on `<journal>.lock`, never a
+/// process whose command line says `sturdyctl watchdog` (anyone can name a process so;
+/// security review 2026-12, L18).
 pub(super) fn watchdog(ctx: &Context) -> Vec<Finding> {
     const CHECK: &str = "watchdog";
     let journal = ctx.host.path(&ctx.opts.journal);
-    let held = lock_held(&lock_path(&journal));
-    let pid = ctx
-        .processes
-        .iter()
-        .find(|p| {
-            p.cmdline.first().is_some_and(|a| a.ends_with("sturdyctl"))
-                && p.cmdline.iter().any(|a| a == "watchdog")
-        })
-        .map(|p| p.pid);
+    let lock = lock_path(&journal);
+    let shown = ctx.opts.journal.display();
     let mut out = Vec::new();
-    match (held, pid) {
-        (true, Some(pid)) => out.push(Finding::new(
-            CHECK,
-            Severity::Ok,
-            format!("sturdyctl watchdog runs (pid {pid}, journal {})", ctx.opts.journal.display()),
-        )),
-        (true, None) => out.push(Finding::new(
-            CHECK,
-            Severity::Ok,
-            format!("a watchdog holds {}'s lock (its process is not visible here)", ctx.opts.journal.display()),
-        )),
-        (false, _) => out.push(
-            Finding::new(
-                CHECK,
-                Severity::Warn,
-                "no sturdyctl watchdog runs: pods of dead or hung shims are not recovered (incident 003)",
-            )
-            .fix("run `sturdyctl watchdog` as a service, or deploy deploy/ (DaemonSet)"),
-        ),
-    }
+    let running = match lock_held(&lock) {
+        false => {
+            out.push(
+                Finding::new(
+                    CHECK,
+                    Severity::Warn,
+                    "no sturdyctl watchdog runs: pods of dead or hung shims are not recovered (incident 003)",
+                )
+                .fix("run `sturdyctl watchdog` as a service, or deploy deploy/ (DaemonSet)"),
+            );
+            false
+        }
+        true => match lock_holder(ctx, &lock) {
+            Some(pid) => match ctx.host.trust.process(pid) {
+                Ok(()) => {
+                    out.push(Finding::new(
+                        CHECK,
+                        Severity::Ok,
+                        format!("sturdyctl watchdog runs (pid {pid}, journal {shown})"),
+                    ));
+                    true
+                }
+                Err(e) => {
+                    out.push(
+                        Finding::new(
+                            CHECK,
+                            Severity::Error,
+                            format!(
+                                "{shown}'s lock is held by pid {pid}, which is no watchdog ({e}): \
+                                 a watchdog cannot start while it is held"
+                            ),
+                        )
+                        .fix(format!(
+                            "stop pid {pid}; the lock file must be root's alone (a watchdog of \
+                             this release makes it so)"
+                        )),
+                    );
+                    false
+                }
+            },
+            None => {
+                out.push(
+                    Finding::new(
+                        CHECK,
+                        Severity::Warn,
+                        format!(
+                            "{shown}'s lock is held by a process not visible here (another pid \
+                             namespace?): it may or may not be a watchdog"
+                        ),
+                    )
+                    .fix("run doctor in the host's pid namespace"),
+                );
+                false
+            }
+        },
+    };
     let incidents = Journal::new(&journal, DEFAULT_MAX_BYTES)
         .incidents()
         .unwrap_or_default();
@@ -316,7 +345,7 @@ pub(super) fn watchdog(ctx: &Context) -> Vec<Finding> {
         .filter(|i| !i.finished())
         .map(|i| i.id.as_str())
         .collect();
-    if !unfinished.is_empty() && !held {
+    if !unfinished.is_empty() && !running {
         out.push(
             Finding::new(
                 CHECK,
@@ -354,11 +383,51 @@ pub(super) fn watchdog(ctx: &Context) -> Vec<Finding> {
 
 /// Whether someone holds an exclusive flock on `path` (without creating it).
 fn lock_held(path: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(path) else {
+    // Never follow a link or block on a FIFO someone put there.
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
         return false;
     };
     let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
     // SAFETY: flock(2) on an fd we own; a shared lock we get is released when `file` drops.
     let rc = unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) };
     rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+/// The pid holding the exclusive flock on `path`, from the node's /proc/locks; `None` when
+/// no line names it or its holder is in another pid namespace (shown as pid 0).
+fn lock_holder(ctx: &Context, path: &Path) -> Option<i32> {
+    let meta = std::fs::metadata(path).ok()?;
+    let locks = ctx.host.read("/proc/locks").ok()?;
+    holder_in(&locks, meta.dev(), meta.ino())
+}
+
+/// In the text of /proc/locks, the pid of the granted exclusive FLOCK on device `dev`,
+/// inode `ino`. A line is `N: FLOCK ADVISORY WRITE PID MAJ:MIN:INO 0 EOF` (major and minor
+/// in hex); waiters carry a `->` after the number and are skipped.
+pub(super) fn holder_in(locks: &str, dev: u64, ino: u64) -> Option<i32> {
+    let want = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    let held: Vec<(i32, &str)> = locks
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [_, "FLOCK", _, "WRITE", pid, file, ..] => Some((pid.parse().ok()?, *file)),
+                _ => None,
+            }
+        })
+        .collect();
+    let exact = held.iter().find(|(_, f)| *f == want);
+    // A file system whose stat device is not its superblock's (btrfs subvolumes): the
+    // inode alone, if it names one lock.
+    let suffix = format!(":{ino}");
+    let by_inode: Vec<_> = held.iter().filter(|(_, f)| f.ends_with(&suffix)).collect();
+    let found = exact.or(match by_inode.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    });
+    found.map(|(pid, _)| *pid).filter(|p| *p > 0)
 }

@@ -1,11 +1,13 @@
 //! Every check against fixture trees and canned command output.
 
-use std::os::unix::fs::PermissionsExt;
+mod trust;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
 use super::*;
-use crate::host::{RunError, ScriptedRunner};
-use crate::journal::{Entry, Journal, Phase, DEFAULT_MAX_BYTES};
+use crate::host::{RunError, ScriptedRunner, ScriptedTrust};
+use crate::journal::{lock_path, Entry, Journal, Phase, DEFAULT_MAX_BYTES};
 
 const CONFIG: &str = r#"version = 2
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
@@ -29,11 +31,17 @@ const MOUNTS_V2: &str = "\
 31 27 0:28 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw\n\
 40 27 0:30 / /run rw - tmpfs tmpfs rw\n";
 
+/// containerd's pid in the fixture and the PATH it runs with.
+const CONTAINERD_PID: i32 = 7;
+const CONTAINERD_PATH: &str = "/usr/local/bin:/usr/bin:/usr/sbin";
+
 /// A fixture node: a healthy one unless a test changes it.
 struct Node {
     dir: tempfile::TempDir,
     runner: ScriptedRunner,
     opts: Options,
+    /// Node paths other users may change.
+    untrusted: Vec<&'static str>,
 }
 
 impl Node {
@@ -47,8 +55,13 @@ impl Node {
                 .with("criu", "Version: 3.17.1\n"),
             opts: Options {
                 sturdyctl_version: "0.1.0".into(),
+                listener: Some(Ok(Peer {
+                    pid: CONTAINERD_PID,
+                    uid: 0,
+                })),
                 ..Options::default()
             },
+            untrusted: Vec::new(),
         };
         node.file(
             "/etc/containerd/config.toml",
@@ -57,12 +70,24 @@ impl Node {
         node.file("/proc/sys/fs/pipe-user-pages-soft", "16384\n");
         node.file("/proc/self/mountinfo", MOUNTS_V2);
         node.file("/proc/1/comm", "systemd\n");
-        node.file("/proc/stat", "cpu 1 2 3\nbtime 1000\n");
+        // Booted an hour from now: containerd started after the config was written.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        node.file("/proc/stat", &format!("cpu 1 2 3\nbtime {}\n", now + 3600));
         for bin in ["/usr/bin/containerd", "/usr/sbin/runc", "/usr/sbin/criu"] {
             node.exe(bin);
         }
         node.exe("/usr/local/bin/containerd-shim-sturdy-v2");
         std::fs::create_dir_all(node.path("/var/lib/sturdy")).unwrap();
+        node.process(
+            CONTAINERD_PID,
+            &["/usr/bin/containerd"],
+            Some(CONTAINERD_PATH),
+            0,
+            &[],
+        );
         node
     }
 
@@ -85,9 +110,10 @@ impl Node {
         std::fs::remove_file(self.path(p)).unwrap();
     }
 
-    /// A process in the fixture's /proc.
+    /// A process in the fixture's /proc (replacing one of that pid).
     fn process(&self, pid: i32, cmdline: &[&str], path_env: Option<&str>, uid: u32, pipes: &[u64]) {
         let base = format!("/proc/{pid}");
+        let _ = std::fs::remove_dir_all(self.path(&base));
         self.file(
             &format!("{base}/cmdline"),
             &format!("{}\0", cmdline.join("\0")),
@@ -115,12 +141,43 @@ impl Node {
     }
 
     fn run(&self) -> Vec<Finding> {
+        let trust = self
+            .untrusted
+            .iter()
+            .fold(ScriptedTrust::new(self.dir.path()), |t, p| t.untrusted(*p));
         let host = Host::fixture(
             self.dir.path(),
             self.runner.clone(),
             "/usr/local/bin:/usr/bin:/usr/sbin",
-        );
+        )
+        .with_trust(trust);
         super::run(&host, &self.opts)
+    }
+
+    /// The journal's lock taken (by this test process) and /proc/locks naming `pid` as its
+    /// holder.
+    fn watchdog_holds_the_lock(&self, pid: i32) -> Journal {
+        let journal = Journal::new(
+            self.path("/var/lib/sturdy/watchdog.journal"),
+            DEFAULT_MAX_BYTES,
+        );
+        journal.lock_exclusive().unwrap();
+        let meta = std::fs::metadata(lock_path(journal.path())).unwrap();
+        self.file(
+            "/proc/locks",
+            &format!(
+                "1: POSIX  ADVISORY  WRITE 99 00:00:1 0 EOF\n\
+                 2: FLOCK  ADVISORY  WRITE {pid} {:02x}:{:02x}:{} 0 EOF\n\
+                 2: -> FLOCK  ADVISORY  WRITE 77 {:02x}:{:02x}:{} 0 EOF\n",
+                libc::major(meta.dev()),
+                libc::minor(meta.dev()),
+                meta.ino(),
+                libc::major(meta.dev()),
+                libc::minor(meta.dev()),
+                meta.ino(),
+            ),
+        );
+        journal
     }
 
     fn check(&self, check: &str) -> Vec<Finding> {
@@ -144,11 +201,7 @@ fn has(findings: &[Finding], severity: Severity, text: &str) -> bool {
 #[test]
 fn a_healthy_node_has_nothing_to_fix() {
     let node = Node::new();
-    let journal = Journal::new(
-        node.path("/var/lib/sturdy/watchdog.journal"),
-        DEFAULT_MAX_BYTES,
-    );
-    journal.lock_exclusive().unwrap();
+    let _journal = node.watchdog_holds_the_lock(42);
     node.process(42, &["/usr/local/bin/sturdyctl", "watchdog"], None, 0, &[]);
     let findings = node.run();
     assert_eq!(worst(&findings), Severity::Ok, "{findings:#?}");
@@ -287,6 +340,7 @@ fn containerd_incident_000_releases_and_pending_upgrades() {
     assert_eq!(f.iter().filter(|f| f.severity == Severity::Info).count(), 3);
     node.remove("/usr/bin/containerd");
     node.opts.api_version = None;
+    node.opts.listener = Some(Err("connect: No such file or directory".into()));
     assert!(has(
         &node.check("containerd"),
         Severity::Error,
@@ -422,7 +476,7 @@ fn routing_needs_the_handler_the_type_and_sturdys_binary() {
     assert!(has(
         &node.check("routing"),
         Severity::Error,
-        "containerd-shim-sturdy-v2 is not on PATH"
+        "containerd-shim-sturdy-v2 is not on containerd's PATH"
     ));
 }
 
@@ -475,6 +529,7 @@ fn containerd_16_ignores_inline_options_and_config_edits_need_a_restart() {
         &format!("{CONFIG}  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.sturdy.options]\n    Root = \"/run/sturdy\"\n"),
     );
     // containerd started at btime 1000 + 100 ticks: long before the config was written.
+    node.file("/proc/stat", "cpu 1 2 3\nbtime 1000\n");
     node.process(
         7,
         &["/usr/bin/containerd"],
@@ -552,8 +607,15 @@ fn watchdog_absent_and_unfinished_recoveries() {
         "unfinished recoveries in the journal: k8s.io/abc/1/2"
     ));
     journal.lock_exclusive().unwrap();
+    // Held, but /proc/locks does not say by whom: nothing to vouch for.
     let f = node.check("watchdog");
-    assert!(has(&f, Severity::Ok, "a watchdog holds"), "{f:#?}");
+    assert!(has(&f, Severity::Warn, "not visible here"), "{f:#?}");
+    assert!(has(&f, Severity::Warn, "unfinished recoveries"), "{f:#?}");
+    drop(journal);
+    let _held = node.watchdog_holds_the_lock(42);
+    node.process(42, &["/usr/local/bin/sturdyctl", "watchdog"], None, 0, &[]);
+    let f = node.check("watchdog");
+    assert!(has(&f, Severity::Ok, "watchdog runs (pid 42"), "{f:#?}");
     assert_eq!(worst_of(&f), Severity::Ok, "{f:#?}");
 }
 

@@ -3,7 +3,7 @@
 use runc_client::Version;
 
 use super::known::ContainerdVersion;
-use super::{Context, Finding, Severity};
+use super::{run_failed, Context, Finding, Severity};
 
 /// `<BinaryName or runc> --version` against runc-client's table.
 pub(super) fn runc(ctx: &Context) -> Vec<Finding> {
@@ -20,13 +20,15 @@ pub(super) fn runc(ctx: &Context) -> Vec<Finding> {
     let text = match ctx.host.run(&bin, &["--version"]) {
         Ok(t) => t,
         Err(e) => {
-            return vec![
-                Finding::new(CHECK, Severity::Error, e.to_string()).fix(format!(
+            return vec![run_failed(
+                CHECK,
+                &e,
+                format!(
                     "check {} runs at all (`{} --version`)",
                     bin.display(),
                     bin.display()
-                )),
-            ]
+                ),
+            )]
         }
     };
     let Some(version) = Version::parse(&text) else {
@@ -90,16 +92,75 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
 
+/// containerd's binary: the one the daemon found through its socket runs, else the one on
+/// sturdyctl's PATH. Only [`crate::host::Host::run`]'s check at use makes it runnable.
+pub(super) fn containerd_binary(ctx: &Context) -> Option<std::path::PathBuf> {
+    ctx.containerd
+        .as_ref()
+        .ok()
+        .and_then(|d| d.exe.clone())
+        .or_else(|| ctx.host.which("containerd", None))
+}
+
+/// Which containerd doctor looks at and whether its PATH is root's alone.
+fn identity(ctx: &Context) -> Vec<Finding> {
+    const CHECK: &str = "containerd";
+    let daemon = match &ctx.containerd {
+        Ok(d) => d,
+        Err(f) => return vec![f.clone()],
+    };
+    let mut out = vec![Finding::new(
+        CHECK,
+        Severity::Ok,
+        format!(
+            "containerd pid {} listens on {} ({})",
+            daemon.pid,
+            ctx.opts.address.display(),
+            daemon
+                .exe
+                .as_ref()
+                .map(|e| e.display().to_string())
+                .unwrap_or_else(|| "binary unknown".into())
+        ),
+    )];
+    let Some(path) = &daemon.path_env else {
+        return out;
+    };
+    let open: Vec<String> = std::env::split_paths(path)
+        .filter_map(|d| {
+            let e = ctx.host.trust.directory(&d).err()?;
+            Some(format!("{} ({e})", d.display()))
+        })
+        .collect();
+    if !open.is_empty() {
+        out.push(
+            Finding::new(
+                CHECK,
+                Severity::Error,
+                format!(
+                    "containerd's PATH has directories other users can change ({}): containerd \
+                     runs the shims, and they runc and criu, found there as root; doctor runs \
+                     nothing from them",
+                    open.join("; ")
+                ),
+            )
+            .fix(super::UNTRUSTED_FIX),
+        );
+    }
+    out
+}
+
 /// The running containerd's version (its API; else the binary it runs; else the one on
 /// PATH) against the containerd table, and a restart pending after a binary upgrade.
 pub(super) fn containerd(ctx: &Context) -> Vec<Finding> {
+    let mut out = identity(ctx);
+    out.extend(version(ctx));
+    out
+}
+
+fn version(ctx: &Context) -> Vec<Finding> {
     const CHECK: &str = "containerd";
-    let binary = ctx
-        .containerd
-        .as_ref()
-        .and_then(|p| p.exe.clone())
-        .map(|e| crate::procfs::live_path(&e))
-        .or_else(|| ctx.host.which("containerd", None));
+    let binary = containerd_binary(ctx);
     let on_disk = binary.as_ref().map(|b| {
         ctx.host
             .run(b, &["--version"])

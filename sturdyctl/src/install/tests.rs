@@ -1,9 +1,11 @@
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use super::*;
 use crate::host::{Host, ScriptedRunner};
+use crate::trust::Untrusted;
 
 const SHIM_V: &str = "containerd-shim-sturdy-v2:\n  Version:  0.1.0\n  Runtime:  io.containerd.sturdy.v2 (Rust, wraps runc)\n";
 
@@ -16,6 +18,24 @@ fn fixture(name: &str) -> String {
     .unwrap()
 }
 
+const NOBODY: u32 = 65534;
+
+/// A scratch directory only root can change, as install demands of where it writes (/tmp is
+/// world-writable, so nothing under it could ever be trusted). The suite runs as root, which
+/// owns /run.
+fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("sturdy-install-")
+        .tempdir_in("/run")
+        .expect("a scratch dir in /run (the tests run as root)");
+    crate::trust::directory(dir.path()).expect("the scratch dir is trusted");
+    dir
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 struct Setup {
     dir: tempfile::TempDir,
     opts: Options,
@@ -25,7 +45,7 @@ struct Setup {
 impl Setup {
     /// A config from `fixture`, a shim built from `shim_bytes_of` (any binary) and a sturdyctl.
     fn new(config: &str, shim_bytes_of: &str) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch();
         let etc = dir.path().join("etc/containerd");
         std::fs::create_dir_all(&etc).unwrap();
         std::fs::write(etc.join("config.toml"), fixture(config)).unwrap();
@@ -34,6 +54,7 @@ impl Setup {
         std::fs::copy(shim_bytes_of, src.join(SHIM_BINARY)).unwrap();
         std::fs::write(src.join("sturdyctl"), b"sturdyctl bytes").unwrap();
         let opts = Options {
+            host_root: "/".into(),
             config: etc.join("config.toml"),
             bin_dir: dir.path().join("usr/local/bin"),
             shim: src.join(SHIM_BINARY),
@@ -220,4 +241,150 @@ fn a_running_shim_keeps_its_binary_and_blocks_uninstall() {
     );
     assert_eq!(s.config(), fixture("1.6-default.toml"));
     drop(shim);
+}
+
+/// L19: install writes only where only root can write: a bin dir or a config directory
+/// others may change (by mode or owner), or under one, is refused before anything changes.
+#[test]
+fn directories_others_can_change_are_refused() {
+    let s = Setup::new("1.7-default.toml", "/bin/true");
+    let unchanged = |s: &Setup| {
+        assert_eq!(s.config(), fixture("1.7-default.toml"));
+        assert!(!s.installed(SHIM_BINARY).exists());
+    };
+    let bin = s.opts.bin_dir.clone();
+    std::fs::create_dir_all(&bin).unwrap();
+    chmod(&bin, 0o777);
+    let err = s.install().unwrap_err();
+    assert!(
+        matches!(&err, InstallError::Untrusted { what: "--bin-dir", source: Untrusted::Writable { path, mode: 0o777 }, .. } if path == &bin),
+        "{err}"
+    );
+    unchanged(&s);
+    chmod(&bin, 0o755);
+    std::os::unix::fs::chown(&bin, Some(NOBODY), None).unwrap();
+    let err = s.install().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            InstallError::Untrusted {
+                what: "--bin-dir",
+                source: Untrusted::Owner { uid: NOBODY, .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    unchanged(&s);
+    // Not there yet, under a directory others may write: not created either.
+    std::fs::remove_dir(&bin).unwrap();
+    let local = bin.parent().unwrap();
+    chmod(local, 0o1777);
+    let err = s.install().unwrap_err();
+    assert!(
+        matches!(&err, InstallError::Untrusted { what: "--bin-dir", source: Untrusted::Writable { path, .. }, .. } if path == local),
+        "{err}"
+    );
+    assert!(!bin.exists());
+    chmod(local, 0o755);
+    // The config's directory.
+    let etc = s.opts.config.parent().unwrap();
+    chmod(etc, 0o775);
+    let err = s.install().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            InstallError::Untrusted {
+                what: "the config's directory",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("chmod go-w"), "{err}");
+    unchanged(&s);
+    chmod(etc, 0o755);
+    s.install().unwrap();
+    assert_eq!(
+        std::fs::metadata(&bin).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    // Everything under /tmp (world-writable) is refused: nothing there is root's alone.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = s.opts.clone();
+    opts.bin_dir = tmp.path().join("bin");
+    let err = install(&opts, &s.runner).unwrap_err();
+    assert!(matches!(err, InstallError::Untrusted { .. }), "{err}");
+}
+
+/// L19: in a container the host's tree is mounted under a root; a config.toml that is an
+/// absolute symlink on the host is followed on the host, not in the container. (The host
+/// paths exist on no real machine: resolved outside the root they fail rather than touch
+/// this machine's files.)
+#[test]
+fn a_symlinked_config_resolves_under_the_host_root() {
+    let s = Setup::new("minimal-v2.toml", "/bin/true");
+    let host = s.dir.path().join("host");
+    let etc = host.join("etc/sturdy-test-containerd");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(host.join("etc/sturdy-test-k8s")).unwrap();
+    let real = host.join("etc/sturdy-test-k8s/containerd.toml");
+    std::fs::copy(&s.opts.config, &real).unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/sturdy-test-k8s/containerd.toml",
+        etc.join("config.toml"),
+    )
+    .unwrap();
+    let opts = Options {
+        host_root: host.clone(),
+        config: "/etc/sturdy-test-containerd/config.toml".into(),
+        bin_dir: "/opt/sturdy-test/bin".into(),
+        ..s.opts.clone()
+    };
+    let o = install(&opts, &s.runner).unwrap();
+    assert!(std::fs::read_to_string(&real)
+        .unwrap()
+        .contains("runtimes.sturdy]"));
+    assert!(std::fs::symlink_metadata(etc.join("config.toml"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let installed = host.join("opt/sturdy-test/bin").join(SHIM_BINARY);
+    assert!(installed.is_file());
+    assert_eq!(o.config, opts.config);
+    assert_eq!(o.binaries[0].path, opts.bin_dir.join(SHIM_BINARY));
+    let u = uninstall(&opts, &[]).unwrap();
+    assert_eq!(actions(&u), [Action::Removed, Action::Removed]);
+    assert!(!installed.exists());
+    assert!(!std::fs::read_to_string(&real)
+        .unwrap()
+        .contains("runtimes.sturdy]"));
+}
+
+/// L18: a process of another user running the installed shim binary is no shim of
+/// containerd and does not block an uninstall.
+#[test]
+fn a_user_running_the_shim_binary_does_not_block_uninstall() {
+    let s = Setup::new("1.6-default.toml", "/bin/sleep");
+    s.install().unwrap();
+    // nobody must reach the binary.
+    chmod(s.dir.path(), 0o755);
+    let user = Running(
+        Command::new(s.installed(SHIM_BINARY))
+            .arg("1000")
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .spawn()
+            .unwrap(),
+    );
+    // spawn returns once the exec happened.
+    let pid = user.0.id() as i32;
+    assert_eq!(
+        crate::procfs::exe(pid).unwrap(),
+        s.installed(SHIM_BINARY),
+        "pid {pid}"
+    );
+    let o = s.uninstall().unwrap();
+    assert_eq!(actions(&o), [Action::Removed, Action::Removed]);
+    drop(user);
 }
