@@ -44,16 +44,6 @@ impl fmt::Display for Handler {
     }
 }
 
-/// THE switch for the sturdy variants of parity tests: it used to wrap them in `#[ignore]`
-/// until the shim was real; since issue 4 they run like the oracle's.
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __sturdy_variant {
-    ($item:item) => {
-        $item
-    };
-}
-
 /// Write a test once, get one `#[tokio::test]` per handler.
 ///
 /// `parity_tests! { async fn runs(h: Handler) { ... } }` expands to a module `runs` with the
@@ -75,11 +65,9 @@ macro_rules! parity_tests {
                 body($crate::Handler::Runc).await
             }
 
-            $crate::__sturdy_variant! {
-                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sturdy() {
-                    body($crate::Handler::Sturdy).await
-                }
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sturdy() {
+                body($crate::Handler::Sturdy).await
             }
         }
     )*};
