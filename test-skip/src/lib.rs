@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Skips the running test: reports it (see the crate doc; panics in CI unless allowed) and
 /// returns from the enclosing function, which must return `()`.
@@ -35,6 +35,7 @@ macro_rules! skip {
 ///
 /// The `SKIPPED` line goes straight to stderr: libtest's capture only takes
 /// `print!`/`eprint!`, so the line shows in a normal `cargo test` run.
+#[track_caller]
 pub fn skip(reason: impl fmt::Display) {
     let test = current_test();
     let reason = reason.to_string();
@@ -91,7 +92,10 @@ pub fn in_ci() -> bool {
 pub fn allow_list_path() -> PathBuf {
     match std::env::var_os("STURDY_SKIPS_ALLOW") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/skips.allow")),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("tests/skips.allow"),
     }
 }
 
