@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 start=$(date +%s)
+# A local run behaves like CI: a test that skips fails unless tests/skips.allow lists it
+# (docs/testing.md, "Skips"); the test-skip crate reads CI, and so do the checks below.
+export CI=true
 bash scripts/deps.sh
 if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
 
@@ -14,6 +17,49 @@ bash scripts/leak-check.sh selftest
 bash scripts/leak-check.sh snapshot "$work/before"
 
 step() { echo; echo "==> $*"; }
+
+# The skip allow-list (docs/testing.md, "Skips"), also for this script's own steps and for
+# the tests cargo reports `ignored`. skip_reason NAME prints the reason of the line naming
+# NAME, or a `::`-ending prefix of it, and fails when none does.
+skip_reason() {
+    local name=$1 entry reason
+    while read -r entry reason; do
+        case "$entry" in ''|'#'*) continue ;; esac
+        if [ "$name" = "$entry" ] || [ "${name#"$entry"::}" != "$name" ]; then
+            echo "$reason"
+            return 0
+        fi
+    done < tests/skips.allow
+    return 1
+}
+skip_status=0
+# skipped NAME WHY: this run leaves NAME out; fails the run unless allowed.
+skipped() {
+    local why
+    if why=$(skip_reason "$1"); then
+        echo "SKIPPED $1: $2 (allowed in CI: $why)"
+    else
+        echo "SKIPPED $1: $2"
+        echo "a skip fails CI unless tests/skips.allow lists it: $1" >&2
+        skip_status=1
+    fi
+}
+# check_ignored LOG: every test cargo reported ignored in LOG must be allowed, named
+# `<target>::<test>` like a skip (the target from cargo's `Running ... (…/deps/NAME-HASH)`).
+check_ignored() {
+    local line target="" name
+    while IFS= read -r line; do
+        case "$line" in
+            *"Running "*"("*")")
+                target=${line##*/}; target=${target%)}; target=${target%-*} ;;
+            *"Doc-tests "*)
+                target="${line##*Doc-tests }::doc" ;;
+            "test "*" ... ignored"*)
+                name=${line#test }; name=${name%% ... ignored*}
+                skipped "$target::$name" "${line#* ... }" ;;
+        esac
+    done < "$1"
+}
 
 step "cargo fmt --all --check"
 cargo fmt --all --check
@@ -32,15 +78,17 @@ cargo build --locked --workspace --all-targets
 # tests are I/O-bound, so two at a time keeps the machine busy without starving containerd.
 step "cargo test --workspace"
 test_status=0
-cargo test --locked --workspace -- --test-threads=2 || test_status=$?
+cargo test --locked --workspace -- --test-threads=2 2>&1 | tee "$work/test.log" || test_status=$?
+check_ignored "$work/test.log"
 
 # The parity suite again on containerd 1.7 and 2.1 (from ../shared/tools): every
 # integration test file but those that pick their generations themselves:
 # tests/generations.rs (each generation) and tests/upgrade_containerd.rs (1.6 -> 1.7 -> 2.1
-# -> 1.7 in one fixture; it runs once above, and says SKIPPED without ../shared/tools).
+# -> 1.7 in one fixture; it runs once above, and skips without ../shared/tools).
 for generation in 1.7 2.1; do
     step "integration tests on containerd $generation"
     if ! bash scripts/critest.sh --check "$generation"; then
+        skipped "scripts/test.sh::integration-$generation" "no containerd $generation in ../shared/tools"
         continue
     fi
     targets=()
@@ -51,16 +99,9 @@ for generation in 1.7 2.1; do
             *) targets+=(--test "$name") ;;
         esac
     done
-    skip=()
-    if [ "$generation" = 2.1 ]; then
-        skip=(
-            # 2.1's Go shim drops /tasks/delete in about 1 of 6 runs (the oracle, not sturdy:
-            # the sturdy variant still runs); see docs/testing.md.
-            --skip events_in_order::runc
-        )
-    fi
     STURDY_CONTAINERD=$generation cargo test --locked -p sturdy-integration "${targets[@]}" \
-        -- --test-threads=2 "${skip[@]}" || test_status=$?
+        -- --test-threads=2 2>&1 | tee "$work/test-$generation.log" || test_status=$?
+    check_ignored "$work/test-$generation.log"
 done
 
 # critest through sturdy on every generation and through the Go shim on 1.6: sturdy fails
@@ -92,7 +133,7 @@ listed() { local s=$1; shift; local x; for x in "$@"; do [ "$x" = "$s" ] && retu
 step "critest v1.26.1: sturdy on containerd 1.6, 1.7 and 2.1, runc (the Go shim) on 1.6"
 critest_status=0
 if ! bash scripts/critest.sh --check 1.6; then
-    echo "SKIPPED: critest"
+    skipped "scripts/test.sh::critest" "critest or its images are not in ../shared/tools"
 else
     runs=("runc 1.6" "sturdy 1.6" "sturdy 1.7" "sturdy 2.1")
     for r in "${runs[@]}"; do
@@ -101,7 +142,7 @@ else
         critest_run $r || rc=$?
         case "$rc" in
             0|1) ;;
-            77) echo "SKIPPED: critest $r (its tools are absent)" ;;
+            77) skipped "scripts/test.sh::critest-${r// /-}" "its tools are absent" ;;
             *) echo "critest $r could not run" >&2; critest_status=1 ;;
         esac
     done
@@ -134,6 +175,7 @@ else
     done
 fi
 [ "$critest_status" -eq 0 ] || test_status=1
+[ "$skip_status" -eq 0 ] || test_status=1
 
 # Runs even after failed tests: a failing test must not leak either.
 step "leak check"

@@ -44,16 +44,6 @@ impl fmt::Display for Handler {
     }
 }
 
-/// THE switch for the sturdy variants of parity tests: it used to wrap them in `#[ignore]`
-/// until the shim was real; since issue 4 they run like the oracle's.
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __sturdy_variant {
-    ($item:item) => {
-        $item
-    };
-}
-
 /// Write a test once, get one `#[tokio::test]` per handler.
 ///
 /// `parity_tests! { async fn runs(h: Handler) { ... } }` expands to a module `runs` with the
@@ -75,30 +65,27 @@ macro_rules! parity_tests {
                 body($crate::Handler::Runc).await
             }
 
-            $crate::__sturdy_variant! {
-                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sturdy() {
-                    body($crate::Handler::Sturdy).await
-                }
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sturdy() {
+                body($crate::Handler::Sturdy).await
             }
         }
     )*};
 }
 
-/// Runs `body` on containerd generation `g`, or says why it cannot run here and returns
-/// (a generation from `../shared/tools` on a host without them).
+/// Runs `body` on containerd generation `g`, or skips (`test_skip`: fails in CI unless
+/// allowed) where it cannot run (a generation from `../shared/tools` on a host without them).
 pub async fn run_on<F, Fut>(g: crate::Generation, body: F)
 where
     F: FnOnce(crate::Generation) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     if !g.available() {
-        eprintln!(
-            "SKIPPED on containerd {g}: {} has no {}.tar.xz",
+        test_skip::skip!(
+            "no containerd {g} here: {} has no {}.tar.xz",
             crate::tools::tools_dir().display(),
             g.archive().unwrap_or_default()
         );
-        return;
     }
     body(g).await
 }
@@ -108,7 +95,7 @@ where
 /// `generation_tests! { async fn quirk(g: Generation) { ... } }` expands to a module `quirk`
 /// with the tests `quirk::v1_6`, `quirk::v1_7` and `quirk::v2_1`; the body sees the
 /// generation as `g` and starts its fixture with `Containerd::builder().generation(g)`.
-/// A generation this host cannot run is skipped with a message saying so.
+/// A generation this host cannot run is skipped visibly (`test_skip`).
 #[macro_export]
 macro_rules! generation_tests {
     ($($(#[$meta:meta])* async fn $name:ident($g:ident : Generation) $body:block)*) => {$(

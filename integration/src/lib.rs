@@ -4,6 +4,7 @@
 //! root and images, plus one /28 of the 198.18.0.0/24 pod network; dropping it (even while
 //! unwinding from a panic) removes every process, mount, netns, bridge and cgroup it caused.
 
+pub mod cgroup;
 pub mod cleanup;
 pub mod containerd;
 pub mod cri;

@@ -178,7 +178,7 @@ parity_tests! {
         let fx = Containerd::start().await.expect("start containerd");
         let pid = run_counter(&fx, "counter", runtime_flags(&fx, h)).await;
         if let Some(why) = criu_unusable() {
-            eprintln!("SKIPPED checkpoint/restore of a running counter: {why}; testing the failure instead");
+            test_skip::skip(format!("checkpoint/restore of a running counter: {why}; testing the failure instead"));
             checkpoint_fails_and_the_container_goes_on(&fx, h, pid).await;
             remove(&fx, "counter", pid).await;
             return;

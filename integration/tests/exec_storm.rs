@@ -4,13 +4,17 @@
 
 use std::time::{Duration, Instant};
 
-use sturdy_integration::{container_config, parity_tests, Containerd, Cri, Handler, CRI_NAMESPACE};
+use sturdy_integration::{
+    container_config, parity_tests, until, Containerd, Cri, Handler, CRI_NAMESPACE,
+};
 
 const EXECS: usize = 100;
 /// Longest one ExecSync may take while 99 others compete for 2 cores.
 const EXEC_LIMIT: Duration = Duration::from_secs(180);
 /// How long the shim may take to settle after the storm.
 const SETTLE: Duration = Duration::from_secs(60);
+/// How long fds and RSS must stay unchanged to count as the baseline.
+const QUIET: Duration = Duration::from_secs(1);
 /// Resident memory sturdy may keep above its baseline after a storm. Measured on a debug
 /// build: its heap goes from ~250 KiB to ~1 MiB resident after the first storm (trimmed,
 /// so pages still holding some live allocation, and capacity that maps and queues grew
@@ -173,18 +177,19 @@ parity_tests! {
             let (_, out, _, code) = exec_marker(cri.clone(), ctr.clone(), i).await;
             assert_eq!((out.as_str(), code), (format!("marker-{i}\n").as_str(), 0));
         }
-        // Settled: the values stop changing.
+        // The baseline: fds and RSS once unchanged for QUIET (sturdy trims its heap 200 ms
+        // after the warm-up's last delete).
         let mut base = (fds(shim), rss_kib(shim));
-        let end = Instant::now() + SETTLE;
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut since = Instant::now();
+        let settled = until(SETTLE, || {
             let now = (fds(shim), rss_kib(shim));
-            if now == base || Instant::now() > end {
-                base = now;
-                break;
+            if now != base {
+                (base, since) = (now, Instant::now());
             }
-            base = now;
-        }
+            since.elapsed() >= QUIET
+        })
+        .await;
+        assert!(settled, "{h}: shim {shim} never held still for {QUIET:?} within {SETTLE:?}: {base:?}");
         let (base_fds, base_rss) = base;
         eprintln!("{h}: shim {shim} before: {base_fds} fds, {base_rss} KiB RSS, {} threads; {}", threads(shim), memory(shim));
 

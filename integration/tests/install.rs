@@ -37,12 +37,13 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The generation's binaries, or None (printed) when this host lacks them.
+/// The generation's binaries, or None (a visible skip of that generation, `test_skip`)
+/// when this host lacks them.
 fn binaries(g: Generation) -> Option<PathBuf> {
     match g.binaries() {
         Ok(b) => Some(b.containerd.clone()),
         Err(e) => {
-            eprintln!("SKIP containerd {}: {e}", g.name());
+            test_skip::skip(format!("containerd {} part: {e}", g.name()));
             None
         }
     }

@@ -1,30 +1,19 @@
 //! Pause and Resume through containerd's Tasks API: the container's processes really stop
-//! (its freezer cgroup is FROZEN) and really continue, for both shims.
+//! (its cgroup is frozen: v1's `freezer.state` FROZEN, v2's `cgroup.events` `frozen 1`) and
+//! really continue, for both shims.
 
 use std::time::Duration;
 
 use containerd_client::services::v1::{PauseTaskRequest, ResumeTaskRequest};
 use containerd_client::types::v1::Status;
 use containerd_client::with_namespace;
+use sturdy_integration::cgroup::{cgroup_of, freezer_state};
 use sturdy_integration::ctr::runtime_flags;
 use sturdy_integration::until;
 use sturdy_integration::{parity_tests, Containerd, BUSYBOX_IMAGE};
 use tonic::Request;
 
 const T: Duration = Duration::from_secs(60);
-
-/// The freezer.state file of the cgroup v1 freezer holding `pid`.
-fn freezer_state(pid: u32) -> Option<String> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = cgroups.lines().find_map(|l| {
-        l.splitn(3, ':')
-            .nth(2)
-            .filter(|_| l.split(':').nth(1) == Some("freezer"))
-    })?;
-    std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state"))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
 
 /// The counter the container writes every 50 ms, read through its root.
 fn counter(pid: u32) -> Option<u64> {
@@ -47,21 +36,23 @@ parity_tests! {
         fx.ctr_in(fx.namespace(), &args, T).await.expect("ctr run -d");
         let (_, pid) = fx.task_process(fx.namespace(), "counter").await.expect("Tasks.Get");
         assert!(until(T, || counter(pid).is_some()).await, "counter never written");
-        let Some(before) = freezer_state(pid) else {
-            eprintln!("SKIPPED: no cgroup v1 freezer for pid {pid} on this host");
-            return;
+        let Some(freezer) = cgroup_of(pid, "freezer") else {
+            test_skip::skip!("neither a cgroup v1 freezer nor cgroup v2's cgroup.freeze for pid {pid} here");
         };
-        assert_eq!(before, "THAWED");
+        let state = || freezer_state(&freezer);
+        assert_eq!(state().as_deref(), Some("THAWED"), "{freezer:?}");
 
         let mut tasks = fx.client().await.expect("client").tasks();
         let req = PauseTaskRequest { container_id: "counter".into() };
         tasks.pause(with_namespace!(req, fx.namespace())).await.expect("Pause");
-        assert_eq!(freezer_state(pid).as_deref(), Some("FROZEN"));
+        assert_eq!(state().as_deref(), Some("FROZEN"), "{freezer:?}");
+        let frozen = counter(pid);
+        assert!(!until(Duration::from_millis(500), || counter(pid) != frozen).await, "the counter went on while paused");
         assert_eq!(fx.task_process(fx.namespace(), "counter").await.expect("Tasks.Get").0, Status::Paused);
 
         let req = ResumeTaskRequest { container_id: "counter".into() };
         tasks.resume(with_namespace!(req, fx.namespace())).await.expect("Resume");
-        assert_eq!(freezer_state(pid).as_deref(), Some("THAWED"));
+        assert_eq!(state().as_deref(), Some("THAWED"), "{freezer:?}");
         assert_eq!(fx.task_process(fx.namespace(), "counter").await.expect("Tasks.Get").0, Status::Running);
         let resumed = counter(pid).unwrap_or_default();
         assert!(until(T, || counter(pid).unwrap_or_default() > resumed + 2).await, "counter did not continue");

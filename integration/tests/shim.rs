@@ -14,7 +14,7 @@ use sturdy_integration::k8s_cri::v1::{
     ContainerState, RemovePodSandboxRequest, StopPodSandboxRequest,
 };
 use sturdy_integration::{
-    cleanup, container_config, parity_tests, Containerd, Handler, BUSYBOX_IMAGE,
+    cleanup, container_config, parity_tests, until, Containerd, Generation, Handler, BUSYBOX_IMAGE,
 };
 use tonic::{Code, Request};
 
@@ -66,17 +66,6 @@ fn cri_log_lines(log: &str) -> Vec<String> {
     lines
 }
 
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
-}
-
 /// `/tasks/*` events for container `id` from `ctr events` output, as (topic, process id).
 fn task_events(output: &str, id: &str) -> Vec<(String, String)> {
     let needle = format!("\"container_id\":\"{id}\"");
@@ -97,6 +86,9 @@ parity_tests! {
     /// Events reach containerd in the order it requires: create, start, exec-added,
     /// exec-started, the exec's exit before init's exit, and delete for init only.
     async fn events_in_order(h: Handler) {
+        if h == Handler::Runc && Generation::from_env().ok() == Some(Generation::V2_1) {
+            test_skip::skip!("containerd 2.1's Go shim loses /tasks/delete in about 1 of 6 runs (the oracle's flaw; docs/testing.md)");
+        }
         let fx = Containerd::start().await.expect("start containerd");
         let mut events = tokio::process::Command::new("ctr")
             .args(["-a", &fx.socket().to_string_lossy(), "events"])
@@ -227,7 +219,7 @@ parity_tests! {
             assert!(!cleanup::pid_alive(pid as i32), "init {pid} survived");
             remove_container(&fx, id).await;
         }
-        assert!(wait_until(Duration::from_secs(10), || shim_pids(&fx).is_empty()), "shims left: {:?}", shim_pids(&fx));
+        assert!(until(Duration::from_secs(10), || shim_pids(&fx).is_empty()).await, "shims left: {:?}", shim_pids(&fx));
     }
 
     /// A process that exits before anyone waits still reports its status to a later Wait.
@@ -237,7 +229,8 @@ parity_tests! {
         assert_eq!(out.exit_code, 0, "stderr: {}", out.stderr);
 
         run_detached(&fx, h, "gone", &["/bin/sh", "-c", "exit 9"]).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = fx.task_process(fx.namespace(), "gone").await.expect("Tasks.Get").1;
+        assert!(until(T, || !cleanup::pid_alive(pid as i32)).await, "init {pid} never exited");
         let mut tasks = fx.client().await.expect("client").tasks();
         let req = WaitRequest { container_id: "gone".into(), exec_id: String::new() };
         let waited = tokio::time::timeout(T, tasks.wait(with_namespace!(req, fx.namespace())))
@@ -265,7 +258,7 @@ parity_tests! {
         let tasks = fx.ctr_in(fx.namespace(), &["tasks", "ls", "-q"], T).await.expect("tasks ls");
         assert!(tasks.stdout.trim().is_empty(), "tasks left: {}", tasks.stdout);
         let _ = fx.ctr_raw(fx.namespace(), &["containers", "rm", "nope"], T).await;
-        assert!(wait_until(Duration::from_secs(10), || shim_pids(&fx).is_empty()), "shims left: {:?}", shim_pids(&fx));
+        assert!(until(Duration::from_secs(10), || shim_pids(&fx).is_empty()).await, "shims left: {:?}", shim_pids(&fx));
         let fp = fx.footprint();
         let rootfs_mounts: Vec<_> = fp.mounts.iter().filter(|m| m.ends_with("rootfs")).collect();
         assert!(rootfs_mounts.is_empty(), "rootfs still mounted: {rootfs_mounts:?}");
@@ -278,9 +271,10 @@ parity_tests! {
         let pid = fx.task_process(fx.namespace(), "fds").await.expect("Tasks.Get").1;
         // Until runc's init has exec'd the entrypoint it still holds its own fds.
         assert!(
-            wait_until(Duration::from_secs(10), || {
+            until(Duration::from_secs(10), || {
                 std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-            }),
+            })
+            .await,
             "init {pid} never became sleep"
         );
         let fds: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -321,7 +315,7 @@ parity_tests! {
         assert_eq!(addresses.len(), 1, "{addresses:?}");
         cri.stop_pod(&pod).await.expect("StopPodSandbox");
         cri.remove_pod(&pod).await.expect("RemovePodSandbox");
-        assert!(wait_until(Duration::from_secs(10), || shim_pids(&fx).is_empty()), "shims left: {:?}", shim_pids(&fx));
+        assert!(until(Duration::from_secs(10), || shim_pids(&fx).is_empty()).await, "shims left: {:?}", shim_pids(&fx));
     }
 
     /// Stop and Remove of a pod are idempotent; an unknown pod is NotFound.

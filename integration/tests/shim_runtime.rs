@@ -10,7 +10,8 @@ use containerd_client::with_namespace;
 use sturdy_integration::containerd::default_shim_bin;
 use sturdy_integration::k8s_cri::v1::ContainerState;
 use sturdy_integration::{
-    container_config, parity_tests, Containerd, ExtraRuntime, Handler, BUSYBOX_IMAGE, CRI_NAMESPACE,
+    container_config, parity_tests, until, Containerd, ExtraRuntime, Handler, BUSYBOX_IMAGE,
+    CRI_NAMESPACE,
 };
 use tonic::Request;
 
@@ -255,12 +256,17 @@ async fn bad_runtime_options_are_clear_errors() {
     );
 }
 
-/// A runc wrapper whose `create` hangs for `secs` seconds, for fault injection.
+/// A runc wrapper whose `create` hangs for `secs` seconds, for fault injection; it creates
+/// `dir/create-hangs` when a create starts hanging.
 fn slow_runc(dir: &Path, secs: u32) -> PathBuf {
     let path = dir.join("slow-runc");
+    let marker = dir.join("create-hangs");
     std::fs::write(
         &path,
-        format!("#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = create ] && sleep {secs}; done\nexec runc \"$@\"\n"),
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = create ] && {{ : > '{}'; sleep {secs}; }}; done\nexec runc \"$@\"\n",
+            marker.display()
+        ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -336,10 +342,15 @@ async fn slow_create_does_not_block_state() {
             sturdy_integration::ctr::run_command("ctr", &full, T).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        until(T, || conf.path().join("create-hangs").exists()).await,
+        "the slow create never reached the wrapper"
+    );
+    // The create hangs 6 s from here; State is asked during the first 3.
+    let hanging = Instant::now();
     let client = fx.client().await.expect("client");
     let mut worst = Duration::ZERO;
-    while started.elapsed() < Duration::from_secs(4) {
+    while hanging.elapsed() < Duration::from_secs(3) {
         let t = Instant::now();
         let mut tasks = client.tasks();
         let req = GetRequest {

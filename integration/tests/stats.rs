@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use sturdy_integration::cgroup::{cgroup_of, read, CgroupDir};
 use sturdy_integration::k8s_cri::v1::{
     ContainerState, ContainerStats, ContainerStatsFilter, ContainerStatsRequest,
     LinuxContainerConfig, LinuxContainerResources, ListContainerStatsRequest,
@@ -14,24 +15,39 @@ use sturdy_integration::{container_config, parity_tests, Containerd, Cri, CRI_NA
 const T: Duration = Duration::from_secs(60);
 const MIB: i64 = 1024 * 1024;
 
-/// The directory of `pid`'s cgroup in the v1 hierarchy of `controller`.
-fn v1_cgroup_dir(pid: u32, controller: &str) -> Option<std::path::PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        controllers
-            .split(',')
-            .any(|c| c == controller)
-            .then(|| format!("/sys/fs/cgroup/{controllers}{path}").into())
-    })
+fn read_trimmed(dir: &CgroupDir, file: &str) -> String {
+    read(dir, file).unwrap_or_else(|e| panic!("{file} in {dir:?}: {e}"))
 }
 
-fn read_trimmed(path: std::path::PathBuf) -> String {
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .to_string()
+/// The memory limit in bytes: v1's `memory.limit_in_bytes`, v2's `memory.max`.
+fn memory_limit(dir: &CgroupDir) -> String {
+    match dir {
+        CgroupDir::V1(_) => read_trimmed(dir, "memory.limit_in_bytes"),
+        CgroupDir::V2(_) => read_trimmed(dir, "memory.max"),
+    }
+}
+
+/// The update's CPU settings (shares 512, quota 50 ms per 100 ms) reached the cgroup. On v2
+/// the quota and period are `cpu.max` ("$MAX $PERIOD") and the shares a `cpu.weight`
+/// (1..10000, default 100) whose value depends on runc's conversion formula (which changed
+/// between runc releases), so only "below the default" is asked: 512 is half the default
+/// 1024 shares under every formula.
+fn assert_cpu_updated(dir: &CgroupDir) {
+    match dir {
+        CgroupDir::V1(_) => {
+            assert_eq!(read_trimmed(dir, "cpu.shares"), "512");
+            assert_eq!(read_trimmed(dir, "cpu.cfs_quota_us"), "50000");
+            assert_eq!(read_trimmed(dir, "cpu.cfs_period_us"), "100000");
+        }
+        CgroupDir::V2(_) => {
+            assert_eq!(read_trimmed(dir, "cpu.max"), "50000 100000");
+            let weight: u32 = read_trimmed(dir, "cpu.weight").parse().expect("cpu.weight");
+            assert!(
+                (1..100).contains(&weight),
+                "cpu.weight {weight} for 512 shares"
+            );
+        }
+    }
 }
 
 fn usage(s: &ContainerStats) -> (u64, u64) {
@@ -75,11 +91,10 @@ parity_tests! {
             .expect("CreateContainer");
         cri.start_container(&ctr).await.expect("StartContainer");
         let pid = fx.task_process(CRI_NAMESPACE, &ctr).await.expect("Tasks.Get").1;
-        let (Some(memory), Some(cpu)) = (v1_cgroup_dir(pid, "memory"), v1_cgroup_dir(pid, "cpu")) else {
-            eprintln!("SKIPPED: no cgroup v1 memory and cpu hierarchies for pid {pid} on this host");
-            return;
+        let (Some(memory), Some(cpu)) = (cgroup_of(pid, "memory"), cgroup_of(pid, "cpu")) else {
+            test_skip::skip!("no cgroup v1 or v2 memory and cpu controllers for pid {pid} here");
         };
-        assert_ne!(read_trimmed(memory.join("memory.limit_in_bytes")), (64 * MIB).to_string());
+        assert_ne!(memory_limit(&memory), (64 * MIB).to_string());
 
         cri.runtime
             .update_container_resources(UpdateContainerResourcesRequest {
@@ -95,9 +110,8 @@ parity_tests! {
             })
             .await
             .expect("UpdateContainerResources");
-        assert_eq!(read_trimmed(memory.join("memory.limit_in_bytes")), (64 * MIB).to_string());
-        assert_eq!(read_trimmed(cpu.join("cpu.shares")), "512");
-        assert_eq!(read_trimmed(cpu.join("cpu.cfs_quota_us")), "50000");
+        assert_eq!(memory_limit(&memory), (64 * MIB).to_string());
+        assert_cpu_updated(&cpu);
         // Still the same, still running process.
         assert_eq!(fx.task_process(CRI_NAMESPACE, &ctr).await.expect("Tasks.Get").1, pid);
         let s = cri.container_status(&ctr).await.expect("ContainerStatus");

@@ -46,12 +46,12 @@ async fn crictl_piped(
     out.stdout
 }
 
-/// `crictl` from ../shared/tools, or None (the caller skips, saying why).
-fn crictl(test: &str) -> Option<PathBuf> {
+/// `crictl` from ../shared/tools, or None (a visible skip, `test_skip`; the caller returns).
+fn crictl() -> Option<PathBuf> {
     match tools::tool(CRI_TOOLS, "crictl") {
         Ok(p) => Some(p),
         Err(e) if e.is_missing() => {
-            eprintln!("SKIPPED {test}: no crictl here: {e}");
+            test_skip::skip(format!("no crictl here: {e}"));
             None
         }
         Err(e) => panic!("crictl: {e}"),
@@ -201,7 +201,7 @@ parity_tests! {
 
     /// `crictl exec -i` with piped stdin: its end reaches cat through CRI's CloseIO.
     async fn cri_exec_piped_stdin_ends(h: Handler) {
-        let Some(crictl) = crictl("cri_exec_piped_stdin_ends") else { return };
+        let Some(crictl) = crictl() else { return };
         let fx = Containerd::start().await.expect("start containerd");
         let (_cri, ctr) = pod_with(&fx, h, "execi", container_config("main", &["/bin/sleep", "600"])).await;
         let endpoint = format!("unix://{}", fx.socket().display());
@@ -212,7 +212,7 @@ parity_tests! {
     /// `crictl exec -it` under a terminal: the exec's terminal follows ours (crictl sends
     /// its size, then a resize message at SIGWINCH), and ^D typed ends the shell.
     async fn cri_exec_terminal_follows_resize(h: Handler) {
-        let Some(crictl) = crictl("cri_exec_terminal_follows_resize") else { return };
+        let Some(crictl) = crictl() else { return };
         let fx = Containerd::start().await.expect("start containerd");
         let (_cri, ctr) = pod_with(&fx, h, "exectty", container_config("main", &["/bin/sleep", "600"])).await;
         let endpoint = format!("unix://{}", fx.socket().display());
@@ -246,7 +246,7 @@ parity_tests! {
     /// of the attach's stdin closes the container's (CRI's CloseIO on init): cat sees EOF
     /// and the container exits 0.
     async fn cri_attach_piped_stdin_ends(h: Handler) {
-        let Some(crictl) = crictl("cri_attach_piped_stdin_ends") else { return };
+        let Some(crictl) = crictl() else { return };
         let fx = Containerd::start().await.expect("start containerd");
         let mut config = container_config("cat", &["/bin/cat"]);
         config.stdin = true;
@@ -270,7 +270,7 @@ parity_tests! {
     /// Attach to a container started with a terminal and stdin: typed commands run in it,
     /// and its terminal follows resizes from crictl and from ResizePty on init.
     async fn cri_attach_terminal(h: Handler) {
-        let Some(crictl) = crictl("cri_attach_terminal") else { return };
+        let Some(crictl) = crictl() else { return };
         let fx = Containerd::start().await.expect("start containerd");
         let mut config = container_config("shell", &["/bin/sh"]);
         config.tty = true;

@@ -14,8 +14,8 @@ use sturdy_integration::k8s_cri::v1::PodSandboxState;
 use sturdy_integration::{cleanup, Containerd, Handler};
 use watchdog_support::*;
 /// Incident 003: `kill -9` of a pod's shim. The watchdog kills the pod's processes within
-/// a fraction of a second (target 0.5 s), runs the shim's delete, and containerd and CRI
-/// see the pod exit. Printed beside: what containerd alone does (no watchdog).
+/// a second (7 to 38 ms measured here, docs/watchdog.md), runs the shim's delete, and
+/// containerd and CRI see the pod exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_shim_pod_is_recovered() {
     let fx = Containerd::start().await.expect("start containerd");
@@ -28,7 +28,6 @@ async fn killed_shim_pod_is_recovered() {
     signal(pod.shim, Signal::SIGKILL);
     let t0 = Instant::now();
     let gone = measure("watchdog, sturdy shim SIGKILLed", &pod.pids, t0).await;
-    // Target 0.5 s.
     assert!(
         gone < Duration::from_millis(1000),
         "pod processes ran {} ms after the shim's death",
@@ -64,35 +63,43 @@ async fn killed_shim_pod_is_recovered() {
         "the watchdog ended with {status} on SIGTERM"
     );
     assert!(wd.log().contains("SIGTERM"), "{}", wd.log());
-    drop(wd);
+}
 
-    // Containerd alone, for comparison (informational).
+/// The comparison docs/watchdog.md makes: containerd alone (no watchdog) notices a
+/// SIGKILLed shim's closed connection, runs the shim's `delete` and announces the exit, so
+/// the pod's processes stop about as fast as with the watchdog; sturdy's `delete` removes
+/// its socket, while the Go shim's stays behind on 1.6, 1.7 and 2.1 (the stale socket the
+/// watchdog removes, docs/watchdog.md step 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_watchdog_containerd_stops_a_killed_shims_pod() {
+    let fx = Containerd::start().await.expect("start containerd");
+    let mut cri = fx.cri().await.expect("cri client");
+    let exits = follow_exits(&fx).await;
     for handler in [Handler::Runc, Handler::Sturdy] {
-        let pod = run_pod(
-            &fx,
-            &mut cri,
-            handler,
-            &format!("alone-{}", handler.name()),
-            1,
-        )
-        .await;
+        let name = format!("alone-{}", handler.name());
+        let pod = run_pod(&fx, &mut cri, handler, &name, 1).await;
         signal(pod.shim, Signal::SIGKILL);
         let t0 = Instant::now();
         let label = format!("containerd alone, {} shim SIGKILLed", handler.name());
+        // Fails unless the pod's processes stop within 30 s.
         measure(&label, &pod.pids, t0).await;
-        let socket = socket_file(&pod.address);
-        // containerd alone removes sturdy's socket (through its delete) but not the Go
-        // shim's: for the record, then clean up what this test caused.
-        until(Duration::from_secs(5), || !socket.exists()).await;
-        println!(
-            "containerd alone, {} shim SIGKILLed: its socket {}",
-            handler.name(),
-            if socket.exists() {
-                "is left behind"
-            } else {
-                "was removed"
-            }
+        assert!(
+            until(Duration::from_secs(10), || saw_exit(&exits, &pod.id)).await,
+            "{label}: containerd never announced the sandbox's exit"
         );
+        let socket = socket_file(&pod.address);
+        let removed = until(Duration::from_secs(5), || !socket.exists()).await;
+        match handler {
+            Handler::Sturdy => assert!(
+                removed,
+                "{label}: its socket {} is left behind",
+                socket.display()
+            ),
+            Handler::Runc => assert!(
+                !removed,
+                "{label}: its socket went: update docs/watchdog.md"
+            ),
+        }
         remove_stale_socket(&pod.address);
     }
 }
@@ -364,8 +371,12 @@ async fn watched_shims_exit_promptly_when_their_pod_is_removed() {
         )
         .await;
         wd.wait_watching(&pod.address, pod.shim).await;
-        // Two more probes on the kept connection.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The idle connection the shim's exit must not wait for is really kept.
+        wd.wait_log(
+            &["a second probe answered on a kept connection", &pod.address],
+            Duration::from_secs(10),
+        )
+        .await;
         cri.stop_pod(&pod.id).await.expect("StopPodSandbox");
         cri.remove_pod(&pod.id).await.expect("RemovePodSandbox");
         let t0 = Instant::now();

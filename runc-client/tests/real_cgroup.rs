@@ -56,8 +56,7 @@ impl Drop for Scratch {
 #[test]
 fn kill_all_empties_the_cgroups_even_of_forking_processes() {
     let Some(scratch) = Scratch::new() else {
-        eprintln!("SKIPPED: needs root and a writable cgroup hierarchy");
-        return;
+        test_skip::skip!("needs root and a writable cgroup hierarchy");
     };
     // A process that keeps forking children: without the freezer some could escape a
     // one-pass kill.

@@ -115,9 +115,91 @@ mod tests {
         );
     }
 
+    /// The `VmFlags` of every mapping of `path` in /proc/self/smaps text.
+    fn vm_flags_of(smaps: &str, path: &Path) -> Vec<String> {
+        let mut ours = false;
+        let mut flags = Vec::new();
+        for line in smaps.lines() {
+            match line.split_once(char::is_whitespace) {
+                Some(("VmFlags:", f)) if ours => flags.push(f.trim().to_owned()),
+                // A mapping's header is a maps(5) line; its fields are `Name: value`.
+                Some((first, _)) if !first.ends_with(':') => {
+                    ours = !mappings_of(line, path).is_empty()
+                }
+                _ => {}
+            }
+        }
+        flags
+    }
+
+    /// The kernel shows MADV_RANDOM as `rr` in a mapping's VmFlags (proc(5)).
     #[test]
-    fn applying_to_ourselves_is_harmless() {
+    fn random_access_marks_every_mapping_of_our_binary() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
         random_access_binary();
-        trim_heap();
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let flags = vm_flags_of(&smaps, &exe);
+        assert!(
+            !flags.is_empty(),
+            "no mapping of {} in smaps",
+            exe.display()
+        );
+        for f in &flags {
+            assert!(f.split_whitespace().any(|f| f == "rr"), "{f:?} of {exe:?}");
+        }
+    }
+
+    /// Freed heap pages in the middle of the heap stay resident until [`trim_heap`]. Run in
+    /// a child (this test binary again) so other tests' allocations do not move the
+    /// resident size it measures.
+    #[test]
+    fn trim_heap_returns_freed_pages_to_the_kernel() {
+        const CHILD: &str = "STURDY_TRIM_HEAP_CHILD";
+        const BLOCKS: usize = 8192; // of 4 KiB: 32 MiB, in chunks far below the mmap threshold
+        const MIB: i64 = 1 << 20;
+        fn resident() -> i64 {
+            let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+            let pages: i64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+            // SAFETY: sysconf has no memory-safety preconditions.
+            pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as i64
+        }
+        if std::env::var_os(CHILD).is_some() {
+            let blocks: Vec<Vec<u8>> = (0..BLOCKS).map(|_| vec![1u8; 4096]).collect();
+            // Keeps the freed blocks off the top of the heap, where free() itself would
+            // give them back.
+            let guard = vec![1u8; 4096];
+            let full = resident();
+            drop(blocks);
+            let freed = resident();
+            assert!(
+                full - freed < 8 * MIB,
+                "free() already gave {} MiB back: nothing left for trim_heap to prove",
+                (full - freed) / MIB
+            );
+            trim_heap();
+            let trimmed = resident();
+            assert!(
+                freed - trimmed > 24 * MIB,
+                "trim_heap gave back {} KiB of 32 MiB freed",
+                (freed - trimmed) / 1024
+            );
+            drop(guard);
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "memory::tests::trim_heap_returns_freed_pages_to_the_kernel",
+            ])
+            .args(["--test-threads=1", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -33,10 +33,10 @@ fn mount(type_: &str, source: &str, options: &[&str]) -> Mount {
     }
 }
 
-/// Whether this host lets the test mount; prints why not.
+/// Whether this host lets the test mount; a visible skip (`test_skip`) when not.
 fn can_mount() -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: mount tests need root");
+        test_skip::skip("mount tests need root");
         return false;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -52,7 +52,7 @@ fn can_mount() -> bool {
             true
         }
         Err(e) => {
-            eprintln!("SKIP: cannot mount here: {e}");
+            test_skip::skip(format!("cannot mount here: {e}"));
             false
         }
     }

@@ -148,6 +148,11 @@ impl Prober {
             // it did not answer either; that is a miss, not a death (the pidfd tells deaths).
             Ok(Err(Failure::Broken(_))) => Outcome::NoReply,
             Ok(Ok((kept, (shim_pid, status)))) => {
+                // Stream ids 1 and 3 answered: once per connection, the sign that probes
+                // really reuse it (tests wait for this line).
+                if kept.next_id == 5 {
+                    log::debug!("shim {address}: a second probe answered on a kept connection");
+                }
                 self.conn = Some(kept).filter(|k| k.reusable);
                 Outcome::Answered {
                     latency: started.elapsed(),

@@ -17,7 +17,7 @@ Starts a private containerd under a temp dir (nothing system-wide is used), impo
 built busybox image, runs a container through the chosen shim via ctr and via CRI, prints what
 it printed, then stops everything it started.
 
-  --runtime  sturdy (default; falls back to runc if the shim is missing or a stub) or runc
+  --runtime  sturdy (default; fails if the shim is missing or a stub) or runc (the Go shim)
   --shim     the containerd-shim-sturdy-v2 binary (default: next to this program, else
              $STURDY_SHIM_BIN, else target/debug)";
 
@@ -54,31 +54,32 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args { runtime, shim })
 }
 
-/// Decide which handler really runs, explaining any fallback.
-fn choose(args: &Args) -> Handler {
+/// The handler the demo runs, or why it cannot run the requested one. A sturdy demo
+/// without a working sturdy shim is an error, never a quiet run of the Go shim.
+fn choose(args: &Args) -> Result<Handler, String> {
     if args.runtime == Handler::Runc {
         println!("==> runtime: runc (io.containerd.runc.v2, the Go shim), as requested");
-        return Handler::Runc;
+        return Ok(Handler::Runc);
     }
+    const HOW: &str = "build it (scripts/build-shim.sh) or pass --shim PATH; \
+                       --runtime runc runs the demo through the Go shim instead";
     if !args.shim.exists() {
-        println!(
-            "==> WARNING: sturdy shim binary not found at {}\n    falling back to runc (the Go shim io.containerd.runc.v2)",
+        return Err(format!(
+            "no sturdy shim binary at {}: {HOW}",
             args.shim.display()
-        );
-        return Handler::Runc;
+        ));
     }
     if !shim_looks_real(&args.shim) {
-        println!(
-            "==> WARNING: {} is a stub (it does not answer `-v`)\n    falling back to runc (the Go shim io.containerd.runc.v2)",
+        return Err(format!(
+            "{} is no working sturdy shim (it does not answer `-v`): {HOW}",
             args.shim.display()
-        );
-        return Handler::Runc;
+        ));
     }
     println!(
         "==> runtime: sturdy (io.containerd.sturdy.v2) using {}",
         args.shim.display()
     );
-    Handler::Sturdy
+    Ok(Handler::Sturdy)
 }
 
 async fn demo(fx: &Containerd, h: Handler) -> Result<(), String> {
@@ -270,7 +271,7 @@ fn indent(s: &str) -> String {
 }
 
 async fn run(args: Args) -> Result<Handler, String> {
-    let h = choose(&args);
+    let h = choose(&args)?;
     println!("==> starting a private containerd");
     let mut fx = Containerd::builder()
         .shim_bin(&args.shim)

@@ -73,15 +73,21 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
-pub async fn wait_dead(pid: i32, within: Duration) -> bool {
+/// Polls `f` until it holds or `within` has passed; whether it held (checked once more at
+/// the end).
+pub async fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + within;
     while Instant::now() < end {
-        if !alive(pid) {
+        if f() {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    !alive(pid)
+    f()
+}
+
+pub async fn wait_dead(pid: i32, within: Duration) -> bool {
+    until(within, || !alive(pid)).await
 }
 
 /// The next event, failing the test if the stream stalls.

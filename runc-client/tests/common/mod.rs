@@ -25,8 +25,7 @@ pub fn runc_available() -> bool {
 macro_rules! require_runc {
     () => {
         if !common::runc_available() {
-            eprintln!("skipping: needs root, runc and /usr/bin/busybox");
-            return;
+            test_skip::skip!("needs root, runc and /usr/bin/busybox");
         }
     };
 }
@@ -63,10 +62,11 @@ impl Root {
         Runc::new(config, Reaper::global())
     }
 
-    /// A crun client of this root, or `None` (saying so) where /usr/bin/crun is missing.
+    /// A crun client of this root, or `None` (a visible skip, see `test_skip`) where
+    /// /usr/bin/crun is missing.
     pub fn crun(&self) -> Option<Runc> {
         if !Path::new("/usr/bin/crun").exists() {
-            eprintln!("skipping: no /usr/bin/crun");
+            test_skip::skip("no /usr/bin/crun");
             return None;
         }
         Some(self.client_with(|c| c.binary = "/usr/bin/crun".into()))

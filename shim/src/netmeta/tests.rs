@@ -155,8 +155,7 @@ async fn wait_record(store: &Store, ok: impl Fn(&Record) -> bool) -> Record {
 #[tokio::test]
 async fn records_a_namespace_retries_until_it_has_an_address_and_removes_at_the_end() {
     let Some(ns) = TestNs::new() else {
-        println!("SKIPPED: cannot create a network namespace here (unshare -n failed)");
-        return;
+        test_skip::skip!("cannot create a network namespace here (unshare -n failed)");
     };
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(dir.path());

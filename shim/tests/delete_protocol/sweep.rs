@@ -21,11 +21,11 @@ struct Victim {
 }
 
 impl Victim {
-    /// `None` (with the reason printed) where the test cannot run.
+    /// `None` (a visible skip, `test_skip`) where the test cannot run.
     fn start() -> Option<Victim> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root to create cgroups");
+            test_skip::skip("needs root to create cgroups");
             return None;
         }
         if let Some(h) = HIERARCHIES.iter().find(|h| {
@@ -34,7 +34,7 @@ impl Victim {
                 .join("cgroup.procs")
                 .exists()
         }) {
-            eprintln!("skipped: no cgroup v1 {h} hierarchy at /sys/fs/cgroup/{h}");
+            test_skip::skip(format!("no cgroup v1 {h} hierarchy at /sys/fs/cgroup/{h}"));
             return None;
         }
         let name = format!(

@@ -148,8 +148,7 @@ async fn run_out_of_memory(cg: &Path) -> i32 {
 #[tokio::test]
 async fn v1_oom_is_pending_once_the_killed_process_is_reaped() {
     let Some(cg) = TestCgroup::new() else {
-        eprintln!("SKIPPED: no writable cgroup v1 memory hierarchy on this host");
-        return;
+        test_skip::skip!("no writable cgroup v1 memory hierarchy on this host");
     };
     std::fs::write(cg.0.join("memory.limit_in_bytes"), "16M").unwrap();
     // Without swap accounting there is no memsw; with swap the limit must cover it too.
