@@ -4,7 +4,9 @@
 //! yet (CRI opens an exec's FIFOs only after Start returned, and Start waits for
 //! `runc exec`, whose stderr is this pipe). What the FIFO cannot take goes to the spool and
 //! follows, in order, once the reader attaches. Only if the spool cannot spill does the loop
-//! stop reading, and then the writer waits (back-pressure) instead of losing output.
+//! stop reading, and then the writer waits (back-pressure) instead of losing output. When it
+//! cannot spill only because the shim's spill budget is used up, the loop also wakes when
+//! another stream gives budget back, so it does not depend on its own reader alone.
 
 use std::io;
 use std::ops::Range;
@@ -62,7 +64,10 @@ pub(super) async fn copy_output(
         progress: progress.clone(),
         on: false,
     };
+    let budget = spool.budget().clone();
     loop {
+        // Taken before pump asks for budget: a release after that ends the wait below.
+        let mark = budget.mark();
         if let Err(e) = pump(&fifo, &mut spool, &buf, &mut input, &progress) {
             log::debug!("output copy ended: {e}");
             break;
@@ -73,6 +78,7 @@ pub(super) async fn copy_output(
         if eof && !pending {
             break;
         }
+        let wants_budget = !input.is_empty() && spool.waits_for_budget();
         tokio::select! {
             r = from.readable(), if !eof && input.is_empty() => {
                 match r.and_then(|()| from.try_read(&mut buf)) {
@@ -91,6 +97,7 @@ pub(super) async fn copy_output(
                     break;
                 }
             }
+            () = budget.freed_since(mark), if wants_budget => {}
             else => break,
         }
     }
@@ -150,6 +157,7 @@ mod tests {
 
     use super::super::spool::{pattern, spill_links};
     use super::super::*;
+    use super::copy_output;
 
     fn fifo(dir: &Path, name: &str) -> String {
         let path = dir.join(name);
@@ -440,6 +448,163 @@ mod tests {
         written.recv().unwrap().unwrap();
         assert!(progress.spool_peak.load(Ordering::Relaxed) <= OUTPUT_MEMORY_BOUND as u64);
         assert_eq!(progress.spill_open.load(Ordering::Relaxed), 0);
+    }
+
+    /// One flooded stream without a reader: its copy loop on a spool drawing from `budget`.
+    struct Flood {
+        path: String,
+        progress: Arc<Progress>,
+        written: mpsc::Receiver<std::io::Result<()>>,
+    }
+
+    impl Flood {
+        fn start(
+            dir: &Path,
+            spill: &Path,
+            n: usize,
+            budget: &Arc<SpillBudget>,
+            size: u64,
+        ) -> Flood {
+            let path = fifo(dir, &format!("out{n}"));
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+            let from = pipe::Receiver::from_owned_fd(read).unwrap();
+            let to = open_output_fifo("c", &path).unwrap();
+            let progress = Arc::new(Progress::default());
+            progress.active.fetch_add(1, Ordering::Relaxed);
+            let spool = spool::Spool::new(
+                "c",
+                spill,
+                OUTPUT_MEMORY_BOUND,
+                OUTPUT_SPILL_LIMIT,
+                budget.clone(),
+                progress.clone(),
+            );
+            tokio::spawn(copy_output(
+                from,
+                to,
+                spool,
+                progress.clone(),
+                ActiveGuard(progress.clone()),
+            ));
+            Flood {
+                path,
+                progress,
+                written: write_pattern(File::from(write), size),
+            }
+        }
+
+        fn spilled(&self) -> u64 {
+            self.progress.spilled.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Bytes held by the spill files under `dir` that this process has open.
+    fn spill_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| {
+                let fd = e.ok()?.path();
+                let target = std::fs::read_link(&fd).ok()?;
+                let target = target.to_string_lossy();
+                (target.starts_with(&*dir.to_string_lossy())
+                    && target.contains(spool::SPILL_PREFIX))
+                .then(|| std::fs::metadata(&fd).map_or(0, |m| m.len()))
+            })
+            .sum()
+    }
+
+    /// Many processes flooding output nobody reads share the shim's spill budget: the spill
+    /// files never hold more than the budget in all, each writer is held back (not the
+    /// runtime, which does not spin), a stream that gives budget back lets the others spill
+    /// on without their readers, and once every reader came each got all its bytes in order.
+    // current_thread: every copy loop runs on this thread, so spinning shows in its CPU time.
+    #[tokio::test]
+    async fn floods_share_the_spill_budget_and_lose_nothing() {
+        const BUDGET: u64 = 1 << 20;
+        const STREAMS: usize = 6;
+        // More than memory, pipe and the whole budget take: no writer can finish alone.
+        const SIZE: u64 = 2 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let spill = tempfile::tempdir().unwrap();
+        let budget = Arc::new(SpillBudget::new(BUDGET));
+        let floods: Vec<Flood> = (0..STREAMS)
+            .map(|n| Flood::start(dir.path(), spill.path(), n, &budget, SIZE))
+            .collect();
+        let b = budget.clone();
+        wait_for("the budget used up", Duration::from_secs(20), move || {
+            b.used() >= BUDGET
+        })
+        .await;
+        let cpu = thread_cpu();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let used = thread_cpu() - cpu;
+        assert!(
+            used < Duration::from_millis(100),
+            "spinning: {used:?} in 500 ms"
+        );
+        // Checked after the pause: streams the budget did not stop would have spilled on.
+        let on_file = spill_bytes(spill.path());
+        assert!(on_file <= BUDGET, "{on_file} bytes in spill files");
+        assert!(budget.peak() <= BUDGET, "peak {}", budget.peak());
+        for (n, f) in floods.iter().enumerate() {
+            assert!(
+                matches!(f.written.try_recv(), Err(mpsc::TryRecvError::Empty)),
+                "writer {n} was never held back: the test proves nothing"
+            );
+        }
+
+        // The first half's readers come; what they give back goes to the others.
+        let (first, rest) = floods.split_at(STREAMS / 2);
+        let before: u64 = rest.iter().map(Flood::spilled).sum();
+        let reads: Vec<_> = first
+            .iter()
+            .map(|f| read_pattern(f.path.clone(), SIZE))
+            .collect();
+        for (n, (f, read)) in first.iter().zip(reads).enumerate() {
+            let got = tokio::task::spawn_blocking(move || read.join().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                got, SIZE,
+                "stream {n}: bytes in order before the first difference"
+            );
+            f.progress.drain(Duration::from_secs(60)).await;
+        }
+        let b = budget.clone();
+        wait_for("the rest spilling on", Duration::from_secs(20), move || {
+            b.used() == BUDGET
+        })
+        .await;
+        let after: u64 = rest.iter().map(Flood::spilled).sum();
+        assert!(
+            after > before,
+            "the waiting streams took none of the budget given back ({before} -> {after})"
+        );
+        assert!(spill_bytes(spill.path()) <= BUDGET);
+
+        let reads: Vec<_> = rest
+            .iter()
+            .map(|f| read_pattern(f.path.clone(), SIZE))
+            .collect();
+        for (n, (f, read)) in rest.iter().zip(reads).enumerate() {
+            let got = tokio::task::spawn_blocking(move || read.join().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                got, SIZE,
+                "stream {n}: bytes in order before the first difference"
+            );
+            f.progress.drain(Duration::from_secs(60)).await;
+        }
+        for f in &floods {
+            f.written
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap()
+                .unwrap();
+            assert_eq!(f.progress.spill_open.load(Ordering::Relaxed), 0);
+        }
+        assert_eq!(budget.used(), 0, "budget not given back");
+        assert!(budget.peak() <= BUDGET, "peak {}", budget.peak());
     }
 
     /// Aborting the copiers (Delete) closes the spill file right away.
