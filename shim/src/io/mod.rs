@@ -283,7 +283,7 @@ pub async fn prepare_stdio(
     gid: u32,
     spill_dir: &Path,
 ) -> Result<Prepared> {
-    let outputs = outputs::open(owner, paths).await?;
+    let outputs = outputs::open(owner, paths, uid, gid).await?;
     if paths.terminal {
         return Ok(Prepared {
             io: ProcessIo::default(),
