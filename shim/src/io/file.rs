@@ -1,7 +1,7 @@
 //! `file://` stdio: a process's stdout and stderr appended to one file (`O_APPEND`), as
 //! the Go shim does it, but opened the way [`open`] describes: never through a symlink,
 //! never a FIFO or device, only in directories nobody but root can change, and owned by
-//! IoUid/IoGid (the Go shim follows symlinks, blocks on a FIFO, creates 0755/0644 as root).
+//! IoUid/IoGid (docs/shim.md, binary:// and file://).
 //!
 //! The output loops write into a pipe per stream, exactly as they write into a FIFO (same
 //! spool, same drain at exit), and a small thread per stream copies that pipe into the
