@@ -71,8 +71,7 @@ fn bounding_set_size(pid: i32) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watchdog_recovers_a_pod_with_the_daemonsets_capabilities() {
     if !Path::new("/usr/bin/setpriv").exists() {
-        println!("SKIPPED the_watchdog_recovers_a_pod_with_the_daemonsets_capabilities: no setpriv (util-linux)");
-        return;
+        test_skip::skip!("no setpriv (util-linux)");
     }
     let caps = granted();
     assert!(

@@ -5,9 +5,17 @@
 //! a checkpoint); looking first turns that into a clear [`Error::CriuNotFound`]. When CRIU
 //! itself fails, runc's message is a generic "criu failed: type DUMP errno 0" followed by
 //! the log's path; the reason is in that log, so [`Error::Criu`] carries its last errors.
+//!
+//! The log is read only where the caller told runc to work (`--work-path`), never at the
+//! path runc's message names: that message may quote text from the container, and a path
+//! after its last "log file: " would otherwise be opened as root. It is opened without
+//! following a symlink and without waiting (a FIFO never blocks), and only a regular file
+//! is read.
 
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::RuncConfig;
@@ -76,8 +84,17 @@ fn executable(p: &Path) -> std::result::Result<(), String> {
         .map_err(|e| format!("is not executable: {e}"))
 }
 
+/// The file name CRIU's log has in the work directory for `command`.
+pub(crate) fn log_name(command: &str) -> &'static str {
+    if command == "restore" {
+        "restore.log"
+    } else {
+        "dump.log"
+    }
+}
+
 /// runc 1.1 reports a CRIU failure as "criu failed: ...\nlog file: PATH": its message
-/// without the path, and the path.
+/// without the path, and the path (only reported, never opened: see the module docs).
 pub(crate) fn log_named_in(message: &str) -> Option<(String, PathBuf)> {
     let (head, path) = message.rsplit_once("log file: ")?;
     let path = path.trim();
@@ -87,10 +104,26 @@ pub(crate) fn log_named_in(message: &str) -> Option<(String, PathBuf)> {
     Some((head.trim_end().to_string(), PathBuf::from(path)))
 }
 
+/// Opens a CRIU log for reading: not through a symlink, never waiting (a FIFO's open
+/// returns at once), and only a regular file.
+pub fn open_log(log: &Path) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(log)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", log.display()),
+        ));
+    }
+    Ok(file)
+}
+
 /// CRIU's last "Error" lines in `log`, oldest first, without their timestamps; empty when
-/// the log cannot be read.
+/// the log cannot be read or is not a regular file ([`open_log`]).
 pub fn errors_in_log(log: &Path) -> Vec<String> {
-    let Ok(mut file) = std::fs::File::open(log) else {
+    let Ok(mut file) = open_log(log) else {
         return Vec::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -222,5 +255,34 @@ mod tests {
         let long = format!("Error (x): {}", "é".repeat(400));
         assert!(errors_in(&long)[0].len() <= MAX_LINE + '…'.len_utf8());
         assert!(errors_in_log(Path::new("/nonexistent/dump.log")).is_empty());
+    }
+
+    /// A log that is a FIFO, a symlink or not a file is never read, and never waited on.
+    #[test]
+    fn only_a_regular_log_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.log");
+        std::fs::write(&real, "(00.1) Error (a): 1\n").unwrap();
+        assert_eq!(errors_in_log(&real), ["Error (a): 1"]);
+        let fifo = dir.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Without a writer a blocking open would wait forever: the thread tells.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(errors_in_log(&fifo)).unwrap());
+        match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+            Ok(errors) => assert!(errors.is_empty()),
+            Err(_) => {
+                // Unblock the open, so the test process can end, then fail.
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(dir.path().join("fifo.log"));
+                panic!("reading a FIFO as CRIU's log hung");
+            }
+        }
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(errors_in_log(&link).is_empty());
+        assert!(errors_in_log(dir.path()).is_empty());
     }
 }

@@ -97,10 +97,12 @@ pub enum Error {
         status: i32,
         /// runc's own message, without the log path.
         message: String,
-        /// CRIU's log (dump.log, restore.log) as runc named it; a caller that moves the
-        /// log may update this.
+        /// CRIU's log (dump.log, restore.log) in the work directory the call was given, or
+        /// as runc named it when it had none (then not read); a caller that moves the log
+        /// may update this.
         log: PathBuf,
-        /// CRIU's last error lines, oldest first; empty when the log could not be read.
+        /// CRIU's last error lines, oldest first; empty when the log could not be read (or
+        /// the call had no work directory).
         errors: Vec<String>,
     },
     /// The CRIU binary that checkpoint and restore need is not there; nothing was run.
@@ -180,6 +182,26 @@ impl Error {
         }
     }
 
+    /// For a CRIU failure of a call run with `--work-path work`: points the error at CRIU's
+    /// log in `work` and reads its errors from there. Without a work path the error keeps
+    /// the path runc named, unread.
+    pub(crate) fn with_criu_work_dir(mut self, work: Option<&Path>) -> Error {
+        if let (
+            Error::Criu {
+                command,
+                log,
+                errors,
+                ..
+            },
+            Some(work),
+        ) = (&mut self, work)
+        {
+            *log = work.join(crate::criu::log_name(command));
+            *errors = crate::criu::errors_in_log(log);
+        }
+        self
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: impl Into<std::io::Error>) -> Error {
         Error::Io {
             context: context.into(),
@@ -199,12 +221,14 @@ impl Error {
     ) -> Error {
         if matches!(command, "checkpoint" | "restore") {
             if let Some((head, log)) = crate::criu::log_named_in(&message) {
+                // The log is read later, from the work directory the caller chose
+                // (`Error::with_criu_work_dir`), not from the path in runc's message.
                 return Error::Criu {
                     command,
                     id: id.to_string(),
                     status,
                     message: head,
-                    errors: crate::criu::errors_in_log(&log),
+                    errors: Vec::new(),
                     log,
                 };
             }
@@ -396,7 +420,8 @@ mod tests {
             "criu failed: type DUMP errno 0\nlog file: {}",
             log.display()
         );
-        let e = Error::from_exit("checkpoint", "c1", 1, message.clone(), None);
+        let e = Error::from_exit("checkpoint", "c1", 1, message.clone(), None)
+            .with_criu_work_dir(Some(dir.path()));
         match &e {
             Error::Criu {
                 message, errors, ..

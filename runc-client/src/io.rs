@@ -122,7 +122,10 @@ impl ConsoleSocket {
             match stream.try_io(tokio::io::Interest::READABLE, || {
                 receive_fd(stream.as_raw_fd()).map_err(std::io::Error::from)
             }) {
-                Ok(Some(fd)) => return Ok(fd),
+                Ok(Some(fd)) => {
+                    check_pty_master(&fd).map_err(|e| Error::io("console socket", e))?;
+                    return Ok(fd);
+                }
                 Ok(None) => {
                     return Err(Error::io(
                         "console socket",
@@ -176,6 +179,48 @@ fn receive_fd(sock: RawFd) -> nix::Result<Option<OwnedFd>> {
         }
     }
     Ok(received)
+}
+
+/// Major and minor of /dev/ptmx (and of each devpts instance's `ptmx`): what a master
+/// opened through it reports.
+const PTMX: (u64, u64) = (5, 2);
+/// Majors of Unix98 pty masters opened by number (the kernel's UNIX98_PTY_MASTER_MAJOR and
+/// the 7 after it).
+const PTY_MASTER_MAJORS: std::ops::RangeInclusive<u64> = 128..=135;
+
+/// Refuses anything but a pty master: the fd is what the peer on the console socket sent,
+/// and the shim will read, write and ioctl it as the container's terminal.
+fn check_pty_master(fd: &OwnedFd) -> std::io::Result<()> {
+    let refuse = |what: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the runtime sent {what}, not a pty master"),
+        ))
+    };
+    let st = nix::sys::stat::fstat(fd)?;
+    let kind =
+        nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT;
+    if kind != nix::sys::stat::SFlag::S_IFCHR {
+        return refuse(format!("a file of type {:o}", kind.bits()));
+    }
+    let dev = (
+        nix::sys::stat::major(st.st_rdev),
+        nix::sys::stat::minor(st.st_rdev),
+    );
+    if dev != PTMX && !PTY_MASTER_MAJORS.contains(&dev.0) {
+        return refuse(format!("character device {}:{}", dev.0, dev.1));
+    }
+    // Only a master has a pty number: this also refuses ptmx opened as something else.
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int through the pointer.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTN, &mut n) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return refuse(format!(
+            "character device {}:{} without a pty number ({e})",
+            dev.0, dev.1
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for ConsoleSocket {
@@ -268,35 +313,40 @@ mod tests {
         assert!(err.to_string().contains("open fifo"), "{err}");
     }
 
+    /// Connects to `path` and sends `fd` the way runc does (the pty name as payload).
+    fn send_like_runc(path: &Path, fd: RawFd) {
+        use nix::sys::socket::{sendmsg, ControlMessage};
+        let s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        let fds = [fd];
+        let iov = [std::io::IoSlice::new(b"/dev/pts/fake")];
+        sendmsg::<()>(
+            s.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+    }
+
     #[tokio::test]
     async fn console_socket_receives_fd_and_cleans_up() {
         let sock = ConsoleSocket::new().unwrap();
         let path = sock.path().to_path_buf();
         let dir = path.parent().unwrap().to_path_buf();
+        let pty = nix::pty::openpty(None, None).unwrap();
         let sender = std::thread::spawn({
             let path = path.clone();
-            move || {
-                use nix::sys::socket::{sendmsg, ControlMessage};
-                let s = std::os::unix::net::UnixStream::connect(&path).unwrap();
-                let p = Pipe::new().unwrap();
-                nix::unistd::write(&p.write, b"x").unwrap();
-                let fds = [p.read.as_raw_fd()];
-                let iov = [std::io::IoSlice::new(b"/dev/pts/fake")];
-                sendmsg::<()>(
-                    s.as_raw_fd(),
-                    &iov,
-                    &[ControlMessage::ScmRights(&fds)],
-                    MsgFlags::empty(),
-                    None,
-                )
-                .unwrap();
-            }
+            let master = pty.master.as_raw_fd();
+            move || send_like_runc(&path, master)
         });
         let fd = sock.receive_master().await.unwrap();
         sender.join().unwrap();
-        let mut b = [0u8; 1];
-        assert_eq!(nix::unistd::read(&fd, &mut b).unwrap(), 1);
-        assert_eq!(&b, b"x");
+        // What the master writes, the slave reads: it is the same terminal.
+        nix::unistd::write(&fd, b"x\n").unwrap();
+        let mut b = [0u8; 2];
+        assert_eq!(nix::unistd::read(&pty.slave, &mut b).unwrap(), 2);
+        assert_eq!(&b, b"x\n");
         let flags = fcntl(&fd, FcntlArg::F_GETFD).unwrap();
         assert_ne!(
             flags & libc::FD_CLOEXEC,
@@ -305,6 +355,38 @@ mod tests {
         );
         drop(sock);
         assert!(!path.exists() && !dir.exists());
+    }
+
+    /// A pipe, a character device that is no pty master (/dev/null) or a pty's slave end
+    /// sent on the console socket is refused, never used as the container's terminal.
+    #[tokio::test]
+    async fn console_socket_refuses_what_is_not_a_pty_master() {
+        let pipe = Pipe::new().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        for (what, fd, says) in [
+            ("a pipe", pipe.read.as_raw_fd(), "a file of type"),
+            ("/dev/null", null.as_raw_fd(), "character device 1:3"),
+            (
+                "a pty slave",
+                pty.slave.as_raw_fd(),
+                "character device 136:",
+            ),
+        ] {
+            let sock = ConsoleSocket::new().unwrap();
+            let path = sock.path().to_path_buf();
+            let sender = std::thread::spawn(move || send_like_runc(&path, fd));
+            let err = sock
+                .receive_master_within(Duration::from_secs(10))
+                .await
+                .expect_err(what);
+            sender.join().unwrap();
+            let text = err.to_string();
+            assert!(
+                text.contains("not a pty master") && text.contains(says),
+                "{what}: {text}"
+            );
+        }
     }
 
     #[tokio::test]

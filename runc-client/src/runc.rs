@@ -397,7 +397,10 @@ impl Runc {
         opts.checkpoint_args(&mut args.0);
         let args = args.id(id);
         let d = self.config().deadlines.checkpoint;
-        self.simple("checkpoint", id, args, d).await.map(drop)
+        self.simple("checkpoint", id, args, d)
+            .await
+            .map(drop)
+            .map_err(|e| e.with_criu_work_dir(opts.work_path.as_deref()))
     }
 
     /// `runc restore` from a checkpoint image into `bundle` (`opts.checkpoint.parent_path`
@@ -433,6 +436,7 @@ impl Runc {
         })
         .await
         .map(drop)
+        .map_err(|e| e.with_criu_work_dir(opts.checkpoint.work_path.as_deref()))
     }
 
     /// `runc features`: what this runtime supports, as raw JSON.

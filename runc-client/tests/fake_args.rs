@@ -235,10 +235,11 @@ async fn a_criu_failure_reports_criu_s_errors() {
         },
         runc_client::Reaper::global(),
     );
-    let err = runc
-        .checkpoint("c9", &Default::default())
-        .await
-        .unwrap_err();
+    let opts = runc_client::CheckpointOpts {
+        work_path: Some(fake.dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let err = runc.checkpoint("c9", &opts).await.unwrap_err();
     match &err {
         runc_client::Error::Criu {
             command,
@@ -255,6 +256,57 @@ async fn a_criu_failure_reports_criu_s_errors() {
                 errors,
                 &["Error (criu/kerndat.c:1615): kerndat_vdso_fill_symtable failed"]
             );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// CRIU's log is read from the work directory the call gave runc, never from the path
+/// runc's message names (it may quote the container): a log planted elsewhere is not read.
+#[tokio::test]
+async fn the_criu_log_is_read_from_the_work_directory_only() {
+    let fake = Fake::new(
+        "mkdir -p \"$DIR/work\" \"$DIR/planted\"\n\
+         printf '(00.1) Error (criu/real.c:1): the real reason\\n' > \"$DIR/work/dump.log\"\n\
+         printf '(00.1) Error (planted): read as root\\n' > \"$DIR/planted/dump.log\"\n\
+         printf '{\"level\":\"error\",\"msg\":\"criu failed: type DUMP errno 0\\\\nlog file: %s/planted/dump.log\"}\\n' \"$DIR\" >&2\n\
+         exit 1",
+    );
+    let runc = runc_client::Runc::new(
+        runc_client::RuncConfig {
+            criu: Some("/bin/sh".into()),
+            ..fake.runc.config().clone()
+        },
+        runc_client::Reaper::global(),
+    );
+    let opts = runc_client::CheckpointOpts {
+        image_path: "/img".into(),
+        work_path: Some(fake.path("work")),
+        ..Default::default()
+    };
+    let err = runc.checkpoint("c9", &opts).await.unwrap_err();
+    match &err {
+        runc_client::Error::Criu {
+            message,
+            log,
+            errors,
+            ..
+        } => {
+            assert_eq!(message, "criu failed: type DUMP errno 0");
+            assert_eq!(log, &fake.path("work/dump.log"));
+            assert_eq!(errors, &["Error (criu/real.c:1): the real reason"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without a work directory nothing is read: runc's path is only reported.
+    let opts = runc_client::CheckpointOpts {
+        work_path: None,
+        ..opts
+    };
+    match runc.checkpoint("c9", &opts).await.unwrap_err() {
+        runc_client::Error::Criu { log, errors, .. } => {
+            assert_eq!(log, fake.path("planted/dump.log"));
+            assert!(errors.is_empty(), "{errors:?}");
         }
         other => panic!("{other:?}"),
     }

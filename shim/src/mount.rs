@@ -123,11 +123,16 @@ async fn mount_one(m: &Mount, rootfs: &Path, reaper: &Reaper) -> Result<PathBuf,
     Ok(target)
 }
 
+/// How every unmount here is made: lazily, and never through a symlink, so a path swapped
+/// for a link cannot make the shim unmount something else (nothing is mounted on the link
+/// itself, which counts as "not mounted").
+const UNMOUNT_FLAGS: MntFlags = MntFlags::MNT_DETACH.union(MntFlags::UMOUNT_NOFOLLOW);
+
 /// Unmounts everything stacked on `target` (lazily, MNT_DETACH); "not mounted" and a
 /// missing target count as done.
 pub fn unmount(target: &Path) -> Result<(), MountError> {
     for _ in 0..MAX_STACKED {
-        match nix::mount::umount2(target, MntFlags::MNT_DETACH) {
+        match nix::mount::umount2(target, UNMOUNT_FLAGS) {
             Ok(()) => continue,
             Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
             Err(e) => {
@@ -146,7 +151,7 @@ pub fn unmount(target: &Path) -> Result<(), MountError> {
 
 /// Removes the topmost mount at `target` only: layers below may not be ours.
 fn detach_once(target: &Path) -> Result<(), MountError> {
-    match nix::mount::umount2(target, MntFlags::MNT_DETACH) {
+    match nix::mount::umount2(target, UNMOUNT_FLAGS) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(MountError::Unmount {
             target: target.to_path_buf(),
@@ -173,4 +178,60 @@ fn data_limit() -> usize {
         .flatten()
         .unwrap_or(4096);
     page as usize - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `path` is a mount point (its own line in /proc/self/mountinfo).
+    fn is_mount_point(path: &Path) -> bool {
+        let path = path.to_string_lossy();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(&*path))
+    }
+
+    /// Unmounts what the test mounted, however it ends.
+    struct Mounted(PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            while nix::mount::umount2(&self.0, MntFlags::MNT_DETACH).is_ok() {}
+        }
+    }
+
+    /// A symlink in place of the rootfs is not followed: what it points to stays mounted,
+    /// while the mount point itself is unmounted, however many mounts are stacked on it.
+    #[test]
+    fn unmount_never_follows_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::create_dir(&target).unwrap();
+        let tmpfs = || {
+            nix::mount::mount(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some("size=64k"),
+            )
+        };
+        if let Err(e) = tmpfs() {
+            test_skip::skip!("cannot mount a tmpfs here: {e}");
+        }
+        let _mounted = Mounted(target.clone());
+        tmpfs().unwrap();
+        let link = dir.path().join("rootfs");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        unmount(&link).unwrap();
+        detach_once(&link).unwrap();
+        assert!(is_mount_point(&target), "unmounted through the symlink");
+        unmount(&target).unwrap();
+        assert!(
+            !is_mount_point(&target),
+            "both stacked mounts should be gone"
+        );
+    }
 }

@@ -257,29 +257,52 @@ impl Container {
     }
 
     /// Copies CRIU's log of a failed call into the bundle, where it outlives the work
-    /// directory, and points the error at the copy.
-    fn keep_criu_log(&self, e: &mut runc_client::Error, fallback: &Path, name: &str) {
-        let from = match e {
-            runc_client::Error::Criu { log, .. } => log.clone(),
-            _ => fallback.to_path_buf(),
-        };
-        if !from.exists() {
-            return;
-        }
+    /// directory, and points the error at the copy. Only `log`, in the work directory this
+    /// shim gave runc, is copied (never a path from runc's message), and only if it is a
+    /// regular file; at most its last [`KEPT_LOG_LIMIT`] bytes.
+    fn keep_criu_log(&self, e: &mut runc_client::Error, log: &Path, name: &str) {
         let kept = self.bundle.join(name);
-        match std::fs::copy(&from, &kept) {
-            Ok(_) => {
+        match copy_tail(log, &kept, KEPT_LOG_LIMIT) {
+            Ok(true) => {
                 if let runc_client::Error::Criu { log, .. } = e {
                     *log = kept;
                 }
             }
+            Ok(false) => {}
             Err(err) => log::warn!(
                 "container {}: keep CRIU log {}: {err}",
                 self.id,
-                from.display()
+                log.display()
             ),
         }
     }
+}
+
+/// Most bytes of a CRIU log kept in the bundle (its end, where the errors are): CRIU's logs
+/// grow with the container's processes and mappings, and the bundle is usually tmpfs.
+const KEPT_LOG_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Copies the last `limit` bytes of the regular file `from` to a new private file `to`
+/// (replacing it, never through a symlink); false if `from` does not exist.
+fn copy_tail(from: &Path, to: &Path, limit: u64) -> std::io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut src = match runc_client::criu::open_log(from) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let len = src.metadata()?.len();
+    src.seek(SeekFrom::Start(len.saturating_sub(limit)))?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(to)?;
+    std::io::copy(&mut std::io::Read::take(src, limit), &mut dst)?;
+    Ok(true)
 }
 
 /// Removes a CRIU work directory of ours; it may not exist.

@@ -195,7 +195,8 @@ impl Pending {
                 .map_err(|e| Error::io(id, format!("dup the pty master for {what}"), e))
         };
         // tokio's pipe types only read(2)/write(2) a non-blocking fd under epoll, which a
-        // pty master supports like a pipe; the checked constructors insist on a FIFO.
+        // pty master supports like a pipe; the checked constructors insist on a FIFO. That
+        // it is a pty master runc-client checked when it received it.
         let reader = pipe::Receiver::from_owned_fd_unchecked(dup("output")?)
             .map_err(|e| Error::io(id, "register the pty master", e))?;
         let writer = match self.stdin {

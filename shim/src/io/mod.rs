@@ -19,6 +19,7 @@
 //! `file://` (a log file, [`file`]) URIs; [`outputs`] gives the copy loops a pipe end to
 //! write to for each, so the container's side and the loops stay the same.
 
+mod budget;
 pub mod console;
 mod file;
 pub mod logger;
@@ -77,7 +78,14 @@ pub const OUTPUT_MEMORY_BOUND: usize = 128 * 1024;
 
 /// Most bytes one output stream's spill file may grow to; beyond it the process's output
 /// waits (back-pressure), as it did before spilling existed.
-pub const OUTPUT_SPILL_LIMIT: u64 = 64 * 1024 * 1024;
+pub const OUTPUT_SPILL_LIMIT: u64 = 32 * 1024 * 1024;
+
+/// Most bytes all spill files of this shim may hold together (they are in the bundle,
+/// usually tmpfs: RAM charged to the shim's cgroup, not to any pod). A stream that finds it
+/// used up waits like one at [`OUTPUT_SPILL_LIMIT`] (docs/shim.md, Stdio).
+pub const OUTPUT_SPILL_BUDGET: u64 = 128 * 1024 * 1024;
+
+use budget::SpillBudget;
 
 /// The running copy loops of one process.
 #[derive(Default)]
@@ -211,6 +219,7 @@ impl Copiers {
             spill_dir,
             OUTPUT_MEMORY_BOUND,
             OUTPUT_SPILL_LIMIT,
+            SpillBudget::shim(),
             progress.clone(),
         );
         self.outputs.push(tokio::spawn(output::copy_output(
@@ -274,7 +283,7 @@ pub async fn prepare_stdio(
     gid: u32,
     spill_dir: &Path,
 ) -> Result<Prepared> {
-    let outputs = outputs::open(owner, paths).await?;
+    let outputs = outputs::open(owner, paths, uid, gid).await?;
     if paths.terminal {
         return Ok(Prepared {
             io: ProcessIo::default(),

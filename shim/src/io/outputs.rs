@@ -40,8 +40,8 @@ pub fn open_fifos(id: &str, paths: &StdioPaths) -> Result<Outputs> {
 }
 
 /// Opens whatever `paths.stdout` names: FIFOs, a started and ready logging binary, or a
-/// log file.
-pub async fn open(owner: &Owner<'_>, paths: &StdioPaths) -> Result<Outputs> {
+/// log file (created for `uid`:`gid`, IoUid/IoGid).
+pub async fn open(owner: &Owner<'_>, paths: &StdioPaths, uid: u32, gid: u32) -> Result<Outputs> {
     match uri::parse(owner.container, &paths.stdout)? {
         Target::Fifo => open_fifos(owner.container, paths),
         Target::Binary { path, args } => {
@@ -55,8 +55,15 @@ pub async fn open(owner: &Owner<'_>, paths: &StdioPaths) -> Result<Outputs> {
             })
         }
         Target::File(path) => {
-            let (stdout, stderr) =
-                file::open(owner.container, &path, true, !paths.stderr.is_empty()).await?;
+            let (stdout, stderr) = file::open(
+                owner.container,
+                &path,
+                true,
+                !paths.stderr.is_empty(),
+                uid,
+                gid,
+            )
+            .await?;
             Ok(Outputs {
                 stdout,
                 stderr,

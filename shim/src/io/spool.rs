@@ -1,5 +1,7 @@
 //! The backlog of one output stream while containerd is not reading its FIFO: memory up to
 //! a fixed bound, then an unlinked spill file in the bundle, handed back strictly in order.
+//! Spill file bytes are bounded per stream (`spill_limit`) and, shared by every stream of
+//! the shim, by a [`SpillBudget`].
 //!
 //! The queue is always `memory ++ file[read_at..write_at]`. New bytes go to memory only while
 //! the file is empty; once anything is on file, they go to the file too, and memory is
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::budget::SpillBudget;
 use super::Progress;
 
 /// Bytes moved from the spill file back into memory at a time (one FIFO's worth).
@@ -45,12 +48,18 @@ pub(super) struct Spool {
     /// has drained completely, take only what fits in memory (the caller then stops reading
     /// its pipe).
     spill_paused: bool,
+    /// Where the file's bytes are charged; released when the file is closed.
+    budget: Arc<SpillBudget>,
+    /// The last push found the budget used up: the caller waits for a release (see
+    /// [`Spool::waits_for_budget`]) or for its reader, then pushes again.
+    budget_wait: bool,
     /// Whether a pause was already logged at warn level for this stream.
     warned: bool,
     progress: Arc<Progress>,
 }
 
-/// An unlinked file holding the part of the queue after memory.
+/// An unlinked file holding the part of the queue after memory. Its `write_at` bytes are
+/// charged to the budget until it is closed (the read part stays allocated until then).
 struct Spill {
     file: File,
     read_at: u64,
@@ -64,6 +73,7 @@ impl Spool {
         dir: &Path,
         bound: usize,
         spill_limit: u64,
+        budget: Arc<SpillBudget>,
         progress: Arc<Progress>,
     ) -> Spool {
         Spool {
@@ -74,9 +84,22 @@ impl Spool {
             spill: None,
             spill_limit,
             spill_paused: false,
+            budget,
+            budget_wait: false,
             warned: false,
             progress,
         }
+    }
+
+    /// The budget this spool's file draws from.
+    pub(super) fn budget(&self) -> &Arc<SpillBudget> {
+        &self.budget
+    }
+
+    /// Whether the last push was refused only because the shim's spill budget was used
+    /// up: a release may let the next push take more.
+    pub(super) fn waits_for_budget(&self) -> bool {
+        self.budget_wait
     }
 
     /// Whether nothing is queued.
@@ -91,9 +114,10 @@ impl Spool {
     }
 
     /// Appends as much of `data` as it can without breaking the order and returns how much
-    /// it took; less than all only while spilling is paused (failed, or at its limit): the
-    /// caller keeps the rest and stops reading (back-pressure).
+    /// it took; less than all only while spilling is paused (failed, at its limit, or the
+    /// budget used up): the caller keeps the rest and stops reading (back-pressure).
     pub(super) fn push(&mut self, data: &[u8]) -> usize {
+        self.budget_wait = false;
         let mut taken = 0;
         if self.spill.is_none() {
             taken = self.push_memory(data);
@@ -146,7 +170,18 @@ impl Spool {
             ));
             return 0;
         }
-        let data = &data[..data.len().min(room.try_into().unwrap_or(usize::MAX))];
+        let want = (data.len() as u64).min(room);
+        let granted = self.budget.reserve(want);
+        // Also when it granted part: the rest is refused for want of budget.
+        self.budget_wait = granted < want;
+        if granted == 0 {
+            self.note_pause(format!(
+                "the shim's spill budget ({} bytes for all its processes) is used up",
+                self.budget.limit()
+            ));
+            return 0;
+        }
+        let data = &data[..granted as usize];
         if self.spill.is_none() {
             match create_spill(&self.dir) {
                 Ok(file) => {
@@ -159,6 +194,7 @@ impl Spool {
                     });
                 }
                 Err(e) => {
+                    self.budget.release(granted);
                     self.pause_spilling(format!(
                         "cannot create a spill file in {}: {e}",
                         self.dir.display()
@@ -169,6 +205,7 @@ impl Spool {
             }
         }
         let Some(spill) = self.spill.as_mut() else {
+            self.budget.release(granted);
             return 0;
         };
         let mut written = 0;
@@ -193,6 +230,8 @@ impl Spool {
         self.progress
             .spilled
             .fetch_add(written as u64, Ordering::Relaxed);
+        // Only what reached the file stays charged (to the file's `write_at`).
+        self.budget.release(granted - written as u64);
         if let Some(e) = failure {
             self.pause_spilling(format!("cannot write the spill file: {e}"));
             self.progress.spill_failures.fetch_add(1, Ordering::Relaxed);
@@ -240,7 +279,15 @@ impl Spool {
     /// its space, and the next spill starts a new one.
     fn drop_spill_if_drained(&mut self) {
         if self.spill.as_ref().is_some_and(|s| s.read_at == s.write_at) {
-            self.spill = None;
+            self.close_spill();
+        }
+    }
+
+    /// Closes the spill file, which frees its space, and gives its bytes back.
+    fn close_spill(&mut self) {
+        if let Some(spill) = self.spill.take() {
+            drop(spill.file);
+            self.budget.release(spill.write_at);
             self.progress.spill_open.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -248,6 +295,7 @@ impl Spool {
     /// Frees memory once the spool is empty, and allows spilling again.
     fn release(&mut self) {
         self.spill_paused = false;
+        self.budget_wait = false;
         let capacity = self.mem.capacity();
         if capacity == 0 {
             return;
@@ -260,6 +308,11 @@ impl Spool {
 
     fn pause_spilling(&mut self, why: String) {
         self.spill_paused = true;
+        self.note_pause(why);
+    }
+
+    /// Logs why the stream's output waits: at warn level once per stream.
+    fn note_pause(&mut self, why: String) {
         if self.warned {
             log::debug!("container {}: {why}", self.id);
         } else {
@@ -281,9 +334,7 @@ impl Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        if self.spill.take().is_some() {
-            self.progress.spill_open.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.close_spill();
     }
 }
 
@@ -352,6 +403,10 @@ mod tests {
         }
     }
 
+    fn unlimited() -> Arc<SpillBudget> {
+        Arc::new(SpillBudget::new(u64::MAX))
+    }
+
     fn take_all(spool: &mut Spool) -> Vec<u8> {
         let mut out = Vec::new();
         loop {
@@ -373,7 +428,14 @@ mod tests {
         const TOTAL: u64 = 2_000_000;
         let dir = tempfile::tempdir().unwrap();
         let progress = Arc::new(Progress::default());
-        let mut spool = Spool::new("c", dir.path(), BOUND, u64::MAX, progress.clone());
+        let mut spool = Spool::new(
+            "c",
+            dir.path(),
+            BOUND,
+            u64::MAX,
+            unlimited(),
+            progress.clone(),
+        );
         let mut sizes = Sizes(0x9e3779b97f4a7c15);
         let (mut pushed, mut taken) = (0u64, 0u64);
         while taken < TOTAL {
@@ -420,7 +482,14 @@ mod tests {
     fn spill_file_is_unlinked_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let progress = Arc::new(Progress::default());
-        let mut spool = Spool::new("c", dir.path(), 100, u64::MAX, progress.clone());
+        let mut spool = Spool::new(
+            "c",
+            dir.path(),
+            100,
+            u64::MAX,
+            unlimited(),
+            progress.clone(),
+        );
         assert_eq!(spool.push(&pattern(0, 1000)), 1000);
         assert_eq!(progress.spill_open.load(Ordering::Relaxed), 1);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -438,7 +507,7 @@ mod tests {
     fn spill_limit_means_back_pressure() {
         let dir = tempfile::tempdir().unwrap();
         let progress = Arc::new(Progress::default());
-        let mut spool = Spool::new("c", dir.path(), 100, 1000, progress.clone());
+        let mut spool = Spool::new("c", dir.path(), 100, 1000, unlimited(), progress.clone());
         assert_eq!(spool.push(&pattern(0, 2000)), 1100);
         assert_eq!(spool.push(&pattern(1100, 900)), 0);
         assert_eq!(take_all(&mut spool), pattern(0, 1100));
@@ -448,6 +517,39 @@ mod tests {
         assert_eq!(progress.spill_failures.load(Ordering::Relaxed), 0);
     }
 
+    /// Spools sharing a budget spill no more than it holds in all; one that finds it used
+    /// up takes only memory and says it waits for budget; closing a drained or dropped file
+    /// gives its bytes back.
+    #[test]
+    fn a_shared_budget_bounds_every_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = Arc::new(SpillBudget::new(1000));
+        let spool = |budget: &Arc<SpillBudget>| {
+            let progress = Arc::new(Progress::default());
+            Spool::new("c", dir.path(), 100, u64::MAX, budget.clone(), progress)
+        };
+        let (mut a, mut b) = (spool(&budget), spool(&budget));
+        assert_eq!(a.push(&pattern(0, 700)), 700);
+        assert!(!a.waits_for_budget());
+        assert_eq!(
+            b.push(&pattern(0, 900)),
+            500,
+            "memory and the rest of the budget"
+        );
+        assert!(b.waits_for_budget());
+        assert_eq!(budget.used(), 1000);
+        assert_eq!(a.push(&pattern(700, 100)), 0);
+        assert!(a.waits_for_budget());
+        assert_eq!(take_all(&mut a), pattern(0, 700));
+        assert_eq!(budget.used(), 400, "a drained file keeps its bytes");
+        assert_eq!(b.push(&pattern(500, 400)), 400);
+        assert!(!b.waits_for_budget());
+        assert_eq!(budget.used(), 800);
+        drop(b);
+        assert_eq!(budget.used(), 0, "a dropped spool keeps its bytes");
+        assert_eq!(budget.peak(), 1000);
+    }
+
     /// With nowhere to spill, the spool takes what fits in memory and refuses the rest
     /// (the caller keeps it and stops reading), losing nothing; it tries again once empty.
     #[test]
@@ -455,7 +557,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("gone");
         let progress = Arc::new(Progress::default());
-        let mut spool = Spool::new("c", &missing, 100, u64::MAX, progress.clone());
+        let mut spool = Spool::new("c", &missing, 100, u64::MAX, unlimited(), progress.clone());
         assert_eq!(spool.push(&pattern(0, 150)), 100);
         assert_eq!(
             spool.push(&pattern(100, 50)),

@@ -10,6 +10,7 @@
 #   fake-<cmd>-fail   <cmd> fails with the file's content as runc's error
 #   fake-cgroups      JSON object written as cgroup_paths of $root/<id>/state.json
 #   fake-checkpoint-criu-fail  checkpoint fails as CRIU does: an error in <work>/dump.log
+#   fake-checkpoint-criu-log   the log path runc's message names instead of <work>/dump.log
 # update copies the resources it got (a file, or - for stdin) to $root/<id>/update.json.
 # checkpoint and restore keep their arguments in $root/<id>/<cmd>.args; checkpoint writes
 # its "images" (init's pid) and kills init unless --leave-running; restore runs fake-init
@@ -93,7 +94,9 @@ checkpoint)
     if steer checkpoint-criu-fail; then
         mkdir -p "$work"
         printf '(00.01) Error (criu/fake.c:1): %s\n' "$(cat "$bundle/fake-checkpoint-criu-fail")" > "$work/dump.log"
-        fail "criu failed: type DUMP errno 0\\nlog file: $work/dump.log"
+        named="$work/dump.log"
+        steer checkpoint-criu-log && named=$(cat "$bundle/fake-checkpoint-criu-log")
+        fail "criu failed: type DUMP errno 0\\nlog file: $named"
     fi
     mkdir -p "$image"; cat "$dir/pid" > "$image/fake-images"
     case " $given " in *" --leave-running "*) ;; *) kill -9 "$(cat "$dir/pid")" ;; esac ;;

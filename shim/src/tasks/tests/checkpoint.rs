@@ -231,6 +231,46 @@ async fn a_criu_failure_names_criu_s_error_and_keeps_its_log() {
     rig.tasks.kill("c", "", 9, false).await.unwrap();
 }
 
+/// The log kept and quoted is the one in the work directory the shim gave runc, even when
+/// runc's message names another path (a planted log, or a FIFO that would hang the read).
+#[tokio::test]
+async fn only_the_criu_log_in_the_work_directory_is_kept() {
+    let rig = Rig::new();
+    let planted = rig.dir.path().join("planted.log");
+    std::fs::write(&planted, "(00.01) Error (planted): read as root\n").unwrap();
+    let bundle = running(
+        &rig,
+        "c",
+        &[
+            ("checkpoint-criu-fail", "the real reason"),
+            ("checkpoint-criu-log", planted.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let image = rig.dir.path().join("img");
+    let err = rig
+        .tasks
+        .checkpoint("c", image.to_str().unwrap(), None)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    let kept = bundle.join(DUMP_LOG);
+    assert!(
+        text.contains("the real reason") && !text.contains("planted"),
+        "{text}"
+    );
+    assert!(text.contains(&kept.display().to_string()), "{text}");
+    let copy = std::fs::read_to_string(&kept).unwrap();
+    assert!(
+        copy.contains("the real reason") && !copy.contains("planted"),
+        "{copy}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    rig.tasks.kill("c", "", 9, false).await.unwrap();
+}
+
 /// Checkpoint images for `restore` in the rig's directory.
 fn images(rig: &Rig) -> PathBuf {
     let image = rig.dir.path().join("img");
