@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use runc_client::Exit;
+use runc_client::{Exit, Reaper};
 
 use crate::process::Process;
 
@@ -121,7 +121,14 @@ impl ExitRouter {
 
     /// Registers `pid` for `process`, whose runc call began at `since`. Returns the exit
     /// if the process already died (reaped after `since` and before this call).
+    ///
+    /// An exec also gets its pidfd here, which every later Kill goes through. It is opened
+    /// before the look for an early exit: if the exec had died and its pid were taken
+    /// again before the open, its exit is found below and the pidfd is not kept. (Only an
+    /// exit still on its way from the reaper is missed, which needs the whole pid space
+    /// to wrap within that moment.) Init is signalled by runc, which needs none.
     pub fn register(&self, pid: i32, process: &Arc<Process>, since: SystemTime) -> Option<Exit> {
+        let pidfd = (!process.is_init()).then(|| Reaper::global().open_pidfd(pid));
         let mut inner = self.lock();
         if let Some(pos) = inner
             .unclaimed
@@ -129,6 +136,9 @@ impl ExitRouter {
             .rposition(|e| e.pid == pid && e.at >= since)
         {
             return inner.unclaimed.remove(pos);
+        }
+        if let Some(pidfd) = pidfd {
+            process.set_pidfd(pidfd);
         }
         if let Some(old) = inner.live.insert(pid, process.clone()) {
             // Two live processes cannot share a pid; the old one's exit was lost.

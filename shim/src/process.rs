@@ -22,6 +22,7 @@
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use runc_client::Pidfd;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
@@ -111,6 +112,9 @@ struct Inner {
     state: State,
     pid: i32,
     exited: Option<Exited>,
+    /// How Kill reaches an exec: a pidfd opened when its pid was registered, or the
+    /// errno that opening failed with. None until then.
+    pidfd: Option<std::result::Result<Pidfd, i32>>,
 }
 
 /// A container's init process or one of its execs.
@@ -154,6 +158,7 @@ impl Process {
                 state,
                 pid: 0,
                 exited: None,
+                pidfd: None,
             }),
             stage,
             lifecycle: Default::default(),
@@ -304,6 +309,42 @@ impl Process {
         }
     }
 
+    /// Keeps the pidfd opened for the pid just registered (see [`Process::signal`]).
+    pub fn set_pidfd(&self, pidfd: std::io::Result<Pidfd>) {
+        self.lock().pidfd = Some(pidfd.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)));
+    }
+
+    /// Sends `signal` to the running process through its pidfd, never by pid: once its
+    /// exit is reaped the pid may belong to anyone, even before the exit reaches us.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let inner = self.lock();
+        let gone = || Error::NotFound {
+            kind: "process (already finished)",
+            id: self.name(),
+        };
+        match inner.state {
+            State::Running | State::Paused | State::Pausing | State::Resuming => {}
+            State::Stopped | State::Deleting | State::Deleted => return Err(gone()),
+            s => return Err(self.refuse("kill", s)),
+        }
+        let sent = match &inner.pidfd {
+            // Its pid is being registered just now: as good as still starting.
+            None => return Err(self.refuse("kill", State::Starting)),
+            Some(Err(errno)) => Err(std::io::Error::from_raw_os_error(*errno)),
+            // Under the lock, so the fd cannot be closed meanwhile.
+            Some(Ok(pidfd)) => pidfd.signal(signal),
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(gone()),
+            Err(e) => Err(Error::io(
+                &self.container,
+                format!("kill {}", self.name()),
+                e,
+            )),
+        }
+    }
+
     /// Created | Stopped → Deleting; returns the state it left.
     pub fn begin_delete(&self) -> Result<State> {
         let mut inner = self.lock();
@@ -358,6 +399,8 @@ impl Process {
                 return Err(self.refuse("record an exit", inner.state));
             }
             inner.exited = Some(exited);
+            // Nothing can be signalled any more; do not hold an fd per finished exec.
+            inner.pidfd = None;
             if inner.state != State::Deleting {
                 inner.state = State::Stopped;
             }
