@@ -6,9 +6,10 @@ mod delete;
 mod info;
 mod serve;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -37,6 +38,8 @@ const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
 const SHIM_PID_FILE: &str = "shim.pid";
 /// File in the bundle holding the daemon's address.
 const ADDRESS_FILE: &str = "address";
+/// What `start` executes to run the daemon: its own binary, even once unlinked.
+const SELF_EXE: &str = "/proc/self/exe";
 /// Upper bound on what `start` reads from stdin (containerd's own limit).
 const MAX_STDIN: u64 = 10 << 20;
 
@@ -320,8 +323,15 @@ fn spawn_daemon(
     parsed: &StartInput,
     listener: UnixListener,
 ) -> Result<std::process::Child, String> {
+    // After an upgrade replaced the binary, its old path names another file, or none
+    // (`current_exe` then ends in " (deleted)"): the daemon runs the very binary of this
+    // `start`, and only its argv[0] names the path, as before.
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let mut cmd = Command::new(exe);
+    let name = exe.as_os_str().as_bytes();
+    let mut cmd = Command::new(SELF_EXE);
+    cmd.arg0(OsStr::from_bytes(
+        name.strip_suffix(b" (deleted)").unwrap_or(name),
+    ));
     cmd.args([
         "-namespace",
         &flags.namespace,
@@ -341,6 +351,7 @@ fn spawn_daemon(
     if let Some(ttrpc) = &parsed.ttrpc_address {
         cmd.env(TTRPC_ADDRESS_ENV, ttrpc);
     }
+    cloexec_inherited()?;
     let fd = listener.into_raw_fd();
     // SAFETY: only async-signal-safe calls (dup2, fcntl, setsid) between fork and exec.
     unsafe {
@@ -355,9 +366,6 @@ fn spawn_daemon(
             } else if libc::dup2(fd, LISTEN_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Whatever containerd leaked to us without CLOEXEC must not live on in the
-            // daemon (and from there reach runc and containers).
-            libc::syscall(libc::SYS_close_range, LISTEN_FD + 1, u32::MAX, 0);
             Ok(())
         });
     }
@@ -365,6 +373,24 @@ fn spawn_daemon(
     // SAFETY: fd came from into_raw_fd above and is owned here.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
     child.map_err(|e| format!("spawn shim daemon: {e}"))
+}
+
+/// Marks every fd above stderr close-on-exec: whatever containerd leaked to `start` must not
+/// live on in the daemon (and from there reach runc and containers).
+///
+/// Done before the fork, not by closing fds between fork and exec: that also closed std's
+/// pipe reporting a failed exec, so a daemon that never ran was announced as started.
+/// `start` runs no other thread that could open an fd meanwhile.
+fn cloexec_inherited() -> Result<(), String> {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| format!("list open fds: {e}"))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds.into_iter().filter(|fd| *fd > 2) {
+        set_cloexec(fd);
+    }
+    Ok(())
 }
 
 fn set_cloexec(fd: i32) {
