@@ -273,8 +273,7 @@ impl Container {
     async fn undo_create(&self, done: Progress, cause: &Error) {
         self.init.copiers.lock().await.abort();
         // runc refuses an id it already has; that container is not ours to delete.
-        let foreign = matches!(cause, Error::Runc { source, .. }
-            if source.to_string().contains("already exists"));
+        let foreign = matches!(cause, Error::Runc { source, .. } if source.is_already_exists());
         if done.runc_called && !foreign {
             if let Err(e) = self.runc.delete(&self.id, true).await {
                 if !e.is_not_found() {

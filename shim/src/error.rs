@@ -93,6 +93,8 @@ impl Error {
             Error::Runc { source, .. } => {
                 if source.is_not_found() {
                     Code::NOT_FOUND
+                } else if source.is_already_exists() {
+                    Code::ALREADY_EXISTS
                 } else if source.is_criu_missing() {
                     // Checkpoint and restore cannot work on this host as it is.
                     Code::FAILED_PRECONDITION

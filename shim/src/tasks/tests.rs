@@ -14,6 +14,7 @@ use crate::events::Recorder;
 use crate::process::{Exited, NEVER_RAN};
 
 mod checkpoint;
+mod create;
 mod kill;
 mod resources;
 
