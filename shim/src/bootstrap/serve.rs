@@ -74,7 +74,8 @@ pub(super) fn serve(flags: &Flags) -> Result<(), String> {
             shutdown.clone(),
         );
         let tasks = service.tasks().clone();
-        let listener = listener::listen(listener, listener::Limits::default())
+        let keep = listener::Keep::containerd(&ttrpc_address);
+        let listener = listener::listen(listener, listener::Limits::default(), keep)
             .map_err(|e| format!("listener: {e}"))?;
         let mut server = Server::new()
             .add_listener(listener)
