@@ -10,11 +10,14 @@
 //! matched with an unclaimed exit reaped after the runc call that produced it began and
 //! while no live process holds that pid, so a stale exit of a reused pid is never taken.
 //!
-//! Unclaimed exits are kept in a bounded queue, but never dropped while a runc call that
+//! Unclaimed exits are kept in a bounded queue, and not dropped while a runc call that
 //! could still claim them is in flight ([`ExitRouter::expect_pid`]): in an exec storm
 //! (100 ExecSyncs at once) hundreds of exits (runc's own, and execs that ended before
 //! their `runc exec` returned) arrive while registrations lag, and an exec whose early
 //! exit was pushed out was never reported: its Wait, and CRI's ExecSync, hung for good.
+//! That protection has a hard bound too, [`UNCLAIMED_EXITS_MAX`]: the shim also reaps the
+//! orphans of containers without their own PID namespace, which can fork and exit as fast
+//! as they like during a call that lasts up to a minute.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -26,6 +29,10 @@ use crate::process::Process;
 
 /// How many exits nobody claimed are remembered (mostly runc's own children).
 const UNCLAIMED_EXITS: usize = 128;
+/// How many are remembered at most, even while calls in flight could claim them (512 KiB).
+/// An exec storm leaves a few hundred; beyond this a container is churning processes, and
+/// the oldest go, whoever could have claimed them.
+pub const UNCLAIMED_EXITS_MAX: usize = 16 << 10;
 
 #[derive(Default)]
 struct Inner {
@@ -33,20 +40,39 @@ struct Inner {
     unclaimed: VecDeque<Exit>,
     /// Start times of the runc calls in flight that will register a pid (with counts).
     expecting: BTreeMap<SystemTime, usize>,
+    /// Claimable exits were dropped since calls were last all done (logged once).
+    overflowed: bool,
 }
 
 impl Inner {
     /// Drops the oldest unclaimed exits beyond the bound, as long as no call in flight
-    /// began before them (such a call could still claim them).
+    /// began before them (such a call could still claim them); beyond the hard bound,
+    /// the oldest anyway.
     fn trim(&mut self) {
         let oldest_call = self.expecting.keys().next().copied();
+        let mut forced = 0;
         while self.unclaimed.len() > UNCLAIMED_EXITS {
             match (self.unclaimed.front(), oldest_call) {
-                (Some(e), Some(since)) if e.at >= since => break,
-                _ => {
-                    self.unclaimed.pop_front();
+                (Some(e), Some(since))
+                    if e.at >= since && self.unclaimed.len() <= UNCLAIMED_EXITS_MAX =>
+                {
+                    break
                 }
+                (Some(e), Some(since)) if e.at >= since => forced += 1,
+                _ => {}
             }
+            self.unclaimed.pop_front();
+        }
+        if forced > 0 && !self.overflowed {
+            self.overflowed = true;
+            log::warn!(
+                "over {UNCLAIMED_EXITS_MAX} exits nobody claimed while a create or exec was \
+                 under way: dropping the oldest (an exec that ended among them would not be \
+                 reported)"
+            );
+        }
+        if self.expecting.is_empty() {
+            self.overflowed = false;
         }
     }
 }
@@ -225,6 +251,22 @@ mod tests {
         assert_eq!(router.lock().unclaimed.len(), UNCLAIMED_EXITS);
         router.route(exit(9, SystemTime::now()));
         assert_eq!(router.lock().unclaimed.len(), UNCLAIMED_EXITS);
+    }
+
+    /// A container without its own PID namespace churns processes (the shim reaps its
+    /// orphans) while a `runc create` takes its time: the queue stays within its hard
+    /// bound, keeping the newest exits.
+    #[test]
+    fn exits_stay_bounded_however_long_a_call_is_in_flight() {
+        let router = ExitRouter::default();
+        let _expected = router.expect_pid();
+        let n = 3 * UNCLAIMED_EXITS_MAX as i32;
+        for pid in 0..n {
+            router.route(exit(pid, SystemTime::now()));
+        }
+        let inner = router.lock();
+        assert_eq!(inner.unclaimed.len(), UNCLAIMED_EXITS_MAX);
+        assert_eq!(inner.unclaimed.back().unwrap().pid, n - 1);
     }
 
     #[test]
