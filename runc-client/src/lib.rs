@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blocking;
 pub mod cgroup;
 mod command;
 pub mod config;

@@ -53,23 +53,35 @@ const PARK_LIMIT: Duration = Duration::from_secs(1);
 
 impl Reaper {
     /// The process-wide reaper; starting it makes it own the reaping of ALL children of this process (waitpid(-1)).
+    ///
+    /// Panics if its thread cannot be started: a program that must report that as an
+    /// error calls [`Reaper::start`] first.
     pub fn global() -> Reaper {
-        GLOBAL
-            .get_or_init(|| {
-                let reaper = Reaper {
-                    inner: Arc::new(Inner {
-                        shared: Mutex::new(Shared::default()),
-                        wake: Condvar::new(),
-                    }),
-                };
-                let inner = reaper.inner.clone();
-                std::thread::Builder::new()
-                    .name("runc-client-reaper".into())
-                    .spawn(move || reap_forever(&inner))
-                    .expect("cannot start the reaper thread");
-                reaper
-            })
-            .clone()
+        Reaper::start().expect("cannot start the reaper thread")
+    }
+
+    /// [`Reaper::global`], reporting a reaper thread that cannot be started (no pids or
+    /// memory left) as an error. Once it runs, later calls just return it.
+    pub fn start() -> std::io::Result<Reaper> {
+        static STARTING: Mutex<()> = Mutex::new(());
+        if let Some(r) = GLOBAL.get() {
+            return Ok(r.clone());
+        }
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = GLOBAL.get() {
+            return Ok(r.clone());
+        }
+        let reaper = Reaper {
+            inner: Arc::new(Inner {
+                shared: Mutex::new(Shared::default()),
+                wake: Condvar::new(),
+            }),
+        };
+        let inner = reaper.inner.clone();
+        std::thread::Builder::new()
+            .name("runc-client-reaper".into())
+            .spawn(move || reap_forever(&inner))?;
+        Ok(GLOBAL.get_or_init(|| reaper).clone())
     }
 
     /// Every exit reaped after this call is delivered to the subscription (subscribe BEFORE spawning, so no exit is lost).

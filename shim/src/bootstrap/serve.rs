@@ -44,6 +44,9 @@ pub(super) fn serve(flags: &Flags) -> Result<(), String> {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         return Err(format!("PR_SET_CHILD_SUBREAPER: {e}"));
     }
+    // Started here so that a host out of pids fails the start with a message (every later
+    // Reaper::global() finds it running) instead of aborting.
+    let reaper = Reaper::start().map_err(|e| format!("start the reaper thread: {e}"))?;
     let listener = match std::env::var(LISTEN_FD_ENV) {
         Ok(v) if v == LISTEN_FD.to_string() => {
             // SAFETY: `start` handed this fd down for exactly this purpose.
@@ -70,7 +73,7 @@ pub(super) fn serve(flags: &Flags) -> Result<(), String> {
         let service = TaskService::new(
             &namespace,
             Events::connect(&ttrpc_address, &namespace),
-            Reaper::global(),
+            reaper,
             shutdown.clone(),
         );
         let tasks = service.tasks().clone();

@@ -34,9 +34,9 @@ pub(super) async fn open(
     let ctx = |step: &str| format!("file stdio {}: {step}", path.display());
     let owned = path.to_path_buf();
     // mkdir and open may block on a slow file system: off the runtime thread.
-    let file = tokio::task::spawn_blocking(move || open_log(&owned))
+    let file = runc_client::blocking::run("open-log", move || open_log(&owned))
         .await
-        .map_err(|e| Error::Internal(format!("{id}: open the log file: {e}")))?
+        .and_then(|opened| opened)
         .map_err(|e| Error::io(id, ctx("open"), e))?;
     let mut ends = [None, None];
     for (wanted, (slot, name)) in [stdout, stderr]
