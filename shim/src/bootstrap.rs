@@ -26,7 +26,8 @@ use crate::record::write_atomic;
 
 /// Annotation grouping containers into one shim (set by users or other tools).
 pub const GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
-/// Annotation CRI sets on every container of a pod.
+/// Annotation CRI sets on every container of a pod (after any annotations it passes
+/// through from the pod, so the pod cannot choose it).
 pub const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// Environment variable naming the inherited listener fd of the daemon.
 const LISTEN_FD_ENV: &str = "STURDY_LISTEN_FD";
@@ -139,13 +140,19 @@ impl StartInput {
     }
 }
 
-/// The id of the shim a container belongs to: its group, its pod, or itself.
+/// The id of the shim a container belongs to: its pod, its group, or itself.
+///
+/// The pod wins over the group annotation, unlike in the Go shim: CRI passes pod
+/// annotations into the spec when its `pod_annotations` allow them, so under CRI the group
+/// may come from a tenant, who could put its containers into another pod's shim (sharing
+/// its limits, budgets and fate). Outside CRI (no sandbox id) the group comes from
+/// containerd's client and still groups.
 pub fn grouping_id(bundle: &Path, id: &str) -> String {
     let annotations = std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v.get("annotations").cloned());
-    for key in [GROUP_ANNOTATION, SANDBOX_ANNOTATION] {
+    for key in [SANDBOX_ANNOTATION, GROUP_ANNOTATION] {
         if let Some(g) = annotations
             .as_ref()
             .and_then(|a| a.get(key))
@@ -415,7 +422,7 @@ mod tests {
     }
 
     #[test]
-    fn grouping_prefers_group_then_sandbox() {
+    fn grouping_prefers_the_pod_then_the_group() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(grouping_id(dir.path(), "c1"), "c1");
         std::fs::write(
@@ -430,7 +437,21 @@ mod tests {
                 .to_string(),
         )
         .unwrap();
-        assert_eq!(grouping_id(dir.path(), "c1"), "g");
+        assert_eq!(
+            grouping_id(dir.path(), "c1"),
+            "pod1",
+            "a pod's annotation moved it into another shim"
+        );
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::json!({"annotations": {GROUP_ANNOTATION: "g"}}).to_string(),
+        )
+        .unwrap();
+        assert_eq!(
+            grouping_id(dir.path(), "c1"),
+            "g",
+            "outside CRI the group groups"
+        );
     }
 
     #[test]

@@ -137,16 +137,30 @@ fn start_groups_pod_containers_into_one_daemon() {
         "a second daemon was started"
     );
 
-    // The group annotation wins over the sandbox id.
-    let grouped = bundle_with(serde_json::json!({
+    // A pod's container cannot leave its pod's shim by a group annotation (CRI may pass
+    // one through from the pod)...
+    let escaping = bundle_with(serde_json::json!({
         "io.kubernetes.cri.sandbox-id": "pod-1",
         "io.containerd.runc.v2.group": "group-x",
     }));
-    let out = run(grouped.path(), &start_args("ctr-b", &address), b"", &env);
+    let out = run(escaping.path(), &start_args("ctr-b", &address), b"", &env);
+    assert!(out.status.success());
+    let own = String::from_utf8(out.stdout).unwrap();
+    daemons.track(escaping.path(), &own);
+    assert_eq!(own, addr);
+    assert!(!escaping.path().join("shim.pid").exists());
+
+    // ...while outside CRI the group annotation groups.
+    let grouped = bundle_with(serde_json::json!({ "io.containerd.runc.v2.group": "group-x" }));
+    let out = run(grouped.path(), &start_args("ctr-c", &address), b"", &env);
     assert!(out.status.success());
     let other = String::from_utf8(out.stdout).unwrap();
     daemons.track(grouped.path(), &other);
     assert_ne!(other, addr);
+    let joined = bundle_with(serde_json::json!({ "io.containerd.runc.v2.group": "group-x" }));
+    let out = run(joined.path(), &start_args("ctr-d", &address), b"", &env);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), other);
 
     // A stale socket (daemon gone) is replaced by a fresh daemon.
     drop(daemons);
