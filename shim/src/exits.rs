@@ -29,7 +29,8 @@ use crate::process::Process;
 
 /// How many exits nobody claimed are remembered (mostly runc's own children).
 const UNCLAIMED_EXITS: usize = 128;
-/// How many are remembered at most, even while calls in flight could claim them (512 KiB).
+/// How many are remembered at most, even while calls in flight could claim them (24 bytes
+/// each; the queue's buffer then stays under 1 MiB).
 /// An exec storm leaves a few hundred; beyond this a container is churning processes, and
 /// the oldest go, whoever could have claimed them.
 pub const UNCLAIMED_EXITS_MAX: usize = 16 << 10;
@@ -267,6 +268,8 @@ mod tests {
         let inner = router.lock();
         assert_eq!(inner.unclaimed.len(), UNCLAIMED_EXITS_MAX);
         assert_eq!(inner.unclaimed.back().unwrap().pid, n - 1);
+        assert_eq!(std::mem::size_of::<Exit>(), 24);
+        assert!(inner.unclaimed.capacity() * 24 < 1 << 20);
     }
 
     #[test]
