@@ -45,6 +45,9 @@ pub(crate) struct Call<'a> {
     /// A private directory that lives as long as the call (exec's spec is in it); a
     /// per-call log goes there too.
     pub scratch: Option<PrivateDir>,
+    /// Bytes of stdout to retain when the configured output limit is too small for what
+    /// the call must parse whole.
+    pub stdout_limit: Option<usize>,
 }
 
 /// What a successful command printed, bounded to the configured output limit.
@@ -280,6 +283,7 @@ pub(crate) async fn run(
         io,
         extra_files,
         scratch,
+        stdout_limit,
     } = call;
     let ctx = |what: &str| format!("runc {command} {id}: {what}");
     let log = LogTarget::prepare(cfg, io.is_none(), scratch.as_ref())
@@ -351,7 +355,7 @@ pub(crate) async fn run(
     let pid = spawned?;
     let mut cancel_guard = KillOnCancel { pid, armed: true };
 
-    let mut out = Retained::new(cfg.output_limit);
+    let mut out = Retained::new(stdout_limit.unwrap_or(cfg.output_limit));
     let mut err = Retained::new(cfg.output_limit);
     let waited = {
         let io_work = async {

@@ -41,6 +41,10 @@ impl Default for Deadlines {
 
 /// Default number of bytes retained per output stream (head plus tail).
 pub const DEFAULT_OUTPUT_LIMIT: usize = 64 * 1024;
+/// Bytes of `runc ps` output retained: its JSON list must parse whole. 4 MiB lists over
+/// 500,000 processes of 7-digit pids (64 KiB listed only ~9,000), more than any one
+/// container holds in practice; memory is only taken as the output really comes.
+pub const PS_OUTPUT_LIMIT: usize = 4 << 20;
 
 /// Static configuration shared by every call a [`crate::Runc`] makes.
 #[derive(Clone, Debug)]

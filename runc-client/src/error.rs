@@ -43,6 +43,19 @@ pub enum Error {
         /// runc's own error message.
         message: String,
     },
+    /// runc refused to create a container because its id is taken (by a container this
+    /// call did not make).
+    #[error("runc {command} {id}: container already exists: {message}")]
+    Exists {
+        /// The runc subcommand (create, run, restore).
+        command: &'static str,
+        /// The container id.
+        id: String,
+        /// runc's exit status.
+        status: i32,
+        /// runc's own error message.
+        message: String,
+    },
     /// The runc binary could not be started.
     #[error("runc {command} {id}: cannot spawn {binary:?}: {source}")]
     Spawn {
@@ -135,6 +148,11 @@ impl Error {
         matches!(self, Error::NotFound { .. })
     }
 
+    /// True when runc refused a create because a container with that id exists already.
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, Error::Exists { .. })
+    }
+
     /// True when the call was killed at its deadline.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })
@@ -156,6 +174,7 @@ impl Error {
             Error::Timeout { command, .. }
             | Error::Runc { command, .. }
             | Error::NotFound { command, .. }
+            | Error::Exists { command, .. }
             | Error::Spawn { command, .. }
             | Error::InvalidId { command, .. }
             | Error::InvalidSignal { command, .. }
@@ -172,6 +191,7 @@ impl Error {
             Error::Timeout { id, .. }
             | Error::Runc { id, .. }
             | Error::NotFound { id, .. }
+            | Error::Exists { id, .. }
             | Error::Spawn { id, .. }
             | Error::InvalidId { id, .. }
             | Error::InvalidSignal { id, .. }
@@ -240,6 +260,13 @@ impl Error {
                 status,
                 message,
             }
+        } else if says_exists(command, id, &message) {
+            Error::Exists {
+                command,
+                id: id.to_string(),
+                status,
+                message,
+            }
         } else {
             Error::Runc {
                 command,
@@ -282,6 +309,27 @@ fn says_not_found(command: &str, id: &str, message: &str, root: Option<&Path>) -
     m == format!("error opening file `{state}/status`: No such file or directory")
         || (command == "delete"
             && m == format!("cannot open directory '{state}': No such file or directory"))
+}
+
+/// runc's whole message (1.1 to 1.4) for an id that already has state.
+const RUNC_EXISTS: &str = "container with given ID already exists";
+
+/// Whether `message` is exactly what the runtime says when `command` would make a
+/// container whose id is taken. Whole messages again: systemd's "Unit
+/// cri-containerd-<id>.scope already exists." about our own half-made container must not
+/// pass for someone else's container, or its rollback would skip `runc delete`.
+fn says_exists(command: &str, id: &str, message: &str) -> bool {
+    if !matches!(command, "create" | "run" | "restore") {
+        return false;
+    }
+    let m = message.trim();
+    // runc 1.1+ prefixes create's and run's errors with "runc <command> failed: ".
+    let runc = m
+        .strip_prefix("runc ")
+        .and_then(|r| r.strip_prefix(command))
+        .and_then(|r| r.strip_prefix(" failed: "))
+        .unwrap_or(m);
+    runc == RUNC_EXISTS || m == format!("container `{id}` already exists")
 }
 
 /// The state root crun uses: --root, else `$XDG_RUNTIME_DIR/crun` (crun inherits our
@@ -331,6 +379,32 @@ mod tests {
         assert!(!e.is_not_found());
         assert!(e.to_string().contains("cannot start a running container"));
         assert!(e.to_string().contains("start abc"));
+    }
+
+    /// runc 1.1 to 1.4 and crun 1.8 refusing a taken id, verbatim (runc's measured with
+    /// `create`, `run` and `restore` of an id that had state); nothing else counts.
+    #[test]
+    fn only_the_runtimes_own_already_exists_messages_count() {
+        let exists = |command, message: &str| {
+            Error::from_exit(command, "c1", 1, message.into(), None).is_already_exists()
+        };
+        let runc = "container with given ID already exists";
+        assert!(exists("create", &format!("runc create failed: {runc}")));
+        assert!(exists("run", &format!("runc run failed: {runc}")));
+        assert!(exists("restore", runc));
+        assert!(exists("create", "container `c1` already exists"));
+        // systemd refusing the scope of our own, half-made container is not someone else's.
+        assert!(!exists(
+            "create",
+            "runc create failed: unable to start container process: unable to apply cgroup \
+             configuration: Unit cri-containerd-c1.scope already exists."
+        ));
+        assert!(!exists("create", "container `c2` already exists"));
+        assert!(!exists("create", &format!("runc run failed: {runc}")));
+        assert!(!exists("exec", runc), "only commands that make a container");
+        let e = Error::from_exit("create", "c1", 1, runc.into(), None);
+        assert!(e.to_string().contains(runc), "{e}");
+        assert_eq!((e.command(), e.id()), (Some("create"), Some("c1")));
     }
 
     fn not_found(command: &'static str, id: &str, message: &str, root: Option<&str>) -> bool {

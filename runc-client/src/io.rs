@@ -230,14 +230,15 @@ impl Drop for ConsoleSocket {
     }
 }
 
-/// Open a FIFO with O_NONBLOCK|O_CLOEXEC on a blocking-pool thread, never on a runtime worker.
+/// Open a FIFO with O_NONBLOCK|O_CLOEXEC on a thread of its own ([`crate::blocking`]),
+/// never on a runtime worker.
 ///
 /// `read && write` opens O_RDWR, which never waits for a peer; write-only fails with ENXIO
 /// while no reader exists, as the kernel defines for non-blocking FIFOs.
 pub async fn open_fifo_nonblocking(path: &Path, read: bool, write: bool) -> Result<OwnedFd> {
     let path = path.to_path_buf();
     let shown = path.display().to_string();
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run("open-fifo", move || {
         std::fs::OpenOptions::new()
             .read(read)
             .write(write)
@@ -246,7 +247,7 @@ pub async fn open_fifo_nonblocking(path: &Path, read: bool, write: bool) -> Resu
             .map(OwnedFd::from)
     })
     .await
-    .map_err(|e| Error::io(format!("open fifo {shown}"), std::io::Error::other(e)))?
+    .and_then(|opened| opened)
     .map_err(|e| Error::io(format!("open fifo {shown}"), e))
 }
 

@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blocking;
 pub mod cgroup;
 mod command;
 pub mod config;
@@ -44,6 +45,7 @@ pub mod events;
 pub mod id;
 pub mod io;
 pub mod options;
+pub mod pidfd;
 mod private;
 pub mod reaper;
 mod runc;
@@ -58,6 +60,7 @@ pub use events::EventStream;
 pub use id::{validate_id, IdError};
 pub use io::{open_fifo_nonblocking, ConsoleSocket, Pipe, ProcessIo};
 pub use options::{CheckpointOpts, CreateOpts, ExecOpts, RestoreOpts};
+pub use pidfd::Pidfd;
 pub use reaper::{Exit, ExitSubscription, ReapHold, Reaper};
 pub use runc::Runc;
 pub use types::{Event, State, Stats};

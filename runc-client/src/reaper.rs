@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime};
 use nix::errno::Errno;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use crate::pidfd::Pidfd;
+
 /// One reaped child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exit {
@@ -51,23 +53,35 @@ const PARK_LIMIT: Duration = Duration::from_secs(1);
 
 impl Reaper {
     /// The process-wide reaper; starting it makes it own the reaping of ALL children of this process (waitpid(-1)).
+    ///
+    /// Panics if its thread cannot be started: a program that must report that as an
+    /// error calls [`Reaper::start`] first.
     pub fn global() -> Reaper {
-        GLOBAL
-            .get_or_init(|| {
-                let reaper = Reaper {
-                    inner: Arc::new(Inner {
-                        shared: Mutex::new(Shared::default()),
-                        wake: Condvar::new(),
-                    }),
-                };
-                let inner = reaper.inner.clone();
-                std::thread::Builder::new()
-                    .name("runc-client-reaper".into())
-                    .spawn(move || reap_forever(&inner))
-                    .expect("cannot start the reaper thread");
-                reaper
-            })
-            .clone()
+        Reaper::start().expect("cannot start the reaper thread")
+    }
+
+    /// [`Reaper::global`], reporting a reaper thread that cannot be started (no pids or
+    /// memory left) as an error. Once it runs, later calls just return it.
+    pub fn start() -> std::io::Result<Reaper> {
+        static STARTING: Mutex<()> = Mutex::new(());
+        if let Some(r) = GLOBAL.get() {
+            return Ok(r.clone());
+        }
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = GLOBAL.get() {
+            return Ok(r.clone());
+        }
+        let reaper = Reaper {
+            inner: Arc::new(Inner {
+                shared: Mutex::new(Shared::default()),
+                wake: Condvar::new(),
+            }),
+        };
+        let inner = reaper.inner.clone();
+        std::thread::Builder::new()
+            .name("runc-client-reaper".into())
+            .spawn(move || reap_forever(&inner))?;
+        Ok(GLOBAL.get_or_init(|| reaper).clone())
     }
 
     /// Every exit reaped after this call is delivered to the subscription (subscribe BEFORE spawning, so no exit is lost).
@@ -101,13 +115,10 @@ impl Reaper {
     /// The pidfd is opened before the child's exit can be collected, so it always names
     /// this child: signalling it (`pidfd_send_signal`) or polling it for the exit never
     /// reaches a process that reused the pid.
-    pub fn spawn_with_pidfd(
-        &self,
-        cmd: std::process::Command,
-    ) -> std::io::Result<(i32, std::os::fd::OwnedFd)> {
+    pub fn spawn_with_pidfd(&self, cmd: std::process::Command) -> std::io::Result<(i32, Pidfd)> {
         let (child, hold) = crate::command::spawn_held(cmd, self)?;
         let pid = child.id() as i32;
-        let pidfd = pidfd_open(pid);
+        let pidfd = Pidfd::open(pid);
         drop(hold);
         match pidfd {
             Ok(fd) => Ok((pid, fd)),
@@ -118,6 +129,18 @@ impl Reaper {
                 Err(e)
             }
         }
+    }
+
+    /// Opens a pidfd for `pid`, a child of this process that someone else started (runc
+    /// starts a container's processes; they become ours as its subreaper).
+    ///
+    /// Exits are not collected meanwhile, so a child that is still alive or a zombie keeps
+    /// its pid and the pidfd names it. For a child collected before this call the answer
+    /// is ESRCH, or, if its pid was taken again in between, a pidfd of that other process:
+    /// only the caller, which learns of the exit from its subscription, can tell.
+    pub fn open_pidfd(&self, pid: i32) -> std::io::Result<Pidfd> {
+        let _hold = self.hold();
+        Pidfd::open(pid)
     }
 
     /// Tell the reaper a child was just spawned, so it stops idling on ECHILD.
@@ -205,17 +228,6 @@ pub(crate) fn exit_status(raw: i32) -> Option<i32> {
     } else {
         None
     }
-}
-
-/// `pidfd_open(2)`: an fd that refers to process `pid`, close-on-exec.
-fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this fd and nothing else owns it.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
 }
 
 /// Keeps the reaper from collecting exits while alive; see [`Reaper::hold`].

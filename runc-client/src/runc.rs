@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::command::{run, Call, Output};
-use crate::config::RuncConfig;
+use crate::config::{RuncConfig, PS_OUTPUT_LIMIT};
 use crate::error::{Error, Result};
 use crate::events::EventStream;
 use crate::options::{CheckpointOpts, CreateOpts, ExecOpts, RestoreOpts};
@@ -125,6 +125,7 @@ impl Runc {
             io: None,
             extra_files: Vec::new(),
             scratch: None,
+            stdout_limit: None,
         })
         .await
     }
@@ -207,6 +208,7 @@ impl Runc {
             io: Some(io),
             extra_files,
             scratch: None,
+            stdout_limit: None,
         })
         .await
         .map(drop)
@@ -265,6 +267,7 @@ impl Runc {
             io: Some(io),
             extra_files: Vec::new(),
             scratch: Some(scratch),
+            stdout_limit: None,
         })
         .await
         .map(drop)
@@ -307,12 +310,24 @@ impl Runc {
         Self::parse("state", id, &out)
     }
 
-    /// `runc ps --format json`: host pids of the container's processes.
+    /// `runc ps --format json`: host pids of the container's processes, however many (up
+    /// to [`PS_OUTPUT_LIMIT`](crate::config::PS_OUTPUT_LIMIT) of output).
     pub async fn ps(&self, id: &str) -> Result<Vec<i32>> {
-        let d = self.config().deadlines.state;
         check_id("ps", id)?;
         let args = Args::new("ps").arg("--format").arg("json").id(id);
-        let out = self.simple("ps", id, args, d).await?;
+        let out = self
+            .call(Call {
+                command: "ps",
+                id,
+                args: args.0,
+                deadline: self.config().deadlines.state,
+                stdin: None,
+                io: None,
+                extra_files: Vec::new(),
+                scratch: None,
+                stdout_limit: Some(self.config().output_limit.max(PS_OUTPUT_LIMIT)),
+            })
+            .await?;
         Ok(Self::parse::<Option<Vec<i32>>>("ps", id, &out)?.unwrap_or_default())
     }
 
@@ -355,6 +370,7 @@ impl Runc {
             io: None,
             extra_files: Vec::new(),
             scratch: None,
+            stdout_limit: None,
         })
         .await
         .map(drop)
@@ -433,6 +449,7 @@ impl Runc {
             io: Some(io),
             extra_files: Vec::new(),
             scratch: None,
+            stdout_limit: None,
         })
         .await
         .map(drop)

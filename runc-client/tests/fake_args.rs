@@ -392,3 +392,13 @@ async fn invalid_ids_and_signals_are_refused_before_spawning() {
         std::fs::read_to_string(fake.path("args"))
     );
 }
+
+/// A container with 50,000 processes: `ps` lists 400 KiB of pids, more than the default
+/// output limit (64 KiB, about 9,000 pids), and still parses whole.
+#[tokio::test]
+async fn ps_lists_many_more_processes_than_the_default_output_limit_holds() {
+    let fake = Fake::new("printf '['; seq -s, 1000000 1049999 | tr -d '\\n'; printf ']'");
+    let pids = fake.runc.ps("c9").await.unwrap();
+    assert_eq!(pids.len(), 50_000);
+    assert_eq!((pids[0], pids[49_999]), (1_000_000, 1_049_999));
+}

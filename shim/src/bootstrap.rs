@@ -6,9 +6,10 @@ mod delete;
 mod info;
 mod serve;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -25,7 +26,8 @@ use crate::record::write_atomic;
 
 /// Annotation grouping containers into one shim (set by users or other tools).
 pub const GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
-/// Annotation CRI sets on every container of a pod.
+/// Annotation CRI sets on every container of a pod (after any annotations it passes
+/// through from the pod, so the pod cannot choose it).
 pub const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// Environment variable naming the inherited listener fd of the daemon.
 const LISTEN_FD_ENV: &str = "STURDY_LISTEN_FD";
@@ -37,6 +39,8 @@ const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
 const SHIM_PID_FILE: &str = "shim.pid";
 /// File in the bundle holding the daemon's address.
 const ADDRESS_FILE: &str = "address";
+/// What `start` executes to run the daemon: its own binary, even once unlinked.
+const SELF_EXE: &str = "/proc/self/exe";
 /// Upper bound on what `start` reads from stdin (containerd's own limit).
 const MAX_STDIN: u64 = 10 << 20;
 
@@ -136,13 +140,19 @@ impl StartInput {
     }
 }
 
-/// The id of the shim a container belongs to: its group, its pod, or itself.
+/// The id of the shim a container belongs to: its pod, its group, or itself.
+///
+/// The pod wins over the group annotation, unlike in the Go shim: CRI passes pod
+/// annotations into the spec when its `pod_annotations` allow them, so under CRI the group
+/// may come from a tenant, who could put its containers into another pod's shim (sharing
+/// its limits, budgets and fate). Outside CRI (no sandbox id) the group comes from
+/// containerd's client and still groups.
 pub fn grouping_id(bundle: &Path, id: &str) -> String {
     let annotations = std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v.get("annotations").cloned());
-    for key in [GROUP_ANNOTATION, SANDBOX_ANNOTATION] {
+    for key in [SANDBOX_ANNOTATION, GROUP_ANNOTATION] {
         if let Some(g) = annotations
             .as_ref()
             .and_then(|a| a.get(key))
@@ -320,8 +330,15 @@ fn spawn_daemon(
     parsed: &StartInput,
     listener: UnixListener,
 ) -> Result<std::process::Child, String> {
+    // After an upgrade replaced the binary, its old path names another file, or none
+    // (`current_exe` then ends in " (deleted)"): the daemon runs the very binary of this
+    // `start`, and only its argv[0] names the path, as before.
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let mut cmd = Command::new(exe);
+    let name = exe.as_os_str().as_bytes();
+    let mut cmd = Command::new(SELF_EXE);
+    cmd.arg0(OsStr::from_bytes(
+        name.strip_suffix(b" (deleted)").unwrap_or(name),
+    ));
     cmd.args([
         "-namespace",
         &flags.namespace,
@@ -341,6 +358,7 @@ fn spawn_daemon(
     if let Some(ttrpc) = &parsed.ttrpc_address {
         cmd.env(TTRPC_ADDRESS_ENV, ttrpc);
     }
+    cloexec_inherited()?;
     let fd = listener.into_raw_fd();
     // SAFETY: only async-signal-safe calls (dup2, fcntl, setsid) between fork and exec.
     unsafe {
@@ -355,9 +373,6 @@ fn spawn_daemon(
             } else if libc::dup2(fd, LISTEN_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Whatever containerd leaked to us without CLOEXEC must not live on in the
-            // daemon (and from there reach runc and containers).
-            libc::syscall(libc::SYS_close_range, LISTEN_FD + 1, u32::MAX, 0);
             Ok(())
         });
     }
@@ -365,6 +380,24 @@ fn spawn_daemon(
     // SAFETY: fd came from into_raw_fd above and is owned here.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
     child.map_err(|e| format!("spawn shim daemon: {e}"))
+}
+
+/// Marks every fd above stderr close-on-exec: whatever containerd leaked to `start` must not
+/// live on in the daemon (and from there reach runc and containers).
+///
+/// Done before the fork, not by closing fds between fork and exec: that also closed std's
+/// pipe reporting a failed exec, so a daemon that never ran was announced as started.
+/// `start` runs no other thread that could open an fd meanwhile.
+fn cloexec_inherited() -> Result<(), String> {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| format!("list open fds: {e}"))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds.into_iter().filter(|fd| *fd > 2) {
+        set_cloexec(fd);
+    }
+    Ok(())
 }
 
 fn set_cloexec(fd: i32) {
@@ -389,7 +422,7 @@ mod tests {
     }
 
     #[test]
-    fn grouping_prefers_group_then_sandbox() {
+    fn grouping_prefers_the_pod_then_the_group() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(grouping_id(dir.path(), "c1"), "c1");
         std::fs::write(
@@ -404,7 +437,21 @@ mod tests {
                 .to_string(),
         )
         .unwrap();
-        assert_eq!(grouping_id(dir.path(), "c1"), "g");
+        assert_eq!(
+            grouping_id(dir.path(), "c1"),
+            "pod1",
+            "a pod's annotation moved it into another shim"
+        );
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::json!({"annotations": {GROUP_ANNOTATION: "g"}}).to_string(),
+        )
+        .unwrap();
+        assert_eq!(
+            grouping_id(dir.path(), "c1"),
+            "g",
+            "outside CRI the group groups"
+        );
     }
 
     #[test]

@@ -273,8 +273,7 @@ impl Container {
     async fn undo_create(&self, done: Progress, cause: &Error) {
         self.init.copiers.lock().await.abort();
         // runc refuses an id it already has; that container is not ours to delete.
-        let foreign = matches!(cause, Error::Runc { source, .. }
-            if source.to_string().contains("already exists"));
+        let foreign = matches!(cause, Error::Runc { source, .. } if source.is_already_exists());
         if done.runc_called && !foreign {
             if let Err(e) = self.runc.delete(&self.id, true).await {
                 if !e.is_not_found() {
@@ -524,8 +523,10 @@ fn restore_from(req: &CreateTaskRequest) -> Result<Option<checkpoint::RestoreFro
 
 /// Reads a pid file runc wrote.
 pub async fn read_pid(id: &str, path: &Path) -> Result<i32> {
-    let text = tokio::fs::read_to_string(path)
+    let owned = path.to_path_buf();
+    let text = runc_client::blocking::run("read-pid", move || std::fs::read_to_string(owned))
         .await
+        .and_then(|read| read)
         .map_err(|e| Error::io(id, format!("read {}", path.display()), e))?;
     text.trim().parse::<i32>().map_err(|_| {
         Error::io(

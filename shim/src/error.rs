@@ -49,9 +49,6 @@ pub enum Error {
     /// A failure inside the shim itself (a lost task, a broken invariant).
     #[error("internal error: {0}")]
     Internal(String),
-    /// The operation is not implemented yet.
-    #[error("{0} is not implemented by containerd-shim-sturdy-v2 yet")]
-    Unimplemented(&'static str),
 }
 
 /// runc-client speaks of "runc <command>"; say which binary really ran when it was not runc.
@@ -92,11 +89,12 @@ impl Error {
             Error::AlreadyExists { .. } => Code::ALREADY_EXISTS,
             Error::FailedPrecondition { .. } => Code::FAILED_PRECONDITION,
             Error::InvalidArgument(_) | Error::Options { .. } => Code::INVALID_ARGUMENT,
-            Error::Unimplemented(_) => Code::UNIMPLEMENTED,
             Error::Internal(_) => Code::INTERNAL,
             Error::Runc { source, .. } => {
                 if source.is_not_found() {
                     Code::NOT_FOUND
+                } else if source.is_already_exists() {
+                    Code::ALREADY_EXISTS
                 } else if source.is_criu_missing() {
                     // Checkpoint and restore cannot work on this host as it is.
                     Code::FAILED_PRECONDITION
@@ -142,7 +140,6 @@ mod tests {
             state: "stopped".into(),
         };
         assert_eq!(fp.code(), Code::FAILED_PRECONDITION);
-        assert_eq!(Error::Unimplemented("Pause").code(), Code::UNIMPLEMENTED);
         let crun = Error::runc(
             "x",
             "crun",

@@ -176,34 +176,11 @@ impl Container {
         Ok((pid, since))
     }
 
-    /// Signals an exec process directly. Takes no lock (see [`Container::kill`]).
+    /// Signals an exec process directly, through the pidfd opened when its pid was
+    /// registered. Takes no lock (see [`Container::kill`]).
     pub fn kill_exec(&self, exec_id: &str, signal: u32) -> Result<()> {
         let signal = crate::ids::signal(signal)?;
-        let p = self.process(exec_id)?;
-        let gone = || Error::NotFound {
-            kind: "process (already finished)",
-            id: p.name(),
-        };
-        let pid = p.pid();
-        match p.state() {
-            State::Running | State::Paused | State::Pausing | State::Resuming if pid > 0 => {}
-            State::Stopped | State::Deleting | State::Deleted => return Err(gone()),
-            s => {
-                return Err(Error::FailedPrecondition {
-                    id: p.name(),
-                    op: "kill",
-                    state: s.to_string(),
-                })
-            }
-        }
-        // SAFETY: kill(2) with a validated signal number; no memory is involved.
-        if unsafe { libc::kill(pid, signal) } == 0 {
-            return Ok(());
-        }
-        match std::io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ESRCH) => Err(gone()),
-            e => Err(Error::io(&self.id, format!("kill exec {exec_id}"), e)),
-        }
+        self.process(exec_id)?.signal(signal)
     }
 
     /// Forgets a finished (or never started) exec; Created | Stopped → Deleted. Publishes

@@ -10,22 +10,30 @@
 //! matched with an unclaimed exit reaped after the runc call that produced it began and
 //! while no live process holds that pid, so a stale exit of a reused pid is never taken.
 //!
-//! Unclaimed exits are kept in a bounded queue, but never dropped while a runc call that
+//! Unclaimed exits are kept in a bounded queue, and not dropped while a runc call that
 //! could still claim them is in flight ([`ExitRouter::expect_pid`]): in an exec storm
 //! (100 ExecSyncs at once) hundreds of exits (runc's own, and execs that ended before
 //! their `runc exec` returned) arrive while registrations lag, and an exec whose early
 //! exit was pushed out was never reported: its Wait, and CRI's ExecSync, hung for good.
+//! That protection has a hard bound too, [`UNCLAIMED_EXITS_MAX`]: the shim also reaps the
+//! orphans of containers without their own PID namespace, which can fork and exit as fast
+//! as they like during a call that lasts up to a minute.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use runc_client::Exit;
+use runc_client::{Exit, Reaper};
 
 use crate::process::Process;
 
 /// How many exits nobody claimed are remembered (mostly runc's own children).
 const UNCLAIMED_EXITS: usize = 128;
+/// How many are remembered at most, even while calls in flight could claim them (24 bytes
+/// each; the queue's buffer then stays under 1 MiB).
+/// An exec storm leaves a few hundred; beyond this a container is churning processes, and
+/// the oldest go, whoever could have claimed them.
+pub const UNCLAIMED_EXITS_MAX: usize = 16 << 10;
 
 #[derive(Default)]
 struct Inner {
@@ -33,20 +41,39 @@ struct Inner {
     unclaimed: VecDeque<Exit>,
     /// Start times of the runc calls in flight that will register a pid (with counts).
     expecting: BTreeMap<SystemTime, usize>,
+    /// Claimable exits were dropped since calls were last all done (logged once).
+    overflowed: bool,
 }
 
 impl Inner {
     /// Drops the oldest unclaimed exits beyond the bound, as long as no call in flight
-    /// began before them (such a call could still claim them).
+    /// began before them (such a call could still claim them); beyond the hard bound,
+    /// the oldest anyway.
     fn trim(&mut self) {
         let oldest_call = self.expecting.keys().next().copied();
+        let mut forced = 0;
         while self.unclaimed.len() > UNCLAIMED_EXITS {
             match (self.unclaimed.front(), oldest_call) {
-                (Some(e), Some(since)) if e.at >= since => break,
-                _ => {
-                    self.unclaimed.pop_front();
+                (Some(e), Some(since))
+                    if e.at >= since && self.unclaimed.len() <= UNCLAIMED_EXITS_MAX =>
+                {
+                    break
                 }
+                (Some(e), Some(since)) if e.at >= since => forced += 1,
+                _ => {}
             }
+            self.unclaimed.pop_front();
+        }
+        if forced > 0 && !self.overflowed {
+            self.overflowed = true;
+            log::warn!(
+                "over {UNCLAIMED_EXITS_MAX} exits nobody claimed while a create or exec was \
+                 under way: dropping the oldest (an exec that ended among them would not be \
+                 reported)"
+            );
+        }
+        if self.expecting.is_empty() {
+            self.overflowed = false;
         }
     }
 }
@@ -121,7 +148,14 @@ impl ExitRouter {
 
     /// Registers `pid` for `process`, whose runc call began at `since`. Returns the exit
     /// if the process already died (reaped after `since` and before this call).
+    ///
+    /// An exec also gets its pidfd here, which every later Kill goes through. It is opened
+    /// before the look for an early exit: if the exec had died and its pid were taken
+    /// again before the open, its exit is found below and the pidfd is not kept. (Only an
+    /// exit still on its way from the reaper is missed, which needs the whole pid space
+    /// to wrap within that moment.) Init is signalled by runc, which needs none.
     pub fn register(&self, pid: i32, process: &Arc<Process>, since: SystemTime) -> Option<Exit> {
+        let pidfd = (!process.is_init()).then(|| Reaper::global().open_pidfd(pid));
         let mut inner = self.lock();
         if let Some(pos) = inner
             .unclaimed
@@ -129,6 +163,9 @@ impl ExitRouter {
             .rposition(|e| e.pid == pid && e.at >= since)
         {
             return inner.unclaimed.remove(pos);
+        }
+        if let Some(pidfd) = pidfd {
+            process.set_pidfd(pidfd);
         }
         if let Some(old) = inner.live.insert(pid, process.clone()) {
             // Two live processes cannot share a pid; the old one's exit was lost.
@@ -215,6 +252,24 @@ mod tests {
         assert_eq!(router.lock().unclaimed.len(), UNCLAIMED_EXITS);
         router.route(exit(9, SystemTime::now()));
         assert_eq!(router.lock().unclaimed.len(), UNCLAIMED_EXITS);
+    }
+
+    /// A container without its own PID namespace churns processes (the shim reaps its
+    /// orphans) while a `runc create` takes its time: the queue stays within its hard
+    /// bound, keeping the newest exits.
+    #[test]
+    fn exits_stay_bounded_however_long_a_call_is_in_flight() {
+        let router = ExitRouter::default();
+        let _expected = router.expect_pid();
+        let n = 3 * UNCLAIMED_EXITS_MAX as i32;
+        for pid in 0..n {
+            router.route(exit(pid, SystemTime::now()));
+        }
+        let inner = router.lock();
+        assert_eq!(inner.unclaimed.len(), UNCLAIMED_EXITS_MAX);
+        assert_eq!(inner.unclaimed.back().unwrap().pid, n - 1);
+        assert_eq!(std::mem::size_of::<Exit>(), 24);
+        assert!(inner.unclaimed.capacity() * 24 < 1 << 20);
     }
 
     #[test]

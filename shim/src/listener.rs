@@ -6,8 +6,9 @@
 //! makes the shim hold that memory for as long as it likes, on as many connections as it
 //! likes; and glibc keeps those pages after they are freed. So:
 //!
-//! - at most [`MAX_CONNECTIONS`] connections are served at once; further ones wait in the
-//!   kernel's backlog until one closes;
+//! - at most [`MAX_CONNECTIONS`] connections are served at once; one more is accepted and
+//!   held unserved, the rest wait in the kernel's backlog, until one closes or, for the
+//!   held one, an idle connection of anyone but containerd gives way ([`idle`]);
 //! - a frame's header reaches ttrpc only once the frame is admitted: frames up to
 //!   [`SMALL_FRAME`] at once (the cap bounds them), larger ones when they fit in the
 //!   shim-wide [`FRAME_BUDGET`], first come first served;
@@ -21,6 +22,7 @@
 mod budget;
 mod frames;
 mod guard;
+mod idle;
 
 use std::io;
 use std::os::unix::net::UnixListener as StdUnixListener;
@@ -30,11 +32,13 @@ use std::time::Duration;
 use containerd_shim_protos::ttrpc::r#async::transport::Listener;
 use futures::stream::{self, Stream};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::peer::SameUser;
 use budget::Budget;
 pub use guard::Guarded;
+use idle::Registry;
+pub use idle::{Keep, IDLE_LIMIT};
 
 /// Connections served at once. containerd opens one connection per task it runs in this
 /// shim (a pod's containers share one shim), and tools add the odd short-lived one; 64
@@ -70,6 +74,8 @@ pub struct Limits {
     pub small_frame: usize,
     /// Longest a frame may go without progress.
     pub stall: Duration,
+    /// How long a connection must have been idle to give way at the cap.
+    pub idle: Duration,
 }
 
 impl Default for Limits {
@@ -79,13 +85,15 @@ impl Default for Limits {
             budget: FRAME_BUDGET,
             small_frame: SMALL_FRAME,
             stall: STALL_LIMIT,
+            idle: IDLE_LIMIT,
         }
     }
 }
 
-/// Turns the bound socket into ttrpc's listener under `limits`. Must run inside the
-/// runtime: it registers the socket and starts the task that trims the heap.
-pub fn listen(listener: StdUnixListener, limits: Limits) -> io::Result<Listener> {
+/// Turns the bound socket into ttrpc's listener under `limits`; `keep`'s connections
+/// never give way at the cap. Must run inside the runtime: it registers the socket and
+/// starts the task that trims the heap.
+pub fn listen(listener: StdUnixListener, limits: Limits, keep: Keep) -> io::Result<Listener> {
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
     let budget = Budget::new(limits.budget);
@@ -95,6 +103,7 @@ pub fn listen(listener: StdUnixListener, limits: Limits) -> io::Result<Listener>
         limits,
         budget,
         SameUser::current(),
+        keep,
     )))
 }
 
@@ -108,29 +117,26 @@ async fn trim_after_release(budget: Arc<Budget>) {
     }
 }
 
-/// The connections to serve: accepted only while under the cap, from our own uid.
+/// The connections to serve: from our own uid, and only while under the cap.
 fn accepted(
     listener: UnixListener,
     limits: Limits,
     budget: Arc<Budget>,
     owner: SameUser,
+    keep: Keep,
 ) -> impl Stream<Item = io::Result<Guarded<UnixStream>>> + Send + 'static {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let state = (listener, slots, budget, owner);
+    let state = (
+        listener,
+        slots,
+        budget,
+        owner,
+        keep,
+        Arc::new(Registry::default()),
+    );
     stream::unfold(state, move |state| async move {
-        let (listener, slots, budget, owner) = &state;
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                log::warn!(
-                    "{} ttrpc connections open: new ones wait until one closes",
-                    limits.max_connections
-                );
-                // The semaphore is never closed; should it be, the listener ends.
-                slots.clone().acquire_owned().await.ok()?
-            }
-        };
-        let conn = loop {
+        let (listener, slots, budget, owner, keep, registry) = &state;
+        let (stream, peer_pid) = loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -147,17 +153,64 @@ fn accepted(
                 }
             };
             match owner.check(peer.uid()) {
-                Ok(()) => {
-                    break Guarded::new(stream, budget.clone(), limits, Some(slot), peer.pid())
-                }
+                Ok(()) => break (stream, peer.pid()),
                 Err(e) => log::warn!(
                     "refused a ttrpc connection from pid {}: {e}",
                     peer.pid().unwrap_or(0)
                 ),
             }
         };
-        Some((Ok(conn), state))
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                log::warn!(
+                    "{} ttrpc connections open: a new one from pid {} waits until one closes",
+                    limits.max_connections,
+                    peer_pid.unwrap_or(0)
+                );
+                make_room(slots, registry, &limits, keep).await?
+            }
+        };
+        let conn = registry.add(peer_pid);
+        let guarded = Guarded::new(
+            stream,
+            budget.clone(),
+            limits,
+            Some(slot),
+            peer_pid,
+            Some(conn),
+        );
+        Some((Ok(guarded), state))
     })
+}
+
+/// A slot for a connection waiting at the cap: the next one to close, or one that gives way
+/// for having been idle for `limits.idle` (checked a few times per such period).
+async fn make_room(
+    slots: &Arc<Semaphore>,
+    registry: &Registry,
+    limits: &Limits,
+    keep: &Keep,
+) -> Option<OwnedSemaphorePermit> {
+    let freed = slots.clone().acquire_owned();
+    tokio::pin!(freed);
+    loop {
+        if let Some(keep) = keep.pid().await {
+            if let Some(pid) = registry.evict_idle(limits.idle, keep) {
+                log::warn!(
+                    "closing ttrpc connection from pid {pid}: idle for over {:?} while a new \
+                     one waits at the cap of {}",
+                    limits.idle,
+                    limits.max_connections
+                );
+            }
+        }
+        tokio::select! {
+            // The semaphore is never closed; should it be, the listener ends.
+            slot = &mut freed => return slot.ok(),
+            _ = tokio::time::sleep(limits.idle / 8) => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -113,11 +113,11 @@ async fn mount_one(m: &Mount, rootfs: &Path, reaper: &Reaper) -> Result<PathBuf,
     } else {
         // mount(2) can take long (a journal replay, a slow bind source): keep it off the
         // runtime thread.
-        tokio::task::spawn_blocking(move || plan.run_here())
+        runc_client::blocking::run("mount", move || plan.run_here())
             .await
             .map_err(|e| MountError::Helper {
                 mount: plan::describe(m, &target),
-                reason: format!("mount task failed: {e}"),
+                reason: format!("mount thread: {e}"),
             })??;
     }
     Ok(target)

@@ -63,13 +63,11 @@ impl Record {
         write_atomic(&bundle.join(RECORD_FILE), &data)
     }
 
-    /// [`Record::save`] on tokio's blocking pool: the fsyncs can take long on a loaded
-    /// disk, and must not stall every other task of a current-thread runtime meanwhile.
+    /// [`Record::save`] on a thread of its own: the fsyncs can take long on a loaded disk,
+    /// and must not stall every other task of a current-thread runtime meanwhile.
     pub async fn save_async(&self, bundle: &Path) -> std::io::Result<()> {
         let (record, bundle) = (self.clone(), bundle.to_path_buf());
-        tokio::task::spawn_blocking(move || record.save(&bundle))
-            .await
-            .map_err(|e| std::io::Error::other(format!("record save task failed: {e}")))?
+        runc_client::blocking::run("save-record", move || record.save(&bundle)).await?
     }
 
     /// Checks that a loaded record can be acted on for container `id`: a record of another
@@ -111,7 +109,7 @@ impl Record {
 
 /// Replaces `path` with `data` so that readers see the old or the new content, durably.
 ///
-/// Blocking (two fsyncs): async callers use [`Record::save_async`] or `spawn_blocking`.
+/// Blocking (two fsyncs): async callers use [`Record::save_async`].
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {

@@ -137,16 +137,30 @@ fn start_groups_pod_containers_into_one_daemon() {
         "a second daemon was started"
     );
 
-    // The group annotation wins over the sandbox id.
-    let grouped = bundle_with(serde_json::json!({
+    // A pod's container cannot leave its pod's shim by a group annotation (CRI may pass
+    // one through from the pod)...
+    let escaping = bundle_with(serde_json::json!({
         "io.kubernetes.cri.sandbox-id": "pod-1",
         "io.containerd.runc.v2.group": "group-x",
     }));
-    let out = run(grouped.path(), &start_args("ctr-b", &address), b"", &env);
+    let out = run(escaping.path(), &start_args("ctr-b", &address), b"", &env);
+    assert!(out.status.success());
+    let own = String::from_utf8(out.stdout).unwrap();
+    daemons.track(escaping.path(), &own);
+    assert_eq!(own, addr);
+    assert!(!escaping.path().join("shim.pid").exists());
+
+    // ...while outside CRI the group annotation groups.
+    let grouped = bundle_with(serde_json::json!({ "io.containerd.runc.v2.group": "group-x" }));
+    let out = run(grouped.path(), &start_args("ctr-c", &address), b"", &env);
     assert!(out.status.success());
     let other = String::from_utf8(out.stdout).unwrap();
     daemons.track(grouped.path(), &other);
     assert_ne!(other, addr);
+    let joined = bundle_with(serde_json::json!({ "io.containerd.runc.v2.group": "group-x" }));
+    let out = run(joined.path(), &start_args("ctr-d", &address), b"", &env);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), other);
 
     // A stale socket (daemon gone) is replaced by a fresh daemon.
     drop(daemons);
@@ -333,4 +347,121 @@ fn start_kills_its_daemon_when_it_cannot_record_it() {
         !bundle.path().join("address").exists(),
         "address written for a daemon that is gone"
     );
+}
+
+/// A unique id, so that `Leftovers` finds only this test's daemon.
+fn unique_id(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+fn leftovers(id: &str, address: &str) -> Leftovers {
+    let sock = containerd_shim::socket_address(address, "sturdy-proto-test", id);
+    Leftovers {
+        id: id.to_string(),
+        sock: PathBuf::from(sock.strip_prefix("unix://").unwrap()),
+    }
+}
+
+/// The daemon's exec fails (its environment is over the kernel's limit for one string):
+/// `start` must say so and leave nothing behind, not announce an address nobody serves.
+#[test]
+fn start_fails_when_the_daemon_cannot_be_executed() {
+    let id = unique_id("execfail");
+    let address = format!("/tmp/sturdy-proto-ef-{}.sock", std::process::id());
+    let left = leftovers(&id, &address);
+    let bundle = bundle_with(serde_json::json!({}));
+    // containerd's TTRPC address goes into the daemon's environment; 200 KiB is more
+    // than execve takes in one string (E2BIG), while `start` itself ran fine.
+    let params = BootstrapParams {
+        instance_id: id.clone(),
+        namespace: "sturdy-proto-test".into(),
+        containerd_ttrpc_address: format!("/{}", "a".repeat(200 << 10)),
+        ..Default::default()
+    };
+    let out = run(
+        bundle.path(),
+        &start_args(&id, &address),
+        &params.write_to_bytes().unwrap(),
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "start succeeded: {err}");
+    assert!(err.contains("spawn shim daemon"), "{err}");
+    assert!(out.stdout.is_empty(), "an address was printed");
+    assert!(
+        !left.sock.exists(),
+        "socket {} left behind",
+        left.sock.display()
+    );
+    assert!(!bundle.path().join("address").exists());
+}
+
+/// An upgrade replaces the binary while `start` runs: the daemon still starts (the binary
+/// of this `start`, by /proc/self/exe), with the installed path as its argv[0].
+#[test]
+fn start_runs_the_daemon_after_an_upgrade_replaced_its_binary() {
+    use std::io::Write;
+    let id = unique_id("upgraded");
+    let address = format!("/tmp/sturdy-proto-up-{}.sock", std::process::id());
+    let left = leftovers(&id, &address);
+    let bin = tempfile::tempdir().unwrap();
+    let shim = bin.path().join("containerd-shim-sturdy-v2");
+    std::fs::copy(common::SHIM, &shim).unwrap();
+    let bundle = bundle_with(serde_json::json!({}));
+    let env = [("TTRPC_ADDRESS", "/nonexistent/containerd.sock.ttrpc")];
+    let mut child = common::spawn_exe(&shim, bundle.path(), &start_args(&id, &address), &env);
+    // `start` waits for its stdin: the upgrade lands now.
+    let next = bin.path().join("next");
+    std::fs::copy(common::SHIM, &next).unwrap();
+    std::fs::rename(&next, &shim).unwrap();
+    child.stdin.take().unwrap().write_all(b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&left.sock).is_ok(),
+        "start announced a daemon that does not serve"
+    );
+    let pid: i32 = std::fs::read_to_string(bundle.path().join("shim.pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap();
+    assert_eq!(argv0, shim.as_os_str().as_encoded_bytes());
+}
+
+/// An fd containerd leaked to `start` (not close-on-exec) never reaches the daemon.
+#[test]
+fn the_daemon_inherits_no_fd_of_start() {
+    let id = unique_id("fds");
+    let address = format!("/tmp/sturdy-proto-fd-{}.sock", std::process::id());
+    let left = leftovers(&id, &address);
+    let bundle = bundle_with(serde_json::json!({}));
+    let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let leaked = {
+        use std::os::fd::AsRawFd;
+        r.as_raw_fd()
+    };
+    let pipe = std::fs::read_link(format!("/proc/self/fd/{leaked}")).unwrap();
+    let env = [("TTRPC_ADDRESS", "/nonexistent/containerd.sock.ttrpc")];
+    let out = common::run_with_fd(bundle.path(), &start_args(&id, &address), &env, leaked, 7);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: u32 = std::fs::read_to_string(bundle.path().join("shim.pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(std::os::unix::net::UnixStream::connect(&left.sock).is_ok());
+    assert!(!common::has_open(pid, &pipe), "the daemon holds {pipe:?}");
 }

@@ -33,6 +33,25 @@ pub const TASK_V2: &str = "containerd.task.v2.Task";
 /// ttrpc service name of the Task API in containerd 2.x.
 pub const TASK_V3: &str = "containerd.task.v3.Task";
 
+/// Test-only (debug builds): how long, in milliseconds, a connection must have been idle
+/// to give way at the connection cap, instead of [`listener::IDLE_LIMIT`].
+#[cfg(debug_assertions)]
+const IDLE_LIMIT_ENV: &str = "STURDY_TEST_IDLE_LIMIT_MS";
+
+/// The listener's limits; debug builds let tests shorten the idle limit.
+fn limits() -> listener::Limits {
+    #[allow(unused_mut)]
+    let mut limits = listener::Limits::default();
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var(IDLE_LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        limits.idle = std::time::Duration::from_millis(ms);
+    }
+    limits
+}
+
 /// Runs the daemon until Shutdown (or SIGTERM with no container left).
 pub(super) fn serve(flags: &Flags) -> Result<(), String> {
     // containerd runs the shim with the bundle as its working directory.
@@ -44,6 +63,9 @@ pub(super) fn serve(flags: &Flags) -> Result<(), String> {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         return Err(format!("PR_SET_CHILD_SUBREAPER: {e}"));
     }
+    // Started here so that a host out of pids fails the start with a message (every later
+    // Reaper::global() finds it running) instead of aborting.
+    let reaper = Reaper::start().map_err(|e| format!("start the reaper thread: {e}"))?;
     let listener = match std::env::var(LISTEN_FD_ENV) {
         Ok(v) if v == LISTEN_FD.to_string() => {
             // SAFETY: `start` handed this fd down for exactly this purpose.
@@ -70,12 +92,13 @@ pub(super) fn serve(flags: &Flags) -> Result<(), String> {
         let service = TaskService::new(
             &namespace,
             Events::connect(&ttrpc_address, &namespace),
-            Reaper::global(),
+            reaper,
             shutdown.clone(),
         );
         let tasks = service.tasks().clone();
-        let listener = listener::listen(listener, listener::Limits::default())
-            .map_err(|e| format!("listener: {e}"))?;
+        let keep = listener::Keep::containerd(&ttrpc_address);
+        let listener =
+            listener::listen(listener, limits(), keep).map_err(|e| format!("listener: {e}"))?;
         let mut server = Server::new()
             .add_listener(listener)
             .register_service(task_services(Arc::new(service)));

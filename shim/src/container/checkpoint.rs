@@ -89,6 +89,14 @@ pub fn checkpoint_opts(id: &str, path: &str, o: &CheckpointOptions) -> Result<Ch
             "checkpoint {id}: image path {path:?} is not an absolute path"
         )));
     }
+    // runc would resolve a relative work path against its own working directory (the
+    // bundle, or wherever it happens to run): CRIU's files must land where asked or fail.
+    if !o.work_path.is_empty() && !o.work_path.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "checkpoint {id}: work path {:?} is not an absolute path",
+            o.work_path
+        )));
+    }
     Ok(CheckpointOpts {
         image_path: PathBuf::from(path),
         work_path: (!o.work_path.is_empty()).then(|| PathBuf::from(&o.work_path)),
@@ -379,6 +387,14 @@ mod tests {
         for path in ["", "img", "./img"] {
             let err = checkpoint_opts("c", path, &o).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument(_)), "{path}: {err}");
+        }
+        for work in ["work", "./w", "../../etc"] {
+            let o = CheckpointOptions {
+                work_path: work.into(),
+                ..Default::default()
+            };
+            let err = checkpoint_opts("c", "/img", &o).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{work}: {err}");
         }
     }
 }

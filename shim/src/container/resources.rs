@@ -176,7 +176,8 @@ impl Container {
     }
 }
 
-/// Writes `data` into a new file only root can read (resources may name devices).
+/// Writes `data` into a new file only root can read (resources may name devices), never
+/// through a symlink planted at `path`.
 fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -185,6 +186,7 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?
         .write_all(data)
 }
@@ -192,4 +194,19 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
 fn publish_oom(shared: &Shared, id: &str) {
     log::info!("container {id}: out of memory");
     shared.events.publish(Event::Oom { id: id.to_string() });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_resources_file_is_never_written_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "keep").unwrap();
+        let path = dir.path().join(super::UPDATE_FILE);
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let err = super::write_private(&path, b"{}").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    }
 }

@@ -41,9 +41,9 @@ pub(super) async fn open(
     let owned = path.to_path_buf();
     let owner = open::Owner { uid, gid };
     // mkdir and open may block on a slow file system: off the runtime thread.
-    let file = tokio::task::spawn_blocking(move || open::open_log(&owned, owner))
+    let file = runc_client::blocking::run("open-log", move || open::open_log(&owned, owner))
         .await
-        .map_err(|e| Error::Internal(format!("{id}: open the log file: {e}")))?
+        .and_then(|opened| opened)
         .map_err(|e| Error::io(id, ctx("open"), e))?;
     let mut ends = [None, None];
     for (wanted, (slot, name)) in [stdout, stderr]

@@ -119,7 +119,7 @@ pub async fn start(
         name: owner.process.to_string(),
         binary: binary.to_path_buf(),
         pid,
-        pidfd: Some(pidfd),
+        pidfd: Some(pidfd.into()),
     };
     // Ours must go, or the logger closing its fd 5 is never seen as EOF.
     drop((parked, out_r, err_r, ready_w));

@@ -15,6 +15,7 @@ use ttrpc::proto::MESSAGE_LENGTH_MAX;
 
 use super::budget::{Budget, Reservation};
 use super::frames::{Cursor, HEADER_LEN};
+use super::idle::Conn;
 use super::Limits;
 
 /// What a frame of a given length needs before ttrpc may see its header.
@@ -53,18 +54,22 @@ pub struct Guarded<S> {
     stall: Option<Pin<Box<Sleep>>>,
     /// For log lines: who is on the other end.
     peer_pid: Option<i32>,
+    /// Its entry among the connections that may give way at the cap.
+    conn: Option<Arc<Conn>>,
     /// The connection's place under the cap, given back when ttrpc drops us.
     _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl<S> Guarded<S> {
-    /// Wraps `inner`, holding `slot` for as long as the connection lives.
+    /// Wraps `inner`, holding `slot` for as long as the connection lives; `conn` is how
+    /// the accept loop can make it give way.
     pub(crate) fn new(
         inner: S,
         budget: Arc<Budget>,
         limits: Limits,
         slot: Option<OwnedSemaphorePermit>,
         peer_pid: Option<i32>,
+        conn: Option<Arc<Conn>>,
     ) -> Self {
         Self {
             inner,
@@ -76,12 +81,16 @@ impl<S> Guarded<S> {
             last_progress: Instant::now(),
             stall: None,
             peer_pid,
+            conn,
             _slot: slot,
         }
     }
 
     fn progress(&mut self) {
         self.last_progress = Instant::now();
+        if let Some(c) = &self.conn {
+            c.active();
+        }
     }
 
     /// The read cannot go on now. Between frames that is just an idle connection; inside a
@@ -154,6 +163,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.conn.as_ref().is_some_and(|c| c.poll_evicted(cx)) {
+            // Logged by the accept loop, which chose it.
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "idle ttrpc connection gave way to a new one",
+            )));
+        }
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
@@ -208,13 +224,27 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     }
 }
 
+impl<S> Guarded<S> {
+    /// An answer going out is activity too (a reply to a long Wait, say).
+    fn wrote(&self, written: &Poll<io::Result<usize>>) {
+        if let (Poll::Ready(Ok(n)), Some(c)) = (written, &self.conn) {
+            if *n > 0 {
+                c.active();
+            }
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(&written);
+        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -230,7 +260,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -14,6 +14,7 @@ fn limits(budget: usize, small_frame: usize) -> Limits {
         budget,
         small_frame,
         stall: STALL,
+        idle: IDLE_LIMIT,
     }
 }
 
@@ -36,7 +37,7 @@ fn frame(len: u32, id: u32) -> Vec<u8> {
 fn conn(budget: &Arc<Budget>, limits: Limits) -> (Guarded<DuplexStream>, DuplexStream) {
     let (ours, theirs) = duplex(1 << 20);
     (
-        Guarded::new(ours, budget.clone(), limits, None, None),
+        Guarded::new(ours, budget.clone(), limits, None, None, None),
         theirs,
     )
 }
@@ -246,16 +247,26 @@ fn accepting(
     max_connections: usize,
     owner: SameUser,
 ) -> impl Stream<Item = io::Result<Guarded<UnixStream>>> {
-    listener.set_nonblocking(true).unwrap();
     let limits = Limits {
         max_connections,
         ..Limits::default()
     };
+    accepting_with(listener, limits, owner, Keep::Pid(1))
+}
+
+fn accepting_with(
+    listener: StdUnixListener,
+    limits: Limits,
+    owner: SameUser,
+    keep: Keep,
+) -> impl Stream<Item = io::Result<Guarded<UnixStream>>> {
+    listener.set_nonblocking(true).unwrap();
     accepted(
         UnixListener::from_std(listener).unwrap(),
         limits,
         Budget::new(limits.budget),
         owner,
+        keep,
     )
 }
 
@@ -307,4 +318,132 @@ async fn peers_of_another_uid_are_dropped() {
             }
         }
     }
+}
+
+/// Idle long enough to give way, in the tests below.
+const IDLE: Duration = Duration::from_millis(300);
+
+/// Serves `g` as ttrpc does: reads until an error or the end, then drops it (which frees
+/// its slot). Resolves to how the reading ended.
+fn serve(mut g: Guarded<UnixStream>) -> tokio::task::JoinHandle<io::Result<()>> {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        loop {
+            if g.read(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        }
+    })
+}
+
+/// Two served connections at a cap of two, and a third waiting; `keep` is "containerd".
+async fn full(
+    keep: Keep,
+) -> (
+    tempfile::TempDir,
+    std::pin::Pin<Box<impl Stream<Item = io::Result<Guarded<UnixStream>>>>>,
+    Vec<UnixStream>,
+    Vec<tokio::task::JoinHandle<io::Result<()>>>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (listener, path) = bound(dir.path());
+    let limits = Limits {
+        max_connections: 2,
+        idle: IDLE,
+        ..Limits::default()
+    };
+    let mut incoming = Box::pin(accepting_with(listener, limits, SameUser::current(), keep));
+    let mut clients = Vec::new();
+    let mut served = Vec::new();
+    for _ in 0..2 {
+        clients.push(UnixStream::connect(&path).await.unwrap());
+        served.push(serve(incoming.next().await.unwrap().unwrap()));
+    }
+    clients.push(UnixStream::connect(&path).await.unwrap());
+    (dir, incoming, clients, served)
+}
+
+/// 64 idle connections of the shim's uid used to lock everyone out (containerd too) for as
+/// long as they stayed open. At the cap, the one idle longest now gives way to a
+/// connection that waits.
+#[tokio::test]
+async fn at_the_cap_the_longest_idle_connection_gives_way_to_a_waiting_one() {
+    let (_dir, mut incoming, mut clients, mut served) = full(Keep::Pid(1)).await;
+    // The second keeps busy, so the first is the one idle longest.
+    let busy = async {
+        loop {
+            clients[1].write_all(&frame(4, 1)).await.unwrap();
+            tokio::time::sleep(IDLE / 4).await;
+        }
+    };
+    let third = tokio::select! {
+        third = timeout(IDLE * 20, incoming.next()) => third,
+        _ = busy => unreachable!(),
+    };
+    third
+        .expect("the waiting connection was never served")
+        .unwrap()
+        .unwrap();
+    let first = timeout(Duration::from_secs(5), &mut served[0])
+        .await
+        .expect("the idle connection is still served");
+    let err = first.unwrap().expect_err("it ended without an error");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    assert!(!served[1].is_finished(), "the busy connection was closed");
+}
+
+/// containerd takes a closed connection for a dead shim: its own idle connections never
+/// give way, whoever waits. Looked up as the peer of its TTRPC socket, here this test.
+#[tokio::test]
+async fn containerds_idle_connections_never_give_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let ttrpc = dir.path().join("containerd.sock.ttrpc");
+    let _containerd = StdUnixListener::bind(&ttrpc).unwrap();
+    let keep = Keep::containerd(&format!("unix://{}", ttrpc.display()));
+    assert_eq!(keep.pid().await, Some(std::process::id() as i32));
+    let (_dir, mut incoming, _clients, served) = full(keep).await;
+    assert!(
+        timeout(IDLE * 6, incoming.next()).await.is_err(),
+        "a connection of containerd's gave way"
+    );
+    assert!(served.iter().all(|s| !s.is_finished()));
+}
+
+/// Below the cap, or at the cap with nobody waiting, idle connections stay.
+#[tokio::test]
+async fn idle_connections_stay_while_nobody_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listener, path) = bound(dir.path());
+    let limits = Limits {
+        max_connections: 2,
+        idle: IDLE,
+        ..Limits::default()
+    };
+    let mut incoming = Box::pin(accepting_with(
+        listener,
+        limits,
+        SameUser::current(),
+        Keep::Pid(1),
+    ));
+    let mut clients = Vec::new();
+    let mut served = Vec::new();
+    for _ in 0..2 {
+        clients.push(UnixStream::connect(&path).await.unwrap());
+        served.push(serve(incoming.next().await.unwrap().unwrap()));
+    }
+    assert!(timeout(IDLE * 6, incoming.next()).await.is_err());
+    assert!(
+        served.iter().all(|s| !s.is_finished()),
+        "an idle connection was closed"
+    );
+}
+
+/// containerd cannot be looked up (down, or its socket gone): nothing gives way.
+#[tokio::test]
+async fn without_containerd_nothing_gives_way() {
+    let keep = Keep::containerd("/nonexistent/containerd.sock.ttrpc");
+    assert_eq!(keep.pid().await, None);
+    let (_dir, mut incoming, _clients, served) = full(keep).await;
+    assert!(timeout(IDLE * 6, incoming.next()).await.is_err());
+    assert!(served.iter().all(|s| !s.is_finished()));
 }

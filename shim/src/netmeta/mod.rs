@@ -228,10 +228,10 @@ async fn run(plan: Arc<Plan>, pid: i32, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 }
                 Some(Msg::Remove(ack)) => {
                     let p = plan.clone();
-                    match tokio::task::spawn_blocking(move || p.store.remove(&p.namespace, &p.sandbox_id)).await {
+                    match runc_client::blocking::run("sandbox-record", move || p.store.remove(&p.namespace, &p.sandbox_id)).await {
                         Ok(Ok(_)) => log::debug!("sandbox {}: record removed", plan.sandbox_id),
                         Ok(Err(e)) => log::error!("sandbox {}: {e}", plan.sandbox_id),
-                        Err(e) => log::error!("sandbox {}: record removal task: {e}", plan.sandbox_id),
+                        Err(e) => log::error!("sandbox {}: record removal: {e}", plan.sandbox_id),
                     }
                     let _ = ack.send(());
                     return;

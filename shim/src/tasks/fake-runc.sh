@@ -67,7 +67,7 @@ steer "$cmd-fail" && fail "$(cat "$bundle/fake-$cmd-fail")"
 
 case "$cmd" in
 create)
-    [ -d "$dir" ] && fail "container with given ID already exists"
+    [ -d "$dir" ] && fail "runc create failed: container with given ID already exists"
     mkdir -p "$dir"; echo "$bundle" > "$dir/bundle"
     init="exec sleep 1000"; steer init && init=$(cat "$bundle/fake-init")
     if steer init-now; then

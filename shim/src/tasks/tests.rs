@@ -14,6 +14,8 @@ use crate::events::Recorder;
 use crate::process::{Exited, NEVER_RAN};
 
 mod checkpoint;
+mod create;
+mod kill;
 mod resources;
 
 const FAKE_RUNC: &str = include_str!("fake-runc.sh");

@@ -22,6 +22,68 @@ pub fn run(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Out
     child.wait_with_output().expect("wait shim")
 }
 
+/// Starts `exe` (a fresh copy of the shim) in `dir` with `args` and `env`, stdin left open.
+///
+/// A child another test forks while the copy is still open for writing holds that fd
+/// until its own exec, and exec of the copy fails with ETXTBSY meanwhile: try again.
+#[allow(dead_code)]
+pub fn spawn_exe(
+    exe: &Path,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    let mut child = None;
+    let spawned = wait_for(std::time::Duration::from_secs(10), || {
+        let spawn = Command::new(exe)
+            .args(args)
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        match spawn {
+            Ok(c) => child = Some(c),
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {}
+            Err(e) => panic!("spawn {}: {e}", exe.display()),
+        }
+        child.is_some()
+    });
+    assert!(spawned, "{} stayed busy", exe.display());
+    child.unwrap()
+}
+
+/// Runs the shim as [`run`] does (empty stdin), with our `fd` as its fd `target`, not
+/// close-on-exec: as a careless parent leaks one.
+#[allow(dead_code)]
+pub fn run_with_fd(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    fd: i32,
+    target: i32,
+) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(SHIM);
+    cmd.args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: dup2 only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().expect("run shim")
+}
+
 /// Starts the shim in `dir` with `args` and `env` without waiting for it (stdin closed).
 #[allow(dead_code)]
 pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
