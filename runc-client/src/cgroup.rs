@@ -8,7 +8,7 @@
 //! `cgroup.kill` does the same in one write (Linux 5.14+), with a per-process fallback.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The cgroup directories of one container (one per v1 hierarchy, or the v2 one).
@@ -150,7 +150,42 @@ pub fn relative_path(cgroups_path: &str) -> PathBuf {
     path
 }
 
+/// Whether the last component of `path` names container `id` (`<id>`, `cri-containerd-<id>.scope`).
+fn names_container(path: &Path, id: &str) -> bool {
+    !id.is_empty()
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.contains(id))
+}
+
+/// Whether `cgroups_path` names container `id`'s own cgroup: below the hierarchies' roots,
+/// without `.` or `..`, its last component naming the container. Killing "the container's
+/// cgroup" through a shared ancestor (`/kubepods`, `kubepods.slice`) or a path that climbs
+/// out (`/..`) would kill other pods, or the node.
+pub fn is_container_scope(cgroups_path: &str, id: &str) -> bool {
+    let rel = relative_path(cgroups_path);
+    rel.components().next().is_some()
+        && rel.components().all(|c| matches!(c, Component::Normal(_)))
+        && names_container(&rel, id)
+}
+
 impl CgroupSet {
+    /// Keeps only the directories that are container `id`'s own (absolute, plain
+    /// components, the last one naming the container), for a set read from files others
+    /// may have written (runc's state, a journal); returns those dropped.
+    pub fn retain_container(&mut self, id: &str) -> Vec<PathBuf> {
+        let (keep, dropped): (BTreeSet<PathBuf>, BTreeSet<PathBuf>) =
+            std::mem::take(&mut self.dirs).into_iter().partition(|d| {
+                d.is_absolute()
+                    && d.components()
+                        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+                    && names_container(d, id)
+            });
+        self.dirs = keep;
+        dropped.into_iter().collect()
+    }
+
     /// The container's cgroups for an OCI `linux.cgroupsPath`, in every hierarchy mounted
     /// here (only the directories that exist).
     pub fn from_cgroups_path(cgroups_path: &str) -> std::io::Result<Self> {
@@ -192,19 +227,27 @@ impl CgroupSet {
         pids.into_iter().collect()
     }
 
-    fn freezer(&self) -> Option<&Path> {
-        self.dirs
-            .iter()
-            .find(|d| d.join("freezer.state").exists())
-            .map(PathBuf::as_path)
+    /// The v1 freezer directory, else the v2 cgroup (which freezes through
+    /// `cgroup.freeze`): frozen, the processes can neither fork nor exit, so a pid read
+    /// from `cgroup.procs` still names the same process when it is signalled.
+    fn freezer(&self) -> Option<Freezer<'_>> {
+        let find = |file: &str| {
+            self.dirs
+                .iter()
+                .find(|d| d.join(file).exists())
+                .map(PathBuf::as_path)
+        };
+        find("freezer.state")
+            .map(Freezer::V1)
+            .or_else(|| find("cgroup.freeze").map(Freezer::V2))
     }
 
     /// SIGKILLs every process in the cgroups and waits (up to `limit`) until they are gone.
     pub fn kill_all(&self, limit: Duration) -> KillReport {
         let mut report = KillReport::default();
         let freezer = self.freezer();
-        if let Some(f) = freezer {
-            freeze(f, true);
+        if let Some(f) = &freezer {
+            f.freeze(true);
         }
         let end = Instant::now() + limit;
         loop {
@@ -217,27 +260,28 @@ impl CgroupSet {
                 break;
             }
             for pid in &pids {
-                // SAFETY: kill(2) on a pid read from the container's own cgroup.
+                // SAFETY: kill(2) on a pid read from the container's own cgroup, frozen
+                // where a freezer exists (so the pid cannot have been reused since).
                 unsafe { libc::kill(*pid, libc::SIGKILL) };
                 if !report.killed.contains(pid) {
                     report.killed.push(*pid);
                 }
             }
-            if let Some(f) = freezer {
-                // Frozen processes take the SIGKILL only once thawed.
-                freeze(f, false);
+            if let Some(f) = &freezer {
+                // Frozen processes (v1) take the SIGKILL only once thawed.
+                f.freeze(false);
             }
             if Instant::now() >= end {
                 report.survivors = pids;
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
-            if let Some(f) = freezer {
-                freeze(f, true);
+            if let Some(f) = &freezer {
+                f.freeze(true);
             }
         }
-        if let Some(f) = freezer {
-            freeze(f, false);
+        if let Some(f) = &freezer {
+            f.freeze(false);
         }
         report
     }
@@ -256,10 +300,23 @@ impl CgroupSet {
     }
 }
 
-fn freeze(freezer: &Path, frozen: bool) {
-    let state = if frozen { "FROZEN" } else { "THAWED" };
-    if let Err(e) = std::fs::write(freezer.join("freezer.state"), state) {
-        log::debug!("{}: {state}: {e}", freezer.display());
+/// A cgroup that can be frozen: v1's freezer controller or v2's `cgroup.freeze`.
+enum Freezer<'a> {
+    V1(&'a Path),
+    V2(&'a Path),
+}
+
+impl Freezer<'_> {
+    fn freeze(&self, frozen: bool) {
+        let (file, state) = match (self, frozen) {
+            (Freezer::V1(d), true) => (d.join("freezer.state"), "FROZEN"),
+            (Freezer::V1(d), false) => (d.join("freezer.state"), "THAWED"),
+            (Freezer::V2(d), true) => (d.join("cgroup.freeze"), "1"),
+            (Freezer::V2(d), false) => (d.join("cgroup.freeze"), "0"),
+        };
+        if let Err(e) = std::fs::write(&file, state) {
+            log::debug!("{}: {state}: {e}", file.display());
+        }
     }
 }
 
@@ -294,6 +351,49 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_containers_own_cgroup_is_its_scope() {
+        let id = "c0ffee";
+        for own in [
+            "/kubepods/besteffort/pod1/c0ffee",
+            "/default/c0ffee",
+            "kubepods-besteffort-pod1.slice:cri-containerd:c0ffee",
+        ] {
+            assert!(is_container_scope(own, id), "{own}");
+        }
+        for shared in [
+            "/",
+            "",
+            "/..",
+            "/kubepods/../c0ffee",
+            "/kubepods",
+            "/kubepods/besteffort",
+            "kubepods.slice:cri-containerd:other",
+            "-.slice::kubepods.slice",
+        ] {
+            assert!(!is_container_scope(shared, id), "{shared:?}");
+        }
+        assert!(!is_container_scope("/default/x", ""));
+
+        let mut set = CgroupSet {
+            dirs: [
+                "/sys/fs/cgroup/memory/kubepods/pod1/c0ffee",
+                "/sys/fs/cgroup/memory/kubepods",
+                "/sys/fs/cgroup/memory/..",
+                "relative/c0ffee",
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        };
+        let dropped = set.retain_container(id);
+        assert_eq!(
+            set.dirs().collect::<Vec<_>>(),
+            vec![Path::new("/sys/fs/cgroup/memory/kubepods/pod1/c0ffee")]
+        );
+        assert_eq!(dropped.len(), 3);
+    }
 
     const MOUNTINFO: &str = "\
 25 30 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755

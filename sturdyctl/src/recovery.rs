@@ -225,17 +225,28 @@ pub fn cgroups_of(task: &Task) -> CgroupSet {
         }
     }
     if let Some(path) = task.cgroups_path.as_deref() {
-        // An empty or root path would name every process of the hierarchy.
-        if runc_client::cgroup::relative_path(path)
-            .components()
-            .next()
-            .is_some()
-        {
+        // A root, a shared ancestor or a path climbing out would name other pods'
+        // processes, or every process of the node.
+        if runc_client::cgroup::is_container_scope(path, &task.id) {
             match CgroupSet::from_cgroups_path(path) {
                 Ok(s) => set.merge(s),
                 Err(e) => log::warn!("{}/{}: cgroups of {path}: {e}", task.namespace, task.id),
             }
+        } else {
+            log::warn!(
+                "{}/{}: cgroupsPath {path:?} names no cgroup of the container alone: not killed",
+                task.namespace,
+                task.id
+            );
         }
+    }
+    for dir in set.retain_container(&task.id) {
+        log::warn!(
+            "{}/{}: cgroup {} is not the container's own: not killed",
+            task.namespace,
+            task.id,
+            dir.display()
+        );
     }
     set
 }
@@ -267,18 +278,40 @@ pub fn kill_cgroups(tasks: &[Task]) -> (bool, String) {
     (survivors.is_empty(), detail)
 }
 
-/// Removes a dead shim's socket file if nothing listens on it any more.
-pub fn remove_stale_socket(address: &str) -> (bool, String) {
+/// Removes a dead shim's socket file if nothing listens on it any more. Only a socket is
+/// ever removed, and only in a directory no one but root can change: the bundle's
+/// `address` may name anything, and `connect` to a regular file is refused just like a
+/// dead socket (security review 2026-12, L5). The connect never blocks: a live shim whose
+/// backlog is full makes it fail with EAGAIN, which keeps the socket.
+pub async fn remove_stale_socket(address: &str) -> (bool, String) {
+    use std::os::unix::fs::FileTypeExt;
     let path = probe::socket_path(address);
     if path.starts_with('\0') {
         return (true, "abstract socket: nothing to remove".into());
     }
-    match std::os::unix::net::UnixStream::connect(&path) {
-        Ok(_) => (true, format!("{path}: something listens there again; kept")),
+    match std::fs::symlink_metadata(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (true, format!("{path}: already gone"))
+        }
+        Err(e) => return (false, format!("{path}: {e}; kept")),
+        Ok(m) if !m.file_type().is_socket() => {
+            return (false, format!("{path}: not a socket; kept"))
+        }
+        Ok(_) => {}
+    }
+    if let Some(dir) = std::path::Path::new(&path).parent() {
+        if let Err(e) = crate::trust::directory(dir) {
+            return (false, format!("{path}: {e}; kept"));
+        }
+    }
+    let connect = tokio::net::UnixStream::connect(&path);
+    match tokio::time::timeout(Duration::from_secs(1), connect).await {
+        Err(_) => (true, format!("{path}: a connect is pending; kept")),
+        Ok(Ok(_)) => (true, format!("{path}: something listens there again; kept")),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             (true, format!("{path}: already gone"))
         }
-        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
             match std::fs::remove_file(&path) {
                 Ok(()) => (true, format!("{path}: removed")),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -287,7 +320,7 @@ pub fn remove_stale_socket(address: &str) -> (bool, String) {
                 Err(e) => (false, format!("{path}: remove: {e}")),
             }
         }
-        Err(e) => (false, format!("{path}: connect: {e}; kept")),
+        Ok(Err(e)) => (false, format!("{path}: connect: {e}; kept")),
     }
 }
 
@@ -479,7 +512,7 @@ pub async fn recover(
 
     // A killed shim never removes its socket, and containerd 1.6 leaves it for the Go shim.
     let t = Instant::now();
-    let (ok, detail) = remove_stale_socket(&shim.address);
+    let (ok, detail) = remove_stale_socket(&shim.address).await;
     inc.step("remove socket".into(), ok, t.elapsed(), detail)
         .await;
 
@@ -516,3 +549,6 @@ pub async fn recover(
     .await;
     Outcome::Recovered { ok }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,6 @@ mod lock;
 mod sweep;
 
 use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -267,10 +266,43 @@ fn remove_socket_without_bundle(flags: &Flags, steps: &mut Steps) {
     remove_socket_if_stale(Path::new(socket_path(&address)), steps);
 }
 
-/// True when no shim answers on `path` (and the socket file, if any, is gone).
+/// True when no shim answers on `path` (and the socket file, if any, is gone). Only a
+/// socket that refuses connections is removed: `connect` to a regular file is refused
+/// too (security review 2026-12, L5). The connect never blocks: a live shim whose backlog
+/// is full answers EAGAIN and keeps its socket.
 fn remove_socket_if_stale(path: &Path, steps: &mut Steps) -> bool {
-    if UnixStream::connect(path).is_ok() {
-        return false;
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+        Err(e) => {
+            steps.warn(format!("stat {}: {e}: left alone", path.display()));
+            return true;
+        }
+        Ok(m) if !m.file_type().is_socket() => {
+            steps.warn(format!("{} is not a socket: left alone", path.display()));
+            return true;
+        }
+        Ok(_) => {}
+    }
+    let refused = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .and_then(|fd| {
+        let addr = UnixAddr::new(path)?;
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)
+    });
+    match refused {
+        Ok(()) | Err(nix::errno::Errno::EAGAIN) => return false,
+        Err(nix::errno::Errno::ENOENT) => return true,
+        Err(nix::errno::Errno::ECONNREFUSED) => {}
+        Err(e) => {
+            steps.warn(format!("connect {}: {e}: left alone", path.display()));
+            return true;
+        }
     }
     match std::fs::remove_file(path) {
         Ok(()) => steps.did(format!("removed stale socket {}", path.display())),
@@ -278,4 +310,27 @@ fn remove_socket_if_stale(path: &Path, steps: &mut Steps) -> bool {
         Err(e) => steps.warn(format!("remove stale socket {}: {e}", path.display())),
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Security review 2026-12, L5.
+    #[test]
+    fn only_a_socket_nobody_serves_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut steps = Steps::new("t");
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, "precious").unwrap();
+        assert!(remove_socket_if_stale(&file, &mut steps));
+        assert!(file.exists(), "a regular file was removed");
+        let sock = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert!(!remove_socket_if_stale(&sock, &mut steps), "a live socket");
+        assert!(sock.exists());
+        drop(listener);
+        assert!(remove_socket_if_stale(&sock, &mut steps));
+        assert!(!sock.exists(), "a dead socket was kept");
+    }
 }

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use runc_client::cgroup::{relative_path, CgroupSet, RuncStateFile};
+use runc_client::cgroup::{is_container_scope, CgroupSet, RuncStateFile};
 
 use super::Steps;
 
@@ -32,7 +32,14 @@ pub fn container_cgroups(root: &Path, bundle: &Path, id: &str, steps: &mut Steps
             state
                 .cgroup_paths
                 .retain(|_, dir| below_hierarchy_root(dir));
-            set.merge(state.cgroups());
+            let mut own = state.cgroups();
+            for dir in own.retain_container(id) {
+                steps.warn(format!(
+                    "runc's cgroup {} is not the container's own: not swept",
+                    dir.display()
+                ));
+            }
+            set.merge(own);
         }
         Ok(Some(state)) => steps.warn(format!(
             "{} is for container {:?}: its cgroups are not swept",
@@ -46,10 +53,12 @@ pub fn container_cgroups(root: &Path, bundle: &Path, id: &str, steps: &mut Steps
         )),
     }
     match spec_cgroups_path(bundle) {
-        Ok(Some(path)) if is_confined(&path) => match CgroupSet::from_cgroups_path(&path) {
-            Ok(dirs) => set.merge(dirs),
-            Err(e) => steps.warn(format!("cgroups of {path:?}: {e}: not swept")),
-        },
+        Ok(Some(path)) if is_container_scope(&path, id) => {
+            match CgroupSet::from_cgroups_path(&path) {
+                Ok(dirs) => set.merge(dirs),
+                Err(e) => steps.warn(format!("cgroups of {path:?}: {e}: not swept")),
+            }
+        }
         Ok(Some(path)) => steps.warn(format!(
             "config.json cgroupsPath {path:?} names no cgroup of its own: not swept"
         )),
@@ -73,13 +82,6 @@ fn spec_cgroups_path(bundle: &Path) -> Result<Option<String>, String> {
         .as_str()
         .filter(|p| !p.is_empty())
         .map(String::from))
-}
-
-/// A cgroups path below the hierarchies' roots: never a root itself (sweeping that would
-/// kill every process on the host), never climbing out with `..`.
-fn is_confined(cgroups_path: &str) -> bool {
-    let rel = relative_path(cgroups_path);
-    rel.components().next().is_some() && rel.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
 /// A cgroup directory from runc's state that is not the root of its hierarchy: its
@@ -215,16 +217,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_confined_cgroups_paths_are_swept() {
+    fn only_the_containers_own_cgroups_path_is_swept() {
         for ok in [
             "/k8s.io/abc",
             "pod/abc",
             "kubepods.slice:cri-containerd:abc",
         ] {
-            assert!(is_confined(ok), "{ok}");
+            assert!(is_container_scope(ok, "abc"), "{ok}");
         }
-        for bad in ["/", "", "/..", "/a/../..", "./"] {
-            assert!(!is_confined(bad), "{bad:?}");
+        // Roots, climbing out, and the shared ancestors of many pods (security review
+        // 2026-12, L3).
+        for bad in [
+            "/",
+            "",
+            "/..",
+            "/a/../..",
+            "./",
+            "/kubepods",
+            "/kubepods/burstable",
+            "-.slice::kubepods.slice",
+            "/k8s.io/other",
+        ] {
+            assert!(!is_container_scope(bad, "abc"), "{bad:?}");
         }
     }
 
