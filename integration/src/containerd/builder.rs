@@ -178,19 +178,22 @@ pub const FIXTURE_BASE_ENV: &str = "STURDY_TEST_TMPDIR";
 /// Where fixtures are created unless [`FIXTURE_BASE_ENV`] says otherwise.
 const DEFAULT_FIXTURE_BASE: &str = "/var/lib/sturdy-test";
 
-/// The directory fixtures are created in, made (0700) if missing. Not TMPDIR: the
+/// The directory fixtures are created in, made (0755, root's) if missing. Not TMPDIR: the
 /// watchdog runs a shim binary only from directories no one but root can change, which
 /// rules out anything under the world-writable /tmp, and a fixture's `bin/` holds the
-/// shims containerd runs.
+/// shims containerd runs. Not 0700 either: a container in a user namespace (its root an
+/// unprivileged host uid) must reach its rootfs below it, as under /var/lib/containerd.
 pub fn fixture_base() -> Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let base = std::env::var_os(FIXTURE_BASE_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_FIXTURE_BASE));
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(0o755)
         .create(&base)
         .ctx(|| format!("creating {}", base.display()))?;
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))
+        .ctx(|| format!("chmod 0755 {}", base.display()))?;
     Ok(base)
 }
