@@ -27,6 +27,7 @@ use crate::tasks::Shared;
 
 pub mod checkpoint;
 mod exit;
+mod oom;
 mod resources;
 
 pub use exit::{finish_io, report_exit, report_exit_locked};
@@ -64,6 +65,7 @@ pub struct Container {
     rootfs: Vec<Mount>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     cgroups: resources::CgroupState,
+    oom: oom::OomState,
     /// Set when Create carried a checkpoint: Start restores from it.
     restore: Option<checkpoint::RestoreFrom>,
     parked: checkpoint::ParkedSlot,
@@ -146,6 +148,7 @@ impl Container {
             rootfs: req.rootfs.to_vec(),
             execs: Mutex::new(HashMap::new()),
             cgroups: Default::default(),
+            oom: Default::default(),
             restore,
             parked: Default::default(),
             netmeta,
@@ -340,10 +343,7 @@ impl Container {
         };
         self.init.start_succeeded(pid)?;
         self.record_network("start");
-        shared.events.publish(Event::Start {
-            id: self.id.clone(),
-            pid,
-        });
+        self.publish_start(shared, pid);
         crate::memory::trim_heap();
         Ok((pid, early))
     }
@@ -434,7 +434,7 @@ impl Container {
         if let Some(rec) = self.recorder.get() {
             rec.remove().await;
         }
-        report_exit_locked(shared, &self.init);
+        self.report_init_exit_locked(shared);
         let pid = self.init.pid();
         let exited = self.init.delete_done(Exited {
             status: KILLED,

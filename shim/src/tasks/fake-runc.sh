@@ -7,6 +7,7 @@
 #   fake-exec         shell command an exec runs (default: exec sleep 1000)
 #   fake-<cmd>-sleep  seconds <cmd> takes (create, start, exec, delete)
 #   fake-kill-after   seconds kill takes after it signalled
+#   fake-start-after  seconds start takes after it let init run
 #   fake-<cmd>-fail   <cmd> fails with the file's content as runc's error
 #   fake-cgroups      JSON object written as cgroup_paths of $root/<id>/state.json
 #   fake-checkpoint-criu-fail  checkpoint fails as CRIU does: an error in <work>/dump.log
@@ -99,7 +100,8 @@ checkpoint)
     case " $given " in *" --leave-running "*) ;; *) kill -9 "$(cat "$dir/pid")" ;; esac ;;
 start)
     [ -e "$dir/started" ] && fail "cannot start an already running container"
-    touch "$dir/started" ;;
+    touch "$dir/started"
+    steer start-after && sleep "$(cat "$bundle/fake-start-after")" ;;
 exec)
     run="exec sleep 1000"; steer exec && run=$(cat "$bundle/fake-exec")
     # As for init-now: the exec must not die while this script can still reap it.

@@ -14,6 +14,7 @@ use crate::events::Recorder;
 use crate::process::{Exited, NEVER_RAN};
 
 mod checkpoint;
+mod oom_order;
 mod resources;
 
 const FAKE_RUNC: &str = include_str!("fake-runc.sh");
