@@ -125,6 +125,7 @@ impl Runc {
             io: None,
             extra_files: Vec::new(),
             scratch: None,
+            abort: None,
         })
         .await
     }
@@ -207,6 +208,7 @@ impl Runc {
             io: Some(io),
             extra_files,
             scratch: None,
+            abort: None,
         })
         .await
         .map(drop)
@@ -227,6 +229,20 @@ impl Runc {
         id: &str,
         process: &oci_spec::runtime::Process,
         opts: &ExecOpts,
+    ) -> Result<()> {
+        self.exec_until(id, process, opts, std::future::pending())
+            .await
+    }
+
+    /// [`Runc::exec`], ended early when `abort` resolves: runc is killed with everything
+    /// it started and the call returns [`Error::Aborted`], unless runc had already exited
+    /// on its own, whose result is then returned as it would have been.
+    pub async fn exec_until(
+        &self,
+        id: &str,
+        process: &oci_spec::runtime::Process,
+        opts: &ExecOpts,
+        abort: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
         check_id("exec", id)?;
         let json = serde_json::to_vec(process).map_err(|e| Error::Parse {
@@ -265,6 +281,7 @@ impl Runc {
             io: Some(io),
             extra_files: Vec::new(),
             scratch: Some(scratch),
+            abort: Some(Box::pin(abort)),
         })
         .await
         .map(drop)
@@ -355,6 +372,7 @@ impl Runc {
             io: None,
             extra_files: Vec::new(),
             scratch: None,
+            abort: None,
         })
         .await
         .map(drop)
@@ -430,6 +448,7 @@ impl Runc {
             io: Some(io),
             extra_files: Vec::new(),
             scratch: None,
+            abort: None,
         })
         .await
         .map(drop)
