@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::api::CreateTaskRequest;
 use containerd_shim_protos::types::mount::Mount;
-use runc_client::{CreateOpts, Reaper, Runc, RuncConfig};
+use runc_client::{CreateOpts, Deadlines, Reaper, Runc, RuncConfig};
 
 use crate::error::{Error, Result};
 use crate::events::Event;
@@ -125,6 +125,11 @@ impl Container {
                 systemd_cgroup: options.systemd_cgroup,
                 log: Some(bundle.join("log.json")),
                 criu: (!options.criu_path.is_empty()).then(|| PathBuf::from(&options.criu_path)),
+                deadlines: Deadlines {
+                    // Always `--detach`: runc only sets the process up.
+                    exec: crate::exec::EXEC_START_LIMIT,
+                    ..Deadlines::default()
+                },
                 ..RuncConfig::default()
             },
             reaper,

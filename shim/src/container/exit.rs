@@ -15,6 +15,11 @@ impl Container {
             }
         }
         let execs: Vec<Arc<Process>> = self.execs().values().map(|e| e.process.clone()).collect();
+        // An exec still in `runc exec` never waits for runc's deadline: its Start ends now
+        // (it never ran, or it is killed right after it started).
+        for p in &execs {
+            p.abort_start("its container's end");
+        }
         let all_execs = async {
             for p in execs {
                 let pending = !matches!(p.state(), State::Created | State::Deleted);

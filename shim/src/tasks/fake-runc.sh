@@ -1,7 +1,8 @@
 #!/bin/sh
 # A fake runc for the shim's lifecycle tests: real processes, no containers.
 # State lives in $root/<id>/ (pid, bundle, started, execs); every call is appended to
-# $root/calls.log as "<command> <id>". A bundle steers it with files:
+# $root/calls.log as "<command> <id>", and its own pid written to $root/<command>-<id>.pid
+# (the last call's). A bundle steers it with files:
 #   fake-init         shell command init runs once started (default: exec sleep 1000)
 #   fake-init-now     run init's command at create, without waiting for start
 #   fake-exec         shell command an exec runs (default: exec sleep 1000)
@@ -49,6 +50,7 @@ set -- $args
 id=$1; dir="$root/$id"
 mkdir -p "$root"
 echo "$cmd $id" >> "$root/calls.log"
+echo $$ > "$root/$cmd-$id.pid"
 
 fail() {
     if [ -n "$log" ]; then
