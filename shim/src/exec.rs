@@ -180,6 +180,17 @@ impl Container {
             // Its environment may hold secrets: keep it in the root-only bundle.
             spec_dir: Some(self.bundle.clone()),
         };
+        let aborted = |by: &'static str| {
+            log::warn!("{}: start ended by {by} while runc exec ran", p.name());
+            Error::ExecAborted {
+                id: self.id.clone(),
+                exec_id: p.exec_id.clone(),
+                by,
+            }
+        };
+        if let Some(by) = p.abort_requested() {
+            return Err(aborted(by));
+        }
         let since = SystemTime::now();
         let run = self
             .runc
@@ -193,13 +204,7 @@ impl Container {
             // A pid file left by a runc killed half-way names a process that died with it.
             let _ = std::fs::remove_file(&pid_file);
             if e.is_aborted() {
-                let by = p.abort_requested().unwrap_or("an abort");
-                log::warn!("{}: start ended by {by} while runc exec ran", p.name());
-                return Err(Error::ExecAborted {
-                    id: self.id.clone(),
-                    exec_id: p.exec_id.clone(),
-                    by,
-                });
+                return Err(aborted(p.abort_requested().unwrap_or("an abort")));
             }
             return Err(Error::Exec {
                 id: self.id.clone(),
