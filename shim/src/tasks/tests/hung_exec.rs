@@ -21,9 +21,14 @@ async fn start_hanging(rig: &Rig) -> (tokio::task::JoinHandle<Result<i32>>, i32)
         tokio::spawn(async move { tasks.start("c", "e").await })
     };
     let pid_file = rig.root().join("test").join("exec-c.pid");
-    rig.wait_for("runc exec to run", || pid_file.exists()).await;
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
-    (start, pid.trim().parse().unwrap())
+    let pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+    };
+    // The fake writes its pid with a shell redirection: the file is empty for a moment.
+    rig.wait_for("runc exec to run", || pid().is_some()).await;
+    (start, pid().unwrap())
 }
 
 /// Whether anything of the process group `pgid` (runc and what it started) is left.
