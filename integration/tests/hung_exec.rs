@@ -30,7 +30,7 @@ struct HangingExec {
 
 impl HangingExec {
     fn new(dir: &Path) -> HangingExec {
-        let runc = which("runc");
+        let runc = sturdy_integration::which("runc").expect("runc not found");
         let switch = dir.join("hang.on");
         let pids = dir.join("hung.pids");
         let wrapper = dir.join("hanging-runc");
@@ -107,15 +107,6 @@ impl Drop for HangingExec {
             }
         }
     }
-}
-
-fn which(program: &str) -> PathBuf {
-    let path = std::env::var("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{program} not found"))
 }
 
 /// A fixture whose "hanging" runtime's `runc exec` hangs, with a pod of that runtime and
