@@ -29,3 +29,13 @@ pub use wait::until;
 
 /// Re-exported so tests need no direct dependency on the CRI crate.
 pub use k8s_cri;
+
+/// `program` found on PATH, else in /usr/sbin, /usr/bin or /sbin (a test's PATH may lack
+/// the sbin directories).
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}

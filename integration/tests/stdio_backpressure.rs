@@ -60,7 +60,7 @@ fn payload(tag: &str, bytes: usize) -> Vec<u8> {
 
 impl Flood {
     fn new(dir: &Path, name: &str, create_bytes: usize, exec_bytes: usize) -> Flood {
-        let runc = which("runc");
+        let runc = sturdy_integration::which("runc").expect("runc not found");
         let create = payload("create", create_bytes);
         let exec = payload("exec", exec_bytes);
         let create_file = dir.join(format!("{name}.create"));
@@ -145,15 +145,6 @@ impl Drop for Flood {
     fn drop(&mut self) {
         self.off();
     }
-}
-
-fn which(program: &str) -> PathBuf {
-    let path = std::env::var("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{program} not found"))
 }
 
 /// `seq 1 n` output.

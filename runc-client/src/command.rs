@@ -48,7 +48,16 @@ pub(crate) struct Call<'a> {
     /// Bytes of stdout to retain when the configured output limit is too small for what
     /// the call must parse whole.
     pub stdout_limit: Option<usize>,
+    /// Ends the call early when it resolves (see [`crate::Runc::exec_until`]).
+    pub abort: Option<Abort<'a>>,
 }
+
+/// What ends a call early.
+pub(crate) type Abort<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// How long an aborted call waits for the killed runc's exit, to tell whether runc had
+/// finished on its own first.
+const ABORT_REAP_LIMIT: Duration = Duration::from_secs(5);
 
 /// What a successful command printed, bounded to the configured output limit.
 #[derive(Debug)]
@@ -284,7 +293,9 @@ pub(crate) async fn run(
         extra_files,
         scratch,
         stdout_limit,
+        abort,
     } = call;
+    let mut abort = abort.unwrap_or_else(|| Box::pin(std::future::pending()));
     let ctx = |what: &str| format!("runc {command} {id}: {what}");
     let log = LogTarget::prepare(cfg, io.is_none(), scratch.as_ref())
         .map_err(|e| Error::io(ctx("creating a private log file"), e))?;
@@ -384,8 +395,29 @@ pub(crate) async fn run(
         let mut io_done = false;
         let waited = loop {
             tokio::select! {
-                r = &mut wait => break r,
+                biased;
+                r = &mut wait => break Some(r),
+                _ = &mut abort => break None,
                 _ = &mut io_work, if !io_done => io_done = true,
+            }
+        };
+        let waited = match waited {
+            Some(r) => r,
+            None => {
+                // Killed while it runs, runc takes what it started along (its children,
+                // until it exits). Its exit then tells whether it had finished on its
+                // own first: only a SIGKILL is the abort's.
+                kill_process_tree(pid);
+                match tokio::time::timeout(ABORT_REAP_LIMIT, &mut wait).await {
+                    Ok(Ok(exit)) if exit.status != 128 + libc::SIGKILL => Ok(exit),
+                    _ => {
+                        cancel_guard.armed = false;
+                        return Err(Error::Aborted {
+                            command,
+                            id: id.to_string(),
+                        });
+                    }
+                }
             }
         };
         if waited.is_ok() && !io_done {

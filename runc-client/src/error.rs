@@ -19,6 +19,16 @@ pub enum Error {
         /// The deadline that passed.
         deadline: Duration,
     },
+    /// The caller ended the call before runc exited; runc and what it started were killed.
+    #[error(
+        "runc {command} {id}: aborted before it finished; runc and what it started were killed"
+    )]
+    Aborted {
+        /// The runc subcommand.
+        command: &'static str,
+        /// The container id.
+        id: String,
+    },
     /// runc exited non-zero; `message` is runc's own error text.
     #[error("runc {command} {id}: exit status {status}: {message}")]
     Runc {
@@ -158,6 +168,11 @@ impl Error {
         matches!(self, Error::Timeout { .. })
     }
 
+    /// True when the caller ended the call early ([`crate::Runc::exec_until`]).
+    pub fn is_aborted(&self) -> bool {
+        matches!(self, Error::Aborted { .. })
+    }
+
     /// True when checkpoint or restore was refused because CRIU is not installed.
     pub fn is_criu_missing(&self) -> bool {
         matches!(self, Error::CriuNotFound { .. })
@@ -172,6 +187,7 @@ impl Error {
     pub fn command(&self) -> Option<&'static str> {
         match self {
             Error::Timeout { command, .. }
+            | Error::Aborted { command, .. }
             | Error::Runc { command, .. }
             | Error::NotFound { command, .. }
             | Error::Exists { command, .. }
@@ -189,6 +205,7 @@ impl Error {
     pub fn id(&self) -> Option<&str> {
         match self {
             Error::Timeout { id, .. }
+            | Error::Aborted { id, .. }
             | Error::Runc { id, .. }
             | Error::NotFound { id, .. }
             | Error::Exists { id, .. }

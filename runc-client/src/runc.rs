@@ -126,6 +126,7 @@ impl Runc {
             extra_files: Vec::new(),
             scratch: None,
             stdout_limit: None,
+            abort: None,
         })
         .await
     }
@@ -209,6 +210,7 @@ impl Runc {
             extra_files,
             scratch: None,
             stdout_limit: None,
+            abort: None,
         })
         .await
         .map(drop)
@@ -229,6 +231,20 @@ impl Runc {
         id: &str,
         process: &oci_spec::runtime::Process,
         opts: &ExecOpts,
+    ) -> Result<()> {
+        self.exec_until(id, process, opts, std::future::pending())
+            .await
+    }
+
+    /// [`Runc::exec`], ended early when `abort` resolves: runc is killed with everything
+    /// it started and the call returns [`Error::Aborted`], unless runc had already exited
+    /// on its own, whose result is then returned as it would have been.
+    pub async fn exec_until(
+        &self,
+        id: &str,
+        process: &oci_spec::runtime::Process,
+        opts: &ExecOpts,
+        abort: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
         check_id("exec", id)?;
         let json = serde_json::to_vec(process).map_err(|e| Error::Parse {
@@ -268,6 +284,7 @@ impl Runc {
             extra_files: Vec::new(),
             scratch: Some(scratch),
             stdout_limit: None,
+            abort: Some(Box::pin(abort)),
         })
         .await
         .map(drop)
@@ -326,6 +343,7 @@ impl Runc {
                 extra_files: Vec::new(),
                 scratch: None,
                 stdout_limit: Some(self.config().output_limit.max(PS_OUTPUT_LIMIT)),
+                abort: None,
             })
             .await?;
         Ok(Self::parse::<Option<Vec<i32>>>("ps", id, &out)?.unwrap_or_default())
@@ -371,6 +389,7 @@ impl Runc {
             extra_files: Vec::new(),
             scratch: None,
             stdout_limit: None,
+            abort: None,
         })
         .await
         .map(drop)
@@ -450,6 +469,7 @@ impl Runc {
             extra_files: Vec::new(),
             scratch: None,
             stdout_limit: None,
+            abort: None,
         })
         .await
         .map(drop)

@@ -128,6 +128,86 @@ async fn cancelled_call_kills_what_it_started() {
     }
 }
 
+/// Waits until `path` exists.
+async fn appears(path: &Path) {
+    while !path.exists() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An exec the caller gives up on (a Kill of an exec whose `runc exec` hangs) ends at
+/// once: runc and what it started are killed, and the call says it was aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_exec_kills_runc_and_what_it_started() {
+    let _shared = FD_COUNT.read().await;
+    let fake = Fake::new(
+        "echo $$ > \"$DIR/pids\"\n\
+         sleep 1000 & echo $! >> \"$DIR/pids\"\n\
+         touch \"$DIR/ready\"\n\
+         exec sleep 1000",
+    );
+    let process = oci_spec::runtime::Process::default();
+    let opts = runc_client::ExecOpts::default();
+    let ready = fake.path("ready");
+    let mut guard = KillOnDrop(Vec::new());
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        fake.runc
+            .exec_until("c-abort", &process, &opts, appears(&ready)),
+    )
+    .await
+    .expect("the aborted exec did not end")
+    .unwrap_err();
+    let elapsed = started.elapsed();
+    guard.0 = fake.pids("pids");
+    assert!(err.is_aborted(), "{err}");
+    assert_eq!(err.command(), Some("exec"));
+    assert_eq!(err.id(), Some("c-abort"));
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    assert_eq!(guard.0.len(), 2, "pids: {:?}", guard.0);
+    for &pid in &guard.0 {
+        assert!(
+            wait_dead(pid, Duration::from_secs(1)).await,
+            "pid {pid} survived the abort"
+        );
+    }
+}
+
+/// An abort that comes when runc has already exited on its own changes nothing: the
+/// call returns runc's own result (here: success), so the caller knows the process runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_after_runc_exited_returns_its_result() {
+    let _shared = FD_COUNT.read().await;
+    let fake = Fake::new("echo $$ > \"$DIR/pids\"\nexit 0");
+    let process = oci_spec::runtime::Process::default();
+    let opts = runc_client::ExecOpts::default();
+    let pids = fake.path("pids");
+    // Nothing is reaped until the abort: runc's exit cannot reach the call before it.
+    let hold = Reaper::global().hold();
+    let aborted = std::sync::atomic::AtomicBool::new(false);
+    let abort = async {
+        appears(&pids).await;
+        let pid = fake.pids("pids")[0];
+        while alive(pid) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        aborted.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(hold);
+    };
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        fake.runc.exec_until("c-late", &process, &opts, abort),
+    )
+    .await
+    .expect("the exec did not end");
+    assert!(
+        aborted.load(std::sync::atomic::Ordering::SeqCst),
+        "the abort never came; the test proves nothing"
+    );
+    r.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grandchild_holding_stdout_does_not_hold_the_call() {
     let _shared = FD_COUNT.read().await;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::api::CreateTaskRequest;
 use containerd_shim_protos::types::mount::Mount;
-use runc_client::{CreateOpts, Reaper, Runc, RuncConfig};
+use runc_client::{CreateOpts, Deadlines, Reaper, Runc, RuncConfig};
 
 use crate::error::{Error, Result};
 use crate::events::Event;
@@ -27,6 +27,7 @@ use crate::tasks::Shared;
 
 pub mod checkpoint;
 mod exit;
+mod oom;
 mod resources;
 
 pub use exit::{finish_io, report_exit, report_exit_locked};
@@ -64,6 +65,7 @@ pub struct Container {
     rootfs: Vec<Mount>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     cgroups: resources::CgroupState,
+    oom: oom::OomState,
     /// Set when Create carried a checkpoint: Start restores from it.
     restore: Option<checkpoint::RestoreFrom>,
     parked: checkpoint::ParkedSlot,
@@ -123,6 +125,11 @@ impl Container {
                 systemd_cgroup: options.systemd_cgroup,
                 log: Some(bundle.join("log.json")),
                 criu: (!options.criu_path.is_empty()).then(|| PathBuf::from(&options.criu_path)),
+                deadlines: Deadlines {
+                    // Always `--detach`: runc only sets the process up.
+                    exec: crate::exec::EXEC_START_LIMIT,
+                    ..Deadlines::default()
+                },
                 ..RuncConfig::default()
             },
             reaper,
@@ -146,6 +153,7 @@ impl Container {
             rootfs: req.rootfs.to_vec(),
             execs: Mutex::new(HashMap::new()),
             cgroups: Default::default(),
+            oom: Default::default(),
             restore,
             parked: Default::default(),
             netmeta,
@@ -339,10 +347,7 @@ impl Container {
         };
         self.init.start_succeeded(pid)?;
         self.record_network("start");
-        shared.events.publish(Event::Start {
-            id: self.id.clone(),
-            pid,
-        });
+        self.publish_start(shared, pid);
         crate::memory::trim_heap();
         Ok((pid, early))
     }
@@ -433,7 +438,7 @@ impl Container {
         if let Some(rec) = self.recorder.get() {
             rec.remove().await;
         }
-        report_exit_locked(shared, &self.init);
+        self.report_init_exit_locked(shared);
         let pid = self.init.pid();
         let exited = self.init.delete_done(Exited {
             status: KILLED,

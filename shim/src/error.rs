@@ -38,6 +38,23 @@ pub enum Error {
         #[source]
         source: Box<runc_client::Error>,
     },
+    /// `runc exec` of an exec's Start failed, timed out or could not be started.
+    #[error("container {id}: exec {exec_id}: {source}{}", runtime_note(runtime))]
+    Exec {
+        id: String,
+        exec_id: String,
+        runtime: String,
+        #[source]
+        source: Box<runc_client::Error>,
+    },
+    /// An exec's Start was ended by `by` (a Kill, a Delete, the container's end) while
+    /// `runc exec` ran; runc and what it started were killed: the exec never ran.
+    #[error("container {id}: exec {exec_id}: start ended by {by} while runc exec ran; runc and what it started were killed")]
+    ExecAborted {
+        id: String,
+        exec_id: String,
+        by: &'static str,
+    },
     /// Host-side IO (mounts, FIFOs, files) failed.
     #[error("container {id}: {context}: {source}")]
     Io {
@@ -90,22 +107,9 @@ impl Error {
             Error::FailedPrecondition { .. } => Code::FAILED_PRECONDITION,
             Error::InvalidArgument(_) | Error::Options { .. } => Code::INVALID_ARGUMENT,
             Error::Internal(_) => Code::INTERNAL,
-            Error::Runc { source, .. } => {
-                if source.is_not_found() {
-                    Code::NOT_FOUND
-                } else if source.is_already_exists() {
-                    Code::ALREADY_EXISTS
-                } else if source.is_criu_missing() {
-                    // Checkpoint and restore cannot work on this host as it is.
-                    Code::FAILED_PRECONDITION
-                } else if source.is_invalid_argument() {
-                    Code::INVALID_ARGUMENT
-                } else if source.is_timeout() {
-                    Code::DEADLINE_EXCEEDED
-                } else {
-                    Code::UNKNOWN
-                }
-            }
+            Error::Runc { source, .. } | Error::Exec { source, .. } => runc_code(source),
+            // Not the caller's doing: another call ended it (gRPC's "aborted").
+            Error::ExecAborted { .. } => Code::ABORTED,
             // containerd reads NOT_FOUND as "no such task": a missing FIFO or pid file is a
             // failed precondition of the request, not a missing task.
             Error::Io { source, .. } => match source.kind() {
@@ -114,6 +118,26 @@ impl Error {
                 _ => Code::INTERNAL,
             },
         }
+    }
+}
+
+/// The code of a runc-client error.
+fn runc_code(source: &runc_client::Error) -> Code {
+    if source.is_not_found() {
+        Code::NOT_FOUND
+    } else if source.is_already_exists() {
+        Code::ALREADY_EXISTS
+    } else if source.is_criu_missing() {
+        // Checkpoint and restore cannot work on this host as it is.
+        Code::FAILED_PRECONDITION
+    } else if source.is_invalid_argument() {
+        Code::INVALID_ARGUMENT
+    } else if source.is_timeout() {
+        Code::DEADLINE_EXCEEDED
+    } else if source.is_aborted() {
+        Code::ABORTED
+    } else {
+        Code::UNKNOWN
     }
 }
 
@@ -153,6 +177,34 @@ mod tests {
         assert!(
             crun.to_string().ends_with("(runtime binary crun)"),
             "{crun}"
+        );
+        let hung_exec = Error::Exec {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            runtime: "runc".into(),
+            source: Box::new(runc_client::Error::Timeout {
+                command: "exec",
+                id: "c1".into(),
+                deadline: std::time::Duration::from_secs(5),
+            }),
+        };
+        assert_eq!(hung_exec.code(), Code::DEADLINE_EXCEEDED);
+        let text = hung_exec.to_string();
+        assert!(
+            text.contains("container c1")
+                && text.contains("exec e1")
+                && text.contains("runc exec c1"),
+            "{text}"
+        );
+        let ended = Error::ExecAborted {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            by: "a Kill",
+        };
+        assert_eq!(ended.code(), Code::ABORTED);
+        assert!(
+            ended.to_string().contains("exec e1: start ended by a Kill"),
+            "{ended}"
         );
         let no_criu = Error::runc(
             "x",

@@ -7,7 +7,10 @@
 //! every connect and Forward. While containerd is unreachable the head event is retried
 //! with backoff for as long as it takes; when the outbox is full, exit events push out
 //! the oldest other event instead of being dropped, because an exit containerd never
-//! learns about leaves a task that can never be cleaned up. Envelopes are built with
+//! learns about leaves a task that can never be cleaned up. An OOM is kept before other
+//! events (CRI gives the exit that follows it its reason) but never at an exit's cost,
+//! and at most one waits per container: a container OOM-killed again and again while
+//! containerd is away cannot fill the outbox. Envelopes are built with
 //! fixed type names instead of protobuf reflection, which would build descriptor tables
 //! on the heap of every shim.
 
@@ -130,10 +133,13 @@ impl Event {
         }
     }
 
-    /// Exits, and the OOMs that decide the reason CRI gives an exit, are kept when the
-    /// outbox overflows.
-    fn is_exit(&self) -> bool {
-        matches!(self, Event::Exit { .. } | Event::Oom { .. })
+    /// What a full outbox keeps first.
+    fn keep(&self) -> Keep {
+        match self {
+            Event::Exit { .. } => Keep::Exit,
+            Event::Oom { .. } => Keep::Oom,
+            _ => Keep::Other,
+        }
     }
 
     /// The Any payload: fixed type name plus the encoded message.
@@ -260,6 +266,17 @@ impl Event {
     }
 }
 
+/// How hard a full outbox tries to keep an event, least first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Keep {
+    /// Dropped first: containerd can do without it.
+    Other,
+    /// Decides the reason CRI gives the exit after it.
+    Oom,
+    /// Never dropped for anything else: without it the task can never be cleaned up.
+    Exit,
+}
+
 /// Events queued for the forwarder, oldest first.
 struct Outbox {
     queue: Mutex<VecDeque<(Event, SystemTime)>>,
@@ -275,29 +292,36 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `event`; a full outbox drops the newest non-exit event, or makes room for
-    /// an exit by dropping the oldest non-exit one.
+    /// Queues `event`. An OOM of a container that already has one waiting is the same
+    /// news and is left out. A full outbox makes room by dropping its oldest event that
+    /// is kept less hard than `event` (an OOM before an exit); without one, `event` is
+    /// dropped, except an exit, which then pushes out the oldest exit.
     fn push(&self, event: Event) {
         let mut q = self.lock();
-        if q.len() >= OUTBOX {
-            if !event.is_exit() {
-                log::error!("event outbox full: dropping {}", event.topic());
+        if let Event::Oom { id } = &event {
+            if q.iter()
+                .any(|(e, _)| matches!(e, Event::Oom { id: waiting } if waiting == id))
+            {
+                log::info!("container {id}: an OOM is already waiting for containerd");
                 return;
             }
-            match q.iter().position(|(e, _)| !e.is_exit()) {
-                Some(pos) => {
-                    if let Some((old, _)) = q.remove(pos) {
-                        log::error!(
-                            "event outbox full: dropping {} to keep an exit",
-                            old.topic()
-                        );
-                    }
-                }
-                None => {
-                    if let Some((old, _)) = q.pop_front() {
-                        log::error!("event outbox full of exits: dropping the oldest {old:?}");
-                    }
-                }
+        }
+        if q.len() >= OUTBOX {
+            let keep = event.keep();
+            let victim = [Keep::Other, Keep::Oom]
+                .into_iter()
+                .filter(|k| *k < keep)
+                .find_map(|k| q.iter().position(|(e, _)| e.keep() == k))
+                .or((keep == Keep::Exit).then_some(0));
+            let Some(pos) = victim else {
+                log::error!("event outbox full: dropping {event:?}");
+                return;
+            };
+            if let Some((old, _)) = q.remove(pos) {
+                log::error!(
+                    "event outbox full: dropping {old:?} to keep {}",
+                    event.topic()
+                );
             }
         }
         q.push_back((event, SystemTime::now()));

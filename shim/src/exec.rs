@@ -1,10 +1,16 @@
 //! Exec processes of a container: registered by Exec, run by Start with
 //! `runc exec --detach`, signalled directly (runc has no notion of them) and forgotten by
 //! Delete. Each call holds the exec's own lifecycle lock, as init's calls hold init's.
+//!
+//! `runc exec --detach` only sets a process up, so it is bounded like a setup step
+//! ([`EXEC_START_LIMIT`]), and a Kill or Delete of the exec, or the end of its
+//! container, ends a Start still in runc at once (incident 002's shape: every `runc exec`
+//! hanging held its Start, and with it CRI's ExecSync and the pod's stop, for runc's
+//! whole 60 s deadline).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use runc_client::ExecOpts;
 
@@ -18,6 +24,17 @@ use crate::tasks::Shared;
 
 /// Directory of the bundle holding exec pid files, apart from init's.
 pub const EXEC_DIR: &str = "execs";
+
+/// Longest `runc exec --detach` may take before it counts as hung: it is killed with what
+/// it started and the Start fails. Not less: 100 ExecSyncs at once, all their `runc exec`s
+/// competing for two cores, took up to 4.6 s in all on a loaded machine (load 7), and a
+/// legitimate exec failed for being slow is worse than a hung one noticed 3 s later. Not
+/// more: an ExecSync whose `runc exec` hangs must fail within 10 s.
+pub const EXEC_START_LIMIT: Duration = Duration::from_secs(8);
+
+/// How long a Delete that ended a Start waits for the exec it killed to be reaped (runc
+/// had started it just before).
+const ABORTED_EXIT_LIMIT: Duration = Duration::from_secs(2);
 
 /// An exec process and the spec it runs.
 pub struct Exec {
@@ -80,6 +97,8 @@ impl Container {
 
     /// `runc exec --detach`; Created → Starting → Running, then TaskExecStarted. Returns
     /// the exec's pid, and whether it already died (its exit still needs handling).
+    /// [`Process::abort_start`] ends it early: it fails, or, when runc had already started
+    /// the process, the process is killed right after TaskExecStarted.
     pub async fn start_exec(&self, shared: &Shared, exec_id: &str) -> Result<(i32, bool)> {
         let exec = self.exec_entry(exec_id)?;
         let p = &exec.process;
@@ -108,6 +127,15 @@ impl Container {
             exec_id: exec_id.to_string(),
             pid,
         });
+        if let Some(by) = p.abort_requested() {
+            log::info!(
+                "{}: started just before {by} ended its start; killed",
+                p.name()
+            );
+            if let Err(e) = p.signal(libc::SIGKILL) {
+                log::info!("{}: {e}", p.name());
+            }
+        }
         Ok((pid, early))
     }
 
@@ -152,11 +180,39 @@ impl Container {
             // Its environment may hold secrets: keep it in the root-only bundle.
             spec_dir: Some(self.bundle.clone()),
         };
+        let aborted = |by: &'static str| {
+            log::warn!("{}: start ended by {by} while runc exec ran", p.name());
+            Error::ExecAborted {
+                id: self.id.clone(),
+                exec_id: p.exec_id.clone(),
+                by,
+            }
+        };
+        if let Some(by) = p.abort_requested() {
+            return Err(aborted(by));
+        }
         let since = SystemTime::now();
-        let run = self.runc.exec(&self.id, &exec.spec, &opts).await;
+        let run = self
+            .runc
+            .exec_until(&self.id, &exec.spec, &opts, async {
+                p.start_aborted().await;
+            })
+            .await;
         // Our copies of the container-side pipe ends must go, or stdout never sees EOF.
         drop(opts);
-        run.map_err(|e| Error::runc(&self.id, self.options.binary(), e))?;
+        if let Err(e) = run {
+            // A pid file left by a runc killed half-way names a process that died with it.
+            let _ = std::fs::remove_file(&pid_file);
+            if e.is_aborted() {
+                return Err(aborted(p.abort_requested().unwrap_or("an abort")));
+            }
+            return Err(Error::Exec {
+                id: self.id.clone(),
+                exec_id: p.exec_id.clone(),
+                runtime: self.options.binary().to_string(),
+                source: Box::new(e),
+            });
+        }
         let pid = read_pid(&self.id, &pid_file).await;
         if let Err(e) = std::fs::remove_file(&pid_file) {
             log::warn!("{}: remove {}: {e}", p.name(), pid_file.display());
@@ -177,10 +233,15 @@ impl Container {
     }
 
     /// Signals an exec process directly, through the pidfd opened when its pid was
-    /// registered. Takes no lock (see [`Container::kill`]).
+    /// registered. Takes no lock (see [`Container::kill`]); a signal to an exec whose
+    /// Start is still in runc ends that Start instead.
     pub fn kill_exec(&self, exec_id: &str, signal: u32) -> Result<()> {
         let signal = crate::ids::signal(signal)?;
-        self.process(exec_id)?.signal(signal)
+        let p = self.process(exec_id)?;
+        if signal != 0 && p.abort_start("a Kill") == State::Starting {
+            return Ok(());
+        }
+        p.signal(signal)
     }
 
     /// Forgets a finished (or never started) exec; Created | Stopped → Deleted. Publishes
@@ -188,7 +249,13 @@ impl Container {
     pub async fn delete_exec(&self, shared: &Shared, exec_id: &str) -> Result<(i32, Exited)> {
         let exec = self.exec_entry(exec_id)?;
         let p = &exec.process;
+        // A Start still in runc would hold the lock below until runc's deadline.
+        let ended_start = p.abort_start("a Delete") == State::Starting;
         let _lifecycle = p.lifecycle.lock().await;
+        if ended_start && p.state().is_live() {
+            // runc had started it: the Start killed it; its exit is due at once.
+            let _ = tokio::time::timeout(ABORTED_EXIT_LIMIT, p.wait_reaped()).await;
+        }
         p.begin_delete()?;
         finish_io(p).await;
         report_exit_locked(shared, p);

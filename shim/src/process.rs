@@ -8,11 +8,15 @@
 //! which serialises them; State, Wait, Pids and Kill never take it, so a slow runc call
 //! never delays them.
 //!
+//! A Start in flight can be asked to end ([`Process::abort_start`]): a Kill or Delete of
+//! an exec whose `runc exec` hangs, or its container's end, must not wait for runc's
+//! deadline, and cannot take the lifecycle lock the Start holds.
+//!
 //! ```text
 //!  Creating ─► Created ─► Starting ─► Running ⇄ Pausing/Paused/Resuming
 //!                 │          │           │
-//!                 │          └─(failed)──┤ (exec: Stopped; init: back to Created)
-//!                 │                      ▼
+//!                 │          └─(failed,──┤ (exec: Stopped; init: back to Created)
+//!                 │            aborted)  ▼
 //!                 └──────► Deleting ◄─ Stopped ◄─ (reaped exit, from any live state)
 //!                              │
 //!                              ▼
@@ -115,6 +119,8 @@ struct Inner {
     /// How Kill reaches an exec: a pidfd opened when its pid was registered, or the
     /// errno that opening failed with. None until then.
     pidfd: Option<std::result::Result<Pidfd, i32>>,
+    /// Who asked the Start in flight to end.
+    abort: Option<&'static str>,
 }
 
 /// A container's init process or one of its execs.
@@ -127,6 +133,8 @@ pub struct Process {
     pub stdio: StdioPaths,
     inner: Mutex<Inner>,
     stage: watch::Sender<Stage>,
+    /// Wakes a Start waiting in [`Process::start_aborted`].
+    aborts: tokio::sync::Notify,
     /// Serialises lifecycle calls (see the module docs).
     pub lifecycle: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Copy loops between the process's pipes and containerd's FIFOs.
@@ -159,8 +167,10 @@ impl Process {
                 pid: 0,
                 exited: None,
                 pidfd: None,
+                abort: None,
             }),
             stage,
+            aborts: tokio::sync::Notify::new(),
             lifecycle: Default::default(),
             copiers: tokio::sync::Mutex::new(Copiers::default()),
             kills: tokio::sync::RwLock::new(()),
@@ -248,6 +258,42 @@ impl Process {
     /// Created → Starting.
     pub fn begin_start(&self) -> Result<()> {
         self.transition("start", &[State::Created], |i| i.state = State::Starting)
+    }
+
+    /// Asks a Start in flight (state Starting) to end at once, on behalf of `by` ("a
+    /// Kill", ...); the Start fails, or, if runc had already started the process, kills
+    /// it right after. Returns the state found: only Starting means the request stands.
+    pub fn abort_start(&self, by: &'static str) -> State {
+        let state = {
+            let mut inner = self.lock();
+            if inner.state == State::Starting {
+                inner.abort.get_or_insert(by);
+            }
+            inner.state
+        };
+        if state == State::Starting {
+            self.aborts.notify_waiters();
+        }
+        state
+    }
+
+    /// Who asked the Start to end, if anyone did.
+    pub fn abort_requested(&self) -> Option<&'static str> {
+        self.lock().abort
+    }
+
+    /// Resolves once [`Process::abort_start`] asked the Start to end; names who asked.
+    pub async fn start_aborted(&self) -> &'static str {
+        loop {
+            let notified = self.aborts.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a request between the two still wakes us.
+            notified.as_mut().enable();
+            if let Some(by) = self.abort_requested() {
+                return by;
+            }
+            notified.await;
+        }
     }
 
     /// Starting → Running as `pid`. An exit reaped meanwhile keeps it Stopped.

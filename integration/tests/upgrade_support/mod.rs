@@ -405,7 +405,7 @@ impl Pod {
 /// A runc stand-in at `path` that appends `<tag> <its arguments>` to `log`, then execs the
 /// real runc: the log tells which configured binary served which container and call.
 pub fn logging_runc(path: &Path, log: &Path, tag: &str) {
-    let real = which("runc").expect("runc on PATH");
+    let real = sturdy_integration::which("runc").expect("runc on PATH");
     let script = format!(
         "#!/bin/sh\necho \"{tag} $*\" >> '{}'\nexec '{}' \"$@\"\n",
         log.display(),
@@ -414,15 +414,6 @@ pub fn logging_runc(path: &Path, log: &Path, tag: &str) {
     std::fs::write(path, script).expect("write runc wrapper");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-}
-
-/// `name` resolved on PATH.
-pub fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
 }
 
 /// The runc calls a [`logging_runc`] log records for container `id`: each entry is the

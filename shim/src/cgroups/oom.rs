@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use tokio::io::unix::AsyncFd;
@@ -43,6 +44,10 @@ pub struct OomMonitor {
     /// Makes a check and its report one step, whoever checks (the watch task or exit
     /// handling); holds the last v2 `oom_kill` count reported.
     reported: Mutex<u64>,
+    /// Checks that took a notification from the kernel, counted once the check (and its
+    /// report) is over: lets a test wait for the watch to have looked before it asserts
+    /// that nothing was reported.
+    passes: AtomicU64,
 }
 
 fn last_os_error<T>(what: &str) -> io::Result<T> {
@@ -95,6 +100,7 @@ impl OomMonitor {
             fd: register(efd)?,
             kind: Kind::V1 { oom_control },
             reported: Mutex::new(0),
+            passes: AtomicU64::new(0),
         })
     }
 
@@ -118,6 +124,7 @@ impl OomMonitor {
             fd: register(ifd)?,
             kind: Kind::V2 { events },
             reported: Mutex::new(0),
+            passes: AtomicU64::new(0),
         })
     }
 
@@ -129,14 +136,33 @@ impl OomMonitor {
     /// other check can run) when that was an OOM not reported before.
     pub fn check(&self, report: impl FnOnce()) -> io::Result<Pending> {
         let mut reported = self.lock();
+        let mut notified = false;
+        let pending = self.take(&mut reported, &mut notified, report);
+        if notified {
+            self.passes.fetch_add(1, Ordering::SeqCst);
+        }
+        pending
+    }
+
+    /// Checks that took a notification from the kernel so far, each counted after its
+    /// report.
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::SeqCst)
+    }
+
+    fn take(
+        &self,
+        reported: &mut u64,
+        notified: &mut bool,
+        report: impl FnOnce(),
+    ) -> io::Result<Pending> {
         match &self.kind {
             Kind::V1 { oom_control } => {
-                let mut signalled = false;
                 let mut buf = [0u8; 8];
                 while read_nonblocking(self.fd.get_ref(), &mut buf)?.is_some() {
-                    signalled = true;
+                    *notified = true;
                 }
-                if !signalled {
+                if !*notified {
                     return Ok(Pending::Quiet);
                 }
                 if !oom_control.exists() {
@@ -150,6 +176,7 @@ impl OomMonitor {
                 // Room for a few events (a header is 16 bytes, and no name for a file watch).
                 let mut buf = [0u8; 256];
                 while let Some(n) = read_nonblocking(self.fd.get_ref(), &mut buf)? {
+                    *notified = true;
                     removed |= inotify_removed(&buf[..n]);
                 }
                 let Some(count) = oom_kills(events)? else {

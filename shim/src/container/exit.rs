@@ -15,6 +15,11 @@ impl Container {
             }
         }
         let execs: Vec<Arc<Process>> = self.execs().values().map(|e| e.process.clone()).collect();
+        // An exec still in `runc exec` never waits for runc's deadline: its Start ends now
+        // (it never ran, or it is killed right after it started).
+        for p in &execs {
+            p.abort_start("its container's end");
+        }
         let all_execs = async {
             for p in execs {
                 let pending = !matches!(p.state(), State::Created | State::Deleted);
@@ -31,8 +36,6 @@ impl Container {
         }
         let progress = self.init.copiers.lock().await.progress();
         progress.drain(IO_DRAIN_LIMIT).await;
-        // Once more, after the drain: an OOM counted late must still come first.
-        self.flush_oom(shared);
         let _lifecycle = self.init.lifecycle.lock().await;
         // A Kill still in runc answers first (bounded). Taken under the lifecycle lock, so
         // a Kill never waits behind a Start stuck in runc.
@@ -43,12 +46,14 @@ impl Container {
                 self.id
             );
         }
-        report_exit_locked(shared, &self.init);
+        // After the drain, and checked once more for an OOM counted late.
+        self.report_init_exit_locked(shared);
         crate::memory::trim_heap();
     }
 }
 
-/// Publishes the exit of `p` once, under its lifecycle lock (so after its start event).
+/// Publishes the exit of exec `p` once, under its lifecycle lock (so after its start
+/// event); init's goes through [`Container::report_init_exit_locked`] and its OOM gate.
 pub async fn report_exit(shared: &Shared, p: &Process) {
     let _lifecycle = p.lifecycle.lock().await;
     report_exit_locked(shared, p);

@@ -1,17 +1,14 @@
-//! A container's cgroup: Update (`runc update`), Stats (read from the cgroup files) and
-//! the watch that publishes TaskOOM.
+//! A container's cgroup: Update (`runc update`) and Stats (read from the cgroup files).
+//! The OOM watch on the same cgroup is in [`super::oom`].
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use tokio::task::AbortHandle;
 
 use super::Container;
-use crate::cgroups::{Cgroup, CgroupError, OomMonitor};
+use crate::cgroups::{Cgroup, CgroupError};
 use crate::error::{Error, Result};
-use crate::events::Event;
 use crate::process::State;
-use crate::tasks::Shared;
 
 /// The resources of an Update on their way to runc, in the bundle.
 const UPDATE_FILE: &str = "update-resources.json";
@@ -20,18 +17,6 @@ const UPDATE_FILE: &str = "update-resources.json";
 #[derive(Default)]
 pub struct CgroupState {
     cgroup: Mutex<Option<Arc<Cgroup>>>,
-    oom: Mutex<Option<OomWatch>>,
-}
-
-struct OomWatch {
-    monitor: Arc<OomMonitor>,
-    task: AbortHandle,
-}
-
-impl Drop for OomWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -40,7 +25,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Container {
     /// The container's cgroup: from runc's state.json, or where init is.
-    fn cgroup(&self) -> Result<Arc<Cgroup>> {
+    pub(super) fn cgroup(&self) -> Result<Arc<Cgroup>> {
         if let Some(cg) = lock(&self.cgroups.cgroup).as_ref() {
             return Ok(cg.clone());
         }
@@ -122,58 +107,6 @@ impl Container {
         }
         r.map(drop).map_err(|e| self.runc_error(e))
     }
-
-    /// Starts publishing TaskOOM for this container; once it exists in runc. A cgroup
-    /// that cannot be watched is logged: the container runs on without OOM events.
-    pub fn watch_oom(&self, shared: &Arc<Shared>) {
-        let mut slot = lock(&self.cgroups.oom);
-        if slot.is_some() {
-            return;
-        }
-        let monitor = match self.cgroup().and_then(|cg| {
-            cg.oom_monitor()
-                .map_err(|e| Error::io(&self.id, "watch the memory cgroup for OOM", e))
-        }) {
-            Ok(m) => Arc::new(m),
-            Err(e) => {
-                log::warn!("container {}: no OOM events: {e}", self.id);
-                return;
-            }
-        };
-        let weak: Weak<Shared> = Arc::downgrade(shared);
-        let id = self.id.clone();
-        let m = monitor.clone();
-        let task = tokio::spawn(async move {
-            let report = || {
-                if let Some(shared) = weak.upgrade() {
-                    publish_oom(&shared, &id);
-                }
-            };
-            if let Err(e) = m.watch(report).await {
-                log::warn!("container {id}: OOM watch ended: {e}");
-            }
-        });
-        *slot = Some(OomWatch {
-            monitor,
-            task: task.abort_handle(),
-        });
-    }
-
-    /// Publishes an OOM the kernel already signalled but the watch task has not taken
-    /// yet; exit handling calls it before TaskExit, so CRI sees the OOM first.
-    pub fn flush_oom(&self, shared: &Shared) {
-        let Some(monitor) = lock(&self.cgroups.oom).as_ref().map(|w| w.monitor.clone()) else {
-            return;
-        };
-        if let Err(e) = monitor.check(|| publish_oom(shared, &self.id)) {
-            log::warn!("container {}: check for an OOM: {e}", self.id);
-        }
-    }
-
-    /// Ends the OOM watch (the container is gone).
-    pub fn stop_oom_watch(&self) {
-        lock(&self.cgroups.oom).take();
-    }
 }
 
 /// Writes `data` into a new file only root can read (resources may name devices), never
@@ -189,11 +122,6 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?
         .write_all(data)
-}
-
-fn publish_oom(shared: &Shared, id: &str) {
-    log::info!("container {id}: out of memory");
-    shared.events.publish(Event::Oom { id: id.to_string() });
 }
 
 #[cfg(test)]

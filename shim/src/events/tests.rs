@@ -115,8 +115,81 @@ fn a_full_outbox_keeps_exits() {
     assert_eq!(q.back().map(|(e, _)| e.clone()), Some(exit(1)));
 }
 
+fn oom(id: &str) -> Event {
+    Event::Oom { id: id.into() }
+}
+
+fn outbox() -> Outbox {
+    Outbox {
+        queue: Mutex::new(VecDeque::new()),
+        ready: Default::default(),
+        failures: Default::default(),
+    }
+}
+
+fn queued(outbox: &Outbox) -> Vec<Event> {
+    outbox.lock().iter().map(|(e, _)| e.clone()).collect()
+}
+
+/// An OOM storm while containerd is away (L1): an OOM never takes an exit's place in a
+/// full outbox; an exit pushes out other events first, then OOMs, and only then the
+/// oldest exit.
 #[test]
-fn an_oom_is_a_task_oom_kept_like_an_exit() {
+fn an_oom_never_pushes_out_an_exit() {
+    let outbox = outbox();
+    outbox.push(oom("c0"));
+    for n in 1..OUTBOX as u32 {
+        outbox.push(exit(n));
+    }
+    outbox.push(oom("c1"));
+    let q = queued(&outbox);
+    assert_eq!(q.len(), OUTBOX);
+    assert_eq!(q[0], oom("c0"));
+    assert!(
+        !q.contains(&oom("c1")),
+        "an OOM found room in a full outbox"
+    );
+    for n in 1..OUTBOX as u32 {
+        assert_eq!(q[n as usize], exit(n), "exit {n} was pushed out");
+    }
+
+    outbox.push(exit(5000));
+    let q = queued(&outbox);
+    assert_eq!(q.len(), OUTBOX);
+    assert!(
+        !q.contains(&oom("c0")),
+        "an exit must push out the OOM first"
+    );
+    assert_eq!(q[0], exit(1));
+    outbox.push(exit(5001));
+    let q = queued(&outbox);
+    assert_eq!(q[0], exit(2), "only exits left: the oldest goes");
+    assert_eq!(q[OUTBOX - 1], exit(5001));
+}
+
+/// However often a container runs out of memory while containerd is away, one TaskOOM
+/// of it waits in the outbox: it says the same thing each time.
+#[test]
+fn ooms_of_one_container_wait_as_one() {
+    let outbox = outbox();
+    outbox.push(oom("c1"));
+    outbox.push(start(1));
+    for _ in 0..3 * OUTBOX {
+        outbox.push(oom("c1"));
+        outbox.push(oom("c2"));
+    }
+    outbox.push(exit(1));
+    let q = queued(&outbox);
+    assert!(
+        q.len() == 4,
+        "OOMs of one container not coalesced: {} events queued",
+        q.len()
+    );
+    assert_eq!(q, [oom("c1"), start(1), oom("c2"), exit(1)]);
+}
+
+#[test]
+fn an_oom_is_a_task_oom_kept_before_other_events() {
     let oom = Event::Oom { id: "c1".into() };
     assert_eq!(oom.topic(), "/tasks/oom");
     let any = oom.encode().unwrap();

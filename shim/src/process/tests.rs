@@ -60,6 +60,32 @@ fn failed_init_start_stays_created_failed_exec_start_is_stopped() {
     assert_eq!(e.exited().unwrap().status, NEVER_RAN);
 }
 
+#[tokio::test]
+async fn only_a_start_in_flight_can_be_aborted() {
+    let e = Process::exec("c", "e1", StdioPaths::default());
+    assert_eq!(e.abort_start("a Kill"), State::Created);
+    assert_eq!(
+        e.abort_requested(),
+        None,
+        "nothing to abort before the start"
+    );
+    e.begin_start().unwrap();
+    let start = e.start_aborted();
+    tokio::pin!(start);
+    assert!(futures::poll!(start.as_mut()).is_pending());
+    assert_eq!(e.abort_start("a Delete"), State::Starting);
+    assert_eq!(e.abort_start("a Kill"), State::Starting);
+    assert_eq!(
+        start.await,
+        "a Delete",
+        "the first request names who ended it"
+    );
+    e.start_failed();
+    assert_eq!(e.state(), State::Stopped);
+    assert_eq!(e.exited().unwrap().status, NEVER_RAN);
+    assert_eq!(e.abort_start("a Kill"), State::Stopped);
+}
+
 #[test]
 fn pause_and_resume_only_from_their_states() {
     let p = init();

@@ -1,12 +1,14 @@
 #!/bin/sh
 # A fake runc for the shim's lifecycle tests: real processes, no containers.
 # State lives in $root/<id>/ (pid, bundle, started, execs); every call is appended to
-# $root/calls.log as "<command> <id>". A bundle steers it with files:
+# $root/calls.log as "<command> <id>", and its own pid written to $root/<command>-<id>.pid
+# (the last call's). A bundle steers it with files:
 #   fake-init         shell command init runs once started (default: exec sleep 1000)
 #   fake-init-now     run init's command at create, without waiting for start
 #   fake-exec         shell command an exec runs (default: exec sleep 1000)
 #   fake-<cmd>-sleep  seconds <cmd> takes (create, start, exec, delete)
 #   fake-kill-after   seconds kill takes after it signalled
+#   fake-start-after  seconds start takes after it let init run
 #   fake-<cmd>-fail   <cmd> fails with the file's content as runc's error
 #   fake-cgroups      JSON object written as cgroup_paths of $root/<id>/state.json
 #   fake-checkpoint-criu-fail  checkpoint fails as CRIU does: an error in <work>/dump.log
@@ -49,6 +51,7 @@ set -- $args
 id=$1; dir="$root/$id"
 mkdir -p "$root"
 echo "$cmd $id" >> "$root/calls.log"
+echo $$ > "$root/$cmd-$id.pid"
 
 fail() {
     if [ -n "$log" ]; then
@@ -102,7 +105,8 @@ checkpoint)
     case " $given " in *" --leave-running "*) ;; *) kill -9 "$(cat "$dir/pid")" ;; esac ;;
 start)
     [ -e "$dir/started" ] && fail "cannot start an already running container"
-    touch "$dir/started" ;;
+    touch "$dir/started"
+    steer start-after && sleep "$(cat "$bundle/fake-start-after")" ;;
 exec)
     run="exec sleep 1000"; steer exec && run=$(cat "$bundle/fake-exec")
     # As for init-now: the exec must not die while this script can still reap it.

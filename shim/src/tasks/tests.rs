@@ -15,7 +15,9 @@ use crate::process::{Exited, NEVER_RAN};
 
 mod checkpoint;
 mod create;
+mod hung_exec;
 mod kill;
+mod oom_order;
 mod resources;
 
 const FAKE_RUNC: &str = include_str!("fake-runc.sh");
@@ -543,11 +545,22 @@ async fn ids_and_signals_are_checked() {
     rig.tasks
         .exec("ok", "init", SPEC, Default::default())
         .unwrap();
-    rig.tasks.start("ok", "init").await.unwrap();
+    let pid = rig.tasks.start("ok", "init").await.unwrap();
     assert!(
         bundle.join("init.pid").exists(),
         "exec 'init' clobbered init.pid"
     );
+    // The fake's wrapper runs the exec's command only a moment after runc exits.
+    let ignores_40 = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & (1 << (40 - 1)) != 0)
+    };
+    rig.wait_for("the exec to ignore signal 40", ignores_40)
+        .await;
     for sig in [0, 40] {
         rig.tasks.kill("ok", "init", sig, false).await.unwrap();
     }

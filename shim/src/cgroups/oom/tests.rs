@@ -61,13 +61,19 @@ async fn v2_reports_each_new_oom_kill_once() {
     std::fs::write(dir.path().join("memory.events"), events(2)).unwrap();
     assert_eq!(check_count(&m), (Pending::Oom, 1));
     assert_eq!(check_count(&m), (Pending::Quiet, 0));
-    // Other counters changing is no OOM kill.
+    // Other counters changing is no OOM kill. The check above drained the notifications
+    // and this single-threaded runtime runs the watch only at an await, so the pass
+    // waited for here read the file after the write.
+    let passes = m.passes();
     std::fs::write(
         dir.path().join("memory.events"),
         events(2).replace("max 3", "max 4"),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        until(|| m.passes() > passes).await,
+        "the watch never looked at the change"
+    );
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 
     // The cgroup going away ends the watch.

@@ -14,11 +14,11 @@ fn v1_paths(base: &Path) -> String {
 }
 
 /// `cgroup_paths` of a v2 container in `dir`.
-fn v2_paths(dir: &Path) -> String {
+pub(super) fn v2_paths(dir: &Path) -> String {
     format!("{{\"\":\"{}\"}}", dir.display())
 }
 
-fn memory_events(oom_kill: u64) -> String {
+pub(super) fn memory_events(oom_kill: u64) -> String {
     format!("low 0\nhigh 0\nmax 2\noom 1\noom_kill {oom_kill}\noom_group_kill 0\n")
 }
 
