@@ -52,6 +52,7 @@ async fn incident_000(repair: bool) {
         network: Network::Host,
         taken_at_ms: 0,
         trigger: "create".into(),
+        truncated: None,
     };
     store(&fx).write(&stray).unwrap();
     // A corrupt record nobody rewrote for long, of a sandbox containerd does not know.

@@ -7,10 +7,12 @@
 
 use std::path::Path;
 
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::RecordError;
+use crate::limits::MAX_RECORD_BYTES;
 use crate::model::Record;
 
 /// The `format` field of every record file.
@@ -36,6 +38,12 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, RecordError> {
     out.extend_from_slice(b"\",\"record\":");
     out.extend_from_slice(&body);
     out.extend_from_slice(b"}\n");
+    if out.len() > MAX_RECORD_BYTES {
+        return Err(RecordError::TooLarge {
+            id: record.sandbox_id.clone(),
+            bytes: out.len(),
+        });
+    }
     Ok(out)
 }
 
@@ -45,6 +53,12 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Record, RecordError> {
         path: path.to_path_buf(),
         reason,
     };
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(corrupt(format!(
+            "{} bytes, more than the {MAX_RECORD_BYTES} a record may have",
+            bytes.len()
+        )));
+    }
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not JSON: {e}")))?;
     if value.get("format").and_then(Value::as_str) != Some(FORMAT) {
@@ -79,7 +93,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Record, RecordError> {
             "checksum mismatch: the file says sha256 {want}, its record hashes to {got}"
         )));
     }
-    serde_json::from_value(record.clone())
+    Record::deserialize(record)
         .map_err(|e| corrupt(format!("record does not match format {version}: {e}")))
 }
 

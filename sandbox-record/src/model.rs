@@ -24,6 +24,11 @@ pub struct Record {
     pub taken_at_ms: u64,
     /// What made the shim take it: `create`, `start`, `retry`, `container start`, `refresh`.
     pub trigger: String,
+    /// Set when the namespace held more than a record keeps (docs/netmeta.md, "Limits"):
+    /// what was left out. Absent from records that hold everything, so their bytes (and
+    /// checksums) are what they were before the limits existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<String>,
 }
 
 /// The pod's identity as CRI annotates the sandbox container.
@@ -163,6 +168,7 @@ impl Record {
             && self.containerd == other.containerd
             && self.pod == other.pod
             && self.network == other.network
+            && self.truncated == other.truncated
     }
 }
 
@@ -234,6 +240,7 @@ pub(crate) mod tests {
             },
             taken_at_ms: 1_700_000_000_000,
             trigger: "create".into(),
+            truncated: None,
         }
     }
 

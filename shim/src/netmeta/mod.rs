@@ -312,6 +312,7 @@ fn snapshot_and_store(plan: &Plan, pid: i32, why: &'static str) -> Result<Found,
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default(),
         trigger: why.to_string(),
+        truncated: None,
     };
     let found = if record.host_network() || !record.pod_ips().is_empty() {
         Found::Complete

@@ -249,6 +249,7 @@ mod tests {
             },
             taken_at_ms: 0,
             trigger: "create".into(),
+            truncated: None,
         }
     }
 
