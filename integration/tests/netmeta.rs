@@ -283,7 +283,7 @@ async fn a_full_disk_never_fails_the_pod_and_the_next_snapshot_succeeds() {
         &dir,
         Some("tmpfs"),
         nix::mount::MsFlags::empty(),
-        Some("size=64k"),
+        Some("size=64k,mode=0700"),
     ) {
         println!("SKIPPED: cannot mount a tmpfs over {} ({e})", dir.display());
         return;

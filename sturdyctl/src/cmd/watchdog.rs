@@ -30,6 +30,9 @@ pub struct Args {
     /// Report sandboxes whose IPs containerd lost, but do not write them back.
     #[arg(long)]
     no_repair: bool,
+    /// CNI's result cache: a lost IP is written back only if CNI's result gave it.
+    #[arg(long, default_value = sturdyctl::netmeta::cni::DEFAULT_DIR)]
+    cni_cache_dir: std::path::PathBuf,
 }
 
 /// Runs the watchdog until SIGTERM or SIGINT.
@@ -55,6 +58,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         sandboxes: Some(SandboxWatch {
             store: sandbox_record::Store::new(args.record_dir),
             repair: !args.no_repair,
+            cni: sturdyctl::netmeta::cni::CniCache::new(args.cni_cache_dir),
         }),
     };
     watchdog::run(cfg, shutdown).await?;
