@@ -160,7 +160,7 @@ fn dump_one<T>(
             }
             if let Some(item) = parse(kind, body)? {
                 if items.len() == cap {
-                    stopped = Some(format!("{what} dump: kept the first {cap} {what}s"));
+                    stopped = Some(format!("{what} dump: kept the first {cap}"));
                     return Ok(false);
                 }
                 items.push(item);

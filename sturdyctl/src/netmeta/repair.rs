@@ -39,6 +39,8 @@ pub struct PassReport {
     pub repaired: Vec<(String, String)>,
     /// Records removed because containerd no longer knows their sandbox.
     pub collected: Vec<(String, String)>,
+    /// Records looked at.
+    pub records: usize,
 }
 
 /// Runs a pass every `interval`, forever (the caller aborts the task).
@@ -62,9 +64,14 @@ pub async fn watch(
     let mut cache = ScanCache::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for n in 1u64.. {
         ticker.tick().await;
-        pass(&api, &journal, &cfg, &runtimes, &mut seen, &mut cache).await;
+        let report = pass(&api, &journal, &cfg, &runtimes, &mut seen, &mut cache).await;
+        log::debug!(
+            "sandbox pass {n}: {} records, {} decoded since the start",
+            report.records,
+            cache.decoded()
+        );
     }
 }
 
@@ -82,6 +89,7 @@ pub async fn pass(
     let mut report = PassReport::default();
     let (rows, held) = inspect(api, &cfg.store, cache).await;
     let held = held.unwrap_or_default();
+    report.records = rows.len();
     // Read once per pass, and only when a sandbox lost its IPs.
     let mut cni: Option<Vec<CniResult>> = None;
     let mut now = HashMap::new();
