@@ -52,6 +52,7 @@ async fn incident_000(repair: bool) {
         network: Network::Host,
         taken_at_ms: 0,
         trigger: "create".into(),
+        truncated: None,
     };
     store(&fx).write(&stray).unwrap();
     // A corrupt record nobody rewrote for long, of a sandbox containerd does not know.
@@ -282,7 +283,7 @@ async fn a_full_disk_never_fails_the_pod_and_the_next_snapshot_succeeds() {
         &dir,
         Some("tmpfs"),
         nix::mount::MsFlags::empty(),
-        Some("size=64k"),
+        Some("size=64k,mode=0700"),
     ) {
         test_skip::skip!("cannot mount a tmpfs over {} ({e})", dir.display());
     }

@@ -43,6 +43,22 @@ pub enum RecordError {
         /// The value.
         value: String,
     },
+    /// The record does not fit in a record file even with everything optional left out.
+    #[error("sandbox record {id}: {bytes} bytes, more than a record may have")]
+    TooLarge {
+        /// The sandbox id.
+        id: String,
+        /// Its size.
+        bytes: usize,
+    },
+    /// A record directory another user could change: nothing in it is trusted or written.
+    #[error("sandbox record directory {path}: {reason}; refusing to use it")]
+    Insecure {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The record could not be encoded.
     #[error("sandbox record {id}: encode: {source}")]
     Encode {
@@ -57,6 +73,27 @@ impl RecordError {
     /// Whether the record on disk exists but cannot be trusted (as opposed to an I/O error).
     pub fn is_corrupt(&self) -> bool {
         matches!(self, RecordError::Corrupt { .. })
+    }
+
+    /// A copy of a verdict on a file's content (corrupt, newer version), which stays true
+    /// as long as the file is unchanged; `None` for errors of the moment (I/O).
+    pub fn lasting_copy(&self) -> Option<RecordError> {
+        match self {
+            RecordError::Corrupt { path, reason } => Some(RecordError::Corrupt {
+                path: path.clone(),
+                reason: reason.clone(),
+            }),
+            RecordError::UnsupportedVersion {
+                path,
+                version,
+                supported,
+            } => Some(RecordError::UnsupportedVersion {
+                path: path.clone(),
+                version: *version,
+                supported: *supported,
+            }),
+            _ => None,
+        }
     }
 
     /// The underlying OS error number, if this is an I/O error that has one.

@@ -4,13 +4,21 @@
 //! sorted, serde_json's string escapes), which is also how the record is written. Any byte
 //! changed in the record or in the checksum is detected; the format and version say which
 //! reader can trust it.
+//!
+//! Neither side builds a `serde_json::Value` of the record (a tree several times the size
+//! of the file, and a record may be 1 MiB): the writer serialises the record's types, whose
+//! fields are declared in sorted order, straight into its canonical form; the reader hashes
+//! the record's bytes as stored and decodes them straight into a [`Record`].
 
 use std::path::Path;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::RecordError;
+use crate::limits::MAX_RECORD_BYTES;
 use crate::model::Record;
 
 /// The `format` field of every record file.
@@ -24,9 +32,7 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, RecordError> {
         id: record.sandbox_id.clone(),
         source,
     };
-    let value = serde_json::to_value(record).map_err(encode_err)?;
-    let mut body = Vec::with_capacity(1024);
-    canonical(&value, &mut body);
+    let body = serde_json::to_vec(record).map_err(encode_err)?;
     let sum = sha256_hex(&body);
     let mut out = Vec::with_capacity(body.len() + 128);
     out.extend_from_slice(b"{\"format\":\"");
@@ -36,6 +42,12 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, RecordError> {
     out.extend_from_slice(b"\",\"record\":");
     out.extend_from_slice(&body);
     out.extend_from_slice(b"}\n");
+    if out.len() > MAX_RECORD_BYTES {
+        return Err(RecordError::TooLarge {
+            id: record.sandbox_id.clone(),
+            bytes: out.len(),
+        });
+    }
     Ok(out)
 }
 
@@ -45,13 +57,29 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Record, RecordError> {
         path: path.to_path_buf(),
         reason,
     };
-    let value: Value =
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(corrupt(format!(
+            "{} bytes, more than the {MAX_RECORD_BYTES} a record may have",
+            bytes.len()
+        )));
+    }
+    /// The file, the record left as the bytes it was stored as.
+    #[derive(Deserialize)]
+    struct File<'a> {
+        format: Option<Value>,
+        version: Option<Value>,
+        sha256: Option<Value>,
+        #[serde(borrow)]
+        record: Option<&'a RawValue>,
+    }
+    let file: File =
         serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not JSON: {e}")))?;
-    if value.get("format").and_then(Value::as_str) != Some(FORMAT) {
+    if file.format.as_ref().and_then(Value::as_str) != Some(FORMAT) {
         return Err(corrupt(format!("\"format\" is not {FORMAT:?}")));
     }
-    let version = value
-        .get("version")
+    let version = file
+        .version
+        .as_ref()
         .and_then(Value::as_u64)
         .ok_or_else(|| corrupt("no numeric \"version\"".into()))?;
     if version == 0 {
@@ -64,22 +92,20 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Record, RecordError> {
             supported: FORMAT_VERSION,
         });
     }
-    let want = value
-        .get("sha256")
+    let want = file
+        .sha256
+        .as_ref()
         .and_then(Value::as_str)
         .ok_or_else(|| corrupt("no \"sha256\"".into()))?;
-    let record = value
-        .get("record")
-        .ok_or_else(|| corrupt("no \"record\"".into()))?;
-    let mut body = Vec::with_capacity(bytes.len());
-    canonical(record, &mut body);
-    let got = sha256_hex(&body);
+    let record = file.record.ok_or_else(|| corrupt("no \"record\"".into()))?;
+    // The record is stored in its canonical form: its bytes are what the checksum covers.
+    let got = sha256_hex(record.get().as_bytes());
     if got != want {
         return Err(corrupt(format!(
             "checksum mismatch: the file says sha256 {want}, its record hashes to {got}"
         )));
     }
-    serde_json::from_value(record.clone())
+    serde_json::from_str(record.get())
         .map_err(|e| corrupt(format!("record does not match format {version}: {e}")))
 }
 
@@ -98,8 +124,9 @@ fn sha256_hex(data: &[u8]) -> String {
 /// Appends the canonical form of `v`: compact, object keys sorted by their bytes.
 ///
 /// Written by hand rather than relying on serde_json's map ordering, which changes when
-/// any crate in a build turns on `preserve_order`: writer and reader must agree whatever
-/// they were linked with.
+/// any crate in a build turns on `preserve_order`. The writer does not need it (its types
+/// serialise sorted); the tests check with it that they do.
+#[cfg(test)]
 fn canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
@@ -132,6 +159,7 @@ fn canonical(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
+#[cfg(test)]
 fn string(s: &str, out: &mut Vec<u8>) {
     // Writing a str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
@@ -163,6 +191,44 @@ mod tests {
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         let body = &text[text.find("\"record\":").unwrap() + 9..text.len() - 2];
         assert_eq!(sha256_hex(body.as_bytes()), v["sha256"].as_str().unwrap());
+    }
+
+    /// The writer relies on the record's types declaring their fields sorted: a field added
+    /// out of order fails here (and every record written with it would be corrupt).
+    #[test]
+    fn the_writer_serialises_in_canonical_form() {
+        use crate::model::Route;
+        let mut host = sample("h");
+        host.network = Network::Host;
+        let mut full = sample("f");
+        full.truncated = Some("left out: 3 routes".into());
+        if let Network::Namespace { routes, .. } = &mut full.network {
+            routes.push(Route {
+                destination: "fd00::/64".into(),
+                gateway: None,
+                interface: None,
+                source: Some("fd00::5".into()),
+                table: 7,
+                metric: 1024,
+                scope: "link".into(),
+            });
+        }
+        for r in [sample("s"), host, full] {
+            let mut want = Vec::new();
+            canonical(&serde_json::to_value(&r).unwrap(), &mut want);
+            assert_eq!(
+                String::from_utf8(serde_json::to_vec(&r).unwrap()).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_not_stored_in_canonical_form_is_corrupt() {
+        let text = String::from_utf8(encode(&sample("s1")).unwrap()).unwrap();
+        let spaced = text.replacen("\"record\":{", "\"record\":{ ", 1);
+        let err = decode(p(), spaced.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
     }
 
     #[test]

@@ -6,24 +6,33 @@ use serde::{Deserialize, Serialize};
 pub const POD_INTERFACE: &str = "eth0";
 
 /// One pod sandbox's network, as the shim saw it inside the pod's network namespace.
+///
+/// The fields of every type here are declared in the order of their names: serialised
+/// with serde_json they come out in the canonical form the checksum covers (sorted keys),
+/// without a `serde_json::Value` tree in between (`format::tests` checks it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// The sandbox container's id (CRI's pod sandbox id).
-    pub sandbox_id: String,
-    /// containerd namespace (`k8s.io` under CRI).
-    pub namespace: String,
     /// containerd's TTRPC address as the shim was given it (by default containerd's gRPC
     /// socket plus `.ttrpc`): tells the records of several containerds apart.
     #[serde(default)]
     pub containerd: String,
-    /// The pod, from CRI's annotations.
-    pub pod: Pod,
+    /// containerd namespace (`k8s.io` under CRI).
+    pub namespace: String,
     /// The network the pod had.
     pub network: Network,
+    /// The pod, from CRI's annotations.
+    pub pod: Pod,
+    /// The sandbox container's id (CRI's pod sandbox id).
+    pub sandbox_id: String,
     /// When the snapshot was taken, milliseconds since the Unix epoch.
     pub taken_at_ms: u64,
     /// What made the shim take it: `create`, `start`, `retry`, `container start`, `refresh`.
     pub trigger: String,
+    /// Set when the namespace held more than a record keeps (docs/netmeta.md, "Limits"):
+    /// what was left out. Absent from records that hold everything, so their bytes (and
+    /// checksums) are what they were before the limits existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<String>,
 }
 
 /// The pod's identity as CRI annotates the sandbox container.
@@ -38,7 +47,7 @@ pub struct Pod {
 }
 
 /// The pod's network: the host's, or its own namespace's content.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum Network {
     /// The pod shares the host's network namespace: nothing was entered or recorded.
@@ -54,21 +63,48 @@ pub enum Network {
     },
 }
 
+/// By hand, so that the `mode` tag takes its sorted place among the fields (serde's
+/// internally tagged derive writes it first).
+impl Serialize for Network {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        match self {
+            Network::Host => {
+                let mut m = s.serialize_struct("Network", 1)?;
+                m.serialize_field("mode", "host")?;
+                m.end()
+            }
+            Network::Namespace {
+                path,
+                interfaces,
+                routes,
+            } => {
+                let mut m = s.serialize_struct("Network", 4)?;
+                m.serialize_field("interfaces", interfaces)?;
+                m.serialize_field("mode", "namespace")?;
+                m.serialize_field("path", path)?;
+                m.serialize_field("routes", routes)?;
+                m.end()
+            }
+        }
+    }
+}
+
 /// A network interface in the pod's namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
+    /// Its addresses in the kernel's order (the order they were added).
+    pub addresses: Vec<Address>,
     /// Interface index.
     pub index: u32,
-    /// Name (`lo`, `eth0`, …).
-    pub name: String,
     /// Hardware address, `aa:bb:…`, empty when it has none.
     pub mac: String,
     /// MTU.
     pub mtu: u32,
+    /// Name (`lo`, `eth0`, …).
+    pub name: String,
     /// Whether it is administratively up.
     pub up: bool,
-    /// Its addresses in the kernel's order (the order they were added).
-    pub addresses: Vec<Address>,
 }
 
 /// An address of an interface.
@@ -93,15 +129,15 @@ pub struct Route {
     /// Output interface name, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// Metric (priority), 0 when unset.
+    pub metric: u32,
+    /// `global`, `link`, `host`, … .
+    pub scope: String,
     /// Preferred source address, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Routing table.
     pub table: u32,
-    /// Metric (priority), 0 when unset.
-    pub metric: u32,
-    /// `global`, `link`, `host`, … .
-    pub scope: String,
 }
 
 impl Record {
@@ -163,6 +199,7 @@ impl Record {
             && self.containerd == other.containerd
             && self.pod == other.pod
             && self.network == other.network
+            && self.truncated == other.truncated
     }
 }
 
@@ -234,6 +271,7 @@ pub(crate) mod tests {
             },
             taken_at_ms: 1_700_000_000_000,
             trigger: "create".into(),
+            truncated: None,
         }
     }
 

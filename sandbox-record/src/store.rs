@@ -3,11 +3,14 @@
 //! A write goes to a temp file in the same directory, is fsynced, renamed over the record
 //! and the directory fsynced, so a crash at any instant leaves the old record or the new
 //! one, never a torn one; a failed write (ENOSPC, EIO) leaves the old record as it was.
-//! Temp files start with a dot and are never listed as records.
+//! Temp files start with a dot and are never listed as records. Directories are 0700 and
+//! files 0600, and a directory another user could write to is refused ([`secure`]).
 
-use std::fs::{self, File, OpenOptions};
+mod scan;
+mod secure;
+
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -16,6 +19,8 @@ use crate::error::RecordError;
 use crate::fault::{self, Step};
 use crate::format;
 use crate::model::Record;
+
+pub use scan::{ScanCache, Scanned};
 
 /// Where records live unless the runtime options say otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/sturdy/sandboxes";
@@ -108,8 +113,11 @@ impl Store {
         let path = self.path(&record.namespace, &record.sandbox_id)?;
         let bytes = format::encode(record)?;
         let ns_dir = self.dir.join(&record.namespace);
-        if !ns_dir.is_dir() {
-            fs::create_dir_all(&ns_dir).map_err(io(&ns_dir, "create directory"))?;
+        let new_ns = secure::check_dir(&self.dir, true)?.is_none()
+            || secure::check_dir(&ns_dir, false)?.is_none();
+        secure::private_dir(&self.dir, true)?;
+        secure::private_dir(&ns_dir, false)?;
+        if new_ns {
             // The new directory's own entry must be durable too.
             sync_dir(&self.dir)?;
         }
@@ -122,12 +130,7 @@ impl Store {
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&tmp)
-                .map_err(io(&tmp, "create temp file"))?;
+            let mut f = secure::create_file(&tmp)?;
             f.write_all(&bytes).map_err(io(&tmp, "write"))?;
             fault::at(Step::Written);
             f.sync_all().map_err(io(&tmp, "fsync"))?;
@@ -147,12 +150,18 @@ impl Store {
     /// Reads and checks the record of sandbox `id`; `Ok(None)` when there is none.
     pub fn read(&self, namespace: &str, id: &str) -> Result<Option<Record>, RecordError> {
         let path = self.path(namespace, id)?;
+        if !self.checked_dirs(namespace)? {
+            return Ok(None);
+        }
         read_file(&path).map(|r| r.map(|(record, _)| record))
     }
 
     /// Removes the record of sandbox `id`; `Ok(false)` when there was none.
     pub fn remove(&self, namespace: &str, id: &str) -> Result<bool, RecordError> {
         let path = self.path(namespace, id)?;
+        if !self.checked_dirs(namespace)? {
+            return Ok(false);
+        }
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
@@ -162,11 +171,29 @@ impl Store {
         Ok(true)
     }
 
-    /// Every record file, each read and checked, sorted by namespace and id. A missing
-    /// store directory is an empty store.
-    pub fn list(&self) -> Result<Vec<Entry>, RecordError> {
+    /// Whether the store's and `namespace`'s directories exist; an error if either is one
+    /// another user could change.
+    fn checked_dirs(&self, namespace: &str) -> Result<bool, RecordError> {
+        Ok(secure::check_dir(&self.dir, true)?.is_some()
+            && secure::check_dir(&self.dir.join(namespace), false)?.is_some())
+    }
+
+    /// The namespace directories, each checked; none if the store directory is missing.
+    fn namespace_dirs(&self) -> Result<Vec<PathBuf>, RecordError> {
+        if secure::check_dir(&self.dir, true)?.is_none() {
+            return Ok(Vec::new());
+        }
+        let dirs = subdirs(&self.dir)?;
+        for d in &dirs {
+            secure::check_dir(d, false)?;
+        }
+        Ok(dirs)
+    }
+
+    /// (namespace, sandbox id, file) of every record file, sorted.
+    fn record_files(&self) -> Result<Vec<(String, String, PathBuf)>, RecordError> {
         let mut out = Vec::new();
-        for ns_dir in subdirs(&self.dir)? {
+        for ns_dir in self.namespace_dirs()? {
             let namespace = file_name(&ns_dir);
             if check_name("namespace", &namespace).is_err() {
                 continue;
@@ -179,21 +206,32 @@ impl Store {
                 if name.starts_with('.') || id.is_empty() {
                     continue;
                 }
-                let record = match read_file(&path) {
-                    Ok(Some((r, _))) => check_identity(&path, r, &namespace, id),
-                    // Removed between listing and reading.
-                    Ok(None) => continue,
-                    Err(e) => Err(e),
-                };
-                out.push(Entry {
-                    namespace: namespace.clone(),
-                    sandbox_id: id.to_string(),
-                    path,
-                    record,
-                });
+                out.push((namespace.clone(), id.to_string(), path));
             }
         }
-        out.sort_by(|a, b| (&a.namespace, &a.sandbox_id).cmp(&(&b.namespace, &b.sandbox_id)));
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        Ok(out)
+    }
+
+    /// Every record file, each read and checked in full, sorted by namespace and id. A
+    /// missing store directory is an empty store. ([`Store::scan`] is the way to look at
+    /// every record repeatedly.)
+    pub fn list(&self) -> Result<Vec<Entry>, RecordError> {
+        let mut out = Vec::new();
+        for (namespace, id, path) in self.record_files()? {
+            let record = match read_file(&path) {
+                Ok(Some((r, _))) => check_identity(&path, r, &namespace, &id),
+                // Removed between listing and reading.
+                Ok(None) => continue,
+                Err(e) => Err(e),
+            };
+            out.push(Entry {
+                namespace,
+                sandbox_id: id,
+                path,
+                record,
+            });
+        }
         Ok(out)
     }
 
@@ -202,7 +240,7 @@ impl Store {
     /// complete view of the sandboxes: a record wrongly collected is a record lost.
     pub fn gc(&self, known: impl Fn(&str, &str) -> bool) -> Result<GcReport, RecordError> {
         let mut report = GcReport::default();
-        for ns_dir in subdirs(&self.dir)? {
+        for ns_dir in self.namespace_dirs()? {
             let namespace = file_name(&ns_dir);
             let mut changed = false;
             for path in files(&ns_dir)? {
@@ -246,10 +284,9 @@ impl Store {
 
 /// Reads and decodes one record file; `Ok(None)` if it does not exist.
 fn read_file(path: &Path) -> Result<Option<(Record, usize)>, RecordError> {
-    match fs::read(path) {
-        Ok(bytes) => format::decode(path, &bytes).map(|r| Some((r, bytes.len()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(path, "read")(e)),
+    match secure::read_bounded(path)? {
+        Some(bytes) => format::decode(path, &bytes).map(|r| Some((r, bytes.len()))),
+        None => Ok(None),
     }
 }
 

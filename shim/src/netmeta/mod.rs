@@ -11,8 +11,10 @@
 pub mod netlink;
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -80,8 +82,35 @@ pub enum Source {
     Host,
     /// A namespace file (CRI's `/var/run/netns/cni-…`).
     Path(PathBuf),
-    /// A namespace runc creates for the container: reached through init's `/proc/PID/ns/net`.
+    /// A namespace runc creates for the container: init's `/proc/PID/ns/net`, opened once
+    /// when recording starts and kept open (a pid can be reused, the open file cannot).
     OwnNamespace,
+}
+
+/// The namespace the snapshots read, resolved when recording starts.
+enum Netns {
+    Host,
+    Path(PathBuf),
+    /// init's namespace, held open; the path it was opened by (for the record).
+    Held(Arc<File>, PathBuf),
+    /// init's namespace could not be opened: every snapshot fails with this.
+    Unavailable(PathBuf, std::io::ErrorKind, String),
+}
+
+impl Netns {
+    fn resolve(source: &Source, pid: i32) -> Netns {
+        match source {
+            Source::Host => Netns::Host,
+            Source::Path(p) => Netns::Path(p.clone()),
+            Source::OwnNamespace => {
+                let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                match File::open(&path) {
+                    Ok(f) => Netns::Held(Arc::new(f), path),
+                    Err(e) => Netns::Unavailable(path, e.kind(), e.to_string()),
+                }
+            }
+        }
+    }
 }
 
 /// Everything a sandbox's snapshots need, decided at Create from the spec and options.
@@ -169,15 +198,36 @@ enum Msg {
 #[derive(Debug)]
 pub struct Recorder {
     tx: mpsc::UnboundedSender<Msg>,
+    /// Twice the attempts finished, plus one while a snapshot runs.
+    attempts: Arc<AtomicU64>,
 }
 
 impl Recorder {
     /// Starts recording `plan`'s sandbox, whose init is `pid`; takes the first snapshot.
+    /// A namespace of init's own is opened here, once, while `pid` is surely init.
     pub fn start(plan: Plan, pid: i32, trigger: &'static str) -> Recorder {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(Msg::Snapshot(trigger));
-        tokio::spawn(run(Arc::new(plan), pid, rx));
-        Recorder { tx }
+        let netns = Arc::new(Netns::resolve(&plan.source, pid));
+        let attempts = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(Arc::new(plan), netns, rx, attempts.clone()));
+        Recorder { tx, attempts }
+    }
+
+    /// How many snapshots have been attempted to the end (taken, written or failed): a
+    /// test waits for it to move before asserting that a snapshot changed nothing.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::SeqCst) / 2
+    }
+
+    /// Whether no snapshot is running right now.
+    pub fn idle(&self) -> bool {
+        self.attempts.load(Ordering::SeqCst).is_multiple_of(2)
+    }
+
+    /// Whether the recording has ended (its record removed): nothing can write it again.
+    pub fn stopped(&self) -> bool {
+        self.tx.is_closed()
     }
 
     /// Asks for a snapshot (it runs in the background; the caller never waits).
@@ -209,7 +259,12 @@ enum Found {
     Failed,
 }
 
-async fn run(plan: Arc<Plan>, pid: i32, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn run(
+    plan: Arc<Plan>,
+    netns: Arc<Netns>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    attempts: Arc<AtomicU64>,
+) {
     // (when the namespace was first seen without an address, the current backoff)
     let mut retry: Option<(Instant, Duration)> = None;
     let mut next_retry = Instant::now();
@@ -244,7 +299,9 @@ async fn run(plan: Arc<Plan>, pid: i32, mut rx: mpsc::UnboundedReceiver<Msg>) {
             _ = tokio::time::sleep_until(next_retry), if retry.is_some() => "retry",
             _ = refresh.tick() => "refresh",
         };
-        let found = snapshot(plan.clone(), pid, why).await;
+        attempts.fetch_add(1, Ordering::SeqCst);
+        let found = snapshot(plan.clone(), netns.clone(), why).await;
+        attempts.fetch_add(1, Ordering::SeqCst);
         retry = match (found, retry) {
             (Found::NoAddress | Found::Failed, None) => Some((Instant::now(), FIRST_BACKOFF)),
             (Found::NoAddress | Found::Failed, Some((since, backoff))) => {
@@ -267,14 +324,14 @@ async fn run(plan: Arc<Plan>, pid: i32, mut rx: mpsc::UnboundedReceiver<Msg>) {
 }
 
 /// Takes one snapshot on a thread of its own and stores it.
-async fn snapshot(plan: Arc<Plan>, pid: i32, why: &'static str) -> Found {
+async fn snapshot(plan: Arc<Plan>, netns: Arc<Netns>, why: &'static str) -> Found {
     let (tx, rx) = oneshot::channel();
     let id = plan.sandbox_id.clone();
     let spawned = std::thread::Builder::new()
         .name("sturdy-netns".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let _ = tx.send(snapshot_and_store(&plan, pid, why));
+            let _ = tx.send(snapshot_and_store(&plan, &netns, why));
         });
     if let Err(e) = spawned {
         log::error!("sandbox {id}: cannot start the snapshot thread: {e}");
@@ -295,13 +352,29 @@ async fn snapshot(plan: Arc<Plan>, pid: i32, why: &'static str) -> Found {
 
 /// Runs on the dedicated thread: enters the namespace, dumps it, writes the record if it
 /// changed (or the one on disk is missing or cannot be trusted).
-fn snapshot_and_store(plan: &Plan, pid: i32, why: &'static str) -> Result<Found, NetmetaError> {
-    let network = match &plan.source {
-        Source::Host => Network::Host,
-        Source::Path(p) => read_namespace(plan, p.clone())?,
-        Source::OwnNamespace => read_namespace(plan, PathBuf::from(format!("/proc/{pid}/ns/net")))?,
+fn snapshot_and_store(
+    plan: &Plan,
+    netns: &Netns,
+    why: &'static str,
+) -> Result<Found, NetmetaError> {
+    let netns_err = |path: &PathBuf, op, source| NetmetaError::Netns {
+        id: plan.sandbox_id.clone(),
+        path: path.clone(),
+        op,
+        source,
     };
-    let record = Record {
+    let (network, truncated) = match netns {
+        Netns::Host => (Network::Host, Vec::new()),
+        Netns::Path(p) => {
+            let file = File::open(p).map_err(|e| netns_err(p, "open", e))?;
+            read_namespace(plan, &file, p)?
+        }
+        Netns::Held(file, p) => read_namespace(plan, file, p)?,
+        Netns::Unavailable(p, kind, e) => {
+            return Err(netns_err(p, "open", std::io::Error::new(*kind, e.clone())))
+        }
+    };
+    let mut record = Record {
         sandbox_id: plan.sandbox_id.clone(),
         namespace: plan.namespace.clone(),
         containerd: plan.containerd.clone(),
@@ -312,7 +385,9 @@ fn snapshot_and_store(plan: &Plan, pid: i32, why: &'static str) -> Result<Found,
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default(),
         trigger: why.to_string(),
+        truncated: (!truncated.is_empty()).then(|| truncated.join("; ")),
     };
+    record.fit()?;
     let found = if record.host_network() || !record.pod_ips().is_empty() {
         Found::Complete
     } else {
@@ -337,6 +412,12 @@ fn snapshot_and_store(plan: &Plan, pid: i32, why: &'static str) -> Result<Found,
         Err(e) => log::warn!("{e}; writing a fresh snapshot ({why})"),
     }
     let path = plan.store.write(&record)?;
+    if let Some(t) = &record.truncated {
+        log::warn!(
+            "sandbox {}: its network namespace holds more than a record keeps: {t}",
+            plan.sandbox_id
+        );
+    }
     log::info!(
         "sandbox {}: network recorded in {} ({why}): {}",
         plan.sandbox_id,
@@ -350,29 +431,33 @@ fn snapshot_and_store(plan: &Plan, pid: i32, why: &'static str) -> Result<Found,
     Ok(found)
 }
 
-/// Moves the calling (dedicated) thread into the namespace at `path` and dumps it.
-fn read_namespace(plan: &Plan, path: PathBuf) -> Result<Network, NetmetaError> {
-    let netns_err = |op, source| NetmetaError::Netns {
-        id: plan.sandbox_id.clone(),
-        path: path.clone(),
-        op,
-        source,
-    };
-    let file = std::fs::File::open(&path).map_err(|e| netns_err("open", e))?;
+/// Moves the calling (dedicated) thread into the namespace `file` (opened by `path`) and
+/// dumps it; with what the dump left out.
+fn read_namespace(
+    plan: &Plan,
+    file: &File,
+    path: &std::path::Path,
+) -> Result<(Network, Vec<String>), NetmetaError> {
     // SAFETY: setns(2) on an fd we own; it changes only this thread's network namespace,
     // and this thread ends after the snapshot.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(netns_err("setns", std::io::Error::last_os_error()));
+        return Err(NetmetaError::Netns {
+            id: plan.sandbox_id.clone(),
+            path: path.to_path_buf(),
+            op: "setns",
+            source: std::io::Error::last_os_error(),
+        });
     }
-    let (interfaces, routes) = netlink::dump().map_err(|source| NetmetaError::Netlink {
+    let dump = netlink::dump().map_err(|source| NetmetaError::Netlink {
         id: plan.sandbox_id.clone(),
         source,
     })?;
-    Ok(Network::Namespace {
+    let network = Network::Namespace {
         path: path.to_string_lossy().into_owned(),
-        interfaces,
-        routes,
-    })
+        interfaces: dump.interfaces,
+        routes: dump.routes,
+    };
+    Ok((network, dump.truncated))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use sandbox_record::{Address, Interface, Route};
+use sandbox_record::{Address, Interface, Route, MAX_ADDRESSES, MAX_INTERFACES, MAX_ROUTES};
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -37,6 +37,9 @@ const RTN_UNICAST: u8 = 1;
 const RT_TABLE_LOCAL: u32 = 255;
 /// A dump interrupted by a concurrent change is retried this often before giving up.
 const DUMP_TRIES: usize = 5;
+/// Messages one dump reads at most: besides the kept items this bounds the time spent on
+/// those a snapshot skips (the local table's routes: one per address).
+pub const MAX_MESSAGES: usize = 16_384;
 
 /// Why a dump failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,44 +83,123 @@ fn os(op: &'static str) -> NetlinkError {
     }
 }
 
-/// The interfaces (with their addresses) and routes of the calling thread's namespace.
-pub fn dump() -> Result<(Vec<Interface>, Vec<Route>), NetlinkError> {
-    let sock = Socket::open()?;
-    let mut interfaces = Vec::new();
-    for m in sock.dump("link", RTM_GETLINK, 16)? {
-        if m.kind == NEWLINK {
-            interfaces.push(link(&m.body)?);
-        }
-    }
-    for m in sock.dump("address", RTM_GETADDR, 8)? {
-        if m.kind != NEWADDR {
-            continue;
-        }
-        let (index, a) = address(&m.body)?;
-        if let Some(i) = interfaces.iter_mut().find(|i| i.index == index) {
+/// What one dump of a namespace found, within the limits.
+#[derive(Debug, Default)]
+pub struct Dump {
+    /// Interfaces with their addresses, at most [`MAX_INTERFACES`] and [`MAX_ADDRESSES`].
+    pub interfaces: Vec<Interface>,
+    /// Routes, at most [`MAX_ROUTES`].
+    pub routes: Vec<Route>,
+    /// What was left out, if anything (a pod with CAP_NET_ADMIN decides how much its
+    /// namespace holds).
+    pub truncated: Vec<String>,
+}
+
+/// The interfaces (with their addresses) and routes of the calling thread's namespace,
+/// bounded: each dump reads at most [`MAX_MESSAGES`] messages and keeps at most the
+/// record's limits; what is left out is named in [`Dump::truncated`]. Messages are parsed
+/// as they arrive, never collected.
+pub fn dump() -> Result<Dump, NetlinkError> {
+    let mut out = Dump::default();
+    let links = dump_one("link", RTM_GETLINK, 16, MAX_INTERFACES, |kind, body| {
+        (kind == NEWLINK).then(|| link(body)).transpose()
+    })?;
+    out.interfaces = links.items;
+    out.truncated.extend(links.stopped);
+    let addresses = dump_one("address", RTM_GETADDR, 8, MAX_ADDRESSES, |kind, body| {
+        (kind == NEWADDR).then(|| address(body)).transpose()
+    })?;
+    out.truncated.extend(addresses.stopped);
+    for (index, a) in addresses.items {
+        if let Some(i) = out.interfaces.iter_mut().find(|i| i.index == index) {
             i.addresses.push(a);
         }
     }
-    let mut routes = Vec::new();
-    for m in sock.dump("route", RTM_GETROUTE, 12)? {
-        if m.kind == NEWROUTE {
-            if let Some(r) = route(&m.body, &interfaces)? {
-                routes.push(r);
-            }
+    let interfaces = &out.interfaces;
+    let routes = dump_one("route", RTM_GETROUTE, 12, MAX_ROUTES, |kind, body| {
+        if kind != NEWROUTE {
+            return Ok(None);
         }
-    }
-    Ok((interfaces, routes))
+        route(body, interfaces)
+    })?;
+    out.routes = routes.items;
+    out.truncated.extend(routes.stopped);
+    Ok(out)
 }
 
-struct Message {
-    kind: u16,
-    body: Vec<u8>,
+/// The items one dump yielded, and why it stopped early if it did.
+struct Part<T> {
+    items: Vec<T>,
+    stopped: Option<String>,
+}
+
+/// One complete dump of `request` on a socket of its own (whose fixed header is `fixed`
+/// zero bytes: family AF_UNSPEC asks for every family), each message given to `parse`,
+/// retried when the kernel flags it interrupted. Stops after `cap` items or
+/// [`MAX_MESSAGES`] messages and closes the socket, which ends the kernel's dump.
+fn dump_one<T>(
+    what: &'static str,
+    request: u16,
+    fixed: usize,
+    cap: usize,
+    mut parse: impl FnMut(u16, &[u8]) -> Result<Option<T>, NetlinkError>,
+) -> Result<Part<T>, NetlinkError> {
+    for _ in 0..DUMP_TRIES {
+        let sock = Socket::open()?;
+        sock.request(request, fixed)?;
+        let mut items = Vec::new();
+        let mut messages = 0usize;
+        let mut stopped = None;
+        let done = sock.each(what, |kind, body| {
+            messages += 1;
+            if messages > MAX_MESSAGES {
+                stopped = Some(format!(
+                    "{what} dump: stopped after {MAX_MESSAGES} messages"
+                ));
+                return Ok(false);
+            }
+            if let Some(item) = parse(kind, body)? {
+                if items.len() == cap {
+                    stopped = Some(format!("{what} dump: kept the first {cap}"));
+                    return Ok(false);
+                }
+                items.push(item);
+            }
+            Ok(true)
+        })?;
+        match (done, stopped) {
+            (_, Some(why)) => {
+                return Ok(Part {
+                    items,
+                    stopped: Some(why),
+                })
+            }
+            (Read::Complete, None) => {
+                return Ok(Part {
+                    items,
+                    stopped: None,
+                })
+            }
+            (Read::Interrupted, None) => continue,
+        }
+    }
+    Err(NetlinkError::Interrupted { what })
+}
+
+/// How a dump's replies ended.
+enum Read {
+    /// NLMSG_DONE, or the callback stopped.
+    Complete,
+    /// The kernel flagged the dump inconsistent: take it again.
+    Interrupted,
 }
 
 struct Socket {
     fd: OwnedFd,
-    seq: std::cell::Cell<u32>,
 }
+
+/// The sequence number of every request: each socket makes one.
+const SEQ: u32 = 1;
 
 impl Socket {
     fn open() -> Result<Self, NetlinkError> {
@@ -134,58 +216,45 @@ impl Socket {
         }
         // SAFETY: fd is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self {
-            fd,
-            seq: std::cell::Cell::new(1),
-        })
+        Ok(Self { fd })
     }
 
-    /// One complete dump of `request` (whose fixed header is `fixed` zero bytes: family
-    /// AF_UNSPEC asks for every family), retried when the kernel flags it interrupted.
-    fn dump(
+    /// Sends a dump request of type `request` with a zeroed fixed header of `fixed` bytes.
+    fn request(&self, request: u16, fixed: usize) -> Result<(), NetlinkError> {
+        let mut req = vec![0u8; HDR + fixed];
+        req[0..4].copy_from_slice(&((HDR + fixed) as u32).to_ne_bytes());
+        req[4..6].copy_from_slice(&request.to_ne_bytes());
+        req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        req[8..12].copy_from_slice(&SEQ.to_ne_bytes());
+        // SAFETY: a zeroed sockaddr_nl is valid; nl_pid 0 addresses the kernel.
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: req and kernel outlive the call; lengths match.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(os("sendto"));
+        }
+        Ok(())
+    }
+
+    /// Gives each reply message (type, body) to `f` until NLMSG_DONE or until `f` returns
+    /// false.
+    fn each(
         &self,
         what: &'static str,
-        request: u16,
-        fixed: usize,
-    ) -> Result<Vec<Message>, NetlinkError> {
-        for _ in 0..DUMP_TRIES {
-            let seq = self.seq.get();
-            self.seq.set(seq.wrapping_add(1));
-            let mut req = vec![0u8; HDR + fixed];
-            req[0..4].copy_from_slice(&((HDR + fixed) as u32).to_ne_bytes());
-            req[4..6].copy_from_slice(&request.to_ne_bytes());
-            req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-            req[8..12].copy_from_slice(&seq.to_ne_bytes());
-            // SAFETY: a zeroed sockaddr_nl is valid; nl_pid 0 addresses the kernel.
-            let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-            kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            // SAFETY: req and kernel outlive the call; lengths match.
-            let sent = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    req.as_ptr().cast(),
-                    req.len(),
-                    0,
-                    (&kernel as *const libc::sockaddr_nl).cast(),
-                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if sent < 0 {
-                return Err(os("sendto"));
-            }
-            match self.collect(what, seq)? {
-                Some(msgs) => return Ok(msgs),
-                None => continue,
-            }
-        }
-        Err(NetlinkError::Interrupted { what })
-    }
-
-    /// Reads the replies to `seq` until NLMSG_DONE; `None` if the dump was interrupted.
-    fn collect(&self, what: &'static str, seq: u32) -> Result<Option<Vec<Message>>, NetlinkError> {
+        mut f: impl FnMut(u16, &[u8]) -> Result<bool, NetlinkError>,
+    ) -> Result<Read, NetlinkError> {
         let malformed = |reason: String| NetlinkError::Malformed { what, reason };
         let mut buf = vec![0u8; 32 * 1024];
-        let mut out = Vec::new();
         let mut interrupted = false;
         loop {
             // SAFETY: buf is writable for its length.
@@ -212,15 +281,15 @@ impl Socket {
                 }
                 let body = &rest[HDR..len];
                 rest = &rest[align(len).min(rest.len())..];
-                if mseq != seq {
-                    // A late reply to an earlier, abandoned dump.
+                if mseq != SEQ {
                     continue;
                 }
                 if flags & NLM_F_DUMP_INTR != 0 {
                     interrupted = true;
                 }
                 match kind {
-                    NLMSG_DONE => return Ok((!interrupted).then_some(out)),
+                    NLMSG_DONE if interrupted => return Ok(Read::Interrupted),
+                    NLMSG_DONE => return Ok(Read::Complete),
                     NLMSG_ERROR => {
                         let errno = body
                             .get(0..4)
@@ -234,10 +303,11 @@ impl Socket {
                             source: std::io::Error::from_raw_os_error(-errno),
                         });
                     }
-                    _ => out.push(Message {
-                        kind,
-                        body: body.to_vec(),
-                    }),
+                    _ => {
+                        if !f(kind, body)? {
+                            return Ok(Read::Complete);
+                        }
+                    }
                 }
             }
         }
@@ -411,108 +481,4 @@ fn route(body: &[u8], interfaces: &[Interface]) -> Result<Option<Route>, Netlink
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        v.extend_from_slice(&kind.to_ne_bytes());
-        v.extend_from_slice(payload);
-        while v.len() % 4 != 0 {
-            v.push(0);
-        }
-        v
-    }
-
-    #[test]
-    fn parses_a_link() {
-        let mut body = vec![0u8; 16];
-        body[4..8].copy_from_slice(&3u32.to_ne_bytes());
-        body[8..12].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
-        body.extend(attr(IFLA_IFNAME, b"eth0\0"));
-        body.extend(attr(IFLA_MTU, &1450u32.to_ne_bytes()));
-        body.extend(attr(IFLA_ADDRESS, &[0x0a, 0x58, 0xc6, 0x12, 0, 0x32]));
-        let i = link(&body).unwrap();
-        assert_eq!(
-            (i.index, i.name.as_str(), i.mtu, i.up, i.mac.as_str()),
-            (3, "eth0", 1450, true, "0a:58:c6:12:00:32")
-        );
-    }
-
-    #[test]
-    fn parses_addresses_preferring_local() {
-        let mut body = vec![libc::AF_INET as u8, 28, 0, 0];
-        body.extend_from_slice(&3u32.to_ne_bytes());
-        body.extend(attr(IFA_ADDRESS, &[10, 0, 0, 1]));
-        body.extend(attr(IFA_LOCAL, &[198, 18, 0, 50]));
-        let (index, a) = address(&body).unwrap();
-        assert_eq!(
-            (index, a.ip.as_str(), a.prefix, a.scope.as_str()),
-            (3, "198.18.0.50", 28, "global")
-        );
-        let mut v6 = vec![libc::AF_INET6 as u8, 64, 0, 253];
-        v6.extend_from_slice(&3u32.to_ne_bytes());
-        let mut ip = [0u8; 16];
-        ip[0] = 0xfe;
-        ip[1] = 0x80;
-        ip[15] = 1;
-        v6.extend(attr(IFA_ADDRESS, &ip));
-        let (_, a) = address(&v6).unwrap();
-        assert_eq!((a.ip.as_str(), a.scope.as_str()), ("fe80::1", "link"));
-        assert!(address(&[0u8; 4]).is_err());
-    }
-
-    #[test]
-    fn parses_routes_and_skips_the_local_table() {
-        let ifs = vec![Interface {
-            index: 3,
-            name: "eth0".into(),
-            mac: String::new(),
-            mtu: 1500,
-            up: true,
-            addresses: vec![],
-        }];
-        let mut body = vec![
-            libc::AF_INET as u8,
-            0,
-            0,
-            0,
-            254,
-            3,
-            0,
-            RTN_UNICAST,
-            0,
-            0,
-            0,
-            0,
-        ];
-        body.extend(attr(RTA_GATEWAY, &[198, 18, 0, 49]));
-        body.extend(attr(RTA_OIF, &3u32.to_ne_bytes()));
-        let r = route(&body, &ifs).unwrap().unwrap();
-        assert_eq!(r.destination, "0.0.0.0/0");
-        assert_eq!(r.gateway.as_deref(), Some("198.18.0.49"));
-        assert_eq!(r.interface.as_deref(), Some("eth0"));
-        assert_eq!((r.table, r.scope.as_str()), (254, "global"));
-        let mut local = body.clone();
-        local[4] = 255;
-        assert!(route(&local, &ifs).unwrap().is_none());
-        let mut broadcast = body;
-        broadcast[7] = 3;
-        assert!(route(&broadcast, &ifs).unwrap().is_none());
-    }
-
-    #[test]
-    fn dumps_this_namespace() {
-        let (ifs, _routes) = dump().unwrap();
-        let lo = ifs
-            .iter()
-            .find(|i| i.name == "lo")
-            .expect("lo is always there");
-        assert_eq!(lo.index, 1);
-        assert!(lo
-            .addresses
-            .iter()
-            .any(|a| a.ip == "127.0.0.1" && a.prefix == 8));
-    }
-}
+mod tests;

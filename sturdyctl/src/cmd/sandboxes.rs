@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 use sturdyctl::containerd::Api;
-use sturdyctl::netmeta::{inspect, Row};
+use sturdyctl::netmeta::cni::CniCache;
+use sturdyctl::netmeta::{inspect, verify, Row};
 
 /// Options shared by both commands.
 #[derive(Debug, Clone, clap::Args)]
@@ -16,6 +17,9 @@ pub struct Where {
     /// The shims' sandbox network records (their `SandboxRecordDir` option).
     #[arg(long = "dir", alias = "record-dir", default_value = sandbox_record::DEFAULT_DIR)]
     dir: PathBuf,
+    /// CNI's result cache, which says which IPs CNI gave each pod.
+    #[arg(long, default_value = sturdyctl::netmeta::cni::DEFAULT_DIR)]
+    cni_cache_dir: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -37,27 +41,53 @@ pub struct ShowArgs {
     at: Where,
 }
 
+/// Every record compared with containerd's, and each record's IPs with CNI's result.
 async fn rows(at: &Where) -> Vec<Row> {
     let api = Api::new(&at.address);
-    inspect(&api, &sandbox_record::Store::new(&at.dir)).await
+    let store = sandbox_record::Store::new(&at.dir);
+    let (mut rows, _) = inspect(&api, &store, &mut Default::default()).await;
+    match CniCache::new(&at.cni_cache_dir).pod_results() {
+        Ok(results) => rows.iter_mut().for_each(|r| verify(r, &results)),
+        Err(e) => eprintln!("{e}; the records' IPs are not checked against CNI's results"),
+    }
+    rows
 }
 
 fn summary(r: &Row) -> Value {
-    let pod = r.record.as_ref().map(|rec| &rec.pod);
+    let pod = r.summary.as_ref().map(|rec| &rec.pod);
     json!({
         "namespace": r.namespace,
         "sandbox_id": r.sandbox_id,
         "pod_name": pod.map(|p| p.name.clone()),
         "pod_namespace": pod.map(|p| p.namespace.clone()),
         "pod_uid": pod.map(|p| p.uid.clone()),
-        "host_network": r.record.as_ref().map(|rec| rec.host_network()),
+        "host_network": r.summary.as_ref().map(|rec| rec.host_network),
         "ips": r.ips,
         "containerd_ips": r.containerd_ips,
+        "cni_ips": r.cni_ips,
+        "unverified_ips": r.unverified_ips,
+        "truncated": r.summary.as_ref().and_then(|rec| rec.truncated.clone()),
         "runtime": r.runtime,
         "state": r.state,
         "detail": r.detail,
         "record": r.path,
     })
+}
+
+/// What needs saying about a row besides its state: a truncated record, addresses CNI
+/// did not give the pod.
+fn note(r: &Row) -> String {
+    let mut notes = Vec::new();
+    if r.summary.as_ref().is_some_and(|s| s.truncated.is_some()) {
+        notes.push("TRUNCATED".to_string());
+    }
+    if !r.unverified_ips.is_empty() {
+        notes.push(format!(
+            "not from CNI: {}",
+            sturdyctl::netmeta::inspect::list(&r.unverified_ips)
+        ));
+    }
+    notes.join("; ")
 }
 
 /// Lists every record with its verdict.
@@ -69,19 +99,19 @@ pub async fn list(args: ListArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     println!(
-        "{:<13}  {:<30}  {:<32}  {:<32}  STATE",
-        "SANDBOX", "POD", "IPS (sturdy)", "IPS (containerd)"
+        "{:<13}  {:<30}  {:<32}  {:<32}  {:<12}  NOTE",
+        "SANDBOX", "POD", "IPS (sturdy)", "IPS (containerd)", "STATE"
     );
     for r in &rows {
         let pod = r
-            .record
+            .summary
             .as_ref()
             .map(|rec| format!("{}/{}", rec.pod.namespace, rec.pod.name))
             .unwrap_or_else(|| "-".into());
-        let ips = if r.record.as_ref().is_some_and(|rec| rec.host_network()) {
+        let ips = if r.summary.as_ref().is_some_and(|rec| rec.host_network) {
             "host network".to_string()
         } else {
-            r.ips.join(",")
+            sturdyctl::netmeta::inspect::list(&r.ips)
         };
         let theirs = r
             .containerd_ips
@@ -95,12 +125,13 @@ pub async fn list(args: ListArgs) -> Result<(), Box<dyn std::error::Error>> {
             })
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<13}  {:<30}  {:<32}  {:<32}  {}",
+            "{:<13}  {:<30}  {:<32}  {:<32}  {:<12}  {}",
             r.sandbox_id.chars().take(13).collect::<String>(),
             pod,
             ips,
             theirs,
-            r.state.word()
+            r.state.word(),
+            note(r)
         );
     }
     if rows.is_empty() {
@@ -140,9 +171,14 @@ pub async fn show(args: ShowArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let mut v = summary(r);
-    v["network"] = json!(r.record.as_ref().map(|rec| &rec.network));
-    v["taken_at_ms"] = json!(r.record.as_ref().map(|rec| rec.taken_at_ms));
-    v["trigger"] = json!(r.record.as_ref().map(|rec| &rec.trigger));
+    // The whole record for one sandbox (the listing keeps only summaries).
+    let record = sandbox_record::Store::new(&args.at.dir)
+        .read(&r.namespace, &r.sandbox_id)
+        .ok()
+        .flatten();
+    v["network"] = json!(record.as_ref().map(|rec| &rec.network));
+    v["taken_at_ms"] = json!(r.summary.as_ref().map(|rec| rec.taken_at_ms));
+    v["trigger"] = json!(r.summary.as_ref().map(|rec| &rec.trigger));
     if args.at.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -162,7 +198,7 @@ pub async fn show(args: ShowArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "record      {} (taken at {}, on {})",
         r.path.display(),
-        r.record
+        r.summary
             .as_ref()
             .map(|rec| sturdyctl::units::format_ms(rec.taken_at_ms))
             .unwrap_or_else(|| "-".into()),
@@ -179,6 +215,25 @@ pub async fn show(args: ShowArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     );
     println!("ips         {}", r.ips.join(", "));
+    if let Some(cni) = &r.cni_ips {
+        println!(
+            "cni         {}",
+            if cni.is_empty() {
+                "(no result cached)".to_string()
+            } else {
+                cni.join(", ")
+            }
+        );
+    }
+    if !r.unverified_ips.is_empty() {
+        println!(
+            "NOT FROM CNI {} (never written to containerd)",
+            r.unverified_ips.join(", ")
+        );
+    }
+    if let Some(t) = r.summary.as_ref().and_then(|s| s.truncated.as_ref()) {
+        println!("TRUNCATED   {t}");
+    }
     println!(
         "containerd  {}",
         r.containerd_ips
@@ -194,7 +249,7 @@ pub async fn show(args: ShowArgs) -> Result<(), Box<dyn std::error::Error>> {
         path,
         interfaces,
         routes,
-    }) = r.record.as_ref().map(|rec| &rec.network)
+    }) = record.as_ref().map(|rec| &rec.network)
     {
         println!("netns       {path}");
         for i in interfaces {
@@ -225,7 +280,7 @@ pub async fn show(args: ShowArgs) -> Result<(), Box<dyn std::error::Error>> {
                 rt.table
             );
         }
-    } else if r.record.as_ref().is_some_and(|rec| rec.host_network()) {
+    } else if r.summary.as_ref().is_some_and(|rec| rec.host_network) {
         println!("netns       host network");
     }
     Ok(())

@@ -30,6 +30,9 @@ pub struct Args {
     /// Report sandboxes whose IPs containerd lost, but do not write them back.
     #[arg(long)]
     no_repair: bool,
+    /// CNI's result cache: a lost IP is written back only if CNI's result gave it.
+    #[arg(long, default_value = sturdyctl::netmeta::cni::DEFAULT_DIR)]
+    cni_cache_dir: std::path::PathBuf,
     /// The shim binary to run `delete` with for a runtime whose bundles do not record one
     /// (`RUNTIME=PATH`, repeatable). It must be root's, in directories only root can change.
     #[arg(long = "shim-binary", value_parser = parse_shim_binary)]
@@ -72,6 +75,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         sandboxes: Some(SandboxWatch {
             store: sandbox_record::Store::new(args.record_dir),
             repair: !args.no_repair,
+            cni: sturdyctl::netmeta::cni::CniCache::new(args.cni_cache_dir),
         }),
     };
     watchdog::run(cfg, shutdown).await?;

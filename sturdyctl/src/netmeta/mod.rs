@@ -2,9 +2,12 @@
 //! containerd CRI's own record of each sandbox; the watchdog repairs what containerd lost.
 
 pub mod api;
+pub mod authority;
+pub mod cni;
 pub mod cri;
 pub mod inspect;
 pub mod repair;
 
-pub use inspect::{inspect, Row, State};
+pub use authority::{authorised, Authorised};
+pub use inspect::{inspect, verify, Row, State};
 pub use repair::{pass, watch, PassReport, SandboxWatch};

@@ -1,14 +1,21 @@
 //! The watchdog's sandbox pass: every interval, compare each record with containerd's;
 //! write the IPs back where containerd's record lost them, report any other disagreement,
 //! and collect the records of sandboxes containerd no longer knows.
+//!
+//! What is written back comes from CNI's cached result for the sandbox, never from the
+//! record alone: the record holds what the pod's namespace held, which a pod with
+//! CAP_NET_ADMIN decides. Only IPs CNI gave the pod, and that no other sandbox holds, are
+//! written; the rest is reported.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost_types::Any;
-use sandbox_record::Store;
+use sandbox_record::{ScanCache, Store};
 
+use super::authority::{authorised, refused_text, Authorised};
+use super::cni::{CniCache, CniResult};
 use super::cri;
 use super::inspect::{inspect, Row, State};
 use crate::containerd::Api;
@@ -21,6 +28,8 @@ pub struct SandboxWatch {
     pub store: Store,
     /// Whether a lost IP is written back (`--no-repair` turns it off).
     pub repair: bool,
+    /// CNI's result cache, the authority on the IPs a pod was given.
+    pub cni: CniCache,
 }
 
 /// What one pass did.
@@ -30,6 +39,8 @@ pub struct PassReport {
     pub repaired: Vec<(String, String)>,
     /// Records removed because containerd no longer knows their sandbox.
     pub collected: Vec<(String, String)>,
+    /// Records looked at.
+    pub records: usize,
 }
 
 /// Runs a pass every `interval`, forever (the caller aborts the task).
@@ -50,25 +61,37 @@ pub async fn watch(
         }
     );
     let mut seen = HashMap::new();
+    let mut cache = ScanCache::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for n in 1u64.. {
         ticker.tick().await;
-        pass(&api, &journal, &cfg, &runtimes, &mut seen).await;
+        let report = pass(&api, &journal, &cfg, &runtimes, &mut seen, &mut cache).await;
+        log::debug!(
+            "sandbox pass {n}: {} records, {} decoded since the start",
+            report.records,
+            cache.decoded()
+        );
     }
 }
 
 /// One pass. `seen` holds each record's last verdict, so a standing disagreement is
-/// reported when it appears or changes, not every interval.
+/// reported when it appears or changes, not every interval; `cache` what was decoded of
+/// each record file, so that only changed records are read.
 pub async fn pass(
     api: &Api,
     journal: &Arc<Journal>,
     cfg: &SandboxWatch,
     runtimes: &[String],
     seen: &mut HashMap<(String, String), (State, String)>,
+    cache: &mut ScanCache,
 ) -> PassReport {
     let mut report = PassReport::default();
-    let rows = inspect(api, &cfg.store).await;
+    let (rows, held) = inspect(api, &cfg.store, cache).await;
+    let held = held.unwrap_or_default();
+    report.records = rows.len();
+    // Read once per pass, and only when a sandbox lost its IPs.
+    let mut cni: Option<Vec<CniResult>> = None;
     let mut now = HashMap::new();
     for row in rows {
         let key = (row.namespace.clone(), row.sandbox_id.clone());
@@ -78,11 +101,19 @@ pub async fn pass(
         let name = format!("{}/{}", row.namespace, row.sandbox_id);
         let watched = row.runtime.as_ref().is_some_and(|r| runtimes.contains(r));
         match row.state {
-            State::Lost if watched && cfg.repair => match repair(api, journal, &row).await {
-                Ok(true) => report.repaired.push(key),
-                Ok(false) => {}
-                Err(e) => log::error!("sandbox {name}: repair of its lost IPs failed: {e}"),
-            },
+            State::Lost if watched && cfg.repair => {
+                if cni.is_none() {
+                    cni = Some(cni_results(&cfg.cni).await);
+                }
+                let results = cni.as_deref().unwrap_or_default();
+                let allowed =
+                    authorised((&row.namespace, &row.sandbox_id), &row.ips, results, &held);
+                match repair(api, journal, &row, &allowed, fresh).await {
+                    Ok(true) => report.repaired.push(key),
+                    Ok(false) => {}
+                    Err(e) => log::error!("sandbox {name}: repair of its lost IPs failed: {e}"),
+                }
+            }
             State::Lost if fresh => log::error!(
                 "sandbox {name}: {}; {}",
                 row.detail,
@@ -167,10 +198,47 @@ pub enum RepairError {
     },
 }
 
-/// Writes the record's IPs into containerd's extension of a running sandbox; `Ok(false)`
-/// when it is not running or its extension changed since it was inspected (left alone).
-async fn repair(api: &Api, journal: &Arc<Journal>, row: &Row) -> Result<bool, RepairError> {
+/// The cached CNI results (none, logged, if the cache cannot be read).
+async fn cni_results(cache: &CniCache) -> Vec<CniResult> {
+    let cache = cache.clone();
+    match tokio::task::spawn_blocking(move || cache.pod_results()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            log::error!("{e}; no lost IP can be written back");
+            Vec::new()
+        }
+        Err(e) => {
+            log::error!("CNI result cache task: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Writes the IPs `allowed` into containerd's extension of a running sandbox; `Ok(false)`
+/// when there is nothing it may write (reported when `fresh`), when it is not running or
+/// when its extension changed since it was inspected (left alone).
+async fn repair(
+    api: &Api,
+    journal: &Arc<Journal>,
+    row: &Row,
+    allowed: &Authorised,
+    fresh: bool,
+) -> Result<bool, RepairError> {
     let (ns, id) = (row.namespace.as_str(), row.sandbox_id.as_str());
+    if let Some(why) = &allowed.none_because {
+        if fresh {
+            log::error!(
+                "sandbox {ns}/{id}: {}; NOT repaired: {why}{}",
+                row.detail,
+                if allowed.refused.is_empty() {
+                    String::new()
+                } else {
+                    format!("; not written: {}", refused_text(allowed))
+                }
+            );
+        }
+        return Ok(false);
+    }
     let started = Instant::now();
     match api.task_status(ns, id).await? {
         Some(s) if s == "RUNNING" => {}
@@ -191,7 +259,7 @@ async fn repair(api: &Api, journal: &Arc<Journal>, row: &Row) -> Result<bool, Re
         log::info!("sandbox {ns}/{id}: containerd's record changed while being checked; next pass");
         return Ok(false);
     }
-    let value = cri::with_ips(&current.value, &row.ips)?;
+    let value = cri::with_ips(&current.value, &allowed.write)?;
     let any = Any {
         type_url: current.type_url.clone(),
         value,
@@ -205,18 +273,24 @@ async fn repair(api: &Api, journal: &Arc<Journal>, row: &Row) -> Result<bool, Re
         .transpose()?
         .map(|n| n.ips())
         .unwrap_or_default();
-    let ok = after == row.ips;
+    let ok = after == allowed.write;
     let ms = started.elapsed().as_millis() as u64;
     let pod = row
-        .record
+        .summary
         .as_ref()
         .map(|r| format!("{}/{}", r.pod.namespace, r.pod.name))
         .unwrap_or_default();
     let detail = format!(
-        "containerd's {} of running sandbox {ns}/{id} (pod {pod}) had no IP; wrote back {} from {}{}",
+        "containerd's {} of running sandbox {ns}/{id} (pod {pod}) had no IP; wrote back {} from CNI's result {} (record {}){}{}",
         cri::EXTENSION,
-        row.ips.join(", "),
+        allowed.write.join(", "),
+        allowed.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         row.path.display(),
+        if allowed.refused.is_empty() {
+            String::new()
+        } else {
+            format!("; not written: {}", refused_text(allowed))
+        },
         if ok { String::new() } else { format!("; containerd then showed {after:?}") }
     );
     if ok {
@@ -245,7 +319,7 @@ async fn repair(api: &Api, journal: &Arc<Journal>, row: &Row) -> Result<bool, Re
                 total_ms: ms,
                 summary: format!(
                     "sandbox {ns}/{id}: lost IPs {} written back",
-                    row.ips.join(", ")
+                    allowed.write.join(", ")
                 ),
             },
         },
@@ -263,7 +337,7 @@ async fn repair(api: &Api, journal: &Arc<Journal>, row: &Row) -> Result<bool, Re
         Ok(true)
     } else {
         Err(RepairError::NotApplied {
-            wrote: row.ips.clone(),
+            wrote: allowed.write.clone(),
             got: after,
         })
     }
