@@ -62,7 +62,7 @@ impl Drop for Spoof {
     }
 }
 
-async fn spoofed_dead_shim(handler: Handler, argv0: &str) {
+async fn spoofed_dead_shim(handler: Handler, argv0: &str, watchdog_args: &[&str]) {
     let mut fx = Containerd::start().await.expect("start containerd");
     let mut cri = fx.cri().await.expect("cri client");
     let pod = run_pod(&fx, &mut cri, handler, "spoofed", 1).await;
@@ -80,7 +80,9 @@ async fn spoofed_dead_shim(handler: Handler, argv0: &str) {
     })
     .await;
 
-    let wd = Watchdog::start(&fx, &["--containerd-grace", "1s"]);
+    let mut args = vec!["--containerd-grace", "1s"];
+    args.extend(watchdog_args);
+    let wd = Watchdog::start(&fx, &args);
     let ran = |entries: &[serde_json::Value], id: &str| {
         entries.iter().any(|e| {
             e["step"] == format!("delete {id}")
@@ -131,11 +133,21 @@ async fn spoofed_dead_shim(handler: Handler, argv0: &str) {
 /// sturdy's `shim.pid` names the dead shim; the look-alike is found by its command line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_look_alike_of_a_dead_sturdy_shim_is_never_run_nor_killed() {
-    spoofed_dead_shim(Handler::Sturdy, "/usr/local/bin/containerd-shim-sturdy-v2").await;
+    spoofed_dead_shim(
+        Handler::Sturdy,
+        "/usr/local/bin/containerd-shim-sturdy-v2",
+        &[],
+    )
+    .await;
 }
 
 /// The Go shim leaves no `shim.pid`: discovery goes by command lines alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_look_alike_of_a_dead_go_shim_is_never_run_nor_killed() {
-    spoofed_dead_shim(Handler::Runc, "/usr/bin/containerd-shim-runc-v2").await;
+    spoofed_dead_shim(
+        Handler::Runc,
+        "/usr/bin/containerd-shim-runc-v2",
+        &["--runtime", "io.containerd.runc.v2"],
+    )
+    .await;
 }
