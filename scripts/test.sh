@@ -76,9 +76,11 @@ cargo build --locked --workspace --all-targets
 
 # Two threads for two cores: each integration test runs a whole containerd, and the CRI
 # tests are I/O-bound, so two at a time keeps the machine busy without starving containerd.
+# --no-fail-fast: a failing test binary must not keep the others (and their checks) from
+# running.
 step "cargo test --workspace"
 test_status=0
-cargo test --locked --workspace -- --test-threads=2 2>&1 | tee "$work/test.log" || test_status=$?
+cargo test --locked --no-fail-fast --workspace -- --test-threads=2 2>&1 | tee "$work/test.log" || test_status=$?
 check_ignored "$work/test.log"
 
 # The parity suite again on containerd 1.7 and 2.1 (from ../shared/tools): every
@@ -99,7 +101,7 @@ for generation in 1.7 2.1; do
             *) targets+=(--test "$name") ;;
         esac
     done
-    STURDY_CONTAINERD=$generation cargo test --locked -p sturdy-integration "${targets[@]}" \
+    STURDY_CONTAINERD=$generation cargo test --locked --no-fail-fast -p sturdy-integration "${targets[@]}" \
         -- --test-threads=2 2>&1 | tee "$work/test-$generation.log" || test_status=$?
     check_ignored "$work/test-$generation.log"
 done

@@ -326,11 +326,15 @@ async fn churn_with_killed_shims_leaks_nothing() {
         let left = check.leftovers(&fx);
         // What containerd and the watchdog said about the leftovers' containers.
         let log = std::fs::read_to_string(fx.log_path()).unwrap_or_default();
-        for id in left.iter().filter_map(|l| l.split_whitespace().nth(1)) {
-            let id = id.trim_start_matches('.');
-            if id.len() < 64 {
-                continue;
-            }
+        // "runc state <id>", "cgroup /sys/fs/cgroup/<ctl>/<parent>/<id>", "bundle …/.<id>".
+        let ids: std::collections::BTreeSet<&str> = left
+            .iter()
+            .filter_map(|l| l.split_whitespace().last())
+            .filter_map(|p| p.rsplit('/').next())
+            .map(|id| id.trim_start_matches('.'))
+            .filter(|id| id.len() >= 64)
+            .collect();
+        for id in ids {
             println!("--- containerd about {id} ---");
             for line in log.lines().filter(|l| l.contains(id)) {
                 println!("{line}");
