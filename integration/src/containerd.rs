@@ -522,7 +522,10 @@ impl Containerd {
         let _ = std::fs::remove_file(&self.socket);
         self.spawn()?;
         self.write_record()?;
-        self.wait_ready(Duration::from_secs(30)).await
+        self.wait_ready(Duration::from_secs(30)).await?;
+        // containerd's API answers before CRI has recovered its pods ("server is not
+        // initialized yet"); a busy machine made a test's next CRI call land in that gap.
+        self.wait_cri_ready(Duration::from_secs(30)).await
     }
 }
 
