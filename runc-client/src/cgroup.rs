@@ -150,13 +150,17 @@ pub fn relative_path(cgroups_path: &str) -> PathBuf {
     path
 }
 
-/// Whether the last component of `path` names container `id` (`<id>`, `cri-containerd-<id>.scope`).
+/// Whether the last component of `path` names container `id`: `<id>` (cgroupfs),
+/// `<prefix>-<id>.scope` (systemd), `<anything>-<id>`. Not merely containing it: a short id
+/// (`ctr run … k`) is part of many names (`kubepods`).
 fn names_container(path: &Path, id: &str) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
     !id.is_empty()
-        && path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.contains(id))
+        && (name == id
+            || name.ends_with(&format!("-{id}.scope"))
+            || name.ends_with(&format!("-{id}")))
 }
 
 /// Whether `cgroups_path` names container `id`'s own cgroup: below the hierarchies' roots,
@@ -375,6 +379,10 @@ mod tests {
             assert!(!is_container_scope(shared, id), "{shared:?}");
         }
         assert!(!is_container_scope("/default/x", ""));
+        // A short id is part of many names; only the whole name (or its suffix) counts.
+        assert!(!is_container_scope("/kubepods", "k"));
+        assert!(!is_container_scope("/kubepods/podk1", "k"));
+        assert!(is_container_scope("/default/k", "k"));
 
         let mut set = CgroupSet {
             dirs: [

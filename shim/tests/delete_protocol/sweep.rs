@@ -22,7 +22,9 @@ struct Victim {
 
 impl Victim {
     /// `None` (a visible skip, `test_skip`) where the test cannot run.
-    fn start() -> Option<Victim> {
+    /// A sleeper in cgroups named for container `id` (delete sweeps only a container's
+    /// own cgroups: the last component names it).
+    fn start(id: &str) -> Option<Victim> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         if !nix::unistd::geteuid().is_root() {
             test_skip::skip("needs root to create cgroups");
@@ -38,7 +40,7 @@ impl Victim {
             return None;
         }
         let name = format!(
-            "sturdy-delete-test-{}-{}",
+            "sturdy-delete-test-{}-{}-{id}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
@@ -96,7 +98,7 @@ fn assert_swept(v: &mut Victim, out: &std::process::Output) {
 /// the cgroups and the state directory runc left.
 #[test]
 fn delete_sweeps_the_cgroups_runc_recorded() {
-    let Some(mut v) = Victim::start() else {
+    let Some(mut v) = Victim::start("swept") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -132,7 +134,7 @@ fn delete_sweeps_the_cgroups_runc_recorded() {
 /// left): delete still finds the cgroups through config.json's cgroupsPath.
 #[test]
 fn delete_sweeps_the_spec_cgroups_when_the_runtime_lost_its_state() {
-    let Some(mut v) = Victim::start() else {
+    let Some(mut v) = Victim::start("lost") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
