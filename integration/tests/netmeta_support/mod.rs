@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::{GetContainerRequest, UpdateContainerRequest};
 use sandbox_record::{Record, Store};
+use sturdy_integration::containerd::sturdyctl_bin;
 use sturdy_integration::{Containerd, CRI_NAMESPACE};
 
 /// CRI's sandbox metadata extension.
@@ -149,22 +150,6 @@ pub fn state_of(fx: &Containerd, id: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-fn sturdyctl_bin() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("STURDYCTL_BIN") {
-        return p.into();
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| sturdy_integration::containerd::workspace_dir().join("target"));
-    let bin = target.join("debug").join("sturdyctl");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p sturdyctl` first",
-        bin.display()
-    );
-    bin
 }
 
 /// Runs `ip ARGS` inside the network namespace at `netns` (the test may; the shim never).
