@@ -25,7 +25,7 @@ pub use ctr::{Output, RunOptions};
 pub use error::{Error, Result};
 pub use handler::Handler;
 pub use image::{BUSYBOX_IMAGE, PAUSE_IMAGE};
-pub use wait::until;
+pub use wait::{until, until_some};
 
 /// Re-exported so tests need no direct dependency on the CRI crate.
 pub use k8s_cri;
