@@ -15,6 +15,7 @@ pub mod handler;
 pub mod image;
 pub mod measure;
 pub mod registry;
+pub mod runc_wrapper;
 pub mod tools;
 pub mod wait;
 pub mod watchdog;
