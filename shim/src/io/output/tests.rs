@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::super::spool::{pattern, spill_links};
 use super::super::*;
 use super::copy_output;
+use crate::testing::until;
 
 fn fifo(dir: &Path, name: &str) -> String {
     let path = dir.join(name);
@@ -58,11 +59,7 @@ fn read_pattern(path: String, size: u64) -> JoinHandle<u64> {
 }
 
 async fn wait_for(what: &str, limit: Duration, f: impl Fn() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "{what} not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    assert!(until(limit, f).await, "{what} not within {limit:?}");
 }
 
 fn stdout_to(path: &str) -> StdioPaths {
