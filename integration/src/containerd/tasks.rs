@@ -1,5 +1,5 @@
-//! What containerd runs for a task, looked up: its init process, its bundle and the shim
-//! serving it.
+//! What containerd runs for a task, looked up: its OCI spec, its init process, its bundle
+//! and the shim serving it.
 
 use std::path::PathBuf;
 
@@ -9,6 +9,23 @@ use crate::error::{Error, Result};
 use crate::Handler;
 
 impl Containerd {
+    /// The OCI spec containerd keeps for container `id` in namespace `ns`.
+    pub async fn container_spec(&self, ns: &str, id: &str) -> Result<serde_json::Value> {
+        let req = containerd_client::services::v1::GetContainerRequest { id: id.into() };
+        let spec = self
+            .client()
+            .await?
+            .containers()
+            .get(in_namespace(ns, req)?)
+            .await
+            .map_err(crate::error::rpc("Containers.Get"))?
+            .into_inner()
+            .container
+            .and_then(|c| c.spec)
+            .ok_or_else(|| Error::Unexpected(format!("Containers.Get {id}: no spec")))?;
+        Ok(serde_json::from_slice(&spec.value)?)
+    }
+
     /// Status and pid of the init process of task `id` in containerd namespace `ns`.
     pub async fn task_process(
         &self,
@@ -19,17 +36,11 @@ impl Containerd {
             container_id: id.into(),
             ..Default::default()
         };
-        let mut req = tonic::Request::new(req);
-        req.metadata_mut().insert(
-            "containerd-namespace",
-            ns.parse()
-                .map_err(|_| Error::Unexpected(format!("namespace {ns}")))?,
-        );
         let p = self
             .client()
             .await?
             .tasks()
-            .get(req)
+            .get(in_namespace(ns, req)?)
             .await
             .map_err(crate::error::rpc("Tasks.Get"))?
             .into_inner()
@@ -82,4 +93,14 @@ impl Containerd {
                 has("-namespace", ns) && has("-id", id)
             })
     }
+}
+
+/// `msg` as a request to containerd namespace `ns`.
+fn in_namespace<T>(ns: &str, msg: T) -> Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(msg);
+    let ns_value = ns
+        .parse()
+        .map_err(|_| Error::Unexpected(format!("namespace {ns}")))?;
+    req.metadata_mut().insert("containerd-namespace", ns_value);
+    Ok(req)
 }
