@@ -6,11 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use sturdyctl::discovery::{Shim, Task, TASK_DIR};
-use sturdyctl::journal::{Entry, Journal, Phase, DEFAULT_MAX_BYTES};
+use sturdyctl::journal::{Journal, Phase, DEFAULT_MAX_BYTES};
 use sturdyctl::watchdog;
 
 mod common;
-use common::{config, ran_delete, recording_shim, run_until, shim_bundle, trusted_tempdir};
+use common::{
+    config, journal_started, ran_delete, recording_shim, run_until, shim_bundle, trusted_tempdir,
+};
 
 fn finished_count(journal: &Path, incident: &str) -> usize {
     Journal::new(journal, DEFAULT_MAX_BYTES)
@@ -41,17 +43,7 @@ async fn unfinished_incident_is_finished_exactly_once() {
         }],
         ..Default::default()
     };
-    let incident = shim.incident_id();
-    Journal::new(&cfg.journal, DEFAULT_MAX_BYTES)
-        .append(&Entry {
-            at_ms: 1,
-            incident: incident.clone(),
-            phase: Phase::Started {
-                reason: "dead".into(),
-                shim,
-            },
-        })
-        .unwrap();
+    let incident = journal_started(&cfg, shim);
 
     // Shut down at once: resumed recoveries are still carried to their end.
     watchdog::run(cfg.clone(), async {}).await.unwrap();

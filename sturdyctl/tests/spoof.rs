@@ -11,14 +11,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sturdyctl::discovery::{Shim, Task};
-use sturdyctl::journal::{Entry, Journal, Phase, DEFAULT_MAX_BYTES};
+use sturdyctl::journal::Phase;
 use sturdyctl::procfs;
 use sturdyctl::watchdog::Config;
 
 mod common;
 use common::{
-    bundle_runc_still_has, config, journal, ran_delete, recording_shim, run_until, shim_bundle,
-    trusted_tempdir, until,
+    bundle_runc_still_has, config, journal, journal_started, ran_delete, recording_shim, run_until,
+    shim_bundle, trusted_tempdir, until,
 };
 
 const NOBODY: u32 = 65534;
@@ -208,17 +208,7 @@ async fn refused_on_resume(edit: impl FnOnce(&mut Shim, &Path)) -> String {
         ..Default::default()
     };
     edit(&mut shim, &evil);
-    let incident = shim.incident_id();
-    Journal::new(&cfg.journal, DEFAULT_MAX_BYTES)
-        .append(&Entry {
-            at_ms: 1,
-            incident: incident.clone(),
-            phase: Phase::Started {
-                reason: "dead".into(),
-                shim,
-            },
-        })
-        .unwrap();
+    let incident = journal_started(&cfg, shim);
 
     run_until(&cfg, LIMIT, "the journal never got there", |entries| {
         entries

@@ -5,7 +5,7 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sturdyctl::discovery::TASK_DIR;
+use sturdyctl::discovery::{Shim, TASK_DIR};
 use sturdyctl::journal::{Entry, Journal, Phase, DEFAULT_MAX_BYTES};
 use sturdyctl::watchdog::{self, Config};
 
@@ -94,6 +94,23 @@ pub fn journal(cfg: &Config) -> Vec<Entry> {
     Journal::new(&cfg.journal, DEFAULT_MAX_BYTES)
         .read()
         .unwrap_or_default()
+}
+
+/// Journals an incident of `shim` as started, as a watchdog that died mid-recovery leaves
+/// it; the incident's id.
+pub fn journal_started(cfg: &Config, shim: Shim) -> String {
+    let incident = shim.incident_id();
+    Journal::new(&cfg.journal, DEFAULT_MAX_BYTES)
+        .append(&Entry {
+            at_ms: 1,
+            incident: incident.clone(),
+            phase: Phase::Started {
+                reason: "dead".into(),
+                shim,
+            },
+        })
+        .unwrap();
+    incident
 }
 
 /// Whether the watchdog ran the delete of task c1.
