@@ -5,8 +5,10 @@ mod builder;
 mod config;
 mod generation;
 mod subnets;
+mod tasks;
 mod teardown;
 mod upgrade;
+mod workspace;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -24,11 +26,10 @@ pub use builder::{fixture_base, Builder, ExtraRuntime, FIXTURE_BASE_ENV};
 pub use generation::{Binaries, Generation, GENERATION_ENV};
 pub use subnets::{SubnetSlot, POD_NETWORK, SUBNET_SLOTS};
 pub use teardown::{log_tail, reap_stale_fixtures, Footprint};
+pub use workspace::{default_shim_bin, sturdyctl_bin, target_dir, workspace_dir};
 
-use crate::cleanup;
 use crate::error::{Error, IoContext, Result};
 use crate::image::{self, PAUSE_IMAGE};
-use crate::Handler;
 
 /// CRI's fixed containerd namespace.
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -36,38 +37,6 @@ pub const CRI_NAMESPACE: &str = "k8s.io";
 pub const SHIM_BINARY: &str = "containerd-shim-sturdy-v2";
 /// Name of the Go shim binary containerd looks up for `io.containerd.runc.v2`.
 pub const GO_SHIM_BINARY: &str = "containerd-shim-runc-v2";
-
-/// Where the sturdy shim is taken from when the builder is not told: `STURDY_SHIM_BIN`, else
-/// `$CARGO_TARGET_DIR/debug/…`, else `<workspace>/target/debug/…`.
-pub fn default_shim_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("STURDY_SHIM_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_dir().join("target"));
-    target.join("debug").join(SHIM_BINARY)
-}
-
-/// Where `sturdyctl` is taken from: `STURDYCTL_BIN`, else `$CARGO_TARGET_DIR/debug/sturdyctl`,
-/// else `<workspace>/target/debug/sturdyctl`.
-pub fn sturdyctl_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("STURDYCTL_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_dir().join("target"));
-    target.join("debug").join("sturdyctl")
-}
-
-/// Root of the cargo workspace this crate was built in.
-pub fn workspace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
 
 /// Short random hex id, unique enough to name bridges, namespaces and cgroups per fixture.
 fn random_suffix() -> String {
@@ -368,35 +337,6 @@ impl Containerd {
         Ok(v.into_inner().version)
     }
 
-    /// Status and pid of the init process of task `id` in containerd namespace `ns`.
-    pub async fn task_process(
-        &self,
-        ns: &str,
-        id: &str,
-    ) -> Result<(containerd_client::types::v1::Status, u32)> {
-        let req = containerd_client::services::v1::GetRequest {
-            container_id: id.into(),
-            ..Default::default()
-        };
-        let mut req = tonic::Request::new(req);
-        req.metadata_mut().insert(
-            "containerd-namespace",
-            ns.parse()
-                .map_err(|_| Error::Unexpected(format!("namespace {ns}")))?,
-        );
-        let p = self
-            .client()
-            .await?
-            .tasks()
-            .get(req)
-            .await
-            .map_err(crate::error::rpc("Tasks.Get"))?
-            .into_inner()
-            .process
-            .ok_or_else(|| Error::Unexpected(format!("Tasks.Get {id}: no process")))?;
-        Ok((p.status(), p.pid))
-    }
-
     /// A containerd API client over this instance's socket.
     pub async fn client(&self) -> Result<containerd_client::Client> {
         let channel = self.channel().await?;
@@ -436,51 +376,6 @@ impl Containerd {
         let path = self.dir.join("fixture.json");
         std::fs::write(&path, serde_json::to_vec(&record)?)
             .ctx(|| format!("writing {}", path.display()))
-    }
-
-    /// The task bundle of container `id` in namespace `ns`, if containerd has one.
-    pub fn bundle(&self, ns: &str, id: &str) -> Option<cleanup::Bundle> {
-        let mut b = cleanup::bundles(&self.state_dir())
-            .into_iter()
-            .find(|b| b.namespace == ns && b.id == id)?;
-        if b.shim_pid.is_none() {
-            b.shim_pid = self.shim_pid(ns, id);
-        }
-        Some(b)
-    }
-
-    /// The binary a task of `handler` must be served by (resolved through symlinks).
-    pub fn expected_shim_exe(&self, handler: Handler) -> PathBuf {
-        let bin = match handler {
-            Handler::Runc if self.sturdy_as_runc_v2 => self.shim_bin.clone(),
-            Handler::Runc => self.bins.go_shim.clone(),
-            Handler::Sturdy => self.shim_bin.clone(),
-        };
-        std::fs::canonicalize(&bin).unwrap_or(bin)
-    }
-
-    /// The executable of the shim serving task `id` in `ns`, if one is running.
-    pub fn shim_exe(&self, ns: &str, id: &str) -> Option<PathBuf> {
-        let pid = self.bundle(ns, id)?.shim_pid?;
-        std::fs::read_link(format!("/proc/{pid}/exe")).ok()
-    }
-
-    /// PID of the shim started for task `id` in `ns`, found by its command line (the Go
-    /// shim keeps no `shim.pid` in the bundle). Grouped CRI containers share their sandbox's
-    /// shim, so pass the sandbox id for those.
-    pub fn shim_pid(&self, ns: &str, id: &str) -> Option<i32> {
-        cleanup::pids_referencing(&self.socket)
-            .into_iter()
-            .filter(|p| *p != self.pid)
-            .find(|p| {
-                let raw = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-                let has = |flag: &str, value: &str| {
-                    args.windows(2)
-                        .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
-                };
-                has("-namespace", ns) && has("-id", id)
-            })
     }
 
     /// A fixture value for `dir` and `suffix`, with every name derived from the suffix and

@@ -15,6 +15,7 @@ pub mod handler;
 pub mod image;
 pub mod measure;
 pub mod registry;
+pub mod runc_wrapper;
 pub mod tools;
 pub mod wait;
 pub mod watchdog;
@@ -25,7 +26,7 @@ pub use ctr::{Output, RunOptions};
 pub use error::{Error, Result};
 pub use handler::Handler;
 pub use image::{BUSYBOX_IMAGE, PAUSE_IMAGE};
-pub use wait::until;
+pub use wait::{until, until_some};
 
 /// Re-exported so tests need no direct dependency on the CRI crate.
 pub use k8s_cri;

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
-use crate::containerd::workspace_dir;
+use crate::containerd::{target_dir, workspace_dir};
 
 /// Overrides where the tool archives are found (default `<workspace>/../shared/tools`).
 pub const TOOLS_ENV: &str = "STURDY_TOOLS";
@@ -99,10 +99,7 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os(CACHE_ENV) {
         return PathBuf::from(p);
     }
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_dir().join("target"))
-        .join("tools-cache")
+    target_dir().join("tools-cache")
 }
 
 /// True if `name`'s archive is present (not verified).

@@ -100,13 +100,7 @@ fn ran(dir: &Path) -> Vec<String> {
 
 /// `sturdyctl doctor --json` with `args`: its findings (doctor itself must not fail).
 fn doctor(args: &[&str]) -> Vec<serde_json::Value> {
-    let bin = sturdyctl_bin();
-    assert!(
-        bin.exists(),
-        "{} missing: cargo build -p sturdyctl",
-        bin.display()
-    );
-    let out = Command::new(&bin)
+    let out = Command::new(sturdyctl_bin())
         .arg("doctor")
         .args(args)
         .arg("--json")

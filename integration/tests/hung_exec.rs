@@ -5,12 +5,11 @@
 //! stopped, 15.5 s later, and StopPodSandbox then took 10.2 s waiting for the exec.
 //! Sturdy-only: the Go shim has no deadline on `runc exec` at all.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sturdy_integration::cleanup::pid_alive;
-use sturdy_integration::{container_config, until, Containerd, ExtraRuntime};
+use sturdy_integration::{container_config, runc_wrapper, until, Containerd, ExtraRuntime};
 
 /// ExecSync must fail on its own within this.
 const EXEC_FAILS_WITHIN: Duration = Duration::from_secs(10);
@@ -30,27 +29,14 @@ struct HangingExec {
 
 impl HangingExec {
     fn new(dir: &Path) -> HangingExec {
-        let runc = sturdy_integration::which("runc").expect("runc not found");
         let switch = dir.join("hang.on");
         let pids = dir.join("hung.pids");
         let wrapper = dir.join("hanging-runc");
-        let script = format!(
-            "#!/bin/sh\n\
-             if [ -e '{switch}' ]; then\n\
-             for a in \"$@\"; do\n\
-             case \"$a\" in\n\
-             exec) echo $$ >> '{pids}'; sleep {HANG} & echo $! >> '{pids}'; wait; exit 1 ;;\n\
-             create|start|delete|kill|state|ps|pause|resume|update|events|features|run) break ;;\n\
-             esac\n\
-             done\n\
-             fi\n\
-             exec '{runc}' \"$@\"\n",
-            switch = switch.display(),
-            pids = pids.display(),
-            runc = runc.display(),
+        let hang = format!(
+            "echo $$ >> '{pids}'; sleep {HANG} & echo $! >> '{pids}'; wait; exit 1",
+            pids = pids.display()
         );
-        std::fs::write(&wrapper, script).unwrap();
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        runc_wrapper::write(&wrapper, &switch, &[("exec", hang)]).unwrap();
         HangingExec {
             wrapper,
             switch,
@@ -69,25 +55,6 @@ impl HangingExec {
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
             .collect()
-    }
-
-    fn runtime(&self, dir: &Path, root: &Path) -> ExtraRuntime {
-        let conf = dir.join("hanging.toml");
-        std::fs::write(
-            &conf,
-            format!(
-                "BinaryName = \"{}\"\nRoot = \"{}\"\n",
-                self.wrapper.display(),
-                root.display()
-            ),
-        )
-        .unwrap();
-        ExtraRuntime {
-            name: "hanging".into(),
-            runtime_type: "io.containerd.sturdy.v2".into(),
-            runtime_path: None,
-            options: format!("  ConfigPath = \"{}\"", conf.display()),
-        }
     }
 }
 
@@ -125,7 +92,15 @@ async fn pod_with_hanging_exec() -> Pod {
     let dir = tempfile::tempdir().expect("tempdir");
     let hanging = HangingExec::new(dir.path());
     let fx = Containerd::builder()
-        .runtime(hanging.runtime(dir.path(), &dir.path().join("roots")))
+        .runtime(
+            ExtraRuntime::sturdy_with_runc(
+                "hanging",
+                &dir.path().join("hanging.toml"),
+                &hanging.wrapper,
+                &dir.path().join("roots"),
+            )
+            .unwrap(),
+        )
         .start()
         .await
         .expect("start containerd");

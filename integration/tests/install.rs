@@ -11,13 +11,7 @@ use sturdy_integration::containerd::{sturdyctl_bin, workspace_dir};
 use sturdy_integration::{cleanup, container_config, Containerd, Generation, Handler};
 
 fn sturdyctl(args: &[&str]) -> String {
-    let bin = sturdyctl_bin();
-    assert!(
-        bin.exists(),
-        "{} missing: cargo build -p sturdyctl",
-        bin.display()
-    );
-    let out = Command::new(&bin)
+    let out = Command::new(sturdyctl_bin())
         .args(args)
         .output()
         .expect("run sturdyctl");

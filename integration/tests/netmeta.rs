@@ -14,9 +14,6 @@ use sturdy_integration::k8s_cri::v1::PodSandboxState;
 use sturdy_integration::{container_config, Containerd, Handler, CRI_NAMESPACE};
 use watchdog_support::{until, wait_pod_state, Watchdog, WatchdogExt, INTERVAL};
 
-/// How long a record may take to appear after RunPodSandbox returned.
-const RECORDED: Duration = Duration::from_secs(10);
-
 fn watchdog(fx: &Containerd, extra: &[&str]) -> Watchdog {
     let dir = fx.sandbox_record_dir();
     let mut args = vec!["--record-dir", dir.to_str().unwrap()];
@@ -201,21 +198,14 @@ async fn host_network_pod_is_recorded_as_such() {
 async fn a_second_address_is_recorded_and_flipped_bytes_are_replaced() {
     let fx = Containerd::start().await.expect("start containerd");
     let mut cri = fx.cri().await.expect("cri client");
-    let cfg = fx.pod_config("twoaddr");
-    let id = cri
-        .run_pod(Handler::Sturdy, &cfg)
-        .await
-        .expect("RunPodSandbox");
-    let ip = cri.pod_ip(&id).await.expect("pod IP").to_string();
-    wait_record(&fx, &id, RECORDED, |r| !r.pod_ips().is_empty()).await;
-    let netns = cri.pod_netns(&id).await.unwrap().expect("the pod's netns");
-    ip_in(&netns, "addr add 192.0.2.77/32 dev eth0");
-    let c1 = cri
-        .create_container(&id, container_config("c1", &["/bin/sleep", "3600"]), &cfg)
-        .await
-        .expect("CreateContainer");
-    cri.start_container(&c1).await.expect("StartContainer");
-    let rec = wait_record(&fx, &id, RECORDED, |r| r.pod_ips().len() == 2).await;
+    let pod = recorded_pod(&fx, &mut cri, "twoaddr").await;
+    let rec = add_address(&fx, &mut cri, &pod, "192.0.2.77").await;
+    let RecordedPod {
+        id,
+        config: cfg,
+        ip,
+        netns,
+    } = pod;
     assert_eq!(rec.pod_ips(), vec![ip.clone(), "192.0.2.77".to_string()]);
     assert_eq!(rec.trigger, "container start");
     let Network::Namespace {

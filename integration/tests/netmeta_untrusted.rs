@@ -12,11 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use netmeta_support::*;
-use sturdy_integration::{container_config, Containerd, Handler, CRI_NAMESPACE};
+use sturdy_integration::{container_config, Containerd, CRI_NAMESPACE};
 use watchdog_support::{until, Watchdog, WatchdogExt, INTERVAL};
-
-/// How long a record may take to appear after RunPodSandbox returned.
-const RECORDED: Duration = Duration::from_secs(10);
 
 fn watchdog(fx: &Containerd) -> Watchdog {
     let dir = fx.sandbox_record_dir();
@@ -32,22 +29,10 @@ async fn the_repair_writes_only_cnis_ip_never_one_the_pod_added() {
     let mut fx = Containerd::start().await.expect("start containerd");
     let mut cri = fx.cri().await.expect("cri client");
     let wd = watchdog(&fx);
-    let cfg = fx.pod_config("addedip");
-    let id = cri
-        .run_pod(Handler::Sturdy, &cfg)
-        .await
-        .expect("RunPodSandbox");
-    let ip = cri.pod_ip(&id).await.expect("pod IP").to_string();
-    wait_record(&fx, &id, RECORDED, |r| !r.pod_ips().is_empty()).await;
-    let netns = cri.pod_netns(&id).await.unwrap().expect("the pod's netns");
+    let pod = recorded_pod(&fx, &mut cri, "addedip").await;
     let added = "192.0.2.77";
-    ip_in(&netns, &format!("addr add {added}/32 dev eth0"));
-    let c1 = cri
-        .create_container(&id, container_config("c1", &["/bin/sleep", "3600"]), &cfg)
-        .await
-        .expect("CreateContainer");
-    cri.start_container(&c1).await.expect("StartContainer");
-    let rec = wait_record(&fx, &id, RECORDED, |r| r.pod_ips().len() == 2).await;
+    let rec = add_address(&fx, &mut cri, &pod, added).await;
+    let RecordedPod { id, ip, .. } = pod;
     assert_eq!(rec.pod_ips(), vec![ip.clone(), added.to_string()]);
     // L10: what the real shim wrote is root's only.
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -158,19 +143,17 @@ async fn a_pod_with_100k_addresses_leaves_shim_and_watchdog_within_budget() {
     let fx = Containerd::start().await.expect("start containerd");
     let mut cri = fx.cri().await.expect("cri client");
     let wd = watchdog(&fx);
-    let cfg = fx.pod_config("flood");
-    let id = cri
-        .run_pod(Handler::Sturdy, &cfg)
-        .await
-        .expect("RunPodSandbox");
-    let ip = cri.pod_ip(&id).await.expect("pod IP").to_string();
-    wait_record(&fx, &id, RECORDED, |r| !r.pod_ips().is_empty()).await;
+    let RecordedPod {
+        id,
+        config: cfg,
+        ip,
+        netns,
+    } = recorded_pod(&fx, &mut cri, "flood").await;
     let shim = fx.shim_pid(CRI_NAMESPACE, &id).expect("the pod's shim");
     let (shim_peak0, shim_rss0) = memory(shim);
     let (wd_peak0, wd_rss0) = memory(wd.pid());
     println!("before: shim peak {shim_peak0} KiB rss {shim_rss0} KiB; watchdog peak {wd_peak0} KiB rss {wd_rss0} KiB");
 
-    let netns = cri.pod_netns(&id).await.unwrap().expect("the pod's netns");
     let t0 = Instant::now();
     flood(&netns, 100_000);
     println!("added 100000 addresses in {:?}", t0.elapsed());

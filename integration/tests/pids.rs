@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use containerd_client::services::v1::{
-    DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest,
-    ListPidsRequest, StartRequest, WaitRequest,
+    DeleteProcessRequest, ExecProcessRequest, GetRequest, KillRequest, ListPidsRequest,
+    StartRequest, WaitRequest,
 };
 use containerd_client::with_namespace;
 use prost::Message;
@@ -33,9 +33,7 @@ parity_tests! {
         let ns = fx.namespace().to_string();
         let client = fx.client().await.expect("client");
         let mut tasks = client.tasks();
-        let req = GetContainerRequest { id: "box".into() };
-        let container = client.containers().get(with_namespace!(req, ns)).await.expect("Containers.Get").into_inner().container.expect("container");
-        let spec: serde_json::Value = serde_json::from_slice(&container.spec.expect("spec").value).expect("spec json");
+        let spec = fx.container_spec(&ns, "box").await.expect("the spec");
 
         let pid_of = |exec_id: &str| GetRequest { container_id: "box".into(), exec_id: exec_id.into() };
         let init = tasks.get(with_namespace!(pid_of(""), ns)).await.expect("Tasks.Get").into_inner().process.expect("process").pid;

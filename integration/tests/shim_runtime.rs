@@ -125,37 +125,17 @@ async fn option_encodings_select_the_runtime() {
     let mut builder = Containerd::builder().sturdy_as_runc_v2();
     let mut cases = Vec::new();
     for binary in ["runc", "crun"] {
-        let binary_name = binary;
         let root = roots.join(format!("generic-{binary}"));
         let file = conf.path().join(format!("{binary}.toml"));
-        std::fs::write(
-            &file,
-            format!(
-                "BinaryName = \"{binary_name}\"\nRoot = \"{}\"\n",
-                root.display()
-            ),
-        )
-        .unwrap();
         let name = format!("gen-{binary}");
-        builder = builder.runtime(ExtraRuntime {
-            name: name.clone(),
-            runtime_type: "io.containerd.sturdy.v2".into(),
-            runtime_path: None,
-            options: format!("  ConfigPath = \"{}\"", file.display()),
-        });
+        builder = builder.runtime(
+            ExtraRuntime::sturdy_with_runc(&name, &file, Path::new(binary), &root).unwrap(),
+        );
         cases.push((name, binary, root));
 
         let root = roots.join(format!("runcopts-{binary}"));
         let name = format!("runcopts-{binary}");
-        builder = builder.runtime(ExtraRuntime {
-            name: name.clone(),
-            runtime_type: "io.containerd.runc.v2".into(),
-            runtime_path: None,
-            options: format!(
-                "  BinaryName = \"{binary_name}\"\n  Root = \"{}\"",
-                root.display()
-            ),
-        });
+        builder = builder.runtime(ExtraRuntime::go_with_runc(&name, Path::new(binary), &root));
         cases.push((name, binary, root));
     }
     let fx = builder.start().await.expect("start containerd");

@@ -2,15 +2,17 @@
 //! container's cgroup, ContainerStats and ListContainerStats show real usage, and a
 //! container that runs out of memory ends `OOMKilled`; for both shims.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sturdy_integration::cgroup::{cgroup_of, read, CgroupDir};
 use sturdy_integration::k8s_cri::v1::{
-    ContainerState, ContainerStats, ContainerStatsFilter, ContainerStatsRequest,
+    ContainerState, ContainerStats, ContainerStatsFilter, ContainerStatsRequest, ContainerStatus,
     LinuxContainerConfig, LinuxContainerResources, ListContainerStatsRequest,
     UpdateContainerResourcesRequest,
 };
-use sturdy_integration::{container_config, parity_tests, Containerd, Cri, CRI_NAMESPACE};
+use sturdy_integration::{
+    container_config, parity_tests, until_some, Containerd, Cri, CRI_NAMESPACE,
+};
 
 const T: Duration = Duration::from_secs(60);
 const MIB: i64 = 1024 * 1024;
@@ -66,16 +68,33 @@ fn usage(s: &ContainerStats) -> (u64, u64) {
     (cpu, mem)
 }
 
-async fn wait_exited(cri: &mut Cri, id: &str) -> sturdy_integration::k8s_cri::v1::ContainerStatus {
-    let end = Instant::now() + T;
-    loop {
-        let s = cri.container_status(id).await.expect("ContainerStatus");
-        if s.state == ContainerState::ContainerExited as i32 {
-            return s;
+/// The status of container `id` once it exited.
+async fn wait_exited(cri: &mut Cri, id: &str) -> ContainerStatus {
+    let exited = until_some(T, || {
+        let mut cri = cri.clone();
+        async move {
+            let s = cri.container_status(id).await.expect("ContainerStatus");
+            (s.state == ContainerState::ContainerExited as i32).then_some(s)
         }
-        assert!(Instant::now() < end, "{id} never exited: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+    match exited.await {
+        Some(s) => s,
+        None => {
+            let s = cri.container_status(id).await.expect("ContainerStatus");
+            panic!("{id} never exited: {s:?}")
+        }
     }
+}
+
+/// ContainerStats of container `id`.
+async fn stats_of(mut cri: Cri, id: String) -> ContainerStats {
+    cri.runtime
+        .container_stats(ContainerStatsRequest { container_id: id })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats")
 }
 
 parity_tests! {
@@ -143,22 +162,17 @@ parity_tests! {
         // 4+ MiB on 1.6 in most runs but ~200 KiB on 1.7 and 2.1, and once stayed low on 1.6
         // under load, through both shims (seen here, cause not traced).
         let min_memory = 0;
-        let end = Instant::now() + T;
-        let stats = loop {
-            let s = cri
-                .runtime
-                .container_stats(ContainerStatsRequest { container_id: ctr.clone() })
-                .await
-                .expect("ContainerStats")
-                .into_inner()
-                .stats
-                .expect("stats");
-            let (cpu, mem) = usage(&s);
-            if cpu > 50_000_000 && mem > min_memory {
-                break s;
-            }
-            assert!(Instant::now() < end, "stats stayed low: cpu {cpu} ns, memory {mem} B");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let busy = |s: &ContainerStats| {
+            let (cpu, mem) = usage(s);
+            cpu > 50_000_000 && mem > min_memory
+        };
+        let stats = until_some(T, || {
+            let s = stats_of(cri.clone(), ctr.clone());
+            async move { Some(s.await).filter(busy) }
+        });
+        let Some(stats) = stats.await else {
+            let (cpu, mem) = usage(&stats_of(cri.clone(), ctr.clone()).await);
+            panic!("stats stayed low: cpu {cpu} ns, memory {mem} B");
         };
         assert_eq!(stats.attributes.as_ref().map(|a| a.id.as_str()), Some(ctr.as_str()));
         assert!(stats.cpu.as_ref().is_some_and(|c| c.timestamp > 0));

@@ -8,14 +8,13 @@
 //! its bound, then its spill file in the bundle), deliver everything in order once the
 //! reader attaches, and keep its own memory within the bound.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sturdy_integration::k8s_cri::v1::ContainerStatusRequest;
-use sturdy_integration::{container_config, Containerd, ExtraRuntime, CRI_NAMESPACE};
+use sturdy_integration::{container_config, runc_wrapper, Containerd, ExtraRuntime, CRI_NAMESPACE};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -60,7 +59,6 @@ fn payload(tag: &str, bytes: usize) -> Vec<u8> {
 
 impl Flood {
     fn new(dir: &Path, name: &str, create_bytes: usize, exec_bytes: usize) -> Flood {
-        let runc = sturdy_integration::which("runc").expect("runc not found");
         let create = payload("create", create_bytes);
         let exec = payload("exec", exec_bytes);
         let create_file = dir.join(format!("{name}.create"));
@@ -71,25 +69,13 @@ impl Flood {
         let wrapper = dir.join(format!("{name}-runc"));
         // Only the first runc subcommand counts: the flood must reach the stdio of the
         // process being created, not that of a later state/delete.
-        let script = format!(
-            "#!/bin/sh\n\
-             if [ -e '{switch}' ]; then\n\
-             for a in \"$@\"; do\n\
-             case \"$a\" in\n\
-             create) cat '{create}' >&2; break ;;\n\
-             exec) cat '{exec}' >&2; break ;;\n\
-             start|delete|kill|state|ps|pause|resume|update|events|features|run) break ;;\n\
-             esac\n\
-             done\n\
-             fi\n\
-             exec '{runc}' \"$@\"\n",
-            switch = switch.display(),
-            create = create_file.display(),
-            exec = exec_file.display(),
-            runc = runc.display(),
-        );
-        std::fs::write(&wrapper, script).unwrap();
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cat = |file: &Path| format!("cat '{}' >&2; break", file.display());
+        runc_wrapper::write(
+            &wrapper,
+            &switch,
+            &[("create", cat(&create_file)), ("exec", cat(&exec_file))],
+        )
+        .unwrap();
         Flood {
             wrapper,
             switch,
@@ -104,40 +90,6 @@ impl Flood {
 
     fn off(&self) {
         let _ = std::fs::remove_file(&self.switch);
-    }
-
-    /// A sturdy runtime handler running this wrapper as its runc.
-    fn sturdy_runtime(&self, fx_dir: &Path, name: &str, root: &Path) -> ExtraRuntime {
-        let conf = fx_dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &conf,
-            format!(
-                "BinaryName = \"{}\"\nRoot = \"{}\"\n",
-                self.wrapper.display(),
-                root.display()
-            ),
-        )
-        .unwrap();
-        ExtraRuntime {
-            name: name.into(),
-            runtime_type: "io.containerd.sturdy.v2".into(),
-            runtime_path: None,
-            options: format!("  ConfigPath = \"{}\"", conf.display()),
-        }
-    }
-
-    /// A Go shim (`io.containerd.runc.v2`) runtime handler running this wrapper as its runc.
-    fn go_runtime(&self, name: &str, root: &Path) -> ExtraRuntime {
-        ExtraRuntime {
-            name: name.into(),
-            runtime_type: "io.containerd.runc.v2".into(),
-            runtime_path: None,
-            options: format!(
-                "  BinaryName = \"{}\"\n  Root = \"{}\"",
-                self.wrapper.display(),
-                root.display()
-            ),
-        }
     }
 }
 
@@ -400,9 +352,10 @@ async fn run(create_bytes: usize, exec_bytes: usize, go: bool) {
     let flood = Flood::new(dir.path(), "flood", create_bytes, exec_bytes);
     let roots = dir.path().join("roots");
     let runtime = if go {
-        flood.go_runtime("flood", &roots)
+        ExtraRuntime::go_with_runc("flood", &flood.wrapper, &roots)
     } else {
-        flood.sturdy_runtime(dir.path(), "flood", &roots)
+        let options = dir.path().join("flood.toml");
+        ExtraRuntime::sturdy_with_runc("flood", &options, &flood.wrapper, &roots).unwrap()
     };
     let fx = Containerd::builder()
         .runtime(runtime)

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_client::services::v1::{
-    DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, GetRequest, StartRequest,
-    WaitRequest,
+    DeleteProcessRequest, ExecProcessRequest, GetRequest, StartRequest, WaitRequest,
 };
 use containerd_client::with_namespace;
 use sturdy_integration::{until, Containerd, Handler};
@@ -144,17 +143,7 @@ async fn floods_nobody_reads_stay_within_the_spill_budget() {
         .expect("ctr run -d");
     let shim = fx.shim_pid(&ns, "box").expect("shim pid");
     let client = fx.client().await.expect("client");
-    let req = GetContainerRequest { id: "box".into() };
-    let container = client
-        .containers()
-        .get(with_namespace!(req, ns))
-        .await
-        .expect("Containers.Get")
-        .into_inner()
-        .container
-        .expect("container");
-    let spec: serde_json::Value =
-        serde_json::from_slice(&container.spec.expect("spec").value).expect("spec json");
+    let spec = fx.container_spec(&ns, "box").await.expect("the spec");
     let mut process = spec["process"].clone();
     process["args"] = serde_json::json!(["seq", "1", LINES.to_string()]);
     process["terminal"] = serde_json::json!(false);

@@ -344,12 +344,7 @@ async fn containerd_cleanup_is_not_raced_by_the_watchdog() {
             "no delete step for {id}: {entries:#?}"
         );
     }
-    wait_nothing_left(
-        "the pod's runtime leftovers",
-        Duration::from_secs(10),
-        || runtime_leftovers(&fx, &pod),
-    )
-    .await;
+    wait_runtime_cleaned(&fx, &pod, Duration::from_secs(10)).await;
     remove_recovered_pod(&fx, &mut cri, &pod).await;
 }
 

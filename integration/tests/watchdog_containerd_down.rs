@@ -39,12 +39,7 @@ async fn shim_killed_while_containerd_is_down(how: Down) {
         gone.as_millis()
     );
     // Everything the shim's delete does, done while containerd can do nothing.
-    wait_nothing_left(
-        "the pod's processes, cgroups, runc state, rootfs mounts and socket",
-        Duration::from_secs(20),
-        || runtime_leftovers(&fx, &pod),
-    )
-    .await;
+    wait_runtime_cleaned(&fx, &pod, Duration::from_secs(20)).await;
     println!(
         "containerd {how:?}: runtime leftovers gone {} ms after the kill",
         t0.elapsed().as_millis()

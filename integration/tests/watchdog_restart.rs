@@ -80,12 +80,7 @@ async fn watchdog_killed_mid_recovery(frozen: bool) {
     let second = Watchdog::start(&fx, &args);
     if let Some(down) = down.as_mut() {
         // Only the second watchdog can have finished the deletes.
-        wait_nothing_left(
-            "the pod's processes, cgroups, runc state, rootfs mounts and socket",
-            Duration::from_secs(20),
-            || runtime_leftovers(&fx, &pod),
-        )
-        .await;
+        wait_runtime_cleaned(&fx, &pod, Duration::from_secs(20)).await;
         down.thaw();
     }
     let entries = second

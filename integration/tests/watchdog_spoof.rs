@@ -113,12 +113,7 @@ async fn spoofed_dead_shim(handler: Handler, argv0: &str, watchdog_args: &[&str]
         started["shim"]["process"].is_null(),
         "the look-alike was taken for the shim: {started:#}"
     );
-    wait_nothing_left(
-        "the pod's processes, cgroups, runc state, rootfs mounts and socket",
-        Duration::from_secs(20),
-        || runtime_leftovers(&fx, &pod),
-    )
-    .await;
+    wait_runtime_cleaned(&fx, &pod, Duration::from_secs(20)).await;
 
     down.thaw();
     let mut cri = fx.cri().await.expect("cri client after the thaw");

@@ -25,6 +25,8 @@ pub mod process;
 pub mod record;
 pub mod service;
 pub mod tasks;
+#[cfg(test)]
+mod testing;
 
 /// Version reported by `-v` and Connect.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -6,9 +6,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::run;
+use common::{alive, kill_and_wait, run, wait_for};
 use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
 use containerd_shim_protos::protobuf::Message;
 
@@ -31,30 +31,13 @@ impl Drop for Daemons {
     fn drop(&mut self) {
         for (pid, sock) in &self.0 {
             if let Some(pid) = *pid {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::SIGKILL,
-                );
-                let end = Instant::now() + Duration::from_secs(5);
-                while alive(pid) && Instant::now() < end {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                kill_and_wait(pid);
             }
             if let Some(sock) = sock {
                 let _ = std::fs::remove_file(sock);
             }
         }
     }
-}
-
-/// Running and not a zombie waiting for a reaper that is not us.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(") ")
-                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 fn bundle_with(annotations: serde_json::Value) -> tempfile::TempDir {
@@ -225,20 +208,6 @@ fn start_answers_bootstrap_params_in_kind_and_ignores_junk() {
     assert!(addr.starts_with("unix:///run/containerd/s/"), "{addr:?}");
 }
 
-/// Waits up to `limit` for `cond`, polling; true if it held in time.
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn daemon_without_a_log_fifo_says_why_in_shim_log() {
     let address = format!("/tmp/sturdy-proto-log-{}.sock", std::process::id());
@@ -254,7 +223,7 @@ fn daemon_without_a_log_fifo_says_why_in_shim_log() {
     );
     daemons.track(bundle.path(), &String::from_utf8(out.stdout).unwrap());
     let log = bundle.path().join("shim.log");
-    let said_why = wait_until(Duration::from_secs(10), || {
+    let said_why = wait_for(Duration::from_secs(10), || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("serving on"))
     });
     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -303,9 +272,7 @@ struct Leftovers {
 impl Drop for Leftovers {
     fn drop(&mut self) {
         for pid in processes_with_arg(&self.id) {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-            wait_until(Duration::from_secs(5), || !alive(pid));
+            kill_and_wait(pid);
         }
         let _ = std::fs::remove_file(&self.sock);
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::run;
+use common::{kill_and_wait, run, wait_for};
 use containerd_shim_protos::api::ConnectRequest;
 use containerd_shim_protos::shim_async::TaskClient;
 use containerd_shim_protos::ttrpc::{context, r#async::Client};
@@ -33,36 +33,8 @@ struct Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::SIGKILL,
-        );
-        wait_until(Duration::from_secs(5), || !alive(self.pid));
+        kill_and_wait(self.pid);
         let _ = std::fs::remove_file(&self.sock);
-    }
-}
-
-/// Running and not a zombie waiting for a reaper that is not us.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(") ")
-                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// Waits up to `limit` for `cond`, polling; true if it held in time.
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -240,7 +212,7 @@ fn stalled_large_frames_neither_pin_memory_nor_starve_requests() {
     drop(held);
     // Without a trim the heap would keep what the budget let in (8 MiB here).
     let settled = baseline + 4 * MIB;
-    let back = wait_until(Duration::from_secs(10), || rss(pid) < settled);
+    let back = wait_for(Duration::from_secs(10), || rss(pid) < settled);
     eprintln!(
         "after the attack: {} KiB (baseline {} KiB)",
         rss(pid) / 1024,

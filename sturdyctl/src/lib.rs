@@ -21,6 +21,8 @@ pub mod probe;
 pub mod procfs;
 pub mod recovery;
 pub mod replay;
+#[cfg(test)]
+mod testing;
 pub mod trust;
 pub mod units;
 pub mod watchdog;

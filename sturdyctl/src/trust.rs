@@ -8,9 +8,13 @@
 //! environment or `/proc/PID/exe` can be set by any user (`exec -a`), so none of them is
 //! ever a source of a path to execute (security review 2026-12, H1 and H2).
 
+mod walk;
+
 use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+pub(crate) use walk::{walk, WalkError};
 
 /// Why a path or a process is not trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,8 +75,6 @@ pub enum Untrusted {
     },
 }
 
-const MAX_SYMLINKS: u32 = 40;
-
 /// Checks that `path` is a regular file, executable, that only root can change, reached
 /// through directories only root can change; returns the path it resolves to.
 pub fn executable(path: &Path) -> Result<PathBuf, Untrusted> {
@@ -126,62 +128,15 @@ fn resolve(path: &Path) -> Result<(PathBuf, Metadata), Untrusted> {
     if !path.is_absolute() {
         return Err(Untrusted::Relative(path.to_path_buf()));
     }
-    let root = PathBuf::from("/");
-    let mut meta = checked_meta(&root)?;
-    let mut resolved = root;
-    let mut pending: Vec<PathBuf> = components_rev(path);
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        if part.as_os_str() == ".." {
-            resolved.pop();
-            meta = checked_meta(&resolved)?;
-            continue;
-        }
-        if !meta.is_dir() {
-            return Err(Untrusted::Kind {
-                path: resolved,
-                why: "not a directory",
-            });
-        }
-        let next = resolved.join(&part);
-        let m = checked_meta(&next)?;
-        if m.file_type().is_symlink() {
-            links += 1;
-            if links > MAX_SYMLINKS {
-                return Err(Untrusted::Loop(path.to_path_buf()));
-            }
-            let target = std::fs::read_link(&next).map_err(|e| unreadable(&next, e))?;
-            if target.is_absolute() {
-                resolved = PathBuf::from("/");
-                meta = checked_meta(&resolved)?;
-            }
-            pending.extend(components_rev(&target));
-            continue;
-        }
-        resolved = next;
-        meta = m;
-    }
-    Ok((resolved, meta))
-}
-
-/// The normal and `..` components of `path`, last first (a stack to pop from).
-fn components_rev(path: &Path) -> Vec<PathBuf> {
-    let mut parts: Vec<PathBuf> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(PathBuf::from(n)),
-            Component::ParentDir => Some(PathBuf::from("..")),
-            _ => None,
-        })
-        .collect();
-    parts.reverse();
-    parts
-}
-
-fn checked_meta(path: &Path) -> Result<Metadata, Untrusted> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| unreadable(path, e))?;
-    owned_by_root(path, &meta)?;
-    Ok(meta)
+    walk(Path::new("/"), path, owned_by_root).map_err(|e| match e {
+        WalkError::Io(at, e) => unreadable(&at, e),
+        WalkError::NotADirectory(at) => Untrusted::Kind {
+            path: at,
+            why: "not a directory",
+        },
+        WalkError::Loop => Untrusted::Loop(path.to_path_buf()),
+        WalkError::Refused(why) => why,
+    })
 }
 
 /// Owner root and, unless a symlink, no write bit for group or others.

@@ -6,9 +6,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sturdyctl::journal::{lock_path, Entry, Journal, Phase, DEFAULT_MAX_BYTES};
+
+mod common;
+use common::until;
 
 const NOBODY: u32 = 65534;
 
@@ -20,7 +23,7 @@ fn mode(p: &Path) -> u32 {
 struct UserLock(Child);
 
 impl UserLock {
-    fn hold(lock: &Path) -> UserLock {
+    async fn hold(lock: &Path) -> UserLock {
         let child = Command::new("flock")
             .arg("--shared")
             .arg(lock)
@@ -34,26 +37,21 @@ impl UserLock {
         let held = UserLock(child);
         // Held once an exclusive attempt of ours would block.
         let file = std::fs::File::open(lock).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let blocks = || {
             // SAFETY: flock on an fd we own.
-            let rc = unsafe {
-                libc::flock(
-                    std::os::fd::AsRawFd::as_raw_fd(&file),
-                    libc::LOCK_EX | libc::LOCK_NB,
-                )
-            };
-            if rc != 0 {
-                return held;
+            if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                return true;
             }
             // SAFETY: as above; drop the lock we just took.
-            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_UN) };
-            assert!(
-                Instant::now() < deadline,
-                "nobody's flock never took the lock"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            unsafe { libc::flock(fd, libc::LOCK_UN) };
+            false
+        };
+        assert!(
+            until(Duration::from_secs(10), blocks).await,
+            "nobody's flock never took the lock"
+        );
+        held
     }
 }
 
@@ -80,8 +78,8 @@ fn entry() -> Entry {
 /// The layout an older sturdyctl left (a 0755 directory, a 0644 lock file), with a local
 /// user holding a shared lock on that file: the watchdog still gets its lock, and from
 /// then on nobody but root can open anything of it.
-#[test]
-fn a_user_holding_the_old_lock_file_does_not_keep_the_watchdog_out() {
+#[tokio::test]
+async fn a_user_holding_the_old_lock_file_does_not_keep_the_watchdog_out() {
     let base = tempfile::tempdir().unwrap();
     std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = base.path().join("sturdy");
@@ -93,7 +91,7 @@ fn a_user_holding_the_old_lock_file_does_not_keep_the_watchdog_out() {
     std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&path, "").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let _held = UserLock::hold(&lock);
+    let _held = UserLock::hold(&lock).await;
 
     let journal = Journal::new(&path, DEFAULT_MAX_BYTES);
     journal

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use sturdyctl::journal::{Journal, Phase, DEFAULT_MAX_BYTES};
-use sturdyctl::watchdog;
+use sturdyctl::journal::Phase;
 
 mod common;
-use common::{bundle_runc_still_has, config, recording_shim, trusted_tempdir};
+use common::{
+    config, journal, ran_delete, recording_shim, run_until, shim_bundle, trusted_tempdir,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_recovery_is_ended_and_the_shim_recovered_by_a_later_scan() {
@@ -16,49 +17,26 @@ async fn a_panicking_recovery_is_ended_and_the_shim_recovered_by_a_later_scan() 
     std::env::set_var("STURDY_WATCHDOG_FAULT", "recovery-panic");
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let (bundle, runc_root) = bundle_runc_still_has(dir.path(), &cfg);
     let calls = dir.path().join("delete-calls");
     let bin_dir = trusted_tempdir();
     let shim_bin = recording_shim(bin_dir.path(), &calls);
-    let w = |name: &str, text: String| std::fs::write(bundle.join(name), text).unwrap();
-    w(
-        "address",
-        format!("unix://{}", dir.path().join("dead.sock").display()),
+    shim_bundle(
+        dir.path(),
+        &cfg,
+        &dir.path().join("dead.sock"),
+        999999,
+        &shim_bin,
     );
-    w("shim.pid", "999999".into());
-    w("shim-binary-path", shim_bin.display().to_string());
-    w(
-        "sturdy.json",
-        format!(r#"{{"root":"{}"}}"#, runc_root.display()),
-    );
-    w("config.json", "{}".into());
 
-    let journal = cfg.journal.clone();
-    let redone = async move {
-        loop {
-            let entries = Journal::new(&journal, DEFAULT_MAX_BYTES)
-                .read()
-                .unwrap_or_default();
-            if entries
-                .iter()
-                .any(|e| matches!(&e.phase, Phase::Step { step, .. } if step == "delete c1"))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let entries = || {
-        Journal::new(&cfg.journal, DEFAULT_MAX_BYTES)
-            .read()
-            .unwrap_or_default()
-    };
-    tokio::time::timeout(Duration::from_secs(15), watchdog::run(cfg.clone(), redone))
-        .await
-        .unwrap_or_else(|_| panic!("never recovered after the panic: {:#?}", entries()))
-        .unwrap();
+    run_until(
+        &cfg,
+        Duration::from_secs(15),
+        "never recovered after the panic",
+        ran_delete,
+    )
+    .await;
 
-    let entries = entries();
+    let entries = journal(&cfg);
     let panicked = entries
         .iter()
         .position(|e| {

@@ -6,11 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use sturdyctl::discovery::{Shim, Task, TASK_DIR};
-use sturdyctl::journal::{Entry, Journal, Phase, DEFAULT_MAX_BYTES};
+use sturdyctl::journal::{Journal, Phase, DEFAULT_MAX_BYTES};
 use sturdyctl::watchdog;
 
 mod common;
-use common::{bundle_runc_still_has, config, recording_shim, trusted_tempdir};
+use common::{
+    config, journal_started, ran_delete, recording_shim, run_until, shim_bundle, trusted_tempdir,
+};
 
 fn finished_count(journal: &Path, incident: &str) -> usize {
     Journal::new(journal, DEFAULT_MAX_BYTES)
@@ -41,17 +43,7 @@ async fn unfinished_incident_is_finished_exactly_once() {
         }],
         ..Default::default()
     };
-    let incident = shim.incident_id();
-    Journal::new(&cfg.journal, DEFAULT_MAX_BYTES)
-        .append(&Entry {
-            at_ms: 1,
-            incident: incident.clone(),
-            phase: Phase::Started {
-                reason: "dead".into(),
-                shim,
-            },
-        })
-        .unwrap();
+    let incident = journal_started(&cfg, shim);
 
     // Shut down at once: resumed recoveries are still carried to their end.
     watchdog::run(cfg.clone(), async {}).await.unwrap();
@@ -78,44 +70,21 @@ async fn unfinished_incident_is_finished_exactly_once() {
 async fn shim_found_dead_at_start_is_recovered() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let (bundle, runc_root) = bundle_runc_still_has(dir.path(), &cfg);
     let calls = dir.path().join("delete-calls");
     let bin_dir = trusted_tempdir();
     let fake_shim = recording_shim(bin_dir.path(), &calls);
-    let w = |name: &str, text: String| std::fs::write(bundle.join(name), text).unwrap();
-    w(
-        "address",
-        format!("unix://{}", dir.path().join("dead.sock").display()),
-    );
-    w("shim.pid", "999999".into());
-    w("shim-binary-path", fake_shim.display().to_string());
-    w(
-        "sturdy.json",
-        format!(r#"{{"root":"{}"}}"#, runc_root.display()),
-    );
-    w("config.json", "{}".into());
+    let socket = dir.path().join("dead.sock");
+    let bundle = shim_bundle(dir.path(), &cfg, &socket, 999999, &fake_shim);
 
     // containerd never comes back here: the recovery waits for it after the delete.
-    let journal = cfg.journal.clone();
-    let waiting = async move {
-        loop {
-            let entries = Journal::new(&journal, DEFAULT_MAX_BYTES)
-                .read()
-                .unwrap_or_default();
-            if entries
-                .iter()
-                .any(|e| matches!(&e.phase, Phase::Step { step, .. } if step == "delete c1"))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
     // The shutdown does not wait for containerd (its drain would take 20 s).
-    tokio::time::timeout(Duration::from_secs(10), watchdog::run(cfg.clone(), waiting))
-        .await
-        .expect("the dead shim was never recovered, or shutdown waited for containerd")
-        .unwrap();
+    run_until(
+        &cfg,
+        Duration::from_secs(10),
+        "the dead shim was never recovered, or shutdown waited for containerd",
+        ran_delete,
+    )
+    .await;
 
     let entries = Journal::new(&cfg.journal, DEFAULT_MAX_BYTES)
         .read()

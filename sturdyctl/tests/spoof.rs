@@ -11,14 +11,19 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sturdyctl::discovery::{Shim, Task};
-use sturdyctl::journal::{Entry, Journal, Phase, DEFAULT_MAX_BYTES};
+use sturdyctl::journal::Phase;
 use sturdyctl::procfs;
-use sturdyctl::watchdog::{self, Config};
+use sturdyctl::watchdog::Config;
 
 mod common;
-use common::{bundle_runc_still_has, config, recording_shim, trusted_tempdir};
+use common::{
+    bundle_runc_still_has, config, journal, journal_started, ran_delete, recording_shim, run_until,
+    shim_bundle, trusted_tempdir, until,
+};
 
 const NOBODY: u32 = 65534;
+/// How long the watchdog may take to get its journal where a test waits for it.
+const LIMIT: Duration = Duration::from_secs(15);
 
 /// `evil`: sleeps until killed; run with a `delete` argument it leaves `marker`.
 fn build_evil(dir: &Path, marker: &Path) -> PathBuf {
@@ -60,7 +65,7 @@ int main(int argc, char **argv) {{
 struct Spoof(Child);
 
 impl Spoof {
-    fn start(evil: &Path, uid: u32, cfg: &Config) -> Spoof {
+    async fn start(evil: &Path, uid: u32, cfg: &Config) -> Spoof {
         let child = Command::new(evil)
             .arg0("/usr/local/bin/containerd-shim-sturdy-v2")
             .args(["-namespace", "default", "-id", "c1"])
@@ -72,11 +77,11 @@ impl Spoof {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while procfs::exe(pid).ok().as_deref() != Some(evil) {
-            assert!(std::time::Instant::now() < deadline, "the spoof never ran");
-            std::thread::yield_now();
-        }
+        let exe = || procfs::exe(pid).ok();
+        assert!(
+            until(Duration::from_secs(10), || exe().as_deref() == Some(evil)).await,
+            "the spoof never ran"
+        );
         let args = procfs::cmdline(pid);
         assert!(
             sturdyctl::discovery::is_shim_daemon(&args, cfg.address.to_str().unwrap()),
@@ -109,76 +114,30 @@ fn user_dir(uid: u32) -> tempfile::TempDir {
     dir
 }
 
-fn journal(cfg: &Config) -> Vec<Entry> {
-    Journal::new(&cfg.journal, DEFAULT_MAX_BYTES)
-        .read()
-        .unwrap_or_default()
-}
-
-/// Runs the watchdog until `done` holds for its journal (or fails after 15 s).
-async fn run_until(cfg: &Config, done: impl Fn(&[Entry]) -> bool + Send + 'static) {
-    let path = cfg.journal.clone();
-    let finished = async move {
-        loop {
-            let entries = Journal::new(&path, DEFAULT_MAX_BYTES)
-                .read()
-                .unwrap_or_default();
-            if done(&entries) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        watchdog::run(cfg.clone(), finished),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("the journal never got there: {:#?}", journal(cfg)))
-    .unwrap();
-}
-
-fn ran_delete(entries: &[Entry]) -> bool {
-    entries
-        .iter()
-        .any(|e| matches!(&e.phase, Phase::Step { step, .. } if step == "delete c1"))
-}
-
 /// The pod's shim died (its socket refuses, runc still has the container) and a look-alike
 /// names its task. `shim_pid_is_spoof`: the bundle's shim.pid names the look-alike (the
 /// dead shim's pid was taken), else a pid no process has.
 async fn dead_shim_with_spoof(uid: u32, exe_owner: u32, shim_pid_is_spoof: bool) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let (bundle, runc_root) = bundle_runc_still_has(dir.path(), &cfg);
     let home = user_dir(exe_owner);
     let marker = dir.path().join("evil-ran");
     let evil = build_evil(home.path(), &marker);
     std::os::unix::fs::chown(&evil, Some(exe_owner), Some(exe_owner)).unwrap();
-    let mut spoof = Spoof::start(&evil, uid, &cfg);
+    let mut spoof = Spoof::start(&evil, uid, &cfg).await;
 
     let calls = dir.path().join("delete-calls");
     let bin_dir = trusted_tempdir();
     let shim_bin = recording_shim(bin_dir.path(), &calls);
-    let w = |name: &str, text: String| std::fs::write(bundle.join(name), text).unwrap();
-    w(
-        "address",
-        format!("unix://{}", dir.path().join("dead.sock").display()),
-    );
     let shim_pid = if shim_pid_is_spoof {
         spoof.pid()
     } else {
         999_999
     };
-    w("shim.pid", shim_pid.to_string());
-    w("shim-binary-path", shim_bin.display().to_string());
-    w(
-        "sturdy.json",
-        format!(r#"{{"root":"{}"}}"#, runc_root.display()),
-    );
-    w("config.json", "{}".into());
+    let socket = dir.path().join("dead.sock");
+    shim_bundle(dir.path(), &cfg, &socket, shim_pid, &shim_bin);
 
-    run_until(&cfg, ran_delete).await;
+    run_until(&cfg, LIMIT, "the journal never got there", ran_delete).await;
 
     let entries = journal(&cfg);
     assert!(
@@ -231,7 +190,7 @@ async fn refused_on_resume(edit: impl FnOnce(&mut Shim, &Path)) -> String {
     let home = user_dir(NOBODY);
     let marker = dir.path().join("evil-ran");
     let evil = build_evil(home.path(), &marker);
-    let mut spoof = Spoof::start(&evil, NOBODY, &cfg);
+    let mut spoof = Spoof::start(&evil, NOBODY, &cfg).await;
     let mut shim = Shim {
         address: format!("unix://{}", dir.path().join("dead.sock").display()),
         namespace: "default".into(),
@@ -249,23 +208,12 @@ async fn refused_on_resume(edit: impl FnOnce(&mut Shim, &Path)) -> String {
         ..Default::default()
     };
     edit(&mut shim, &evil);
-    let incident = shim.incident_id();
-    Journal::new(&cfg.journal, DEFAULT_MAX_BYTES)
-        .append(&Entry {
-            at_ms: 1,
-            incident: incident.clone(),
-            phase: Phase::Started {
-                reason: "dead".into(),
-                shim,
-            },
-        })
-        .unwrap();
+    let incident = journal_started(&cfg, shim);
 
-    let id = incident.clone();
-    run_until(&cfg, move |entries| {
+    run_until(&cfg, LIMIT, "the journal never got there", |entries| {
         entries
             .iter()
-            .any(|e| e.incident == id && matches!(e.phase, Phase::Finished { .. }))
+            .any(|e| e.incident == incident && matches!(e.phase, Phase::Finished { .. }))
     })
     .await;
     let entries = journal(&cfg);

@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::ttrpc::Response;
@@ -14,7 +14,7 @@ use sturdyctl::watchdog;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{bundle_runc_still_has, config, trusted_tempdir};
+use common::{config, shim_bundle, trusted_tempdir, until};
 
 /// A ttrpc server that answers every request (with an empty reply) and counts them.
 fn answering_socket(path: &std::path::Path) -> Arc<AtomicUsize> {
@@ -48,14 +48,6 @@ fn answering_socket(path: &std::path::Path) -> Arc<AtomicUsize> {
     requests
 }
 
-async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "{what} within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// The bundle's `shim.pid` names a process that looks like the shim but is not the one
 /// serving its socket (as a Go shim's child between fork and exec once was taken for the
 /// shim). When it exits, the socket still answers: no recovery starts, the pod is left
@@ -64,8 +56,6 @@ async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 async fn an_exit_while_the_socket_answers_is_no_death() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    // runc still has the container: a recovery would act on it.
-    let (bundle, runc_root) = bundle_runc_still_has(dir.path(), &cfg);
     let socket = dir.path().join("shim.sock");
     let requests = answering_socket(&socket);
 
@@ -83,38 +73,31 @@ async fn an_exit_while_the_socket_answers_is_no_death() {
         .process_group(0)
         .spawn()
         .unwrap();
-    let w = |name: &str, text: String| std::fs::write(bundle.join(name), text).unwrap();
-    w("address", format!("unix://{}", socket.display()));
-    w("shim.pid", lookalike.id().to_string());
-    w("shim-binary-path", bin.display().to_string());
-    w(
-        "sturdy.json",
-        format!(r#"{{"root":"{}"}}"#, runc_root.display()),
-    );
-    w("config.json", "{}".into());
+    // runc still has the container: a recovery would act on it.
+    shim_bundle(dir.path(), &cfg, &socket, lookalike.id(), &bin);
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(watchdog::run(cfg.clone(), async {
         let _ = stopped.await;
     }));
     // Watched: its first probe arrived.
-    wait_until(
-        "the lookalike was never probed",
-        Duration::from_secs(10),
-        || requests.load(Ordering::SeqCst) >= 1,
-    )
-    .await;
+    assert!(
+        until(Duration::from_secs(10), || requests.load(Ordering::SeqCst)
+            >= 1)
+        .await,
+        "the lookalike was never probed within 10s"
+    );
     let before = requests.load(Ordering::SeqCst);
     drop(lookalike.stdin.take());
     let _ = lookalike.wait();
     // The verdict's recheck, then the next scans' look at a bundle whose process is gone
     // but whose socket answers. A recovery would have taken the shim out of the scans.
-    wait_until(
-        "no recheck and no later scan reached the socket",
-        Duration::from_secs(10),
-        || requests.load(Ordering::SeqCst) >= before + 3,
-    )
-    .await;
+    assert!(
+        until(Duration::from_secs(10), || requests.load(Ordering::SeqCst)
+            >= before + 3)
+        .await,
+        "no recheck and no later scan reached the socket within 10s"
+    );
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), run)
         .await

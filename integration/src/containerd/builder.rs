@@ -1,6 +1,6 @@
 //! Options of a fixture, and starting one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::fcntl::FlockArg;
@@ -39,6 +39,48 @@ pub struct ExtraRuntime {
     pub runtime_path: Option<PathBuf>,
     /// Lines of the `options` table, verbatim TOML.
     pub options: String,
+}
+
+impl ExtraRuntime {
+    /// A handler `name` of the sturdy shim whose options file, written to `options`, makes
+    /// `runc` its runc and `root` its runc root.
+    pub fn sturdy_with_runc(
+        name: &str,
+        options: &Path,
+        runc: &Path,
+        root: &Path,
+    ) -> Result<ExtraRuntime> {
+        std::fs::write(
+            options,
+            format!(
+                "BinaryName = \"{}\"\nRoot = \"{}\"\n",
+                runc.display(),
+                root.display()
+            ),
+        )
+        .ctx(|| format!("writing {}", options.display()))?;
+        Ok(ExtraRuntime {
+            name: name.into(),
+            runtime_type: "io.containerd.sturdy.v2".into(),
+            runtime_path: None,
+            options: format!("  ConfigPath = \"{}\"", options.display()),
+        })
+    }
+
+    /// A handler `name` of the Go shim (`io.containerd.runc.v2`) running `runc` as its runc
+    /// with `root` as its runc root.
+    pub fn go_with_runc(name: &str, runc: &Path, root: &Path) -> ExtraRuntime {
+        ExtraRuntime {
+            name: name.into(),
+            runtime_type: "io.containerd.runc.v2".into(),
+            runtime_path: None,
+            options: format!(
+                "  BinaryName = \"{}\"\n  Root = \"{}\"",
+                runc.display(),
+                root.display()
+            ),
+        }
+    }
 }
 
 impl Default for Builder {

@@ -4,17 +4,71 @@
 // Several test binaries include this module and each uses only part of it.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::{GetContainerRequest, UpdateContainerRequest};
 use sandbox_record::{Record, Store};
-use sturdy_integration::{Containerd, CRI_NAMESPACE};
+use sturdy_integration::containerd::sturdyctl_bin;
+use sturdy_integration::k8s_cri::v1::PodSandboxConfig;
+use sturdy_integration::{container_config, Containerd, Cri, Handler, CRI_NAMESPACE};
 
 /// CRI's sandbox metadata extension.
 pub const EXTENSION: &str = "io.cri-containerd.sandbox.metadata";
+/// How long a record may take to appear after RunPodSandbox returned.
+pub const RECORDED: Duration = Duration::from_secs(10);
+
+/// A running pod of handler `sturdy` whose record names the IP CNI gave it.
+pub struct RecordedPod {
+    pub id: String,
+    pub config: PodSandboxConfig,
+    /// The IP CNI gave it.
+    pub ip: String,
+    /// Its network namespace (CRI's path).
+    pub netns: PathBuf,
+}
+
+/// Runs pod `name` through handler `sturdy` and waits for its record to name its IP.
+pub async fn recorded_pod(fx: &Containerd, cri: &mut Cri, name: &str) -> RecordedPod {
+    let config = fx.pod_config(name);
+    let id = cri
+        .run_pod(Handler::Sturdy, &config)
+        .await
+        .expect("RunPodSandbox");
+    let ip = cri.pod_ip(&id).await.expect("pod IP").to_string();
+    wait_record(fx, &id, RECORDED, |r| !r.pod_ips().is_empty()).await;
+    let netns = cri.pod_netns(&id).await.unwrap().expect("the pod's netns");
+    RecordedPod {
+        id,
+        config,
+        ip,
+        netns,
+    }
+}
+
+/// Adds `address` to the pod's eth0 (as a pod with CAP_NET_ADMIN can) and starts a
+/// container `c1`, whose start makes the shim record the namespace again; that record,
+/// once it holds both IPs.
+pub async fn add_address(
+    fx: &Containerd,
+    cri: &mut Cri,
+    pod: &RecordedPod,
+    address: &str,
+) -> Record {
+    ip_in(&pod.netns, &format!("addr add {address}/32 dev eth0"));
+    let c1 = cri
+        .create_container(
+            &pod.id,
+            container_config("c1", &["/bin/sleep", "3600"]),
+            &pod.config,
+        )
+        .await
+        .expect("CreateContainer");
+    cri.start_container(&c1).await.expect("StartContainer");
+    wait_record(fx, &pod.id, RECORDED, |r| r.pod_ips().len() == 2).await
+}
 
 /// The record store of the fixture's sturdy shims.
 pub fn store(fx: &Containerd) -> Store {
@@ -149,22 +203,6 @@ pub fn state_of(fx: &Containerd, id: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-fn sturdyctl_bin() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("STURDYCTL_BIN") {
-        return p.into();
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| sturdy_integration::containerd::workspace_dir().join("target"));
-    let bin = target.join("debug").join("sturdyctl");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p sturdyctl` first",
-        bin.display()
-    );
-    bin
 }
 
 /// Runs `ip ARGS` inside the network namespace at `netns` (the test may; the shim never).

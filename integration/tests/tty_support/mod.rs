@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, GetContainerRequest,
-    ResizePtyRequest, StartRequest, WaitRequest,
+    CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, ResizePtyRequest, StartRequest,
+    WaitRequest,
 };
 use containerd_client::with_namespace;
 use nix::fcntl::OFlag;
@@ -129,17 +129,7 @@ impl TaskExec {
         spec_terminal: bool,
     ) -> TaskExec {
         let client = fx.client().await.expect("client");
-        let req = GetContainerRequest { id: id.into() };
-        let container = client
-            .containers()
-            .get(with_namespace!(req, ns))
-            .await
-            .expect("Containers.Get")
-            .into_inner()
-            .container
-            .expect("container");
-        let spec: serde_json::Value =
-            serde_json::from_slice(&container.spec.expect("spec").value).expect("spec json");
+        let spec = fx.container_spec(ns, id).await.expect("the spec");
         let mut process = spec["process"].clone();
         process["args"] = serde_json::json!(args);
         process["terminal"] = serde_json::json!(spec_terminal);

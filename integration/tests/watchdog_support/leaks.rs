@@ -3,9 +3,9 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sturdy_integration::{cleanup, Containerd, Cri, CRI_NAMESPACE};
+use sturdy_integration::{cleanup, until, Containerd, Cri, CRI_NAMESPACE};
 
 use super::{
     bundle_dir, pids_in_cgroups, runc_state_dir, socket_file, wait_cri_containers_exited, Pod,
@@ -84,17 +84,19 @@ pub async fn wait_nothing_left(
     limit: Duration,
     mut check: impl FnMut() -> Vec<String>,
 ) {
-    let end = Instant::now() + limit;
-    loop {
-        let left = check();
-        if left.is_empty() {
-            return;
-        }
-        if Instant::now() >= end {
-            panic!("{what}: still there after {limit:?}: {left:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if !until(limit, || check().is_empty()).await {
+        panic!("{what}: still there after {limit:?}: {:#?}", check());
     }
+}
+
+/// Waits up to `limit` until [`runtime_leftovers`] of `pod` finds nothing.
+pub async fn wait_runtime_cleaned(fx: &Containerd, pod: &Pod, limit: Duration) {
+    wait_nothing_left(
+        "the pod's processes, cgroups, runc state, rootfs mounts and socket",
+        limit,
+        || runtime_leftovers(fx, pod),
+    )
+    .await;
 }
 
 /// The kubelet's part after a recovery: once CRI saw the containers exit, StopPodSandbox

@@ -20,7 +20,7 @@ use containerd_client::events::TaskExit;
 use containerd_client::services::v1::{PublishRequest, SubscribeRequest};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sturdy_integration::containerd::workspace_dir;
+pub use sturdy_integration::containerd::sturdyctl_bin;
 use sturdy_integration::k8s_cri::v1::PodSandboxState;
 pub use sturdy_integration::until;
 use sturdy_integration::{cleanup, Containerd, Cri, CRI_NAMESPACE};
@@ -29,17 +29,6 @@ use sturdy_integration::{cleanup, Containerd, Cri, CRI_NAMESPACE};
 pub const INTERVAL: Duration = Duration::from_secs(1);
 /// Misses the tests run the watchdog with.
 pub const MISSES: u32 = 3;
-
-/// Where the watchdog binary is: `STURDYCTL_BIN`, else next to the shim in target/debug.
-pub fn sturdyctl_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("STURDYCTL_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_dir().join("target"));
-    target.join("debug").join("sturdyctl")
-}
 
 pub use sturdy_integration::watchdog::Watchdog;
 

@@ -1,6 +1,7 @@
 //! The forwarder against a fake containerd events service.
 
 use super::*;
+use crate::testing::until;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -77,17 +78,6 @@ async fn serve(path: &std::path::Path, fake: Arc<FakeContainerd>) -> Server {
         .register_service(create_events(fake));
     server.start().await.unwrap();
     server
-}
-
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    f()
 }
 
 #[test]

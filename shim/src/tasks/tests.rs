@@ -2,6 +2,7 @@
 //! (fake-runc.sh), events caught by a recording sink.
 
 use super::*;
+use crate::testing::until;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -136,13 +137,9 @@ impl Rig {
             })
     }
 
-    async fn wait_for(&self, what: &str, mut f: impl FnMut() -> bool) {
-        let end = Instant::now() + T;
-        while Instant::now() < end {
-            if f() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    async fn wait_for(&self, what: &str, f: impl FnMut() -> bool) {
+        if until(T, f).await {
+            return;
         }
         panic!(
             "timed out waiting for {what}; events {:?}",

@@ -7,15 +7,21 @@ use std::process::{Command, Output, Stdio};
 /// The shim binary cargo built for these tests.
 pub const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-sturdy-v2");
 
-/// Runs the shim in `dir` with `args`, feeding `stdin`, and collects its output.
-pub fn run(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(SHIM)
-        .args(args)
+/// `exe` in `dir` with `args` and `env` on top of ours, its output piped.
+fn command(exe: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
         .current_dir(dir)
         .envs(env.iter().copied())
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs the shim in `dir` with `args`, feeding `stdin`, and collects its output.
+pub fn run(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    let mut child = command(Path::new(SHIM), dir, args, env)
+        .stdin(Stdio::piped())
         .spawn()
         .expect("spawn shim");
     child.stdin.take().unwrap().write_all(stdin).unwrap();
@@ -35,14 +41,7 @@ pub fn spawn_exe(
 ) -> std::process::Child {
     let mut child = None;
     let spawned = wait_for(std::time::Duration::from_secs(10), || {
-        let spawn = Command::new(exe)
-            .args(args)
-            .current_dir(dir)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
+        let spawn = command(exe, dir, args, env).stdin(Stdio::piped()).spawn();
         match spawn {
             Ok(c) => child = Some(c),
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {}
@@ -65,13 +64,8 @@ pub fn run_with_fd(
     target: i32,
 ) -> Output {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(SHIM);
-    cmd.args(args)
-        .current_dir(dir)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = command(Path::new(SHIM), dir, args, env);
+    cmd.stdin(Stdio::null());
     // SAFETY: dup2 only, between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -87,13 +81,8 @@ pub fn run_with_fd(
 /// Starts the shim in `dir` with `args` and `env` without waiting for it (stdin closed).
 #[allow(dead_code)]
 pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
-    Command::new(SHIM)
-        .args(args)
-        .current_dir(dir)
-        .envs(env.iter().copied())
+    command(Path::new(SHIM), dir, args, env)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn shim")
 }
@@ -178,4 +167,22 @@ pub fn wait_for(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     f()
+}
+
+/// Running and not a zombie waiting for a reaper that is not us.
+#[allow(dead_code)]
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// SIGKILLs `pid` (a daemon a test started) and waits up to 5 s for it to be gone.
+#[allow(dead_code)]
+pub fn kill_and_wait(pid: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    wait_for(std::time::Duration::from_secs(5), || !alive(pid));
 }

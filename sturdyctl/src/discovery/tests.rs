@@ -1,6 +1,7 @@
 //! Discovery from fixture bundle trees.
 
 use super::*;
+use crate::testing::wait_for;
 
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::create_dir_all(dir).unwrap();
@@ -272,14 +273,10 @@ fn a_forked_child_of_the_shim_is_not_taken_for_it() {
             .filter(|p| is_shim_daemon(&procfs::cmdline(*p), &address))
             .count()
     };
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while same_cmdline() < 2 {
-        assert!(
-            std::time::Instant::now() < end,
-            "the subshell never appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    assert!(
+        wait_for(std::time::Duration::from_secs(10), || same_cmdline() >= 2),
+        "the subshell never appeared"
+    );
     let found = shim_processes(&address);
     assert_eq!(found.get(&key).map(|p| p.pid), Some(parent));
     drop(_group);

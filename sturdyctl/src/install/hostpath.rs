@@ -5,55 +5,28 @@
 //! asks: inside a container that is the image, not the host, so a host config.toml that is a
 //! symlink would be read from (or written to) the wrong file (security review 2026-12, L19).
 
+use std::convert::Infallible;
 use std::io::{Error, ErrorKind};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-const MAX_SYMLINKS: u32 = 40;
-
-/// Where the host path `p` is here: `root` joined with `p` (a relative `p` is taken from
-/// the host's `/`).
-pub fn in_root(root: &Path, p: &Path) -> PathBuf {
-    let rel: PathBuf = p
-        .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .collect();
-    root.join(rel)
-}
+use crate::trust::{walk, WalkError};
 
 /// The host path `p` with every symlink on the way resolved as on the host: an absolute
 /// target starts again at `root`, and `..` never leaves it. Returns where the file is here
 /// (under `root`); every component must exist.
 pub fn resolve_in_root(root: &Path, p: &Path) -> std::io::Result<PathBuf> {
-    let mut host = PathBuf::from("/");
-    let mut pending = components_rev(p);
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        if part.as_os_str() == ".." {
-            host.pop();
-            continue;
+    let walked = walk(root, p, |_, _| Ok::<(), Infallible>(()));
+    walked.map(|(here, _)| here).map_err(|e| match e {
+        WalkError::Io(here, e) => Error::new(e.kind(), format!("{}: {e}", here.display())),
+        WalkError::NotADirectory(here) => {
+            Error::other(format!("{}: not a directory", here.display()))
         }
-        let next = host.join(&part);
-        let here = in_root(root, &next);
-        let meta = std::fs::symlink_metadata(&here)
-            .map_err(|e| Error::new(e.kind(), format!("{}: {e}", here.display())))?;
-        if !meta.file_type().is_symlink() {
-            host = next;
-            continue;
-        }
-        links += 1;
-        if links > MAX_SYMLINKS {
-            return Err(Error::other(format!(
-                "{}: too many levels of symbolic links",
-                p.display()
-            )));
-        }
-        let target = std::fs::read_link(&here)?;
-        if target.is_absolute() {
-            host = PathBuf::from("/");
-        }
-        pending.extend(components_rev(&target));
-    }
-    Ok(in_root(root, &host))
+        WalkError::Loop => Error::other(format!(
+            "{}: too many levels of symbolic links",
+            p.display()
+        )),
+        WalkError::Refused(never) => match never {},
+    })
 }
 
 /// The deepest existing ancestor of the host path `p` (or `p` itself), resolved with
@@ -77,20 +50,6 @@ pub fn existing_ancestor(root: &Path, p: &Path) -> std::io::Result<(PathBuf, Pat
             Err(e) => return Err(e),
         }
     }
-}
-
-/// The normal and `..` components of `path`, last first (a stack to pop from).
-fn components_rev(path: &Path) -> Vec<PathBuf> {
-    let mut parts: Vec<PathBuf> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(PathBuf::from(n)),
-            Component::ParentDir => Some(PathBuf::from("..")),
-            _ => None,
-        })
-        .collect();
-    parts.reverse();
-    parts
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::process::{Command, Stdio};
 
 use super::*;
+use crate::testing::wait_for;
 
 const NOBODY: u32 = 65534;
 
@@ -146,11 +147,11 @@ impl Sleeper {
         // The exec has happened once /proc shows the new image.
         let pid = child.id();
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::fs::read_link(&exe).ok().as_deref() != Some(bin) {
-            assert!(std::time::Instant::now() < deadline, "{bin:?} never ran");
-            std::thread::yield_now();
-        }
+        let ran = || std::fs::read_link(&exe).ok().as_deref() == Some(bin);
+        assert!(
+            wait_for(std::time::Duration::from_secs(10), ran),
+            "{bin:?} never ran"
+        );
         Sleeper(child)
     }
     fn pid(&self) -> i32 {

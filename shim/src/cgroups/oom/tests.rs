@@ -3,22 +3,12 @@
 //! memory.
 
 use super::*;
+use crate::testing::until;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
-
-async fn until(mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + T;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    f()
-}
 
 fn events(oom_kill: u64) -> String {
     format!("low 0\nhigh 0\nmax 3\noom 1\noom_kill {oom_kill}\noom_group_kill 0\n")
@@ -53,7 +43,7 @@ async fn v2_reports_each_new_oom_kill_once() {
 
     std::fs::write(dir.path().join("memory.events"), events(1)).unwrap();
     assert!(
-        until(|| seen.load(Ordering::SeqCst) == 1).await,
+        until(T, || seen.load(Ordering::SeqCst) == 1).await,
         "watch missed the kill"
     );
 
@@ -71,7 +61,7 @@ async fn v2_reports_each_new_oom_kill_once() {
     )
     .unwrap();
     assert!(
-        until(|| m.passes() > passes).await,
+        until(T, || m.passes() > passes).await,
         "the watch never looked at the change"
     );
     assert_eq!(seen.load(Ordering::SeqCst), 1);
@@ -170,7 +160,7 @@ async fn v1_oom_is_pending_once_the_killed_process_is_reaped() {
     let (seen, task) = spawn_watch(&m);
     assert_eq!(run_out_of_memory(&cg.0).await, 128 + libc::SIGKILL);
     assert!(
-        until(|| seen.load(Ordering::SeqCst) >= 1).await,
+        until(T, || seen.load(Ordering::SeqCst) >= 1).await,
         "watch missed the OOM"
     );
     let reported = seen.load(Ordering::SeqCst);

@@ -1,18 +1,14 @@
 use super::open::{DIR_MODE, FILE_MODE};
 use super::*;
+use crate::testing::until;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 async fn wait_for_content(path: &Path, want: usize) -> String {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.len() >= want || Instant::now() > end {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let read = || std::fs::read_to_string(path).unwrap_or_default();
+    until(Duration::from_secs(10), || read().len() >= want).await;
+    read()
 }
 
 fn mode(p: &Path) -> u32 {

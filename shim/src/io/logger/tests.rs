@@ -8,6 +8,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::super::{prepare_stdio, Owner, StdioPaths, DRAIN_IDLE_LIMIT};
 use super::*;
+use crate::testing::until;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -23,18 +24,6 @@ fn script(dir: &Path, body: &str) -> PathBuf {
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
-}
-
-/// Polls `f` until it holds, at most `limit`.
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while !f() {
-        if Instant::now() > end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
 }
 
 fn alive(pid: i32) -> bool {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::super::spool::{pattern, spill_links};
 use super::super::*;
 use super::copy_output;
+use crate::testing::until;
 
 fn fifo(dir: &Path, name: &str) -> String {
     let path = dir.join(name);
@@ -58,11 +59,7 @@ fn read_pattern(path: String, size: u64) -> JoinHandle<u64> {
 }
 
 async fn wait_for(what: &str, limit: Duration, f: impl Fn() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "{what} not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    assert!(until(limit, f).await, "{what} not within {limit:?}");
 }
 
 fn stdout_to(path: &str) -> StdioPaths {
@@ -305,6 +302,25 @@ struct Flood {
 }
 
 impl Flood {
+    /// Reads `floods` at once, each to its end (`size` bytes), which must all be in order;
+    /// then waits for their copies to drain.
+    async fn read_all(floods: &[Flood], size: u64) {
+        let reads: Vec<_> = floods
+            .iter()
+            .map(|f| read_pattern(f.path.clone(), size))
+            .collect();
+        for (n, (f, read)) in floods.iter().zip(reads).enumerate() {
+            let got = tokio::task::spawn_blocking(move || read.join().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                got, size,
+                "stream {n}: bytes in order before the first difference"
+            );
+            f.progress.drain(Duration::from_secs(60)).await;
+        }
+    }
+
     fn start(dir: &Path, spill: &Path, n: usize, budget: &Arc<SpillBudget>, size: u64) -> Flood {
         let path = fifo(dir, &format!("out{n}"));
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
@@ -396,20 +412,7 @@ async fn floods_share_the_spill_budget_and_lose_nothing() {
     // The first half's readers come; what they give back goes to the others.
     let (first, rest) = floods.split_at(STREAMS / 2);
     let before: u64 = rest.iter().map(Flood::spilled).sum();
-    let reads: Vec<_> = first
-        .iter()
-        .map(|f| read_pattern(f.path.clone(), SIZE))
-        .collect();
-    for (n, (f, read)) in first.iter().zip(reads).enumerate() {
-        let got = tokio::task::spawn_blocking(move || read.join().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(
-            got, SIZE,
-            "stream {n}: bytes in order before the first difference"
-        );
-        f.progress.drain(Duration::from_secs(60)).await;
-    }
+    Flood::read_all(first, SIZE).await;
     let b = budget.clone();
     wait_for("the rest spilling on", Duration::from_secs(20), move || {
         b.used() == BUDGET
@@ -422,20 +425,7 @@ async fn floods_share_the_spill_budget_and_lose_nothing() {
     );
     assert!(spill_bytes(spill.path()) <= BUDGET);
 
-    let reads: Vec<_> = rest
-        .iter()
-        .map(|f| read_pattern(f.path.clone(), SIZE))
-        .collect();
-    for (n, (f, read)) in rest.iter().zip(reads).enumerate() {
-        let got = tokio::task::spawn_blocking(move || read.join().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(
-            got, SIZE,
-            "stream {n}: bytes in order before the first difference"
-        );
-        f.progress.drain(Duration::from_secs(60)).await;
-    }
+    Flood::read_all(rest, SIZE).await;
     for f in &floods {
         f.written
             .recv_timeout(Duration::from_secs(20))
