@@ -293,11 +293,6 @@ async fn repair(
         },
         if ok { String::new() } else { format!("; containerd then showed {after:?}") }
     );
-    if ok {
-        log::error!("REPAIRED: {detail}");
-    } else {
-        log::error!("REPAIR FAILED: {detail}");
-    }
     let at = now_ms();
     let incident = format!("sandbox-ip {ns}/{id} {at}");
     let entries = [
@@ -333,9 +328,13 @@ async fn repair(
         Ok(Err(e)) => log::error!("{e}"),
         Err(e) => log::error!("journal task: {e}"),
     }
+    // Logged once the journal holds it: whoever acts on the line finds the entry (a busy
+    // machine showed the line before the entry).
     if ok {
+        log::error!("REPAIRED: {detail}");
         Ok(true)
     } else {
+        log::error!("REPAIR FAILED: {detail}");
         Err(RepairError::NotApplied {
             wrote: allowed.write.clone(),
             got: after,
