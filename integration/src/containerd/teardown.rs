@@ -138,7 +138,7 @@ impl Containerd {
                 if let Some(pid) = pid {
                     cleanup::kill_pids(&[pid]);
                 }
-                cleanup::runc_force_delete("runc", &root, &id);
+                cleanup::runc_force_delete(&self.oci_runtime_bin, &root, &id);
                 for cg in cgroups {
                     cleanup::remove_cgroup_tree(&cg);
                 }
