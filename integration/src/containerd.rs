@@ -393,12 +393,14 @@ impl Containerd {
         Ok(())
     }
 
-    /// without unwinding (SIGKILL, Ctrl-C of `cargo test`).
+    /// Writes `fixture.json`, what the stale-fixture reaper needs to clean up after a test
+    /// process that died without unwinding (SIGKILL, Ctrl-C of `cargo test`).
     fn write_record(&self) -> Result<()> {
         let record = serde_json::json!({
             "suffix": self.suffix,
             "pid": self.pid,
             "shim_bin": self.shim_bin,
+            "oci_runtime_bin": self.oci_runtime_bin,
         });
         let path = self.dir.join("fixture.json");
         std::fs::write(&path, serde_json::to_vec(&record)?)

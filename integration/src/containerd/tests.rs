@@ -250,3 +250,35 @@ fn the_chosen_runtime_is_runc_on_containerds_path() {
         assert!(root.join("certs.d").is_dir(), "{g}");
     }
 }
+
+/// The stale-fixture reaper deletes leftover containers with the runtime that made them:
+/// `fixture.json` records it.
+#[test]
+fn the_record_names_the_runtime_for_the_reaper() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fx = Containerd::identity(
+        dir.path().to_path_buf(),
+        "0123abcd",
+        PathBuf::from("/opt/sturdy/shim"),
+    );
+    fx.cleaned = true;
+    fx.pid = 4242;
+    fx.oci_runtime_bin = PathBuf::from("/opt/tools/runc-1.4.3/runc");
+    fx.write_record().unwrap();
+    let raw = std::fs::read(dir.path().join("fixture.json")).unwrap();
+    let mut back = Containerd::from_record(dir.path(), &raw).expect("a record");
+    back.cleaned = true;
+    assert_eq!(back.suffix(), "0123abcd");
+    assert_eq!(back.pid(), 4242);
+    assert_eq!(back.shim_bin(), Path::new("/opt/sturdy/shim"));
+    assert_eq!(
+        back.oci_runtime_binary(),
+        Path::new("/opt/tools/runc-1.4.3/runc")
+    );
+    // A record from before the runtime was recorded: Debian's runc, as then.
+    let old = br#"{"suffix":"0123abcd","pid":1,"shim_bin":"/x"}"#;
+    let mut back = Containerd::from_record(dir.path(), old).expect("a record");
+    back.cleaned = true;
+    assert_eq!(back.oci_runtime_binary(), Path::new("/usr/sbin/runc"));
+    assert!(Containerd::from_record(dir.path(), b"{}").is_none());
+}
