@@ -97,6 +97,7 @@ for entry in ${STURDY_TEST_GENERATIONS:-1.7 2.1}; do
     if [ "$entry" != "$generation" ]; then
         runtime=${entry#*/}
         label="$generation-runc$runtime"
+        [ "$runtime" != crun ] || label="$generation-crun"
     fi
     step "integration tests on containerd $generation with OCI runtime $runtime"
     if ! bash scripts/critest.sh --check "$generation" --runc "$runtime"; then
