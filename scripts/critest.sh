@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Run critest v1.26.1 (the Kubernetes CRI validation suite) serially through one runtime
-# handler of a private containerd of one generation:
+# Run critest (the Kubernetes CRI validation suite) serially through one runtime handler of
+# a private containerd of one generation over one OCI runtime:
 #
-#   scripts/critest.sh HANDLER [GENERATION] [--results FILE] [--focus REGEX]
+#   scripts/critest.sh HANDLER [GENERATION] [--critest VERSION] [--runc RUNTIME]
+#                      [--results FILE] [--focus REGEX]
 #
 # HANDLER is sturdy or runc (containerd's Go shim of that generation); GENERATION is 1.6
-# (Debian's, the default), 1.7 or 2.1 (from ../shared/tools). Every image critest pulls is
-# served by a local docker-registry on 127.0.0.1, through a hosts.toml per upstream registry.
-# Prints the failed specs with the first line of each failure, then `N passed, M failed`.
-# Everything started (containerd, shims, pods, registry, critest) is stopped by PID, and the
-# SysV shm segments the HostIpc specs leave are removed, also on Ctrl-C / TERM.
+# (Debian's, the default), 1.7, 2.1, 2.2, 2.3 or 2.4 (from ../shared/tools). VERSION is the
+# critest release, 1.26.1 (the default, 80 specs) or 1.36.0 (117 specs), each with its own
+# image archive. RUNTIME is the OCI runtime both handlers run as `runc`: 1.1 (Debian's),
+# 1.3 or 1.4 (runc 1.3.6 / 1.4.3 from ../shared/tools) or crun; default $STURDY_RUNC, else
+# 1.1. Every image critest pulls is served by a local docker-registry on 127.0.0.1, through
+# a hosts.toml per upstream registry. Prints the failed specs with the first line of each
+# failure, then `N passed, M failed`. Everything started (containerd, shims, pods, registry,
+# critest) is stopped by PID, and the SysV shm segments the HostIpc specs leave are
+# removed, also on Ctrl-C / TERM.
 #
 # Exit status: 0 every spec passed, 1 some failed, 2 usage, 3 could not run,
 # 77 ../shared/tools (or $STURDY_TOOLS) lacks what the run needs, 130 interrupted.
 #
-#   scripts/critest.sh --check [GENERATION]   only says whether the tools for a run are
-#                                             there (exit 0) or not (77)
+#   scripts/critest.sh --check [GENERATION] [--critest VERSION] [--runc RUNTIME]
+#       only says whether the tools for a run are there (exit 0) or not (77)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,19 +35,43 @@ case "$1" in
 esac
 generation=1.6
 if [ $# -ge 2 ] && [ "${2#-}" = "$2" ]; then generation=$2; fi
+critest=1.26.1
+runtime=${STURDY_RUNC:-1.1}
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case "${args[i]}" in
+        --critest) critest=${args[i + 1]:-} ;;
+        --runc) runtime=${args[i + 1]:-} ;;
+    esac
+done
 
-# The same lookup the harness does (integration/src/tools.rs).
+# The same lookup the harness does (integration/src/tools.rs); the archive names are those
+# of Generation::archive, OciRuntime::archive and CritestVersion (integration/src).
 tools="${STURDY_TOOLS:-$(cd .. && pwd)/shared/tools}"
-need=(cri-tools-1.26.1 critest-images-1.26.1)
+case "$critest" in
+    1.26|1.26.1|v1.26.1) need=(cri-tools-1.26.1 critest-images-1.26.1) ;;
+    1.36|1.36.0|v1.36.0) need=(cri-tools-1.36.0 critest-images-1.36.0) ;;
+    *) echo "critest.sh: unknown critest version $critest (1.26.1 or 1.36.0)" >&2; exit 2 ;;
+esac
 case "$generation" in
     1.6) ;;
     1.7) need+=(containerd-1.7.29) ;;
     2.1) need+=(containerd-2.1.5) ;;
-    *) echo "critest.sh: unknown generation $generation (1.6, 1.7 or 2.1)" >&2; exit 2 ;;
+    2.2) need+=(containerd-2.2.7) ;;
+    2.3) need+=(containerd-2.3.4) ;;
+    2.4) need+=(containerd-2.4.0-beta.0) ;;
+    *) echo "critest.sh: unknown generation $generation (1.6, 1.7, 2.1, 2.2, 2.3 or 2.4)" >&2; exit 2 ;;
+esac
+rt=${runtime#runc}; rt=${rt#-}; rt=${rt#v}
+case "$rt" in
+    1.1|1.1.5|crun) ;;
+    1.3|1.3.6) need+=(runc-1.3.6) ;;
+    1.4|1.4.3) need+=(runc-1.4.3) ;;
+    *) echo "critest.sh: unknown OCI runtime $runtime (1.1, 1.3, 1.4 or crun)" >&2; exit 2 ;;
 esac
 for a in "${need[@]}"; do
     if [ ! -f "$tools/$a.tar.xz" ]; then
-        echo "critest.sh: skipped: $tools/$a.tar.xz is absent (critest and containerd $generation come from ../shared/tools; set STURDY_TOOLS to use another dir)" >&2
+        echo "critest.sh: skipped: $tools/$a.tar.xz is absent (critest $critest, containerd $generation and OCI runtime $runtime come from ../shared/tools; set STURDY_TOOLS to use another dir)" >&2
         exit 77
     fi
 done

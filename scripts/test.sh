@@ -83,14 +83,25 @@ test_status=0
 cargo test --locked --no-fail-fast --workspace -- --test-threads=2 2>&1 | tee "$work/test.log" || test_status=$?
 check_ignored "$work/test.log"
 
-# The parity suite again on containerd 1.7 and 2.1 (from ../shared/tools): every
+# The parity suite again on other containerd generations (from ../shared/tools): every
 # integration test file but those that pick their generations themselves:
 # tests/generations.rs (each generation) and tests/upgrade_containerd.rs (1.6 -> 1.7 -> 2.1
 # -> 1.7 in one fixture; it runs once above, and skips without ../shared/tools).
-for generation in 1.7 2.1; do
-    step "integration tests on containerd $generation"
-    if ! bash scripts/critest.sh --check "$generation"; then
-        skipped "scripts/test.sh::integration-$generation" "no containerd $generation in ../shared/tools"
+# STURDY_TEST_GENERATIONS lists the reruns, each GENERATION or GENERATION/RUNTIME (the OCI
+# runtime both handlers run, as STURDY_RUNC takes it: 1.1, 1.3, 1.4 or crun), e.g.
+# "1.7 2.2 2.3/1.4 2.4/1.4".
+for entry in ${STURDY_TEST_GENERATIONS:-1.7 2.1}; do
+    generation=${entry%%/*}
+    runtime=1.1
+    label=$generation
+    if [ "$entry" != "$generation" ]; then
+        runtime=${entry#*/}
+        label="$generation-runc$runtime"
+        [ "$runtime" != crun ] || label="$generation-crun"
+    fi
+    step "integration tests on containerd $generation with OCI runtime $runtime"
+    if ! bash scripts/critest.sh --check "$generation" --runc "$runtime"; then
+        skipped "scripts/test.sh::integration-$label" "no containerd $generation or runtime $runtime in ../shared/tools"
         continue
     fi
     targets=()
@@ -101,9 +112,9 @@ for generation in 1.7 2.1; do
             *) targets+=(--test "$name") ;;
         esac
     done
-    STURDY_CONTAINERD=$generation cargo test --locked --no-fail-fast -p sturdy-integration "${targets[@]}" \
-        -- --test-threads=2 2>&1 | tee "$work/test-$generation.log" || test_status=$?
-    check_ignored "$work/test-$generation.log"
+    STURDY_CONTAINERD=$generation STURDY_RUNC=$runtime cargo test --locked --no-fail-fast -p sturdy-integration "${targets[@]}" \
+        -- --test-threads=2 2>&1 | tee "$work/test-$label.log" || test_status=$?
+    check_ignored "$work/test-$label.log"
 done
 
 # critest through sturdy on every generation and through the Go shim on 1.6: sturdy fails

@@ -409,7 +409,9 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// `runc --root <root> delete --force <id>`, ignoring failures (the container may be gone).
-pub fn runc_force_delete(runc: &str, root: &Path, id: &str) {
+/// `runc` is the runtime that made the state (crun's is not runc's, nor is every runc's
+/// state readable by an older runc).
+pub fn runc_force_delete(runc: impl AsRef<std::ffi::OsStr>, root: &Path, id: &str) {
     let _ = Command::new(runc)
         .arg("--root")
         .arg(root)

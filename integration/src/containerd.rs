@@ -1,9 +1,11 @@
 //! A private containerd per test: own root, state, sockets, CNI network, runc root and cgroup,
-//! of any supported generation (1.6 from Debian, 1.7 and 2.1 from `../shared/tools`).
+//! of any supported generation (1.6 from Debian, 1.7 and 2.1 to 2.4 from `../shared/tools`),
+//! over any supported OCI runtime (Debian's runc 1.1 or crun, runc 1.3 or 1.4 from there).
 
 mod builder;
 mod config;
 mod generation;
+mod oci_runtime;
 mod subnets;
 mod tasks;
 mod teardown;
@@ -24,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 pub use builder::{fixture_base, Builder, ExtraRuntime, FIXTURE_BASE_ENV};
 pub use generation::{Binaries, Generation, GENERATION_ENV};
+pub use oci_runtime::{OciRuntime, RUNTIME_ENV};
 pub use subnets::{SubnetSlot, POD_NETWORK, SUBNET_SLOTS};
 pub use teardown::{log_tail, reap_stale_fixtures, Footprint};
 pub use workspace::{default_shim_bin, sturdyctl_bin, target_dir, workspace_dir};
@@ -74,6 +77,9 @@ pub struct Containerd {
     port_mapping: bool,
     /// `BinaryName` of the `runc` and `sturdy` handlers (`None`: runc on PATH).
     runc_binary: Option<PathBuf>,
+    /// The OCI runtime linked as `bin/runc`, the `runc` both shims find on their PATH.
+    oci_runtime: OciRuntime,
+    oci_runtime_bin: PathBuf,
     /// Extra environment of containerd (and its shims).
     env: Vec<(String, String)>,
     child: Option<Child>,
@@ -186,6 +192,21 @@ impl Containerd {
         &self.bins
     }
 
+    /// The OCI runtime both handlers run as `runc` (unless a `BinaryName` says otherwise).
+    pub fn oci_runtime(&self) -> OciRuntime {
+        self.oci_runtime
+    }
+
+    /// That runtime's binary; what a test runs to ask the runtime itself (`state`, `delete`).
+    pub fn oci_runtime_binary(&self) -> &Path {
+        &self.oci_runtime_bin
+    }
+
+    /// `<dir>/bin/runc`, the link to [`Containerd::oci_runtime_binary`] on containerd's PATH.
+    pub fn runc_on_path(&self) -> PathBuf {
+        self.dir.join("bin").join("runc")
+    }
+
     /// containerd's config file.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("config.toml")
@@ -227,6 +248,7 @@ impl Containerd {
             "tmp",
             "pod-logs",
             "images",
+            "certs.d",
         ] {
             let p = d.join(sub);
             std::fs::create_dir_all(&p).ctx(|| format!("creating {}", p.display()))?;
@@ -251,6 +273,11 @@ impl Containerd {
             std::os::unix::fs::symlink(&target, &link)
                 .ctx(|| format!("linking {}", link.display()))?;
         }
+        // Both shims run `runc` from their PATH (containerd's) unless `BinaryName` is set:
+        // one link gives both the chosen runtime, Debian's runc included.
+        let runc = self.runc_on_path();
+        std::os::unix::fs::symlink(&self.oci_runtime_bin, &runc)
+            .ctx(|| format!("linking {}", runc.display()))?;
         let cni = self.cni_conflist();
         let conf = d.join("cni/net.d/10-sturdy.conflist");
         std::fs::write(&conf, cni).ctx(|| format!("writing {}", conf.display()))?;
@@ -366,12 +393,14 @@ impl Containerd {
         Ok(())
     }
 
-    /// without unwinding (SIGKILL, Ctrl-C of `cargo test`).
+    /// Writes `fixture.json`, what the stale-fixture reaper needs to clean up after a test
+    /// process that died without unwinding (SIGKILL, Ctrl-C of `cargo test`).
     fn write_record(&self) -> Result<()> {
         let record = serde_json::json!({
             "suffix": self.suffix,
             "pid": self.pid,
             "shim_bin": self.shim_bin,
+            "oci_runtime_bin": self.oci_runtime_bin,
         });
         let path = self.dir.join("fixture.json");
         std::fs::write(&path, serde_json::to_vec(&record)?)
@@ -397,6 +426,8 @@ impl Containerd {
             registry_config_path: None,
             port_mapping: false,
             runc_binary: None,
+            oci_runtime: OciRuntime::Runc1_1,
+            oci_runtime_bin: PathBuf::from("/usr/sbin/runc"),
             env: Vec::new(),
             dir,
             suffix: suffix.to_string(),
@@ -425,97 +456,4 @@ impl Containerd {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A fixture value that was never started, so Drop has nothing to clean.
-    fn unstarted(g: Generation) -> Containerd {
-        let mut fx = Containerd::identity(
-            PathBuf::from("/tmp/sturdy-test-unit"),
-            "0123abcd",
-            PathBuf::from("/nonexistent"),
-        );
-        fx.cleaned = true;
-        fx.generation = g;
-        fx.subnet = Some(subnets::tests::private_slot(3));
-        fx
-    }
-
-    #[test]
-    fn config_keeps_everything_in_the_temp_dir() {
-        for g in Generation::ALL {
-            let cfg = unstarted(g).config_toml();
-            assert!(
-                cfg.starts_with(&format!("version = {}\n", g.config_version())),
-                "{g}"
-            );
-            for key in ["root", "state", "temp"] {
-                let line = cfg
-                    .lines()
-                    .find(|l| l.starts_with(&format!("{key} =")))
-                    .unwrap();
-                assert!(line.contains("/tmp/sturdy-test-unit/"), "{g}: {line}");
-            }
-            let sandbox = match g.config_version() {
-                2 => "sandbox_image = \"sturdy.local/pause:3\"",
-                _ => "sandbox = \"sturdy.local/pause:3\"",
-            };
-            for want in [
-                "restrict_oom_score_adj = true",
-                sandbox,
-                "runtime_type = \"io.containerd.runc.v2\"",
-                "runtime_type = \"io.containerd.sturdy.v2\"",
-                "default_runtime_name = \"runc\"",
-                "Root = \"/tmp/sturdy-test-unit/runc\"",
-                "ConfigPath = \"/tmp/sturdy-test-unit/sturdy-runtime.toml\"",
-            ] {
-                assert!(cfg.contains(want), "{g}: missing {want}");
-            }
-            assert!(!cfg.contains("registry]"), "{g}: no registry unless asked");
-        }
-        let v3 = unstarted(Generation::V2_1).config_toml();
-        assert!(
-            v3.contains("\"io.containerd.nri.v1.nri\""),
-            "2.x NRI stays off"
-        );
-        assert!(
-            v3.contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.sturdy]")
-        );
-    }
-
-    #[test]
-    fn runc_binary_reaches_both_handlers_and_the_sturdy_options_file() {
-        for g in Generation::ALL {
-            let mut fx = unstarted(g);
-            assert!(!fx.config_toml().contains("BinaryName"), "{g}");
-            assert!(!fx.sturdy_options_toml().contains("BinaryName"), "{g}");
-            fx.runc_binary = Some(PathBuf::from("/opt/runc-b"));
-            let cfg = fx.config_toml();
-            assert_eq!(
-                cfg.matches("BinaryName = \"/opt/runc-b\"").count(),
-                2,
-                "{g}"
-            );
-            assert!(fx
-                .sturdy_options_toml()
-                .contains("BinaryName = \"/opt/runc-b\"\n"));
-        }
-    }
-
-    #[test]
-    fn cni_conflist_is_ours() {
-        let mut fx = unstarted(Generation::V1_6);
-        let cni: serde_json::Value = serde_json::from_str(&fx.cni_conflist()).unwrap();
-        let bridge = &cni["plugins"][0];
-        assert_eq!(bridge["bridge"], "stu0123abcd");
-        assert_eq!(bridge["ipMasq"], false);
-        assert!(bridge["bridge"].as_str().unwrap().len() <= 15);
-        let range = &bridge["ipam"]["ranges"][0][0];
-        assert_eq!(range["subnet"], "198.18.0.48/28");
-        assert_eq!(range["gateway"], "198.18.0.49");
-        assert_eq!(cni["plugins"].as_array().unwrap().len(), 1);
-        fx.port_mapping = true;
-        let cni: serde_json::Value = serde_json::from_str(&fx.cni_conflist()).unwrap();
-        assert_eq!(cni["plugins"][1]["type"], "portmap");
-    }
-}
+mod tests;

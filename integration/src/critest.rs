@@ -1,12 +1,67 @@
-//! critest (the Kubernetes CRI validation suite) results: its ginkgo JSON report read into
-//! pass/fail per spec, and the summary `scripts/critest.sh` prints and CI compares.
+//! critest (the Kubernetes CRI validation suite): the releases `../shared/tools` provides,
+//! and its results: its ginkgo JSON report read into pass/fail per spec, and the summary
+//! `scripts/critest.sh` prints and CI compares.
 
 use std::fmt;
 
 use crate::error::{Error, Result};
 
-/// The critest release the tools provide.
-pub const CRITEST_VERSION: &str = "1.26.1";
+/// A critest release `../shared/tools` provides, with the archive of the images it pulls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum CritestVersion {
+    /// cri-tools v1.26.1: 80 validation specs.
+    #[default]
+    V1_26,
+    /// cri-tools v1.36.0: 117 validation specs, user namespaces among them. Its images are
+    /// the 1.26.1 set plus `pause39.tar`, one image tagged `registry.k8s.io/pause:3.9` and
+    /// `k8s.gcr.io/pause:3.9` for the "same image from different registries" specs.
+    V1_36,
+}
+
+impl CritestVersion {
+    /// Every release, oldest first.
+    pub const ALL: [CritestVersion; 2] = [CritestVersion::V1_26, CritestVersion::V1_36];
+
+    /// The release, as `critest.sh --critest` takes it.
+    pub fn version(self) -> &'static str {
+        match self {
+            CritestVersion::V1_26 => "1.26.1",
+            CritestVersion::V1_36 => "1.36.0",
+        }
+    }
+
+    /// Parses `1.26`, `1.26.1`, `v1.36.0`, ...
+    pub fn parse(s: &str) -> Option<CritestVersion> {
+        let s = s.trim().trim_start_matches('v');
+        CritestVersion::ALL.into_iter().find(|c| {
+            let v = c.version();
+            let minor = &v[..v.rfind('.').unwrap_or(v.len())];
+            s == v || s == minor
+        })
+    }
+
+    /// The archive of `critest` and `crictl`.
+    pub fn cri_tools(self) -> &'static str {
+        match self {
+            CritestVersion::V1_26 => "cri-tools-1.26.1",
+            CritestVersion::V1_36 => "cri-tools-1.36.0",
+        }
+    }
+
+    /// The archive of the images it pulls, with its `push.list`.
+    pub fn images(self) -> &'static str {
+        match self {
+            CritestVersion::V1_26 => "critest-images-1.26.1",
+            CritestVersion::V1_36 => "critest-images-1.36.0",
+        }
+    }
+}
+
+impl fmt::Display for CritestVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.version())
+    }
+}
 
 /// The one spec that cannot pass offline: it pulls an image by an upstream digest that a
 /// locally built image can never have.
@@ -149,6 +204,30 @@ mod tests {
         assert_eq!(
             r.to_lines().lines().next(),
             Some("PASS\t[k8s.io] Runtime info runtime returns version")
+        );
+    }
+
+    #[test]
+    fn critest_versions_parse_and_name_their_archives() {
+        for c in CritestVersion::ALL {
+            assert_eq!(CritestVersion::parse(c.version()), Some(c));
+            assert_eq!(c.cri_tools(), format!("cri-tools-{c}"));
+            assert_eq!(c.images(), format!("critest-images-{c}"));
+        }
+        assert_eq!(CritestVersion::parse("1.36"), Some(CritestVersion::V1_36));
+        assert_eq!(CritestVersion::parse("v1.26"), Some(CritestVersion::V1_26));
+        assert_eq!(CritestVersion::default(), CritestVersion::V1_26);
+        for bad in ["", "1", "1.3", "1.36.1", "1.260"] {
+            assert_eq!(CritestVersion::parse(bad), None, "{bad:?}");
+        }
+        // tests/tty.rs takes crictl from the default release's archive.
+        assert_eq!(
+            crate::tools::CRI_TOOLS,
+            CritestVersion::default().cri_tools()
+        );
+        assert_eq!(
+            crate::tools::CRITEST_IMAGES,
+            CritestVersion::default().images()
         );
     }
 

@@ -74,28 +74,53 @@ macro_rules! parity_tests {
 }
 
 /// Runs `body` on containerd generation `g`, or skips (`test_skip`: fails in CI unless
-/// allowed) where it cannot run (a generation from `../shared/tools` on a host without them).
+/// allowed) where it cannot run: a generation, or the OCI runtime `STURDY_RUNC` chooses,
+/// from `../shared/tools` on a host without them.
 pub async fn run_on<F, Fut>(g: crate::Generation, body: F)
 where
     F: FnOnce(crate::Generation) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    if !g.available() {
-        test_skip::skip!(
-            "no containerd {g} here: {} has no {}.tar.xz",
-            crate::tools::tools_dir().display(),
-            g.archive().unwrap_or_default()
-        );
+    if let Some(why) = g.unavailable() {
+        test_skip::skip!("{why}");
+    }
+    let runtime = crate::OciRuntime::from_env().unwrap_or_else(|e| panic!("{e}"));
+    if let Some(why) = runtime.unavailable() {
+        test_skip::skip!("{why}");
     }
     body(g).await
+}
+
+/// Runs `body` on a fixture of generation `g` over OCI runtime `r`, or skips visibly (as
+/// [`run_on`]) where either is not on this host.
+pub async fn run_with<F, Fut>(g: crate::Generation, r: crate::OciRuntime, body: F)
+where
+    F: FnOnce(crate::Generation, crate::OciRuntime) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if let Some(why) = g.unavailable().or_else(|| r.unavailable()) {
+        test_skip::skip!("{why}");
+    }
+    body(g, r).await
+}
+
+/// Fails to compile when `Generation` grows a variant: add its test to `generation_tests!`
+/// below, then the variant here.
+#[allow(dead_code)]
+fn generation_tests_cover(g: crate::Generation) {
+    use crate::Generation::*;
+    match g {
+        V1_6 | V1_7 | V2_1 | V2_2 | V2_3 | V2_4 => {}
+    }
 }
 
 /// Write a test once, get one `#[tokio::test]` per containerd generation.
 ///
 /// `generation_tests! { async fn quirk(g: Generation) { ... } }` expands to a module `quirk`
-/// with the tests `quirk::v1_6`, `quirk::v1_7` and `quirk::v2_1`; the body sees the
-/// generation as `g` and starts its fixture with `Containerd::builder().generation(g)`.
-/// A generation this host cannot run is skipped visibly (`test_skip`).
+/// with one test per generation of [`crate::Generation::ALL`], `quirk::v1_6` to
+/// `quirk::v2_4`; the body sees the generation as `g` and starts its fixture with
+/// `Containerd::builder().generation(g)`. A generation this host cannot run is skipped
+/// visibly (`test_skip`).
 #[macro_export]
 macro_rules! generation_tests {
     ($($(#[$meta:meta])* async fn $name:ident($g:ident : Generation) $body:block)*) => {$(
@@ -121,6 +146,21 @@ macro_rules! generation_tests {
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn v2_1() {
                 $crate::handler::run_on($crate::Generation::V2_1, body).await
+            }
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v2_2() {
+                $crate::handler::run_on($crate::Generation::V2_2, body).await
+            }
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v2_3() {
+                $crate::handler::run_on($crate::Generation::V2_3, body).await
+            }
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v2_4() {
+                $crate::handler::run_on($crate::Generation::V2_4, body).await
             }
         }
     )*};

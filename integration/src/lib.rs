@@ -20,7 +20,9 @@ pub mod tools;
 pub mod wait;
 pub mod watchdog;
 
-pub use containerd::{Builder, Containerd, ExtraRuntime, Footprint, Generation, CRI_NAMESPACE};
+pub use containerd::{
+    Builder, Containerd, ExtraRuntime, Footprint, Generation, OciRuntime, CRI_NAMESPACE,
+};
 pub use cri::{container_config, Cri};
 pub use ctr::{Output, RunOptions};
 pub use error::{Error, Result};

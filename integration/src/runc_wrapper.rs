@@ -6,7 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 
 /// The runc subcommands a wrapper tells apart: the first argument that is one of them is
 /// the subcommand (flags and their values come before it).
@@ -17,9 +17,10 @@ const SUBCOMMANDS: [&str; 13] = [
 
 /// Writes the wrapper at `path` (mode 0755). While `switch` exists, a subcommand named in
 /// `actions` first runs its shell text, which ends in `break` to go on to the real runc or
-/// leaves with `exit`; every other invocation is the real runc's.
+/// leaves with `exit`; every other invocation is the real runc's: the runtime a fixture
+/// started with the default builder runs ([`crate::OciRuntime::from_env`]).
 pub fn write(path: &Path, switch: &Path, actions: &[(&str, String)]) -> Result<()> {
-    let runc = crate::which("runc").ok_or_else(|| Error::Unexpected("runc not found".into()))?;
+    let runc = crate::OciRuntime::from_env()?.binary()?;
     let arms: String = actions
         .iter()
         .map(|(sub, action)| format!("{sub}) {action} ;;\n"))

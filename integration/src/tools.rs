@@ -1,6 +1,7 @@
-//! Upstream programs no package registry here serves (containerd 1.7 and 2.1 with their Go
-//! shims, critest, the critest images), taken from `../shared/tools` and unpacked once into a
-//! cache verified against the directory's `SHA256SUMS`.
+//! Upstream programs no package registry here serves (containerd 1.7 and 2.1 to 2.4 with
+//! their Go shims, runc 1.3 and 1.4, critest, the critest images), taken from
+//! `../shared/tools` and unpacked once into a cache verified against the directory's
+//! `SHA256SUMS`.
 
 use std::fs::File;
 use std::io::Read;
@@ -18,9 +19,10 @@ pub const TOOLS_ENV: &str = "STURDY_TOOLS";
 pub const CACHE_ENV: &str = "STURDY_TOOLS_CACHE";
 /// The file listing every archive's SHA-256.
 pub const SUMS_FILE: &str = "SHA256SUMS";
-/// Archive of critest and crictl.
+/// Archive of critest and crictl of the default release
+/// ([`crate::critest::CritestVersion::cri_tools`] names each release's).
 pub const CRI_TOOLS: &str = "cri-tools-1.26.1";
-/// Archive of the images critest pulls, with its `push.list`.
+/// Archive of the images the default critest release pulls, with its `push.list`.
 pub const CRITEST_IMAGES: &str = "critest-images-1.26.1";
 
 /// Why a tool could not be provided.

@@ -1,6 +1,7 @@
 //! How containerd generations differ in what they ask of a shim, pinned per generation.
-//! Each behaviour here was found while making the suite run on 1.6, 1.7 and 2.1; a change
-//! in either containerd or sturdy that alters one of them fails here first.
+//! Each behaviour here was found while making the suite run on 1.6, 1.7 and 2.1 (2.2 to 2.4:
+//! read from their sources at the tags and the issue 17 measurements); a change in either
+//! containerd or sturdy that alters one of them fails here first.
 
 use std::path::Path;
 
@@ -75,10 +76,12 @@ generation_tests! {
     }
 
     /// Which Task service containerd calls, and which OCI spec version it writes:
-    /// 1.6 and 1.7 call `containerd.task.v2.Task` on every shim; 2.1 calls
-    /// `containerd.task.v3.Task` on its Go shim (which answers `start` with a version 3
+    /// 1.6 and 1.7 call `containerd.task.v2.Task` on every shim; 2.1 and 2.2 call
+    /// `containerd.task.v3.Task` on their Go shim (which answers `start` with a version 3
     /// bootstrap) but `containerd.task.v2.Task` on sturdy, which answers with a bare address
-    /// (sturdy serves both names, so either works).
+    /// (sturdy serves both names, so either works). 2.3 and 2.4 send `start` a protobuf
+    /// `BootstrapParams` on stdin, which sturdy answers with a version 3 `BootstrapResult`.
+    /// The spec: runtime-spec 1.2.1 in 2.1, 1.3.0 from 2.2 on.
     async fn task_api_and_spec_version(g: Generation) {
         let fx = Containerd::builder().generation(g).start().await.expect("start containerd");
         let mut cri = fx.cri().await.expect("cri client");
@@ -88,13 +91,14 @@ generation_tests! {
             let bundle = fx.bundle(CRI_NAMESPACE, &pod).expect("sandbox bundle").dir;
             let (version, address_file) = recorded_task_api(&bundle);
             let want = match (g, h) {
-                (Generation::V2_1, Handler::Runc) => Some(3),
-                (Generation::V2_1, Handler::Sturdy) => Some(2),
-                _ => None,
+                (Generation::V1_6 | Generation::V1_7, _) => None,
+                (_, Handler::Runc) => Some(3),
+                (Generation::V2_1 | Generation::V2_2, Handler::Sturdy) => Some(2),
+                (_, Handler::Sturdy) => Some(3),
             };
             assert_eq!(version, want, "{g}/{h}: Task API version in bootstrap.json");
             // Only the shims write `address`: sturdy always, the Go shim before 2.x.
-            let want_address = h == Handler::Sturdy || g != Generation::V2_1;
+            let want_address = h == Handler::Sturdy || !g.is_v2();
             assert_eq!(address_file, want_address, "{g}/{h}: address file");
 
             let spec: serde_json::Value = serde_json::from_slice(
@@ -105,6 +109,7 @@ generation_tests! {
                 Generation::V1_6 => "1.0.2-dev",
                 Generation::V1_7 => "1.1.0",
                 Generation::V2_1 => "1.2.1",
+                Generation::V2_2 | Generation::V2_3 | Generation::V2_4 => "1.3.0",
             };
             assert_eq!(spec["ociVersion"], want_spec, "{g}/{h}: OCI spec version");
             cri.stop_pod(&pod).await.expect("StopPodSandbox");
@@ -112,7 +117,7 @@ generation_tests! {
         }
     }
 
-    /// A non-runc runtime type without `ConfigPath`: 1.7 and 2.1 send the options table as
+    /// A non-runc runtime type without `ConfigPath`: 1.7 and 2.x send the options table as
     /// `runtimeoptions.v1.Options.config_body`, 1.6 sends nothing at all, so the shim falls
     /// back to its default runc root. (That is why the fixture always sets `ConfigPath`.)
     async fn options_table_without_config_path(g: Generation) {

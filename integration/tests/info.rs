@@ -1,6 +1,6 @@
 //! `containerd-shim-sturdy-v2 -info` (issue 9): the RuntimeInfo containerd 2.x reads from
 //! a shim before it relies on runtime features, checked against the Go shim of containerd
-//! 2.1 run the same way, and through containerd 2.1's introspection API.
+//! 2.1 run the same way, and through the introspection API of containerd 2.1 to 2.4.
 
 use std::io::Write;
 use std::path::Path;
@@ -138,51 +138,67 @@ fn bad_options_fail() {
     assert!(!out.stderr.is_empty());
 }
 
-/// containerd 2.1 runs `-info` itself for its introspection API (and before it creates a
-/// container with idmapped mounts): it accepts sturdy's answer, and the features match the
-/// Go shim's.
+/// containerd 2.x runs `-info` itself for its introspection API (and CRI at startup, for
+/// each handler's features, and before it creates a container with idmapped mounts): it
+/// accepts sturdy's answer, and the features match those of the generation's Go shim.
+async fn containerd_reads_the_info(g: Generation) {
+    let fx = Containerd::builder()
+        .generation(g)
+        .without_images()
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("start containerd {g}: {e}"));
+    let mut client = IntrospectionClient::new(fx.channel().await.expect("channel"));
+    let mut got = Vec::new();
+    for h in Handler::ALL {
+        let request = RuntimeRequest {
+            runtime_path: h.runtime_type().into(),
+            options: Some(runc_options("runc")),
+        };
+        let req = PluginInfoRequest {
+            r#type: "io.containerd.runtime.v2".into(),
+            id: "task".into(),
+            options: Some(Any {
+                type_url: "containerd.types.RuntimeRequest".into(),
+                value: request.encode_to_vec(),
+            }),
+        };
+        let extra = client
+            .plugin_info(req)
+            .await
+            .unwrap_or_else(|e| panic!("{h}: PluginInfo: {e}\n{}", fx.log_tail(20)))
+            .into_inner()
+            .extra
+            .expect("no RuntimeInfo");
+        assert!(
+            extra.type_url.ends_with("containerd.types.RuntimeInfo"),
+            "{}",
+            extra.type_url
+        );
+        let info = RuntimeInfo::decode(extra.value.as_slice()).expect("RuntimeInfo");
+        assert_eq!(info.name, h.runtime_type());
+        assert_eq!(info.options, Some(runc_options("runc")), "{h}");
+        got.push(features(&info).unwrap_or_else(|| panic!("{h}: no features")));
+    }
+    assert_eq!(got[0], got[1], "{g}: features differ from the Go shim's");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_2_1_reads_the_info() {
-    run_on(Generation::V2_1, |g| async move {
-        let fx = Containerd::builder()
-            .generation(g)
-            .without_images()
-            .start()
-            .await
-            .expect("start containerd 2.1");
-        let mut client = IntrospectionClient::new(fx.channel().await.expect("channel"));
-        let mut got = Vec::new();
-        for h in Handler::ALL {
-            let request = RuntimeRequest {
-                runtime_path: h.runtime_type().into(),
-                options: Some(runc_options("runc")),
-            };
-            let req = PluginInfoRequest {
-                r#type: "io.containerd.runtime.v2".into(),
-                id: "task".into(),
-                options: Some(Any {
-                    type_url: "containerd.types.RuntimeRequest".into(),
-                    value: request.encode_to_vec(),
-                }),
-            };
-            let extra = client
-                .plugin_info(req)
-                .await
-                .unwrap_or_else(|e| panic!("{h}: PluginInfo: {e}\n{}", fx.log_tail(20)))
-                .into_inner()
-                .extra
-                .expect("no RuntimeInfo");
-            assert!(
-                extra.type_url.ends_with("containerd.types.RuntimeInfo"),
-                "{}",
-                extra.type_url
-            );
-            let info = RuntimeInfo::decode(extra.value.as_slice()).expect("RuntimeInfo");
-            assert_eq!(info.name, h.runtime_type());
-            assert_eq!(info.options, Some(runc_options("runc")), "{h}");
-            got.push(features(&info).unwrap_or_else(|| panic!("{h}: no features")));
-        }
-        assert_eq!(got[0], got[1], "features differ from the Go shim's");
-    })
-    .await
+    run_on(Generation::V2_1, containerd_reads_the_info).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_2_2_reads_the_info() {
+    run_on(Generation::V2_2, containerd_reads_the_info).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_2_3_reads_the_info() {
+    run_on(Generation::V2_3, containerd_reads_the_info).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_2_4_reads_the_info() {
+    run_on(Generation::V2_4, containerd_reads_the_info).await
 }

@@ -86,11 +86,10 @@ fn every_generation_loads_the_config_install_wrote() {
             "{g:?}: {}",
             String::from_utf8_lossy(&dump.stderr)
         );
-        let table = match g {
-            Generation::V2_1 => {
-                "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.sturdy]"
-            }
-            _ => "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.sturdy]",
+        let table = if g.is_v2() {
+            "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.sturdy]"
+        } else {
+            "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.sturdy]"
         };
         let at = dump_text
             .find(table)
@@ -112,21 +111,22 @@ fn every_generation_loads_the_config_install_wrote() {
 }
 
 /// Deletes, by id, runc state the installed handler leaves in runc's default root (the
-/// handler has no options, so no private root) if the test fails before removing its pod.
-struct RuncIds(Vec<String>);
+/// handler has no options, so no private root) if the test fails before removing its pod,
+/// with the runtime (`.1`) that made it.
+struct RuncIds(Vec<String>, PathBuf);
 
 impl Drop for RuncIds {
     fn drop(&mut self) {
         let root = Path::new("/run/containerd/runc/k8s.io");
         for id in &self.0 {
             if root.join(id).exists() {
-                cleanup::runc_force_delete("runc", root, id);
+                cleanup::runc_force_delete(&self.1, root, id);
             }
         }
     }
 }
 
-/// On the generation the fixture runs (STURDY_CONTAINERD; CI runs 1.6, 1.7 and 2.1): a
+/// On the generation the fixture runs (STURDY_CONTAINERD; CI runs it on each it tests): a
 /// containerd whose config has no `sturdy` handler, `sturdyctl install` into that config and
 /// its bin dir, a restart, and a pod through the new handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +162,7 @@ async fn pod_runs_through_the_installed_handler() {
     fx.restart().await.expect("restart containerd");
 
     let mut cri = fx.cri().await.expect("cri");
-    let mut ids = RuncIds(Vec::new());
+    let mut ids = RuncIds(Vec::new(), fx.oci_runtime_binary().to_path_buf());
     let pod_config = fx.pod_config("installed");
     let pod = cri
         .run_pod(Handler::Sturdy, &pod_config)

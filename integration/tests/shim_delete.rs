@@ -198,7 +198,7 @@ fn assert_nothing_left(fx: &Containerd, v: &Victim) {
     assert!(!is_mounted(&rootfs), "{} still mounted", rootfs.display());
     let state = fx.runc_root().join(CRI_NAMESPACE).join(&v.id);
     assert!(!state.exists(), "runc state {} left", state.display());
-    let out = Command::new("runc")
+    let out = Command::new(fx.oci_runtime_binary())
         .arg("--root")
         .arg(fx.runc_root().join(CRI_NAMESPACE))
         .args(["state", &v.id])

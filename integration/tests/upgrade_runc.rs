@@ -29,7 +29,7 @@ impl Runc {
             bin: dir.join(format!("runc-{tag}")),
             log: dir.join(format!("runc-{tag}.log")),
         };
-        logging_runc(&r.bin, &r.log, tag);
+        logging_runc(&r.bin, &r.log, tag, fx.oci_runtime_binary());
         r
     }
 

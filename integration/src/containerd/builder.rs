@@ -7,7 +7,8 @@ use nix::fcntl::FlockArg;
 
 use super::teardown::lock_file;
 use super::{
-    default_shim_bin, random_suffix, reap_stale_fixtures, Containerd, Generation, SubnetSlot,
+    default_shim_bin, random_suffix, reap_stale_fixtures, Containerd, Generation, OciRuntime,
+    SubnetSlot,
 };
 use crate::error::{IoContext, Result};
 use crate::image::PAUSE_IMAGE;
@@ -22,6 +23,7 @@ pub struct Builder {
     sturdy_as_runc_v2: bool,
     sturdy_handler: bool,
     generation: Option<Generation>,
+    oci_runtime: Option<OciRuntime>,
     sandbox_image: String,
     registry_config_path: Option<PathBuf>,
     port_mapping: bool,
@@ -93,6 +95,7 @@ impl Default for Builder {
             sturdy_as_runc_v2: false,
             sturdy_handler: true,
             generation: None,
+            oci_runtime: None,
             sandbox_image: PAUSE_IMAGE.into(),
             registry_config_path: None,
             port_mapping: false,
@@ -146,6 +149,13 @@ impl Builder {
         self
     }
 
+    /// Run this OCI runtime under both handlers (default: [`super::RUNTIME_ENV`], else
+    /// Debian's runc 1.1).
+    pub fn oci_runtime(mut self, r: OciRuntime) -> Self {
+        self.oci_runtime = Some(r);
+        self
+    }
+
     /// CRI's sandbox (pause) image (default: the locally built [`PAUSE_IMAGE`]).
     pub fn sandbox_image(mut self, reference: impl Into<String>) -> Self {
         self.sandbox_image = reference.into();
@@ -178,8 +188,14 @@ impl Builder {
             Some(g) => g,
             None => Generation::from_env()?,
         };
-        // Before anything exists: a generation this host cannot run leaves nothing behind.
+        let oci_runtime = match self.oci_runtime {
+            Some(r) => r,
+            None => OciRuntime::from_env()?,
+        };
+        // Before anything exists: a generation or runtime this host cannot run leaves
+        // nothing behind.
         let bins = generation.binaries()?;
+        let oci_runtime_bin = oci_runtime.binary()?;
         reap_stale_fixtures();
         let dir = tempfile::Builder::new()
             .prefix("sturdy-test-")
@@ -191,6 +207,8 @@ impl Builder {
         let mut fx = Containerd::identity(dir, &suffix, self.shim_bin.clone());
         fx.generation = generation;
         fx.bins = bins;
+        fx.oci_runtime = oci_runtime;
+        fx.oci_runtime_bin = oci_runtime_bin;
         fx.extra_runtimes = self.extra_runtimes;
         fx.sturdy_as_runc_v2 = self.sturdy_as_runc_v2;
         fx.sturdy_handler = self.sturdy_handler;

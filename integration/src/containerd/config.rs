@@ -15,6 +15,20 @@ pub(super) fn qp(p: &Path) -> String {
     q(p.to_string_lossy())
 }
 
+/// From 2.2 on, CRI's image plugin reads the host's `/etc/containerd/certs.d` and
+/// `/etc/docker/certs.d` when `registry.config_path` is unset, so the fixture always names a
+/// dir of its own there.
+fn registry_defaults_to_host_dirs(g: Generation) -> bool {
+    g >= Generation::V2_2
+}
+
+/// 2.3 deprecates `enable_cdi = false` (a warning, which CRI `Status` reports as the
+/// condition `ContainerdHasNoDeprecationWarnings` false): there CDI stays on and is given no
+/// spec dirs to scan instead.
+fn cdi_switch_deprecated(g: Generation) -> bool {
+    g >= Generation::V2_3
+}
+
 /// Plugins that would touch host state or need host features we never use, per generation
 /// (1.6 refuses nothing unknown, but listing only real ids keeps the intent readable).
 fn disabled_plugins(g: Generation) -> &'static [&'static str] {
@@ -27,8 +41,10 @@ fn disabled_plugins(g: Generation) -> &'static [&'static str] {
             "io.containerd.tracing.processor.v1.otlp",
             "io.containerd.internal.v1.tracing",
         ],
-        // 2.x enables NRI by default, which would listen on /var/run/nri/nri.sock.
-        Generation::V2_1 => &[
+        // 2.x enables NRI by default, which would listen on /var/run/nri/nri.sock. The ids
+        // are the same from 2.1 to 2.4.0-beta.0 (2.2 adds the mount manager and the erofs
+        // mount handler, which touch nothing until an erofs snapshot is mounted).
+        Generation::V2_1 | Generation::V2_2 | Generation::V2_3 | Generation::V2_4 => &[
             "io.containerd.snapshotter.v1.btrfs",
             "io.containerd.snapshotter.v1.zfs",
             "io.containerd.snapshotter.v1.devmapper",
@@ -43,6 +59,12 @@ fn disabled_plugins(g: Generation) -> &'static [&'static str] {
 }
 
 impl Containerd {
+    /// The fixture's own, empty, registry hosts dir: CRI's `config_path` when the builder
+    /// names none and the generation would otherwise read the host's.
+    pub(super) fn certs_dir(&self) -> std::path::PathBuf {
+        self.dir.join("certs.d")
+    }
+
     /// The CNI network: our own bridge on our /28, IPAM state kept in the temp dir (plus
     /// `portmap` when the builder asked for port mappings).
     pub fn cni_conflist(&self) -> String {
@@ -115,9 +137,10 @@ disabled_plugins = [
             debug = qp(&d.join("debug.sock")),
             opt = qp(&d.join("opt")),
         );
-        let cri = match g {
-            Generation::V1_6 | Generation::V1_7 => self.cri_v2(),
-            Generation::V2_1 => self.cri_v3(),
+        let cri = if g.is_v2() {
+            self.cri_v3()
+        } else {
+            self.cri_v2()
         };
         format!("{head}{cri}")
     }
@@ -174,8 +197,7 @@ disabled_plugins = [
   restrict_oom_score_adj = true
   disable_apparmor = true
   enable_selinux = false
-  enable_cdi = false
-  cdi_spec_dirs = []
+{cdi}  cdi_spec_dirs = []
 
 [{runtime}.cni]
   bin_dirs = ["/usr/lib/cni"]
@@ -191,11 +213,21 @@ disabled_plugins = [
 "#,
             pause = q(&self.sandbox_image),
             cni_conf = qp(&self.dir.join("cni/net.d")),
+            cdi = if cdi_switch_deprecated(self.generation) {
+                ""
+            } else {
+                "  enable_cdi = false\n"
+            },
         );
-        if let Some(hosts) = &self.registry_config_path {
+        let hosts = match &self.registry_config_path {
+            Some(hosts) => Some(hosts.clone()),
+            None if registry_defaults_to_host_dirs(self.generation) => Some(self.certs_dir()),
+            None => None,
+        };
+        if let Some(hosts) = hosts {
             out.push_str(&format!(
                 "\n[{images}.registry]\n  config_path = {}\n",
-                qp(hosts)
+                qp(&hosts)
             ));
         }
         out.push_str(&self.runtimes(&format!("{runtime}.containerd.runtimes")));

@@ -138,7 +138,7 @@ impl Containerd {
                 if let Some(pid) = pid {
                     cleanup::kill_pids(&[pid]);
                 }
-                cleanup::runc_force_delete("runc", &root, &id);
+                cleanup::runc_force_delete(&self.oci_runtime_bin, &root, &id);
                 for cg in cgroups {
                     cleanup::remove_cgroup_tree(&cg);
                 }
@@ -376,6 +376,28 @@ fn unix_sockets_of(pid: i32, dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+impl Containerd {
+    /// The fixture `dir`'s `fixture.json` (`raw`) describes, to be stopped by the reaper;
+    /// `None` if it is not a record.
+    pub(super) fn from_record(dir: &Path, raw: &[u8]) -> Option<Containerd> {
+        let rec = serde_json::from_slice::<serde_json::Value>(raw).ok()?;
+        let suffix = rec["suffix"].as_str()?;
+        let mut fx = Containerd::identity(
+            dir.to_path_buf(),
+            suffix,
+            PathBuf::from(rec["shim_bin"].as_str().unwrap_or_default()),
+        );
+        // Not our child: its command line names our dir, so the PID scan kills it.
+        fx.pid = rec["pid"].as_i64().unwrap_or(0) as i32;
+        // Its containers' state is that runtime's (records from before it was recorded:
+        // Debian's runc, the only runtime then).
+        if let Some(runtime) = rec["oci_runtime_bin"].as_str() {
+            fx.oci_runtime_bin = PathBuf::from(runtime);
+        }
+        Some(fx)
+    }
+}
+
 /// Tear down fixtures whose test process died without running Drop.
 ///
 /// A live fixture holds an flock on its `owner.lock`; if we can take it, the owner is gone
@@ -397,23 +419,13 @@ pub fn reap_stale_fixtures() -> Vec<PathBuf> {
         let Ok(lock) = lock_file(&dir.join("owner.lock"), FlockArg::LockExclusiveNonblock) else {
             continue;
         };
-        let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&raw) else {
-            continue;
-        };
-        let Some(suffix) = rec["suffix"].as_str() else {
+        let Some(mut fx) = Containerd::from_record(&dir, &raw) else {
             continue;
         };
         eprintln!(
             "sturdy-integration: reaping fixture {} left by a dead test process",
             dir.display()
         );
-        let mut fx = Containerd::identity(
-            dir.clone(),
-            suffix,
-            PathBuf::from(rec["shim_bin"].as_str().unwrap_or_default()),
-        );
-        // Not our child: its command line names our dir, so the PID scan kills it.
-        fx.pid = rec["pid"].as_i64().unwrap_or(0) as i32;
         fx.owner = Some(lock);
         fx.stop();
         reaped.push(dir);

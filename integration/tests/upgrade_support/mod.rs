@@ -402,10 +402,10 @@ impl Pod {
     }
 }
 
-/// A runc stand-in at `path` that appends `<tag> <its arguments>` to `log`, then execs the
-/// real runc: the log tells which configured binary served which container and call.
-pub fn logging_runc(path: &Path, log: &Path, tag: &str) {
-    let real = sturdy_integration::which("runc").expect("runc on PATH");
+/// A runc stand-in at `path` that appends `<tag> <its arguments>` to `log`, then execs
+/// `real` (the fixture's runtime): the log tells which configured binary served which
+/// container and call.
+pub fn logging_runc(path: &Path, log: &Path, tag: &str, real: &Path) {
     let script = format!(
         "#!/bin/sh\necho \"{tag} $*\" >> '{}'\nexec '{}' \"$@\"\n",
         log.display(),

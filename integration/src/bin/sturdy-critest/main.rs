@@ -1,6 +1,6 @@
-//! `sturdy-critest`: run critest v1.26.1 through one runtime handler of a private containerd of
-//! one generation, with every image it pulls served by a local registry. `scripts/critest.sh`
-//! builds and runs it.
+//! `sturdy-critest`: run critest (v1.26.1 or v1.36.0) through one runtime handler of a
+//! private containerd of one generation over one OCI runtime, with every image it pulls served
+//! by a local registry. `scripts/critest.sh` builds and runs it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -9,20 +9,29 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
-use sturdy_integration::critest::{Results, CRITEST_VERSION};
+use sturdy_integration::critest::{CritestVersion, Results};
 use sturdy_integration::registry::{split_reference, Registry};
-use sturdy_integration::tools::{self, ToolsError, CRITEST_IMAGES, CRI_TOOLS};
-use sturdy_integration::{cleanup, Containerd, Generation, Handler};
+use sturdy_integration::tools::{self, ToolsError};
+use sturdy_integration::{cleanup, Containerd, Generation, Handler, OciRuntime};
 
-const USAGE: &str = "usage: sturdy-critest HANDLER [GENERATION] [--results FILE] [--focus REGEX]
+mod leftovers;
+use leftovers::{nat_chains, remove_new_cni_chains, remove_new_shm, shm_ids};
 
-Runs critest v1.26.1 serially through HANDLER (sturdy or runc) of a private containerd of
-GENERATION (1.6, 1.7 or 2.1; default 1.6), pulling every image from a local registry on
-127.0.0.1. Prints the failed specs with the first line of each failure and ends with
-`N passed, M failed`. Everything it starts is stopped again, also on Ctrl-C.
+const USAGE: &str =
+    "usage: sturdy-critest HANDLER [GENERATION] [--critest VERSION] [--runc RUNTIME]
+                      [--results FILE] [--focus REGEX]
 
-  --results FILE  also write one `PASS|FAIL<TAB>spec` line per spec to FILE
-  --focus REGEX   only the specs matching REGEX (critest -ginkgo.focus)
+Runs critest serially through HANDLER (sturdy or runc, the generation's Go shim) of a
+private containerd of GENERATION (1.6, 1.7, 2.1, 2.2, 2.3 or 2.4; default 1.6), pulling
+every image from a local registry on 127.0.0.1. Prints the failed specs with the first line
+of each failure and ends with `N passed, M failed`. Everything it starts is stopped again,
+also on Ctrl-C.
+
+  --critest VERSION  1.26.1 (default) or 1.36.0, each with its own image archive
+  --runc RUNTIME     the OCI runtime both handlers run: 1.1 (Debian's), 1.3, 1.4 or crun
+                     (default: $STURDY_RUNC, else 1.1)
+  --results FILE     also write one `PASS|FAIL<TAB>spec` line per spec to FILE
+  --focus REGEX      only the specs matching REGEX (critest -ginkgo.focus)
 
 Exit status: 0 all specs passed, 1 some failed, 2 usage, 3 could not run,
 77 ../shared/tools (or what it should hold) is absent, 130 interrupted.";
@@ -42,13 +51,17 @@ fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+#[derive(Debug)]
 struct Args {
     handler: Handler,
     generation: Generation,
+    critest: CritestVersion,
+    runtime: OciRuntime,
     results: Option<PathBuf>,
     focus: Option<String>,
 }
 
+#[derive(Debug)]
 enum Failure {
     Usage(String),
     NoTools(String),
@@ -75,15 +88,30 @@ impl From<ToolsError> for Failure {
     }
 }
 
-fn parse_args() -> Result<Args, Failure> {
+/// Parses the arguments after the program name.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Failure> {
     let mut positional = Vec::new();
     let mut results = None;
     let mut focus = None;
-    let mut it = std::env::args().skip(1);
+    let mut critest = CritestVersion::default();
+    let mut runtime = None;
+    let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--results" => results = it.next().map(PathBuf::from),
             "--focus" => focus = it.next(),
+            "--critest" => {
+                let v = it.next().unwrap_or_default();
+                critest = CritestVersion::parse(&v)
+                    .ok_or_else(|| Failure::Usage(format!("unknown critest version {v:?}")))?;
+            }
+            "--runc" => {
+                let v = it.next().unwrap_or_default();
+                runtime = Some(
+                    OciRuntime::parse(&v)
+                        .ok_or_else(|| Failure::Usage(format!("unknown OCI runtime {v:?}")))?,
+                );
+            }
             "-h" | "--help" => return Err(Failure::Usage(String::new())),
             s if s.starts_with('-') => return Err(Failure::Usage(format!("unknown option {s}"))),
             _ => positional.push(a),
@@ -101,16 +129,22 @@ fn parse_args() -> Result<Args, Failure> {
     if positional.len() > 2 {
         return Err(Failure::Usage("too many arguments".into()));
     }
+    let runtime = match runtime {
+        Some(r) => r,
+        None => OciRuntime::from_env().map_err(|e| Failure::Usage(e.to_string()))?,
+    };
     Ok(Args {
         handler,
         generation,
+        critest,
+        runtime,
         results,
         focus,
     })
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(Failure::Usage(msg)) => {
             if !msg.is_empty() {
@@ -217,14 +251,17 @@ fn check(step: &str) -> Result<(), Failure> {
 
 fn run(args: &Args) -> Result<Results, Failure> {
     // Everything that can be missing is looked up before anything is started.
-    let critest_bin = tools::tool(CRI_TOOLS, "critest")?;
-    let images = tools::unpacked(CRITEST_IMAGES)?;
+    let critest_bin = tools::tool(args.critest.cri_tools(), "critest")?;
+    let images = tools::unpacked(args.critest.images())?;
     args.generation.binaries()?;
+    args.runtime.binary()?;
     let started = Instant::now();
     println!(
-        "==> critest v{CRITEST_VERSION} through {} on containerd {}",
+        "==> critest v{} through {} on containerd {} with {}",
+        args.critest,
         args.handler,
-        args.generation.version()
+        args.generation.version(),
+        args.runtime
     );
 
     let mut run = Run::default();
@@ -264,6 +301,7 @@ fn run(args: &Args) -> Result<Results, Failure> {
     let fx = rt.block_on(
         Containerd::builder()
             .generation(args.generation)
+            .oci_runtime(args.runtime)
             .without_images()
             .sandbox_image(PAUSE)
             .registry_config_path(work.join("certs.d"))
@@ -400,174 +438,47 @@ fn stop_child(mut child: Child, what: &str) {
     let _ = child.wait();
 }
 
-/// SysV shm segment ids on the host, from /proc/sysvipc/shm.
-fn shm_ids() -> Vec<i32> {
-    shm_table().into_iter().map(|(id, _, _)| id).collect()
-}
-
-/// (shmid, creator pid, attach count) of every segment.
-fn shm_table() -> Vec<(i32, i32, u64)> {
-    let text = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            Some((
-                f.get(1)?.parse().ok()?,
-                f.get(4)?.parse().ok()?,
-                f.get(6)?.parse().ok()?,
-            ))
-        })
-        .collect()
-}
-
-/// Removes segments created since `before` whose creator is gone and that nobody attaches:
-/// what the HostIpc specs' containers left, never a live process's segment.
-fn remove_new_shm(before: &[i32]) -> Vec<i32> {
-    let mut removed = Vec::new();
-    for (id, cpid, nattch) in shm_table() {
-        if before.contains(&id) || nattch > 0 || cleanup::pid_alive(cpid) {
-            continue;
-        }
-        // SAFETY: IPC_RMID takes no buffer.
-        if unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) } == 0 {
-            removed.push(id);
-        } else {
-            eprintln!(
-                "sturdy-critest: removing shm segment {id}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    removed
-}
-
-/// `iptables -t nat -S`, or None if it cannot be read (then nothing is removed afterwards).
-fn nat_rules() -> Option<Vec<String>> {
-    let out = Command::new("iptables")
-        .args(["-w", "-t", "nat", "-S"])
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(String::from)
-            .collect(),
-    )
-}
-
-/// Names of the nat table's user chains.
-fn nat_chains() -> Option<Vec<String>> {
-    Some(
-        nat_rules()?
-            .iter()
-            .filter_map(|l| l.strip_prefix("-N "))
-            .map(String::from)
-            .collect(),
-    )
-}
-
-/// Removes the `CNI-*` nat chains that appeared during the run (portmap's CNI-HOSTPORT-*,
-/// which it creates on first use and never deletes), with the rules jumping to them.
-fn remove_new_cni_chains(before: &[String]) -> Vec<String> {
-    let Some(rules) = nat_rules() else {
-        return Vec::new();
-    };
-    let new: Vec<String> = rules
-        .iter()
-        .filter_map(|l| l.strip_prefix("-N "))
-        .filter(|c| c.starts_with("CNI-") && !before.iter().any(|b| b == c))
-        .map(String::from)
-        .collect();
-    let iptables = |args: &[&str]| {
-        let ok = Command::new("iptables")
-            .args(["-w", "-t", "nat"])
-            .args(args)
-            .stdin(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("sturdy-critest: iptables -t nat {} failed", args.join(" "));
-        }
-    };
-    for rule in &rules {
-        let Some(spec) = rule.strip_prefix("-A ") else {
-            continue;
-        };
-        let words: Vec<&str> = spec.split_whitespace().collect();
-        if words
-            .windows(2)
-            .any(|w| w[0] == "-j" && new.iter().any(|c| c == w[1]))
-        {
-            // Rules print quoted comments; -S output is valid shell, so split it the same way.
-            let args = shell_words(spec);
-            let mut del = vec!["-D"];
-            del.extend(args.iter().map(String::as_str));
-            iptables(&del);
-        }
-    }
-    for chain in &new {
-        iptables(&["-F", chain]);
-    }
-    for chain in &new {
-        iptables(&["-X", chain]);
-    }
-    new
-}
-
-/// Splits an `iptables -S` rule into words, honouring its double quotes.
-fn shell_words(s: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut any = false;
-    for c in s.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                any = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if any {
-                    words.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                any = true;
-            }
-        }
-    }
-    if any {
-        words.push(cur);
-    }
-    words
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(args: &[&str]) -> Result<Args, Failure> {
+        parse_args(args.iter().map(|a| a.to_string()))
+    }
+
+    fn usage_error(args: &[&str]) -> String {
+        match parse(args) {
+            Err(Failure::Usage(msg)) => msg,
+            Err(_) => panic!("{args:?}: not a usage error"),
+            Ok(_) => panic!("{args:?}: accepted"),
+        }
+    }
+
     #[test]
-    fn iptables_rules_split_like_a_shell() {
+    fn generation_critest_release_and_runtime_are_arguments() {
+        let a = parse(&["sturdy", "2.3", "--critest", "1.36", "--runc", "1.4"]).unwrap();
+        assert_eq!(a.handler, Handler::Sturdy);
+        assert_eq!(a.generation, Generation::V2_3);
+        assert_eq!(a.critest, CritestVersion::V1_36);
+        assert_eq!(a.runtime, OciRuntime::Runc1_4);
+        let a = parse(&["runc", "--runc", "crun", "2.4.0-beta.0", "--focus", "exec"]).unwrap();
         assert_eq!(
-            shell_words(
-                r#"POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ"#
-            ),
-            [
-                "POSTROUTING",
-                "-m",
-                "comment",
-                "--comment",
-                "CNI portfwd requiring masquerade",
-                "-j",
-                "CNI-HOSTPORT-MASQ"
-            ]
+            (a.handler, a.generation, a.critest, a.runtime),
+            (
+                Handler::Runc,
+                Generation::V2_4,
+                CritestVersion::V1_26,
+                OciRuntime::Crun
+            )
         );
+        assert_eq!(a.focus.as_deref(), Some("exec"));
+        let a = parse(&["sturdy", "--runc", "1.1"]).unwrap();
+        assert_eq!(a.generation, Generation::V1_6, "1.6 by default");
+
+        assert!(usage_error(&["sturdy", "2.5", "--runc", "1.1"]).contains("generation"));
+        assert!(usage_error(&["sturdy", "--critest", "1.30", "--runc", "1.1"]).contains("1.30"));
+        assert!(usage_error(&["sturdy", "--runc", "1.2"]).contains("OCI runtime"));
+        assert!(usage_error(&["sturdy", "--critest"]).contains("critest"));
+        assert!(usage_error(&["youki"]).contains("HANDLER"));
     }
 }
