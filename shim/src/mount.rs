@@ -4,11 +4,17 @@
 //! daemon, which serves other containers. Overlay options longer than mount(2) accepts (one
 //! page) are shortened to paths relative to the layers' common parent directory, and that
 //! mount is made by a forked helper which changes into that directory first, so the
-//! daemon's own working directory never moves (see [`helper`]).
+//! daemon's own working directory never moves (see [`helper`]). Mounts carrying
+//! containerd's `uidmap=`/`gidmap=` options (pods with their own user namespace) are made
+//! idmapped (see [`idmapped`]).
 
+mod detached;
 mod helper;
+mod idmap;
+mod idmapped;
 mod overlay;
 mod plan;
+mod userns;
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +23,8 @@ use nix::errno::Errno;
 use nix::mount::MntFlags;
 use runc_client::Reaper;
 
+pub use idmap::{IdMapError, IdMaps, Range, MAX_RANGES};
+pub use idmapped::{idmap_support, Missing, SCRATCH_PREFIX};
 pub use plan::{parse_options, MountOptions};
 
 /// Most mounts stacked on one target that [`unmount`] will peel off.
@@ -55,6 +63,28 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
+    /// The `uidmap=`/`gidmap=` options cannot be used as given.
+    #[error("mount {mount}: {source}")]
+    IdMap {
+        mount: String,
+        #[source]
+        source: IdMapError,
+    },
+    /// A step of making an idmapped mount failed; `missing` names what the kernel lacks
+    /// when the errno says so.
+    #[error(
+        "mount {mount}: idmapped mount: {step}{}: {source}{}",
+        at(path),
+        lacks(missing)
+    )]
+    Idmapped {
+        mount: String,
+        step: &'static str,
+        path: PathBuf,
+        missing: Option<Missing>,
+        #[source]
+        source: std::io::Error,
+    },
     /// The forked mount helper could not be run or did not report properly.
     #[error("mount {mount}: mount helper: {reason}")]
     Helper { mount: String, reason: String },
@@ -73,14 +103,32 @@ impl From<MountError> for std::io::Error {
         let kind = match &e {
             MountError::Unsupported { .. }
             | MountError::Invalid { .. }
+            | MountError::IdMap { .. }
             | MountError::TooLong { .. } => std::io::ErrorKind::InvalidInput,
             MountError::Chdir { source, .. }
+            | MountError::Idmapped { source, .. }
             | MountError::Syscall { source, .. }
             | MountError::Unmount { source, .. } => source.kind(),
             MountError::Helper { .. } => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, e)
     }
+}
+
+/// " PATH" after a step, or nothing for a step without one.
+fn at(path: &Path) -> String {
+    if path.as_os_str().is_empty() {
+        String::new()
+    } else {
+        format!(" {}", path.display())
+    }
+}
+
+/// What the kernel lacks, when known.
+fn lacks(missing: &Option<Missing>) -> String {
+    missing
+        .map(|m| format!(" (the kernel lacks {m})"))
+        .unwrap_or_default()
 }
 
 /// Mounts `mounts` in order onto `rootfs` (or, for a mount with a `target`, onto that path
@@ -106,17 +154,33 @@ pub async fn mount_all(mounts: &[Mount], rootfs: &Path, reaper: &Reaper) -> Resu
 
 /// Makes one mount and returns where it went.
 async fn mount_one(m: &Mount, rootfs: &Path, reaper: &Reaper) -> Result<PathBuf, MountError> {
-    let plan = plan::Plan::new(m, rootfs)?;
+    let (maps, options) = IdMaps::take(&m.options).map_err(|source| MountError::IdMap {
+        mount: plan::describe(m, rootfs),
+        source,
+    })?;
+    if let Some(maps) = maps {
+        let stripped = Mount {
+            options,
+            ..m.clone()
+        };
+        return idmapped::mount(&stripped, maps, rootfs, reaper).await;
+    }
+    run(plan::Plan::new(m, rootfs)?, reaper).await
+}
+
+/// Makes the mount `plan` describes and returns where it went.
+async fn run(plan: plan::Plan, reaper: &Reaper) -> Result<PathBuf, MountError> {
     let target = plan.target_path().to_path_buf();
     if plan.needs_helper() {
         helper::run(&plan, reaper).await?;
     } else {
         // mount(2) can take long (a journal replay, a slow bind source): keep it off the
         // runtime thread.
+        let name = plan.name().to_string();
         runc_client::blocking::run("mount", move || plan.run_here())
             .await
             .map_err(|e| MountError::Helper {
-                mount: plan::describe(m, &target),
+                mount: name,
                 reason: format!("mount thread: {e}"),
             })??;
     }

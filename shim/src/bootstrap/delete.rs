@@ -4,7 +4,8 @@
 //! In order, under the bundle's delete lock ([`lock`]): read the record (unusable → fail,
 //! touching nothing); learn the container's cgroups ([`sweep`]); `<runtime> delete --force`
 //! (its "not found" confirmed with `state`); kill what is left in the cgroups and remove
-//! them; remove the runtime's state directory if it left one; unmount the rootfs; remove
+//! them; remove the runtime's state directory if it left one; unmount the rootfs and any
+//! idmapped-layer scratch directory a killed shim left (`mount::idmapped`); remove
 //! `init.pid`, `execs/`, the group socket and `shim.pid` once no shim answers on it, and
 //! the record last. Any failure keeps the record, so a retry knows what to do.
 
@@ -164,6 +165,15 @@ fn clean_bundle(flags: &Flags, bundle: &Path, steps: &mut Steps) -> Result<u32, 
     })?;
     if mounted {
         steps.did("unmounted rootfs".into());
+    }
+    let swept = sweep::idmap_scratch(bundle).map_err(|e| {
+        let kept = if record.is_some() { kept } else { "" };
+        format!("{e}{kept}")
+    })?;
+    if swept > 0 {
+        steps.did(format!(
+            "removed {swept} leftover idmapped-layer scratch dir(s)"
+        ));
     }
 
     let mut removed = Vec::new();

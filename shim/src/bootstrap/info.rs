@@ -10,6 +10,15 @@
 //! without a working `features` command (crun before 1.9, or a failing one) still gets an
 //! answer: no features, and the reason in the annotation [`FEATURES_ERROR_ANNOTATION`] and
 //! on stderr (containerd's Go shim only logs it at debug level).
+//!
+//! containerd's CRI plugin reports a handler's user-namespace support (CRI `Status`,
+//! `RuntimeHandlerFeatures.user_namespaces`) when the features list the `user` namespace
+//! and `linux.mountExtensions.idmap.enabled`, and containerd refuses to create a
+//! container with idmapped volume mounts unless the latter is set. runc 1.2+ sets it
+//! without looking at the kernel; sturdy passes it on only when this kernel can really
+//! make idmapped mounts (probed: [`crate::mount::idmap_support`]), otherwise it turns it
+//! off and says why in the annotation [`IDMAP_ERROR_ANNOTATION`], so a `hostUsers: false`
+//! pod is refused up front instead of failing at its rootfs mount.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -27,6 +36,10 @@ pub const FEATURES_TYPE_URL: &str =
     "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
 /// Annotation saying why the answer carries no features.
 pub const FEATURES_ERROR_ANNOTATION: &str = "io.containerd.sturdy.features-error";
+/// Annotation saying why idmapped mounts are reported off although the runtime has them.
+pub const IDMAP_ERROR_ANNOTATION: &str = "io.containerd.sturdy.idmap-error";
+/// Where the runtime-spec features say idmapped mounts work.
+const IDMAP_ENABLED: &str = "/linux/mountExtensions/idmap/enabled";
 
 /// Runs `-info`: reads the options from stdin and prints the RuntimeInfo on stdout.
 pub(super) fn info(runtime_name: &str) -> Result<(), String> {
@@ -41,11 +54,21 @@ pub(super) fn info(runtime_name: &str) -> Result<(), String> {
         Some(Any::parse_from_bytes(&input).map_err(|e| format!("runtime options on stdin: {e}"))?)
     };
     let parsed = RuntimeOptions::from_any(options.as_ref()).map_err(|e| e.to_string())?;
-    let features = features(parsed.binary());
+    let mut features = features(parsed.binary());
     if let Err(e) = &features {
         eprintln!("{runtime_name}: no runtime features: {e}");
     }
-    let bytes = runtime_info(runtime_name, options, features)
+    let idmap_error = features.as_mut().ok().and_then(|f| {
+        truthful_idmap(f, || {
+            crate::mount::idmap_support(&Reaper::global()).map_err(|e| e.to_string())
+        })
+    });
+    if let Some(e) = &idmap_error {
+        eprintln!("{runtime_name}: idmapped mounts reported off: {e}");
+    }
+    let features = features
+        .and_then(|f| serde_json::to_vec(&f).map_err(|e| format!("{}: {e}", parsed.binary())));
+    let bytes = runtime_info(runtime_name, options, features, idmap_error)
         .write_to_bytes()
         .map_err(|e| format!("encode RuntimeInfo: {e}"))?;
     let mut out = std::io::stdout().lock();
@@ -72,11 +95,29 @@ pub(super) fn runtime_name(argv0: &Path) -> String {
     }
 }
 
-/// The RuntimeInfo for `options` (echoed as given) and the runtime's features document.
+/// Turns `linux.mountExtensions.idmap.enabled` off when the runtime claims it and `probe`
+/// says this kernel cannot idmap; returns why. A runtime that does not claim it is left
+/// alone (and the kernel is not probed).
+fn truthful_idmap(
+    features: &mut serde_json::Value,
+    probe: impl FnOnce() -> Result<(), String>,
+) -> Option<String> {
+    let claimed = features.pointer_mut(IDMAP_ENABLED)?;
+    if *claimed != serde_json::Value::Bool(true) {
+        return None;
+    }
+    let why = probe().err()?;
+    *claimed = serde_json::Value::Bool(false);
+    Some(why)
+}
+
+/// The RuntimeInfo for `options` (echoed as given), the runtime's features document, and
+/// why idmapped mounts were turned off in it, if they were.
 pub(super) fn runtime_info(
     name: &str,
     options: Option<Any>,
     features: Result<Vec<u8>, String>,
+    idmap_error: Option<String>,
 ) -> RuntimeInfo {
     let mut info = RuntimeInfo {
         name: name.to_string(),
@@ -102,11 +143,15 @@ pub(super) fn runtime_info(
                 .insert(FEATURES_ERROR_ANNOTATION.to_string(), e);
         }
     }
+    if let Some(e) = idmap_error {
+        info.annotations
+            .insert(IDMAP_ERROR_ANNOTATION.to_string(), e);
+    }
     info
 }
 
 /// `<binary> features`, checked to be a JSON object.
-fn features(binary: &str) -> Result<Vec<u8>, String> {
+fn features(binary: &str) -> Result<serde_json::Value, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -125,7 +170,7 @@ fn features(binary: &str) -> Result<Vec<u8>, String> {
     if !value.is_object() {
         return Err(format!("{binary} features: not a JSON object: {value}"));
     }
-    serde_json::to_vec(&value).map_err(|e| format!("{binary} features: {e}"))
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -158,6 +203,7 @@ mod tests {
             "io.containerd.sturdy.v2",
             Some(options.clone()),
             Ok(b"{\"ociVersionMin\":\"1.0.0\"}".to_vec()),
+            None,
         );
         let info = RuntimeInfo::parse_from_bytes(&info.write_to_bytes().unwrap()).unwrap();
         assert_eq!(info.name, "io.containerd.sturdy.v2");
@@ -170,7 +216,12 @@ mod tests {
 
     #[test]
     fn a_runtime_without_features_still_answers() {
-        let info = runtime_info("n", None, Err("crun features: unknown command".into()));
+        let info = runtime_info(
+            "n",
+            None,
+            Err("crun features: unknown command".into()),
+            None,
+        );
         assert!(info.features.is_none());
         assert!(info.options.is_none());
         assert_eq!(
@@ -178,6 +229,66 @@ mod tests {
                 .get(FEATURES_ERROR_ANNOTATION)
                 .map(String::as_str),
             Some("crun features: unknown command")
+        );
+    }
+
+    /// runc 1.4's answer on a kernel that cannot idmap: off, with the reason; on one that
+    /// can, untouched; runc 1.1 (no mountExtensions) is never probed.
+    #[test]
+    fn idmap_support_is_reported_only_when_the_kernel_has_it() {
+        let runc_1_4 = || {
+            serde_json::json!({
+                "linux": {
+                    "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+                    "mountExtensions": {"idmap": {"enabled": true}}
+                }
+            })
+        };
+        let mut f = runc_1_4();
+        let why = truthful_idmap(&mut f, || Err("the kernel lacks mount_setattr(2)".into()));
+        assert_eq!(why.as_deref(), Some("the kernel lacks mount_setattr(2)"));
+        assert_eq!(
+            f.pointer(IDMAP_ENABLED),
+            Some(&serde_json::Value::Bool(false))
+        );
+        assert_eq!(f["linux"]["namespaces"], runc_1_4()["linux"]["namespaces"]);
+
+        let mut f = runc_1_4();
+        assert_eq!(truthful_idmap(&mut f, || Ok(())), None);
+        assert_eq!(f, runc_1_4());
+
+        let mut runc_1_1 = serde_json::json!({"linux": {"namespaces": ["user"]}});
+        let before = runc_1_1.clone();
+        let probed = truthful_idmap(&mut runc_1_1, || {
+            panic!("probed for a runtime without idmap")
+        });
+        assert_eq!((probed, runc_1_1), (None, before));
+
+        let info = runtime_info("n", None, Ok(b"{}".to_vec()), Some("why".into()));
+        assert_eq!(
+            info.annotations
+                .get(IDMAP_ERROR_ANNOTATION)
+                .map(String::as_str),
+            Some("why")
+        );
+    }
+
+    /// This kernel can idmap, so a runtime that claims it keeps the claim.
+    #[test]
+    fn the_real_probe_keeps_runcs_claim_here() {
+        let mut f = serde_json::json!({"linux": {"mountExtensions": {"idmap": {"enabled": true}}}});
+        let why = truthful_idmap(&mut f, || {
+            crate::mount::idmap_support(&Reaper::global()).map_err(|e| e.to_string())
+        });
+        if let Some(why) = &why {
+            if why.contains("user namespaces") {
+                test_skip::skip!("{why}");
+            }
+        }
+        assert_eq!(why, None);
+        assert_eq!(
+            f.pointer(IDMAP_ENABLED),
+            Some(&serde_json::Value::Bool(true))
         );
     }
 }

@@ -18,20 +18,38 @@ const SINGLE: [&str; 2] = ["upperdir=", "workdir="];
 
 /// Rewrites overlay data words relative to the layers' common parent, or None when there
 /// is nothing to gain (no layer paths, a relative one, or only `/` in common).
+///
+/// When the upper and work directories share no parent with the lower layers (idmapped
+/// lower layers are mounted in the bundle, the upper layer stays in the snapshotter),
+/// only the lower layers are made relative: overlayfs resolves each path on its own, and
+/// the lower list is what grows with the image.
 pub(super) fn compact(words: &[String]) -> Option<Compacted> {
-    let mut paths: Vec<&str> = Vec::new();
+    let mut lowers: Vec<&str> = Vec::new();
+    let mut singles: Vec<&str> = Vec::new();
     for w in words {
         if let Some(list) = w.strip_prefix(LOWER) {
             // Empty entries ("a::b", data-only layers) are syntax, not paths.
-            paths.extend(split_layers(list).into_iter().filter(|p| !p.is_empty()));
+            lowers.extend(split_layers(list).into_iter().filter(|p| !p.is_empty()));
         } else if let Some(p) = SINGLE.iter().find_map(|k| w.strip_prefix(k)) {
-            paths.push(p);
+            singles.push(p);
         }
     }
-    if paths.is_empty() || paths.iter().any(|p| !p.starts_with('/')) {
+    let all: Vec<&str> = lowers.iter().chain(&singles).copied().collect();
+    if all.is_empty() || all.iter().any(|p| !p.starts_with('/')) {
         return None;
     }
-    let dir = common_parent(&paths)?;
+    let everything = common_parent(&all).and_then(|dir| relative_to(words, dir, true));
+    let lowers_only = common_parent(&lowers).and_then(|dir| relative_to(words, dir, false));
+    // Whichever is shorter: the lowers' own parent is deeper when the upper layer only
+    // shares a distant ancestor with them.
+    [everything, lowers_only]
+        .into_iter()
+        .flatten()
+        .min_by_key(|c| c.words.iter().map(String::len).sum::<usize>())
+}
+
+/// The words with the lower layers (and, if `singles`, upperdir/workdir) relative to `dir`.
+fn relative_to(words: &[String], dir: PathBuf, singles: bool) -> Option<Compacted> {
     let relative = |p: &str| -> Option<String> {
         Path::new(p)
             .strip_prefix(&dir)
@@ -54,7 +72,7 @@ pub(super) fn compact(words: &[String]) -> Option<Compacted> {
                 })
                 .collect::<Option<Vec<_>>>()?;
             out.push(format!("{LOWER}{}", layers.join(":")));
-        } else if let Some(k) = SINGLE.iter().find(|k| w.starts_with(*k)) {
+        } else if let Some(k) = SINGLE.iter().find(|k| singles && w.starts_with(*k)) {
             out.push(format!("{k}{}", relative(&w[k.len()..])?));
         } else {
             out.push(w.clone());
@@ -65,7 +83,7 @@ pub(super) fn compact(words: &[String]) -> Option<Compacted> {
 
 /// Splits a lowerdir list on the colons overlayfs treats as separators (`\:` is a colon
 /// inside a path).
-fn split_layers(list: &str) -> Vec<&str> {
+pub(super) fn split_layers(list: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut start, mut escaped) = (0, false);
     for (i, b) in list.bytes().enumerate() {
@@ -84,7 +102,7 @@ fn split_layers(list: &str) -> Vec<&str> {
 }
 
 /// Longest directory that is a proper ancestor of every path, unless that is `/`.
-fn common_parent(paths: &[&str]) -> Option<PathBuf> {
+pub(super) fn common_parent(paths: &[&str]) -> Option<PathBuf> {
     let parents: Vec<Vec<Component>> = paths
         .iter()
         .map(|p| {
@@ -146,6 +164,39 @@ mod tests {
         assert_eq!(split_layers("/a/x\\:y:/a/z"), vec!["/a/x\\:y", "/a/z"]);
         let got = compact(&words(&["lowerdir=/s/a/fs::/s/b/fs"])).unwrap();
         assert_eq!(got.words, words(&["lowerdir=a/fs::b/fs"]));
+    }
+
+    #[test]
+    fn lower_layers_alone_when_upper_lives_elsewhere() {
+        let got = compact(&words(&[
+            "lowerdir=/run/b/idmap/0/3/fs:/run/b/idmap/0/2/fs",
+            "upperdir=/var/snap/4/fs",
+            "workdir=/var/snap/4/work",
+        ]))
+        .unwrap();
+        assert_eq!(got.dir, PathBuf::from("/run/b/idmap/0"));
+        assert_eq!(
+            got.words,
+            words(&[
+                "lowerdir=3/fs:2/fs",
+                "upperdir=/var/snap/4/fs",
+                "workdir=/var/snap/4/work",
+            ])
+        );
+    }
+
+    #[test]
+    fn the_shorter_of_the_two_is_taken() {
+        let got = compact(&words(&[
+            "lowerdir=/t/bundle/idmap/0/3/fs:/t/bundle/idmap/0/2/fs",
+            "upperdir=/t/snap/4/fs",
+        ]))
+        .unwrap();
+        assert_eq!(got.dir, PathBuf::from("/t/bundle/idmap/0"));
+        assert_eq!(
+            got.words,
+            words(&["lowerdir=3/fs:2/fs", "upperdir=/t/snap/4/fs"])
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! From containerd's `Mount` to the exact mount(2) calls, everything allocated up front so
 //! the calls can run in a forked child.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -94,6 +94,8 @@ pub fn parse_options(options: &[String]) -> Result<MountOptions, String> {
             Some(Word::Clear(f)) => out.flags.remove(f),
             Some(Word::Propagation(p)) => out.propagation = p,
             None if UNSUPPORTED.contains(&o.as_str()) => return Err(o.clone()),
+            // Taken out before planning when they are used (see `idmapped`); never data.
+            None if o.starts_with("uidmap=") || o.starts_with("gidmap=") => return Err(o.clone()),
             None => out.data.push(o.clone()),
         }
     }
@@ -237,6 +239,16 @@ impl Plan {
     /// Name of the mount for error messages.
     pub(super) fn name(&self) -> &str {
         &self.describe
+    }
+
+    /// What an idmapped bind mount is made from: source, target, flags, propagation.
+    pub(super) fn bind_parts(&self) -> (Option<&CStr>, &CStr, MsFlags, MsFlags) {
+        (
+            self.source.as_deref(),
+            &self.target,
+            self.flags,
+            self.propagation,
+        )
     }
 
     /// Runs the mount in this process (only for plans that need no chdir).
@@ -430,6 +442,14 @@ mod tests {
         assert_eq!(
             parse_options(&strings(&["ro", "loop"])),
             Err("loop".to_string())
+        );
+    }
+
+    #[test]
+    fn idmap_words_never_become_data() {
+        assert_eq!(
+            parse_options(&strings(&["lowerdir=/a", "gidmap=0:1:1"])),
+            Err("gidmap=0:1:1".to_string())
         );
     }
 

@@ -1,6 +1,6 @@
 //! What `delete` cleans beyond the runtime's own `delete --force`: the processes and
-//! cgroups a container left behind, the runtime's state directory, and whether the rootfs
-//! is still mounted.
+//! cgroups a container left behind, the runtime's state directory, whether the rootfs
+//! is still mounted, and idmapped-layer scratch directories a killed shim left.
 //!
 //! A container without a PID namespace of its own keeps processes after its init died, and
 //! a runtime whose delete crashed, timed out or lost its state forgets them; the cgroups
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use runc_client::cgroup::{is_container_scope, CgroupSet, RuncStateFile};
 
 use super::Steps;
+use crate::mount;
 
 /// How long processes left in the cgroups get to die after SIGKILL.
 pub const KILL_LIMIT: Duration = Duration::from_secs(5);
@@ -177,6 +178,42 @@ pub fn remove_runtime_state(root: &Path, id: &str, steps: &mut Steps) -> Result<
     Ok(())
 }
 
+/// Most scratch directories, and mount points in each, one delete looks at.
+const MAX_SCRATCH: usize = 64;
+
+/// Unmounts and removes the scratch directories ([`mount::SCRATCH_PREFIX`]) a shim killed
+/// while mounting an idmapped rootfs left in the bundle; returns how many. What is mounted
+/// there is a read-only idmapped copy of the snapshotter's layers: it is only ever
+/// unmounted, never removed recursively, and a symlink in a scratch directory's place is
+/// left alone.
+pub fn idmap_scratch(bundle: &Path) -> Result<usize, String> {
+    let names = |dir: &Path| -> Result<Vec<PathBuf>, String> {
+        match std::fs::read_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("read {}: {e}", dir.display())),
+            Ok(entries) => Ok(entries.filter_map(|e| e.ok()).map(|e| e.path()).collect()),
+        }
+    };
+    let mut removed = 0;
+    let scratch = names(bundle)?.into_iter().filter(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(mount::SCRATCH_PREFIX))
+    });
+    for dir in scratch.take(MAX_SCRATCH) {
+        if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        for point in names(&dir)?.into_iter().take(MAX_SCRATCH) {
+            mount::unmount(&point).map_err(|e| e.to_string())?;
+            std::fs::remove_dir(&point).map_err(|e| format!("remove {}: {e}", point.display()))?;
+        }
+        std::fs::remove_dir(&dir).map_err(|e| format!("remove {}: {e}", dir.display()))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// Whether `path` is a mount point here (so unmounting it does something).
 pub fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -287,5 +324,44 @@ mod tests {
         let err = remove_runtime_state(root.path(), "c2", &mut steps).unwrap_err();
         assert!(err.contains("not a directory"), "{err}");
         assert!(target.path().join("keep").exists());
+    }
+
+    /// A shim killed between attaching the idmapped layers and removing them leaves a
+    /// scratch directory with a mount in it: delete unmounts and removes it, and touches
+    /// nothing else.
+    #[test]
+    fn leftover_idmap_scratch_is_unmounted_and_removed() {
+        let bundle = tempfile::tempdir().unwrap();
+        let scratch = bundle.path().join(format!("{}1-0", mount::SCRATCH_PREFIX));
+        let point = scratch.join("0");
+        std::fs::create_dir_all(&point).unwrap();
+        let mounted = nix::mount::mount(
+            Some("tmpfs"),
+            &point,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_RDONLY,
+            Some("size=64k"),
+        );
+        if let Err(e) = mounted {
+            test_skip::skip!("cannot mount a tmpfs here: {e}");
+        }
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("keep"), "x").unwrap();
+        let planted = bundle.path().join(format!("{}2-0", mount::SCRATCH_PREFIX));
+        std::os::unix::fs::symlink(elsewhere.path(), &planted).unwrap();
+        std::fs::create_dir(bundle.path().join("rootfs")).unwrap();
+
+        let swept = idmap_scratch(bundle.path());
+        let still = is_mount_point(&point);
+        if still {
+            let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+        }
+        assert_eq!(swept, Ok(1));
+        assert!(!still, "the scratch mount is still there");
+        assert!(!scratch.exists());
+        assert!(elsewhere.path().join("keep").exists());
+        assert!(bundle.path().join("rootfs").exists());
+        assert_eq!(idmap_scratch(bundle.path()), Ok(0));
+        assert_eq!(idmap_scratch(&bundle.path().join("gone")), Ok(0));
     }
 }
