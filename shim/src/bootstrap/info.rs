@@ -12,7 +12,7 @@
 //! on stderr (containerd's Go shim only logs it at debug level).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -30,11 +30,7 @@ pub const FEATURES_ERROR_ANNOTATION: &str = "io.containerd.sturdy.features-error
 
 /// Runs `-info`: reads the options from stdin and prints the RuntimeInfo on stdout.
 pub(super) fn info(runtime_name: &str) -> Result<(), String> {
-    let mut input = Vec::new();
-    std::io::stdin()
-        .take(super::MAX_STDIN)
-        .read_to_end(&mut input)
-        .map_err(|e| format!("read stdin: {e}"))?;
+    let input = super::params::read_stdin().map_err(|e| e.to_string())?;
     let options = if input.is_empty() {
         None
     } else {
