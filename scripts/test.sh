@@ -85,8 +85,10 @@ check_ignored "$work/test.log"
 
 # The parity suite again on containerd 1.7 and 2.1 (from ../shared/tools): every
 # integration test file but those that pick their generations themselves:
-# tests/generations.rs (each generation) and tests/upgrade_containerd.rs (1.6 -> 1.7 -> 2.1
-# -> 1.7 in one fixture; it runs once above, and skips without ../shared/tools).
+# tests/generations.rs (each generation), tests/generations_23.rs (2.2, 2.3, 2.4),
+# tests/upgrade_containerd.rs (1.6 -> 1.7 -> 2.1 -> 1.7 in one fixture) and
+# tests/upgrade_containerd_lts.rs (1.7 -> 2.3 -> 2.4); they run once above, and skip
+# without ../shared/tools.
 for generation in 1.7 2.1; do
     step "integration tests on containerd $generation"
     if ! bash scripts/critest.sh --check "$generation"; then
@@ -97,7 +99,7 @@ for generation in 1.7 2.1; do
     for f in integration/tests/*.rs; do
         name=$(basename "$f" .rs)
         case "$name" in
-            generations|upgrade_containerd) ;;
+            generations|generations_23|upgrade_containerd|upgrade_containerd_lts) ;;
             *) targets+=(--test "$name") ;;
         esac
     done
