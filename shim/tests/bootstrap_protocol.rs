@@ -403,7 +403,8 @@ fn stdin_that_never_closes_is_refused_after_the_deadline() {
         .write_to_bytes()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    // A slow test thread may write after the deadline ended `start` (EPIPE): same outcome.
+    let _ = stdin.write_all(&bytes[..bytes.len() / 2]);
     let pid = child.id() as i32;
     let exited = wait_for(Duration::from_secs(20), || {
         matches!(child.try_wait(), Ok(Some(_)))
