@@ -85,9 +85,11 @@ check_ignored "$work/test.log"
 
 # The parity suite again on other containerd generations (from ../shared/tools): every
 # integration test file but those that pick their generations themselves:
-# tests/generations.rs (each generation), tests/upgrade_containerd.rs (1.6 -> 1.7 -> 2.1
-# -> 1.7 in one fixture; it runs once above, and skips without ../shared/tools) and
-# tests/userns.rs (user namespaces need containerd 2.x; it names its generations).
+# tests/generations.rs (each generation), tests/generations_23.rs (2.2, 2.3, 2.4),
+# tests/upgrade_containerd.rs (1.6 -> 1.7 -> 2.1 -> 1.7 in one fixture),
+# tests/upgrade_containerd_lts.rs (1.7 -> 2.3 -> 2.4) and tests/userns.rs (user namespaces
+# need containerd 2.x; it names its generations); they run once above, and skip without
+# ../shared/tools.
 # STURDY_TEST_GENERATIONS lists the reruns, each GENERATION or GENERATION/RUNTIME (the OCI
 # runtime both handlers run, as STURDY_RUNC takes it: 1.1, 1.3, 1.4 or crun), e.g.
 # "1.7 2.2 2.3/1.4 2.4/1.4".
@@ -109,7 +111,7 @@ for entry in ${STURDY_TEST_GENERATIONS:-1.7 2.1}; do
     for f in integration/tests/*.rs; do
         name=$(basename "$f" .rs)
         case "$name" in
-            generations|upgrade_containerd|userns) ;;
+            generations|generations_23|upgrade_containerd|upgrade_containerd_lts|userns) ;;
             *) targets+=(--test "$name") ;;
         esac
     done

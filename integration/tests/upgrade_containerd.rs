@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use sturdy_integration::k8s_cri::v1::{ContainerState, PodSandboxState};
 use sturdy_integration::{cleanup, Containerd, Generation, Handler};
-use upgrade_support::Pod;
+use upgrade_support::{distinct_ips, start_pods, upgrade, Pod};
 
 /// Skips (visibly) when a generation the chain needs is not on this host.
 fn generations_available() -> bool {
@@ -33,70 +33,6 @@ fn generations_available() -> bool {
         }
     }
     true
-}
-
-/// One pod per handler and `name`, e.g. `b-runc` and `b-sturdy`.
-async fn start_pods(fx: &Containerd, cri: &mut sturdy_integration::Cri, name: &str) -> Vec<Pod> {
-    let mut out = Vec::new();
-    for h in Handler::ALL {
-        let pod = Pod::start(fx, cri, h, &format!("{name}-{h}")).await;
-        // A new pod is served by the shim binary this containerd resolves now.
-        assert_eq!(
-            std::fs::canonicalize(&pod.shim_exe).unwrap_or(pod.shim_exe.clone()),
-            fx.expected_shim_exe(h),
-            "{}: new pod's shim binary",
-            pod.name
-        );
-        out.push(pod);
-    }
-    out
-}
-
-/// New pods got addresses no live pod holds: the IPAM state survived the swap too.
-fn distinct_ips<'a>(pods: impl Iterator<Item = &'a Pod>) {
-    let mut seen = BTreeSet::new();
-    for pod in pods {
-        assert!(
-            seen.insert(pod.ip),
-            "{}: IP {} given twice",
-            pod.name,
-            pod.ip
-        );
-    }
-}
-
-/// The step: containerd replaced by `g` under `pods`; every pod is checked, and the time
-/// it took is printed for the report.
-async fn upgrade(fx: &mut Containerd, g: Generation, pods: &[Pod], label: &str) {
-    let from = fx.version().await.expect("version before");
-    let t0 = Instant::now();
-    fx.restart_as(g)
-        .await
-        .unwrap_or_else(|e| panic!("{label}: {e}"));
-    let swap = t0.elapsed();
-    let to = fx.version().await.expect("version after");
-    assert!(
-        to.contains(g.version()),
-        "{label}: runs {to}, not {}",
-        g.version()
-    );
-    let mut cri = fx.cri().await.expect("cri client");
-    for pod in pods {
-        pod.check(fx, &mut cri, label).await;
-    }
-    // Old pods stay on the shim binary that started them: for the Go shim that is the
-    // previous generation's binary, still running after its file was replaced.
-    let old_go_shims: Vec<String> = pods
-        .iter()
-        .filter(|p| p.handler == Handler::Runc)
-        .map(|p| format!("{} on {}", p.name, p.shim_exe.display()))
-        .collect();
-    eprintln!(
-        "{label}: {from} -> {to} in {:.1}s (daemon swap {:.1}s); {} pods kept; Go shims of old pods: {old_go_shims:?}",
-        t0.elapsed().as_secs_f64(),
-        swap.as_secs_f64(),
-        pods.len()
-    );
 }
 
 /// A Go-shim pod started by containerd 2.1, after the downgrade to 1.7: its shim (2.1's

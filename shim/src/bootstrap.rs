@@ -4,10 +4,12 @@
 
 mod delete;
 mod info;
+mod params;
 mod serve;
+mod socket_dir;
 
 use std::ffi::{OsStr, OsString};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -16,13 +18,12 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
 use containerd_shim::Flags;
-use containerd_shim_protos::protobuf::{well_known_types::any::Any, Message};
 
 use crate::cgroups;
 use crate::options::RuntimeOptions;
 use crate::record::write_atomic;
+use params::StartInput;
 
 /// Annotation grouping containers into one shim (set by users or other tools).
 pub const GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
@@ -41,8 +42,6 @@ const SHIM_PID_FILE: &str = "shim.pid";
 const ADDRESS_FILE: &str = "address";
 /// What `start` executes to run the daemon: its own binary, even once unlinked.
 const SELF_EXE: &str = "/proc/self/exe";
-/// Upper bound on what `start` reads from stdin (containerd's own limit).
-const MAX_STDIN: u64 = 10 << 20;
 
 /// Entry point of `containerd-shim-sturdy-v2`; returns the process exit code.
 pub fn main() -> i32 {
@@ -88,58 +87,6 @@ pub fn main() -> i32 {
     }
 }
 
-/// What containerd passed to `start` on stdin.
-#[derive(Debug, Default)]
-struct StartInput {
-    /// containerd ≥ 2.3 sends BootstrapParams and wants a BootstrapResult back.
-    bootstrap: bool,
-    /// Runtime options, if any were passed.
-    options: Option<Any>,
-    /// containerd's TTRPC address when the params carried it.
-    ttrpc_address: Option<String>,
-    /// Socket directory requested by the params.
-    socket_dir: Option<String>,
-}
-
-impl StartInput {
-    /// Accepts nothing, a legacy options `Any`, or BootstrapParams, and never fails on
-    /// an unexpected payload: the address must still be printed.
-    fn parse(input: &[u8], flags: &Flags) -> Self {
-        if input.is_empty() {
-            return Self::default();
-        }
-        if let Ok(params) = BootstrapParams::parse_from_bytes(input) {
-            if params.instance_id == flags.id
-                && params.namespace == flags.namespace
-                && !params.containerd_ttrpc_address.is_empty()
-            {
-                let options = params
-                    .extensions
-                    .iter()
-                    .filter_map(|e| e.value.as_ref())
-                    .find(|a| a.type_url.ends_with("Options"))
-                    .cloned();
-                return Self {
-                    bootstrap: true,
-                    options,
-                    ttrpc_address: Some(params.containerd_ttrpc_address.clone()),
-                    socket_dir: params.socket_dir.clone().filter(|s| !s.is_empty()),
-                };
-            }
-        }
-        if let Ok(any) = Any::parse_from_bytes(input) {
-            if !any.type_url.is_empty() {
-                return Self {
-                    options: Some(any),
-                    ..Self::default()
-                };
-            }
-        }
-        // JSON-era or unknown payloads carry nothing we need for start.
-        Self::default()
-    }
-}
-
 /// The id of the shim a container belongs to: its pod, its group, or itself.
 ///
 /// The pod wins over the group annotation, unlike in the Go shim: CRI passes pod
@@ -178,7 +125,7 @@ enum Bind {
 fn bind_or_reuse(address: &str) -> Result<Bind, String> {
     let path = Path::new(socket_path(address));
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        socket_dir::ensure(dir).map_err(|e| e.to_string())?;
     }
     for _ in 0..2 {
         match UnixListener::bind(path) {
@@ -203,40 +150,25 @@ fn bind_or_reuse(address: &str) -> Result<Bind, String> {
 }
 
 fn start(flags: &Flags) -> Result<(), String> {
-    let mut input = Vec::new();
-    std::io::stdin()
-        .take(MAX_STDIN)
-        .read_to_end(&mut input)
-        .map_err(|e| format!("read stdin: {e}"))?;
-    let parsed = StartInput::parse(&input, flags);
-    let options = RuntimeOptions::from_any(parsed.options.as_ref()).unwrap_or_else(|e| {
-        // Create reports bad options with the container id; start must still succeed.
+    // Everything containerd sent is checked before anything is bound or spawned: a refusal
+    // leaves nothing behind.
+    let input = params::read_stdin().map_err(|e| e.to_string())?;
+    let parsed = StartInput::parse(&input, flags).map_err(|e| e.to_string())?;
+    let options = RuntimeOptions::from_any(parsed.options()).unwrap_or_else(|e| {
+        // Create reports bad options with the container id; start must still succeed, and
+        // print nothing but its reply (containerd reads stderr with stdout).
         log::warn!("start: ignoring runtime options: {e}");
         RuntimeOptions::default()
     });
     let bundle = std::env::current_dir().map_err(|e| format!("cwd: {e}"))?;
-    let grouping = grouping_id(&bundle, &flags.id);
-    let address = match &parsed.socket_dir {
-        Some(dir) => format!(
-            "unix://{}/{}",
-            dir.trim_end_matches('/'),
-            socket_path(&containerd_shim::socket_address(
-                &flags.address,
-                &flags.namespace,
-                &grouping
-            ))
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-        ),
-        None => containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping),
-    };
+    let grouping = grouping_id(&bundle, &parsed.opts.id);
+    let address = parsed.opts.socket_address(&grouping);
 
     match bind_or_reuse(&address)? {
         // Someone else's daemon: nothing of ours to undo if recording it fails.
-        Bind::Live => announce(&bundle, &address, parsed.bootstrap),
+        Bind::Live => announce(&bundle, &address, &parsed),
         Bind::Bound(listener) => {
-            let child = match spawn_daemon(flags, &address, &parsed, listener) {
+            let child = match spawn_daemon(&parsed, &address, listener) {
                 Ok(child) => child,
                 Err(e) => {
                     remove_socket(&address);
@@ -245,7 +177,7 @@ fn start(flags: &Flags) -> Result<(), String> {
             };
             let pid = child.id();
             let placed = place_daemon(&bundle, pid, &options)
-                .and_then(|()| announce(&bundle, &address, parsed.bootstrap));
+                .and_then(|()| announce(&bundle, &address, &parsed));
             if let Err(e) = placed {
                 // containerd will never learn of this daemon: left running it would hold
                 // the group's socket (and its memory) forever.
@@ -270,26 +202,16 @@ fn place_daemon(bundle: &Path, pid: u32, options: &RuntimeOptions) -> Result<(),
     Ok(())
 }
 
-/// Writes the bundle's `address` file and tells containerd where the daemon listens.
-fn announce(bundle: &Path, address: &str, bootstrap: bool) -> Result<(), String> {
+/// Writes the bundle's `address` file and tells containerd where the daemon listens, in
+/// the format of the protocol it spoke.
+fn announce(bundle: &Path, address: &str, parsed: &StartInput) -> Result<(), String> {
     let address_file = bundle.join(ADDRESS_FILE);
     write_atomic(&address_file, address.as_bytes())
         .map_err(|e| format!("write {}: {e}", address_file.display()))?;
     let mut out = std::io::stdout().lock();
-    if bootstrap {
-        let reply = BootstrapResult {
-            version: containerd_shim_protos::TASK_API_VERSION,
-            address: address.to_string(),
-            protocol: "ttrpc".into(),
-            ..Default::default()
-        };
-        out.write_all(&reply.write_to_bytes().map_err(|e| e.to_string())?)
-    } else {
-        // containerd 1.6/1.7 read stdout and stderr together and expect the bare address.
-        out.write_all(address.as_bytes())
-    }
-    .and_then(|_| out.flush())
-    .map_err(|e| format!("write address to stdout: {e}"))
+    out.write_all(&parsed.reply(address))
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("write address to stdout: {e}"))
 }
 
 /// Kills a daemon `start` could not hand over, and removes every trace of it.
@@ -325,11 +247,11 @@ fn remove_socket(address: &str) {
 }
 
 fn spawn_daemon(
-    flags: &Flags,
-    address: &str,
     parsed: &StartInput,
+    address: &str,
     listener: UnixListener,
 ) -> Result<std::process::Child, String> {
+    let opts = &parsed.opts;
     // After an upgrade replaced the binary, its old path names another file, or none
     // (`current_exe` then ends in " (deleted)"): the daemon runs the very binary of this
     // `start`, and only its argv[0] names the path, as before.
@@ -339,24 +261,20 @@ fn spawn_daemon(
     cmd.arg0(OsStr::from_bytes(
         name.strip_suffix(b" (deleted)").unwrap_or(name),
     ));
-    cmd.args([
-        "-namespace",
-        &flags.namespace,
-        "-id",
-        &flags.id,
-        "-address",
-        &flags.address,
-    ])
-    .args(["-publish-binary", &flags.publish_binary, "-socket", address])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .env(LISTEN_FD_ENV, LISTEN_FD.to_string());
-    if flags.debug {
+    cmd.args(["-namespace", &opts.namespace, "-id", &opts.id])
+        .args(["-address", &opts.address])
+        .args(["-publish-binary", &opts.publish_binary, "-socket", address])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env(LISTEN_FD_ENV, LISTEN_FD.to_string());
+    if opts.debug {
         cmd.arg("-debug");
     }
-    if let Some(ttrpc) = &parsed.ttrpc_address {
-        cmd.env(TTRPC_ADDRESS_ENV, ttrpc);
+    // 2.3+ name it in the params; older ones set it in our environment, which the daemon
+    // inherits.
+    if !opts.ttrpc_address.is_empty() {
+        cmd.env(TTRPC_ADDRESS_ENV, &opts.ttrpc_address);
     }
     cloexec_inherited()?;
     let fd = listener.into_raw_fd();
@@ -412,15 +330,6 @@ fn set_cloexec(fd: i32) {
 mod tests {
     use super::*;
 
-    fn flags() -> Flags {
-        Flags {
-            id: "c1".into(),
-            namespace: "k8s.io".into(),
-            address: "/run/containerd/containerd.sock".into(),
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn grouping_prefers_the_pod_then_the_group() {
         let dir = tempfile::tempdir().unwrap();
@@ -452,42 +361,6 @@ mod tests {
             "g",
             "outside CRI the group groups"
         );
-    }
-
-    #[test]
-    fn start_input_variants() {
-        let f = flags();
-        let empty = StartInput::parse(b"", &f);
-        assert!(!empty.bootstrap && empty.options.is_none());
-
-        let any = Any {
-            type_url: "containerd.runc.v1.Options".into(),
-            value: vec![],
-            ..Default::default()
-        };
-        let legacy = StartInput::parse(&any.write_to_bytes().unwrap(), &f);
-        assert!(!legacy.bootstrap);
-        assert_eq!(
-            legacy.options.unwrap().type_url,
-            "containerd.runc.v1.Options"
-        );
-
-        let params = BootstrapParams {
-            instance_id: "c1".into(),
-            namespace: "k8s.io".into(),
-            containerd_ttrpc_address: "/run/containerd/containerd.sock.ttrpc".into(),
-            ..Default::default()
-        };
-        let boot = StartInput::parse(&params.write_to_bytes().unwrap(), &f);
-        assert!(boot.bootstrap);
-        assert_eq!(
-            boot.ttrpc_address.as_deref(),
-            Some("/run/containerd/containerd.sock.ttrpc")
-        );
-
-        // JSON-era payloads must not break start.
-        let json = StartInput::parse(br#"{"version":3,"address":"x"}"#, &f);
-        assert!(!json.bootstrap);
     }
 
     #[test]

@@ -217,10 +217,8 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<Empty> {
-        if self.tasks.is_empty() {
-            // Exit after this reply has been written.
-            self.tasks.shutdown.notify_one();
-        }
+        // Exits (after this reply has been written) only when no container is left.
+        self.tasks.request_shutdown();
         Ok(Empty::new())
     }
 

@@ -7,9 +7,13 @@
 //! state machine still completes its transition. A Create whose caller went away
 //! counts as failed and is rolled back, because containerd will not know the container.
 
+mod shutdown;
+
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use containerd_shim_protos::api::CreateTaskRequest;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -22,6 +26,7 @@ use crate::events::{Event, Events};
 use crate::exits::{ExitRouter, Routed};
 use crate::io::StdioPaths;
 use crate::process::{Exited, Process, State};
+use shutdown::{ShutdownState, Verdict, SHUTDOWN_GRACE};
 
 /// What every container's lifecycle calls share.
 pub struct Shared {
@@ -54,6 +59,11 @@ pub struct Tasks {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Fired when the shim should exit (Shutdown with no containers left).
     pub shutdown: Arc<Notify>,
+    /// Refused Shutdowns; only touched with `containers` locked, so a Shutdown and the
+    /// removal of the last container cannot miss each other.
+    shutdown_state: Mutex<ShutdownState>,
+    /// [`SHUTDOWN_GRACE`] in ms (tests shorten it).
+    shutdown_grace_ms: AtomicU64,
 }
 
 /// Runs lifecycle work to completion whatever happens to the request that asked for it.
@@ -82,6 +92,8 @@ impl Tasks {
             }),
             containers: Mutex::new(HashMap::new()),
             shutdown,
+            shutdown_state: Mutex::new(ShutdownState::default()),
+            shutdown_grace_ms: AtomicU64::new(SHUTDOWN_GRACE.as_millis() as u64),
         });
         // Subscribed before any container exists, so no exit can be missed.
         let mut exits = tasks.shared.reaper.subscribe();
@@ -125,11 +137,60 @@ impl Tasks {
             .unwrap_or_default()
     }
 
-    fn remove(&self, c: &Arc<Container>) {
+    fn remove(self: &Arc<Self>, c: &Arc<Container>) {
         let mut map = self.lock();
         if map.get(&c.id).is_some_and(|m| Arc::ptr_eq(m, c)) {
             map.remove(&c.id);
+            if map.is_empty() && self.shutdown_state().on_emptied() == Verdict::ExitAfterGrace {
+                drop(map);
+                self.exit_after_grace();
+            }
         }
+    }
+
+    fn shutdown_state(&self) -> std::sync::MutexGuard<'_, ShutdownState> {
+        self.shutdown_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// containerd's Shutdown: true, and the shim exits, when no container is left. With
+    /// containers it is only answered, but remembered (see the `shutdown` module).
+    pub fn request_shutdown(&self) -> bool {
+        let map = self.lock();
+        let verdict = self.shutdown_state().on_request(map.is_empty());
+        drop(map);
+        if verdict == Verdict::ExitNow {
+            self.shutdown.notify_one();
+            return true;
+        }
+        false
+    }
+
+    /// Ends the shim after the grace unless a container came meanwhile (a Shutdown in
+    /// between ends it at once anyway).
+    fn exit_after_grace(self: &Arc<Self>) {
+        let grace = Duration::from_millis(self.shutdown_grace_ms.load(Ordering::Relaxed));
+        log::info!(
+            "last container gone after a refused Shutdown: exiting in {grace:?} unless \
+             containerd sends Shutdown or a container first"
+        );
+        let tasks = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let Some(tasks) = tasks.upgrade() else { return };
+            if tasks.is_empty() {
+                log::info!("no Shutdown came for the last container: exiting");
+                tasks.shutdown.notify_one();
+            }
+        });
+    }
+
+    /// Test-only: another grace than [`SHUTDOWN_GRACE`].
+    #[cfg(test)]
+    pub fn set_shutdown_grace(&self, grace: Duration) {
+        self.shutdown_grace_ms
+            .store(grace.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Routes one reaped exit; its handling (which may wait for output to drain) runs in

@@ -1,68 +1,20 @@
 //! The shim binary's command-line protocol as containerd drives it: `-v`, `start`
-//! (grouping, socket reuse, reply formats, no daemon left behind on failure) and the
-//! daemon's log fallback. `delete` is in delete_protocol.rs. Runs the real binary; no
+//! (grouping, socket reuse, no daemon left behind on failure) and the daemon's log
+//! fallback. What `start` reads and answers per containerd generation is in
+//! bootstrap_protocol.rs, `delete` in delete_protocol.rs. Runs the real binary; no
 //! containerd needed.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{alive, kill_and_wait, run, wait_for};
-use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
+use common::start::{
+    bundle_with, leftovers, processes_with_arg, start_args, unique_id, Daemons, Leftovers,
+};
+use common::{run, wait_for};
+use containerd_shim::bootstrap::BootstrapParams;
 use containerd_shim_protos::protobuf::Message;
-
-/// Kills the daemons a test started (by the pid they wrote) and removes their sockets.
-///
-/// Pids are read when tracked: the bundles may be gone by the time this drops.
-struct Daemons(Vec<(Option<i32>, Option<PathBuf>)>);
-
-impl Daemons {
-    fn track(&mut self, bundle: &Path, address: &str) {
-        let pid = std::fs::read_to_string(bundle.join("shim.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok());
-        let sock = address.strip_prefix("unix://").map(PathBuf::from);
-        self.0.push((pid, sock));
-    }
-}
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for (pid, sock) in &self.0 {
-            if let Some(pid) = *pid {
-                kill_and_wait(pid);
-            }
-            if let Some(sock) = sock {
-                let _ = std::fs::remove_file(sock);
-            }
-        }
-    }
-}
-
-fn bundle_with(annotations: serde_json::Value) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("config.json"),
-        serde_json::json!({ "ociVersion": "1.0.2", "annotations": annotations }).to_string(),
-    )
-    .unwrap();
-    dir
-}
-
-fn start_args<'a>(id: &'a str, address: &'a str) -> Vec<&'a str> {
-    vec![
-        "-namespace",
-        "sturdy-proto-test",
-        "-id",
-        id,
-        "-address",
-        address,
-        "-publish-binary",
-        "/bin/true",
-        "start",
-    ]
-}
 
 #[test]
 fn version_flag() {
@@ -163,52 +115,6 @@ fn start_groups_pod_containers_into_one_daemon() {
 }
 
 #[test]
-fn start_answers_bootstrap_params_in_kind_and_ignores_junk() {
-    let address = format!("/tmp/sturdy-proto-b-{}.sock", std::process::id());
-    let mut daemons = Daemons(Vec::new());
-    let bundle = bundle_with(serde_json::json!({}));
-    let params = BootstrapParams {
-        instance_id: "solo".into(),
-        namespace: "sturdy-proto-test".into(),
-        containerd_ttrpc_address: "/nonexistent/containerd.sock.ttrpc".into(),
-        ..Default::default()
-    };
-    let out = run(
-        bundle.path(),
-        &start_args("solo", &address),
-        &params.write_to_bytes().unwrap(),
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reply = BootstrapResult::parse_from_bytes(&out.stdout).expect("BootstrapResult");
-    daemons.track(bundle.path(), &reply.address);
-    assert_eq!(reply.protocol, "ttrpc");
-    assert!(reply.address.starts_with("unix:///run/containerd/s/"));
-
-    // JSON-era or unknown stdin must not break start: the plain address still comes back.
-    let bundle2 = bundle_with(serde_json::json!({}));
-    let env = [("TTRPC_ADDRESS", "/nonexistent/containerd.sock.ttrpc")];
-    let out = run(
-        bundle2.path(),
-        &start_args("solo2", &address),
-        br#"{"version":3}"#,
-        &env,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let addr = String::from_utf8(out.stdout).unwrap();
-    daemons.track(bundle2.path(), &addr);
-    assert!(addr.starts_with("unix:///run/containerd/s/"), "{addr:?}");
-}
-
-#[test]
 fn daemon_without_a_log_fifo_says_why_in_shim_log() {
     let address = format!("/tmp/sturdy-proto-log-{}.sock", std::process::id());
     let env = [("TTRPC_ADDRESS", "/nonexistent/containerd.sock.ttrpc")];
@@ -239,43 +145,6 @@ fn daemon_without_a_log_fifo_says_why_in_shim_log() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&log).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-}
-
-/// Live (non-zombie) processes whose command line holds `arg` as one whole argument.
-fn processes_with_arg(arg: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        if cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) && alive(pid) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// Kills whatever daemon a test's unique id names (only ever processes the test started)
-/// and removes its socket, even when an assertion failed first.
-struct Leftovers {
-    id: String,
-    sock: PathBuf,
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        for pid in processes_with_arg(&self.id) {
-            kill_and_wait(pid);
-        }
-        let _ = std::fs::remove_file(&self.sock);
-    }
 }
 
 #[test]
@@ -314,23 +183,6 @@ fn start_kills_its_daemon_when_it_cannot_record_it() {
         !bundle.path().join("address").exists(),
         "address written for a daemon that is gone"
     );
-}
-
-/// A unique id, so that `Leftovers` finds only this test's daemon.
-fn unique_id(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
-fn leftovers(id: &str, address: &str) -> Leftovers {
-    let sock = containerd_shim::socket_address(address, "sturdy-proto-test", id);
-    Leftovers {
-        id: id.to_string(),
-        sock: PathBuf::from(sock.strip_prefix("unix://").unwrap()),
-    }
 }
 
 /// The daemon's exec fails (its environment is over the kernel's limit for one string):

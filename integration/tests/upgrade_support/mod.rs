@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,7 +13,9 @@ use sturdy_integration::k8s_cri::v1::{
     ContainerState, LinuxContainerConfig, LinuxContainerSecurityContext, NamespaceMode,
     NamespaceOption, PodSandboxConfig, PodSandboxState,
 };
-use sturdy_integration::{cleanup, container_config, Containerd, Cri, Handler, CRI_NAMESPACE};
+use sturdy_integration::{
+    cleanup, container_config, Containerd, Cri, Generation, Handler, CRI_NAMESPACE,
+};
 
 /// Longest any single step may take on a loaded 2-core machine.
 pub const T: Duration = Duration::from_secs(60);
@@ -439,4 +442,68 @@ fn subcommand(line: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// One pod per handler and `name`, e.g. `b-runc` and `b-sturdy`.
+pub async fn start_pods(fx: &Containerd, cri: &mut Cri, name: &str) -> Vec<Pod> {
+    let mut out = Vec::new();
+    for h in Handler::ALL {
+        let pod = Pod::start(fx, cri, h, &format!("{name}-{h}")).await;
+        // A new pod is served by the shim binary this containerd resolves now.
+        assert_eq!(
+            std::fs::canonicalize(&pod.shim_exe).unwrap_or(pod.shim_exe.clone()),
+            fx.expected_shim_exe(h),
+            "{}: new pod's shim binary",
+            pod.name
+        );
+        out.push(pod);
+    }
+    out
+}
+
+/// New pods got addresses no live pod holds: the IPAM state survived the swap too.
+pub fn distinct_ips<'a>(pods: impl Iterator<Item = &'a Pod>) {
+    let mut seen = BTreeSet::new();
+    for pod in pods {
+        assert!(
+            seen.insert(pod.ip),
+            "{}: IP {} given twice",
+            pod.name,
+            pod.ip
+        );
+    }
+}
+
+/// The step: containerd replaced by `g` under `pods`; every pod is checked, and the time
+/// it took is printed for the report.
+pub async fn upgrade(fx: &mut Containerd, g: Generation, pods: &[Pod], label: &str) {
+    let from = fx.version().await.expect("version before");
+    let t0 = Instant::now();
+    fx.restart_as(g)
+        .await
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    let swap = t0.elapsed();
+    let to = fx.version().await.expect("version after");
+    assert!(
+        to.contains(g.version()),
+        "{label}: runs {to}, not {}",
+        g.version()
+    );
+    let mut cri = fx.cri().await.expect("cri client");
+    for pod in pods {
+        pod.check(fx, &mut cri, label).await;
+    }
+    // Old pods stay on the shim binary that started them: for the Go shim that is the
+    // previous generation's binary, still running after its file was replaced.
+    let old_go_shims: Vec<String> = pods
+        .iter()
+        .filter(|p| p.handler == Handler::Runc)
+        .map(|p| format!("{} on {}", p.name, p.shim_exe.display()))
+        .collect();
+    eprintln!(
+        "{label}: {from} -> {to} in {:.1}s (daemon swap {:.1}s); {} pods kept; Go shims of old pods: {old_go_shims:?}",
+        t0.elapsed().as_secs_f64(),
+        swap.as_secs_f64(),
+        pods.len()
+    );
 }

@@ -21,7 +21,7 @@
 //! pod is refused up front instead of failing at its rootfs mount.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -43,11 +43,7 @@ const IDMAP_ENABLED: &str = "/linux/mountExtensions/idmap/enabled";
 
 /// Runs `-info`: reads the options from stdin and prints the RuntimeInfo on stdout.
 pub(super) fn info(runtime_name: &str) -> Result<(), String> {
-    let mut input = Vec::new();
-    std::io::stdin()
-        .take(super::MAX_STDIN)
-        .read_to_end(&mut input)
-        .map_err(|e| format!("read stdin: {e}"))?;
+    let input = super::params::read_stdin().map_err(|e| e.to_string())?;
     let options = if input.is_empty() {
         None
     } else {

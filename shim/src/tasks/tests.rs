@@ -20,6 +20,7 @@ mod hung_exec;
 mod kill;
 mod oom_order;
 mod resources;
+mod shutdown;
 
 const FAKE_RUNC: &str = include_str!("fake-runc.sh");
 const T: Duration = Duration::from_secs(20);

@@ -186,3 +186,5 @@ pub fn kill_and_wait(pid: i32) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
     wait_for(std::time::Duration::from_secs(5), || !alive(pid));
 }
+
+pub mod start;

@@ -1,0 +1,235 @@
+//! sturdy started by containerd 2.2, 2.3 and 2.4 (docs/bootstrap.md): version skew is where
+//! users get hurt (a 2.2 daemon could not start 2.3's own shim, containerd#13763). 2.2
+//! speaks the legacy protocol and records Task API 2 for sturdy's bare address; 2.3 and 2.4
+//! send `BootstrapParams` and record the version 3 of sturdy's `BootstrapResult`, attach
+//! the pod's other containers without running `start`, and send no Shutdown for them.
+//!
+//! These need the fixture's 2.2 / 2.3 / 2.4 generations (issue 17 part 1): until the
+//! fixture has them they are ignored, and `newer_generation` says what is missing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sturdy_integration::k8s_cri::v1::PodSandboxState;
+use sturdy_integration::{cleanup, container_config, until, Containerd, Generation, Handler};
+use sturdy_integration::{Cri, CRI_NAMESPACE};
+
+const NEEDS_FIXTURE: &str = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)";
+
+/// The fixture's generation `name` (`2.2`, `2.3`, `2.4`). The fixture does not know them
+/// yet (issue 17 part 1); this is the one place that changes when it does.
+fn newer_generation(name: &str) -> Generation {
+    Generation::parse(name)
+        .filter(|g| g.name() == name)
+        .unwrap_or_else(|| {
+            panic!("the fixture has no containerd {name} generation yet: {NEEDS_FIXTURE}")
+        })
+}
+
+/// The generation, or None (with a visible skip) when this host cannot run it.
+fn runnable(name: &str) -> Option<Generation> {
+    let g = newer_generation(name);
+    if g.available() {
+        return Some(g);
+    }
+    test_skip::skip(format!(
+        "containerd {name}: {} has no {}.tar.xz",
+        sturdy_integration::tools::tools_dir().display(),
+        g.archive().unwrap_or_default()
+    ));
+    None
+}
+
+/// What containerd recorded for a bundle's shim, and the files next to it.
+struct Recorded {
+    bootstrap: serde_json::Value,
+    address_file: Option<String>,
+    sandbox_file: Option<String>,
+    shim_pid_file: bool,
+}
+
+fn recorded(bundle: &Path) -> Recorded {
+    let raw = std::fs::read(bundle.join("bootstrap.json")).expect("bootstrap.json");
+    Recorded {
+        bootstrap: serde_json::from_slice(&raw).expect("bootstrap.json is JSON"),
+        address_file: std::fs::read_to_string(bundle.join("address")).ok(),
+        sandbox_file: std::fs::read_to_string(bundle.join("sandbox")).ok(),
+        shim_pid_file: bundle.join("shim.pid").exists(),
+    }
+}
+
+/// A sturdy pod with one running container on generation `g`.
+async fn pod_with_app(fx: &Containerd, cri: &mut Cri, name: &str) -> (String, String) {
+    let cfg = fx.pod_config(name);
+    let pod = cri
+        .run_pod(Handler::Sturdy, &cfg)
+        .await
+        .expect("RunPodSandbox");
+    let app = cri
+        .create_container(&pod, container_config("app", &["/bin/sleep", "3600"]), &cfg)
+        .await
+        .expect("CreateContainer");
+    cri.start_container(&app).await.expect("StartContainer");
+    (pod, app)
+}
+
+/// `g` starts sturdy for a pod and its container, records what sturdy announced, talks to
+/// it (exec), and the shim is gone once the pod is.
+async fn starts_sturdy(name: &str) {
+    let Some(g) = runnable(name) else { return };
+    let v3 = name != "2.2";
+    let mut fx = Containerd::builder()
+        .generation(g)
+        .start()
+        .await
+        .expect("start containerd");
+    let mut cri = fx.cri().await.expect("cri client");
+    let (pod, app) = pod_with_app(&fx, &mut cri, &format!("boot-{}", name.replace('.', "-"))).await;
+    let out = cri
+        .exec_sync(
+            &app,
+            &["/bin/echo", "through sturdy"],
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("ExecSync");
+    assert_eq!(out.stdout, "through sturdy\n");
+
+    let pod_bundle = fx.bundle(CRI_NAMESPACE, &pod).expect("pod bundle");
+    let shim = pod_bundle.shim_pid.expect("pod shim");
+    let p = recorded(&pod_bundle.dir);
+    let address = p.address_file.clone().expect("sturdy writes `address`");
+    assert_eq!(
+        p.bootstrap,
+        serde_json::json!({ "version": if v3 { 3 } else { 2 }, "address": address, "protocol": "ttrpc" }),
+        "{name}: the pod's bootstrap.json"
+    );
+
+    let a = recorded(&fx.bundle(CRI_NAMESPACE, &app).expect("app bundle").dir);
+    assert_eq!(
+        a.bootstrap["address"],
+        address.as_str(),
+        "{name}: one shim per pod"
+    );
+    if v3 {
+        // Attached to the pod's shim without `start`: containerd's files only.
+        assert_eq!(a.bootstrap["version"], 3);
+        assert_eq!(a.sandbox_file.as_deref(), Some(pod.as_str()));
+        assert_eq!(a.address_file, None, "{name}: `start` ran for the app");
+    } else {
+        // `start` ran and found the pod's live daemon.
+        assert_eq!(a.bootstrap["version"], 2);
+        assert_eq!(a.address_file.as_deref(), Some(address.as_str()));
+    }
+    assert!(!a.shim_pid_file, "{name}: a second daemon for the app");
+    assert_eq!(
+        fx.shim_pid(CRI_NAMESPACE, &app),
+        None,
+        "{name}: a shim of its own"
+    );
+
+    cri.stop_pod(&pod).await.expect("StopPodSandbox");
+    cri.remove_pod(&pod).await.expect("RemovePodSandbox");
+    assert!(
+        until(Duration::from_secs(20), || !cleanup::pid_alive(shim)).await,
+        "{name}: the shim outlived its pod"
+    );
+    let left = fx.stop();
+    assert!(left.is_empty(), "{name}: leaked: {left:?}");
+}
+
+/// The pause process dies first: CRI deletes the pause task at once (its Shutdown finds the
+/// app and is refused); then the pod is removed, and on 2.3 / 2.4 the app's Delete sends no
+/// Shutdown. The shim must still end (docs/bootstrap.md: 10 s after its last container).
+async fn pause_gone_first_still_ends_the_shim(name: &str) {
+    let Some(g) = runnable(name) else { return };
+    let mut fx = Containerd::builder()
+        .generation(g)
+        .start()
+        .await
+        .expect("start containerd");
+    let mut cri = fx.cri().await.expect("cri client");
+    let (pod, app) = pod_with_app(
+        &fx,
+        &mut cri,
+        &format!("pause-first-{}", name.replace('.', "-")),
+    )
+    .await;
+    let shim = fx.shim_pid(CRI_NAMESPACE, &pod).expect("pod shim");
+    let (_, pause) = fx
+        .task_process(CRI_NAMESPACE, &pod)
+        .await
+        .expect("pause task");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pause as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .expect("kill pause");
+    assert!(
+        until(Duration::from_secs(30), || fx
+            .bundle(CRI_NAMESPACE, &pod)
+            .is_none())
+        .await,
+        "{name}: CRI never deleted the dead pause task"
+    );
+    let status = cri.pod_status(&pod).await.expect("PodSandboxStatus");
+    assert_eq!(status.state, PodSandboxState::SandboxNotready as i32);
+    assert!(
+        cleanup::pid_alive(shim),
+        "{name}: the shim left its app container"
+    );
+    let out = cri
+        .exec_sync(
+            &app,
+            &["/bin/echo", "still served"],
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("ExecSync after the pause died");
+    assert_eq!(out.stdout, "still served\n");
+
+    cri.stop_pod(&pod).await.expect("StopPodSandbox");
+    cri.remove_pod(&pod).await.expect("RemovePodSandbox");
+    assert!(
+        until(Duration::from_secs(40), || !cleanup::pid_alive(shim)).await,
+        "{name}: the shim stayed with no container"
+    );
+    let left = fx.stop();
+    assert!(left.is_empty(), "{name}: leaked: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
+async fn containerd_2_2_starts_sturdy() {
+    starts_sturdy("2.2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
+async fn containerd_2_3_starts_sturdy() {
+    starts_sturdy("2.3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
+async fn containerd_2_4_starts_sturdy() {
+    starts_sturdy("2.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
+async fn containerd_2_2_pause_gone_first() {
+    pause_gone_first_still_ends_the_shim("2.2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
+async fn containerd_2_3_pause_gone_first() {
+    pause_gone_first_still_ends_the_shim("2.3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
+async fn containerd_2_4_pause_gone_first() {
+    pause_gone_first_still_ends_the_shim("2.4").await;
+}
