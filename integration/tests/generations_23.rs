@@ -3,32 +3,20 @@
 //! speaks the legacy protocol and records Task API 2 for sturdy's bare address; 2.3 and 2.4
 //! send `BootstrapParams` and record the version 3 of sturdy's `BootstrapResult`, attach
 //! the pod's other containers without running `start`, and send no Shutdown for them.
-//!
-//! These need the fixture's 2.2 / 2.3 / 2.4 generations (issue 17 part 1): until the
-//! fixture has them they are ignored, and `newer_generation` says what is missing.
 
 use std::path::Path;
 use std::time::Duration;
 
-use sturdy_integration::k8s_cri::v1::PodSandboxState;
+use sturdy_integration::k8s_cri::v1::{
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
+    NamespaceMode, NamespaceOption, PodSandboxState,
+};
 use sturdy_integration::{cleanup, container_config, until, Containerd, Generation, Handler};
 use sturdy_integration::{Cri, CRI_NAMESPACE};
 
-const NEEDS_FIXTURE: &str = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)";
-
-/// The fixture's generation `name` (`2.2`, `2.3`, `2.4`). The fixture does not know them
-/// yet (issue 17 part 1); this is the one place that changes when it does.
-fn newer_generation(name: &str) -> Generation {
-    Generation::parse(name)
-        .filter(|g| g.name() == name)
-        .unwrap_or_else(|| {
-            panic!("the fixture has no containerd {name} generation yet: {NEEDS_FIXTURE}")
-        })
-}
-
 /// The generation, or None (with a visible skip) when this host cannot run it.
 fn runnable(name: &str) -> Option<Generation> {
-    let g = newer_generation(name);
+    let g = Generation::parse(name).unwrap_or_else(|| panic!("no containerd {name} generation"));
     if g.available() {
         return Some(g);
     }
@@ -58,15 +46,35 @@ fn recorded(bundle: &Path) -> Recorded {
     }
 }
 
-/// A sturdy pod with one running container on generation `g`.
+/// A sturdy pod with one running container on generation `g`. Each container has its own
+/// pid namespace, as a kubelet asks unless `shareProcessNamespace` is set (CRI's zero value
+/// is the pod's, where the pause process's death kills the app with it).
 async fn pod_with_app(fx: &Containerd, cri: &mut Cri, name: &str) -> (String, String) {
-    let cfg = fx.pod_config(name);
+    let own_pids = || NamespaceOption {
+        pid: NamespaceMode::Container as i32,
+        ..Default::default()
+    };
+    let mut cfg = fx.pod_config(name);
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context = Some(LinuxSandboxSecurityContext {
+        namespace_options: Some(own_pids()),
+        ..Default::default()
+    });
+    let mut app_config = container_config("app", &["/bin/sleep", "3600"]);
+    app_config.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            namespace_options: Some(own_pids()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     let pod = cri
         .run_pod(Handler::Sturdy, &cfg)
         .await
         .expect("RunPodSandbox");
     let app = cri
-        .create_container(&pod, container_config("app", &["/bin/sleep", "3600"]), &cfg)
+        .create_container(&pod, app_config, &cfg)
         .await
         .expect("CreateContainer");
     cri.start_container(&app).await.expect("StartContainer");
@@ -199,37 +207,31 @@ async fn pause_gone_first_still_ends_the_shim(name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
 async fn containerd_2_2_starts_sturdy() {
     starts_sturdy("2.2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
 async fn containerd_2_3_starts_sturdy() {
     starts_sturdy("2.3").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
 async fn containerd_2_4_starts_sturdy() {
     starts_sturdy("2.4").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
 async fn containerd_2_2_pause_gone_first() {
     pause_gone_first_still_ends_the_shim("2.2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
 async fn containerd_2_3_pause_gone_first() {
     pause_gone_first_still_ends_the_shim("2.3").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
 async fn containerd_2_4_pause_gone_first() {
     pause_gone_first_still_ends_the_shim("2.4").await;
 }

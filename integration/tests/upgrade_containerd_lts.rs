@@ -6,8 +6,6 @@
 //! Every pod keeps its sandbox, IP, processes and shim; exec and logs work; old pods take
 //! new containers; nothing is left once the pods are removed. Go-shim pods run alongside,
 //! for comparison.
-//!
-//! Needs the fixture's 2.3 / 2.4 generations (issue 17 part 1): ignored until then.
 
 mod upgrade_support;
 
@@ -15,16 +13,6 @@ use std::time::Instant;
 
 use sturdy_integration::{Containerd, Generation, Handler, CRI_NAMESPACE};
 use upgrade_support::{distinct_ips, start_pods, upgrade, Pod};
-
-/// The fixture's generation `name`. The fixture does not know 2.3 / 2.4 yet (issue 17 part
-/// 1); this is the one place that changes when it does.
-fn newer_generation(name: &str) -> Generation {
-    Generation::parse(name)
-        .filter(|g| g.name() == name)
-        .unwrap_or_else(|| {
-            panic!("the fixture has no containerd {name} generation yet (issue 17 part 1)")
-        })
-}
 
 /// Skips (visibly) when a generation the chain needs is not on this host.
 fn available(chain: &[Generation]) -> bool {
@@ -49,9 +37,8 @@ fn recorded_version(fx: &Containerd, pod: &Pod) -> Option<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the 2.2+/2.3/2.4 generation fixture (issue 17 part 1)"]
 async fn containerd_lts_upgrades_keep_pods() {
-    let (v2_3, v2_4) = (newer_generation("2.3"), newer_generation("2.4"));
+    let (v2_3, v2_4) = (Generation::V2_3, Generation::V2_4);
     if !available(&[Generation::V1_7, v2_3, v2_4]) {
         return;
     }

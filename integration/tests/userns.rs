@@ -3,15 +3,14 @@
 //! reports a handler's user-namespace support from the shim's `-info`. Both handlers run
 //! on the same containerd with runc 1.4.3 (runc 1.1, Debian's, cannot idmap).
 //!
-//! The issue asks for containerd 2.3; the fixture does not know that generation yet
-//! (issue 17 part 1), so that test is ignored until `Generation::parse("2.3")` finds it.
-//! The same body runs on containerd 2.1, which the fixture knows and which makes the same
-//! requests.
+//! It runs on every 2.x generation the fixture knows: 2.1, 2.2, 2.3 (the LTS line the
+//! issue names) and 2.4.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
+use sturdy_integration::containerd::default_shim_bin;
 use sturdy_integration::handler::run_on;
 use sturdy_integration::k8s_cri::v1::{
     IdMapping, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
@@ -25,7 +24,6 @@ use sturdy_integration::{
 const HOST_ID: u32 = 7 * 65536;
 const LENGTH: u32 = 65536;
 const RUNC: &str = "runc-1.4.3";
-const NEEDS_2_3: &str = "needs the 2.3 generation fixture (issue 17 part 1)";
 
 /// The CRI handler name of `h` on runc 1.4.3 in this file's fixtures.
 fn handler_name(h: Handler) -> String {
@@ -43,13 +41,14 @@ async fn containerd_with_runc_1_4_3(g: Generation, conf: &Path) -> Option<Contai
         }
     };
     let roots = conf.join("roots");
-    let sturdy = ExtraRuntime::sturdy_with_runc(
+    // As docs/operations.md tells operators: containerd handles user namespaces only for
+    // runc.v2 handlers (see ExtraRuntime::sturdy_as_runc_v2_with_runc).
+    let sturdy = ExtraRuntime::sturdy_as_runc_v2_with_runc(
         &handler_name(Handler::Sturdy),
-        &conf.join("sturdy.toml"),
+        &default_shim_bin(),
         &runc,
         &roots.join("sturdy"),
-    )
-    .expect("sturdy options file");
+    );
     let go = ExtraRuntime::go_with_runc(&handler_name(Handler::Runc), &runc, &roots.join("go"));
     let fx = Containerd::builder()
         .generation(g)
@@ -59,12 +58,6 @@ async fn containerd_with_runc_1_4_3(g: Generation, conf: &Path) -> Option<Contai
         .await
         .unwrap_or_else(|e| panic!("start containerd {g} with {RUNC}: {e}"));
     Some(fx)
-}
-
-/// The fixture the issue asks for: containerd 2.3 (the LTS line) with runc 1.4.3. None
-/// until the fixture knows 2.3.
-fn generation_2_3() -> Option<Generation> {
-    Generation::parse("2.3").filter(|g| g.version().starts_with("2.3."))
 }
 
 /// The namespace options a kubelet sends for a `hostUsers: false` pod, on the pod and on
@@ -152,6 +145,12 @@ async fn hostusers_false_pod(g: Generation, h: Handler) {
         .await
         .unwrap_or_else(|e| panic!("CreateContainer via {handler}: {e}\n{}", fx.log_tail(30)));
     cri.start_container(&ctr).await.expect("StartContainer");
+    if h == Handler::Sturdy {
+        // Registered as runc.v2: make sure it is sturdy that serves the pod.
+        let shim = fx.shim_pid(CRI_NAMESPACE, &pod).expect("the pod's shim");
+        let exe = std::fs::read_link(format!("/proc/{shim}/exe")).expect("shim exe");
+        assert_eq!(exe, default_shim_bin(), "{handler}: not served by sturdy");
+    }
 
     // Inside: root, in a namespace mapping it to HOST_ID, over root-owned files, and what
     // it writes is root's.
@@ -212,39 +211,27 @@ async fn hostusers_false_pod(g: Generation, h: Handler) {
     );
 }
 
-mod containerd_2_1 {
-    use super::*;
+macro_rules! userns_tests {
+    ($($module:ident => $generation:expr),* $(,)?) => {$(
+        mod $module {
+            use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn runc() {
-        run_on(Generation::V2_1, |g| hostusers_false_pod(g, Handler::Runc)).await
-    }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn runc() {
+                run_on($generation, |g| hostusers_false_pod(g, Handler::Runc)).await
+            }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sturdy() {
-        run_on(Generation::V2_1, |g| {
-            hostusers_false_pod(g, Handler::Sturdy)
-        })
-        .await
-    }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sturdy() {
+                run_on($generation, |g| hostusers_false_pod(g, Handler::Sturdy)).await
+            }
+        }
+    )*};
 }
 
-mod containerd_2_3 {
-    use super::*;
-
-    fn generation() -> Generation {
-        generation_2_3().unwrap_or_else(|| panic!("{NEEDS_2_3}"))
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs the 2.3 generation fixture (issue 17 part 1)"]
-    async fn runc() {
-        run_on(generation(), |g| hostusers_false_pod(g, Handler::Runc)).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs the 2.3 generation fixture (issue 17 part 1)"]
-    async fn sturdy() {
-        run_on(generation(), |g| hostusers_false_pod(g, Handler::Sturdy)).await
-    }
+userns_tests! {
+    containerd_2_1 => Generation::V2_1,
+    containerd_2_2 => Generation::V2_2,
+    containerd_2_3 => Generation::V2_3,
+    containerd_2_4 => Generation::V2_4,
 }

@@ -69,6 +69,22 @@ impl ExtraRuntime {
         })
     }
 
+    /// A handler `name` of the sturdy shim `shim` registered as `io.containerd.runc.v2` with
+    /// `runtime_path`, so containerd sends it runc's own options type: what containerd
+    /// needs for `hostUsers: false` pods (2.1 introspects only runc.v2 handlers; 2.2+ sets
+    /// the IO owner through runc's options and refuses a `ConfigPath` handler).
+    pub fn sturdy_as_runc_v2_with_runc(
+        name: &str,
+        shim: &Path,
+        runc: &Path,
+        root: &Path,
+    ) -> ExtraRuntime {
+        ExtraRuntime {
+            runtime_path: Some(shim.to_path_buf()),
+            ..ExtraRuntime::go_with_runc(name, runc, root)
+        }
+    }
+
     /// A handler `name` of the Go shim (`io.containerd.runc.v2`) running `runc` as its runc
     /// with `root` as its runc root.
     pub fn go_with_runc(name: &str, runc: &Path, root: &Path) -> ExtraRuntime {
