@@ -17,7 +17,8 @@ use sturdy_integration::k8s_cri::v1::{
     NamespaceMode, NamespaceOption, StatusRequest, UserNamespace,
 };
 use sturdy_integration::{
-    container_config, tools, Containerd, ExtraRuntime, Generation, Handler, CRI_NAMESPACE,
+    container_config, tools, Containerd, ExtraRuntime, Generation, Handler, OciRuntime,
+    CRI_NAMESPACE,
 };
 
 /// The host ids the pod's ids 0..65536 stand for (a kubelet picks a multiple of 65536).
@@ -52,6 +53,7 @@ async fn containerd_with_runc_1_4_3(g: Generation, conf: &Path) -> Option<Contai
     let go = ExtraRuntime::go_with_runc(&handler_name(Handler::Runc), &runc, &roots.join("go"));
     let fx = Containerd::builder()
         .generation(g)
+        .oci_runtime(OciRuntime::Runc1_4)
         .runtime(sturdy)
         .runtime(go)
         .start()
@@ -119,6 +121,27 @@ async fn hostusers_false_pod(g: Generation, h: Handler) {
         "{handler}: user namespaces not reported\n{}",
         fx.log_tail(30)
     );
+
+    if h == Handler::Sturdy {
+        // The fixture's own `sturdy` handler (io.containerd.sturdy.v2 with an options
+        // table) cannot run these pods: 2.1 does not introspect it at all, and on 2.2+
+        // sturdy's -info withdraws the claim, so kubelet refuses such a pod up front.
+        let plain = status
+            .runtime_handlers
+            .iter()
+            .find(|r| r.name == Handler::Sturdy.name())
+            .expect("the fixture's sturdy handler in Status");
+        match g {
+            Generation::V2_1 => assert_eq!(plain.features, None),
+            _ => assert!(
+                !plain
+                    .features
+                    .expect("features of the sturdy handler")
+                    .user_namespaces,
+                "the sturdy.v2 handler with options claims user namespaces"
+            ),
+        }
+    }
 
     let mut pod_config = fx.pod_config("userns");
     pod_config

@@ -54,9 +54,11 @@ pub(super) fn info(runtime_name: &str) -> Result<(), String> {
     if let Err(e) = &features {
         eprintln!("{runtime_name}: no runtime features: {e}");
     }
+    let registration = registration_blocks_userns(options.as_ref());
     let idmap_error = features.as_mut().ok().and_then(|f| {
-        truthful_idmap(f, || {
-            crate::mount::idmap_support(&Reaper::global()).map_err(|e| e.to_string())
+        truthful_idmap(f, || match registration {
+            Some(why) => Err(why),
+            None => crate::mount::idmap_support(&Reaper::global()).map_err(|e| e.to_string()),
         })
     });
     if let Some(e) = &idmap_error {
@@ -89,6 +91,23 @@ pub(super) fn runtime_name(argv0: &Path) -> String {
         }
         _ => "io.containerd.sturdy.v2".to_string(),
     }
+}
+
+/// Why a handler that hands its shim `runtimeoptions.v1.Options` (an `options` table under a
+/// runtime type other than runc's) cannot run `hostUsers: false` pods: containerd 2.2+ sets
+/// the IO owner of such a pod's task through runc's options type and fails to convert
+/// these ("can't unmarshal type runtimeoptions.v1.Options"), before the shim is asked. So
+/// the claim is withdrawn and kubelet refuses the pod up front, naming the handler.
+fn registration_blocks_userns(options: Option<&Any>) -> Option<String> {
+    let any = options?;
+    let name = any.type_url.rsplit('/').next().unwrap_or_default();
+    (name == crate::options::RUNTIME_OPTIONS_TYPE).then(|| {
+        "this handler passes runtimeoptions.v1.Options (an options table under \
+         io.containerd.sturdy.v2), which containerd cannot start user-namespaced pods with; \
+         register sturdy as io.containerd.runc.v2 with runtime_path, or without an options \
+         table (docs/operations.md, \"User namespaces\")"
+            .to_string()
+    })
 }
 
 /// Turns `linux.mountExtensions.idmap.enabled` off when the runtime claims it and `probe`
@@ -267,6 +286,25 @@ mod tests {
                 .map(String::as_str),
             Some("why")
         );
+    }
+
+    /// containerd cannot start a user-namespaced task for a handler with CRI's generic
+    /// options type; runc's options type or none leaves the decision to the kernel probe.
+    #[test]
+    fn a_runtimeoptions_handler_does_not_claim_idmap() {
+        let generic = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value: vec![],
+            ..Default::default()
+        };
+        let why = registration_blocks_userns(Some(&generic)).expect("refused");
+        assert!(why.contains("io.containerd.runc.v2"), "{why}");
+        let runc = Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            ..Default::default()
+        };
+        assert_eq!(registration_blocks_userns(Some(&runc)), None);
+        assert_eq!(registration_blocks_userns(None), None);
     }
 
     /// This kernel can idmap, so a runtime that claims it keeps the claim.
