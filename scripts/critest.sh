@@ -3,7 +3,7 @@
 # a private containerd of one generation over one OCI runtime:
 #
 #   scripts/critest.sh HANDLER [GENERATION] [--critest VERSION] [--runc RUNTIME]
-#                      [--results FILE] [--focus REGEX]
+#                      [--results FILE] [--focus REGEX] [--sturdy-as-runc-type]
 #
 # HANDLER is sturdy or runc (containerd's Go shim of that generation); GENERATION is 1.6
 # (Debian's, the default), 1.7, 2.1, 2.2, 2.3 or 2.4 (from ../shared/tools). VERSION is the
@@ -14,7 +14,9 @@
 # a hosts.toml per upstream registry. Prints the failed specs with the first line of each
 # failure, then `N passed, M failed`. Everything started (containerd, shims, pods, registry,
 # critest) is stopped by PID, and the SysV shm segments the HostIpc specs leave are
-# removed, also on Ctrl-C / TERM.
+# removed, also on Ctrl-C / TERM. --sturdy-as-runc-type registers the sturdy handler as
+# io.containerd.runc.v2 with runtime_path (no ConfigPath), the registration containerd 2.x
+# needs for user-namespaced pods (docs/operations.md, "User namespaces").
 #
 # Exit status: 0 every spec passed, 1 some failed, 2 usage, 3 could not run,
 # 77 ../shared/tools (or $STURDY_TOOLS) lacks what the run needs, 130 interrupted.

@@ -72,6 +72,8 @@ pub struct Containerd {
     sturdy_as_runc_v2: bool,
     /// Whether the config defines the `sturdy` handler (and bin/ holds its shim).
     sturdy_handler: bool,
+    /// The `sturdy` handler is registered as `io.containerd.runc.v2` with `runtime_path`.
+    sturdy_runc_type: bool,
     sandbox_image: String,
     registry_config_path: Option<PathBuf>,
     port_mapping: bool,
@@ -422,6 +424,7 @@ impl Containerd {
             extra_runtimes: Vec::new(),
             sturdy_as_runc_v2: false,
             sturdy_handler: true,
+            sturdy_runc_type: false,
             sandbox_image: PAUSE_IMAGE.into(),
             registry_config_path: None,
             port_mapping: false,

@@ -22,6 +22,7 @@ pub struct Builder {
     extra_runtimes: Vec<ExtraRuntime>,
     sturdy_as_runc_v2: bool,
     sturdy_handler: bool,
+    sturdy_runc_type: bool,
     generation: Option<Generation>,
     oci_runtime: Option<OciRuntime>,
     sandbox_image: String,
@@ -110,6 +111,7 @@ impl Default for Builder {
             extra_runtimes: Vec::new(),
             sturdy_as_runc_v2: false,
             sturdy_handler: true,
+            sturdy_runc_type: false,
             generation: None,
             oci_runtime: None,
             sandbox_image: PAUSE_IMAGE.into(),
@@ -143,6 +145,14 @@ impl Builder {
     /// `io.containerd.runc.v2` runtimes (and the runc options encoding) reach sturdy.
     pub fn sturdy_as_runc_v2(mut self) -> Self {
         self.sturdy_as_runc_v2 = true;
+        self
+    }
+
+    /// Registers the `sturdy` handler as `runtime_type = "io.containerd.runc.v2"` with
+    /// `runtime_path` naming sturdy, with runc's options (no `ConfigPath`): the registration
+    /// containerd needs for `hostUsers: false` pods (docs/operations.md, "User namespaces").
+    pub fn sturdy_handler_as_runc_type(mut self) -> Self {
+        self.sturdy_runc_type = true;
         self
     }
 
@@ -228,6 +238,7 @@ impl Builder {
         fx.extra_runtimes = self.extra_runtimes;
         fx.sturdy_as_runc_v2 = self.sturdy_as_runc_v2;
         fx.sturdy_handler = self.sturdy_handler;
+        fx.sturdy_runc_type = self.sturdy_runc_type;
         fx.sandbox_image = self.sandbox_image;
         fx.registry_config_path = self.registry_config_path;
         fx.port_mapping = self.port_mapping;

@@ -255,17 +255,24 @@ disabled_plugins = [
             if h == Handler::Sturdy && !self.sturdy_handler {
                 continue;
             }
+            let runc_type = h == Handler::Sturdy && self.sturdy_runc_type;
+            let (rt, path) = if runc_type {
+                let path = format!("  runtime_path = {}\n", qp(&self.shim_on_path()));
+                (Handler::Runc.runtime_type(), path)
+            } else {
+                (h.runtime_type(), String::new())
+            };
             out.push_str(&format!(
-                "\n[{prefix}.{name}]\n  runtime_type = {rt}\n\
+                "\n[{prefix}.{name}]\n  runtime_type = {rt}\n{path}\
                  [{prefix}.{name}.options]\n  Root = {root}\n",
                 name = h.name(),
-                rt = q(h.runtime_type()),
+                rt = q(rt),
                 root = qp(&self.runc_root()),
             ));
             if let Some(bin) = &self.runc_binary {
                 out.push_str(&format!("  BinaryName = {}\n", qp(bin)));
             }
-            if h == Handler::Sturdy {
+            if h == Handler::Sturdy && !runc_type {
                 // containerd 1.6 passes non-runc runtime types only TypeUrl/ConfigPath
                 // (1.7 and 2.x would send the table as ConfigBody without it).
                 out.push_str(&format!(

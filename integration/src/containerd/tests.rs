@@ -80,6 +80,21 @@ fn runc_binary_reaches_both_handlers_and_the_sturdy_options_file() {
 }
 
 #[test]
+fn sturdy_handler_as_runc_type_names_sturdy_by_path_without_config_path() {
+    for g in Generation::ALL {
+        let mut fx = unstarted(g);
+        fx.sturdy_runc_type = true;
+        let cfg = fx.config_toml();
+        assert!(!cfg.contains("io.containerd.sturdy.v2"), "{g}");
+        assert!(!cfg.contains("ConfigPath"), "{g}");
+        let path = format!("runtime_path = \"{}\"", fx.shim_on_path().display());
+        assert_eq!(cfg.matches(&path).count(), 1, "{g}");
+        assert_eq!(cfg.matches("io.containerd.runc.v2").count(), 2, "{g}");
+        parsed(&fx);
+    }
+}
+
+#[test]
 fn cni_conflist_is_ours() {
     let mut fx = unstarted(Generation::V1_6);
     let cni: serde_json::Value = serde_json::from_str(&fx.cni_conflist()).unwrap();

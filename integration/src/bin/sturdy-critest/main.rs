@@ -19,7 +19,7 @@ use leftovers::{nat_chains, remove_new_cni_chains, remove_new_shm, shm_ids};
 
 const USAGE: &str =
     "usage: sturdy-critest HANDLER [GENERATION] [--critest VERSION] [--runc RUNTIME]
-                      [--results FILE] [--focus REGEX]
+                      [--results FILE] [--focus REGEX] [--sturdy-as-runc-type]
 
 Runs critest serially through HANDLER (sturdy or runc, the generation's Go shim) of a
 private containerd of GENERATION (1.6, 1.7, 2.1, 2.2, 2.3 or 2.4; default 1.6), pulling
@@ -32,6 +32,9 @@ also on Ctrl-C.
                      (default: $STURDY_RUNC, else 1.1)
   --results FILE     also write one `PASS|FAIL<TAB>spec` line per spec to FILE
   --focus REGEX      only the specs matching REGEX (critest -ginkgo.focus)
+  --sturdy-as-runc-type
+                     register the sturdy handler as io.containerd.runc.v2 with
+                     runtime_path, as user-namespaced pods need (docs/operations.md)
 
 Exit status: 0 all specs passed, 1 some failed, 2 usage, 3 could not run,
 77 ../shared/tools (or what it should hold) is absent, 130 interrupted.";
@@ -59,6 +62,7 @@ struct Args {
     runtime: OciRuntime,
     results: Option<PathBuf>,
     focus: Option<String>,
+    sturdy_runc_type: bool,
 }
 
 #[derive(Debug)]
@@ -95,11 +99,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Failure> {
     let mut focus = None;
     let mut critest = CritestVersion::default();
     let mut runtime = None;
+    let mut sturdy_runc_type = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--results" => results = it.next().map(PathBuf::from),
             "--focus" => focus = it.next(),
+            "--sturdy-as-runc-type" => sturdy_runc_type = true,
             "--critest" => {
                 let v = it.next().unwrap_or_default();
                 critest = CritestVersion::parse(&v)
@@ -140,6 +146,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Failure> {
         runtime,
         results,
         focus,
+        sturdy_runc_type,
     })
 }
 
@@ -298,8 +305,12 @@ fn run(args: &Args) -> Result<Results, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Setup(format!("tokio runtime: {e}")))?;
+    let mut builder = Containerd::builder();
+    if args.sturdy_runc_type {
+        builder = builder.sturdy_handler_as_runc_type();
+    }
     let fx = rt.block_on(
-        Containerd::builder()
+        builder
             .generation(args.generation)
             .oci_runtime(args.runtime)
             .without_images()
