@@ -16,7 +16,13 @@ trap 'rm -rf "$work"' EXIT
 bash scripts/leak-check.sh selftest
 bash scripts/leak-check.sh snapshot "$work/before"
 
-step() { echo; echo "==> $*"; }
+# step TITLE: ends the previous step with its time, starts the next (CI has a time budget:
+# docs/testing.md, "CI time").
+step_name="" step_start=$start
+step_done() {
+    [ -z "$step_name" ] || echo "<== ${step_name}: $(( $(date +%s) - step_start ))s (total $(( $(date +%s) - start ))s)"
+}
+step() { step_done; step_name=$*; step_start=$(date +%s); echo; echo "==> $*"; }
 
 # The skip allow-list (docs/testing.md, "Skips"), also for this script's own steps and for
 # the tests cargo reports `ignored`. skip_reason NAME prints the reason of the line naming
@@ -93,7 +99,7 @@ check_ignored "$work/test.log"
 # STURDY_TEST_GENERATIONS lists the reruns, each GENERATION or GENERATION/RUNTIME (the OCI
 # runtime both handlers run, as STURDY_RUNC takes it: 1.1, 1.3, 1.4 or crun), e.g.
 # "1.7 2.2 2.3/1.4 2.4/1.4".
-for entry in ${STURDY_TEST_GENERATIONS:-1.7 2.1}; do
+for entry in ${STURDY_TEST_GENERATIONS:-1.7 2.2/1.3 2.3/1.4}; do
     generation=${entry%%/*}
     runtime=1.1
     label=$generation
@@ -193,11 +199,58 @@ fi
 [ "$critest_status" -eq 0 ] || test_status=1
 [ "$skip_status" -eq 0 ] || test_status=1
 
+# critest v1.36.0 on today's stack (containerd 2.3 LTS, runc 1.4.3), through the Go shim
+# and through sturdy registered both ways (docs/operations.md, "User namespaces"):
+# - as io.containerd.runc.v2 with runtime_path: every spec the Go shim passes, sturdy passes
+#   (a skip is no pass), user-namespace specs included;
+# - as io.containerd.sturdy.v2 with options (what `sturdyctl install` writes): the same, but
+#   the user-namespace specs must skip: containerd cannot start such pods for this
+#   registration, so sturdy's -info does not claim them and CRI refuses them up front.
+step "critest v1.36.0 on containerd 2.3 with runc 1.4: runc, sturdy as runc.v2, sturdy"
+passed_specs() { sed -n 's/^PASS\t//p' "$1" | sort; }
+if ! bash scripts/critest.sh --check 2.3 --critest 1.36.0 --runc 1.4; then
+    skipped "scripts/test.sh::critest-1.36" "critest 1.36, containerd 2.3 or runc 1.4 is not in ../shared/tools"
+else
+    c136_status=0
+    for r in runc sturdy-rt sturdy; do
+        extra=()
+        [ "$r" != sturdy-rt ] || extra=(--sturdy-as-runc-type)
+        t0=$(date +%s) rc=0
+        bash scripts/critest.sh "${r%-rt}" 2.3 --critest 1.36.0 --runc 1.4 "${extra[@]}" \
+            --results "$work/critest136-$r.txt" || rc=$?
+        echo "    ($r: critest.sh exit $rc after $(( $(date +%s) - t0 ))s)"
+        case "$rc" in 0|1) ;; *) echo "critest 1.36 $r could not run" >&2; c136_status=1 ;; esac
+    done
+    if [ "$c136_status" -eq 0 ]; then
+        go_passed=$(passed_specs "$work/critest136-runc.txt")
+        userns=$(grep 'UserNamespaces' <<<"$go_passed" || true)
+        [ -n "$userns" ] || { echo "critest 1.36: the Go shim passed no user-namespace spec" >&2; c136_status=1; }
+        for r in sturdy-rt sturdy; do
+            missing=$(comm -23 <(echo "$go_passed") <(passed_specs "$work/critest136-$r.txt"))
+            expected=""
+            [ "$r" != sturdy ] || expected=$userns
+            if [ "$missing" != "$expected" ]; then
+                echo "critest 1.36: $r does not pass what the Go shim passes (besides: ${expected:-nothing}):" >&2
+                comm -3 <(echo "$missing") <(echo "$expected") >&2
+                c136_status=1
+            fi
+            if [ "$r" = sturdy ] && grep -q $'^FAIL\t.*UserNamespaces' "$work/critest136-$r.txt"; then
+                echo "critest 1.36: sturdy.v2 ran a user-namespace spec and failed it (it must skip)" >&2
+                c136_status=1
+            fi
+            echo "critest 1.36 on 2.3/runc 1.4: $r $(grep -c '^PASS' "$work/critest136-$r.txt") passed" \
+                "(Go shim: $(grep -c '^PASS' "$work/critest136-runc.txt"))"
+        done
+    fi
+    [ "$c136_status" -eq 0 ] || test_status=1
+fi
+
 # Runs even after failed tests: a failing test must not leak either.
 step "leak check"
 leak_status=0
 bash scripts/leak-check.sh check "$work/before" || leak_status=$?
 
+step_done
 echo
 echo "==> scripts/test.sh finished in $(( $(date +%s) - start ))s (tests: exit $test_status, leak check: exit $leak_status)"
 if [ "$test_status" -ne 0 ] || [ "$leak_status" -ne 0 ]; then

@@ -277,7 +277,7 @@ parity_tests! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sturdy_checkpoint_without_criu_is_a_failed_precondition() {
     let fx = Containerd::start().await.expect("start containerd");
-    let missing = fx.dir().join("no-criu-here");
+    let missing = fx.dir().join("no-criu-here").join("criu");
     let options = fx.dir().join("sturdy-no-criu.toml");
     let base = std::fs::read_to_string(fx.sturdy_options_path()).expect("sturdy options");
     std::fs::write(

@@ -248,6 +248,9 @@ pub(crate) fn base_command(
 ) -> std::process::Command {
     let mut cmd = std::process::Command::new(&cfg.binary);
     cmd.args(global);
+    if let Some(path) = cfg.criu_search_path() {
+        cmd.env("PATH", path);
+    }
     if let Some(path) = log.path() {
         cmd.arg("--log").arg(path);
     }

@@ -67,8 +67,10 @@ pub struct RuncConfig {
     pub output_limit: usize,
     /// F_SETPIPE_SZ for the client's pipes; None keeps the kernel default.
     pub pipe_size: Option<usize>,
-    /// --criu: the CRIU binary runc runs for checkpoint and restore (a name looked up on
-    /// PATH, or a path); None leaves runc's default, `criu` on PATH.
+    /// The CRIU binary runc runs for checkpoint and restore: `criu` on PATH, or a path to a
+    /// file named `criu`, whose directory is put first on runc's PATH. Not `--criu`: runc
+    /// 1.2 and 1.3 ignore that flag (they run `criu` from PATH) and 1.4 rejects it, for
+    /// every command. None leaves runc's default, `criu` on PATH.
     pub criu: Option<PathBuf>,
 }
 
@@ -114,11 +116,22 @@ impl RuncConfig {
         if self.debug {
             args.push("--debug".into());
         }
-        if let Some(criu) = &self.criu {
-            args.push("--criu".into());
-            args.push(criu.clone().into_os_string());
-        }
         args
+    }
+
+    /// The PATH runc gets when [`Self::criu`] is a path: its directory first.
+    pub(crate) fn criu_search_path(&self) -> Option<std::ffi::OsString> {
+        let dir = self.criu.as_deref()?.parent()?;
+        if dir.as_os_str().is_empty() {
+            return None;
+        }
+        let inherited = std::env::var_os("PATH").unwrap_or_else(|| {
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+        });
+        std::env::join_paths(
+            std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&inherited)),
+        )
+        .ok()
     }
 }
 
@@ -149,10 +162,18 @@ mod tests {
                 "--systemd-cgroup",
                 "--rootless=false",
                 "--debug",
-                "--criu",
-                "/opt/criu"
             ]
         );
         assert!(RuncConfig::default().global_args().is_empty());
+        let path = c.criu_search_path().expect("a PATH");
+        assert_eq!(
+            std::env::split_paths(&path).next(),
+            Some(std::path::PathBuf::from("/opt"))
+        );
+        let bare = RuncConfig {
+            criu: Some("criu".into()),
+            ..Default::default()
+        };
+        assert_eq!(bare.criu_search_path(), None);
     }
 }

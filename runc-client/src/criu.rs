@@ -47,6 +47,13 @@ pub fn locate(cfg: &RuncConfig, command: &'static str, id: &str) -> Result<PathB
     if wanted.as_os_str().is_empty() {
         return Err(missing("the configured CRIU path is empty".into()));
     }
+    if wanted.file_name() != Some(std::ffi::OsStr::new(DEFAULT_BINARY)) {
+        return Err(missing(format!(
+            "runc runs CRIU as `{DEFAULT_BINARY}` from its PATH (runc 1.2+ ignores --criu, \
+             1.4 rejects it), so a configured CRIU must be a file named {DEFAULT_BINARY} \
+             (sturdy puts its directory first on runc's PATH)"
+        )));
+    }
     // Like runc's own lookup: a name with a slash is a path, anything else is searched on
     // the PATH runc inherits from us.
     if wanted.as_os_str().as_bytes().contains(&b'/') {
@@ -186,14 +193,14 @@ mod tests {
             exe
         );
 
-        let plain = dir.path().join("plain");
+        let plain = dir.path().join("plain").join("criu");
+        std::fs::create_dir(plain.parent().unwrap()).unwrap();
         std::fs::write(&plain, "").unwrap();
         std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let gone = dir.path().join("gone");
-        for (path, why) in [
-            (&gone, "does not exist"),
-            (&dir.path().to_path_buf(), "is not a regular file"),
-        ] {
+        let gone = dir.path().join("gone").join("criu");
+        let a_dir = dir.path().join("d").join("criu");
+        std::fs::create_dir_all(&a_dir).unwrap();
+        for (path, why) in [(&gone, "does not exist"), (&a_dir, "is not a regular file")] {
             let err = locate(&config(Some(path)), "restore", "c1").unwrap_err();
             let text = err.to_string();
             assert!(
@@ -209,19 +216,14 @@ mod tests {
     }
 
     #[test]
-    fn a_bare_name_is_searched_on_path() {
-        // A name nobody has: the error says which name and which PATH.
-        let name = Path::new("criu-that-is-not-installed-anywhere");
-        let err = locate(&config(Some(name)), "checkpoint", "c1").unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("criu-that-is-not-installed-anywhere"),
-            "{text}"
-        );
-        assert!(text.contains("PATH"), "{text}");
-        // `sh` is on every PATH this runs with.
-        let sh = locate(&config(Some(Path::new("sh"))), "checkpoint", "c1").unwrap();
-        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+    fn only_a_binary_named_criu_can_be_configured() {
+        // runc looks for `criu` on PATH whatever it is told: any other name is refused
+        // before runc runs, a bare name or a path alike.
+        for name in ["criu-3.19", "sh", "/usr/bin/sh"] {
+            let err = locate(&config(Some(Path::new(name))), "checkpoint", "c1").unwrap_err();
+            assert!(err.is_criu_missing(), "{name}");
+            assert!(err.to_string().contains("named criu"), "{name}: {err}");
+        }
     }
 
     #[test]

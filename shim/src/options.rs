@@ -81,8 +81,8 @@ pub struct RuntimeOptions {
     pub io_uid: u32,
     /// Owner gid of the container's stdio pipes.
     pub io_gid: u32,
-    /// CRIU binary runc runs (runc's `--criu`): a name on PATH or an absolute path; empty
-    /// means `criu` on PATH.
+    /// CRIU binary runc runs: `criu` on PATH, or an absolute path to a file named `criu`
+    /// (runc-client puts its directory first on runc's PATH); empty means `criu` on PATH.
     #[serde(default)]
     pub criu_path: String,
     /// CRIU image path for checkpoints.
