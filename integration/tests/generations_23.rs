@@ -85,7 +85,6 @@ async fn pod_with_app(fx: &Containerd, cri: &mut Cri, name: &str) -> (String, St
 /// it (exec), and the shim is gone once the pod is.
 async fn starts_sturdy(name: &str) {
     let Some(g) = runnable(name) else { return };
-    let v3 = name != "2.2";
     let mut fx = Containerd::builder()
         .generation(g)
         .start()
@@ -109,7 +108,7 @@ async fn starts_sturdy(name: &str) {
     let address = p.address_file.clone().expect("sturdy writes `address`");
     assert_eq!(
         p.bootstrap,
-        serde_json::json!({ "version": if v3 { 3 } else { 2 }, "address": address, "protocol": "ttrpc" }),
+        serde_json::json!({ "version": 2, "address": address, "protocol": "ttrpc" }),
         "{name}: the pod's bootstrap.json"
     );
 
@@ -119,16 +118,11 @@ async fn starts_sturdy(name: &str) {
         address.as_str(),
         "{name}: one shim per pod"
     );
-    if v3 {
-        // Attached to the pod's shim without `start`: containerd's files only.
-        assert_eq!(a.bootstrap["version"], 3);
-        assert_eq!(a.sandbox_file.as_deref(), Some(pod.as_str()));
-        assert_eq!(a.address_file, None, "{name}: `start` ran for the app");
-    } else {
-        // `start` ran and found the pod's live daemon.
-        assert_eq!(a.bootstrap["version"], 2);
-        assert_eq!(a.address_file.as_deref(), Some(address.as_str()));
-    }
+    // `start` ran and found the pod's live daemon, on every generation: sturdy announces
+    // Task API 2, so 2.3+ does not attach containers without it (docs/bootstrap.md).
+    assert_eq!(a.bootstrap["version"], 2);
+    assert_eq!(a.address_file.as_deref(), Some(address.as_str()));
+    assert_eq!(a.sandbox_file, None, "{name}: attached without start");
     assert!(!a.shim_pid_file, "{name}: a second daemon for the app");
     assert_eq!(
         fx.shim_pid(CRI_NAMESPACE, &app),

@@ -2,7 +2,8 @@
 //! then 2.3 → 2.4, under live pods (as upgrade_containerd.rs does for 1.6 → 1.7 → 2.1).
 //! sturdy pods started by 1.7 answered a bare address and have only an `address` file;
 //! 2.3 migrates them to `bootstrap.json` version 2 and starts new containers in them with
-//! `BootstrapParams`; pods started by 2.3 carry version 3 into 2.4 (docs/bootstrap.md).
+//! `BootstrapParams`; pods started by 2.3 carry what sturdy announced (Task API 2) into 2.4
+//! (docs/bootstrap.md).
 //! Every pod keeps its sandbox, IP, processes and shim; exec and logs work; old pods take
 //! new containers; nothing is left once the pods are removed. Go-shim pods run alongside,
 //! for comparison.
@@ -28,6 +29,11 @@ fn available(chain: &[Generation]) -> bool {
     }
     true
 }
+
+/// The Task API version sturdy announces in its `BootstrapResult`: 2, so that containerd
+/// keeps running `start` and `delete` for each container (docs/bootstrap.md, "Why Task API
+/// 2").
+const TASK_API: u64 = 2;
 
 /// The Task API version containerd recorded for a sturdy pod's shim.
 fn recorded_version(fx: &Containerd, pod: &Pod) -> Option<u64> {
@@ -82,7 +88,7 @@ async fn containerd_lts_upgrades_keep_pods() {
     for pod in c.iter().filter(|p| p.handler == Handler::Sturdy) {
         assert_eq!(
             recorded_version(&fx, pod),
-            Some(3),
+            Some(TASK_API),
             "{}: a pod 2.3 started",
             pod.name
         );
@@ -99,7 +105,7 @@ async fn containerd_lts_upgrades_keep_pods() {
     for pod in c.iter().filter(|p| p.handler == Handler::Sturdy) {
         assert_eq!(
             recorded_version(&fx, pod),
-            Some(3),
+            Some(TASK_API),
             "{}: 2.3's record after 2.4's restore",
             pod.name
         );

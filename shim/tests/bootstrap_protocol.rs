@@ -139,7 +139,7 @@ fn bootstrap_params_get_a_bootstrap_result() {
     assert_eq!(reply.address, expected, "socket not in socket_dir");
     assert_eq!(
         bootstrap_json(&out.stdout, true),
-        json!({ "version": 3, "address": expected, "protocol": "ttrpc" })
+        json!({ "version": 2, "address": expected, "protocol": "ttrpc" })
     );
     assert_eq!(
         std::fs::read_to_string(pod.path().join("address")).unwrap(),
@@ -197,7 +197,7 @@ fn bootstrap_params_get_a_bootstrap_result() {
     let again = BootstrapResult::parse_from_bytes(&out.stdout).unwrap();
     assert_eq!(
         (again.version, again.address.as_str()),
-        (3, expected.as_str())
+        (2, expected.as_str())
     );
     assert!(
         !member.path().join("shim.pid").exists(),

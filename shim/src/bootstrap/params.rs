@@ -26,8 +26,14 @@ pub const MAX_STDIN: u64 = 10 << 20;
 /// the exec; a stdin that neither delivers nor closes would hold `start` (and the
 /// container's creation) forever.
 pub const STDIN_DEADLINE: Duration = Duration::from_secs(10);
-/// Task API version announced in a `BootstrapResult`: sturdy serves `containerd.task.v3.Task`.
-pub const TASK_API_VERSION: i32 = 3;
+/// Task API version announced in a `BootstrapResult`. sturdy serves `containerd.task.v3.Task`
+/// too, but announcing 3 tells containerd 2.3+ that the shim implements the sandbox API and
+/// cleans up its containers itself: containerd then attaches a pod's containers without
+/// `start` and, when the shim dies, runs `delete` for the sandbox only, so the other
+/// containers' processes, cgroups and runc state outlive it (measured on 2.3.4:
+/// docs/bootstrap.md, "Why Task API 2"). With 2, containerd runs `start` and `delete` for
+/// each container, as 1.6-2.2 do.
+pub const TASK_API_VERSION: i32 = 2;
 /// Transport announced in a `BootstrapResult`.
 const PROTOCOL: &str = "ttrpc";
 

@@ -102,7 +102,7 @@ fn bootstrap_params_are_the_2_3_protocol() {
     );
 
     let reply = BootstrapResult::parse_from_bytes(&input.reply("unix:///x/s/ab")).unwrap();
-    assert_eq!(reply.version, 3);
+    assert_eq!(reply.version, 2);
     assert_eq!(reply.address, "unix:///x/s/ab");
     assert_eq!(reply.protocol, "ttrpc");
     assert!(reply.capabilities.is_empty() && reply.metadata.is_empty());

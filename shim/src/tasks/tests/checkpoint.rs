@@ -31,9 +31,15 @@ fn request(
     req
 }
 
-/// Any executable stands in for CRIU: the fake runc never runs it.
+/// Any executable named `criu` stands in for CRIU: the fake runc never runs it.
 fn criu(rig: &Rig) -> PathBuf {
-    rig.dir.path().join("runc")
+    let dir = rig.dir.path().join("criu-bin");
+    let criu = dir.join("criu");
+    if !criu.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(rig.dir.path().join("runc"), &criu).unwrap();
+    }
+    criu
 }
 
 /// Creates and starts `id`, with CRIU present.
@@ -161,7 +167,7 @@ async fn checkpoint_needs_a_running_or_paused_container() {
 #[tokio::test]
 async fn checkpoint_and_restore_without_criu_fail_their_precondition_naming_it() {
     let rig = Rig::new();
-    let missing = rig.dir.path().join("no-criu-here");
+    let missing = rig.dir.path().join("no-criu-here").join("criu");
     let bundle = rig.bundle("c", &[]);
     rig.tasks
         .create(request(&rig, "c", &bundle, &missing, None))
