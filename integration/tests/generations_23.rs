@@ -11,7 +11,9 @@ use sturdy_integration::k8s_cri::v1::{
     LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
     NamespaceMode, NamespaceOption, PodSandboxState,
 };
-use sturdy_integration::{cleanup, container_config, until, Containerd, Generation, Handler};
+use sturdy_integration::{
+    cleanup, container_config, until, until_some, Containerd, Generation, Handler,
+};
 use sturdy_integration::{Cri, CRI_NAMESPACE};
 
 /// The generation, or None (with a visible skip) when this host cannot run it.
@@ -174,8 +176,17 @@ async fn pause_gone_first_still_ends_the_shim(name: &str) {
         .await,
         "{name}: CRI never deleted the dead pause task"
     );
-    let status = cri.pod_status(&pod).await.expect("PodSandboxStatus");
-    assert_eq!(status.state, PodSandboxState::SandboxNotready as i32);
+    // CRI removes the bundle before it marks the sandbox NotReady.
+    let not_ready = until_some(Duration::from_secs(10), || {
+        let mut cri = cri.clone();
+        let pod = pod.clone();
+        async move {
+            let state = cri.pod_status(&pod).await.ok()?.state;
+            (state == PodSandboxState::SandboxNotready as i32).then_some(())
+        }
+    })
+    .await;
+    assert!(not_ready.is_some(), "{name}: the pod stayed Ready");
     assert!(
         cleanup::pid_alive(shim),
         "{name}: the shim left its app container"
