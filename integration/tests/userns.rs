@@ -1,7 +1,9 @@
 //! Pods with their own user namespace (`hostUsers: false`, issue 17). containerd 2.x hands
 //! the shim `uidmap=`/`gidmap=` options for such a pod's rootfs, and its CRI `Status`
-//! reports a handler's user-namespace support from the shim's `-info`. Both handlers run
-//! on the same containerd with runc 1.4.3 (runc 1.1, Debian's, cannot idmap).
+//! reports a handler's user-namespace support from the shim's `-info`. The Go shim and
+//! sturdy registered two ways run on the same containerd with runc 1.4.3 (runc 1.1,
+//! Debian's, cannot idmap); which registrations containerd can serve such pods through is
+//! in docs/operations.md, "User namespaces".
 //!
 //! It runs on every 2.x generation the fixture knows: 2.1, 2.2, 2.3 (the LTS line the
 //! issue names) and 2.4.
@@ -26,13 +28,30 @@ const HOST_ID: u32 = 7 * 65536;
 const LENGTH: u32 = 65536;
 const RUNC: &str = "runc-1.4.3";
 
-/// The CRI handler name of `h` on runc 1.4.3 in this file's fixtures.
-fn handler_name(h: Handler) -> String {
-    format!("userns-{}", h.name())
+/// How a handler of this file's fixtures is registered; all run runc 1.4.3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Registration {
+    /// containerd's Go shim.
+    Go,
+    /// sturdy as `io.containerd.runc.v2` with `runtime_path` and runc's options.
+    SturdyRuncType,
+    /// sturdy as `sturdyctl install` writes it: `io.containerd.sturdy.v2`, no options.
+    SturdyInstalled,
 }
 
-/// containerd `g` with two extra handlers, the Go shim and sturdy, both running runc
-/// 1.4.3 from ../shared/tools. None (after a SKIPPED line) without that runc.
+impl Registration {
+    /// The CRI handler name.
+    fn handler(self) -> &'static str {
+        match self {
+            Registration::Go => "userns-runc",
+            Registration::SturdyRuncType => "userns-sturdy",
+            Registration::SturdyInstalled => "userns-sturdy-installed",
+        }
+    }
+}
+
+/// containerd `g` with an extra handler per [`Registration`], all running runc 1.4.3 from
+/// ../shared/tools. None (after a SKIPPED line) without that runc.
 async fn containerd_with_runc_1_4_3(g: Generation, conf: &Path) -> Option<Containerd> {
     let runc = match tools::tool(RUNC, "runc") {
         Ok(runc) => runc,
@@ -42,20 +61,23 @@ async fn containerd_with_runc_1_4_3(g: Generation, conf: &Path) -> Option<Contai
         }
     };
     let roots = conf.join("roots");
-    // As docs/operations.md tells operators: containerd handles user namespaces only for
-    // runc.v2 handlers (see ExtraRuntime::sturdy_as_runc_v2_with_runc).
+    // With runc's options, as 2.1 needs (see ExtraRuntime::sturdy_as_runc_v2_with_runc).
     let sturdy = ExtraRuntime::sturdy_as_runc_v2_with_runc(
-        &handler_name(Handler::Sturdy),
+        Registration::SturdyRuncType.handler(),
         &default_shim_bin(),
         &runc,
         &roots.join("sturdy"),
     );
-    let go = ExtraRuntime::go_with_runc(&handler_name(Handler::Runc), &runc, &roots.join("go"));
+    let go = ExtraRuntime::go_with_runc(Registration::Go.handler(), &runc, &roots.join("go"));
+    // Without options this one runs `runc` from containerd's PATH: the fixture's bin/ puts
+    // runc 1.4.3 there (oci_runtime below).
+    let installed = ExtraRuntime::sturdy_as_installed(Registration::SturdyInstalled.handler());
     let fx = Containerd::builder()
         .generation(g)
         .oci_runtime(OciRuntime::Runc1_4)
         .runtime(sturdy)
         .runtime(go)
+        .runtime(installed)
         .start()
         .await
         .unwrap_or_else(|e| panic!("start containerd {g} with {RUNC}: {e}"));
@@ -93,12 +115,12 @@ fn mounts_below(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-async fn hostusers_false_pod(g: Generation, h: Handler) {
+async fn hostusers_false_pod(g: Generation, r: Registration) {
     let conf = tempfile::tempdir().expect("tempdir");
     let Some(fx) = containerd_with_runc_1_4_3(g, conf.path()).await else {
         return;
     };
-    let handler = handler_name(h);
+    let handler = r.handler();
     let mut cri = fx.cri().await.expect("cri client");
 
     // CRI Status: the handler supports user namespaces (runc 1.4.3 has idmap, this
@@ -112,17 +134,24 @@ async fn hostusers_false_pod(g: Generation, h: Handler) {
     let features = status
         .runtime_handlers
         .iter()
-        .find(|r| r.name == handler)
+        .find(|h| h.name == handler)
         .unwrap_or_else(|| panic!("{handler} not in Status: {:?}", status.runtime_handlers))
-        .features
-        .unwrap_or_else(|| panic!("{handler}: no features\n{}", fx.log_tail(30)));
+        .features;
+    if r == Registration::SturdyInstalled && g == Generation::V2_1 {
+        // 2.1 introspects only io.containerd.runc.v2 handlers: no claim, so kubelet would
+        // refuse the pod. 2.1 is end of life; docs/operations.md says so.
+        assert_eq!(features, None, "{handler} on 2.1");
+        return;
+    }
+    let features =
+        features.unwrap_or_else(|| panic!("{handler}: no features\n{}", fx.log_tail(30)));
     assert!(
         features.user_namespaces,
         "{handler}: user namespaces not reported\n{}",
         fx.log_tail(30)
     );
 
-    if h == Handler::Sturdy {
+    if r == Registration::SturdyRuncType {
         // The fixture's own `sturdy` handler (io.containerd.sturdy.v2 with an options
         // table) cannot run these pods: 2.1 does not introspect it at all, and on 2.2+
         // sturdy's -info withdraws the claim, so kubelet refuses such a pod up front.
@@ -168,11 +197,12 @@ async fn hostusers_false_pod(g: Generation, h: Handler) {
         .await
         .unwrap_or_else(|e| panic!("CreateContainer via {handler}: {e}\n{}", fx.log_tail(30)));
     cri.start_container(&ctr).await.expect("StartContainer");
-    if h == Handler::Sturdy {
-        // Registered as runc.v2: make sure it is sturdy that serves the pod.
+    if r != Registration::Go {
+        // Make sure it is sturdy that serves the pod, however registered.
         let shim = fx.shim_pid(CRI_NAMESPACE, &pod).expect("the pod's shim");
         let exe = std::fs::read_link(format!("/proc/{shim}/exe")).expect("shim exe");
-        assert_eq!(exe, default_shim_bin(), "{handler}: not served by sturdy");
+        let ours = std::fs::canonicalize(default_shim_bin()).expect("shim binary");
+        assert_eq!(exe, ours, "{handler}: not served by sturdy");
     }
 
     // Inside: root, in a namespace mapping it to HOST_ID, over root-owned files, and what
@@ -241,12 +271,18 @@ macro_rules! userns_tests {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn runc() {
-                run_on($generation, |g| hostusers_false_pod(g, Handler::Runc)).await
+                run_on($generation, |g| hostusers_false_pod(g, Registration::Go)).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sturdy() {
-                run_on($generation, |g| hostusers_false_pod(g, Handler::Sturdy)).await
+                run_on($generation, |g| hostusers_false_pod(g, Registration::SturdyRuncType)).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sturdy_installed() {
+                run_on($generation, |g| hostusers_false_pod(g, Registration::SturdyInstalled))
+                    .await
             }
         }
     )*};

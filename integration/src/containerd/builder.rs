@@ -70,6 +70,18 @@ impl ExtraRuntime {
         })
     }
 
+    /// A handler `name` of sturdy as `sturdyctl install` registers it: `runtime_type =
+    /// "io.containerd.sturdy.v2"` and no options table, so the shim gets no options (runc
+    /// from PATH, runc's default root, the default sandbox record dir).
+    pub fn sturdy_as_installed(name: &str) -> ExtraRuntime {
+        ExtraRuntime {
+            name: name.into(),
+            runtime_type: "io.containerd.sturdy.v2".into(),
+            runtime_path: None,
+            options: String::new(),
+        }
+    }
+
     /// A handler `name` of the sturdy shim `shim` registered as `io.containerd.runc.v2` with
     /// `runtime_path`, so containerd sends it runc's own options type: what containerd
     /// needs for `hostUsers: false` pods (2.1 introspects only runc.v2 handlers; 2.2+ sets

@@ -290,11 +290,16 @@ disabled_plugins = [
             if let Some(path) = &extra.runtime_path {
                 out.push_str(&format!("  runtime_path = {}\n", qp(path)));
             }
-            out.push_str(&format!(
-                "[{prefix}.{name}.options]\n{opts}\n",
-                name = extra.name,
-                opts = extra.options,
-            ));
+            // No table at all when there are no options: containerd then passes the shim
+            // none, which is not the same as an empty table (2.x turns that into
+            // runtimeoptions with an empty body).
+            if !extra.options.is_empty() {
+                out.push_str(&format!(
+                    "[{prefix}.{name}.options]\n{opts}\n",
+                    name = extra.name,
+                    opts = extra.options,
+                ));
+            }
         }
         out
     }
