@@ -181,7 +181,7 @@ async fn hostusers_false_pod(g: Generation, r: Registration) {
         ..Default::default()
     });
     let pod = cri
-        .run_pod_with(&handler, &pod_config)
+        .run_pod_with(handler, &pod_config)
         .await
         .unwrap_or_else(|e| panic!("RunPodSandbox via {handler}: {e}\n{}", fx.log_tail(30)));
     let mut ctr_config = container_config("main", &["/bin/sleep", "3600"]);
