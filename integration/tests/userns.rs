@@ -19,16 +19,14 @@ use sturdy_integration::k8s_cri::v1::{
     NamespaceMode, NamespaceOption, StatusRequest, UserNamespace,
 };
 use sturdy_integration::{
-    container_config, tools, Containerd, ExtraRuntime, Generation, Handler, OciRuntime,
-    CRI_NAMESPACE,
+    container_config, Containerd, ExtraRuntime, Generation, Handler, OciRuntime, CRI_NAMESPACE,
 };
 
 /// The host ids the pod's ids 0..65536 stand for (a kubelet picks a multiple of 65536).
 const HOST_ID: u32 = 7 * 65536;
 const LENGTH: u32 = 65536;
-const RUNC: &str = "runc-1.4.3";
 
-/// How a handler of this file's fixtures is registered; all run runc 1.4.3.
+/// How a handler of this file's fixtures is registered; all run the same runc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Registration {
     /// containerd's Go shim.
@@ -50,13 +48,13 @@ impl Registration {
     }
 }
 
-/// containerd `g` with an extra handler per [`Registration`], all running runc 1.4.3 from
-/// ../shared/tools. None (after a SKIPPED line) without that runc.
-async fn containerd_with_runc_1_4_3(g: Generation, conf: &Path) -> Option<Containerd> {
-    let runc = match tools::tool(RUNC, "runc") {
+/// containerd `g` with an extra handler per [`Registration`], all running `oci` (a runc
+/// from ../shared/tools). None (after a SKIPPED line) without that runc.
+async fn containerd_with(g: Generation, oci: OciRuntime, conf: &Path) -> Option<Containerd> {
+    let runc = match oci.binary() {
         Ok(runc) => runc,
         Err(e) => {
-            test_skip::skip(format!("no {RUNC}: {e}"));
+            test_skip::skip(format!("no {oci}: {e}"));
             return None;
         }
     };
@@ -70,17 +68,17 @@ async fn containerd_with_runc_1_4_3(g: Generation, conf: &Path) -> Option<Contai
     );
     let go = ExtraRuntime::go_with_runc(Registration::Go.handler(), &runc, &roots.join("go"));
     // Without options this one runs `runc` from containerd's PATH: the fixture's bin/ puts
-    // runc 1.4.3 there (oci_runtime below).
+    // `oci` there (oci_runtime below).
     let installed = ExtraRuntime::sturdy_as_installed(Registration::SturdyInstalled.handler());
     let fx = Containerd::builder()
         .generation(g)
-        .oci_runtime(OciRuntime::Runc1_4)
+        .oci_runtime(oci)
         .runtime(sturdy)
         .runtime(go)
         .runtime(installed)
         .start()
         .await
-        .unwrap_or_else(|e| panic!("start containerd {g} with {RUNC}: {e}"));
+        .unwrap_or_else(|e| panic!("start containerd {g} with {oci}: {e}"));
     Some(fx)
 }
 
@@ -115,9 +113,9 @@ fn mounts_below(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-async fn hostusers_false_pod(g: Generation, r: Registration) {
+async fn hostusers_false_pod(g: Generation, oci: OciRuntime, r: Registration) {
     let conf = tempfile::tempdir().expect("tempdir");
-    let Some(fx) = containerd_with_runc_1_4_3(g, conf.path()).await else {
+    let Some(fx) = containerd_with(g, oci, conf.path()).await else {
         return;
     };
     let handler = r.handler();
@@ -265,32 +263,40 @@ async fn hostusers_false_pod(g: Generation, r: Registration) {
 }
 
 macro_rules! userns_tests {
-    ($($module:ident => $generation:expr),* $(,)?) => {$(
+    ($($module:ident => $generation:expr, $oci:expr;)*) => {$(
         mod $module {
             use super::*;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn runc() {
-                run_on($generation, |g| hostusers_false_pod(g, Registration::Go)).await
+                run_on($generation, |g| hostusers_false_pod(g, $oci, Registration::Go)).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sturdy() {
-                run_on($generation, |g| hostusers_false_pod(g, Registration::SturdyRuncType)).await
+                run_on($generation, |g| {
+                    hostusers_false_pod(g, $oci, Registration::SturdyRuncType)
+                })
+                .await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sturdy_installed() {
-                run_on($generation, |g| hostusers_false_pod(g, Registration::SturdyInstalled))
-                    .await
+                run_on($generation, |g| {
+                    hostusers_false_pod(g, $oci, Registration::SturdyInstalled)
+                })
+                .await
             }
         }
     )*};
 }
 
+// Today's nodes: containerd 2.2 to 2.4 with runc 1.3 or 1.4 (and 2.1, end of life).
 userns_tests! {
-    containerd_2_1 => Generation::V2_1,
-    containerd_2_2 => Generation::V2_2,
-    containerd_2_3 => Generation::V2_3,
-    containerd_2_4 => Generation::V2_4,
+    containerd_2_1 => Generation::V2_1, OciRuntime::Runc1_4;
+    containerd_2_2_runc_1_3 => Generation::V2_2, OciRuntime::Runc1_3;
+    containerd_2_2_runc_1_4 => Generation::V2_2, OciRuntime::Runc1_4;
+    containerd_2_3_runc_1_3 => Generation::V2_3, OciRuntime::Runc1_3;
+    containerd_2_3_runc_1_4 => Generation::V2_3, OciRuntime::Runc1_4;
+    containerd_2_4 => Generation::V2_4, OciRuntime::Runc1_4;
 }
