@@ -35,6 +35,18 @@ impl Fake {
         self.dir.path().join(name)
     }
 
+    /// A stand-in CRIU in its own directory (runc runs `criu` from PATH, so the name counts;
+    /// the fakes never run it).
+    pub fn criu(&self) -> PathBuf {
+        let criu = self.path("criu-bin").join("criu");
+        if !criu.exists() {
+            std::fs::create_dir_all(criu.parent().unwrap()).unwrap();
+            std::fs::write(&criu, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&criu, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        criu
+    }
+
     pub fn pids(&self, name: &str) -> Vec<i32> {
         std::fs::read_to_string(self.path(name))
             .unwrap_or_default()
