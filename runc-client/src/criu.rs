@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::config::RuncConfig;
 use crate::error::{Error, Result};
 
-/// The binary runc runs when no `--criu` is given.
+/// The name runc looks CRIU up by on its PATH.
 pub const DEFAULT_BINARY: &str = "criu";
 
 /// How much of the end of a CRIU log is scanned for its errors.
@@ -31,7 +31,7 @@ const MAX_ERRORS: usize = 4;
 /// Longest error line kept (CRIU quotes paths, which can be long).
 const MAX_LINE: usize = 300;
 
-/// The CRIU binary runc would run for `cfg`: the configured `--criu` path (or name on
+/// The CRIU binary runc would run for `cfg`: the configured `criu` path (or name on
 /// PATH), else `criu` on PATH. `command` and `id` only label the error.
 pub fn locate(cfg: &RuncConfig, command: &'static str, id: &str) -> Result<PathBuf> {
     let wanted = cfg

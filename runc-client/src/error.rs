@@ -135,7 +135,7 @@ pub enum Error {
         command: &'static str,
         /// The container id.
         id: String,
-        /// The binary looked for: `criu`, or the configured `--criu`.
+        /// The binary looked for: `criu`, or the configured path (`CriuPath`).
         criu: PathBuf,
         /// Where it was looked for and what was (not) found there.
         reason: String,
