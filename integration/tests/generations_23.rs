@@ -1,8 +1,9 @@
 //! sturdy started by containerd 2.2, 2.3 and 2.4 (docs/bootstrap.md): version skew is where
 //! users get hurt (a 2.2 daemon could not start 2.3's own shim, containerd#13763). 2.2
 //! speaks the legacy protocol and records Task API 2 for sturdy's bare address; 2.3 and 2.4
-//! send `BootstrapParams` and record the version 3 of sturdy's `BootstrapResult`, attach
-//! the pod's other containers without running `start`, and send no Shutdown for them.
+//! send `BootstrapParams` and record the Task API 2 that sturdy's `BootstrapResult`
+//! announces, so they run `start` (and, after a shim died, `delete`) for every container,
+//! as 2.2 does (docs/bootstrap.md, "Why Task API 2").
 
 use std::path::Path;
 use std::time::Duration;
