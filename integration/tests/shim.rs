@@ -86,8 +86,8 @@ parity_tests! {
     /// Events reach containerd in the order it requires: create, start, exec-added,
     /// exec-started, the exec's exit before init's exit, and delete for init only.
     async fn events_in_order(h: Handler) {
-        if h == Handler::Runc && Generation::from_env().ok() == Some(Generation::V2_1) {
-            test_skip::skip!("containerd 2.1's Go shim loses /tasks/delete in about 1 of 6 runs (the oracle's flaw; docs/testing.md)");
+        if h == Handler::Runc && Generation::from_env().is_ok_and(|g| g.is_v2()) {
+            test_skip::skip!("containerd 2.x's Go shim loses /tasks/delete now and then (2 of 12 runs on 2.1, seen on 2.2; the oracle's flaw; docs/testing.md)");
         }
         let fx = Containerd::start().await.expect("start containerd");
         let mut events = tokio::process::Command::new("ctr")
