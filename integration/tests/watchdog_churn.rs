@@ -326,13 +326,12 @@ async fn churn_with_killed_shims_leaks_nothing() {
         let left = check.leftovers(&fx);
         // What containerd and the watchdog said about the leftovers' containers.
         let log = std::fs::read_to_string(fx.log_path()).unwrap_or_default();
-        // "runc state <id>", "cgroup /sys/fs/cgroup/<ctl>/<parent>/<id>", "bundle …/.<id>".
+        // "runc state <id>", "cgroup /sys/fs/cgroup/<ctl>/<parent>/<id>", "bundle …/.<id>",
+        // "bundle <id> holding [...]": every 64-hex-digit word is a container id.
         let ids: std::collections::BTreeSet<&str> = left
             .iter()
-            .filter_map(|l| l.split_whitespace().last())
-            .filter_map(|p| p.rsplit('/').next())
-            .map(|id| id.trim_start_matches('.'))
-            .filter(|id| id.len() >= 64)
+            .flat_map(|l| l.split(|c: char| !c.is_ascii_hexdigit()))
+            .filter(|w| w.len() == 64)
             .collect();
         for id in ids {
             println!("--- containerd about {id} ---");
