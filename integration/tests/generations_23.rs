@@ -84,26 +84,34 @@ async fn pod_with_app(fx: &Containerd, cri: &mut Cri, name: &str) -> (String, St
     (pod, app)
 }
 
-/// `g` starts sturdy for a pod and its container, records what sturdy announced, talks to
-/// it (exec), and the shim is gone once the pod is.
-async fn starts_sturdy(name: &str) {
-    let Some(g) = runnable(name) else { return };
-    let mut fx = Containerd::builder()
+/// A containerd of generation `g` running a sturdy pod named `<prefix>-<g>` with an app.
+async fn containerd_with_pod(g: Generation, prefix: &str) -> (Containerd, Cri, String, String) {
+    let fx = Containerd::builder()
         .generation(g)
         .start()
         .await
         .expect("start containerd");
     let mut cri = fx.cri().await.expect("cri client");
-    let (pod, app) = pod_with_app(&fx, &mut cri, &format!("boot-{}", name.replace('.', "-"))).await;
+    let name = format!("{prefix}-{}", g.name().replace('.', "-"));
+    let (pod, app) = pod_with_app(&fx, &mut cri, &name).await;
+    (fx, cri, pod, app)
+}
+
+/// ExecSync of `echo text` in `app` answers `text`.
+async fn echo_through(cri: &mut Cri, app: &str, text: &str) {
     let out = cri
-        .exec_sync(
-            &app,
-            &["/bin/echo", "through sturdy"],
-            Duration::from_secs(20),
-        )
+        .exec_sync(app, &["/bin/echo", text], Duration::from_secs(20))
         .await
-        .expect("ExecSync");
-    assert_eq!(out.stdout, "through sturdy\n");
+        .unwrap_or_else(|e| panic!("ExecSync echo {text:?}: {e}"));
+    assert_eq!(out.stdout, format!("{text}\n"));
+}
+
+/// `g` starts sturdy for a pod and its container, records what sturdy announced, talks to
+/// it (exec), and the shim is gone once the pod is.
+async fn starts_sturdy(name: &str) {
+    let Some(g) = runnable(name) else { return };
+    let (mut fx, mut cri, pod, app) = containerd_with_pod(g, "boot").await;
+    echo_through(&mut cri, &app, "through sturdy").await;
 
     let pod_bundle = fx.bundle(CRI_NAMESPACE, &pod).expect("pod bundle");
     let shim = pod_bundle.shim_pid.expect("pod shim");
@@ -148,18 +156,7 @@ async fn starts_sturdy(name: &str) {
 /// Shutdown. The shim must still end (docs/bootstrap.md: 10 s after its last container).
 async fn pause_gone_first_still_ends_the_shim(name: &str) {
     let Some(g) = runnable(name) else { return };
-    let mut fx = Containerd::builder()
-        .generation(g)
-        .start()
-        .await
-        .expect("start containerd");
-    let mut cri = fx.cri().await.expect("cri client");
-    let (pod, app) = pod_with_app(
-        &fx,
-        &mut cri,
-        &format!("pause-first-{}", name.replace('.', "-")),
-    )
-    .await;
+    let (mut fx, mut cri, pod, app) = containerd_with_pod(g, "pause-first").await;
     let shim = fx.shim_pid(CRI_NAMESPACE, &pod).expect("pod shim");
     let (_, pause) = fx
         .task_process(CRI_NAMESPACE, &pod)
@@ -192,15 +189,7 @@ async fn pause_gone_first_still_ends_the_shim(name: &str) {
         cleanup::pid_alive(shim),
         "{name}: the shim left its app container"
     );
-    let out = cri
-        .exec_sync(
-            &app,
-            &["/bin/echo", "still served"],
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("ExecSync after the pause died");
-    assert_eq!(out.stdout, "still served\n");
+    echo_through(&mut cri, &app, "still served").await;
 
     cri.stop_pod(&pod).await.expect("StopPodSandbox");
     cri.remove_pod(&pod).await.expect("RemovePodSandbox");

@@ -6,9 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use containerd_client::services::v1::introspection_client::IntrospectionClient;
-use containerd_client::services::v1::PluginInfoRequest;
-use containerd_client::types::{RuntimeInfo, RuntimeRequest};
+use containerd_client::types::RuntimeInfo;
 use prost::Message;
 use prost_types::Any;
 use sturdy_integration::containerd::default_shim_bin;
@@ -148,34 +146,12 @@ async fn containerd_reads_the_info(g: Generation) {
         .start()
         .await
         .unwrap_or_else(|e| panic!("start containerd {g}: {e}"));
-    let mut client = IntrospectionClient::new(fx.channel().await.expect("channel"));
     let mut got = Vec::new();
     for h in Handler::ALL {
-        let request = RuntimeRequest {
-            runtime_path: h.runtime_type().into(),
-            options: Some(runc_options("runc")),
-        };
-        let req = PluginInfoRequest {
-            r#type: "io.containerd.runtime.v2".into(),
-            id: "task".into(),
-            options: Some(Any {
-                type_url: "containerd.types.RuntimeRequest".into(),
-                value: request.encode_to_vec(),
-            }),
-        };
-        let extra = client
-            .plugin_info(req)
+        let info = fx
+            .runtime_info(h.runtime_type(), Some(runc_options("runc")))
             .await
-            .unwrap_or_else(|e| panic!("{h}: PluginInfo: {e}\n{}", fx.log_tail(20)))
-            .into_inner()
-            .extra
-            .expect("no RuntimeInfo");
-        assert!(
-            extra.type_url.ends_with("containerd.types.RuntimeInfo"),
-            "{}",
-            extra.type_url
-        );
-        let info = RuntimeInfo::decode(extra.value.as_slice()).expect("RuntimeInfo");
+            .unwrap_or_else(|e| panic!("{h}: {e}\n{}", fx.log_tail(20)));
         assert_eq!(info.name, h.runtime_type());
         assert_eq!(info.options, Some(runc_options("runc")), "{h}");
         got.push(features(&info).unwrap_or_else(|| panic!("{h}: no features")));

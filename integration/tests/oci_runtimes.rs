@@ -5,11 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use containerd_client::services::v1::introspection_client::IntrospectionClient;
-use containerd_client::services::v1::PluginInfoRequest;
-use containerd_client::types::{RuntimeInfo, RuntimeRequest};
-use prost::Message;
-use prost_types::Any;
 use sturdy_integration::handler::run_with;
 use sturdy_integration::{generation_tests, Containerd, Generation, Handler, OciRuntime};
 
@@ -65,27 +60,10 @@ generation_tests! {
 /// What containerd's introspection API reports for `h` without options: the shim's
 /// `-info`, which runs `runc features` with the `runc` its PATH finds.
 async fn introspected_features(fx: &Containerd, h: Handler) -> Option<serde_json::Value> {
-    let mut client = IntrospectionClient::new(fx.channel().await.expect("channel"));
-    let request = RuntimeRequest {
-        runtime_path: h.runtime_type().into(),
-        options: None,
-    };
-    let req = PluginInfoRequest {
-        r#type: "io.containerd.runtime.v2".into(),
-        id: "task".into(),
-        options: Some(Any {
-            type_url: "containerd.types.RuntimeRequest".into(),
-            value: request.encode_to_vec(),
-        }),
-    };
-    let extra = client
-        .plugin_info(req)
+    let info = fx
+        .runtime_info(h.runtime_type(), None)
         .await
-        .unwrap_or_else(|e| panic!("{h}: PluginInfo: {e}\n{}", fx.log_tail(20)))
-        .into_inner()
-        .extra
-        .expect("no RuntimeInfo");
-    let info = RuntimeInfo::decode(extra.value.as_slice()).expect("RuntimeInfo");
+        .unwrap_or_else(|e| panic!("{h}: {e}\n{}", fx.log_tail(20)));
     info.features
         .map(|f| serde_json::from_slice(&f.value).expect("features are JSON"))
 }

@@ -9,6 +9,44 @@ use crate::error::{Error, Result};
 use crate::Handler;
 
 impl Containerd {
+    /// What containerd's introspection API reports for the runtime `runtime_path` (a type
+    /// like `io.containerd.sturdy.v2`, or a path) given `options`: the shim's `-info`.
+    pub async fn runtime_info(
+        &self,
+        runtime_path: &str,
+        options: Option<prost_types::Any>,
+    ) -> Result<containerd_client::types::RuntimeInfo> {
+        use containerd_client::services::v1::introspection_client::IntrospectionClient;
+        use prost::Message;
+        let request = containerd_client::types::RuntimeRequest {
+            runtime_path: runtime_path.into(),
+            options,
+        };
+        let req = containerd_client::services::v1::PluginInfoRequest {
+            r#type: "io.containerd.runtime.v2".into(),
+            id: "task".into(),
+            options: Some(prost_types::Any {
+                type_url: "containerd.types.RuntimeRequest".into(),
+                value: request.encode_to_vec(),
+            }),
+        };
+        let extra = IntrospectionClient::new(self.channel().await?)
+            .plugin_info(req)
+            .await
+            .map_err(crate::error::rpc("PluginInfo"))?
+            .into_inner()
+            .extra
+            .ok_or_else(|| Error::Unexpected(format!("{runtime_path}: no RuntimeInfo")))?;
+        if !extra.type_url.ends_with("containerd.types.RuntimeInfo") {
+            return Err(Error::Unexpected(format!(
+                "{runtime_path}: PluginInfo answered {}",
+                extra.type_url
+            )));
+        }
+        containerd_client::types::RuntimeInfo::decode(extra.value.as_slice())
+            .map_err(|e| Error::Unexpected(format!("{runtime_path}: RuntimeInfo: {e}")))
+    }
+
     /// The OCI spec containerd keeps for container `id` in namespace `ns`.
     pub async fn container_spec(&self, ns: &str, id: &str) -> Result<serde_json::Value> {
         let req = containerd_client::services::v1::GetContainerRequest { id: id.into() };
