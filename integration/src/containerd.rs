@@ -3,6 +3,7 @@
 //! over any supported OCI runtime (Debian's runc 1.1 or crun, runc 1.3 or 1.4 from there).
 
 mod builder;
+mod cgroup_driver;
 mod config;
 mod generation;
 mod oci_runtime;
@@ -25,6 +26,7 @@ use nix::fcntl::Flock;
 use sha2::{Digest, Sha256};
 
 pub use builder::{fixture_base, Builder, ExtraRuntime, FIXTURE_BASE_ENV};
+pub use cgroup_driver::{CgroupDriver, CGROUP_DRIVER_ENV};
 pub use generation::{Binaries, Generation, GENERATION_ENV};
 pub use oci_runtime::{OciRuntime, RUNTIME_ENV};
 pub use subnets::{SubnetSlot, POD_NETWORK, SUBNET_SLOTS};
@@ -82,6 +84,8 @@ pub struct Containerd {
     /// The OCI runtime linked as `bin/runc`, the `runc` both shims find on their PATH.
     oci_runtime: OciRuntime,
     oci_runtime_bin: PathBuf,
+    /// The cgroup driver of both handlers (`SystemdCgroup`).
+    cgroup_driver: CgroupDriver,
     /// Extra environment of containerd (and its shims).
     env: Vec<(String, String)>,
     child: Option<Child>,
@@ -159,9 +163,43 @@ impl Containerd {
     }
 
     /// cgroup parent of CRI pods (and ctr containers live under `/<namespace>`): one name per
-    /// instance so cleanup can remove the whole subtree.
+    /// instance so cleanup can remove the whole subtree. Under the systemd driver it is a
+    /// slice unit kubelet-style (`kubepods-sturdy<suffix>.slice`, nested in kubepods.slice).
     pub fn cgroup_parent(&self) -> String {
+        match self.cgroup_driver {
+            CgroupDriver::Cgroupfs => self.cgroupfs_parent(),
+            CgroupDriver::Systemd => cgroup_driver::pod_slice(&self.slice_name()),
+        }
+    }
+
+    /// A cgroup directory of this instance written directly, whatever the driver (e.g. a
+    /// `ShimCgroup`): `/sturdy-<suffix>`, removed with the fixture.
+    pub fn cgroupfs_parent(&self) -> String {
         format!("/{}", self.cgroup_name)
+    }
+
+    /// The cgroup driver both handlers use.
+    pub fn cgroup_driver(&self) -> CgroupDriver {
+        self.cgroup_driver
+    }
+
+    /// `ctr run` flags that place container `id` under this instance's cgroup the way the
+    /// driver needs it: systemd's takes `slice:prefix:name`, and the Go shim learns the
+    /// driver from ctr's `--runc-systemd-cgroup` (sturdy from its options file).
+    pub fn ctr_cgroup_flags(&self, id: &str) -> Vec<String> {
+        match self.cgroup_driver {
+            CgroupDriver::Cgroupfs => Vec::new(),
+            CgroupDriver::Systemd => vec![
+                "--runc-systemd-cgroup".into(),
+                "--cgroup".into(),
+                format!("{}:ctr:{id}", self.cgroup_parent()),
+            ],
+        }
+    }
+
+    /// The per-instance part of the pod slice name (no `-`: systemd nests at each one).
+    pub(crate) fn slice_name(&self) -> String {
+        format!("sturdy{}", self.suffix)
     }
 
     /// FIFO dir for ctr, so no IO fifos land in /run/containerd/fifo.
@@ -431,6 +469,7 @@ impl Containerd {
             runc_binary: None,
             oci_runtime: OciRuntime::Runc1_1,
             oci_runtime_bin: PathBuf::from("/usr/sbin/runc"),
+            cgroup_driver: CgroupDriver::Cgroupfs,
             env: Vec::new(),
             dir,
             suffix: suffix.to_string(),

@@ -7,10 +7,10 @@ use nix::fcntl::FlockArg;
 
 use super::teardown::lock_file;
 use super::{
-    default_shim_bin, random_suffix, reap_stale_fixtures, Containerd, Generation, OciRuntime,
-    SubnetSlot,
+    default_shim_bin, random_suffix, reap_stale_fixtures, CgroupDriver, Containerd, Generation,
+    OciRuntime, SubnetSlot,
 };
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::image::PAUSE_IMAGE;
 
 /// Options for [`Containerd`]; `Containerd::start()` uses the defaults.
@@ -25,6 +25,7 @@ pub struct Builder {
     sturdy_runc_type: bool,
     generation: Option<Generation>,
     oci_runtime: Option<OciRuntime>,
+    cgroup_driver: Option<CgroupDriver>,
     sandbox_image: String,
     registry_config_path: Option<PathBuf>,
     port_mapping: bool,
@@ -126,6 +127,7 @@ impl Default for Builder {
             sturdy_runc_type: false,
             generation: None,
             oci_runtime: None,
+            cgroup_driver: None,
             sandbox_image: PAUSE_IMAGE.into(),
             registry_config_path: None,
             port_mapping: false,
@@ -194,6 +196,13 @@ impl Builder {
         self
     }
 
+    /// Use this cgroup driver in both handlers (default: [`super::CGROUP_DRIVER_ENV`], else
+    /// cgroupfs).
+    pub fn cgroup_driver(mut self, d: CgroupDriver) -> Self {
+        self.cgroup_driver = Some(d);
+        self
+    }
+
     /// CRI's sandbox (pause) image (default: the locally built [`PAUSE_IMAGE`]).
     pub fn sandbox_image(mut self, reference: impl Into<String>) -> Self {
         self.sandbox_image = reference.into();
@@ -230,8 +239,15 @@ impl Builder {
             Some(r) => r,
             None => OciRuntime::from_env()?,
         };
-        // Before anything exists: a generation or runtime this host cannot run leaves
-        // nothing behind.
+        let cgroup_driver = match self.cgroup_driver {
+            Some(d) => d,
+            None => CgroupDriver::from_env()?,
+        };
+        // Before anything exists: a generation, runtime or driver this host cannot run
+        // leaves nothing behind.
+        if let Some(why) = cgroup_driver.unavailable() {
+            return Err(Error::Unexpected(why));
+        }
         let bins = generation.binaries()?;
         let oci_runtime_bin = oci_runtime.binary()?;
         reap_stale_fixtures();
@@ -247,6 +263,7 @@ impl Builder {
         fx.bins = bins;
         fx.oci_runtime = oci_runtime;
         fx.oci_runtime_bin = oci_runtime_bin;
+        fx.cgroup_driver = cgroup_driver;
         fx.extra_runtimes = self.extra_runtimes;
         fx.sturdy_as_runc_v2 = self.sturdy_as_runc_v2;
         fx.sturdy_handler = self.sturdy_handler;

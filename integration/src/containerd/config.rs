@@ -245,6 +245,9 @@ disabled_plugins = [
         if let Some(bin) = &self.runc_binary {
             out.push_str(&format!("BinaryName = {}\n", qp(bin)));
         }
+        if self.cgroup_driver.systemd_cgroup() {
+            out.push_str("SystemdCgroup = true\n");
+        }
         out
     }
 
@@ -271,6 +274,9 @@ disabled_plugins = [
             ));
             if let Some(bin) = &self.runc_binary {
                 out.push_str(&format!("  BinaryName = {}\n", qp(bin)));
+            }
+            if self.cgroup_driver.systemd_cgroup() {
+                out.push_str("  SystemdCgroup = true\n");
             }
             if h == Handler::Sturdy && !runc_type {
                 // containerd 1.6 passes non-runc runtime types only TypeUrl/ConfigPath

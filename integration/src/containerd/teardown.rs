@@ -11,7 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::Containerd;
+use super::{cgroup_driver, CgroupDriver, Containerd};
 use crate::cleanup;
 use crate::error::{Error, IoContext, Result};
 
@@ -44,6 +44,11 @@ impl Containerd {
         }
         let mut cgroups = cleanup::cgroup_dirs(&self.cgroup_name);
         cgroups.extend(cleanup::cgroup_dirs(&self.namespace));
+        if self.cgroup_driver == CgroupDriver::Systemd {
+            cgroups.extend(cleanup::cgroup_dirs(&cgroup_driver::pod_slice_dir(
+                &self.slice_name(),
+            )));
+        }
         let ids = bundles.iter().map(|b| b.id.clone()).collect();
         let cni_results = self
             .cni_results(&ids, &netns)
@@ -183,6 +188,11 @@ impl Containerd {
             let _ = std::fs::remove_file(&r.file);
         }
         cleanup::remove_link(&self.bridge);
+        if self.cgroup_driver == CgroupDriver::Systemd {
+            // systemd owns the pod slice and the container scopes in it: removing their
+            // directories behind its back would leave units it still believes in.
+            cgroup_driver::stop_slice(&self.cgroup_parent());
+        }
         for name in [&self.cgroup_name, &self.namespace] {
             for cg in cleanup::cgroup_dirs(name) {
                 cleanup::remove_cgroup_tree(&cg);
