@@ -358,15 +358,18 @@ pub fn cgroup_roots() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Every existing directory `<hierarchy>/<rel>` over all cgroup hierarchies.
+/// Every existing directory `<hierarchy>/<rel>` over all cgroup hierarchies. `rel` may
+/// also be a systemd-driver cgroupsPath (`slice:prefix:name`), as a bundle's spec holds it.
 pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
-    let rel = rel.trim_start_matches('/');
+    // runc's own reading of it, the systemd driver's `slice:prefix:name` included.
+    let rel = runc_client::cgroup::relative_path(rel);
+    let rel = rel.to_string_lossy();
     if rel.is_empty() {
         return Vec::new();
     }
     cgroup_roots()
         .into_iter()
-        .map(|r| r.join(rel))
+        .map(|r| r.join(&*rel))
         .filter(|p| p.is_dir())
         .collect()
 }

@@ -186,15 +186,17 @@ impl Containerd {
     /// `ctr run` flags that place container `id` under this instance's cgroup the way the
     /// driver needs it: systemd's takes `slice:prefix:name`, and the Go shim learns the
     /// driver from ctr's `--runc-systemd-cgroup` (sturdy from its options file).
-    pub fn ctr_cgroup_flags(&self, id: &str) -> Vec<String> {
-        match self.cgroup_driver {
-            CgroupDriver::Cgroupfs => Vec::new(),
-            CgroupDriver::Systemd => vec![
-                "--runc-systemd-cgroup".into(),
-                "--cgroup".into(),
-                format!("{}:ctr:{id}", self.cgroup_parent()),
-            ],
+    pub fn ctr_cgroup_flags(&self, handler: crate::Handler, id: &str) -> Vec<String> {
+        let mut flags = Vec::new();
+        if self.cgroup_driver == CgroupDriver::Systemd {
+            // ctr refuses this flag for any runtime type but runc's.
+            if handler == crate::Handler::Runc {
+                flags.push("--runc-systemd-cgroup".into());
+            }
+            flags.push("--cgroup".into());
+            flags.push(format!("{}:ctr:{id}", self.cgroup_parent()));
         }
+        flags
     }
 
     /// The per-instance part of the pod slice name (no `-`: systemd nests at each one).

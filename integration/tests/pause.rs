@@ -30,6 +30,7 @@ parity_tests! {
         let fifo = fx.fifo_dir().to_string_lossy().into_owned();
         let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--fifo-dir".into(), fifo];
         args.extend(runtime_flags(&fx, h));
+        args.extend(fx.ctr_cgroup_flags(h, "counter"));
         args.extend([BUSYBOX_IMAGE.to_string(), "counter".into()]);
         args.extend(["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done"].map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

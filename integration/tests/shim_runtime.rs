@@ -385,7 +385,7 @@ async fn slow_create_does_not_block_state() {
     }
 }
 
-/// `ShimCgroup` moves the pod's shim into that cgroup (every v1 hierarchy here), and the
+/// `ShimCgroup` moves the pod's shim into that cgroup (every v1 hierarchy, or the v2 one), and the
 /// shim's oom_score_adj is containerd's + 1 so the kernel kills it before containerd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shim_cgroup_and_oom_score() {
@@ -401,13 +401,15 @@ async fn shim_cgroup_and_oom_score() {
         .start()
         .await
         .expect("start containerd");
-    // Under the fixture's own cgroup name, so its teardown removes it.
-    let shim_cgroup = format!("{}/sturdy-shims", fx.cgroup_parent());
+    // Under the fixture's own cgroup name, so its teardown removes it; a plain cgroup
+    // directory under either driver, as ShimCgroup is.
+    let shim_cgroup = format!("{}/sturdy-shims", fx.cgroupfs_parent());
     std::fs::write(
         &file,
         format!(
-            "ShimCgroup = \"{shim_cgroup}\"\nRoot = \"{}\"\n",
-            fx.runc_root().display()
+            "ShimCgroup = \"{shim_cgroup}\"\nRoot = \"{}\"\nSystemdCgroup = {}\n",
+            fx.runc_root().display(),
+            fx.cgroup_driver().systemd_cgroup()
         ),
     )
     .unwrap();
@@ -419,7 +421,12 @@ async fn shim_cgroup_and_oom_score() {
         .expect("RunPodSandbox");
     let shim = fx.shim_pid(CRI_NAMESPACE, &pod).expect("pod shim");
     let cgroups = std::fs::read_to_string(format!("/proc/{shim}/cgroup")).expect("shim cgroups");
-    for controller in ["memory", "pids", "cpu"] {
+    // cgroup v2 has one line for every controller: `0::<path>`.
+    let unified = cgroups.lines().all(|l| l.starts_with("0::"));
+    if unified {
+        assert_eq!(cgroups.trim(), format!("0::{shim_cgroup}"));
+    }
+    for controller in ["memory", "pids", "cpu"].into_iter().filter(|_| !unified) {
         let line = cgroups
             .lines()
             .find(|l| {
