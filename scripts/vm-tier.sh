@@ -41,13 +41,16 @@ executables=$(cargo test --locked --workspace --no-run --message-format=json 2>/
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["target"]["name"], m["executable"])')
 
-# The test binaries the guest runs, each with the tests to run (all when no filter): every
-# test that reads or changes a container's cgroup, the shim's own cgroup, and the watchdog's
+# The test binaries the guest runs, each with the tests to run (all when no filter): the
+# shim's OOM watch and runc-client's cgroup kill on real v2 cgroups, every integration test
+# that reads or changes a container's cgroup, the shim's own cgroup, and the watchdog's
 # recovery of a dead and a stopped shim.
 tests=(
+    "sturdy_shim:cgroups::oom::tests::v2_oom_of_a_real_cgroup_is_reported_once"
+    "real_cgroup:"
     "stats:"
     "pause:"
     "metrics:"

@@ -92,7 +92,7 @@ build_image() {
     exec 9>"$cache/.lock"
     flock 9
     if [ -f "$dir/ready" ]; then echo "$dir"; return 0; fi
-    host_deps
+    if ! host_deps; then log "skipped: QEMU or mmdebstrap cannot be installed here"; exit 77; fi
     t0=$(now)
     log "building the $suite guest image $key (packages: scripts/vm/packages)"
     rm -rf "$dir"
@@ -154,7 +154,7 @@ run() {
     for p in "$checkout" "$tools" "$(pwd)"; do
         case "$p" in *[[:space:]]*) log "paths with white space cannot be shared: $p"; exit 2 ;; esac
     done
-    if ! host_deps >/dev/null 2>&1 && ! command -v qemu-system-x86_64 >/dev/null; then
+    if ! command -v qemu-system-x86_64 >/dev/null && ! host_deps; then
         log "skipped: QEMU cannot be installed here"; exit 77
     fi
     local image

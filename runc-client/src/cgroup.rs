@@ -255,18 +255,24 @@ impl CgroupSet {
         }
         let end = Instant::now() + limit;
         loop {
-            for dir in &self.dirs {
-                // v2: one write kills the whole subtree.
-                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-            }
+            // Read before the kill: after a v2 `cgroup.kill` the dead are gone from
+            // cgroup.procs at once, and the report would name nobody.
             let pids = self.pids();
             if pids.is_empty() {
                 break;
             }
+            // v2: one write kills the whole subtree. Where every directory took it, no pid
+            // is signalled one by one: a dead one's number could be reused meanwhile.
+            let mut whole = !self.dirs.is_empty();
+            for dir in &self.dirs {
+                whole &= std::fs::write(dir.join("cgroup.kill"), "1").is_ok();
+            }
             for pid in &pids {
-                // SAFETY: kill(2) on a pid read from the container's own cgroup, frozen
-                // where a freezer exists (so the pid cannot have been reused since).
-                unsafe { libc::kill(*pid, libc::SIGKILL) };
+                if !whole {
+                    // SAFETY: kill(2) on a pid read from the container's own cgroup, frozen
+                    // where a freezer exists (so the pid cannot have been reused since).
+                    unsafe { libc::kill(*pid, libc::SIGKILL) };
+                }
                 if !report.killed.contains(pid) {
                     report.killed.push(*pid);
                 }

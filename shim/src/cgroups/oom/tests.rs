@@ -1,6 +1,6 @@
-//! The OOM watch: v2 against a fixture memory.events (inotify works on any file), v1
-//! against a real memory cgroup of this host, with a process that really runs out of
-//! memory.
+//! The OOM watch: v2 against a fixture memory.events (inotify works on any file), and v1
+//! and v2 against a real memory cgroup, with a process that really runs out of memory (v1
+//! on this host kind, v2 in the VM tier's guest, docs/testing.md "VM tier").
 
 use super::*;
 use crate::testing::until;
@@ -77,8 +77,36 @@ async fn v2_reports_each_new_oom_kill_once() {
     assert_eq!(check_count(&m), (Pending::Gone, 0));
 }
 
-/// A memory cgroup of this host's v1 hierarchy, removed (with whatever this test put in
-/// it, by pid) on drop.
+/// The same on a real v2 cgroup: a process killed at `memory.max` is one OOM, found by the
+/// exit path alone (memory.events' `oom_kill`), then by the watch, each reported once.
+#[tokio::test]
+async fn v2_oom_of_a_real_cgroup_is_reported_once() {
+    let Some(cg) = TestCgroup::new_v2() else {
+        test_skip::skip!(
+            "no cgroup v2 memory controller delegated from the root here (the VM tier runs this)"
+        );
+    };
+    let m = Arc::new(OomMonitor::v2(&cg.0).unwrap());
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+
+    assert_eq!(run_out_of_memory(&cg.0).await, 128 + libc::SIGKILL);
+    assert_eq!(check_count(&m), (Pending::Oom, 1));
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+
+    let (seen, task) = spawn_watch(&m);
+    assert_eq!(run_out_of_memory(&cg.0).await, 128 + libc::SIGKILL);
+    assert!(
+        until(T, || seen.load(Ordering::SeqCst) >= 1).await,
+        "watch missed the OOM"
+    );
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+    let reported = seen.load(Ordering::SeqCst);
+    assert_eq!(reported, 1, "one kill, one report");
+    task.abort();
+}
+
+/// A memory cgroup of this host's v1 hierarchy, or of a pure v2 one, removed (with
+/// whatever this test put in it, by pid) on drop.
 struct TestCgroup(PathBuf);
 
 impl TestCgroup {
@@ -87,6 +115,28 @@ impl TestCgroup {
         if !root.join("cgroup.event_control").exists() {
             return None;
         }
+        Self::create(&root)
+    }
+
+    /// A child of the unified hierarchy's root with the memory controller, where the root
+    /// delegates it (a pure v2 host; a hybrid host's v2 mount has no controllers).
+    fn new_v2() -> Option<TestCgroup> {
+        let root = Path::new(crate::cgroups::CGROUP_ROOT);
+        let offers = |f: &str| {
+            std::fs::read_to_string(root.join(f))
+                .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+        };
+        if !offers("cgroup.controllers") || !offers("cgroup.subtree_control") {
+            return None;
+        }
+        let cg = Self::create(root)?;
+        std::fs::write(cg.0.join("memory.max"), "16M").ok()?;
+        // The kill must come from the limit, not from swapping it away.
+        let _ = std::fs::write(cg.0.join("memory.swap.max"), "0");
+        Some(cg)
+    }
+
+    fn create(root: &Path) -> Option<TestCgroup> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
