@@ -32,7 +32,7 @@ for driver in ${STURDY_VM_DRIVERS:-cgroupfs systemd}; do
         if [ -n "$filter" ]; then IFS='|' read -r -a filters <<< "$filter"; fi
         echo
         echo "==> [$(elapsed)] $target with the $driver driver (containerd $STURDY_CONTAINERD, runc $STURDY_RUNC)"
-        if ! STURDY_CGROUP_DRIVER=$driver "$exe" --test-threads=1 "${filters[@]}"; then
+        if ! STURDY_CGROUP_DRIVER=$driver "$exe" --test-threads="${STURDY_VM_TEST_THREADS:-2}" "${filters[@]}"; then
             echo "FAILED: $target with the $driver driver" >&2
             status=1
         fi
