@@ -84,6 +84,8 @@ pub struct Containerd {
     oci_runtime_bin: PathBuf,
     /// Extra environment of containerd (and its shims).
     env: Vec<(String, String)>,
+    /// Command prefix containerd is started through (empty: none).
+    launcher: Vec<std::ffi::OsString>,
     child: Option<Child>,
     pid: i32,
     subnet: Option<SubnetSlot>,
@@ -302,7 +304,15 @@ impl Containerd {
             self.dir.join("bin").display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
-        let child = Command::new(&self.bins.containerd)
+        let mut command = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.bins.containerd);
+                c
+            }
+            None => Command::new(&self.bins.containerd),
+        };
+        let child = command
             .arg("--config")
             .arg(self.dir.join("config.toml"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -432,6 +442,7 @@ impl Containerd {
             oci_runtime: OciRuntime::Runc1_1,
             oci_runtime_bin: PathBuf::from("/usr/sbin/runc"),
             env: Vec::new(),
+            launcher: Vec::new(),
             dir,
             suffix: suffix.to_string(),
             child: None,
