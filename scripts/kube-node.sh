@@ -58,9 +58,11 @@ up)
     [ -z "$generation" ] || args+=(--generation "$generation")
     t0=$(date +%s)
     setsid "$target/debug/sturdy-kube-node" "${args[@]}" >"$log" 2>&1 </dev/null &
-    echo $! >"$pidfile"
+    pid=$!
+    echo "$pid" >"$pidfile"
     while [ ! -s "$ready" ]; do
-        if ! holder >/dev/null; then
+        # Our own child: kill -0 works before it has even exec'd (holder would not).
+        if ! kill -0 "$pid" 2>/dev/null; then
             echo "kube-node: the node did not come up; its log ($log):" >&2
             tail -n 40 "$log" >&2
             rm -f "$pidfile"

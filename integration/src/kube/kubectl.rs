@@ -78,3 +78,18 @@ impl Kubectl {
         self.run(&["apply", "-f", &file.to_string_lossy()]).await
     }
 }
+
+impl Kubectl {
+    /// `kubectl args…` left running with piped stdin and stdout (for `logs -f`, `attach`);
+    /// killed when dropped.
+    pub fn spawn(&self, args: &[&str]) -> Result<tokio::process::Child> {
+        tokio::process::Command::new(&self.wrapper)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .ctx(|| format!("spawning kubectl {}", args.join(" ")))
+    }
+}
