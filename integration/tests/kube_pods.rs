@@ -1,5 +1,6 @@
 //! Pod features at the kubelet level through RuntimeClass `runc` (the Go shim) and `sturdy`,
-//! the same pod specs through both (issue 19, item 2): an init container, an exec liveness
+//! the same pod specs through both (issue 19, item 2): Running on the shim the class names,
+//! `kubectl exec` and `logs`, deletion with the grace period honoured, an init container, an exec liveness
 //! probe that fails and the kubelet restarting the container, a crashing container
 //! restarted by its restart policy, resource limits and an in-place resize, `kubectl exec
 //! -it` with a tty, `kubectl attach`, `kubectl logs -f`, and the pod's CPU and memory in
@@ -10,8 +11,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use sturdy_integration::cleanup::pid_alive;
 use sturdy_integration::kube::{pod, KubeBinaries, KubeNode, Kubectl};
-use sturdy_integration::until_some;
+use sturdy_integration::{until, until_some};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const RUNNING_WITHIN: Duration = Duration::from_secs(90);
@@ -71,6 +73,7 @@ async fn pod_features_through_runc_and_sturdy() {
         node.startup_time().as_secs_f64()
     );
     for class in ["runc", "sturdy"] {
+        runs_and_is_deleted_with_grace(&node, class).await;
         init_container(k, class).await;
         liveness_probe_restarts(k, class).await;
         crash_restarted(k, class).await;
@@ -336,4 +339,71 @@ async fn stats_summary(k: &Kubectl, class: &str) {
     k.run(&["delete", "pod", &name, "--grace-period=1"])
         .await
         .unwrap();
+}
+
+/// The same busybox pod reaches Running on the shim its RuntimeClass names, answers `kubectl
+/// exec` and `kubectl logs`, and is deleted with its grace period honoured.
+async fn runs_and_is_deleted_with_grace(node: &KubeNode, class: &str) {
+    let k = node.kubectl();
+    let name = format!("hello-{class}");
+    // PID 1 ignores SIGTERM (no handler): deletion must wait out the grace period.
+    let script = format!("echo hello-from-{class}; while :; do sleep 1; done");
+    let mut manifest = pod::busybox_pod(&name, class, &script);
+    manifest["spec"]["terminationGracePeriodSeconds"] = 4.into();
+    let t0 = Instant::now();
+    k.apply(&name, &manifest.to_string()).await.unwrap();
+    let running = pod::wait_for(k, &name, RUNNING_WITHIN, pod::running_ready).await;
+    let Some(p) = running else {
+        let desc = k.run(&["describe", "pod", &name]).await.unwrap_or_default();
+        panic!("{name} not Running within {RUNNING_WITHIN:?}:\n{desc}");
+    };
+    eprintln!(
+        "{class}: pod Running/Ready in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // The sandbox really runs on the shim the RuntimeClass names.
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let sandbox = pod::sandbox_of(node.containerd(), &uid).await.unwrap();
+    let (shim_pid, shim) = pod::shim_of(node.containerd(), &sandbox)
+        .unwrap_or_else(|| panic!("no shim found for sandbox {sandbox}"));
+    let expected = if class == "sturdy" {
+        "containerd-shim-sturdy-v2"
+    } else {
+        "containerd-shim-runc-v2"
+    };
+    assert_eq!(shim, expected, "{name}'s shim");
+
+    let out = k
+        .run(&["exec", &name, "--", "sh", "-c", "echo exec-ok; id -u"])
+        .await
+        .unwrap();
+    assert_eq!(out, "exec-ok\n0\n", "kubectl exec through {class}");
+    let logs = k.run(&["logs", &name]).await.unwrap();
+    assert!(
+        logs.contains(&format!("hello-from-{class}")),
+        "logs: {logs:?}"
+    );
+
+    let t0 = Instant::now();
+    k.run(&["delete", "pod", &name, "--wait=false"])
+        .await
+        .unwrap();
+    assert!(
+        pod::wait_gone(k, &name, Duration::from_secs(60)).await,
+        "{name} still there a minute after delete"
+    );
+    let took = t0.elapsed();
+    eprintln!(
+        "{class}: delete with a 4 s grace period took {:.1}s",
+        took.as_secs_f64()
+    );
+    assert!(
+        took >= Duration::from_secs(4),
+        "{name} was gone after {took:?}, before its 4 s grace period"
+    );
+    assert!(
+        until(Duration::from_secs(30), || !pid_alive(shim_pid)).await,
+        "{name}'s shim {shim_pid} outlived the pod"
+    );
 }

@@ -18,6 +18,8 @@ pub struct Daemon {
     child: Option<Child>,
     pid: i32,
     log: PathBuf,
+    /// What it was started with, for a restart.
+    command: Vec<String>,
 }
 
 /// Makes a component die with the thread that started it: a test driver that is killed
@@ -44,6 +46,13 @@ impl Daemon {
         args: &[String],
         logs: &Path,
     ) -> Result<Daemon> {
+        let mut command = enter.to_vec();
+        command.push(program.to_string_lossy().into_owned());
+        command.extend_from_slice(args);
+        Daemon::spawn_command(name, command, logs)
+    }
+
+    fn spawn_command(name: &str, command: Vec<String>, logs: &Path) -> Result<Daemon> {
         let log = logs.join(format!("{name}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -51,16 +60,9 @@ impl Daemon {
             .open(&log)
             .ctx(|| format!("creating {}", log.display()))?;
         let err = out.try_clone().ctx(|| "cloning log fd".into())?;
-        let (first, rest) = enter
-            .split_first()
-            .map(|(f, r)| (f.as_str(), r))
-            .unwrap_or((program.to_str().unwrap_or_default(), &[]));
+        let (first, rest) = command.split_first().expect("a program to run");
         let mut cmd = Command::new(first);
-        cmd.args(rest);
-        if !enter.is_empty() {
-            cmd.arg(program);
-        }
-        cmd.args(args)
+        cmd.args(rest)
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(out)
@@ -69,13 +71,24 @@ impl Daemon {
         die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
-            .ctx(|| format!("spawning {name} ({})", program.display()))?;
+            .ctx(|| format!("spawning {name} ({})", command.join(" ")))?;
         Ok(Daemon {
             name: name.into(),
             pid: child.id() as i32,
             child: Some(child),
             log,
+            command,
         })
+    }
+
+    /// Stops it (SIGTERM, SIGKILL after `grace`) and starts it again the same way, logging
+    /// to the same file.
+    pub fn restart(&mut self, grace: Duration) -> Result<()> {
+        self.stop(grace);
+        let logs = self.log.parent().map(Path::to_path_buf).unwrap_or_default();
+        let fresh = Daemon::spawn_command(&self.name, self.command.clone(), &logs)?;
+        *self = fresh;
+        Ok(())
     }
 
     /// The component's name.

@@ -12,6 +12,7 @@ pub mod kubectl;
 pub mod namespace;
 pub mod pki;
 pub mod pod;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -366,6 +367,17 @@ impl KubeNode {
             .iter()
             .find(|d| d.name() == name)
             .map(Daemon::pid)
+    }
+
+    /// Restarts a component (`kubelet`, ...) as an operator would: SIGTERM, then the same
+    /// command line again.
+    pub fn restart(&mut self, name: &str) -> Result<()> {
+        let d = self
+            .daemons
+            .iter_mut()
+            .find(|d| d.name() == name)
+            .ok_or_else(|| Error::Kube(format!("no component {name}")))?;
+        d.restart(Duration::from_secs(10))
     }
 
     /// The kubelet's `cgroupRoot`.
