@@ -12,8 +12,9 @@ use crate::until_some;
 /// What became of one pod after `t0`, as seconds after it (`None`: not within the window).
 #[derive(Debug, Clone, Default)]
 pub struct PodTimeline {
-    /// The pod's Ready condition first false (its containers not ready).
-    pub not_ready: Option<f64>,
+    /// The API server first showed the fault: the pod's Ready condition false, or (when the
+    /// kubelet was quicker than one poll) its container already restarted.
+    pub noticed: Option<f64>,
     /// The pod's container restarted by the kubelet (its restart count grew, or its
     /// container id changed).
     pub restarted: Option<f64>,
@@ -46,14 +47,15 @@ pub async fn pod_after_fault(
         let now = t0.elapsed().as_secs_f64();
         let mut tl = tl.borrow_mut();
         let ready = condition(&p, "Ready").is_some_and(|(s, _, _)| s == "True");
-        if !ready && tl.not_ready.is_none() {
-            tl.not_ready = Some(now);
+        if !ready && tl.noticed.is_none() {
+            tl.noticed = Some(now);
         }
         let id = &p["status"]["containerStatuses"][0]["containerID"];
         if tl.restarted.is_none()
             && (pod::restart_count(&p) > restarts0 || (id != id0 && !id.is_null()))
         {
             tl.restarted = Some(now);
+            tl.noticed.get_or_insert(now);
         }
         if tl.restarted.is_some() && pod::running_ready(&p) && tl.ready_again.is_none() {
             tl.ready_again = Some(now);
