@@ -361,6 +361,12 @@ impl KubeNode {
             .unwrap_or_default()
     }
 
+    /// PID of the process holding the node's namespaces: `nsenter --target` it to run
+    /// something where the node's containerd, shims and kubelet are.
+    pub fn namespace_pid(&self) -> Option<i32> {
+        self.namespace.as_ref().map(NodeNamespace::pid)
+    }
+
     /// PID of a component (`etcd`, `kube-apiserver`, `kubelet`, ...).
     pub fn pid_of(&self, name: &str) -> Option<i32> {
         self.daemons

@@ -2,8 +2,9 @@
 //!
 //! Everything of the node (etcd, the control plane, containerd and its shims, the kubelet)
 //! is started into these namespaces with `nsenter`, so that their listeners, the kubelet's
-//! volume mounts, CRI's network namespaces, `/run`, `/var/log`, `/var/lib/cni` and the
-//! kernel tunables the kubelet checks are the node's own and vanish with it. The PID
+//! volume mounts, CRI's network namespaces, `/run`, `/var/log`, `/var/lib/cni`,
+//! `/var/lib/sturdy` and the kernel tunables the kubelet checks are the node's own and
+//! vanish with it. The PID
 //! namespace stays the host's: tests find and kill shims and containers by host PID, as
 //! the containerd fixture does.
 
@@ -47,6 +48,7 @@ d=$1
 mount -t tmpfs -o mode=0755 sturdy-node-run /run
 mkdir -p /run/netns
 mount -t tmpfs -o mode=0755 sturdy-node-cni /var/lib/cni
+mount -t tmpfs -o mode=0755 sturdy-node-state /var/lib/sturdy
 mount --bind "$d/varlog" /var/log
 for f in "$d"/sysctl/*; do
     t=/proc/sys/$(basename "$f" | tr . /)
@@ -71,9 +73,14 @@ impl NodeNamespace {
             let f = sysctl.join(name.replace('/', "."));
             std::fs::write(&f, format!("{value}\n")).ctx(|| format!("writing {}", f.display()))?;
         }
-        if !Path::new("/var/lib/cni").is_dir() {
-            // The mount point is all the host gets; nothing is ever written into it.
-            std::fs::create_dir_all("/var/lib/cni").ctx(|| "creating /var/lib/cni".into())?;
+        // CNI's result cache, and sturdy's default state (a handler `sturdyctl install`
+        // registers has no options: its shims keep records in /var/lib/sturdy, as the
+        // DaemonSet's watchdog its journal): the node's own tmpfs over each. The mount points
+        // are all the host gets; nothing is ever written into them.
+        for dir in ["/var/lib/cni", "/var/lib/sturdy"] {
+            if !Path::new(dir).is_dir() {
+                std::fs::create_dir_all(dir).ctx(|| format!("creating {dir}"))?;
+            }
         }
         let log = std::fs::File::create(dir.join("logs/namespace.log"))
             .ctx(|| "creating namespace log".into())?;
