@@ -176,7 +176,7 @@ fn print_seen(title: &str, seen: &Seen) {
         seen.hanging_at_end,
         match seen.cleared {
             Some(t) => format!("{t:.1} s after runc answered again (create: the first attempt's, by the window's end)"),
-            None => "— some were still there after 15 s (killed by the test)".into(),
+            None => "— some were still there after 10 s (killed by the test)".into(),
         }
     );
 }
@@ -399,7 +399,7 @@ async fn finish(k: &Kubectl, hang: &Hang, name: &str, seen: &mut Seen) {
     }
     hang.off();
     let t1 = Instant::now();
-    if until(Duration::from_secs(15), || hang.alive().is_empty()).await {
+    if until(Duration::from_secs(10), || hang.alive().is_empty()).await {
         seen.cleared = Some(t1.elapsed().as_secs_f64());
     } else {
         drop_hung(hang);

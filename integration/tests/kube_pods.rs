@@ -73,6 +73,7 @@ async fn pod_features_through_runc_and_sturdy() {
         node.startup_time().as_secs_f64()
     );
     for class in ["runc", "sturdy"] {
+        let t = Instant::now();
         runs_and_is_deleted_with_grace(&node, class).await;
         init_container(k, class).await;
         liveness_probe_restarts(k, class).await;
@@ -80,6 +81,10 @@ async fn pod_features_through_runc_and_sturdy() {
         resize(&node, class).await;
         streams(k, class).await;
         stats_summary(k, class).await;
+        eprintln!(
+            "{class}: all pod features in {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
     }
 }
 
@@ -104,7 +109,7 @@ async fn init_container(k: &Kubectl, class: &str) {
         format!("init-done-{name}"),
         "{name}: main container saw"
     );
-    k.run(&["delete", "pod", &name, "--grace-period=1"])
+    k.run(&["delete", "pod", &name, "--grace-period=1", "--wait=false"])
         .await
         .unwrap();
     eprintln!("{class}: init container ran before the main one");
@@ -150,7 +155,7 @@ async fn liveness_probe_restarts(k: &Kubectl, class: &str) {
         "{class}: liveness probe failure -> container restarted and Ready in {:.1}s",
         t0.elapsed().as_secs_f64()
     );
-    k.run(&["delete", "pod", &name, "--grace-period=1"])
+    k.run(&["delete", "pod", &name, "--grace-period=1", "--wait=false"])
         .await
         .unwrap();
 }
@@ -167,7 +172,7 @@ async fn crash_restarted(k: &Kubectl, class: &str) {
     let last = &p["status"]["containerStatuses"][0]["lastState"]["terminated"];
     assert_eq!(last["exitCode"], 3, "{name}: last state {last}");
     eprintln!("{class}: a container exiting 3 was restarted by the kubelet (restartPolicy Always)");
-    k.run(&["delete", "pod", &name, "--grace-period=1"])
+    k.run(&["delete", "pod", &name, "--grace-period=1", "--wait=false"])
         .await
         .unwrap();
 }
@@ -222,7 +227,7 @@ async fn resize(node: &KubeNode, class: &str) {
         "{name}: resize replaced the container"
     );
     eprintln!("{class}: in-place resize 64Mi/200m -> 96Mi/300m reached the container's cgroup");
-    k.run(&["delete", "pod", &name, "--grace-period=1"])
+    k.run(&["delete", "pod", &name, "--grace-period=1", "--wait=false"])
         .await
         .unwrap();
 }
@@ -302,7 +307,7 @@ async fn streams(k: &Kubectl, class: &str) {
     assert_eq!(answered, Ok(Some(())), "{name}: attach got no answer");
     drop(attach);
     eprintln!("{class}: exec -it (tty), logs -f and attach -i work");
-    k.run(&["delete", "pod", &name, "--grace-period=1"])
+    k.run(&["delete", "pod", &name, "--grace-period=1", "--wait=false"])
         .await
         .unwrap();
 }
@@ -336,7 +341,7 @@ async fn stats_summary(k: &Kubectl, class: &str) {
     .await;
     let (cpu, mem) = stats.unwrap_or_else(|| panic!("{name}: no CPU and memory in /stats/summary"));
     eprintln!("{class}: /stats/summary: {cpu} nanocores, {mem} bytes working set");
-    k.run(&["delete", "pod", &name, "--grace-period=1"])
+    k.run(&["delete", "pod", &name, "--grace-period=1", "--wait=false"])
         .await
         .unwrap();
 }
