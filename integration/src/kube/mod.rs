@@ -12,6 +12,7 @@ pub mod kubectl;
 pub mod namespace;
 pub mod pki;
 pub mod pod;
+pub mod reaper;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -84,6 +85,8 @@ pub struct KubeNode {
     bins: KubeBinaries,
     startup: Duration,
     cleaned: bool,
+    /// Held for the node's lifetime ([`reaper`]).
+    owner: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 impl Default for KubeBuilder {
@@ -134,6 +137,7 @@ impl KubeBuilder {
         // Before anything exists: a host without the binaries leaves nothing behind.
         let bins = KubeBinaries::locate()?;
         generation.binaries()?;
+        reaper::reap_stale_nodes();
         let dir = match self.dir {
             Some(d) => {
                 std::fs::create_dir_all(&d).ctx(|| format!("creating {}", d.display()))?;
@@ -147,11 +151,12 @@ impl KubeBuilder {
                 d
             }
             None => tempfile::Builder::new()
-                .prefix("sturdy-kube-")
+                .prefix(reaper::NODE_DIR_PREFIX)
                 .tempdir_in(fixture_base()?)
                 .ctx(|| "creating the node dir".into())?
                 .keep(),
         };
+        let owner = reaper::lock_owner(&dir, nix::fcntl::FlockArg::LockExclusiveNonblock)?;
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).ctx(|| format!("creating {}", logs.display()))?;
         // Rewritten below once the namespace exists; Drop needs a value now.
@@ -172,6 +177,7 @@ impl KubeBuilder {
             bins,
             startup: Duration::ZERO,
             cleaned: false,
+            owner: Some(owner),
         };
         let pki = Pki::create(&dir.join("pki"))?;
         let ns = NodeNamespace::create(&dir)?;
@@ -430,6 +436,7 @@ impl KubeNode {
                 problems.push(format!("removing {}: {e}", self.dir.display()));
             }
         }
+        self.owner = None;
         for p in &problems {
             eprintln!("sturdy-integration kube cleanup: {p}");
         }
