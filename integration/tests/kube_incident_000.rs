@@ -19,7 +19,7 @@ use sturdy_integration::watchdog::Watchdog;
 use sturdy_integration::{until_some, Containerd};
 
 /// How long the API server's podIP is watched after containerd is back.
-const AFTER_RESTART: Duration = Duration::from_secs(15);
+const AFTER_RESTART: Duration = Duration::from_secs(10);
 
 struct Case {
     name: String,

@@ -7,7 +7,7 @@
 //! The Go shim's figures are printed beside them.
 //!
 //! A hung shim without the watchdog is watched for `STURDY_KUBE_WINDOW` seconds (default
-//! 15: nothing changes in it, see docs/testing.md for a longer run).
+//! 10: nothing changes in it, see docs/testing.md for a longer run).
 //! Needs `../shared/tools/kubernetes-node-1.32.13.tar.xz`; skips visibly without it.
 
 use std::time::{Duration, Instant};
@@ -27,11 +27,12 @@ fn quiet_window() -> Duration {
     let secs = std::env::var("STURDY_KUBE_WINDOW")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(15);
+        .unwrap_or(10);
     Duration::from_secs(secs)
 }
 
 struct Row {
+    name: String,
     class: &'static str,
     signal: Signal,
     watchdog: bool,
@@ -97,6 +98,13 @@ async fn incident_003_dead_and_hung_shims_under_kubelet() {
                 Some(t) => format!("{t:.1} s"),
                 None => format!("no: {} (killed by the test)", r.left.join(", ")),
             },
+        );
+    }
+    for r in &rows {
+        assert!(
+            pod::wait_gone(node.kubectl(), &r.name, Duration::from_secs(90)).await,
+            "{}: not deleted",
+            r.name
         );
     }
     for r in rows.iter().filter(|r| r.class == "sturdy") {
@@ -200,14 +208,12 @@ async fn one(node: &KubeNode, class: &'static str, signal: Signal, watchdog: boo
             let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
         }
     }
+    // Deleted in the background; the test waits for all of them at its end.
     k.run(&["delete", "pod", &name, "--grace-period=1", "--wait=false"])
         .await
         .unwrap();
-    assert!(
-        pod::wait_gone(k, &name, Duration::from_secs(90)).await,
-        "{name}: not deleted"
-    );
     Row {
+        name: name.clone(),
         class,
         signal,
         watchdog,
