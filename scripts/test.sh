@@ -117,7 +117,7 @@ for entry in ${STURDY_TEST_GENERATIONS:-1.7 2.2/1.3 2.3/1.4}; do
     for f in integration/tests/*.rs; do
         name=$(basename "$f" .rs)
         case "$name" in
-            generations|generations_23|upgrade_containerd|upgrade_containerd_lts|userns) ;;
+            generations|generations_23|upgrade_containerd|upgrade_containerd_lts|userns|kube_*) ;;
             *) targets+=(--test "$name") ;;
         esac
     done
@@ -243,6 +243,20 @@ else
         done
     fi
     [ "$c136_status" -eq 0 ] || test_status=1
+fi
+
+# A real single-node Kubernetes cluster (kubelet v1.32.13) on containerd 2.3 with the RuntimeClasses
+# runc and sturdy (docs/testing.md, "Kubernetes node"). Its tests are #[ignore]d in the
+# workspace run above (tests/skips.allow says why) and run here, one at a time: each brings
+# up a whole cluster.
+step "kubernetes node on containerd 2.3"
+if [ ! -f ../shared/tools/kubernetes-node-1.32.13.tar.xz ] || [ ! -f ../shared/tools/containerd-2.3.4.tar.xz ]; then
+    skipped "scripts/test.sh::kubernetes-node" "no kubernetes-node-1.32.13 or containerd 2.3 in ../shared/tools"
+else
+    kube_targets=()
+    for f in integration/tests/kube_*.rs; do kube_targets+=(--test "$(basename "$f" .rs)"); done
+    STURDY_CONTAINERD=2.3 cargo test --locked --no-fail-fast -p sturdy-integration "${kube_targets[@]}" \
+        -- --ignored --test-threads=1 --nocapture 2>&1 | tee "$work/test-kube.log" || test_status=$?
 fi
 
 # The VM tier (docs/testing.md, "VM tier"): the cgroup tests with both cgroup drivers and

@@ -88,6 +88,8 @@ pub struct Containerd {
     cgroup_driver: CgroupDriver,
     /// Extra environment of containerd (and its shims).
     env: Vec<(String, String)>,
+    /// Command prefix containerd is started through (empty: none).
+    launcher: Vec<std::ffi::OsString>,
     child: Option<Child>,
     pid: i32,
     subnet: Option<SubnetSlot>,
@@ -342,7 +344,15 @@ impl Containerd {
             self.dir.join("bin").display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
-        let child = Command::new(&self.bins.containerd)
+        let mut command = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.bins.containerd);
+                c
+            }
+            None => Command::new(&self.bins.containerd),
+        };
+        let child = command
             .arg("--config")
             .arg(self.dir.join("config.toml"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -473,6 +483,7 @@ impl Containerd {
             oci_runtime_bin: PathBuf::from("/usr/sbin/runc"),
             cgroup_driver: CgroupDriver::Cgroupfs,
             env: Vec::new(),
+            launcher: Vec::new(),
             dir,
             suffix: suffix.to_string(),
             child: None,

@@ -68,6 +68,9 @@ pub enum Error {
     /// A tool from `../shared/tools` is missing, corrupt or could not be unpacked.
     #[error("tools: {0}")]
     Tools(#[from] crate::tools::ToolsError),
+    /// A Kubernetes node component failed or never became ready.
+    #[error("kubernetes node: {0}")]
+    Kube(String),
     /// JSON (de)serialisation failed.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),

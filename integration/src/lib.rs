@@ -13,6 +13,7 @@ pub mod ctr;
 pub mod error;
 pub mod handler;
 pub mod image;
+pub mod kube;
 pub mod measure;
 pub mod registry;
 pub mod runc_wrapper;

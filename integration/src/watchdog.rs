@@ -26,6 +26,19 @@ impl Watchdog {
     /// Log and journal live in `<fx dir>/watchdog`; a watchdog started again for the same
     /// fixture gets a log of its own and shares the journal, as a restarted one would.
     pub fn spawn(bin: &Path, fx: &Containerd, args: &[&str], log_level: &str) -> Result<Watchdog> {
+        Watchdog::spawn_in(&[], bin, fx, args, log_level)
+    }
+
+    /// [`Watchdog::spawn`] through `launcher`, a command prefix that execs it in place: a
+    /// Kubernetes node's containerd lives in the node's mount namespace, and so do its shims'
+    /// sockets (`crate::kube::KubeNode::enter`).
+    pub fn spawn_in(
+        launcher: &[String],
+        bin: &Path,
+        fx: &Containerd,
+        args: &[&str],
+        log_level: &str,
+    ) -> Result<Watchdog> {
         if !bin.is_file() {
             return Err(Error::Io {
                 context: format!("{} is missing: build the workspace first", bin.display()),
@@ -43,7 +56,15 @@ impl Watchdog {
             .unwrap_or_else(|| dir.join("watchdog.log"));
         let journal = dir.join("watchdog.journal");
         let stderr = std::fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
-        let child = Command::new(bin)
+        let mut command = match launcher.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .arg("watchdog")
             .arg("--address")
             .arg(fx.socket())

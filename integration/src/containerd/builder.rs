@@ -30,6 +30,7 @@ pub struct Builder {
     registry_config_path: Option<PathBuf>,
     port_mapping: bool,
     env: Vec<(String, String)>,
+    launcher: Vec<std::ffi::OsString>,
 }
 
 /// An additional CRI runtime handler written into the fixture's config.
@@ -132,6 +133,7 @@ impl Default for Builder {
             registry_config_path: None,
             port_mapping: false,
             env: Vec::new(),
+            launcher: Vec::new(),
         }
     }
 }
@@ -229,6 +231,17 @@ impl Builder {
         self
     }
 
+    /// Starts containerd through this command prefix, which must exec it in place (so its PID
+    /// stays containerd's), e.g. `nsenter --target PID --mount --net --`: how a Kubernetes
+    /// node runs containerd in the namespaces its kubelet lives in.
+    pub fn launcher<S: Into<std::ffi::OsString>>(
+        mut self,
+        prefix: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.launcher = prefix.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Create the temp dir, write the config, start containerd and import the images.
     pub async fn start(self) -> Result<Containerd> {
         let generation = match self.generation {
@@ -272,6 +285,7 @@ impl Builder {
         fx.registry_config_path = self.registry_config_path;
         fx.port_mapping = self.port_mapping;
         fx.env = self.env;
+        fx.launcher = self.launcher;
         // From here on Drop cleans whatever got created if a later step fails.
         fx.owner = Some(lock_file(
             &fx.dir.join("owner.lock"),
