@@ -195,8 +195,11 @@ impl Containerd {
             if handler == crate::Handler::Runc {
                 flags.push("--runc-systemd-cgroup".into());
             }
+            // systemd names the scope `<prefix>-<id>.scope`, one name space for the whole
+            // machine: with a fixed prefix, two fixtures' containers of the same id collide
+            // ("Unit ctr-counter.scope was already loaded").
             flags.push("--cgroup".into());
-            flags.push(format!("{}:ctr:{id}", self.cgroup_parent()));
+            flags.push(format!("{}:ctr{}:{id}", self.cgroup_parent(), self.suffix));
         }
         flags
     }
