@@ -143,6 +143,8 @@ impl Containerd {
             self.fifo_dir().to_string_lossy().into_owned(),
         ];
         args.extend(runtime_flags(self, handler));
+        // ctr's default cgroup path (/<namespace>/<id>) is no systemd `slice:prefix:name`.
+        args.extend(self.ctr_cgroup_flags(handler, id));
         args.extend(opts.extra_flags.iter().cloned());
         args.push(opts.image.clone());
         args.push(id.into());
@@ -154,6 +156,7 @@ impl Containerd {
     pub async fn ctr_run_detached(&self, handler: Handler, id: &str, cmd: &[&str]) -> Result<()> {
         let mut args: Vec<String> = vec!["run".into(), "-d".into()];
         args.extend(runtime_flags(self, handler));
+        args.extend(self.ctr_cgroup_flags(handler, id));
         args.push(BUSYBOX_IMAGE.into());
         args.push(id.into());
         args.extend(cmd.iter().map(|s| s.to_string()));

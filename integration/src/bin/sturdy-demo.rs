@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use sturdy_integration::containerd::SHIM_BINARY;
 use sturdy_integration::ctr::shim_looks_real;
-use sturdy_integration::until;
+use sturdy_integration::k8s_cri::v1::{ContainerState, PodSandboxState};
 use sturdy_integration::watchdog::Watchdog;
 use sturdy_integration::{container_config, Containerd, Handler};
+use sturdy_integration::{until, until_some};
 
 const USAGE: &str = "usage: sturdy-demo [--runtime sturdy|runc] [--shim PATH]
 
@@ -215,24 +216,30 @@ async fn watchdog_demo(fx: &Containerd) -> Result<(), String> {
             "    pod {name}: container process stopped {:.2} s after the signal",
             t0.elapsed().as_secs_f64()
         );
-        let end = Instant::now() + Duration::from_secs(20);
-        let state = loop {
-            let s = cri.pod_status(&pod).await.map_err(|e| e.to_string())?.state;
-            if s != sturdy_integration::k8s_cri::v1::PodSandboxState::SandboxReady as i32
-                || Instant::now() > end
-            {
-                break s;
+        // Recovered means containerd learned it: the sandbox NotReady and the container
+        // Exited in CRI. containerd 2.x settles a dead shim's tasks asynchronously, so a
+        // RemovePodSandbox before that is refused ("container is still running").
+        let settled = until_some(Duration::from_secs(20), || {
+            let (mut cri, pod, ctr) = (cri.clone(), pod.clone(), ctr.clone());
+            async move {
+                let pod_state = cri.pod_status(&pod).await.ok()?.state;
+                let ctr_status = cri.container_status(&ctr).await.ok()?;
+                (pod_state != PodSandboxState::SandboxReady as i32
+                    && ctr_status.state == ContainerState::ContainerExited as i32)
+                    .then_some(ctr_status.exit_code)
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        println!(
-            "    pod {name}: CRI reports {}",
-            if state == 0 {
-                "Ready (not recovered!)"
-            } else {
-                "NotReady"
+        })
+        .await;
+        match settled {
+            Some(code) => {
+                println!("    pod {name}: CRI reports NotReady, container Exited ({code})")
             }
-        );
+            None => {
+                return Err(format!(
+                    "pod {name}: CRI never reported it NotReady with its container Exited"
+                ))
+            }
+        }
         cri.remove_pod(&pod).await.map_err(|e| e.to_string())?;
     }
     if !until(Duration::from_secs(20), || {
