@@ -221,15 +221,23 @@ impl Cri {
     }
 
     /// ExecSync with a timeout; a non-zero exit code is a normal [`Output`].
+    ///
+    /// The call itself is bounded too (the timeout plus a minute): containerd 1.6 waits
+    /// for an exec's output EOF without a deadline, and a test must fail, not hang, when
+    /// a shim never delivers it.
     pub async fn exec_sync(&mut self, id: &str, cmd: &[&str], timeout: Duration) -> Result<Output> {
-        let resp = self
-            .runtime
-            .exec_sync(ExecSyncRequest {
-                container_id: id.into(),
-                cmd: cmd.iter().map(|s| s.to_string()).collect(),
-                timeout: timeout.as_secs() as i64,
-            })
+        let limit = timeout + Duration::from_secs(60);
+        let call = self.runtime.exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: timeout.as_secs() as i64,
+        });
+        let resp = tokio::time::timeout(limit, call)
             .await
+            .map_err(|_| Error::Timeout {
+                command: format!("CRI ExecSync {id} {}", cmd.join(" ")),
+                secs: limit.as_secs(),
+            })?
             .map_err(rpc("ExecSync"))?
             .into_inner();
         Ok(Output {

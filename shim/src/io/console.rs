@@ -27,6 +27,7 @@ use runc_client::ConsoleSocket;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 
+use super::fifo_eof::FifoNode;
 use super::logger::Logger;
 use super::outputs::Outputs;
 use super::{open_stdin_fifo, Copiers, StdioPaths};
@@ -121,6 +122,7 @@ pub struct Pending {
     socket: ConsoleSocket,
     stdin: Option<pipe::Receiver>,
     stdout: pipe::Sender,
+    stdout_node: Option<FifoNode>,
     logger: Option<Logger>,
     spill_dir: PathBuf,
 }
@@ -153,6 +155,7 @@ impl Pending {
             socket,
             stdin,
             stdout,
+            stdout_node: outputs.stdout_node,
             logger: outputs.logger,
             spill_dir: spill_dir.to_path_buf(),
         })
@@ -209,7 +212,7 @@ impl Pending {
         let console = Arc::new(Console { master });
         let mut copiers = Copiers::default();
         copiers.logger = self.logger;
-        copiers.start_output(id, reader, self.stdout, &self.spill_dir);
+        copiers.start_output(id, reader, self.stdout, self.stdout_node, &self.spill_dir);
         if let (Some(fifo), Some(writer)) = (self.stdin, writer) {
             copiers.start_stdin(fifo, writer, Some(console.clone()));
         }

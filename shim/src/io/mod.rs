@@ -21,6 +21,7 @@
 
 mod budget;
 pub mod console;
+mod fifo_eof;
 mod file;
 pub mod logger;
 mod output;
@@ -201,12 +202,14 @@ impl Copiers {
         self.stdin = Some(tokio::spawn(stdin::copy_stdin(fifo, to, rx, console)));
     }
 
-    /// Starts draining `from` (a process's stdout or stderr, or its pty master) into `fifo`.
+    /// Starts draining `from` (a process's stdout or stderr, or its pty master) into `fifo`;
+    /// `node` is that FIFO's inode when it is one of containerd's (for a late reader's EOF).
     fn start_output(
         &mut self,
         id: &str,
         from: pipe::Receiver,
         fifo: pipe::Sender,
+        node: Option<fifo_eof::FifoNode>,
         spill_dir: &Path,
     ) {
         let progress = self.progress.clone();
@@ -223,7 +226,7 @@ impl Copiers {
             progress.clone(),
         );
         self.outputs.push(tokio::spawn(output::copy_output(
-            from, fifo, spool, progress, active,
+            from, fifo, node, spool, progress, active,
         )));
     }
 
@@ -347,15 +350,15 @@ fn prepare_pipes(
         copiers.start_stdin(fifo, sender, None);
         io.stdin = Some(read);
     }
-    for (target, slot) in [
-        (outputs.stdout, &mut io.stdout),
-        (outputs.stderr, &mut io.stderr),
+    for (target, node, slot) in [
+        (outputs.stdout, outputs.stdout_node, &mut io.stdout),
+        (outputs.stderr, outputs.stderr_node, &mut io.stderr),
     ] {
         let Some(target) = target else { continue };
         let (read, write) = make_pipe(id, uid, gid)?;
         let receiver = pipe::Receiver::from_owned_fd(read)
             .map_err(|e| Error::io(id, "register output pipe", e))?;
-        copiers.start_output(id, receiver, target, spill_dir);
+        copiers.start_output(id, receiver, target, node, spill_dir);
         *slot = Some(write);
     }
     Ok((io, copiers))
@@ -372,15 +375,19 @@ fn open_stdin_fifo(id: &str, path: &str) -> Result<pipe::Receiver> {
         .map_err(|e| Error::io(id, format!("open stdin fifo {path}"), e))
 }
 
-/// Opens one of containerd's output FIFOs for writing.
-fn open_output_fifo(id: &str, path: &str) -> Result<pipe::Sender> {
+/// Opens one of containerd's output FIFOs for writing; also its inode, to hand a reader
+/// that comes late its EOF ([`fifo_eof`]).
+fn open_output_fifo(id: &str, path: &str) -> Result<(pipe::Sender, fifo_eof::FifoNode)> {
     check_scheme(path)?;
     // Read-write keeps an extra reader on the FIFO: a containerd restart closes its
     // reader, and without ours the container would get EPIPE.
-    pipe::OpenOptions::new()
+    let sender = pipe::OpenOptions::new()
         .read_write(true)
         .open_sender(path)
-        .map_err(|e| Error::io(id, format!("open output fifo {path}"), e))
+        .map_err(|e| Error::io(id, format!("open output fifo {path}"), e))?;
+    let node = fifo_eof::FifoNode::of(&sender)
+        .map_err(|e| Error::io(id, format!("open output fifo {path} (O_PATH)"), e))?;
+    Ok((sender, node))
 }
 
 /// A URI where a FIFO path belongs: a stdin URI, or a stderr URI under a plain stdout
@@ -452,6 +459,7 @@ fn unread(fd: std::os::fd::RawFd) -> Option<i32> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
 
     fn fifo(dir: &std::path::Path, name: &str) -> String {
         let path = dir.join(name);
@@ -502,6 +510,52 @@ mod tests {
         let took = t.elapsed();
         assert!(took >= DRAIN_IDLE_LIMIT, "{took:?}");
         assert!(took < DRAIN_IDLE_LIMIT + Duration::from_secs(2), "{took:?}");
+    }
+
+    /// containerd 1.6's ExecSync hung for good when its reader opened an empty stderr FIFO
+    /// only after the exec's output had ended (see `fifo_eof`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_opening_after_the_output_ended_gets_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = StdioPaths {
+            stdout: fifo(dir.path(), "out"),
+            stderr: fifo(dir.path(), "err"),
+            ..Default::default()
+        };
+        let (io, copiers) = prepare("c", &paths, 0, 0, dir.path()).unwrap();
+        // The process exits without writing anything; its output loops end.
+        drop(io);
+        copiers.progress().drain(Duration::from_secs(10)).await;
+        assert_eq!(copiers.progress().active.load(Ordering::Relaxed), 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for path in [paths.stdout.clone(), paths.stderr.clone()] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let n = std::fs::File::open(&path)
+                    .and_then(|mut f| f.read_to_end(&mut buf))
+                    .map_err(|e| e.to_string());
+                tx.send((path, n)).unwrap();
+            });
+        }
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(r) => got.push(r),
+                Err(_) => break,
+            }
+        }
+        if got.len() < 2 {
+            // Release readers stuck in open(2) before failing.
+            for path in [&paths.stdout, &paths.stderr] {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(path);
+            }
+        }
+        assert_eq!(got.len(), 2, "a late reader never got its EOF: {got:?}");
+        assert!(got.iter().all(|(_, n)| n == &Ok(0)), "{got:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use tokio::net::unix::pipe;
 
+use super::fifo_eof::FifoNode;
 use super::spool::Spool;
 use super::{wait_until_read, ActiveGuard, Progress};
 
@@ -52,6 +53,7 @@ impl Drop for Waiting {
 pub(super) async fn copy_output(
     from: pipe::Receiver,
     fifo: pipe::Sender,
+    node: Option<FifoNode>,
     mut spool: Spool,
     progress: Arc<Progress>,
     _active: ActiveGuard,
@@ -103,6 +105,11 @@ pub(super) async fn copy_output(
     }
     waiting.set(false);
     wait_until_read(&fifo, &progress).await;
+    drop(fifo);
+    if let Some(node) = node {
+        // Apart from this loop: the exit waits for the loop, never for a late reader.
+        tokio::spawn(node.hand_eof());
+    }
 }
 
 /// Moves bytes, oldest first, until the FIFO is full or nothing is left: the spool's

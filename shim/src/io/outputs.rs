@@ -6,6 +6,7 @@
 
 use tokio::net::unix::pipe;
 
+use super::fifo_eof::FifoNode;
 use super::logger::{self, Logger};
 use super::uri::{self, Target};
 use super::{file, open_output_fifo, Owner, StdioPaths};
@@ -18,6 +19,9 @@ pub struct Outputs {
     pub stdout: Option<pipe::Sender>,
     /// For stderr (None: /dev/null).
     pub stderr: Option<pipe::Sender>,
+    /// The inodes of `stdout` and `stderr` when they are containerd's FIFOs.
+    pub(super) stdout_node: Option<FifoNode>,
+    pub(super) stderr_node: Option<FifoNode>,
     /// Whether the stdin FIFO feeds the process: not with a logging binary, whose
     /// processes get /dev/null as in the Go shim.
     pub stdin: bool,
@@ -31,9 +35,13 @@ pub fn open_fifos(id: &str, paths: &StdioPaths) -> Result<Outputs> {
         "" => Ok(None),
         path => open_output_fifo(id, path).map(Some),
     };
+    let (stdout, stdout_node) = open(&paths.stdout)?.unzip();
+    let (stderr, stderr_node) = open(&paths.stderr)?.unzip();
     Ok(Outputs {
-        stdout: open(&paths.stdout)?,
-        stderr: open(&paths.stderr)?,
+        stdout,
+        stderr,
+        stdout_node,
+        stderr_node,
         stdin: true,
         logger: None,
     })
@@ -52,6 +60,7 @@ pub async fn open(owner: &Owner<'_>, paths: &StdioPaths, uid: u32, gid: u32) -> 
                 stderr: Some(started.stderr),
                 stdin: false,
                 logger: Some(started.logger),
+                ..Outputs::default()
             })
         }
         Target::File(path) => {
@@ -69,6 +78,7 @@ pub async fn open(owner: &Owner<'_>, paths: &StdioPaths, uid: u32, gid: u32) -> 
                 stderr,
                 stdin: true,
                 logger: None,
+                ..Outputs::default()
             })
         }
     }

@@ -325,7 +325,7 @@ impl Flood {
         let path = fifo(dir, &format!("out{n}"));
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let from = pipe::Receiver::from_owned_fd(read).unwrap();
-        let to = open_output_fifo("c", &path).unwrap();
+        let (to, node) = open_output_fifo("c", &path).unwrap();
         let progress = Arc::new(Progress::default());
         progress.active.fetch_add(1, Ordering::Relaxed);
         let spool = spool::Spool::new(
@@ -339,6 +339,7 @@ impl Flood {
         tokio::spawn(copy_output(
             from,
             to,
+            Some(node),
             spool,
             progress.clone(),
             ActiveGuard(progress.clone()),
