@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod exec;
 pub mod exits;
+pub mod handover;
 pub mod ids;
 pub mod io;
 pub mod listener;
