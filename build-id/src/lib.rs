@@ -82,7 +82,7 @@ pub fn of_self() -> Result<Option<BuildId>, Error> {
 
 /// The build-id of an open ELF file; errors name the file as "-" (see [`of_path`]).
 pub fn of_file(file: &File) -> Result<Option<BuildId>, Error> {
-    let header = read(file, 0, 64)?;
+    let header = read_header(file)?;
     let elf = Layout::parse(&header)?;
     let count = u64::from(elf.phnum).min(MAX_PHDRS);
     let table = read(file, elf.phoff, count * u64::from(elf.phentsize))?;
@@ -117,8 +117,11 @@ struct Layout {
 
 impl Layout {
     fn parse(h: &[u8]) -> Result<Self, Error> {
-        if h.len() < 52 || &h[0..4] != b"\x7fELF" {
+        if h.len() < 4 || &h[0..4] != b"\x7fELF" {
             return Err(not_elf("no ELF magic"));
+        }
+        if h.len() < 52 {
+            return Err(not_elf("truncated ELF header"));
         }
         let wide = match h[4] {
             1 => false,
@@ -203,6 +206,27 @@ fn find_build_id(elf: &Layout, mut notes: &[u8]) -> Option<BuildId> {
         notes = &notes[desc_end..];
     }
     None
+}
+
+/// Up to the first 64 bytes: a short file is judged by its magic first.
+fn read_header(file: &File) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; 64];
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    path: "-".into(),
+                    source,
+                })
+            }
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
 }
 
 fn read(file: &File, offset: u64, len: u64) -> Result<Vec<u8>, Error> {

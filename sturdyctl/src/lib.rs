@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod builds;
 pub mod confirm;
 pub mod containerd;
 pub mod ctrconfig;
