@@ -26,5 +26,6 @@ pub mod replay;
 mod testing;
 pub mod trust;
 pub mod units;
+pub mod upgrade;
 pub mod watchdog;
 mod watcher;

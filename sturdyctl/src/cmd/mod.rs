@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod install;
 pub mod sandboxes;
 pub mod status;
+pub mod upgrade;
 pub mod watchdog;
 
 /// Where containerd and the journal are; shared by every subcommand that looks at shims.
