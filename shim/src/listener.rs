@@ -14,7 +14,9 @@
 //!   shim-wide [`FRAME_BUDGET`], first come first served;
 //! - a frame that makes no progress for [`STALL_LIMIT`] (its peer sends nothing, or it
 //!   waits for budget) has its connection closed, which hands its budget back;
-//! - once budget is handed back, the freed heap is returned to the kernel.
+//! - once budget is handed back, the freed heap is returned to the kernel;
+//! - while the [`Gate`] is closed (a live upgrade), connections stop at their next frame
+//!   boundary and nothing new is accepted ([`quiesce`]).
 //!
 //! Worst case, ttrpc holds FRAME_BUDGET + MAX_CONNECTIONS × SMALL_FRAME = 12 MiB of request
 //! payloads at once. Only processes of the shim's own uid get in ([`SameUser`]).
@@ -23,6 +25,7 @@ mod budget;
 mod frames;
 mod guard;
 mod idle;
+pub mod quiesce;
 
 use std::io;
 use std::os::unix::net::UnixListener as StdUnixListener;
@@ -39,6 +42,7 @@ use budget::Budget;
 pub use guard::Guarded;
 use idle::Registry;
 pub use idle::{Keep, IDLE_LIMIT};
+pub use quiesce::Gate;
 
 /// Connections served at once. containerd opens one connection per task it runs in this
 /// shim (a pod's containers share one shim), and tools add the odd short-lived one; 64
@@ -91,9 +95,14 @@ impl Default for Limits {
 }
 
 /// Turns the bound socket into ttrpc's listener under `limits`; `keep`'s connections
-/// never give way at the cap. Must run inside the runtime: it registers the socket and
-/// starts the task that trims the heap.
-pub fn listen(listener: StdUnixListener, limits: Limits, keep: Keep) -> io::Result<Listener> {
+/// never give way at the cap; `gate` stops them all at a frame boundary when closed. Must
+/// run inside the runtime: it registers the socket and starts the task that trims the heap.
+pub fn listen(
+    listener: StdUnixListener,
+    limits: Limits,
+    keep: Keep,
+    gate: Arc<Gate>,
+) -> io::Result<Listener> {
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
     let budget = Budget::new(limits.budget);
@@ -104,6 +113,7 @@ pub fn listen(listener: StdUnixListener, limits: Limits, keep: Keep) -> io::Resu
         budget,
         SameUser::current(),
         keep,
+        gate,
     )))
 }
 
@@ -124,6 +134,7 @@ fn accepted(
     budget: Arc<Budget>,
     owner: SameUser,
     keep: Keep,
+    gate: Arc<Gate>,
 ) -> impl Stream<Item = io::Result<Guarded<UnixStream>>> + Send + 'static {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let state = (
@@ -133,10 +144,13 @@ fn accepted(
         owner,
         keep,
         Arc::new(Registry::default()),
+        gate,
     );
     stream::unfold(state, move |state| async move {
-        let (listener, slots, budget, owner, keep, registry) = &state;
+        let (listener, slots, budget, owner, keep, registry, gate) = &state;
         let (stream, peer_pid) = loop {
+            // A connection arriving while the gate is closed waits in the backlog.
+            gate.wait_open().await;
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -179,7 +193,8 @@ fn accepted(
             Some(slot),
             peer_pid,
             Some(conn),
-        );
+        )
+        .with_gate(gate.join());
         Some((Ok(guarded), state))
     })
 }

@@ -97,8 +97,10 @@ pub(super) fn serve(flags: &Flags) -> Result<(), String> {
         );
         let tasks = service.tasks().clone();
         let keep = listener::Keep::containerd(&ttrpc_address);
-        let listener =
-            listener::listen(listener, limits(), keep).map_err(|e| format!("listener: {e}"))?;
+        // Closed only by a live upgrade, which is not implemented yet (docs/upgrade.md).
+        let gate = listener::Gate::new();
+        let listener = listener::listen(listener, limits(), keep, gate)
+            .map_err(|e| format!("listener: {e}"))?;
         let mut server = Server::new()
             .add_listener(listener)
             .register_service(task_services(Arc::new(service)));

@@ -16,6 +16,7 @@ use ttrpc::proto::MESSAGE_LENGTH_MAX;
 use super::budget::{Budget, Reservation};
 use super::frames::{Cursor, HEADER_LEN};
 use super::idle::Conn;
+use super::quiesce::Pass;
 use super::Limits;
 
 /// What a frame of a given length needs before ttrpc may see its header.
@@ -56,6 +57,8 @@ pub struct Guarded<S> {
     peer_pid: Option<i32>,
     /// Its entry among the connections that may give way at the cap.
     conn: Option<Arc<Conn>>,
+    /// Its place at the upgrade gate: between frames, reads wait while it is closed.
+    pass: Option<Pass>,
     /// The connection's place under the cap, given back when ttrpc drops us.
     _slot: Option<OwnedSemaphorePermit>,
 }
@@ -82,8 +85,15 @@ impl<S> Guarded<S> {
             stall: None,
             peer_pid,
             conn,
+            pass: None,
             _slot: slot,
         }
+    }
+
+    /// Puts the connection under a gate that can stop it between frames.
+    pub(crate) fn with_gate(mut self, pass: Pass) -> Self {
+        self.pass = Some(pass);
+        self
     }
 
     fn progress(&mut self) {
@@ -174,6 +184,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             return Poll::Ready(Ok(()));
         }
         loop {
+            if !this.cursor.mid_frame() {
+                // Between frames: the one place a connection may stop for an upgrade, with
+                // the next request left whole in the socket.
+                if let Some(pass) = &this.pass {
+                    if pass.poll_pass(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
             if let Some(room) = this.cursor.header_room() {
                 let mut hb = ReadBuf::new(room);
                 match Pin::new(&mut this.inner).poll_read(cx, &mut hb) {

@@ -267,6 +267,7 @@ fn accepting_with(
         Budget::new(limits.budget),
         owner,
         keep,
+        Gate::new(),
     )
 }
 

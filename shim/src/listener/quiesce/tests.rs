@@ -1,0 +1,194 @@
+//! The gate over in-memory connections and over the accept loop on a real socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{poll, StreamExt};
+use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::time::timeout;
+
+use super::super::budget::Budget;
+use super::super::{accepted, Guarded, Keep, Limits};
+use super::*;
+use crate::peer::SameUser;
+
+/// A whole frame of `len` payload bytes, each `id`.
+fn frame(len: u32, id: u32) -> Vec<u8> {
+    let mut f = len.to_be_bytes().to_vec();
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&[1, 0]);
+    f.resize(10 + len as usize, id as u8);
+    f
+}
+
+fn gated(gate: &Arc<Gate>) -> (Guarded<DuplexStream>, DuplexStream) {
+    let (ours, theirs) = duplex(1 << 20);
+    let g = Guarded::new(
+        ours,
+        Budget::new(1 << 20),
+        Limits::default(),
+        None,
+        None,
+        None,
+    )
+    .with_gate(gate.join());
+    (g, theirs)
+}
+
+/// Reads one frame as ttrpc does: the header, then the payload.
+async fn read_frame(g: &mut Guarded<DuplexStream>) -> Vec<u8> {
+    let mut f = vec![0u8; 10];
+    g.read_exact(&mut f).await.unwrap();
+    let len = u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize;
+    f.resize(10 + len, 0);
+    g.read_exact(&mut f[10..]).await.unwrap();
+    f
+}
+
+/// Polls a read of one byte once; whether it got one.
+async fn one_byte_now(g: &mut Guarded<DuplexStream>) -> bool {
+    let mut b = [0u8; 1];
+    let read = g.read(&mut b);
+    tokio::pin!(read);
+    matches!(poll!(read), std::task::Poll::Ready(Ok(1)))
+}
+
+#[tokio::test]
+async fn a_closed_gate_holds_the_next_request_in_the_socket_and_opening_delivers_it() {
+    let gate = Gate::new();
+    let (mut a, mut peer_a) = gated(&gate);
+    let (mut b, mut peer_b) = gated(&gate);
+    peer_a.write_all(&frame(20, 1)).await.unwrap();
+    assert_eq!(
+        read_frame(&mut a).await,
+        frame(20, 1),
+        "an open gate passes frames"
+    );
+    // Both readers are between frames; closing parks them once they look again (ttrpc's
+    // reader always has a read pending; here the reads are driven by hand).
+    // Polled once: the gate is closed from here on, and close waits for the parking.
+    let closing = gate.close();
+    tokio::pin!(closing);
+    assert!(poll!(&mut closing).is_pending());
+    peer_a.write_all(&frame(30, 2)).await.unwrap();
+    peer_b.write_all(&frame(5, 3)).await.unwrap();
+    assert!(
+        !one_byte_now(&mut a).await,
+        "read a request through a closed gate"
+    );
+    assert!(
+        !one_byte_now(&mut b).await,
+        "read a request through a closed gate"
+    );
+    timeout(Duration::from_secs(5), closing)
+        .await
+        .expect("close never saw both connections parked");
+    assert!(gate.is_closed());
+    gate.open();
+    assert_eq!(
+        read_frame(&mut a).await,
+        frame(30, 2),
+        "request lost or torn"
+    );
+    assert_eq!(
+        read_frame(&mut b).await,
+        frame(5, 3),
+        "request lost or torn"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_begun_is_read_to_its_end_before_the_connection_parks() {
+    let gate = Gate::new();
+    let (mut a, mut peer) = gated(&gate);
+    let whole = frame(100, 7);
+    // Header and half the payload are in when the gate closes.
+    peer.write_all(&whole[..60]).await.unwrap();
+    let mut got = vec![0u8; 60];
+    a.read_exact(&mut got).await.unwrap();
+    // Polled once: the gate is closed from here on, and close waits for the parking.
+    let closing = gate.close();
+    tokio::pin!(closing);
+    assert!(poll!(&mut closing).is_pending());
+    assert!(
+        poll!(&mut closing).is_pending(),
+        "parked in the middle of a frame"
+    );
+    peer.write_all(&whole[60..]).await.unwrap();
+    peer.write_all(&frame(3, 8)).await.unwrap();
+    got.resize(110, 0);
+    a.read_exact(&mut got[60..]).await.unwrap();
+    assert_eq!(got, whole, "the frame begun was not delivered whole");
+    assert!(
+        !one_byte_now(&mut a).await,
+        "the next frame passed a closed gate"
+    );
+    timeout(Duration::from_secs(5), closing)
+        .await
+        .expect("never parked after its frame ended");
+    gate.open();
+    assert_eq!(read_frame(&mut a).await, frame(3, 8));
+}
+
+#[tokio::test]
+async fn a_connection_that_goes_no_longer_holds_up_the_close() {
+    let gate = Gate::new();
+    let (mut a, mut peer) = gated(&gate);
+    peer.write_all(&frame(50, 1)[..20]).await.unwrap();
+    let mut part = [0u8; 20];
+    a.read_exact(&mut part).await.unwrap();
+    // Polled once: the gate is closed from here on, and close waits for the parking.
+    let closing = gate.close();
+    tokio::pin!(closing);
+    assert!(poll!(&mut closing).is_pending());
+    assert!(poll!(&mut closing).is_pending());
+    assert_eq!(gate.connections(), 1);
+    // Its frame never ends: the stall limit (or the peer) closes it, and ttrpc drops it.
+    drop(a);
+    timeout(Duration::from_secs(5), closing)
+        .await
+        .expect("a dropped connection kept the gate from closing");
+    assert_eq!(gate.connections(), 0);
+    // With nobody connected, closing returns at once.
+    timeout(Duration::from_secs(1), gate.close()).await.unwrap();
+}
+
+#[tokio::test]
+async fn nothing_is_accepted_while_the_gate_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let gate = Gate::new();
+    let mut incoming = Box::pin(accepted(
+        tokio::net::UnixListener::from_std(listener).unwrap(),
+        Limits::default(),
+        Budget::new(1 << 20),
+        SameUser::current(),
+        Keep::Pid(0),
+        gate.clone(),
+    ));
+    let _first = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let first = incoming.next().await.unwrap().unwrap();
+    assert_eq!(gate.connections(), 1);
+    drop(first);
+    timeout(Duration::from_secs(1), gate.close()).await.unwrap();
+    let mut waiting = tokio::net::UnixStream::connect(&path).await.unwrap();
+    // Connected in the kernel's backlog: the client may even write its request already.
+    waiting.write_all(&frame(4, 1)).await.unwrap();
+    assert!(
+        timeout(Duration::from_millis(300), incoming.next())
+            .await
+            .is_err(),
+        "accepted while the gate was closed"
+    );
+    gate.open();
+    let mut g = timeout(Duration::from_secs(5), incoming.next())
+        .await
+        .expect("not accepted after the gate opened")
+        .unwrap()
+        .unwrap();
+    let mut got = vec![0u8; 14];
+    g.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, frame(4, 1));
+}
