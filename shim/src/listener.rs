@@ -27,7 +27,9 @@ mod guard;
 mod idle;
 pub mod quiesce;
 
+use std::collections::VecDeque;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,18 +105,74 @@ pub fn listen(
     keep: Keep,
     gate: Arc<Gate>,
 ) -> io::Result<Listener> {
+    resume(listener, Vec::new(), limits, keep, gate)
+}
+
+/// As [`listen`], serving first `connections`: ones an earlier image of this process
+/// accepted and handed over across an exec, each stopped at a frame boundary, so the next
+/// request is read whole from the socket. Each must be a Unix stream socket whose peer
+/// passes the same check as a new one; the rest are refused (closed) and logged.
+pub fn resume(
+    listener: StdUnixListener,
+    connections: Vec<OwnedFd>,
+    limits: Limits,
+    keep: Keep,
+    gate: Arc<Gate>,
+) -> io::Result<Listener> {
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
+    let mut adopted = VecDeque::new();
+    for fd in connections {
+        match adopt(fd) {
+            Ok(stream) => adopted.push_back(stream),
+            Err(e) => log::error!("refused a handed-over connection: {e}"),
+        }
+    }
     let budget = Budget::new(limits.budget);
     tokio::spawn(trim_after_release(budget.clone()));
     Ok(Listener::new(accepted(
         listener,
+        adopted,
         limits,
         budget,
         SameUser::current(),
         keep,
         gate,
     )))
+}
+
+/// A handed-over fd as a connection, if it is a connected Unix stream socket.
+fn adopt(fd: OwnedFd) -> io::Result<UnixStream> {
+    let raw = fd.as_raw_fd();
+    for (opt, want, what) in [
+        (libc::SO_DOMAIN, libc::AF_UNIX, "not a Unix socket"),
+        (libc::SO_TYPE, libc::SOCK_STREAM, "not a stream socket"),
+    ] {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int of the size given, on an fd we own.
+        let r = unsafe {
+            libc::getsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::other(format!(
+                "fd {raw}: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        if v != want {
+            return Err(io::Error::other(format!("fd {raw}: {what}")));
+        }
+    }
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(true)?;
+    UnixStream::from_std(stream)
 }
 
 /// Returns freed request memory to the kernel after budget comes back: glibc keeps freed
@@ -127,37 +185,85 @@ async fn trim_after_release(budget: Arc<Budget>) {
     }
 }
 
-/// The connections to serve: from our own uid, and only while under the cap.
+/// The connections to serve: handed-over ones first, then new ones; from our own uid, and
+/// only while under the cap.
 fn accepted(
     listener: UnixListener,
+    adopted: VecDeque<UnixStream>,
     limits: Limits,
     budget: Arc<Budget>,
     owner: SameUser,
     keep: Keep,
     gate: Arc<Gate>,
 ) -> impl Stream<Item = io::Result<Guarded<UnixStream>>> + Send + 'static {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let state = (
+    let state = Accepting {
         listener,
-        slots,
+        adopted,
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
         budget,
         owner,
         keep,
-        Arc::new(Registry::default()),
+        registry: Arc::new(Registry::default()),
         gate,
-    );
-    stream::unfold(state, move |state| async move {
-        let (listener, slots, budget, owner, keep, registry, gate) = &state;
-        let (stream, peer_pid) = loop {
+    };
+    stream::unfold(state, move |mut state| async move {
+        let (stream, peer_pid) = state.next_peer().await;
+        let s = &state;
+        let slot = match s.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                log::warn!(
+                    "{} ttrpc connections open: a new one from pid {} waits until one closes",
+                    limits.max_connections,
+                    peer_pid.unwrap_or(0)
+                );
+                make_room(&s.slots, &s.registry, &limits, &s.keep).await?
+            }
+        };
+        let conn = s.registry.add(peer_pid);
+        let fd = stream.as_raw_fd();
+        let guarded = Guarded::new(
+            stream,
+            s.budget.clone(),
+            limits,
+            Some(slot),
+            peer_pid,
+            Some(conn),
+        )
+        .with_gate(s.gate.join(fd, peer_pid));
+        Some((Ok(guarded), state))
+    })
+}
+
+/// The accept loop's state.
+struct Accepting {
+    listener: UnixListener,
+    /// Connections handed over by the previous image, served before any new one.
+    adopted: VecDeque<UnixStream>,
+    slots: Arc<Semaphore>,
+    budget: Arc<Budget>,
+    owner: SameUser,
+    keep: Keep,
+    registry: Arc<Registry>,
+    gate: Arc<Gate>,
+}
+
+impl Accepting {
+    /// The next connection whose peer is of our uid, and that peer's pid.
+    async fn next_peer(&mut self) -> (UnixStream, Option<i32>) {
+        loop {
             // A connection arriving while the gate is closed waits in the backlog.
-            gate.wait_open().await;
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    log::error!("accepting a ttrpc connection: {e}");
-                    tokio::time::sleep(ACCEPT_RETRY).await;
-                    continue;
-                }
+            self.gate.wait_open().await;
+            let stream = match self.adopted.pop_front() {
+                Some(stream) => stream,
+                None => match self.listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        log::error!("accepting a ttrpc connection: {e}");
+                        tokio::time::sleep(ACCEPT_RETRY).await;
+                        continue;
+                    }
+                },
             };
             let peer = match stream.peer_cred() {
                 Ok(peer) => peer,
@@ -166,37 +272,15 @@ fn accepted(
                     continue;
                 }
             };
-            match owner.check(peer.uid()) {
-                Ok(()) => break (stream, peer.pid()),
+            match self.owner.check(peer.uid()) {
+                Ok(()) => return (stream, peer.pid()),
                 Err(e) => log::warn!(
                     "refused a ttrpc connection from pid {}: {e}",
                     peer.pid().unwrap_or(0)
                 ),
             }
-        };
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                log::warn!(
-                    "{} ttrpc connections open: a new one from pid {} waits until one closes",
-                    limits.max_connections,
-                    peer_pid.unwrap_or(0)
-                );
-                make_room(slots, registry, &limits, keep).await?
-            }
-        };
-        let conn = registry.add(peer_pid);
-        let guarded = Guarded::new(
-            stream,
-            budget.clone(),
-            limits,
-            Some(slot),
-            peer_pid,
-            Some(conn),
-        )
-        .with_gate(gate.join());
-        Some((Ok(guarded), state))
-    })
+        }
+    }
 }
 
 /// A slot for a connection waiting at the cap: the next one to close, or one that gives way

@@ -10,6 +10,7 @@
 //! [`Gate::open`] lets everything read again (an upgrade that was called off).
 
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -36,6 +37,17 @@ struct Inner {
 struct Member {
     parked: bool,
     waker: Option<Waker>,
+    fd: RawFd,
+    peer_pid: Option<i32>,
+}
+
+/// A connection parked at the closed gate: what a handover names it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parked {
+    /// Its socket, as this image has it open.
+    pub fd: RawFd,
+    /// Its peer when it was accepted.
+    pub peer_pid: Option<i32>,
 }
 
 /// One connection's place at the gate; leaves it when dropped.
@@ -56,12 +68,19 @@ impl Gate {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a connection.
-    pub fn join(self: &Arc<Self>) -> Pass {
+    /// Registers the connection on socket `fd` from `peer_pid`.
+    pub fn join(self: &Arc<Self>, fd: RawFd, peer_pid: Option<i32>) -> Pass {
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id += 1;
-        inner.members.insert(id, Member::default());
+        inner.members.insert(
+            id,
+            Member {
+                fd,
+                peer_pid,
+                ..Member::default()
+            },
+        );
         Pass {
             gate: self.clone(),
             id,
@@ -127,6 +146,25 @@ impl Gate {
             }
             opened.await;
         }
+    }
+
+    /// The connections to hand over: every one, once all are parked at the closed gate;
+    /// `None` before that.
+    pub fn parked(&self) -> Option<Vec<Parked>> {
+        let inner = self.lock();
+        if !inner.closed || !inner.members.values().all(|m| m.parked) {
+            return None;
+        }
+        let mut all: Vec<Parked> = inner
+            .members
+            .values()
+            .map(|m| Parked {
+                fd: m.fd,
+                peer_pid: m.peer_pid,
+            })
+            .collect();
+        all.sort_by_key(|p| p.fd);
+        Some(all)
     }
 
     fn all_parked(&self) -> bool {

@@ -263,6 +263,7 @@ fn accepting_with(
     listener.set_nonblocking(true).unwrap();
     accepted(
         UnixListener::from_std(listener).unwrap(),
+        Default::default(),
         limits,
         Budget::new(limits.budget),
         owner,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{poll, StreamExt};
-use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{duplex, AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::timeout;
 
 use super::super::budget::Budget;
@@ -31,12 +31,12 @@ fn gated(gate: &Arc<Gate>) -> (Guarded<DuplexStream>, DuplexStream) {
         None,
         None,
     )
-    .with_gate(gate.join());
+    .with_gate(gate.join(-1, None));
     (g, theirs)
 }
 
 /// Reads one frame as ttrpc does: the header, then the payload.
-async fn read_frame(g: &mut Guarded<DuplexStream>) -> Vec<u8> {
+async fn read_frame(g: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
     let mut f = vec![0u8; 10];
     g.read_exact(&mut f).await.unwrap();
     let len = u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize;
@@ -162,6 +162,7 @@ async fn nothing_is_accepted_while_the_gate_is_closed() {
     let gate = Gate::new();
     let mut incoming = Box::pin(accepted(
         tokio::net::UnixListener::from_std(listener).unwrap(),
+        Default::default(),
         Limits::default(),
         Budget::new(1 << 20),
         SameUser::current(),
@@ -191,4 +192,111 @@ async fn nothing_is_accepted_while_the_gate_is_closed() {
     let mut got = vec![0u8; 14];
     g.read_exact(&mut got).await.unwrap();
     assert_eq!(got, frame(4, 1));
+}
+
+#[tokio::test]
+async fn a_parked_connection_is_served_by_the_next_image_with_no_disconnect() {
+    use std::os::fd::{BorrowedFd, OwnedFd};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // What survives the exec: the listening socket and the parked connections (here dups,
+    // since this process's first image does not go away).
+    let inherited_listener = listener.try_clone().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let gate = Gate::new();
+    let mut old = Box::pin(accepted(
+        tokio::net::UnixListener::from_std(listener).unwrap(),
+        Default::default(),
+        Limits::default(),
+        Budget::new(1 << 20),
+        SameUser::current(),
+        Keep::Pid(0),
+        gate.clone(),
+    ));
+    let mut client = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let mut served = old.next().await.unwrap().unwrap();
+    client.write_all(&frame(12, 1)).await.unwrap();
+    let got = read_frame(&mut served).await;
+    assert_eq!(got, frame(12, 1));
+
+    let closing = gate.close();
+    tokio::pin!(closing);
+    assert!(poll!(&mut closing).is_pending());
+    assert_eq!(gate.parked(), None, "handed over before it was parked");
+    // A request sent during the pause waits in the socket.
+    client.write_all(&frame(40, 2)).await.unwrap();
+    let mut b = [0u8; 1];
+    let read = served.read(&mut b);
+    tokio::pin!(read);
+    assert!(poll!(read).is_pending(), "read through the closed gate");
+    timeout(Duration::from_secs(5), closing).await.unwrap();
+    let parked = gate.parked().expect("all parked");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].peer_pid, Some(std::process::id() as i32));
+    // SAFETY: the fd the gate names is the served connection's, open until `served` drops.
+    let inherited: OwnedFd = unsafe { BorrowedFd::borrow_raw(parked[0].fd) }
+        .try_clone_to_owned()
+        .unwrap();
+    drop(served);
+    drop(old);
+
+    // The client sees no end of stream: its connection is still open.
+    let mut probe = [0u8; 1];
+    match client.try_read(&mut probe) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the client saw {other:?} across the handover"),
+    }
+
+    // The next image: the inherited connection first, then new ones.
+    inherited_listener.set_nonblocking(true).unwrap();
+    let mut new = Box::pin(accepted(
+        tokio::net::UnixListener::from_std(inherited_listener).unwrap(),
+        [super::super::adopt(inherited).unwrap()].into(),
+        Limits::default(),
+        Budget::new(1 << 20),
+        SameUser::current(),
+        Keep::Pid(0),
+        Gate::new(),
+    ));
+    let mut resumed = new.next().await.unwrap().unwrap();
+    assert_eq!(
+        read_frame(&mut resumed).await,
+        frame(40, 2),
+        "the request sent during the pause"
+    );
+    resumed.write_all(&frame(3, 2)).await.unwrap();
+    let mut reply = vec![0u8; 13];
+    client.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply, frame(3, 2), "the reply on the same connection");
+    let _another = tokio::net::UnixStream::connect(&path).await.unwrap();
+    timeout(Duration::from_secs(5), new.next())
+        .await
+        .expect("the inherited listener accepts")
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn only_unix_stream_sockets_are_adopted() {
+    use std::os::fd::OwnedFd;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in_rt = rt.enter();
+    let (r, _w) = nix::unistd::pipe().unwrap();
+    let err = super::super::adopt(r).unwrap_err();
+    assert!(
+        err.to_string().contains("Socket operation on non-socket"),
+        "{err}"
+    );
+    let (d, _d2) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let err = super::super::adopt(OwnedFd::from(d)).unwrap_err();
+    assert!(err.to_string().contains("not a stream socket"), "{err}");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let err = super::super::adopt(OwnedFd::from(udp)).unwrap_err();
+    assert!(err.to_string().contains("not a Unix socket"), "{err}");
+    let (s, _s2) = std::os::unix::net::UnixStream::pair().unwrap();
+    assert!(super::super::adopt(OwnedFd::from(s)).is_ok());
 }
