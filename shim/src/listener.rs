@@ -25,6 +25,7 @@ mod budget;
 mod frames;
 mod guard;
 mod idle;
+pub mod inflight;
 pub mod quiesce;
 
 use std::collections::VecDeque;
@@ -44,6 +45,7 @@ use budget::Budget;
 pub use guard::Guarded;
 use idle::Registry;
 pub use idle::{Keep, IDLE_LIMIT};
+use inflight::InFlight;
 pub use quiesce::Gate;
 
 /// Connections served at once. containerd opens one connection per task it runs in this
@@ -108,13 +110,23 @@ pub fn listen(
     resume(listener, Vec::new(), limits, keep, gate)
 }
 
+/// A connection handed over by an earlier image of this process.
+#[derive(Debug)]
+pub struct Handed {
+    /// Its socket.
+    pub fd: OwnedFd,
+    /// Its unanswered requests' frames, read again before anything from the socket.
+    pub replay: Vec<u8>,
+}
+
 /// As [`listen`], serving first `connections`: ones an earlier image of this process
 /// accepted and handed over across an exec, each stopped at a frame boundary, so the next
-/// request is read whole from the socket. Each must be a Unix stream socket whose peer
-/// passes the same check as a new one; the rest are refused (closed) and logged.
+/// request is read whole (its unanswered ones first, then the socket's). Each must be a
+/// Unix stream socket whose peer passes the same check as a new one; the rest are refused
+/// (closed) and logged.
 pub fn resume(
     listener: StdUnixListener,
-    connections: Vec<OwnedFd>,
+    connections: Vec<Handed>,
     limits: Limits,
     keep: Keep,
     gate: Arc<Gate>,
@@ -122,9 +134,9 @@ pub fn resume(
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
     let mut adopted = VecDeque::new();
-    for fd in connections {
-        match adopt(fd) {
-            Ok(stream) => adopted.push_back(stream),
+    for c in connections {
+        match adopt(c.fd) {
+            Ok(stream) => adopted.push_back((stream, c.replay)),
             Err(e) => log::error!("refused a handed-over connection: {e}"),
         }
     }
@@ -189,7 +201,7 @@ async fn trim_after_release(budget: Arc<Budget>) {
 /// only while under the cap.
 fn accepted(
     listener: UnixListener,
-    adopted: VecDeque<UnixStream>,
+    adopted: VecDeque<(UnixStream, Vec<u8>)>,
     limits: Limits,
     budget: Arc<Budget>,
     owner: SameUser,
@@ -207,7 +219,7 @@ fn accepted(
         gate,
     };
     stream::unfold(state, move |mut state| async move {
-        let (stream, peer_pid) = state.next_peer().await;
+        let (stream, peer_pid, replay) = state.next_peer().await;
         let s = &state;
         let slot = match s.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
@@ -222,6 +234,7 @@ fn accepted(
         };
         let conn = s.registry.add(peer_pid);
         let fd = stream.as_raw_fd();
+        let inflight = InFlight::new();
         let guarded = Guarded::new(
             stream,
             s.budget.clone(),
@@ -230,7 +243,9 @@ fn accepted(
             peer_pid,
             Some(conn),
         )
-        .with_gate(s.gate.join(fd, peer_pid));
+        .with_inflight(inflight.clone())
+        .with_replay(replay)
+        .with_gate(s.gate.join(fd, peer_pid, Some(inflight)));
         Some((Ok(guarded), state))
     })
 }
@@ -238,8 +253,9 @@ fn accepted(
 /// The accept loop's state.
 struct Accepting {
     listener: UnixListener,
-    /// Connections handed over by the previous image, served before any new one.
-    adopted: VecDeque<UnixStream>,
+    /// Connections handed over by the previous image (with their unanswered requests),
+    /// served before any new one.
+    adopted: VecDeque<(UnixStream, Vec<u8>)>,
     slots: Arc<Semaphore>,
     budget: Arc<Budget>,
     owner: SameUser,
@@ -249,15 +265,16 @@ struct Accepting {
 }
 
 impl Accepting {
-    /// The next connection whose peer is of our uid, and that peer's pid.
-    async fn next_peer(&mut self) -> (UnixStream, Option<i32>) {
+    /// The next connection whose peer is of our uid, that peer's pid, and what it is to
+    /// read first.
+    async fn next_peer(&mut self) -> (UnixStream, Option<i32>, Vec<u8>) {
         loop {
             // A connection arriving while the gate is closed waits in the backlog.
             self.gate.wait_open().await;
-            let stream = match self.adopted.pop_front() {
-                Some(stream) => stream,
+            let (stream, replay) = match self.adopted.pop_front() {
+                Some(handed) => handed,
                 None => match self.listener.accept().await {
-                    Ok((stream, _)) => stream,
+                    Ok((stream, _)) => (stream, Vec::new()),
                     Err(e) => {
                         log::error!("accepting a ttrpc connection: {e}");
                         tokio::time::sleep(ACCEPT_RETRY).await;
@@ -273,7 +290,7 @@ impl Accepting {
                 }
             };
             match self.owner.check(peer.uid()) {
-                Ok(()) => return (stream, peer.pid()),
+                Ok(()) => return (stream, peer.pid(), replay),
                 Err(e) => log::warn!(
                     "refused a ttrpc connection from pid {}: {e}",
                     peer.pid().unwrap_or(0)

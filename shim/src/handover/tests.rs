@@ -126,6 +126,22 @@ fn inconsistent_documents_are_refused() {
             with(|v| v["outbox"][0]["payload_hex"] = "0g".into()),
         ),
         (
+            "not one whole request frame",
+            with(|v| v["connections"][0]["pending"][0] = "00000009000000070100abcd".into()),
+        ),
+        (
+            "not one whole request frame",
+            with(|v| v["connections"][0]["pending"][0] = "00000002000000070200abcd".into()),
+        ),
+        (
+            "shorter than a frame header",
+            with(|v| v["connections"][0]["pending"][0] = "0000".into()),
+        ),
+        (
+            "not hex",
+            with(|v| v["connections"][0]["pending"][0] = "zz".into()),
+        ),
+        (
             "malformed",
             with(|v| v["outbox"][0]["topic"] = "/containers/x".into()),
         ),

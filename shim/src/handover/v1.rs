@@ -26,6 +26,10 @@ impl Limits {
     pub const EVENT_PAYLOAD: usize = 64 << 10;
     /// Timers.
     pub const TIMERS: usize = 4096;
+    /// Unanswered requests of one connection.
+    pub const PENDING: usize = 1024;
+    /// One unanswered request frame, header included.
+    pub const PENDING_FRAME: usize = crate::listener::inflight::KEPT_FRAME + 10;
 }
 
 /// A shim daemon's state at the moment it stopped reading requests.
@@ -95,6 +99,9 @@ pub struct Connection {
     pub fd: i32,
     /// The peer's pid (`SO_PEERCRED`) when it was accepted.
     pub peer_pid: Option<i32>,
+    /// Its unanswered requests (a blocking `Wait`), whole ttrpc frames in hex, in arrival
+    /// order: the next image reads them again before the socket's bytes.
+    pub pending: Vec<String>,
 }
 
 /// One container.
@@ -333,15 +340,19 @@ impl Document {
                 p.check(v, &c.id)?;
             }
         }
+        for c in &self.connections {
+            over("unanswered requests", c.pending.len(), Limits::PENDING)?;
+            for f in &c.pending {
+                check_request_frame(v, c.fd, f)?;
+            }
+        }
         for e in &self.unclaimed_exits {
             if e.pid <= 0 {
                 return Err(invalid(v, format!("unclaimed exit of pid {}", e.pid)));
             }
         }
         for e in &self.outbox {
-            let hex_ok = e.payload_hex.len() % 2 == 0
-                && e.payload_hex.bytes().all(|b| b.is_ascii_hexdigit());
-            if !e.topic.starts_with("/tasks/") || !hex_ok {
+            if !e.topic.starts_with("/tasks/") || !is_hex(&e.payload_hex) {
                 return Err(invalid(
                     v,
                     format!("queued event {:?} is malformed", e.topic),
@@ -355,6 +366,32 @@ impl Document {
         }
         check_fds(v, &self.fds())
     }
+}
+
+/// Whole bytes in hex.
+fn is_hex(s: &str) -> bool {
+    s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A whole ttrpc request frame in hex, of at most [`Limits::PENDING_FRAME`] bytes.
+fn check_request_frame(v: u32, fd: i32, hex: &str) -> Result<(), HandoverError> {
+    let bad = |why: &str| invalid(v, format!("connection fd {fd}: unanswered request {why}"));
+    if !is_hex(hex) {
+        return Err(bad("is not hex"));
+    }
+    let len = hex.len() / 2;
+    if len > Limits::PENDING_FRAME {
+        return Err(bad("is too large"));
+    }
+    let byte = |i: usize| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
+    if len < 10 {
+        return Err(bad("is shorter than a frame header"));
+    }
+    let announced = u32::from_be_bytes([byte(0), byte(1), byte(2), byte(3)]) as usize;
+    if announced + 10 != len || byte(8) != 1 {
+        return Err(bad("is not one whole request frame"));
+    }
+    Ok(())
 }
 
 impl Process {
@@ -475,10 +512,13 @@ pub fn sample() -> Document {
             Connection {
                 fd: 5,
                 peer_pid: Some(812),
+                // A Wait on stream 7 (payload shortened to two bytes).
+                pending: vec!["00000002000000070100abcd".into()],
             },
             Connection {
                 fd: 6,
                 peer_pid: None,
+                pending: Vec::new(),
             },
         ],
         containers: vec![Container {

@@ -16,6 +16,8 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
+use super::inflight::{InFlight, Unreplayable};
+
 /// Whether connections may read their next frame, shared by a listener's connections.
 #[derive(Debug, Default)]
 pub struct Gate {
@@ -39,15 +41,18 @@ struct Member {
     waker: Option<Waker>,
     fd: RawFd,
     peer_pid: Option<i32>,
+    inflight: Option<Arc<InFlight>>,
 }
 
 /// A connection parked at the closed gate: what a handover names it by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parked {
     /// Its socket, as this image has it open.
     pub fd: RawFd,
     /// Its peer when it was accepted.
     pub peer_pid: Option<i32>,
+    /// Its unanswered requests' frames, in arrival order.
+    pub pending: Result<Vec<Vec<u8>>, Unreplayable>,
 }
 
 /// One connection's place at the gate; leaves it when dropped.
@@ -68,8 +73,14 @@ impl Gate {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers the connection on socket `fd` from `peer_pid`.
-    pub fn join(self: &Arc<Self>, fd: RawFd, peer_pid: Option<i32>) -> Pass {
+    /// Registers the connection on socket `fd` from `peer_pid`, whose unanswered requests
+    /// `inflight` tracks.
+    pub fn join(
+        self: &Arc<Self>,
+        fd: RawFd,
+        peer_pid: Option<i32>,
+        inflight: Option<Arc<InFlight>>,
+    ) -> Pass {
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id += 1;
@@ -78,6 +89,7 @@ impl Gate {
             Member {
                 fd,
                 peer_pid,
+                inflight,
                 ..Member::default()
             },
         );
@@ -161,6 +173,7 @@ impl Gate {
             .map(|m| Parked {
                 fd: m.fd,
                 peer_pid: m.peer_pid,
+                pending: m.inflight.as_ref().map_or(Ok(Vec::new()), |f| f.pending()),
             })
             .collect();
         all.sort_by_key(|p| p.fd);

@@ -31,7 +31,7 @@ fn gated(gate: &Arc<Gate>) -> (Guarded<DuplexStream>, DuplexStream) {
         None,
         None,
     )
-    .with_gate(gate.join(-1, None));
+    .with_gate(gate.join(-1, None, None));
     (g, theirs)
 }
 
@@ -216,16 +216,23 @@ async fn a_parked_connection_is_served_by_the_next_image_with_no_disconnect() {
     ));
     let mut client = tokio::net::UnixStream::connect(&path).await.unwrap();
     let mut served = old.next().await.unwrap().unwrap();
-    client.write_all(&frame(12, 1)).await.unwrap();
-    let got = read_frame(&mut served).await;
-    assert_eq!(got, frame(12, 1));
+    // A Wait-like request the old image never answers, and one it answers.
+    let wait = frame(12, 1);
+    client.write_all(&wait).await.unwrap();
+    assert_eq!(read_frame(&mut served).await, wait);
+    client.write_all(&frame(8, 3)).await.unwrap();
+    assert_eq!(read_frame(&mut served).await, frame(8, 3));
+    served.write_all(&response(5, 3)).await.unwrap();
+    let mut reply = vec![0u8; 15];
+    client.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply, response(5, 3));
 
     let closing = gate.close();
     tokio::pin!(closing);
     assert!(poll!(&mut closing).is_pending());
     assert_eq!(gate.parked(), None, "handed over before it was parked");
     // A request sent during the pause waits in the socket.
-    client.write_all(&frame(40, 2)).await.unwrap();
+    client.write_all(&frame(40, 5)).await.unwrap();
     let mut b = [0u8; 1];
     let read = served.read(&mut b);
     tokio::pin!(read);
@@ -234,6 +241,12 @@ async fn a_parked_connection_is_served_by_the_next_image_with_no_disconnect() {
     let parked = gate.parked().expect("all parked");
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].peer_pid, Some(std::process::id() as i32));
+    assert_eq!(
+        parked[0].pending,
+        Ok(vec![wait.clone()]),
+        "only the unanswered request is pending"
+    );
+    let replay = parked[0].pending.clone().unwrap().concat();
     // SAFETY: the fd the gate names is the served connection's, open until `served` drops.
     let inherited: OwnedFd = unsafe { BorrowedFd::borrow_raw(parked[0].fd) }
         .try_clone_to_owned()
@@ -248,11 +261,12 @@ async fn a_parked_connection_is_served_by_the_next_image_with_no_disconnect() {
         other => panic!("the client saw {other:?} across the handover"),
     }
 
-    // The next image: the inherited connection first, then new ones.
+    // The next image: the inherited connection first, its unanswered request read again
+    // before the socket's, then new connections.
     inherited_listener.set_nonblocking(true).unwrap();
     let mut new = Box::pin(accepted(
         tokio::net::UnixListener::from_std(inherited_listener).unwrap(),
-        [super::super::adopt(inherited).unwrap()].into(),
+        [(super::super::adopt(inherited).unwrap(), replay)].into(),
         Limits::default(),
         Budget::new(1 << 20),
         SameUser::current(),
@@ -262,19 +276,33 @@ async fn a_parked_connection_is_served_by_the_next_image_with_no_disconnect() {
     let mut resumed = new.next().await.unwrap().unwrap();
     assert_eq!(
         read_frame(&mut resumed).await,
-        frame(40, 2),
+        wait,
+        "the unanswered request"
+    );
+    assert_eq!(
+        read_frame(&mut resumed).await,
+        frame(40, 5),
         "the request sent during the pause"
     );
-    resumed.write_all(&frame(3, 2)).await.unwrap();
-    let mut reply = vec![0u8; 13];
-    client.read_exact(&mut reply).await.unwrap();
-    assert_eq!(reply, frame(3, 2), "the reply on the same connection");
+    // Both answered on the same connection, the Wait on its own stream id.
+    resumed.write_all(&response(3, 1)).await.unwrap();
+    resumed.write_all(&response(0, 5)).await.unwrap();
+    let mut replies = vec![0u8; 23];
+    client.read_exact(&mut replies).await.unwrap();
+    assert_eq!(replies, [response(3, 1), response(0, 5)].concat());
     let _another = tokio::net::UnixStream::connect(&path).await.unwrap();
     timeout(Duration::from_secs(5), new.next())
         .await
         .expect("the inherited listener accepts")
         .unwrap()
         .unwrap();
+}
+
+/// A response frame of `len` payload bytes on stream `id`.
+fn response(len: u32, id: u32) -> Vec<u8> {
+    let mut f = frame(len, id);
+    f[8] = 2;
+    f
 }
 
 #[test]
