@@ -11,11 +11,21 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::ttrpc::Request as WireRequest;
+
 use super::frames::HEADER_LEN;
 use super::SMALL_FRAME;
 
 /// Largest request payload kept for a replay.
 pub const KEPT_FRAME: usize = SMALL_FRAME;
+/// The requests that may be served a second time by the next image: they only wait for
+/// and report what is already decided (a process's exit). Anything else unanswered means a
+/// call is still in flight, and the handover waits for its answer.
+pub const REPLAY_SAFE: &[&str] = &[
+    "containerd.task.v2.Task/Wait",
+    "containerd.task.v3.Task/Wait",
+];
 /// ttrpc frame types.
 const TYPE_REQUEST: u8 = 1;
 const TYPE_RESPONSE: u8 = 2;
@@ -154,6 +164,17 @@ impl InFlight {
     }
 }
 
+/// `service/method` of a whole request frame, if it decodes.
+pub fn method_of(frame: &[u8]) -> Option<String> {
+    let req = WireRequest::parse_from_bytes(frame.get(HEADER_LEN..)?).ok()?;
+    Some(format!("{}/{}", req.service, req.method))
+}
+
+/// Whether a request frame may be served again by the next image ([`REPLAY_SAFE`]).
+pub fn replay_safe(frame: &[u8]) -> bool {
+    method_of(frame).is_some_and(|m| REPLAY_SAFE.contains(&m.as_str()))
+}
+
 impl State {
     fn finish(&mut self) {
         if let Some(r) = self.current.take() {
@@ -217,6 +238,34 @@ mod tests {
         arrive(&t, &frame(TYPE_REQUEST, 0, 5), 1);
         arrive(&t, &frame(3, 4, 7), 1);
         assert_eq!(t.pending().unwrap(), vec![frame(TYPE_REQUEST, 0, 5)]);
+    }
+
+    fn request(service: &str, method: &str, id: u32) -> Vec<u8> {
+        let mut r = WireRequest::new();
+        r.service = service.into();
+        r.method = method.into();
+        r.payload = vec![1, 2, 3];
+        let body = r.write_to_bytes().unwrap();
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(&[TYPE_REQUEST, 0]);
+        f.extend_from_slice(&body);
+        f
+    }
+
+    #[test]
+    fn only_waits_are_safe_to_serve_twice() {
+        for v in ["containerd.task.v2.Task", "containerd.task.v3.Task"] {
+            let wait = request(v, "Wait", 1);
+            assert_eq!(method_of(&wait), Some(format!("{v}/Wait")));
+            assert!(replay_safe(&wait));
+            for m in ["Create", "Start", "Kill", "Delete", "Exec", "State"] {
+                assert!(!replay_safe(&request(v, m, 3)), "{v}/{m}");
+            }
+        }
+        assert!(!replay_safe(&request("other.Service", "Wait", 5)));
+        assert!(!replay_safe(&frame(TYPE_REQUEST, 4, 7)), "undecodable");
+        assert!(!replay_safe(&[0u8; 3]));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
-use super::inflight::{InFlight, Unreplayable};
+use super::inflight::{replay_safe, InFlight, Unreplayable};
 
 /// Whether connections may read their next frame, shared by a listener's connections.
 #[derive(Debug, Default)]
@@ -178,6 +178,20 @@ impl Gate {
             .collect();
         all.sort_by_key(|p| p.fd);
         Some(all)
+    }
+
+    /// As [`Gate::parked`], once moreover every unanswered request may be served again
+    /// ([`super::inflight::REPLAY_SAFE`]): the moment to hand over. Until then calls are
+    /// still in flight; their answers go out while the gate stays closed, so a caller asks
+    /// again after a moment (bounded by its own deadline).
+    pub fn settled(&self) -> Option<Vec<Parked>> {
+        let parked = self.parked()?;
+        let safe = |p: &Parked| {
+            p.pending
+                .as_ref()
+                .is_ok_and(|frames| frames.iter().all(|f| replay_safe(f)))
+        };
+        parked.iter().all(safe).then_some(parked)
     }
 
     fn all_parked(&self) -> bool {

@@ -328,3 +328,54 @@ fn only_unix_stream_sockets_are_adopted() {
     let (s, _s2) = std::os::unix::net::UnixStream::pair().unwrap();
     assert!(super::super::adopt(OwnedFd::from(s)).is_ok());
 }
+
+/// A ttrpc request frame for `service/method` on stream `id`.
+fn wire_request(method: &str, id: u32) -> Vec<u8> {
+    use containerd_shim_protos::protobuf::Message;
+    let mut r = containerd_shim_protos::ttrpc::Request::new();
+    r.service = "containerd.task.v2.Task".into();
+    r.method = method.into();
+    let body = r.write_to_bytes().unwrap();
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&[1, 0]);
+    f.extend_from_slice(&body);
+    f
+}
+
+#[tokio::test]
+async fn the_handover_waits_for_calls_in_flight_but_not_for_waits() {
+    use super::super::inflight::InFlight;
+    let gate = Gate::new();
+    let inflight = InFlight::new();
+    let (ours, mut peer) = duplex(1 << 20);
+    let mut g = Guarded::new(
+        ours,
+        Budget::new(1 << 20),
+        Limits::default(),
+        None,
+        None,
+        None,
+    )
+    .with_inflight(inflight.clone())
+    .with_gate(gate.join(-1, None, Some(inflight)));
+    let wait = wire_request("Wait", 1);
+    let create = wire_request("Create", 3);
+    peer.write_all(&wait).await.unwrap();
+    peer.write_all(&create).await.unwrap();
+    assert_eq!(read_frame(&mut g).await, wait);
+    assert_eq!(read_frame(&mut g).await, create);
+    let closing = gate.close();
+    tokio::pin!(closing);
+    assert!(poll!(&mut closing).is_pending());
+    assert!(!one_byte_now(&mut g).await);
+    timeout(Duration::from_secs(5), closing).await.unwrap();
+    assert!(gate.parked().is_some());
+    assert_eq!(gate.settled(), None, "handed over with a Create in flight");
+    // Its answer goes out through the closed gate; only the Wait is left.
+    g.write_all(&response(4, 3)).await.unwrap();
+    let settled = gate
+        .settled()
+        .expect("settled once the Create was answered");
+    assert_eq!(settled[0].pending, Ok(vec![wait]));
+}
