@@ -8,6 +8,7 @@
 pub mod bootstrap;
 pub mod cgroups;
 pub mod container;
+pub mod control;
 pub mod error;
 pub mod events;
 pub mod exec;

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
-use super::inflight::{replay_safe, InFlight, Unreplayable};
+use super::inflight::{InFlight, Unreplayable};
 
 /// Whether connections may read their next frame, shared by a listener's connections.
 #[derive(Debug, Default)]
@@ -180,24 +180,46 @@ impl Gate {
         Some(all)
     }
 
-    /// As [`Gate::parked`], once moreover every unanswered request may be served again
-    /// ([`super::inflight::REPLAY_SAFE`]): the moment to hand over. Until then calls are
-    /// still in flight; their answers go out while the gate stays closed, so a caller asks
-    /// again after a moment (bounded by its own deadline).
-    pub fn settled(&self) -> Option<Vec<Parked>> {
+    /// As [`Gate::parked`], once moreover every unanswered request is one `may_wait`
+    /// accepts (requests that can be served again by the next image, such as
+    /// [`super::inflight::replay_safe`] ones, and the upgrade's own request): the moment
+    /// to hand over. Until then calls are in flight; their answers go out while the gate
+    /// stays closed, so a caller asks again after a moment (bounded by its own deadline).
+    pub fn settled(&self, may_wait: impl Fn(&[u8]) -> bool) -> Option<Vec<Parked>> {
         let parked = self.parked()?;
-        let safe = |p: &Parked| {
-            p.pending
-                .as_ref()
-                .is_ok_and(|frames| frames.iter().all(|f| replay_safe(f)))
-        };
-        parked.iter().all(safe).then_some(parked)
+        parked
+            .iter()
+            .all(|p| settled(p, &may_wait))
+            .then_some(parked)
+    }
+
+    /// How many connections keep [`Gate::settled`] from returning: not parked, or with an
+    /// unanswered request `may_wait` refuses.
+    pub fn unsettled(&self, may_wait: impl Fn(&[u8]) -> bool) -> usize {
+        let inner = self.lock();
+        inner
+            .members
+            .values()
+            .filter(|m| {
+                !m.parked
+                    || !m.inflight.as_ref().is_none_or(|f| {
+                        f.pending()
+                            .is_ok_and(|frames| frames.iter().all(|fr| may_wait(fr)))
+                    })
+            })
+            .count()
     }
 
     fn all_parked(&self) -> bool {
         let inner = self.lock();
         inner.closed && inner.members.values().all(|m| m.parked)
     }
+}
+
+fn settled(p: &Parked, may_wait: &impl Fn(&[u8]) -> bool) -> bool {
+    p.pending
+        .as_ref()
+        .is_ok_and(|frames| frames.iter().all(|f| may_wait(f)))
 }
 
 impl Pass {

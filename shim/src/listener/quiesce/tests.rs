@@ -345,7 +345,7 @@ fn wire_request(method: &str, id: u32) -> Vec<u8> {
 
 #[tokio::test]
 async fn the_handover_waits_for_calls_in_flight_but_not_for_waits() {
-    use super::super::inflight::InFlight;
+    use super::super::inflight::{replay_safe, InFlight};
     let gate = Gate::new();
     let inflight = InFlight::new();
     let (ours, mut peer) = duplex(1 << 20);
@@ -371,11 +371,17 @@ async fn the_handover_waits_for_calls_in_flight_but_not_for_waits() {
     assert!(!one_byte_now(&mut g).await);
     timeout(Duration::from_secs(5), closing).await.unwrap();
     assert!(gate.parked().is_some());
-    assert_eq!(gate.settled(), None, "handed over with a Create in flight");
+    assert_eq!(
+        gate.settled(replay_safe),
+        None,
+        "handed over with a Create in flight"
+    );
+    assert_eq!(gate.unsettled(replay_safe), 1);
     // Its answer goes out through the closed gate; only the Wait is left.
     g.write_all(&response(4, 3)).await.unwrap();
     let settled = gate
-        .settled()
+        .settled(replay_safe)
         .expect("settled once the Create was answered");
+    assert_eq!(gate.unsettled(replay_safe), 0);
     assert_eq!(settled[0].pending, Ok(vec![wait]));
 }
