@@ -10,6 +10,7 @@
 //! the process passed [`crate::trust::process`].
 
 pub mod binary;
+pub mod control;
 mod memfd;
 pub mod version;
 
@@ -97,6 +98,9 @@ pub enum UpgradeError {
     /// The shim has no live process.
     #[error("no live shim process")]
     NoProcess,
+    /// The rehearsal of the pause failed (the shim serves on, unpaused).
+    #[error("rehearsal: {0}")]
+    Rehearsal(String),
     /// Everything before the exec passed, and the exec is not there yet.
     #[error(
         "in-place upgrade is not implemented yet: the checks passed, the shim was not \
@@ -177,18 +181,34 @@ pub struct Report {
     pub new_build: Option<String>,
     /// How long it stopped serving; none until the exec exists.
     pub pause_ms: Option<u64>,
+    /// With `--rehearse`: the pause without the exec, as the shim measured it.
+    pub rehearsal: Option<control::Rehearsal>,
     /// The result.
     #[serde(flatten)]
     pub outcome: Outcome,
 }
 
-/// Checks that `shim` (whose Connect reply named `old_version`) can move onto `new`; with
-/// `dry_run` false, then reports that the move itself is not implemented.
+/// What to do beyond the checks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    /// Check only.
+    pub dry_run: bool,
+    /// Rehearse the pause on each shim that passed the checks (holds its requests for
+    /// as long as it takes to settle, at most [`REHEARSAL_SETTLE`]).
+    pub rehearse: bool,
+}
+
+/// Longest a rehearsal may wait for a shim's calls in flight.
+pub const REHEARSAL_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Checks that `shim` (whose Connect reply named `old_version`) can move onto `new`,
+/// rehearses its pause if asked; unless a dry run, then reports that the move itself is
+/// not implemented.
 pub fn upgrade_shim(
     shim: &Shim,
     old_version: Option<String>,
     new: &Candidate,
-    dry_run: bool,
+    mode: Mode,
 ) -> Report {
     let mut report = Report {
         namespace: shim.namespace.clone(),
@@ -201,10 +221,20 @@ pub fn upgrade_shim(
         new_version: new.info.version.clone(),
         new_build: new.binary.build_id.clone(),
         pause_ms: None,
+        rehearsal: None,
         outcome: Outcome::Ready,
     };
-    report.outcome = match check(new, &mut report) {
-        Ok(Outcome::Ready) if !dry_run => {
+    let checked = check(new, &mut report).and_then(|o| match o {
+        Outcome::Ready if mode.rehearse => {
+            let r = control::rehearse(&shim.address, REHEARSAL_SETTLE)
+                .map_err(UpgradeError::Rehearsal)?;
+            report.rehearsal = Some(r);
+            Ok(Outcome::Ready)
+        }
+        o => Ok(o),
+    });
+    report.outcome = match checked {
+        Ok(Outcome::Ready) if !mode.dry_run => {
             Outcome::NotImplemented(UpgradeError::NotImplemented.to_string())
         }
         Ok(o) => o,

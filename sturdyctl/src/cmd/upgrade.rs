@@ -32,6 +32,10 @@ pub struct Args {
     /// Check everything, change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Also rehearse each shim's pause (requests held at frame boundaries until calls in
+    /// flight are answered, then let through; no exec) and report how long it took.
+    #[arg(long)]
+    rehearse: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -69,8 +73,12 @@ pub async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     let binary = args.binary.clone();
     let dry_run = args.dry_run;
+    let mode = upgrade::Mode {
+        dry_run,
+        rehearse: args.rehearse,
+    };
     let (candidates, reports) =
-        tokio::task::spawn_blocking(move || check_all(binary, &shims, versions, dry_run)).await?;
+        tokio::task::spawn_blocking(move || check_all(binary, &shims, versions, mode)).await?;
     let out = json!({
         "dry_run": dry_run,
         "binaries": candidates,
@@ -98,7 +106,7 @@ fn check_all(
     binary: Option<PathBuf>,
     shims: &[Shim],
     versions: Vec<Option<String>>,
-    dry_run: bool,
+    mode: upgrade::Mode,
 ) -> (Vec<Value>, Vec<Report>) {
     let mut inspected: HashMap<PathBuf, Result<Candidate, UpgradeError>> = HashMap::new();
     let mut reports = Vec::new();
@@ -119,7 +127,7 @@ fn check_all(
                     .entry(path.clone())
                     .or_insert_with(|| upgrade::inspect(&path));
                 match candidate {
-                    Ok(c) => upgrade::upgrade_shim(shim, version, c, dry_run),
+                    Ok(c) => upgrade::upgrade_shim(shim, version, c, mode),
                     Err(e) => refused(shim, version, e),
                 }
             }
@@ -161,6 +169,7 @@ fn refused(shim: &Shim, old_version: Option<String>, e: &UpgradeError) -> Report
         new_version: String::new(),
         new_build: None,
         pause_ms: None,
+        rehearsal: None,
         outcome: Outcome::Refused(e.to_string()),
     }
 }
@@ -206,8 +215,18 @@ fn print_text(out: &Value, reports: &[Report]) {
             Outcome::Refused(why) => format!("REFUSED: {why}"),
             Outcome::NotImplemented(why) => format!("NOT UPGRADED: {why}"),
         };
+        let rehearsed = r
+            .rehearsal
+            .as_ref()
+            .map(|h| {
+                format!(
+                    "  rehearsed: {} us, {} connection(s), {} Wait(s)",
+                    h.paused_us, h.connections, h.waits
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "  {}/{}  pid {}  {} ({}) -> {} ({})  pause {}  {result}",
+            "  {}/{}  pid {}  {} ({}) -> {} ({})  pause {}  {result}{rehearsed}",
             r.namespace,
             r.id,
             r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),

@@ -103,7 +103,7 @@ fn a_shim_without_a_process_is_refused_and_reported() {
             ..Default::default()
         },
     };
-    let r = upgrade_shim(&shim("pod-a", &["pod-a"]), None, &new, false);
+    let r = upgrade_shim(&shim("pod-a", &["pod-a"]), None, &new, Mode::default());
     assert_eq!(r.outcome, Outcome::Refused("no live shim process".into()));
     let v = serde_json::to_value(&r).unwrap();
     assert_eq!(v["result"], "refused");
