@@ -27,5 +27,6 @@ mod testing;
 pub mod trust;
 pub mod units;
 pub mod upgrade;
+pub mod upgrading;
 pub mod watchdog;
 mod watcher;

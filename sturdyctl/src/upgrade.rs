@@ -189,13 +189,15 @@ pub struct Report {
 }
 
 /// What to do beyond the checks.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Mode {
     /// Check only.
     pub dry_run: bool,
     /// Rehearse the pause on each shim that passed the checks (holds its requests for
     /// as long as it takes to settle, at most [`REHEARSAL_SETTLE`]).
     pub rehearse: bool,
+    /// Where a pause is marked for the watchdog ([`crate::upgrading`]).
+    pub upgrade_dir: PathBuf,
 }
 
 /// Longest a rehearsal may wait for a shim's calls in flight.
@@ -226,6 +228,16 @@ pub fn upgrade_shim(
     };
     let checked = check(new, &mut report).and_then(|o| match o {
         Outcome::Ready if mode.rehearse => {
+            let process = shim.process.as_ref().ok_or(UpgradeError::NoProcess)?;
+            // The watchdog must not take the pause for a hang: marked first, for the
+            // longest the rehearsal may take, and closed when it is over.
+            let _window = crate::upgrading::open(
+                &mode.upgrade_dir,
+                process.pid,
+                process.start_time,
+                REHEARSAL_SETTLE + std::time::Duration::from_secs(3),
+            )
+            .map_err(|e| UpgradeError::Rehearsal(format!("marking the upgrade window: {e}")))?;
             let r = control::rehearse(&shim.address, REHEARSAL_SETTLE)
                 .map_err(UpgradeError::Rehearsal)?;
             report.rehearsal = Some(r);

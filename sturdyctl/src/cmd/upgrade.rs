@@ -76,6 +76,7 @@ pub async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mode = upgrade::Mode {
         dry_run,
         rehearse: args.rehearse,
+        upgrade_dir: args.target.upgrade_dir.clone(),
     };
     let (candidates, reports) =
         tokio::task::spawn_blocking(move || check_all(binary, &shims, versions, mode)).await?;
@@ -127,7 +128,7 @@ fn check_all(
                     .entry(path.clone())
                     .or_insert_with(|| upgrade::inspect(&path));
                 match candidate {
-                    Ok(c) => upgrade::upgrade_shim(shim, version, c, mode),
+                    Ok(c) => upgrade::upgrade_shim(shim, version, c, mode.clone()),
                     Err(e) => refused(shim, version, e),
                 }
             }
