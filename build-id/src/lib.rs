@@ -153,8 +153,9 @@ impl Layout {
             l.phnum = l.u16(&h[44..46]);
         }
         let min = if wide { 56 } else { 32 };
-        if l.phnum > 0 && usize::from(l.phentsize) < min {
-            return Err(not_elf("program header entries too small"));
+        // Exactly `min` in practice; anything far larger is not a file to read 256 of.
+        if l.phnum > 0 && (usize::from(l.phentsize) < min || l.phentsize > 256) {
+            return Err(not_elf("program header entries of an odd size"));
         }
         Ok(l)
     }

@@ -111,6 +111,9 @@ impl Binary {
             what: what.clone(),
             reason,
         };
+        if pass.is_some_and(|(_, target)| target == self.file.as_raw_fd()) {
+            return Err(fail("the fd to hand down is the binary's own".into()));
+        }
         let mut cmd = Command::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
         cmd.arg0(ARGV0)
             .args(args)
