@@ -1,9 +1,10 @@
 //! `sturdyctl status` and `sturdyctl upgrade-shims` against a real containerd with a live
 //! sturdy pod, as far as issue 20 is built (docs/upgrade.md): status tells which build each
 //! shim runs and whether it is the installed one; `upgrade-shims` checks a new binary (trust,
-//! `-v`, `-info`, the handover format and a document the running image writes) and, without
-//! `--dry-run`, refuses to pretend: the exec is not implemented, so it fails and the pod
-//! stays on its shim, untouched.
+//! `-v`, `-info`, the handover format and a document the running image writes), rehearses
+//! the pause on the live shim (requests held at frame boundaries, then let through), and,
+//! without `--dry-run`, refuses to pretend: the exec is not implemented, so it fails and
+//! the pod stays on its shim, untouched.
 //!
 //! The "new build" is a copy of the shim with another build-id written into its note: the
 //! same code, which `-v` and every check then see as another build.
@@ -50,6 +51,8 @@ fn sturdyctl(fx: &Containerd, args: &[&str]) -> (bool, serde_json::Value) {
         .arg(fx.state_dir())
         .arg("--journal")
         .arg(fx.dir().join("journal"))
+        .arg("--upgrade-dir")
+        .arg(fx.dir().join("upgrading"))
         .output()
         .expect("run sturdyctl");
     let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -117,6 +120,23 @@ async fn status_and_upgrade_checks_against_a_live_pod() {
     assert_eq!(s["new_build"], new_id.as_str());
     assert_eq!(s["old_writes"], 1);
     assert_eq!(s["old_version"], env!("CARGO_PKG_VERSION"));
+
+    // A rehearsal: the shim holds requests at frame boundaries until settled (containerd's
+    // connection and ours parked), lets them through again, and the pod works on.
+    let (ok, up) = sturdyctl(&fx, &["upgrade-shims", "--dry-run", "--rehearse", "--json"]);
+    let s = the_shim(&up, &pod);
+    eprintln!("rehearsal: {:#}", s["rehearsal"]);
+    assert!(ok, "{up:#}");
+    assert_eq!(s["result"], "ready", "{s:#}");
+    assert!(
+        s["rehearsal"]["connections"].as_u64().unwrap() >= 2,
+        "containerd's connection and sturdyctl's: {s:#}"
+    );
+    assert!(
+        s["rehearsal"]["paused_us"].as_u64().unwrap() < 2_000_000,
+        "{s:#}"
+    );
+    pod.check(&fx, &mut cri, "after a rehearsal").await;
 
     // Without --dry-run: the same checks, then a clear failure; the shim is untouched.
     let (ok, up) = sturdyctl(&fx, &["upgrade-shims", "--json"]);
