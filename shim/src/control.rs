@@ -5,9 +5,10 @@
 //!
 //! - `Describe` (no input): version, build-id, handover formats, connections, gate;
 //! - `Rehearse` (`{"deadline_ms": N}`): the pause of an upgrade without the exec: closes
-//!   the listener's gate, waits until every connection is parked at a frame boundary and
-//!   only `Wait`s are unanswered ([`Gate::settled`]), opens it again, and reports how long
-//!   requests were held. Proves the quiesce on a live shim and measures it.
+//!   the listener's gate, waits until every connection is parked at a frame boundary, only
+//!   `Wait`s are unanswered ([`Gate::settled`]) and no lifecycle transition is under way
+//!   ([`Tasks::lifecycle_busy`]), opens it again, and reports how long requests were held.
+//!   Proves the quiesce on a live shim and measures it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::listener::inflight::{method_of, replay_safe};
 use crate::listener::Gate;
+use crate::tasks::Tasks;
 
 /// The service name.
 pub const SERVICE: &str = "sturdy.upgrade.v1.Upgrade";
@@ -94,29 +96,41 @@ pub enum ControlError {
     /// Calls in flight did not finish in time; requests were let through again.
     #[error(
         "not settled within {deadline:?}: {unsettled} connection(s) still had a call in \
-         flight or a frame half read; requests flow again"
+         flight or a frame half read, lifecycle under way: {busy:?}; requests flow again"
     )]
     NotSettled {
         /// The deadline.
         deadline: Duration,
         /// Connections not parked or with a call other than Wait unanswered.
         unsettled: usize,
+        /// Processes with a lifecycle transition under way.
+        busy: Vec<String>,
     },
 }
 
-/// The service's state: the listener's gate, and one operation at a time.
+/// The service's state: the listener's gate, the pod's tasks, and one operation at a
+/// time.
 pub struct Control {
     gate: Arc<Gate>,
+    tasks: Option<Arc<Tasks>>,
     busy: tokio::sync::Mutex<()>,
 }
 
 impl Control {
-    /// Controls the listener behind `gate`.
-    pub fn new(gate: Arc<Gate>) -> Arc<Control> {
+    /// Controls the listener behind `gate`, serving `tasks`.
+    pub fn new(gate: Arc<Gate>, tasks: Option<Arc<Tasks>>) -> Arc<Control> {
         Arc::new(Control {
             gate,
+            tasks,
             busy: tokio::sync::Mutex::new(()),
         })
+    }
+
+    fn lifecycle_busy(&self) -> Vec<String> {
+        self.tasks
+            .as_ref()
+            .map(|t| t.lifecycle_busy())
+            .unwrap_or_default()
     }
 
     /// `Describe`.
@@ -141,22 +155,25 @@ impl Control {
             self.gate.close().await;
             loop {
                 if let Some(parked) = self.gate.settled(may_wait) {
-                    return parked;
+                    if self.lifecycle_busy().is_empty() {
+                        return parked;
+                    }
                 }
                 tokio::time::sleep(SETTLE_POLL).await;
             }
         })
         .await;
         let paused = started.elapsed();
-        let unsettled = match &settled {
-            Ok(_) => 0,
-            Err(_) => self.gate.unsettled(may_wait),
+        let (unsettled, busy) = match &settled {
+            Ok(_) => (0, Vec::new()),
+            Err(_) => (self.gate.unsettled(may_wait), self.lifecycle_busy()),
         };
         // Whatever happened, requests flow again: a rehearsal never leaves a shim paused.
         self.gate.open();
         let parked = settled.map_err(|_| ControlError::NotSettled {
             deadline,
             unsettled,
+            busy,
         })?;
         let waits = parked
             .iter()

@@ -101,7 +101,7 @@ pub(super) fn serve(flags: &Flags) -> Result<(), String> {
         // Closed by the upgrade service's Rehearse; the exec that would follow is not
         // implemented yet (docs/upgrade.md).
         let gate = listener::Gate::new();
-        let control = Control::new(gate.clone());
+        let control = Control::new(gate.clone(), Some(tasks.clone()));
         let listener = listener::listen(listener, limits(), keep, gate)
             .map_err(|e| format!("listener: {e}"))?;
         let mut server = Server::new()

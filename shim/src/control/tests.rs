@@ -43,7 +43,7 @@ async fn rig() -> Rig {
     let path = dir.path().join("s");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let gate = Gate::new();
-    let control = Control::new(gate.clone());
+    let control = Control::new(gate.clone(), None);
     let release = Arc::new(Semaphore::new(0));
     let entered = Arc::new(AtomicUsize::new(0));
     let mut methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = HashMap::new();
