@@ -1,6 +1,9 @@
-//! Embeds the source revision for `-v` and Connect.
+//! Embeds the source revision for `-v` and Connect, and asks the linker for a build-id.
 
 fn main() {
+    // A GNU build-id note in the binary, whatever the linker's default: `-v` and
+    // `sturdyctl status` tell builds apart by it (docs/upgrade.md).
+    println!("cargo:rustc-link-arg-bins=-Wl,--build-id=sha1");
     println!("cargo:rerun-if-env-changed=STURDY_REVISION");
     println!("cargo:rerun-if-changed=../.git/HEAD");
     println!("cargo:rerun-if-changed=../.git/refs/heads");

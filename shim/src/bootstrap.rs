@@ -3,6 +3,7 @@
 //! after a task without the daemon) and the daemon itself (serve the Task API).
 
 mod delete;
+mod handover_check;
 mod info;
 mod params;
 mod serve;
@@ -46,6 +47,14 @@ const SELF_EXE: &str = "/proc/self/exe";
 /// Entry point of `containerd-shim-sturdy-v2`; returns the process exit code.
 pub fn main() -> i32 {
     let args: Vec<OsString> = std::env::args_os().collect();
+    // Not containerd's flags: asked by `sturdyctl upgrade-shims` only, before any parsing.
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    if handover_check::CHECK.contains(&first) {
+        return handover_check::check(args.get(2).and_then(|a| a.to_str()));
+    }
+    if handover_check::SAMPLE.contains(&first) {
+        return handover_check::sample();
+    }
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(f) => f,
         Err(e) => {
@@ -57,6 +66,16 @@ pub fn main() -> i32 {
         println!("containerd-shim-sturdy-v2:");
         println!("  Version:  {}", crate::VERSION);
         println!("  Revision: {}", crate::REVISION);
+        println!("  Build id: {}", own_build_id());
+        println!(
+            "  Handover: writes {}, reads {}",
+            crate::handover::WRITES,
+            crate::handover::READS
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         println!("  Runtime:  io.containerd.sturdy.v2 (Rust, wraps runc)");
         return 0;
     }
@@ -84,6 +103,15 @@ pub fn main() -> i32 {
             eprintln!("containerd-shim-sturdy-v2 {}: {e}", flags.action);
             1
         }
+    }
+}
+
+/// The GNU build-id of the running image, hex, or why there is none.
+fn own_build_id() -> String {
+    match build_id::of_self() {
+        Ok(Some(id)) => id.to_string(),
+        Ok(None) => "none (linked without --build-id)".into(),
+        Err(e) => format!("unknown ({e})"),
     }
 }
 

@@ -8,10 +8,12 @@
 pub mod bootstrap;
 pub mod cgroups;
 pub mod container;
+pub mod control;
 pub mod error;
 pub mod events;
 pub mod exec;
 pub mod exits;
+pub mod handover;
 pub mod ids;
 pub mod io;
 pub mod listener;

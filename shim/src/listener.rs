@@ -14,7 +14,9 @@
 //!   shim-wide [`FRAME_BUDGET`], first come first served;
 //! - a frame that makes no progress for [`STALL_LIMIT`] (its peer sends nothing, or it
 //!   waits for budget) has its connection closed, which hands its budget back;
-//! - once budget is handed back, the freed heap is returned to the kernel.
+//! - once budget is handed back, the freed heap is returned to the kernel;
+//! - while the [`Gate`] is closed (a live upgrade), connections stop at their next frame
+//!   boundary and nothing new is accepted ([`quiesce`]).
 //!
 //! Worst case, ttrpc holds FRAME_BUDGET + MAX_CONNECTIONS × SMALL_FRAME = 12 MiB of request
 //! payloads at once. Only processes of the shim's own uid get in ([`SameUser`]).
@@ -23,8 +25,12 @@ mod budget;
 mod frames;
 mod guard;
 mod idle;
+pub mod inflight;
+pub mod quiesce;
 
+use std::collections::VecDeque;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +45,8 @@ use budget::Budget;
 pub use guard::Guarded;
 use idle::Registry;
 pub use idle::{Keep, IDLE_LIMIT};
+use inflight::InFlight;
+pub use quiesce::Gate;
 
 /// Connections served at once. containerd opens one connection per task it runs in this
 /// shim (a pod's containers share one shim), and tools add the odd short-lived one; 64
@@ -91,20 +99,92 @@ impl Default for Limits {
 }
 
 /// Turns the bound socket into ttrpc's listener under `limits`; `keep`'s connections
-/// never give way at the cap. Must run inside the runtime: it registers the socket and
-/// starts the task that trims the heap.
-pub fn listen(listener: StdUnixListener, limits: Limits, keep: Keep) -> io::Result<Listener> {
+/// never give way at the cap; `gate` stops them all at a frame boundary when closed. Must
+/// run inside the runtime: it registers the socket and starts the task that trims the heap.
+pub fn listen(
+    listener: StdUnixListener,
+    limits: Limits,
+    keep: Keep,
+    gate: Arc<Gate>,
+) -> io::Result<Listener> {
+    resume(listener, Vec::new(), limits, keep, gate)
+}
+
+/// A connection handed over by an earlier image of this process.
+#[derive(Debug)]
+pub struct Handed {
+    /// Its socket.
+    pub fd: OwnedFd,
+    /// Its unanswered requests' frames, read again before anything from the socket.
+    pub replay: Vec<u8>,
+}
+
+/// As [`listen`], serving first `connections`: ones an earlier image of this process
+/// accepted and handed over across an exec, each stopped at a frame boundary, so the next
+/// request is read whole (its unanswered ones first, then the socket's). Each must be a
+/// Unix stream socket whose peer passes the same check as a new one; the rest are refused
+/// (closed) and logged.
+pub fn resume(
+    listener: StdUnixListener,
+    connections: Vec<Handed>,
+    limits: Limits,
+    keep: Keep,
+    gate: Arc<Gate>,
+) -> io::Result<Listener> {
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
+    let mut adopted = VecDeque::new();
+    for c in connections {
+        match adopt(c.fd) {
+            Ok(stream) => adopted.push_back((stream, c.replay)),
+            Err(e) => log::error!("refused a handed-over connection: {e}"),
+        }
+    }
     let budget = Budget::new(limits.budget);
     tokio::spawn(trim_after_release(budget.clone()));
     Ok(Listener::new(accepted(
         listener,
+        adopted,
         limits,
         budget,
         SameUser::current(),
         keep,
+        gate,
     )))
+}
+
+/// A handed-over fd as a connection, if it is a connected Unix stream socket.
+fn adopt(fd: OwnedFd) -> io::Result<UnixStream> {
+    let raw = fd.as_raw_fd();
+    for (opt, want, what) in [
+        (libc::SO_DOMAIN, libc::AF_UNIX, "not a Unix socket"),
+        (libc::SO_TYPE, libc::SOCK_STREAM, "not a stream socket"),
+    ] {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int of the size given, on an fd we own.
+        let r = unsafe {
+            libc::getsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::other(format!(
+                "fd {raw}: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        if v != want {
+            return Err(io::Error::other(format!("fd {raw}: {what}")));
+        }
+    }
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(true)?;
+    UnixStream::from_std(stream)
 }
 
 /// Returns freed request memory to the kernel after budget comes back: glibc keeps freed
@@ -117,33 +197,90 @@ async fn trim_after_release(budget: Arc<Budget>) {
     }
 }
 
-/// The connections to serve: from our own uid, and only while under the cap.
+/// The connections to serve: handed-over ones first, then new ones; from our own uid, and
+/// only while under the cap.
 fn accepted(
     listener: UnixListener,
+    adopted: VecDeque<(UnixStream, Vec<u8>)>,
     limits: Limits,
     budget: Arc<Budget>,
     owner: SameUser,
     keep: Keep,
+    gate: Arc<Gate>,
 ) -> impl Stream<Item = io::Result<Guarded<UnixStream>>> + Send + 'static {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let state = (
+    let state = Accepting {
         listener,
-        slots,
+        adopted,
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
         budget,
         owner,
         keep,
-        Arc::new(Registry::default()),
-    );
-    stream::unfold(state, move |state| async move {
-        let (listener, slots, budget, owner, keep, registry) = &state;
-        let (stream, peer_pid) = loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    log::error!("accepting a ttrpc connection: {e}");
-                    tokio::time::sleep(ACCEPT_RETRY).await;
-                    continue;
-                }
+        registry: Arc::new(Registry::default()),
+        gate,
+    };
+    stream::unfold(state, move |mut state| async move {
+        let (stream, peer_pid, replay) = state.next_peer().await;
+        let s = &state;
+        let slot = match s.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                log::warn!(
+                    "{} ttrpc connections open: a new one from pid {} waits until one closes",
+                    limits.max_connections,
+                    peer_pid.unwrap_or(0)
+                );
+                make_room(&s.slots, &s.registry, &limits, &s.keep).await?
+            }
+        };
+        let conn = s.registry.add(peer_pid);
+        let fd = stream.as_raw_fd();
+        let inflight = InFlight::new();
+        let guarded = Guarded::new(
+            stream,
+            s.budget.clone(),
+            limits,
+            Some(slot),
+            peer_pid,
+            Some(conn),
+        )
+        .with_inflight(inflight.clone())
+        .with_replay(replay)
+        .with_gate(s.gate.join(fd, peer_pid, Some(inflight)));
+        Some((Ok(guarded), state))
+    })
+}
+
+/// The accept loop's state.
+struct Accepting {
+    listener: UnixListener,
+    /// Connections handed over by the previous image (with their unanswered requests),
+    /// served before any new one.
+    adopted: VecDeque<(UnixStream, Vec<u8>)>,
+    slots: Arc<Semaphore>,
+    budget: Arc<Budget>,
+    owner: SameUser,
+    keep: Keep,
+    registry: Arc<Registry>,
+    gate: Arc<Gate>,
+}
+
+impl Accepting {
+    /// The next connection whose peer is of our uid, that peer's pid, and what it is to
+    /// read first.
+    async fn next_peer(&mut self) -> (UnixStream, Option<i32>, Vec<u8>) {
+        loop {
+            // A connection arriving while the gate is closed waits in the backlog.
+            self.gate.wait_open().await;
+            let (stream, replay) = match self.adopted.pop_front() {
+                Some(handed) => handed,
+                None => match self.listener.accept().await {
+                    Ok((stream, _)) => (stream, Vec::new()),
+                    Err(e) => {
+                        log::error!("accepting a ttrpc connection: {e}");
+                        tokio::time::sleep(ACCEPT_RETRY).await;
+                        continue;
+                    }
+                },
             };
             let peer = match stream.peer_cred() {
                 Ok(peer) => peer,
@@ -152,36 +289,15 @@ fn accepted(
                     continue;
                 }
             };
-            match owner.check(peer.uid()) {
-                Ok(()) => break (stream, peer.pid()),
+            match self.owner.check(peer.uid()) {
+                Ok(()) => return (stream, peer.pid(), replay),
                 Err(e) => log::warn!(
                     "refused a ttrpc connection from pid {}: {e}",
                     peer.pid().unwrap_or(0)
                 ),
             }
-        };
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                log::warn!(
-                    "{} ttrpc connections open: a new one from pid {} waits until one closes",
-                    limits.max_connections,
-                    peer_pid.unwrap_or(0)
-                );
-                make_room(slots, registry, &limits, keep).await?
-            }
-        };
-        let conn = registry.add(peer_pid);
-        let guarded = Guarded::new(
-            stream,
-            budget.clone(),
-            limits,
-            Some(slot),
-            peer_pid,
-            Some(conn),
-        );
-        Some((Ok(guarded), state))
-    })
+        }
+    }
 }
 
 /// A slot for a connection waiting at the cap: the next one to close, or one that gives way

@@ -129,6 +129,29 @@ impl Tasks {
         self.lock().is_empty()
     }
 
+    /// Processes whose lifecycle call (or exit publication) is under way right now, as
+    /// "container/exec": a live upgrade hands over only when there are none, so nothing
+    /// is half-way through a transition (docs/upgrade.md).
+    pub fn lifecycle_busy(&self) -> Vec<String> {
+        let containers: Vec<Arc<Container>> = self.lock().values().cloned().collect();
+        let mut busy = Vec::new();
+        for c in containers {
+            let mut procs = vec![(String::new(), c.init.clone())];
+            procs.extend(
+                c.execs()
+                    .iter()
+                    .map(|(id, e)| (id.clone(), e.process.clone())),
+            );
+            for (exec, p) in procs {
+                if p.lifecycle.try_lock().is_err() {
+                    busy.push(format!("{}/{exec}", c.id));
+                }
+            }
+        }
+        busy.sort();
+        busy
+    }
+
     /// Init's pid of container `id`, 0 if unknown.
     pub fn init_pid(&self, id: &str) -> i32 {
         self.lock()

@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod builds;
 pub mod confirm;
 pub mod containerd;
 pub mod ctrconfig;
@@ -25,5 +26,7 @@ pub mod replay;
 mod testing;
 pub mod trust;
 pub mod units;
+pub mod upgrade;
+pub mod upgrading;
 pub mod watchdog;
 mod watcher;

@@ -29,6 +29,8 @@ enum Command {
     Install(cmd::install::InstallArgs),
     /// Remove the `sturdy` runtime from containerd's config.toml and the binaries.
     Uninstall(cmd::install::UninstallArgs),
+    /// Move running shims onto a new binary in place (checks only so far: docs/upgrade.md).
+    UpgradeShims(cmd::upgrade::Args),
 }
 
 fn ok() -> std::process::ExitCode {
@@ -58,6 +60,7 @@ fn main() -> std::process::ExitCode {
             Command::Uninstall(args) => cmd::install::run_uninstall(args).map(|()| ok()),
             Command::Sandboxes(args) => cmd::sandboxes::list(args).await.map(|()| ok()),
             Command::Sandbox(args) => cmd::sandboxes::show(args).await.map(|()| ok()),
+            Command::UpgradeShims(args) => cmd::upgrade::run(args).await,
         }
     });
     match result {

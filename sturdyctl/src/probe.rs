@@ -33,6 +33,8 @@ pub enum Outcome {
         shim_pid: Option<u32>,
         /// The error status the shim replied with, if any.
         status: Option<String>,
+        /// The version a successful Connect reply named (`-v`'s version).
+        version: Option<String>,
     },
     /// Nothing came back before the deadline.
     NoReply,
@@ -96,6 +98,18 @@ pub fn decode_reply(body: &[u8]) -> (Option<u32>, Option<String>) {
     (pid, None)
 }
 
+/// The version a successful Connect reply names, if any.
+pub fn decode_version(body: &[u8]) -> Option<String> {
+    let resp = Response::parse_from_bytes(body).ok()?;
+    if resp.status.as_ref().is_some_and(|s| s.code.value() != 0) {
+        return None;
+    }
+    ConnectResponse::parse_from_bytes(&resp.payload)
+        .ok()
+        .map(|c| c.version)
+        .filter(|v| !v.is_empty())
+}
+
 /// Probes the shim at `address` once, on a fresh connection, asking about task `id`,
 /// within `deadline`.
 pub async fn probe(address: &str, id: &str, deadline: Duration) -> Outcome {
@@ -147,7 +161,7 @@ impl Prober {
             // The shim closed or garbled the connection: it is alive enough to do that, but
             // it did not answer either; that is a miss, not a death (the pidfd tells deaths).
             Ok(Err(Failure::Broken(_))) => Outcome::NoReply,
-            Ok(Ok((kept, (shim_pid, status)))) => {
+            Ok(Ok((kept, (shim_pid, status, version)))) => {
                 // Stream ids 1 and 3 answered: once per connection, the sign that probes
                 // really reuse it (tests wait for this line).
                 if kept.next_id == 5 {
@@ -158,6 +172,7 @@ impl Prober {
                     latency: started.elapsed(),
                     shim_pid,
                     status,
+                    version,
                 }
             }
         }
@@ -169,7 +184,7 @@ enum Failure {
     Broken(#[allow(dead_code)] String),
 }
 
-type Reply = (Option<u32>, Option<String>);
+type Reply = (Option<u32>, Option<String>, Option<String>);
 
 async fn exchange(
     kept: Option<Kept>,
@@ -236,7 +251,7 @@ async fn round_trip(kept: &mut Kept, id: &str, deadline: Duration) -> Result<Rep
             // Still a reply from a live shim; do not read it (nor keep the connection, whose
             // framing is now lost).
             kept.reusable = false;
-            return Ok((None, Some(format!("{len}-byte reply"))));
+            return Ok((None, Some(format!("{len}-byte reply")), None));
         }
         let mut body = vec![0u8; len];
         stream
@@ -244,7 +259,8 @@ async fn round_trip(kept: &mut Kept, id: &str, deadline: Duration) -> Result<Rep
             .await
             .map_err(|e| Trip::Broken(format!("read body: {e}")))?;
         if header[8] == TYPE_RESPONSE && reply_id == stream_id {
-            return Ok(decode_reply(&body));
+            let (pid, status) = decode_reply(&body);
+            return Ok((pid, status, decode_version(&body)));
         }
     }
 }

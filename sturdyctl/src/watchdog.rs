@@ -56,6 +56,9 @@ pub struct Config {
     pub shim_binaries: HashMap<String, PathBuf>,
     /// Sandbox network records to check (and repair from) every interval, if any.
     pub sandboxes: Option<crate::netmeta::SandboxWatch>,
+    /// Where `upgrade-shims` marks the shims it pauses: their misses are not counted
+    /// while the window is open ([`crate::upgrading`]).
+    pub upgrade_dir: PathBuf,
 }
 
 /// Why the watchdog could not run.
@@ -364,6 +367,7 @@ impl State {
             &self.clock,
             self.cfg.interval,
             self.cfg.misses,
+            self.cfg.upgrade_dir.clone(),
             self.tx.clone(),
         );
         self.watched.insert(

@@ -6,6 +6,7 @@
 //! watchdog's CPU time; on one tick the requests go out together and their replies come
 //! back into the same few polls.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use crate::health::{Health, ProbeResult, Verdict};
 use crate::pidfd::Pidfd;
 use crate::probe::Prober;
 use crate::recovery::Reason;
+use crate::upgrading;
 use crate::watchdog::Msg;
 
 /// The tick every watcher probes on: a counter bumped once per interval.
@@ -62,10 +64,19 @@ pub(crate) fn spawn(
     clock: &ProbeClock,
     interval: Duration,
     misses: u32,
+    upgrade_dir: PathBuf,
     tx: mpsc::Sender<Msg>,
 ) -> JoinHandle<()> {
     let ticks = clock.subscribe();
-    tokio::spawn(watch_shim(shim, pidfd, ticks, interval, misses, tx))
+    tokio::spawn(watch_shim(
+        shim,
+        pidfd,
+        ticks,
+        interval,
+        misses,
+        upgrade_dir,
+        tx,
+    ))
 }
 
 /// Watches one shim: its death through the pidfd, hangs through the probes.
@@ -75,6 +86,7 @@ async fn watch_shim(
     ticks: watch::Receiver<u64>,
     interval: Duration,
     misses: u32,
+    upgrade_dir: PathBuf,
     tx: mpsc::Sender<Msg>,
 ) {
     let address = shim.borrow().address.clone();
@@ -85,7 +97,9 @@ async fn watch_shim(
         }
     };
     let watched = pidfd.identity().pid;
-    let probing = probe_until_hung(shim, ticks, interval, misses, watched);
+    let start_time = pidfd.identity().start_time;
+    let upgrading = move || upgrading::covers(&upgrade_dir, watched, start_time);
+    let probing = probe_until_hung(shim, ticks, interval, misses, watched, upgrading);
     let (reason, since) = tokio::select! {
         biased;
         () = exit => {
@@ -127,6 +141,7 @@ async fn probe_until_hung(
     interval: Duration,
     misses: u32,
     watched: i32,
+    upgrading: impl Fn() -> bool,
 ) -> Ended {
     let mut health = Health::new(misses);
     let epoch = Instant::now();
@@ -154,6 +169,10 @@ async fn probe_until_hung(
         }
         let result = if outcome.answered() {
             ProbeResult::Answered
+        } else if upgrading() {
+            // Paused on purpose by `upgrade-shims`, for at most the window: not a hang.
+            log::info!("shim {address}: probe unanswered during its upgrade window: not counted");
+            continue;
         } else {
             ProbeResult::Missed
         };

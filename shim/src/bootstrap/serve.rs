@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use super::{
     bind_or_reuse, set_cloexec, socket_path, Bind, LISTEN_FD, LISTEN_FD_ENV, TTRPC_ADDRESS_ENV,
 };
+use crate::control::Control;
 use crate::events::Events;
 use crate::listener;
 use crate::logging;
@@ -97,11 +98,16 @@ pub(super) fn serve(flags: &Flags) -> Result<(), String> {
         );
         let tasks = service.tasks().clone();
         let keep = listener::Keep::containerd(&ttrpc_address);
-        let listener =
-            listener::listen(listener, limits(), keep).map_err(|e| format!("listener: {e}"))?;
+        // Closed by the upgrade service's Rehearse; the exec that would follow is not
+        // implemented yet (docs/upgrade.md).
+        let gate = listener::Gate::new();
+        let control = Control::new(gate.clone(), Some(tasks.clone()));
+        let listener = listener::listen(listener, limits(), keep, gate)
+            .map_err(|e| format!("listener: {e}"))?;
         let mut server = Server::new()
             .add_listener(listener)
-            .register_service(task_services(Arc::new(service)));
+            .register_service(task_services(Arc::new(service)))
+            .register_service(control.services());
         server
             .start()
             .await

@@ -117,6 +117,11 @@ impl Cursor {
         left == 0
     }
 
+    /// The current (or last) frame's header.
+    pub(crate) fn header(&self) -> &[u8; HEADER_LEN] {
+        &self.header
+    }
+
     fn announced(&self) -> usize {
         let len = [
             self.header[0],

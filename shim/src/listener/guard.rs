@@ -16,6 +16,8 @@ use ttrpc::proto::MESSAGE_LENGTH_MAX;
 use super::budget::{Budget, Reservation};
 use super::frames::{Cursor, HEADER_LEN};
 use super::idle::Conn;
+use super::inflight::InFlight;
+use super::quiesce::Pass;
 use super::Limits;
 
 /// What a frame of a given length needs before ttrpc may see its header.
@@ -56,6 +58,12 @@ pub struct Guarded<S> {
     peer_pid: Option<i32>,
     /// Its entry among the connections that may give way at the cap.
     conn: Option<Arc<Conn>>,
+    /// Its place at the upgrade gate: between frames, reads wait while it is closed.
+    pass: Option<Pass>,
+    /// Its unanswered requests, for a handover.
+    inflight: Option<Arc<InFlight>>,
+    /// Handed-over requests, read again before anything from the socket.
+    replay: Replay,
     /// The connection's place under the cap, given back when ttrpc drops us.
     _slot: Option<OwnedSemaphorePermit>,
 }
@@ -82,8 +90,30 @@ impl<S> Guarded<S> {
             stall: None,
             peer_pid,
             conn,
+            pass: None,
+            inflight: None,
+            replay: Replay::default(),
             _slot: slot,
         }
+    }
+
+    /// Tracks the connection's unanswered requests in `inflight`.
+    pub(crate) fn with_inflight(mut self, inflight: Arc<InFlight>) -> Self {
+        self.inflight = Some(inflight);
+        self
+    }
+
+    /// Reads `bytes` (whole request frames an earlier image left unanswered) before
+    /// anything from the socket.
+    pub(crate) fn with_replay(mut self, bytes: Vec<u8>) -> Self {
+        self.replay = Replay { bytes, at: 0 };
+        self
+    }
+
+    /// Puts the connection under a gate that can stop it between frames.
+    pub(crate) fn with_gate(mut self, pass: Pass) -> Self {
+        self.pass = Some(pass);
+        self
     }
 
     fn progress(&mut self) {
@@ -151,6 +181,9 @@ impl<S> Guarded<S> {
             },
         }
         self.cursor.admit();
+        if let Some(f) = &self.inflight {
+            f.frame_started(self.cursor.header());
+        }
         self.progress();
         Poll::Ready(Ok(()))
     }
@@ -174,9 +207,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             return Poll::Ready(Ok(()));
         }
         loop {
+            if !this.cursor.mid_frame() {
+                // Between frames: the one place a connection may stop for an upgrade, with
+                // the next request left whole in the socket.
+                if let Some(pass) = &this.pass {
+                    if pass.poll_pass(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
             if let Some(room) = this.cursor.header_room() {
                 let mut hb = ReadBuf::new(room);
-                match Pin::new(&mut this.inner).poll_read(cx, &mut hb) {
+                match this.replay.poll_read(&mut this.inner, cx, &mut hb) {
                     Poll::Pending => return this.hold_on(cx),
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     // End of stream; mid-header ttrpc takes it for a broken frame.
@@ -203,17 +245,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             } else {
                 let want = this.cursor.payload_left().min(buf.remaining());
                 let mut pb = ReadBuf::new(buf.initialize_unfilled_to(want));
-                match Pin::new(&mut this.inner).poll_read(cx, &mut pb) {
+                match this.replay.poll_read(&mut this.inner, cx, &mut pb) {
                     Poll::Pending => return this.hold_on(cx),
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Ready(Ok(())) => {
                         let n = pb.filled().len();
+                        if let Some(f) = &this.inflight {
+                            f.payload(pb.filled());
+                        }
                         buf.advance(n);
                         if n > 0 {
                             this.progress();
                             if this.cursor.payload_read(n) {
                                 // The frame is all in ttrpc's hands now.
                                 this.reservation = None;
+                                if let Some(f) = &this.inflight {
+                                    f.frame_done();
+                                }
                             }
                         }
                         return Poll::Ready(Ok(()));
@@ -225,13 +273,58 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
 }
 
 impl<S> Guarded<S> {
-    /// An answer going out is activity too (a reply to a long Wait, say).
-    fn wrote(&self, written: &Poll<io::Result<usize>>) {
-        if let (Poll::Ready(Ok(n)), Some(c)) = (written, &self.conn) {
-            if *n > 0 {
-                c.active();
+    /// An answer going out is activity too (a reply to a long Wait, say), and answers its
+    /// request.
+    fn wrote<'a>(&self, written: &Poll<io::Result<usize>>, bufs: impl Iterator<Item = &'a [u8]>) {
+        let Poll::Ready(Ok(n)) = written else {
+            return;
+        };
+        if *n == 0 {
+            return;
+        }
+        if let Some(c) = &self.conn {
+            c.active();
+        }
+        if let Some(f) = &self.inflight {
+            let mut left = *n;
+            for b in bufs {
+                let take = left.min(b.len());
+                f.written(&b[..take]);
+                left -= take;
+                if left == 0 {
+                    break;
+                }
             }
         }
+    }
+}
+
+/// Bytes to read before the socket's: the requests a handover replays.
+#[derive(Debug, Default)]
+struct Replay {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+impl Replay {
+    /// Fills `buf` from the replayed bytes while any are left, then from `inner`.
+    fn poll_read<S: AsyncRead + Unpin>(
+        &mut self,
+        inner: &mut S,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.bytes.len() {
+            let n = buf.remaining().min(self.bytes.len() - self.at);
+            buf.put_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            if self.at == self.bytes.len() {
+                self.bytes = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(inner).poll_read(cx, buf)
     }
 }
 
@@ -243,7 +336,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.wrote(&written);
+        this.wrote(&written, std::iter::once(buf));
         written
     }
 
@@ -262,7 +355,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.wrote(&written);
+        this.wrote(&written, bufs.iter().map(|b| &b[..]));
         written
     }
 

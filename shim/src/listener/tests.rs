@@ -263,10 +263,12 @@ fn accepting_with(
     listener.set_nonblocking(true).unwrap();
     accepted(
         UnixListener::from_std(listener).unwrap(),
+        Default::default(),
         limits,
         Budget::new(limits.budget),
         owner,
         keep,
+        Gate::new(),
     )
 }
 

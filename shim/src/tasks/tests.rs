@@ -18,6 +18,7 @@ mod checkpoint;
 mod create;
 mod hung_exec;
 mod kill;
+mod lifecycle_busy;
 mod oom_order;
 mod resources;
 mod shutdown;

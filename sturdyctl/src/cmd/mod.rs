@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod install;
 pub mod sandboxes;
 pub mod status;
+pub mod upgrade;
 pub mod watchdog;
 
 /// Where containerd and the journal are; shared by every subcommand that looks at shims.
@@ -23,6 +24,9 @@ pub struct Target {
     /// Runtime to watch (repeat to add more; io.containerd.sturdy.v2 is always watched).
     #[arg(long = "runtime", value_name = "NAME")]
     pub runtimes: Vec<String>,
+    /// Where `upgrade-shims` marks the shims it pauses, for the watchdog.
+    #[arg(long, default_value = sturdyctl::upgrading::DEFAULT_DIR)]
+    pub upgrade_dir: PathBuf,
 }
 
 impl Target {

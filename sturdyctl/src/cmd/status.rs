@@ -3,10 +3,14 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use std::collections::HashMap;
+
+use sturdyctl::builds;
 use sturdyctl::containerd::Api;
 use sturdyctl::discovery::{self, Scope};
 use sturdyctl::journal::{Incident, Journal, Phase, DEFAULT_MAX_BYTES};
 use sturdyctl::probe::{self, Outcome};
+use sturdyctl::recovery::delete_binary;
 use sturdyctl::units::format_ms;
 
 use super::Target;
@@ -50,6 +54,11 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Outcome::NoReply => "NO REPLY within 1 s".into(),
             Outcome::Refused(e) => format!("REFUSED: {e}"),
         };
+        let version = match &outcome {
+            Outcome::Answered { version, .. } => version.clone(),
+            _ => None,
+        };
+        let build = build_of(shim);
         let tasks: Vec<Value> = shim
             .tasks
             .iter()
@@ -72,6 +81,8 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             "exe": shim.process.as_ref().map(|p| p.exe.clone()),
             "probe": probe,
             "answering": outcome.answered(),
+            "version": version,
+            "build": build,
             "tasks": tasks,
         }));
     }
@@ -84,8 +95,13 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .rev()
         .map(incident_value)
         .collect();
+    let old = shim_values
+        .iter()
+        .filter(|s| s["build"]["current"] == false)
+        .count();
     let out = json!({
         "containerd": args.target.address,
+        "shims_on_old_binary": old,
         "containerd_answering": listing.is_some(),
         "state_dir": args.target.state_dir,
         "journal": args.target.journal,
@@ -98,6 +114,16 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         print_text(&out);
     }
     Ok(())
+}
+
+/// The build a shim runs against the installed one; `null` fields for a shim without a
+/// process.
+fn build_of(shim: &sturdyctl::discovery::Shim) -> Value {
+    let (Some(process), Some(task)) = (&shim.process, shim.tasks.first()) else {
+        return json!({"current": null, "unknown": "no shim process"});
+    };
+    let installed = delete_binary(shim, task, &HashMap::new());
+    json!(builds::compare(builds::of_process(process.pid), installed))
 }
 
 fn incident_value(inc: &Incident) -> Value {
@@ -140,6 +166,33 @@ fn incident_value(inc: &Incident) -> Value {
     v
 }
 
+/// `version 0.1.0, build 5b04ce…  current` or `… OLD BINARY: installed <path> is build …`.
+fn build_line(sh: &Value) -> String {
+    let b = &sh["build"];
+    let short = |v: &Value| {
+        v.as_str()
+            .map(|s| s.chars().take(12).collect::<String>())
+            .unwrap_or_else(|| "?".into())
+    };
+    let head = format!(
+        "version {}, build {}",
+        sh["version"].as_str().unwrap_or("?"),
+        short(&b["running"])
+    );
+    match b["current"].as_bool() {
+        Some(true) => format!("{head}  current"),
+        Some(false) => format!(
+            "{head}  OLD BINARY: installed {} is build {}",
+            b["installed_binary"].as_str().unwrap_or("?"),
+            short(&b["installed"])
+        ),
+        None => format!(
+            "{head}  (installed build unknown: {})",
+            b["unknown"].as_str().unwrap_or("?")
+        ),
+    }
+}
+
 fn print_text(out: &Value) {
     let s = |v: &Value| {
         v.as_str()
@@ -169,6 +222,7 @@ fn print_text(out: &Value) {
                 .unwrap_or_else(|| "- (no process)".into()),
             s(&sh["probe"])
         );
+        println!("      {}", build_line(sh));
         for t in sh["tasks"].as_array().into_iter().flatten() {
             println!(
                 "      {}/{}  {}",
@@ -177,6 +231,13 @@ fn print_text(out: &Value) {
                 t["status"].as_str().unwrap_or("-")
             );
         }
+    }
+    if out["shims_on_old_binary"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "  {} of {} shims run an OLD BINARY (sturdyctl upgrade-shims moves them)",
+            out["shims_on_old_binary"],
+            shims.len()
+        );
     }
     let incidents = out["incidents"].as_array().cloned().unwrap_or_default();
     println!(

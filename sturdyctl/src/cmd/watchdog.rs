@@ -68,6 +68,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         interval: args.interval,
         misses: args.misses,
         journal: args.target.journal,
+        upgrade_dir: args.target.upgrade_dir,
         journal_max_bytes: DEFAULT_MAX_BYTES,
         containerd_grace: args.containerd_grace,
         delete_timeout: Duration::from_secs(10),

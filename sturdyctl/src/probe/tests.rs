@@ -24,6 +24,7 @@ fn replies_decoded() {
         payload: ConnectResponse {
             shim_pid: 77,
             task_pid: 78,
+            version: "0.2.0".into(),
             ..Default::default()
         }
         .write_to_bytes()
@@ -33,6 +34,10 @@ fn replies_decoded() {
     assert_eq!(
         decode_reply(&ok.write_to_bytes().unwrap()),
         (Some(77), None)
+    );
+    assert_eq!(
+        decode_version(&ok.write_to_bytes().unwrap()).as_deref(),
+        Some("0.2.0")
     );
     let mut status = Status::new();
     status.set_code(containerd_shim_protos::ttrpc::Code::UNIMPLEMENTED);
@@ -44,6 +49,7 @@ fn replies_decoded() {
     let (pid, st) = decode_reply(&err.write_to_bytes().unwrap());
     assert_eq!(pid, None);
     assert!(st.unwrap().contains("unknown service"));
+    assert_eq!(decode_version(&err.write_to_bytes().unwrap()), None);
     assert_eq!(socket_path("unix://@abc"), "\0abc");
     assert_eq!(socket_path("unix:///run/x"), "/run/x");
 }

@@ -24,6 +24,7 @@ pub fn config(dir: &Path) -> Config {
         delete_timeout: Duration::from_secs(5),
         shim_binaries: Default::default(),
         sandboxes: None,
+        upgrade_dir: dir.join("upgrading"),
     }
 }
 
