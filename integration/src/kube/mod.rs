@@ -219,6 +219,10 @@ impl KubeBuilder {
         config::write_kubelet_config(&paths, &pki, &socket, &root.path(), &self.kubelet_extra)?;
         node.cgroup_root = Some(root);
         node.write_record()?;
+        // The controller-manager exits at once if the API server has not yet created its
+        // bootstrap RBAC roles ("cannot get resource configmaps"): on a loaded machine that
+        // takes longer than containerd's start above.
+        node.wait_api_ready(t0 + STARTUP_LIMIT).await?;
         node.spawn(
             &enter,
             "kube-controller-manager",
@@ -289,6 +293,43 @@ impl KubeNode {
             dead.log().display(),
             dead.log_tail(30)
         )))
+    }
+
+    /// Waits until the API server reports `/readyz` ok, its post-start hooks (the
+    /// bootstrap RBAC policy among them) done.
+    async fn wait_api_ready(&mut self, deadline: Instant) -> Result<()> {
+        let kubectl = self.kubectl.clone();
+        let mut dead = None;
+        let ready = until_some(deadline.saturating_duration_since(Instant::now()), || {
+            let k = kubectl.clone();
+            let died = self.dead_component();
+            let done = died.is_some();
+            if died.is_some() {
+                dead = died;
+            }
+            async move {
+                if done {
+                    return Some(false);
+                }
+                let out = k.run(&["get", "--raw", "/readyz"]).await.ok()?;
+                (out.trim() == "ok").then_some(true)
+            }
+        })
+        .await;
+        if let Some(e) = dead {
+            return Err(e);
+        }
+        if ready != Some(true) {
+            let tails: String = self
+                .daemons
+                .iter()
+                .map(|d| format!("--- {} ---\n{}\n", d.name(), d.log_tail(8)))
+                .collect();
+            return Err(Error::Kube(format!(
+                "the API server was not ready within {STARTUP_LIMIT:?}:\n{tails}"
+            )));
+        }
+        Ok(())
     }
 
     async fn wait_ready(&mut self, deadline: Instant) -> Result<()> {
