@@ -377,7 +377,7 @@ fn open_stdin_fifo(id: &str, path: &str) -> Result<pipe::Receiver> {
 
 /// Opens one of containerd's output FIFOs for writing; also its inode, to hand a reader
 /// that comes late its EOF ([`fifo_eof`]).
-fn open_output_fifo(id: &str, path: &str) -> Result<(pipe::Sender, fifo_eof::FifoNode)> {
+fn open_output_fifo(id: &str, path: &str) -> Result<(pipe::Sender, Option<fifo_eof::FifoNode>)> {
     check_scheme(path)?;
     // Read-write keeps an extra reader on the FIFO: a containerd restart closes its
     // reader, and without ours the container would get EPIPE.
@@ -385,8 +385,10 @@ fn open_output_fifo(id: &str, path: &str) -> Result<(pipe::Sender, fifo_eof::Fif
         .read_write(true)
         .open_sender(path)
         .map_err(|e| Error::io(id, format!("open output fifo {path}"), e))?;
+    // Without it (no /proc) only a late reader's EOF is at stake, not the process.
     let node = fifo_eof::FifoNode::of(&sender)
-        .map_err(|e| Error::io(id, format!("open output fifo {path} (O_PATH)"), e))?;
+        .map_err(|e| log::warn!("{id}: output fifo {path}: no O_PATH fd for a late reader: {e}"))
+        .ok();
     Ok((sender, node))
 }
 

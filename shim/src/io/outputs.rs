@@ -37,6 +37,7 @@ pub fn open_fifos(id: &str, paths: &StdioPaths) -> Result<Outputs> {
     };
     let (stdout, stdout_node) = open(&paths.stdout)?.unzip();
     let (stderr, stderr_node) = open(&paths.stderr)?.unzip();
+    let (stdout_node, stderr_node) = (stdout_node.flatten(), stderr_node.flatten());
     Ok(Outputs {
         stdout,
         stderr,

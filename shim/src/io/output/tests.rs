@@ -339,7 +339,7 @@ impl Flood {
         tokio::spawn(copy_output(
             from,
             to,
-            Some(node),
+            node,
             spool,
             progress.clone(),
             ActiveGuard(progress.clone()),
