@@ -298,21 +298,45 @@ impl KubeNode {
     /// Waits until the API server reports `/readyz` ok, its post-start hooks (the
     /// bootstrap RBAC policy among them) done.
     async fn wait_api_ready(&mut self, deadline: Instant) -> Result<()> {
+        self.wait_for("the API server was not ready", deadline, |k| async move {
+            let out = k.run(&["get", "--raw", "/readyz"]).await.ok()?;
+            (out.trim() == "ok").then_some(())
+        })
+        .await
+    }
+
+    /// Waits for the node Ready and the default ServiceAccount made (pods need both).
+    async fn wait_ready(&mut self, deadline: Instant) -> Result<()> {
+        self.wait_for("the node was not Ready", deadline, |k| async move {
+            let node = k.get_json(&["node", NODE_NAME]).await.ok()?;
+            ready_condition(&node).filter(|s| s == "True")?;
+            k.run(&["get", "serviceaccount", "default"]).await.ok()?;
+            Some(())
+        })
+        .await
+    }
+
+    /// Polls `check` until it holds, failing early with the log of a component that died,
+    /// or at `deadline` with `failure` and every component's log tail.
+    async fn wait_for<F, Fut>(&mut self, failure: &str, deadline: Instant, check: F) -> Result<()>
+    where
+        F: Fn(Kubectl) -> Fut,
+        Fut: std::future::Future<Output = Option<()>>,
+    {
         let kubectl = self.kubectl.clone();
         let mut dead = None;
         let ready = until_some(deadline.saturating_duration_since(Instant::now()), || {
-            let k = kubectl.clone();
             let died = self.dead_component();
             let done = died.is_some();
             if died.is_some() {
                 dead = died;
             }
+            let probe = (!done).then(|| check(kubectl.clone()));
             async move {
-                if done {
-                    return Some(false);
+                match probe {
+                    None => Some(false),
+                    Some(p) => p.await.map(|()| true),
                 }
-                let out = k.run(&["get", "--raw", "/readyz"]).await.ok()?;
-                (out.trim() == "ok").then_some(true)
             }
         })
         .await;
@@ -326,46 +350,7 @@ impl KubeNode {
                 .map(|d| format!("--- {} ---\n{}\n", d.name(), d.log_tail(8)))
                 .collect();
             return Err(Error::Kube(format!(
-                "the API server was not ready within {STARTUP_LIMIT:?}:\n{tails}"
-            )));
-        }
-        Ok(())
-    }
-
-    async fn wait_ready(&mut self, deadline: Instant) -> Result<()> {
-        let kubectl = self.kubectl.clone();
-        let left = || deadline.saturating_duration_since(Instant::now());
-        let mut dead = None;
-        // The node Ready and the default ServiceAccount made (pods need both).
-        let ready = until_some(left(), || {
-            let k = kubectl.clone();
-            let died = self.dead_component();
-            let done = died.is_some();
-            if died.is_some() {
-                dead = died;
-            }
-            async move {
-                if done {
-                    return Some(false);
-                }
-                let node = k.get_json(&["node", NODE_NAME]).await.ok()?;
-                ready_condition(&node).filter(|s| s == "True")?;
-                k.run(&["get", "serviceaccount", "default"]).await.ok()?;
-                Some(true)
-            }
-        })
-        .await;
-        if let Some(e) = dead {
-            return Err(e);
-        }
-        if ready != Some(true) {
-            let tails: String = self
-                .daemons
-                .iter()
-                .map(|d| format!("--- {} ---\n{}\n", d.name(), d.log_tail(8)))
-                .collect();
-            return Err(Error::Kube(format!(
-                "the node was not Ready within {STARTUP_LIMIT:?}:\n{tails}"
+                "{failure} within {STARTUP_LIMIT:?}:\n{tails}"
             )));
         }
         Ok(())

@@ -79,12 +79,12 @@ impl FifoNode {
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::path::{Path, PathBuf};
     use std::sync::mpsc;
 
-    #[tokio::test]
-    async fn a_reader_that_opens_late_gets_its_eof() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out");
+    /// A FIFO in `dir` that we opened read-write and closed again, and its node.
+    fn closed_fifo(dir: &Path) -> (PathBuf, FifoNode) {
+        let path = dir.join("out");
         nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
         let ours = OpenOptions::new()
             .read(true)
@@ -92,7 +92,13 @@ mod tests {
             .open(&path)
             .unwrap();
         let node = FifoNode::of(&ours).unwrap();
-        drop(ours);
+        (path, node)
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_opens_late_gets_its_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, node) = closed_fifo(dir.path());
         let handed = tokio::spawn(node.hand_eof());
         // The reader arrives after our end is gone; without a writer its open would block.
         let (tx, rx) = mpsc::channel();
@@ -121,15 +127,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_a_reader_it_gives_up() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out");
-        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
-        let ours = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let node = FifoNode::of(&ours).unwrap();
-        drop(ours);
+        let (_path, node) = closed_fifo(dir.path());
         let t = Instant::now();
         assert!(!node.hand_eof().await);
         // Paused clock: the limit passes on tokio's clock without real waiting.
