@@ -278,6 +278,25 @@ step "leak check"
 leak_status=0
 bash scripts/leak-check.sh check "$work/before" || leak_status=$?
 
+# CI keeps only the tail of this output: repeat what each failing test said (the last lines
+# of its captured output, with its panic) where it will be seen.
+if [ "$test_status" -ne 0 ]; then
+    step "what the failing tests said"
+    for log in "$work"/test*.log; do
+        awk -v file="$(basename "$log")" '
+            /^---- .* stdout ----$/ { flush(); name = $2; n = 0; next }
+            /^failures:$/ && name != "" { flush(); name = ""; next }
+            name != "" { buf[n++ % 30] = $0 }
+            function flush(   i, from) {
+                if (name == "") return
+                print "--- " name " (" file ")"
+                from = n > 30 ? n - 30 : 0
+                for (i = from; i < n; i++) print "  " buf[i % 30]
+            }
+            END { flush() }' "$log"
+    done | head -n 200
+fi
+
 step_done
 echo
 echo "==> scripts/test.sh finished in $(( $(date +%s) - start ))s (tests: exit $test_status, leak check: exit $leak_status)"

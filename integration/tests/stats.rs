@@ -219,6 +219,13 @@ parity_tests! {
             .expect("CreateContainer");
         cri.start_container(&ctr).await.expect("StartContainer");
         let s = wait_exited(&mut cri, &ctr).await;
+        if s.reason != "OOMKilled" {
+            // What the shim and containerd said about it.
+            let log = std::fs::read_to_string(fx.log_path()).unwrap_or_default();
+            for l in log.lines().filter(|l| l.contains(&ctr) && !l.contains("level=debug")) {
+                println!("containerd: {l}");
+            }
+        }
         assert_eq!(s.exit_code, 137, "{s:?}");
         assert_eq!(s.reason, "OOMKilled", "{s:?}");
     }

@@ -27,10 +27,7 @@ fi
 
 # Known gaps: DRIVER:TARGET:TEST:ISSUE. Each runs on its own and its result is printed, but
 # while its issue is open a failure does not fail the tier. Remove an entry with its fix.
-# - sturdy misses the OOM of a container whose systemd scope is removed before the shim read
-#   its memory.events (reason "Error" instead of "OOMKilled"); 1 of 3 runs on 2026-12-07.
 KNOWN_GAPS=(
-    "systemd:stats:oom_killed::sturdy:18"
 )
 for driver in ${STURDY_VM_DRIVERS:-cgroupfs systemd}; do
     for spec in "$@"; do

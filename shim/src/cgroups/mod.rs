@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 
-pub use oom::OomMonitor;
+pub use oom::{OomMonitor, Pending};
 pub use placement::{add_process, add_shim_process, adjust_oom_score};
 
 /// Root of the cgroup filesystems.

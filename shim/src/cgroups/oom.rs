@@ -10,6 +10,15 @@
 //! (v2) right after sending SIGKILL, so by the time the shim has reaped a killed init the
 //! OOM is pending here. [`OomMonitor::check`] takes it at once, without waiting for the
 //! watch task to be scheduled: that is how exit handling publishes TaskOOM before TaskExit.
+//!
+//! Under systemd (runc's systemd driver) a container's cgroup is a scope that systemd
+//! removes as soon as it is empty, which can be before the shim read the `oom_kill` that
+//! killed its last process: the watch is woken, and the file is gone. What is left then is
+//! the parent's `memory.events`, whose counters include its children's. The monitor samples
+//! the parent's `oom_kill` before every read of its own file, and remembers when its own
+//! cgroup showed an OOM under way (`oom` rose, no kill counted yet) or vanished under a
+//! notification; [`OomMonitor::settle_gone`] then takes a rise of the parent's count as this
+//! container's kill, only for an init that died of SIGKILL.
 
 use std::fs::File;
 use std::io;
@@ -33,8 +42,28 @@ pub enum Pending {
 }
 
 enum Kind {
-    V1 { oom_control: PathBuf },
-    V2 { events: PathBuf },
+    V1 {
+        oom_control: PathBuf,
+    },
+    V2 {
+        events: PathBuf,
+        /// The parent's memory.events; none under the root (which has no such file).
+        parent: Option<PathBuf>,
+    },
+}
+
+/// What the checks have seen so far (v2; v1 uses none of it but `kills`).
+#[derive(Debug, Default)]
+struct Seen {
+    /// The `oom_kill` count last reported.
+    kills: u64,
+    /// The `oom` count last read.
+    ooms: u64,
+    /// The parent's `oom_kill`, read right before the last read of our own file.
+    parent_kills: Option<u64>,
+    /// Our cgroup showed an OOM under way, or vanished under a notification, with no kill
+    /// counted since: only the parent can still tell (see [`OomMonitor::settle_gone`]).
+    suspect: bool,
 }
 
 /// One container's OOM watch.
@@ -42,8 +71,8 @@ pub struct OomMonitor {
     fd: AsyncFd<OwnedFd>,
     kind: Kind,
     /// Makes a check and its report one step, whoever checks (the watch task or exit
-    /// handling); holds the last v2 `oom_kill` count reported.
-    reported: Mutex<u64>,
+    /// handling).
+    seen: Mutex<Seen>,
     /// Checks that took a notification from the kernel, counted once the check (and its
     /// report) is over: lets a test wait for the watch to have looked before it asserts
     /// that nothing was reported.
@@ -99,7 +128,7 @@ impl OomMonitor {
         Ok(Self {
             fd: register(efd)?,
             kind: Kind::V1 { oom_control },
-            reported: Mutex::new(0),
+            seen: Mutex::default(),
             passes: AtomicU64::new(0),
         })
     }
@@ -120,24 +149,50 @@ impl OomMonitor {
         if unsafe { libc::inotify_add_watch(ifd.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) } < 0 {
             return last_os_error(&format!("inotify_add_watch {}", events.display()));
         }
-        Ok(Self {
+        let parent = dir
+            .parent()
+            .map(|p| p.join("memory.events"))
+            .filter(|p| p.exists());
+        let m = Self {
             fd: register(ifd)?,
-            kind: Kind::V2 { events },
-            reported: Mutex::new(0),
+            kind: Kind::V2 { events, parent },
+            seen: Mutex::default(),
             passes: AtomicU64::new(0),
-        })
+        };
+        // The parent's count from before anything could happen here.
+        m.lock().parent_kills = m.parent_kills();
+        Ok(m)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.reported.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The parent's `oom_kill` now; `None` without a readable parent file, which only
+    /// takes the fallback away (logged: our own file still decides).
+    fn parent_kills(&self) -> Option<u64> {
+        let Kind::V2 {
+            parent: Some(parent),
+            ..
+        } = &self.kind
+        else {
+            return None;
+        };
+        match read_events(parent) {
+            Ok(counts) => counts.map(|c| c.oom_kill),
+            Err(e) => {
+                log::warn!("{}: {e}", parent.display());
+                None
+            }
+        }
     }
 
     /// Takes whatever the kernel signalled, without blocking; calls `report` (while no
     /// other check can run) when that was an OOM not reported before.
     pub fn check(&self, report: impl FnOnce()) -> io::Result<Pending> {
-        let mut reported = self.lock();
+        let mut seen = self.lock();
         let mut notified = false;
-        let pending = self.take(&mut reported, &mut notified, report);
+        let pending = self.take(&mut seen, &mut notified, report);
         if notified {
             self.passes.fetch_add(1, Ordering::SeqCst);
         }
@@ -152,7 +207,7 @@ impl OomMonitor {
 
     fn take(
         &self,
-        reported: &mut u64,
+        seen: &mut Seen,
         notified: &mut bool,
         report: impl FnOnce(),
     ) -> io::Result<Pending> {
@@ -171,19 +226,32 @@ impl OomMonitor {
                 report();
                 Ok(Pending::Oom)
             }
-            Kind::V2 { events } => {
-                let mut removed = false;
+            Kind::V2 { events, .. } => {
+                let (mut modified, mut removed) = (false, false);
                 // Room for a few events (a header is 16 bytes, and no name for a file watch).
                 let mut buf = [0u8; 256];
                 while let Some(n) = read_nonblocking(self.fd.get_ref(), &mut buf)? {
                     *notified = true;
-                    removed |= inotify_removed(&buf[..n]);
+                    let (m, r) = inotify_masks(&buf[..n]);
+                    modified |= m;
+                    removed |= r;
                 }
-                let Some(count) = oom_kills(events)? else {
+                // The parent first: a kill counted after it is in our own file or a rise of
+                // the parent's count later, never in neither.
+                let parent_kills = self.parent_kills();
+                let Some(counts) = read_events(events)? else {
+                    // A change we can no longer read (the removal alone says nothing).
+                    seen.suspect |= modified;
                     return Ok(Pending::Gone);
                 };
-                if count > *reported {
-                    *reported = count;
+                seen.parent_kills = parent_kills;
+                if counts.oom > seen.ooms {
+                    seen.ooms = counts.oom;
+                    seen.suspect = true;
+                }
+                if counts.oom_kill > seen.kills {
+                    seen.kills = counts.oom_kill;
+                    seen.suspect = false;
                     report();
                     return Ok(Pending::Oom);
                 }
@@ -194,6 +262,26 @@ impl OomMonitor {
                 })
             }
         }
+    }
+
+    /// For a cgroup found gone: when it went with an OOM under way or unread (see the module
+    /// docs) and its init died of SIGKILL (`sigkilled`), a rise of the parent's `oom_kill`
+    /// since our last read is taken as this container's kill and reported. Decides once;
+    /// true when it reported.
+    pub fn settle_gone(&self, sigkilled: bool, report: impl FnOnce()) -> bool {
+        let mut seen = self.lock();
+        if !std::mem::take(&mut seen.suspect) {
+            return false;
+        }
+        let (Some(before), Some(now)) = (seen.parent_kills, self.parent_kills()) else {
+            return false;
+        };
+        seen.parent_kills = Some(now);
+        if !sigkilled || now <= before {
+            return false;
+        }
+        report();
+        true
     }
 
     /// Reports every OOM as it happens, until the cgroup is gone.
@@ -210,31 +298,40 @@ impl OomMonitor {
     }
 }
 
-/// Whether the inotify events in `buf` say the watch ended (file or cgroup removed).
-fn inotify_removed(buf: &[u8]) -> bool {
+/// Whether the inotify events in `buf` say the file changed, and whether the watch ended
+/// (file or cgroup removed).
+fn inotify_masks(buf: &[u8]) -> (bool, bool) {
     const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
     let mut at = 0;
-    let mut removed = false;
+    let (mut modified, mut removed) = (false, false);
     while at + HEADER <= buf.len() {
         // SAFETY: HEADER bytes are in the buffer; read_unaligned copes with alignment.
         let ev: libc::inotify_event =
             unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+        modified |= ev.mask & libc::IN_MODIFY != 0;
         removed |= ev.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF) != 0;
         at += HEADER + ev.len as usize;
     }
-    removed
+    (modified, removed)
 }
 
-/// The `oom_kill` counter of a v2 memory.events; `None` when the file is gone.
-fn oom_kills(events: &Path) -> io::Result<Option<u64>> {
-    let mut count = 0;
-    let present = super::files::flat_keyed(events, |k, v| {
-        if k == "oom_kill" {
-            count = v;
-        }
+/// The counters of a v2 memory.events that matter here.
+#[derive(Debug, Default)]
+struct Counts {
+    oom: u64,
+    oom_kill: u64,
+}
+
+/// Reads a v2 memory.events; `None` when the file is gone.
+fn read_events(events: &Path) -> io::Result<Option<Counts>> {
+    let mut counts = Counts::default();
+    let present = super::files::flat_keyed(events, |k, v| match k {
+        "oom" => counts.oom = v,
+        "oom_kill" => counts.oom_kill = v,
+        _ => {}
     })
     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    Ok(present.then_some(count))
+    Ok(present.then_some(counts))
 }
 
 #[cfg(test)]

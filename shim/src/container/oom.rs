@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::task::AbortHandle;
 
 use super::Container;
-use crate::cgroups::OomMonitor;
+use crate::cgroups::{OomMonitor, Pending};
 use crate::error::Error;
 use crate::events::{Event, Events};
 use crate::tasks::Shared;
@@ -181,12 +181,39 @@ impl Container {
     /// Hands the gate an OOM the kernel already signalled but the watch task has not
     /// taken yet; returns once any OOM taken so far, by whoever, has passed the gate.
     pub fn flush_oom(&self, shared: &Shared) {
-        let Some(monitor) = self.oom.watch().as_ref().map(|w| w.monitor.clone()) else {
+        self.check_oom(shared);
+    }
+
+    fn check_oom(&self, shared: &Shared) -> Option<(Arc<OomMonitor>, Pending)> {
+        let monitor = self.oom.watch().as_ref().map(|w| w.monitor.clone())?;
+        match monitor.check(|| self.oom.gate.report(&shared.events, &self.id)) {
+            Ok(pending) => Some((monitor, pending)),
+            Err(e) => {
+                log::warn!("container {}: check for an OOM: {e}", self.id);
+                None
+            }
+        }
+    }
+
+    /// [`Container::flush_oom`] at init's exit; when systemd removed the cgroup before its
+    /// count could be read, the parent's count decides (see [`OomMonitor::settle_gone`]).
+    fn flush_oom_at_exit(&self, shared: &Shared) {
+        let Some((monitor, Pending::Gone)) = self.check_oom(shared) else {
             return;
         };
-        if let Err(e) = monitor.check(|| self.oom.gate.report(&shared.events, &self.id)) {
-            log::warn!("container {}: check for an OOM: {e}", self.id);
-        }
+        let sigkilled = self
+            .init
+            .exited()
+            .is_some_and(|e| e.status == 128 + libc::SIGKILL as u32);
+        let report = || {
+            log::info!(
+                "container {}: its cgroup went before its OOM kill count could be read; \
+                 taken from the parent's count",
+                self.id
+            );
+            self.oom.gate.report(&shared.events, &self.id)
+        };
+        monitor.settle_gone(sigkilled, report);
     }
 
     /// Publishes init's TaskStart through the gate (an OOM held until then follows it).
@@ -204,7 +231,7 @@ impl Container {
     /// it. The caller holds init's lifecycle lock.
     pub(super) fn report_init_exit_locked(&self, shared: &Shared) {
         // The kernel counts an OOM kill before the killed init can be reaped.
-        self.flush_oom(shared);
+        self.flush_oom_at_exit(shared);
         self.oom
             .gate
             .close(&self.id, || super::report_exit_locked(shared, &self.init));

@@ -224,3 +224,114 @@ async fn v1_oom_is_pending_once_the_killed_process_is_reaped() {
         .unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), reported);
 }
+
+/// A pod's cgroup with one container's under it, as fixture files.
+struct Pod {
+    dir: tempfile::TempDir,
+}
+
+impl Pod {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("memory.events"),
+            events(0).replace("oom 1", "oom 0"),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("ctr")).unwrap();
+        std::fs::write(
+            dir.path().join("ctr/memory.events"),
+            events(0).replace("oom 1", "oom 0"),
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    fn monitor(&self) -> OomMonitor {
+        OomMonitor::v2(&self.dir.path().join("ctr")).unwrap()
+    }
+
+    fn set(&self, file: &str, oom: u64, oom_kill: u64) {
+        let text = events(oom_kill).replace("oom 1", &format!("oom {oom}"));
+        std::fs::write(self.dir.path().join(file), text).unwrap();
+    }
+
+    /// systemd removing the container's scope: the file goes.
+    fn remove_ctr(&self) {
+        std::fs::remove_dir_all(self.dir.path().join("ctr")).unwrap();
+    }
+}
+
+fn settle(m: &OomMonitor, sigkilled: bool) -> usize {
+    let mut n = 0;
+    assert_eq!(m.settle_gone(sigkilled, || n += 1), n == 1);
+    n
+}
+
+#[tokio::test]
+async fn v2_kill_counted_only_in_the_parent_after_the_cgroup_went() {
+    // The OOM under way is read (oom rose, no kill yet), then the kill is counted and
+    // the scope removed before the file is read again.
+    let pod = Pod::new();
+    let m = pod.monitor();
+    pod.set("ctr/memory.events", 1, 0);
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+    pod.set("memory.events", 1, 1);
+    pod.remove_ctr();
+    assert_eq!(check_count(&m), (Pending::Gone, 0));
+    assert_eq!(settle(&m, true), 1, "the parent's rise is this kill");
+    assert_eq!(settle(&m, true), 0, "decided once");
+
+    // Woken for a change, and the scope gone before anything was read.
+    let pod = Pod::new();
+    let m = pod.monitor();
+    pod.set("ctr/memory.events", 1, 1);
+    pod.set("memory.events", 1, 1);
+    pod.remove_ctr();
+    assert_eq!(check_count(&m), (Pending::Gone, 0));
+    assert_eq!(settle(&m, true), 1);
+}
+
+#[tokio::test]
+async fn v2_parent_decides_nothing_without_evidence_of_our_own() {
+    // Not killed by SIGKILL: no OOM kill, whatever the parent says.
+    let pod = Pod::new();
+    let m = pod.monitor();
+    pod.set("ctr/memory.events", 1, 0);
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+    pod.set("memory.events", 1, 1);
+    pod.remove_ctr();
+    assert_eq!(check_count(&m), (Pending::Gone, 0));
+    assert_eq!(settle(&m, false), 0);
+
+    // A sibling's kill (the parent rose) while ours saw nothing, then ours went (the
+    // removal alone is no evidence): not ours, even for an init killed by SIGKILL.
+    let pod = Pod::new();
+    let m = pod.monitor();
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+    pod.set("memory.events", 1, 1);
+    pod.remove_ctr();
+    assert_eq!(check_count(&m), (Pending::Gone, 0));
+    assert_eq!(settle(&m, true), 0);
+
+    // Our OOM under way, but the kill before our last read was a sibling's: the parent
+    // has not risen since, so nothing.
+    let pod = Pod::new();
+    let m = pod.monitor();
+    pod.set("memory.events", 1, 1);
+    pod.set("ctr/memory.events", 1, 0);
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+    pod.remove_ctr();
+    assert_eq!(check_count(&m), (Pending::Gone, 0));
+    assert_eq!(settle(&m, true), 0);
+
+    // A kill our own file showed is reported by the check, never again by the parent.
+    let pod = Pod::new();
+    let m = pod.monitor();
+    pod.set("ctr/memory.events", 1, 1);
+    pod.set("memory.events", 1, 1);
+    assert_eq!(check_count(&m), (Pending::Oom, 1));
+    pod.remove_ctr();
+    assert_eq!(check_count(&m), (Pending::Gone, 0));
+    assert_eq!(settle(&m, true), 0);
+}
