@@ -284,14 +284,21 @@ if [ "$test_status" -ne 0 ]; then
     step "what the failing tests said"
     for log in "$work"/test*.log; do
         awk -v file="$(basename "$log")" '
-            /^---- .* stdout ----$/ { flush(); name = $2; n = 0; next }
+            /^---- .* stdout ----$/ { flush(); name = $2; n = 0; panic = -1; next }
             /^failures:$/ && name != "" { flush(); name = ""; next }
-            name != "" { buf[n++ % 30] = $0 }
-            function flush(   i, from) {
+            name != "" && n < 5000 {
+                if (panic < 0 && / panicked at /) panic = n
+                buf[n++] = substr($0, 1, 300)
+            }
+            # The panic with what the test printed just before it (the fixture dumps
+            # whole logs after it, while unwinding), else the last lines.
+            function flush(   i, from, to) {
                 if (name == "") return
                 print "--- " name " (" file ")"
-                from = n > 30 ? n - 30 : 0
-                for (i = from; i < n; i++) print "  " buf[i % 30]
+                if (panic >= 0) { from = panic - 12; to = panic + 14 } else { from = n - 30; to = n }
+                if (from < 0) from = 0
+                if (to > n) to = n
+                for (i = from; i < to && buf[i] !~ /^stack backtrace:/; i++) print "  " buf[i]
             }
             END { flush() }' "$log"
     done | head -n 200

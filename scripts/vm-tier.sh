@@ -5,7 +5,10 @@
 #   - the integration tests that touch cgroups, with the cgroupfs and the systemd driver;
 #   - critest v1.36.0 through the Go shim and through sturdy with the systemd driver.
 #
-#   scripts/vm-tier.sh [--tests-only] [--critest-focus REGEX]
+#   scripts/vm-tier.sh [--tests-only] [--critest-focus REGEX] [--guest-packages]
+#
+# --guest-packages runs the tests (no critest) on the guest's own containerd 1.7 and runc
+# 1.1.15 from trixie instead: the second configuration, run by hand, not in CI.
 #
 # Exit status: 0 passed, 1 failed, 77 this machine cannot run the tier (QEMU cannot start,
 # or ../shared/tools lacks containerd 2.3 / runc 1.4 / critest 1.36).
@@ -22,11 +25,13 @@ if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; f
 # critest runs cover all 117. An empty focus runs all 117 here too.
 focus=${STURDY_CRITEST_FOCUS-'Container OOM|listing container stats|listing stats for started containers|running PodSandbox|stopping PodSandbox|support starting container \[|support stopping container|removing running container|Privileged is true|exec with tty=true|in a pod should support container exec'}
 tests_only=0
+guest_env=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --tests-only) tests_only=1; shift ;;
         --critest-focus) focus=$2; shift 2 ;;
-        *) echo "usage: scripts/vm-tier.sh [--tests-only] [--critest-focus REGEX]" >&2; exit 2 ;;
+        --guest-packages) tests_only=1; guest_env=(STURDY_VM_CONFIG=guest-packages); shift ;;
+        *) echo "usage: scripts/vm-tier.sh [--tests-only] [--critest-focus REGEX] [--guest-packages]" >&2; exit 2 ;;
     esac
 done
 [ "$tests_only" = 0 ] || focus=skip
@@ -81,7 +86,7 @@ bash scripts/vm.sh image
 step "guest run"
 rc=0
 STURDY_CRITEST_FOCUS=$focus bash scripts/vm.sh run --timeout "${STURDY_VM_TIMEOUT:-2400}" -- \
-    bash scripts/vm/tier.sh "${args[@]}" || rc=$?
+    env "${guest_env[@]}" bash scripts/vm/tier.sh "${args[@]}" || rc=$?
 step_done
 echo "vm tier: $(( $(date +%s) - start ))s in all, exit $rc"
 exit "$rc"

@@ -8,6 +8,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export STURDY_CONTAINERD=${STURDY_CONTAINERD:-2.3} STURDY_RUNC=${STURDY_RUNC:-1.4} CI=true
+if [ "${STURDY_VM_CONFIG:-}" = guest-packages ]; then
+    # The fixture's "1.6" and "1.1" are whatever containerd is on PATH and /usr/sbin/runc:
+    # in this guest, trixie's containerd 1.7 and runc 1.1.15.
+    export STURDY_CONTAINERD=1.6 STURDY_RUNC=1.1
+    echo "guest packages: $(containerd --version), $(/usr/sbin/runc --version | head -n 1)"
+fi
 # Nothing may skip here: this guest is the host the cgroup v2 checks exist for, so the
 # host's allow-list (which lets them skip on cgroup v1) does not apply.
 export STURDY_SKIPS_ALLOW=/dev/null
