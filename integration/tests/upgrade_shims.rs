@@ -136,6 +136,10 @@ async fn status_and_upgrade_checks_against_a_live_pod() {
         s["rehearsal"]["paused_us"].as_u64().unwrap() < 2_000_000,
         "{s:#}"
     );
+    assert!(
+        s["rehearsal"]["held"].as_u64().unwrap() >= 2,
+        "the sandbox's and the container's lifecycles held: {s:#}"
+    );
     pod.check(&fx, &mut cri, "after a rehearsal").await;
 
     // Without --dry-run: the same checks, then a clear failure; the shim is untouched.

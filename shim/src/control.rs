@@ -6,8 +6,9 @@
 //! - `Describe` (no input): version, build-id, handover formats, connections, gate;
 //! - `Rehearse` (`{"deadline_ms": N}`): the pause of an upgrade without the exec: closes
 //!   the listener's gate, waits until every connection is parked at a frame boundary, only
-//!   `Wait`s are unanswered ([`Gate::settled`]) and no lifecycle transition is under way
-//!   ([`Tasks::lifecycle_busy`]), opens it again, and reports how long requests were held.
+//!   `Wait`s are unanswered ([`Gate::settled`]) and it holds every process's lifecycle lock
+//!   ([`Tasks::try_hold_lifecycles`]: no transition under way, none and no exit publication
+//!   can begin), lets go of both, and reports how long requests were held.
 //!   Proves the quiesce on a live shim and measures it.
 
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::listener::inflight::{method_of, replay_safe};
 use crate::listener::Gate;
-use crate::tasks::Tasks;
+use crate::tasks::{LifecycleHold, Tasks};
 
 /// The service name.
 pub const SERVICE: &str = "sturdy.upgrade.v1.Upgrade";
@@ -77,6 +78,9 @@ pub struct Rehearsal {
     pub connections: usize,
     /// Unanswered `Wait`s the handover would have replayed.
     pub waits: usize,
+    /// Processes whose lifecycle lock the pause held (no call and no exit publication
+    /// could begin meanwhile).
+    pub held: usize,
 }
 
 /// Why a control request failed.
@@ -126,6 +130,13 @@ impl Control {
         })
     }
 
+    fn hold_lifecycles(&self) -> Result<LifecycleHold, Vec<String>> {
+        match &self.tasks {
+            Some(t) => t.try_hold_lifecycles(),
+            None => Ok(LifecycleHold::default()),
+        }
+    }
+
     fn lifecycle_busy(&self) -> Vec<String> {
         self.tasks
             .as_ref()
@@ -155,8 +166,8 @@ impl Control {
             self.gate.close().await;
             loop {
                 if let Some(parked) = self.gate.settled(may_wait) {
-                    if self.lifecycle_busy().is_empty() {
-                        return parked;
+                    if let Ok(hold) = self.hold_lifecycles() {
+                        return (parked, hold);
                     }
                 }
                 tokio::time::sleep(SETTLE_POLL).await;
@@ -168,9 +179,11 @@ impl Control {
             Ok(_) => (0, Vec::new()),
             Err(_) => (self.gate.unsettled(may_wait), self.lifecycle_busy()),
         };
-        // Whatever happened, requests flow again: a rehearsal never leaves a shim paused.
+        // Whatever happened, lifecycles and requests flow again: a rehearsal never leaves a
+        // shim paused.
+        let settled = settled.map(|(parked, hold)| (parked, hold.held.len()));
         self.gate.open();
-        let parked = settled.map_err(|_| ControlError::NotSettled {
+        let (parked, held) = settled.map_err(|_| ControlError::NotSettled {
             deadline,
             unsettled,
             busy,
@@ -181,8 +194,8 @@ impl Control {
             .filter(|f| replay_safe(f))
             .count();
         log::info!(
-            "upgrade rehearsal: {} connection(s) parked at frame boundaries in {} us, {waits} \
-             Wait(s) would be replayed",
+            "upgrade rehearsal: {} connection(s) parked at frame boundaries and {held} \
+             lifecycle(s) held in {} us, {waits} Wait(s) would be replayed",
             parked.len(),
             paused.as_micros()
         );
@@ -190,6 +203,7 @@ impl Control {
             paused_us: paused.as_micros() as u64,
             connections: parked.len(),
             waits,
+            held,
         })
     }
 

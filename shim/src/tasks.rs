@@ -152,6 +152,42 @@ impl Tasks {
         busy
     }
 
+    /// Takes every process's lifecycle lock at once, or none. While the [`LifecycleHold`]
+    /// lives no lifecycle call and no exit publication can begin, so the state a handover
+    /// writes cannot change under it; an exit reaped meanwhile waits, decided and not
+    /// published. It never waits for a lock (a call holding one may be waiting for
+    /// another): `Err` names the processes with a call under way, and the caller retries.
+    pub fn try_hold_lifecycles(&self) -> std::result::Result<LifecycleHold, Vec<String>> {
+        let containers: Vec<Arc<Container>> = self.lock().values().cloned().collect();
+        let mut hold = LifecycleHold::default();
+        let mut busy = Vec::new();
+        for c in containers {
+            let mut procs = vec![(String::new(), c.init.clone())];
+            procs.extend(
+                c.execs()
+                    .iter()
+                    .map(|(id, e)| (id.clone(), e.process.clone())),
+            );
+            for (exec, p) in procs {
+                let name = format!("{}/{exec}", c.id);
+                match p.lifecycle.clone().try_lock_owned() {
+                    Ok(guard) => {
+                        hold.guards.push(guard);
+                        hold.held.push(name);
+                    }
+                    Err(_) => busy.push(name),
+                }
+            }
+        }
+        if busy.is_empty() {
+            hold.held.sort();
+            Ok(hold)
+        } else {
+            busy.sort();
+            Err(busy)
+        }
+    }
+
     /// Init's pid of container `id`, 0 if unknown.
     pub fn init_pid(&self, id: &str) -> i32 {
         self.lock()
@@ -500,6 +536,15 @@ impl Tasks {
             }),
         }
     }
+}
+
+/// Every process's lifecycle lock, held (see [`Tasks::try_hold_lifecycles`]); released
+/// on drop.
+#[derive(Default)]
+pub struct LifecycleHold {
+    guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    /// The processes held, as "container/exec", sorted.
+    pub held: Vec<String>,
 }
 
 #[cfg(test)]

@@ -221,8 +221,8 @@ fn print_text(out: &Value, reports: &[Report]) {
             .as_ref()
             .map(|h| {
                 format!(
-                    "  rehearsed: {} us, {} connection(s), {} Wait(s)",
-                    h.paused_us, h.connections, h.waits
+                    "  rehearsed: {} us, {} connection(s), {} Wait(s), {} lifecycle(s) held",
+                    h.paused_us, h.connections, h.waits, h.held
                 )
             })
             .unwrap_or_default();

@@ -28,6 +28,9 @@ pub struct Rehearsal {
     pub connections: usize,
     /// Unanswered `Wait`s a handover would replay.
     pub waits: usize,
+    /// Processes whose lifecycle the pause held (0 from a shim older than that).
+    #[serde(default)]
+    pub held: usize,
 }
 
 /// Asks the shim at `address` to rehearse an upgrade's pause, settling within `settle`.
@@ -128,7 +131,10 @@ mod tests {
         ok.payload = br#"{"paused_us":812,"connections":3,"waits":1}"#.to_vec();
         let (_d, addr, t) = serve_once(response_frame(1, 2, &ok));
         let r = rehearse(&addr, Duration::from_millis(500)).unwrap();
-        assert_eq!((r.paused_us, r.connections, r.waits), (812, 3, 1));
+        assert_eq!(
+            (r.paused_us, r.connections, r.waits, r.held),
+            (812, 3, 1, 0)
+        );
         let req = t.join().unwrap();
         assert_eq!(
             (req.service.as_str(), req.method.as_str()),
