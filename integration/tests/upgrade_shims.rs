@@ -12,34 +12,12 @@
 mod upgrade_support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 
 use sturdy_integration::containerd::sturdyctl_bin;
+use sturdy_integration::shim_build::another_build;
 use sturdy_integration::{Containerd, Handler, CRI_NAMESPACE};
 use upgrade_support::Pod;
-
-/// A copy of `from` at `to` whose build-id differs in its last byte; returns both ids.
-fn another_build(from: &Path, to: &Path) -> (String, String) {
-    let old = build_id::of_path(from)
-        .expect("read build-id")
-        .expect("the shim has a build-id");
-    let mut bytes = std::fs::read(from).expect("read shim binary");
-    let at: Vec<usize> = bytes
-        .windows(old.as_bytes().len())
-        .enumerate()
-        .filter(|(_, w)| *w == old.as_bytes())
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(at.len(), 1, "the build-id occurs once, in its note");
-    let last = at[0] + old.as_bytes().len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(to, &bytes).expect("write the new build");
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let new = build_id::of_path(to).unwrap().unwrap();
-    assert_ne!(old, new);
-    (old.to_string(), new.to_string())
-}
 
 /// `sturdyctl <args> --address … --state-dir …`: exit success and the JSON it printed.
 fn sturdyctl(fx: &Containerd, args: &[&str]) -> (bool, serde_json::Value) {
