@@ -15,9 +15,9 @@
 //! removes as soon as it is empty, which can be before the shim read the `oom_kill` that
 //! killed its last process: the watch is woken, and the file is gone. What is left then is
 //! the parent's `memory.events`, whose counters include its children's. The monitor samples
-//! the parent's `oom_kill` before every read of its own file, and remembers when its own
-//! cgroup showed an OOM under way (`oom` rose, no kill counted yet) or vanished under a
-//! notification; [`OomMonitor::settle_gone`] then takes a rise of the parent's count as this
+//! the parent's `oom_kill` before every read of its own file, and remembers when its last
+//! read showed an OOM under way (`oom` rose, no kill counted yet) or the file vanished
+//! under a change notification; [`OomMonitor::settle_gone`] then takes a rise of the parent's count as this
 //! container's kill, only for an init that died of SIGKILL.
 
 use std::fs::File;
@@ -61,8 +61,9 @@ struct Seen {
     ooms: u64,
     /// The parent's `oom_kill`, read right before the last read of our own file.
     parent_kills: Option<u64>,
-    /// Our cgroup showed an OOM under way, or vanished under a notification, with no kill
-    /// counted since: only the parent can still tell (see [`OomMonitor::settle_gone`]).
+    /// The last read of our cgroup showed a new OOM with no kill counted yet, or our cgroup
+    /// vanished under a change notification: only the parent can still tell (see
+    /// [`OomMonitor::settle_gone`]).
     suspect: bool,
 }
 
@@ -245,10 +246,10 @@ impl OomMonitor {
                     return Ok(Pending::Gone);
                 };
                 seen.parent_kills = parent_kills;
-                if counts.oom > seen.ooms {
-                    seen.ooms = counts.oom;
-                    seen.suspect = true;
-                }
+                // An OOM read before its kill was counted; the next read without a new one
+                // means it ended without a kill here.
+                seen.suspect = counts.oom > seen.ooms;
+                seen.ooms = counts.oom;
                 if counts.oom_kill > seen.kills {
                     seen.kills = counts.oom_kill;
                     seen.suspect = false;

@@ -325,6 +325,23 @@ async fn v2_parent_decides_nothing_without_evidence_of_our_own() {
     assert_eq!(check_count(&m), (Pending::Gone, 0));
     assert_eq!(settle(&m, true), 0);
 
+    // An OOM of ours that ended without a kill (a later read shows no new one), then a
+    // sibling's kill, then ours went: not ours.
+    let pod = Pod::new();
+    let m = pod.monitor();
+    pod.set("ctr/memory.events", 1, 0);
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+    std::fs::write(
+        pod.dir.path().join("ctr/memory.events"),
+        events(0).replace("max 3", "max 9"),
+    )
+    .unwrap();
+    assert_eq!(check_count(&m), (Pending::Quiet, 0));
+    pod.set("memory.events", 1, 1);
+    pod.remove_ctr();
+    assert_eq!(check_count(&m), (Pending::Gone, 0));
+    assert_eq!(settle(&m, true), 0);
+
     // A kill our own file showed is reported by the check, never again by the parent.
     let pod = Pod::new();
     let m = pod.monitor();
