@@ -227,6 +227,18 @@ parity_tests! {
             }
         }
         assert_eq!(s.exit_code, 137, "{s:?}");
+        // containerd's Go shim reads memory.events only when its watch gets to it, and under
+        // the systemd driver the emptied scope can be gone by then (docs/shim.md, "Stats,
+        // Update and OOM"; the VM tier saw 2.3.4's miss it): measured there, not asserted.
+        // sturdy is held to it everywhere.
+        if h == Handler::Runc && fx.cgroup_driver().systemd_cgroup() && s.reason != "OOMKilled" {
+            println!(
+                "the Go shim missed the OOM under the systemd driver (reason {:?}): the flaw \
+                 sturdy's parent fallback closes; measured, not asserted",
+                s.reason
+            );
+            return;
+        }
         assert_eq!(s.reason, "OOMKilled", "{s:?}");
     }
 }
