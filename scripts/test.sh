@@ -266,7 +266,8 @@ fi
 # ../shared/tools lacks what it runs.
 step "VM tier: cgroup v2 + systemd guest (scripts/vm-tier.sh)"
 vm_rc=0
-bash scripts/vm-tier.sh || vm_rc=$?
+# Kept in the run's logs too, for the recap of failing tests at the end.
+bash scripts/vm-tier.sh 2>&1 | tee "$work/test-vm.log" || vm_rc=${PIPESTATUS[0]}
 case "$vm_rc" in
     0) ;;
     77) skipped "scripts/test.sh::vm-tier" "QEMU cannot start here, or ../shared/tools lacks containerd 2.3 / runc 1.4 / critest 1.36" ;;
