@@ -17,7 +17,7 @@ pub mod kube;
 pub mod measure;
 pub mod registry;
 pub mod runc_wrapper;
-pub mod shim_build;
+pub mod shim_upgrade;
 pub mod tools;
 pub mod wait;
 pub mod watchdog;

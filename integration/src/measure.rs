@@ -36,3 +36,11 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((p / 100.0) * (v.len() - 1) as f64).round() as usize]
 }
+
+/// The number given after `name` in a benchmark's command line, else `default`.
+pub fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .map(|w| w[1].parse().unwrap_or_else(|_| panic!("{name}: a number")))
+        .unwrap_or(default)
+}

@@ -12,36 +12,10 @@
 mod upgrade_support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
-use sturdy_integration::containerd::sturdyctl_bin;
-use sturdy_integration::shim_build::another_build;
+use sturdy_integration::shim_upgrade::{another_build, sturdyctl};
 use sturdy_integration::{Containerd, Handler, CRI_NAMESPACE};
 use upgrade_support::Pod;
-
-/// `sturdyctl <args> --address … --state-dir …`: exit success and the JSON it printed.
-fn sturdyctl(fx: &Containerd, args: &[&str]) -> (bool, serde_json::Value) {
-    let out = Command::new(sturdyctl_bin())
-        .args(args)
-        .arg("--address")
-        .arg(fx.socket())
-        .arg("--state-dir")
-        .arg(fx.state_dir())
-        .arg("--journal")
-        .arg(fx.dir().join("journal"))
-        .arg("--upgrade-dir")
-        .arg(fx.dir().join("upgrading"))
-        .output()
-        .expect("run sturdyctl");
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "sturdyctl {args:?}: {e}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), json)
-}
 
 fn the_shim<'a>(v: &'a serde_json::Value, pod: &Pod) -> &'a serde_json::Value {
     v["shims"]

@@ -129,27 +129,31 @@ impl Tasks {
         self.lock().is_empty()
     }
 
+    /// Every process (inits and execs) with its name "container/exec", sorted by name.
+    fn processes(&self) -> Vec<(String, Arc<Process>)> {
+        let containers: Vec<Arc<Container>> = self.lock().values().cloned().collect();
+        let mut procs = Vec::new();
+        for c in containers {
+            procs.push((format!("{}/", c.id), c.init.clone()));
+            procs.extend(
+                c.execs()
+                    .iter()
+                    .map(|(id, e)| (format!("{}/{id}", c.id), e.process.clone())),
+            );
+        }
+        procs.sort_by(|a, b| a.0.cmp(&b.0));
+        procs
+    }
+
     /// Processes whose lifecycle call (or exit publication) is under way right now, as
     /// "container/exec": a live upgrade hands over only when there are none, so nothing
     /// is half-way through a transition (docs/upgrade.md).
     pub fn lifecycle_busy(&self) -> Vec<String> {
-        let containers: Vec<Arc<Container>> = self.lock().values().cloned().collect();
-        let mut busy = Vec::new();
-        for c in containers {
-            let mut procs = vec![(String::new(), c.init.clone())];
-            procs.extend(
-                c.execs()
-                    .iter()
-                    .map(|(id, e)| (id.clone(), e.process.clone())),
-            );
-            for (exec, p) in procs {
-                if p.lifecycle.try_lock().is_err() {
-                    busy.push(format!("{}/{exec}", c.id));
-                }
-            }
-        }
-        busy.sort();
-        busy
+        self.processes()
+            .into_iter()
+            .filter(|(_, p)| p.lifecycle.try_lock().is_err())
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// Takes every process's lifecycle lock at once, or none. While the [`LifecycleHold`]
@@ -158,32 +162,20 @@ impl Tasks {
     /// published. It never waits for a lock (a call holding one may be waiting for
     /// another): `Err` names the processes with a call under way, and the caller retries.
     pub fn try_hold_lifecycles(&self) -> std::result::Result<LifecycleHold, Vec<String>> {
-        let containers: Vec<Arc<Container>> = self.lock().values().cloned().collect();
         let mut hold = LifecycleHold::default();
         let mut busy = Vec::new();
-        for c in containers {
-            let mut procs = vec![(String::new(), c.init.clone())];
-            procs.extend(
-                c.execs()
-                    .iter()
-                    .map(|(id, e)| (id.clone(), e.process.clone())),
-            );
-            for (exec, p) in procs {
-                let name = format!("{}/{exec}", c.id);
-                match p.lifecycle.clone().try_lock_owned() {
-                    Ok(guard) => {
-                        hold.guards.push(guard);
-                        hold.held.push(name);
-                    }
-                    Err(_) => busy.push(name),
+        for (name, p) in self.processes() {
+            match p.lifecycle.clone().try_lock_owned() {
+                Ok(guard) => {
+                    hold.guards.push(guard);
+                    hold.held.push(name);
                 }
+                Err(_) => busy.push(name),
             }
         }
         if busy.is_empty() {
-            hold.held.sort();
             Ok(hold)
         } else {
-            busy.sort();
             Err(busy)
         }
     }

@@ -13,50 +13,27 @@
 //! over the containers, one at a time, so the requests containerd sends during a pause are
 //! measured from its side; the same prober runs once before any round as the baseline.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sturdy_integration::containerd::workspace_dir;
+use sturdy_integration::containerd::sturdyctl_bin;
 use sturdy_integration::k8s_cri::v1::ContainerStatsRequest;
-use sturdy_integration::shim_build::another_build;
+use sturdy_integration::measure::{arg, percentile};
+use sturdy_integration::shim_upgrade::{another_build, sturdyctl};
 use sturdy_integration::{container_config, Containerd, Cri, Handler};
 
 /// Prints a line number ten times a second: output flows through the shim all along.
 const TICKER: &str = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done";
 
-fn sturdyctl_bin() -> PathBuf {
-    std::env::var_os("STURDYCTL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_dir().join("target/release/sturdyctl"))
-}
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .map(|w| w[1].parse().unwrap_or_else(|_| panic!("{name}: a number")))
-        .unwrap_or(default)
-}
-
-/// The `q` quantile of sorted `v` (nearest rank); 0 for none.
-fn quantile(v: &[u64], q: f64) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
-    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-    v[i]
-}
-
-fn ms(us: u64) -> String {
-    format!("{:.2}", us as f64 / 1000.0)
+fn ms(us: f64) -> String {
+    format!("{:.2}", us / 1000.0)
 }
 
 /// Latencies (µs) and failures of the prober's requests.
 #[derive(Default)]
 struct Probe {
-    latencies: Vec<u64>,
+    latencies: Vec<f64>,
     failures: Vec<String>,
 }
 
@@ -72,56 +49,42 @@ async fn probe(mut cri: Cri, containers: Vec<String>, stop: Arc<AtomicBool>) -> 
             .runtime
             .container_stats(ContainerStatsRequest { container_id: id })
             .await;
-        p.latencies.push(t0.elapsed().as_micros() as u64);
+        p.latencies.push(t0.elapsed().as_micros() as f64);
         if let Err(e) = res {
             p.failures.push(e.to_string());
         }
     }
-    p.latencies.sort_unstable();
     p
 }
 
-/// `sturdyctl upgrade-shims --dry-run --rehearse --json` against the fixture.
+/// `sturdyctl upgrade-shims --dry-run --rehearse --json` against the fixture, and how
+/// long it took.
 fn rehearse(fx: &Containerd, binary: &std::path::Path) -> (Duration, serde_json::Value) {
     let t0 = Instant::now();
-    let out = Command::new(sturdyctl_bin())
-        .args([
+    let binary = binary.to_str().expect("UTF-8 path");
+    let (ok, json) = sturdyctl(
+        fx,
+        &[
             "upgrade-shims",
             "--dry-run",
             "--rehearse",
             "--json",
             "--binary",
-        ])
-        .arg(binary)
-        .arg("--address")
-        .arg(fx.socket())
-        .arg("--state-dir")
-        .arg(fx.state_dir())
-        .arg("--journal")
-        .arg(fx.dir().join("journal"))
-        .arg("--upgrade-dir")
-        .arg(fx.dir().join("upgrading"))
-        .output()
-        .expect("run sturdyctl");
+            binary,
+        ],
+    );
     let took = t0.elapsed();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "sturdyctl upgrade-shims: {e}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(out.status.success(), "upgrade-shims failed: {json:#}");
+    assert!(ok, "upgrade-shims failed: {json:#}");
     (took, json)
 }
 
-fn probe_row(name: &str, p: &Probe) -> String {
+fn probe_row(name: &str, p: &mut Probe) -> String {
     format!(
         "| {name} | {} | {} | {} | {} | {} |",
         p.latencies.len(),
-        ms(quantile(&p.latencies, 0.5)),
-        ms(quantile(&p.latencies, 0.99)),
-        ms(p.latencies.last().copied().unwrap_or(0)),
+        ms(percentile(&mut p.latencies, 50.0)),
+        ms(percentile(&mut p.latencies, 99.0)),
+        ms(percentile(&mut p.latencies, 100.0)),
         p.failures.len()
     )
 }
@@ -132,11 +95,6 @@ async fn main() {
     let pods = arg(&args, "--pods", 50) as usize;
     let rounds = arg(&args, "--rounds", 3) as usize;
     let probe_secs = Duration::from_secs(arg(&args, "--probe-secs", 10));
-    assert!(
-        sturdyctl_bin().is_file(),
-        "{} missing",
-        sturdyctl_bin().display()
-    );
 
     let fx = Containerd::start().await.expect("start private containerd");
     let mut cri = fx.cri().await.expect("cri");
@@ -188,7 +146,7 @@ async fn main() {
     let prober = tokio::spawn(probe(cri.clone(), containers.clone(), stop.clone()));
     tokio::time::sleep(probe_secs).await;
     stop.store(true, Ordering::SeqCst);
-    let baseline = prober.await.expect("prober");
+    let mut baseline = prober.await.expect("prober");
 
     let mut pauses = Vec::new();
     let mut node = Vec::new();
@@ -211,10 +169,10 @@ async fn main() {
         for s in &shims {
             assert_eq!(s["result"], "ready", "round {round}: {s:#}");
             let r = &s["rehearsal"];
-            pauses.push(r["paused_us"].as_u64().expect("paused_us"));
-            held.push(r["held"].as_u64().unwrap_or(0));
+            pauses.push(r["paused_us"].as_u64().expect("paused_us") as f64);
+            held.push(r["held"].as_u64().unwrap_or(0) as f64);
         }
-        node.push(took.as_micros() as u64);
+        node.push(took.as_secs_f64());
         println!(
             "round {}: {} shims rehearsed in {:.2} s",
             round + 1,
@@ -222,9 +180,10 @@ async fn main() {
             took.as_secs_f64()
         );
     }
-    during.latencies.sort_unstable();
-    pauses.sort_unstable();
-    node.sort_unstable();
+    let (median, max) = (
+        percentile(&mut pauses, 50.0),
+        percentile(&mut pauses, 100.0),
+    );
 
     println!();
     println!("## Pause per shim ({} rehearsals)", pauses.len());
@@ -233,29 +192,22 @@ async fn main() {
     println!("|---:|---:|---:|---:|---:|");
     println!(
         "| {} | {} | {} | {} | {:.2} |",
-        ms(quantile(&pauses, 0.5)),
-        ms(quantile(&pauses, 0.9)),
-        ms(pauses.last().copied().unwrap_or(0)),
-        quantile(
-            &{
-                let mut h = held.clone();
-                h.sort_unstable();
-                h
-            },
-            0.5
-        ),
-        quantile(&node, 0.5) as f64 / 1e6
+        ms(median),
+        ms(percentile(&mut pauses, 90.0)),
+        ms(max),
+        percentile(&mut held, 50.0),
+        percentile(&mut node, 50.0)
     );
     println!();
     println!("## containerd's requests to the shims (ContainerStats → Task Stats)");
     println!();
     println!("| | requests | p50 ms | p99 ms | max ms | failed |");
     println!("|---|---:|---:|---:|---:|---:|");
-    println!("{}", probe_row("no rehearsal", &baseline));
-    println!("{}", probe_row("during the rounds", &during));
+    println!("{}", probe_row("no rehearsal", &mut baseline));
+    println!("{}", probe_row("during the rounds", &mut during));
     println!();
-    let median_ok = quantile(&pauses, 0.5) < 50_000;
-    let max_ok = pauses.last().copied().unwrap_or(0) < 200_000;
+    let median_ok = median < 50_000.0;
+    let max_ok = max < 200_000.0;
     let none_failed = during.failures.is_empty() && baseline.failures.is_empty();
     println!(
         "Goal (issue 20) for the pause alone: median < 50 ms {}, max < 200 ms {}, no request \

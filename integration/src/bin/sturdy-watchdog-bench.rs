@@ -21,7 +21,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sturdy_integration::containerd::workspace_dir;
 use sturdy_integration::k8s_cri::v1::PodSandboxState;
-use sturdy_integration::measure::mem_of;
+use sturdy_integration::measure::{arg, mem_of};
 use sturdy_integration::until;
 use sturdy_integration::watchdog::Watchdog;
 use sturdy_integration::{cleanup, container_config, Containerd, Cri, Handler, CRI_NAMESPACE};
@@ -243,13 +243,6 @@ fn cpu_ns(pid: i32) -> u64 {
 fn mem_kib(pid: i32) -> (u64, u64) {
     let m = mem_of(pid).unwrap_or_default();
     (m.rss, m.pss)
-}
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .map(|w| w[1].parse().unwrap_or_else(|_| panic!("{name}: a number")))
-        .unwrap_or(default)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
