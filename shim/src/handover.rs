@@ -17,7 +17,7 @@
 //! [`Document`] from its state and rebuilds its state from one.
 
 pub mod memfd;
-pub mod v1;
+pub mod v2;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -25,15 +25,15 @@ use std::path::Path;
 use serde::Deserialize;
 
 /// The format this binary writes.
-pub const WRITES: u32 = 1;
+pub const WRITES: u32 = 2;
 /// The formats this binary reads, oldest first.
-pub const READS: &[u32] = &[1];
+pub const READS: &[u32] = &[2];
 /// Largest document read: bulk bytes (spooled output) travel in fds, not in the document,
-/// so even a pod at every bound of [`v1::Limits`] stays far below this.
+/// so even a pod at every bound of [`v2::Limits`] stays far below this.
 pub const MAX_DOCUMENT: usize = 16 << 20;
 
 /// The newest format, the one the rest of the shim works with.
-pub type Document = v1::Document;
+pub type Document = v2::Document;
 
 /// Why a handover document was refused.
 #[derive(Debug, thiserror::Error)]
@@ -122,8 +122,8 @@ pub fn decode(bytes: &[u8]) -> Result<Document, HandoverError> {
         .version
         .ok_or_else(|| HandoverError::Syntax("no version field".into()))?;
     let doc = match found {
-        1 => serde_json::from_slice::<v1::Document>(bytes)
-            .map_err(|e| HandoverError::Syntax(format!("format 1: {e}")))?,
+        2 => serde_json::from_slice::<v2::Document>(bytes)
+            .map_err(|e| HandoverError::Syntax(format!("format 2: {e}")))?,
         found => return Err(HandoverError::Unsupported { found }),
     };
     doc.validate()?;
@@ -145,10 +145,10 @@ pub struct Summary {
     pub connections: usize,
     /// Every fd it names.
     pub fds: usize,
-    /// Exits not yet claimed and events not yet published.
+    /// Exits not yet claimed by a process.
     pub unclaimed_exits: usize,
-    /// Events not yet published.
-    pub outbox: usize,
+    /// The build the upgrade goes to.
+    pub target_build_id: String,
 }
 
 impl Document {
@@ -166,7 +166,7 @@ impl Document {
             connections: self.connections.len(),
             fds: self.fds().len(),
             unclaimed_exits: self.unclaimed_exits.len(),
-            outbox: self.outbox.len(),
+            target_build_id: self.upgrade.target_build_id.clone(),
         }
     }
 }

@@ -14,7 +14,7 @@ use sturdy_shim::handover;
 fn fixture() -> &'static Path {
     Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/src/handover/testdata/handover-v1.json"
+        "/src/handover/testdata/handover-v2.json"
     ))
 }
 
@@ -33,7 +33,7 @@ fn version_names_the_build_id_and_the_handover_formats() {
         .expect("the shim is linked with a build-id");
     assert!(stdout.contains(&format!("  Build id: {id}\n")), "{stdout}");
     assert!(
-        stdout.contains("  Handover: writes 1, reads 1\n"),
+        stdout.contains("  Handover: writes 2, reads 2\n"),
         "{stdout}"
     );
 }
@@ -49,10 +49,10 @@ fn a_fixture_file_is_checked_and_summarised() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["version"], 1);
+    assert_eq!(summary["version"], 2);
     assert_eq!(summary["containers"], 1);
     assert_eq!(summary["processes"], 3);
-    assert_eq!(summary["fds"], 17);
+    assert_eq!(summary["fds"], 16);
 }
 
 #[test]
@@ -93,11 +93,11 @@ fn a_sealed_memfd_is_accepted_an_unsealed_fd_is_not() {
 #[test]
 fn unknown_formats_links_and_non_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let newer = dir.path().join("v2.json");
+    let newer = dir.path().join("v3.json");
     let doc = std::fs::read_to_string(fixture()).unwrap();
     std::fs::write(
         &newer,
-        doc.replacen("\"version\": 1,", "\"version\": 2,", 1),
+        doc.replacen("\"version\": 2,", "\"version\": 3,", 1),
     )
     .unwrap();
     let link = dir.path().join("link.json");
@@ -105,7 +105,7 @@ fn unknown_formats_links_and_non_files_are_refused() {
     for (path, why) in [
         (
             newer.as_path(),
-            "format version 2 is not one this binary reads",
+            "format version 3 is not one this binary reads",
         ),
         (link.as_path(), "open"),
         (dir.path(), "not a regular file"),

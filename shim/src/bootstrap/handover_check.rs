@@ -44,7 +44,7 @@ pub(super) fn check(arg: Option<&str>) -> i32 {
 
 /// Prints a sample document of the format this binary writes; returns the exit code.
 pub(super) fn sample() -> i32 {
-    match handover::encode(&handover::v1::sample()) {
+    match handover::encode(&handover::v2::sample()) {
         Ok(bytes) => {
             println!("{}", String::from_utf8_lossy(&bytes));
             0

@@ -11,7 +11,7 @@ fn fixture(version: u32) -> Vec<u8> {
 }
 
 fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
-    let mut v: serde_json::Value = serde_json::from_slice(&fixture(1)).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture(2)).unwrap();
     edit(&mut v);
     serde_json::to_vec(&v).unwrap()
 }
@@ -26,11 +26,11 @@ fn every_format_this_binary_reads_has_a_fixture_that_decodes() {
 }
 
 #[test]
-fn the_format_1_fixture_is_the_sample_field_for_field() {
+fn the_format_2_fixture_is_the_sample_field_for_field() {
     // The fixture is frozen; the sample is what `--handover-sample` prints. Both must name
-    // every field, so a field added to format 1 without a version bump fails here.
-    assert_eq!(decode(&fixture(1)).unwrap(), v1::sample());
-    let doc = v1::sample();
+    // every field, so a field added to format 2 without a version bump fails here.
+    assert_eq!(decode(&fixture(2)).unwrap(), v2::sample());
+    let doc = v2::sample();
     assert_eq!(decode(&encode(&doc).unwrap()).unwrap(), doc);
 }
 
@@ -38,7 +38,7 @@ fn the_format_1_fixture_is_the_sample_field_for_field() {
 fn versions_this_binary_does_not_read_are_refused() {
     for version in [
         serde_json::json!(0),
-        serde_json::json!(2),
+        serde_json::json!(1),
         serde_json::json!(99),
     ] {
         let bytes = with(|v| v["version"] = version.clone());
@@ -47,13 +47,13 @@ fn versions_this_binary_does_not_read_are_refused() {
             matches!(err, HandoverError::Unsupported { .. }),
             "version {version}: {err}"
         );
-        assert!(err.to_string().contains("reads (1)"), "{err}");
+        assert!(err.to_string().contains("reads (2)"), "{err}");
     }
     for bad in [
         with(|v| {
             v.as_object_mut().unwrap().remove("version");
         }),
-        with(|v| v["version"] = serde_json::json!("1")),
+        with(|v| v["version"] = serde_json::json!("2")),
         b"not json".to_vec(),
     ] {
         assert!(matches!(decode(&bad), Err(HandoverError::Syntax(_))));
@@ -81,7 +81,19 @@ fn inconsistent_documents_are_refused() {
         ),
         (
             "named twice",
-            with(|v| v["containers"][0]["oom_watch"] = 3.into()),
+            with(|v| v["containers"][0]["init"]["stdio"]["stdout"]["sink"] = 3.into()),
+        ),
+        (
+            "has no spec",
+            with(|v| v["containers"][0]["execs"][0]["exec_spec"] = serde_json::Value::Null),
+        ),
+        (
+            "not handed over",
+            with(|v| v["containers"][0]["init"]["stdio"]["terminal"] = true.into()),
+        ),
+        (
+            "build-id is not hex",
+            with(|v| v["upgrade"]["target_build_id"] = "xyz".into()),
         ),
         (
             "listed twice",
@@ -117,14 +129,11 @@ fn inconsistent_documents_are_refused() {
         (
             "without an fd",
             with(|v| {
-                v["containers"][0]["init"]["stdio"]["stdout"]["spool"]["memory"] =
+                v["containers"][0]["init"]["stdio"]["stdout"]["pending"] =
                     serde_json::Value::Null
             }),
         ),
-        (
-            "malformed",
-            with(|v| v["outbox"][0]["payload_hex"] = "0g".into()),
-        ),
+
         (
             "not one whole request frame",
             with(|v| v["connections"][0]["pending"][0] = "00000009000000070100abcd".into()),
@@ -141,15 +150,12 @@ fn inconsistent_documents_are_refused() {
             "not hex",
             with(|v| v["connections"][0]["pending"][0] = "zz".into()),
         ),
-        (
-            "malformed",
-            with(|v| v["outbox"][0]["topic"] = "/containers/x".into()),
-        ),
+
         (
             "at most",
             with(|v| {
                 let c = v["connections"][0].clone();
-                let many: Vec<_> = (0..=v1::Limits::CONNECTIONS)
+                let many: Vec<_> = (0..=v2::Limits::CONNECTIONS)
                     .map(|i| {
                         let mut c = c.clone();
                         c["fd"] = (100 + i).into();
@@ -177,13 +183,13 @@ fn oversized_documents_are_refused_before_parsing() {
 
 #[test]
 fn the_sealed_memfd_carries_the_document_and_cannot_change() {
-    let bytes = encode(&v1::sample()).unwrap();
+    let bytes = encode(&v2::sample()).unwrap();
     let fd = memfd::write_sealed(&bytes).unwrap();
     let file = std::fs::File::from(fd);
     assert_eq!(memfd::read_sealed(&file).unwrap(), bytes);
     assert_eq!(
         decode(&memfd::read_sealed(&file).unwrap()).unwrap(),
-        v1::sample()
+        v2::sample()
     );
     let mut writer = std::fs::OpenOptions::new()
         .write(true)
@@ -198,10 +204,10 @@ fn the_sealed_memfd_carries_the_document_and_cannot_change() {
 #[test]
 fn an_unsealed_fd_is_refused() {
     let mut f = tempfile::tempfile().unwrap();
-    f.write_all(&fixture(1)).unwrap();
+    f.write_all(&fixture(2)).unwrap();
     assert!(matches!(
         memfd::read_sealed(&f),
         Err(HandoverError::Unsealed { .. })
     ));
-    assert_eq!(memfd::read_bounded(&f, "file").unwrap(), fixture(1));
+    assert_eq!(memfd::read_bounded(&f, "file").unwrap(), fixture(2));
 }

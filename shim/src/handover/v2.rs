@@ -1,5 +1,7 @@
-//! Handover format 1. Frozen once released: a change an older reader would not decode is
-//! format 2, with a conversion from this one (docs/upgrade.md, "Versioning").
+//! Handover format 2, the first a real handover writes (format 1 was only ever printed as a
+//! sample, by builds that could not exec). Frozen once released: a change an older reader
+//! would not decode is format 3, with a conversion from this one (docs/upgrade.md,
+//! "Versioning").
 
 use std::path::PathBuf;
 
@@ -20,12 +22,6 @@ impl Limits {
     pub const EXECS: usize = 4096;
     /// Unclaimed exits ([`crate::exits::UNCLAIMED_EXITS_MAX`]).
     pub const UNCLAIMED_EXITS: usize = crate::exits::UNCLAIMED_EXITS_MAX;
-    /// Queued events ([`crate::events::OUTBOX`]).
-    pub const OUTBOX: usize = crate::events::OUTBOX;
-    /// One event's encoded payload.
-    pub const EVENT_PAYLOAD: usize = 64 << 10;
-    /// Timers.
-    pub const TIMERS: usize = 4096;
     /// Unanswered requests of one connection.
     pub const PENDING: usize = 1024;
     /// One unanswered request frame, header included.
@@ -36,27 +32,25 @@ impl Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
-    /// Always 1 in this format.
+    /// Always 2 in this format.
     pub version: u32,
     /// The image that wrote it.
     pub writer: Writer,
     /// The daemon's identity: its command line, as containerd started it.
     pub shim: Shim,
+    /// The upgrade that wrote it.
+    pub upgrade: Upgrade,
     /// The listening Task API socket.
     pub listener: i32,
     /// The old binary, opened when the upgrade began: where a new image that cannot resume
     /// goes back to.
-    pub old_binary: Option<i32>,
+    pub old_binary: i32,
     /// Accepted ttrpc connections, each stopped at a frame boundary.
     pub connections: Vec<Connection>,
     /// The pod's containers.
     pub containers: Vec<Container>,
     /// Exits the reaper collected that no process claimed yet.
     pub unclaimed_exits: Vec<Exit>,
-    /// Events queued and not yet published, oldest first.
-    pub outbox: Vec<Event>,
-    /// Timers running at the pause, with what was left of them.
-    pub timers: Vec<Timer>,
 }
 
 /// Who wrote a document, and when it stopped serving.
@@ -91,6 +85,22 @@ pub struct Shim {
     pub debug: bool,
 }
 
+/// What the upgrade that wrote the document was asked for, and what the pause found: the
+/// next image answers the replayed `Upgrade` request with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upgrade {
+    /// The build the upgrade goes to, hex.
+    pub target_build_id: String,
+    /// When the pause began, µs since the Unix epoch (the next image measures the whole
+    /// pause against it).
+    pub paused_since_us: u64,
+    /// Processes whose lifecycle lock the pause held.
+    pub held: usize,
+    /// Unanswered `Wait`s handed over.
+    pub waits: usize,
+}
+
 /// An accepted ttrpc connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,12 +109,13 @@ pub struct Connection {
     pub fd: i32,
     /// The peer's pid (`SO_PEERCRED`) when it was accepted.
     pub peer_pid: Option<i32>,
-    /// Its unanswered requests (a blocking `Wait`), whole ttrpc frames in hex, in arrival
-    /// order: the next image reads them again before the socket's bytes.
+    /// Its unanswered requests (a blocking `Wait`, the `Upgrade` itself), whole ttrpc
+    /// frames in hex, in arrival order: the next image reads them again before the
+    /// socket's bytes.
     pub pending: Vec<String>,
 }
 
-/// One container.
+/// One container, with what its Create carried that the next image needs again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Container {
@@ -112,12 +123,38 @@ pub struct Container {
     pub id: String,
     /// Its bundle.
     pub bundle: PathBuf,
+    /// Create's runtime options, as containerd encoded them.
+    pub options: Option<Options>,
+    /// Create's rootfs mounts.
+    pub rootfs: Vec<Mount>,
     /// Its init process.
     pub init: Process,
     /// Its execs.
     pub execs: Vec<Process>,
-    /// The OOM watch (eventfd or inotify fd), if one runs.
-    pub oom_watch: Option<i32>,
+}
+
+/// A protobuf `Any`, hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Its type URL.
+    pub type_url: String,
+    /// Its value, hex.
+    pub value_hex: String,
+}
+
+/// A rootfs mount of Create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// Its type (`overlay`, `bind`, …).
+    pub kind: String,
+    /// Its source.
+    pub source: String,
+    /// Its target, usually empty (the bundle's rootfs).
+    pub target: String,
+    /// Its options.
+    pub options: Vec<String>,
 }
 
 /// An init or an exec.
@@ -128,15 +165,16 @@ pub struct Process {
     pub exec_id: String,
     /// Its pid; 0 before runc created it.
     pub pid: i32,
-    /// A pidfd of it, if one was opened.
-    pub pidfd: Option<i32>,
     /// Its lifecycle state. Transitional states (`creating`, `starting`, …) never appear:
     /// the old image lets lifecycle calls in flight finish before it writes the document.
     pub state: State,
     /// How it ended, once it did.
     pub exit: Option<ExitStatus>,
-    /// Whether its exit was published (`Wait` answers then).
+    /// Whether its exit was published (`Wait` answers then). An exit decided and not yet
+    /// published is published by the next image.
     pub exit_published: bool,
+    /// An exec's process spec (JSON, as Exec gave it); none for init.
+    pub exec_spec: Option<String>,
     /// Its stdio.
     pub stdio: Stdio,
 }
@@ -167,7 +205,8 @@ pub struct ExitStatus {
     pub at_ms: u64,
 }
 
-/// A process's stdio as the shim holds it.
+/// A process's stdio as the shim holds it. Only pipes to containerd's FIFOs (or none) are
+/// handed over in this format: a terminal or a logging binary refuses the upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stdio {
@@ -177,44 +216,42 @@ pub struct Stdio {
     pub stdout_path: String,
     /// See `stdin_path`.
     pub stderr_path: String,
-    /// Whether it has a terminal.
+    /// Whether it has a terminal (always false in this format).
     pub terminal: bool,
-    /// The pty master, for a terminal.
-    pub console: Option<i32>,
-    /// The write end the shim copies stdin into the process through.
-    pub stdin: Option<i32>,
+    /// The stdin copy, while it runs.
+    pub stdin: Option<Stdin>,
     /// Output copied from the process.
     pub stdout: Option<Stream>,
     /// See `stdout`.
     pub stderr: Option<Stream>,
 }
 
+/// The stdin copy: containerd's FIFO into the process's pipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stdin {
+    /// containerd's stdin FIFO, read end.
+    pub fifo: i32,
+    /// The process's stdin pipe, write end.
+    pub pipe: i32,
+    /// A sealed memfd with bytes read from the FIFO and not yet written.
+    pub pending: Option<i32>,
+    /// Bytes in `pending`.
+    pub pending_len: u64,
+}
+
 /// One output stream: where it comes from, where it goes, what waits in between.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stream {
-    /// The read end of the process's pipe (or of the pty).
-    pub source: i32,
-    /// Where it is copied (FIFO, file, logger's pipe); none while it is not open.
-    pub sink: Option<i32>,
-    /// Bytes read and not yet written.
-    pub spool: Spool,
-}
-
-/// Bytes read from a stream and not yet written, oldest first: memory, then spill file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Spool {
-    /// A sealed memfd holding what was in memory.
-    pub memory: Option<i32>,
-    /// Bytes in `memory`.
-    pub memory_len: u64,
-    /// The spill file.
-    pub spill: Option<i32>,
-    /// Where the unwritten bytes of `spill` start.
-    pub spill_offset: u64,
-    /// How many there are.
-    pub spill_len: u64,
+    /// The read end of the process's pipe; none once it reached its end.
+    pub source: Option<i32>,
+    /// Where it is copied (containerd's FIFO).
+    pub sink: i32,
+    /// A sealed memfd with the bytes read and not yet written, oldest first.
+    pub pending: Option<i32>,
+    /// Bytes in `pending`.
+    pub pending_len: u64,
 }
 
 /// An exit collected and not yet claimed by a process.
@@ -227,58 +264,30 @@ pub struct Exit {
     pub status: ExitStatus,
 }
 
-/// A queued event: the encoded payload containerd receives, as the old image built it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Event {
-    /// `/tasks/exit` etc.
-    pub topic: String,
-    /// The payload's protobuf type URL.
-    pub type_url: String,
-    /// The encoded payload, hex.
-    pub payload_hex: String,
-}
-
-/// A timer still running.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Timer {
-    /// What it is for (e.g. `exec-start-deadline`).
-    pub purpose: String,
-    /// Container id.
-    pub container: String,
-    /// Exec id, "" for init or none.
-    pub exec_id: String,
-    /// Time left at the pause, ms.
-    pub remaining_ms: u64,
-}
-
 impl Document {
     /// Every fd the document names, with what it is.
     pub fn fds(&self) -> Vec<(String, i32)> {
-        let mut fds = vec![("listener".to_string(), self.listener)];
-        fds.extend(self.old_binary.map(|fd| ("old binary".to_string(), fd)));
+        let mut fds = vec![
+            ("listener".to_string(), self.listener),
+            ("old binary".to_string(), self.old_binary),
+        ];
         for c in &self.connections {
             fds.push(("connection".into(), c.fd));
         }
         for c in &self.containers {
-            fds.extend(c.oom_watch.map(|fd| (format!("{} oom watch", c.id), fd)));
             for p in std::iter::once(&c.init).chain(&c.execs) {
                 let who = format!("{}/{}", c.id, p.exec_id);
-                fds.extend(p.pidfd.map(|fd| (format!("{who} pidfd"), fd)));
                 let s = &p.stdio;
-                fds.extend(s.console.map(|fd| (format!("{who} console"), fd)));
-                fds.extend(s.stdin.map(|fd| (format!("{who} stdin"), fd)));
+                if let Some(i) = &s.stdin {
+                    fds.push((format!("{who} stdin fifo"), i.fifo));
+                    fds.push((format!("{who} stdin pipe"), i.pipe));
+                    fds.extend(i.pending.map(|fd| (format!("{who} stdin pending"), fd)));
+                }
                 for (name, stream) in [("stdout", &s.stdout), ("stderr", &s.stderr)] {
                     let Some(st) = stream else { continue };
-                    fds.push((format!("{who} {name}"), st.source));
-                    fds.extend(st.sink.map(|fd| (format!("{who} {name} sink"), fd)));
-                    fds.extend(
-                        st.spool
-                            .memory
-                            .map(|fd| (format!("{who} {name} spool"), fd)),
-                    );
-                    fds.extend(st.spool.spill.map(|fd| (format!("{who} {name} spill"), fd)));
+                    fds.extend(st.source.map(|fd| (format!("{who} {name}"), fd)));
+                    fds.push((format!("{who} {name} sink"), st.sink));
+                    fds.extend(st.pending.map(|fd| (format!("{who} {name} pending"), fd)));
                 }
             }
         }
@@ -289,8 +298,8 @@ impl Document {
     /// what it carries.
     pub fn validate(&self) -> Result<(), HandoverError> {
         let v = self.version;
-        if v != 1 {
-            return Err(invalid(v, "a format 1 document must say version 1"));
+        if v != 2 {
+            return Err(invalid(v, "a format 2 document must say version 2"));
         }
         let over = |what: &str, n: usize, max: usize| {
             if n > max {
@@ -306,12 +315,13 @@ impl Document {
             self.unclaimed_exits.len(),
             Limits::UNCLAIMED_EXITS,
         )?;
-        over("queued events", self.outbox.len(), Limits::OUTBOX)?;
-        over("timers", self.timers.len(), Limits::TIMERS)?;
         let id = |kind: &'static str, s: &str| {
             crate::ids::validate(kind, s).map_err(|e| invalid(v, e.to_string()))
         };
         id("shim", &self.shim.id)?;
+        if !is_hex(&self.upgrade.target_build_id) || self.upgrade.target_build_id.is_empty() {
+            return Err(invalid(v, "the upgrade's target build-id is not hex"));
+        }
         let mut containers = std::collections::HashSet::new();
         for c in &self.containers {
             id("container", &c.id)?;
@@ -319,11 +329,14 @@ impl Document {
                 return Err(invalid(v, format!("container {} is listed twice", c.id)));
             }
             check_path(v, &format!("container {} bundle", c.id), &c.bundle)?;
+            if c.options.as_ref().is_some_and(|o| !is_hex(&o.value_hex)) {
+                return Err(invalid(v, format!("container {}: options not hex", c.id)));
+            }
             over(&format!("execs of {}", c.id), c.execs.len(), Limits::EXECS)?;
-            if !c.init.exec_id.is_empty() {
+            if !c.init.exec_id.is_empty() || c.init.exec_spec.is_some() {
                 return Err(invalid(
                     v,
-                    format!("container {}: init has an exec id", c.id),
+                    format!("container {}: init has an exec id or spec", c.id),
                 ));
             }
             let mut execs = std::collections::HashSet::new();
@@ -333,6 +346,12 @@ impl Document {
                     return Err(invalid(
                         v,
                         format!("container {}: exec {} is listed twice", c.id, e.exec_id),
+                    ));
+                }
+                if e.exec_spec.is_none() {
+                    return Err(invalid(
+                        v,
+                        format!("container {}: exec {} has no spec", c.id, e.exec_id),
                     ));
                 }
             }
@@ -351,44 +370,44 @@ impl Document {
                 return Err(invalid(v, format!("unclaimed exit of pid {}", e.pid)));
             }
         }
-        for e in &self.outbox {
-            if !e.topic.starts_with("/tasks/") || !is_hex(&e.payload_hex) {
-                return Err(invalid(
-                    v,
-                    format!("queued event {:?} is malformed", e.topic),
-                ));
-            }
-            over(
-                "payload bytes",
-                e.payload_hex.len() / 2,
-                Limits::EVENT_PAYLOAD,
-            )?;
-        }
         check_fds(v, &self.fds())
     }
 }
 
 /// Whole bytes in hex.
-fn is_hex(s: &str) -> bool {
+pub fn is_hex(s: &str) -> bool {
     s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Bytes as lower-case hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex as bytes; None if it is not whole bytes of hex.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !is_hex(s) {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }
 
 /// A whole ttrpc request frame in hex, of at most [`Limits::PENDING_FRAME`] bytes.
 fn check_request_frame(v: u32, fd: i32, hex: &str) -> Result<(), HandoverError> {
     let bad = |why: &str| invalid(v, format!("connection fd {fd}: unanswered request {why}"));
-    if !is_hex(hex) {
+    let Some(bytes) = from_hex(hex) else {
         return Err(bad("is not hex"));
-    }
-    let len = hex.len() / 2;
-    if len > Limits::PENDING_FRAME {
+    };
+    if bytes.len() > Limits::PENDING_FRAME {
         return Err(bad("is too large"));
     }
-    let byte = |i: usize| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
-    if len < 10 {
+    if bytes.len() < 10 {
         return Err(bad("is shorter than a frame header"));
     }
-    let announced = u32::from_be_bytes([byte(0), byte(1), byte(2), byte(3)]) as usize;
-    if announced + 10 != len || byte(8) != 1 {
+    let announced = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    if announced + 10 != bytes.len() || bytes[8] != 1 {
         return Err(bad("is not one whole request frame"));
     }
     Ok(())
@@ -414,84 +433,102 @@ impl Process {
         if self.exit_published && !ended {
             return Err(invalid(v, format!("{who}: exit published but not ended")));
         }
-        if self.stdio.terminal != self.stdio.console.is_some() && started {
-            return Err(invalid(v, format!("{who}: terminal without a console fd")));
+        if self.stdio.terminal {
+            return Err(invalid(v, format!("{who}: a terminal is not handed over")));
         }
-        for (name, s) in [
-            ("stdout", &self.stdio.stdout),
-            ("stderr", &self.stdio.stderr),
-        ] {
-            let Some(s) = s else { continue };
-            let sp = &s.spool;
-            if (sp.memory.is_none() && sp.memory_len > 0)
-                || (sp.spill.is_none() && sp.spill_len > 0)
-            {
-                return Err(invalid(
-                    v,
-                    format!("{who} {name}: spooled bytes without an fd"),
-                ));
-            }
+        let pending = [
+            self.stdio.stdin.as_ref().map(|s| (s.pending, s.pending_len)),
+            self.stdio.stdout.as_ref().map(|s| (s.pending, s.pending_len)),
+            self.stdio.stderr.as_ref().map(|s| (s.pending, s.pending_len)),
+        ];
+        if pending
+            .into_iter()
+            .flatten()
+            .any(|(fd, len)| fd.is_none() && len > 0)
+        {
+            return Err(invalid(v, format!("{who}: pending bytes without an fd")));
         }
         Ok(())
     }
 }
 
 /// A document exercising every field: the fixture of this format
-/// (`testdata/handover-v1.json`) and the sample `--handover-sample` prints, so a new binary
+/// (`testdata/handover-v2.json`) and the sample `--handover-sample` prints, so a new binary
 /// can be checked against what an old one writes.
 pub fn sample() -> Document {
-    let stream = |source, sink, memory, spill| Stream {
-        source,
-        sink: Some(sink),
-        spool: Spool {
-            memory: Some(memory),
-            memory_len: 4096,
-            spill: Some(spill),
-            spill_offset: 1 << 20,
-            spill_len: 65536,
-        },
+    let stdio = |stdin, stdout, stderr| Stdio {
+        stdin_path: String::new(),
+        stdout_path: String::new(),
+        stderr_path: String::new(),
+        terminal: false,
+        stdin,
+        stdout,
+        stderr,
     };
     let exec = Process {
         exec_id: "exec-1".into(),
         pid: 4243,
-        pidfd: Some(20),
         state: State::Running,
         exit: None,
         exit_published: false,
-        stdio: Stdio {
-            stdin_path: String::new(),
-            stdout_path: String::new(),
-            stderr_path: String::new(),
-            terminal: true,
-            console: Some(21),
-            stdin: None,
-            stdout: None,
-            stderr: None,
-        },
+        exec_spec: Some(r#"{"args":["sh"],"cwd":"/"}"#.into()),
+        stdio: stdio(
+            None,
+            Some(Stream {
+                source: Some(20),
+                sink: 21,
+                pending: None,
+                pending_len: 0,
+            }),
+            None,
+        ),
     };
     let done = Process {
         exec_id: "exec-2".into(),
         pid: 4250,
-        pidfd: None,
         state: State::Stopped,
         exit: Some(ExitStatus {
             status: 137,
             at_ms: 1_796_000_000_500,
         }),
-        exit_published: true,
-        stdio: Stdio {
-            stdin_path: String::new(),
-            stdout_path: String::new(),
-            stderr_path: String::new(),
-            terminal: false,
-            console: None,
-            stdin: None,
-            stdout: None,
-            stderr: None,
-        },
+        exit_published: false,
+        exec_spec: Some(r#"{"args":["true"],"cwd":"/"}"#.into()),
+        stdio: stdio(
+            None,
+            Some(Stream {
+                source: None,
+                sink: 22,
+                pending: Some(23),
+                pending_len: 12,
+            }),
+            None,
+        ),
     };
+    let mut init_stdio = stdio(
+        Some(Stdin {
+            fifo: 11,
+            pipe: 12,
+            pending: Some(13),
+            pending_len: 3,
+        }),
+        Some(Stream {
+            source: Some(14),
+            sink: 15,
+            pending: Some(16),
+            pending_len: 4096,
+        }),
+        Some(Stream {
+            source: Some(17),
+            sink: 18,
+            pending: None,
+            pending_len: 0,
+        }),
+    );
+    init_stdio.stdin_path = "/run/containerd/fifo/1/ctr-1-stdin".into();
+    init_stdio.stdout_path = "/run/containerd/fifo/1/ctr-1-stdout".into();
+    init_stdio.stderr_path = "/run/containerd/fifo/1/ctr-1-stderr".into();
     Document {
-        version: 1,
+        version: 2,
         writer: Writer {
             version: "0.1.0".into(),
             build_id: Some("5b04cecdfd2875543d83780c023a9041bbe2e2a7".into()),
@@ -506,8 +543,14 @@ pub fn sample() -> Document {
             publish_binary: "/usr/bin/containerd".into(),
             debug: false,
         },
+        upgrade: Upgrade {
+            target_build_id: "9e1c0aa3b5d2c4e6f8091a2b3c4d5e6f70819203".into(),
+            paused_since_us: 1_796_000_000_999_000,
+            held: 4,
+            waits: 1,
+        },
         listener: 3,
-        old_binary: Some(4),
+        old_binary: 4,
         connections: vec![
             Connection {
                 fd: 5,
@@ -524,26 +567,26 @@ pub fn sample() -> Document {
         containers: vec![Container {
             id: "ctr-1".into(),
             bundle: "/run/containerd/io.containerd.runtime.v2.task/k8s.io/ctr-1".into(),
+            options: Some(Options {
+                type_url: "containerd.runc.v1.Options".into(),
+                value_hex: "2a0472756e63".into(),
+            }),
+            rootfs: vec![Mount {
+                kind: "overlay".into(),
+                source: "overlay".into(),
+                target: String::new(),
+                options: vec!["lowerdir=/l".into(), "upperdir=/u".into(), "workdir=/w".into()],
+            }],
             init: Process {
                 exec_id: String::new(),
                 pid: 4242,
-                pidfd: Some(10),
                 state: State::Running,
                 exit: None,
                 exit_published: false,
-                stdio: Stdio {
-                    stdin_path: "/run/containerd/fifo/1/ctr-1-stdin".into(),
-                    stdout_path: "/run/containerd/fifo/1/ctr-1-stdout".into(),
-                    stderr_path: "/run/containerd/fifo/1/ctr-1-stderr".into(),
-                    terminal: false,
-                    console: None,
-                    stdin: Some(11),
-                    stdout: Some(stream(12, 13, 14, 15)),
-                    stderr: Some(stream(16, 17, 18, 19)),
-                },
+                exec_spec: None,
+                stdio: init_stdio,
             },
             execs: vec![exec, done],
-            oom_watch: Some(22),
         }],
         unclaimed_exits: vec![Exit {
             pid: 4299,
@@ -551,17 +594,6 @@ pub fn sample() -> Document {
                 status: 0,
                 at_ms: 1_796_000_000_900,
             },
-        }],
-        outbox: vec![Event {
-            topic: "/tasks/exit".into(),
-            type_url: "containerd.events.TaskExit".into(),
-            payload_hex: "0a056374722d31".into(),
-        }],
-        timers: vec![Timer {
-            purpose: "exec-start-deadline".into(),
-            container: "ctr-1".into(),
-            exec_id: "exec-1".into(),
-            remaining_ms: 7500,
         }],
     }
 }
