@@ -33,6 +33,8 @@ struct Shared {
     spawned: u64,
     /// Live [`ReapHold`]s; while non-zero, exits are noticed but not collected.
     holds: usize,
+    /// An exit is being collected and delivered right now (see [`Reaper::hold_settled`]).
+    collecting: bool,
 }
 
 struct Inner {
@@ -63,17 +65,37 @@ impl Reaper {
     /// [`Reaper::global`], reporting a reaper thread that cannot be started (no pids or
     /// memory left) as an error. Once it runs, later calls just return it.
     pub fn start() -> std::io::Result<Reaper> {
+        Self::start_with(0)
+    }
+
+    /// [`Reaper::start`] with a hold taken before its thread can collect anything: for a
+    /// process that begins life with children already exited (a shim that re-executed
+    /// itself), whose exits must wait until someone subscribed and knows their pids.
+    pub fn start_held() -> std::io::Result<(Reaper, ReapHold)> {
+        let reaper = Self::start_with(1)?;
+        let hold = ReapHold {
+            inner: reaper.inner.clone(),
+        };
+        Ok((reaper, hold))
+    }
+
+    fn start_with(holds: usize) -> std::io::Result<Reaper> {
         static STARTING: Mutex<()> = Mutex::new(());
         if let Some(r) = GLOBAL.get() {
+            r.inner.shared.lock().unwrap().holds += holds;
             return Ok(r.clone());
         }
         let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = GLOBAL.get() {
+            r.inner.shared.lock().unwrap().holds += holds;
             return Ok(r.clone());
         }
         let reaper = Reaper {
             inner: Arc::new(Inner {
-                shared: Mutex::new(Shared::default()),
+                shared: Mutex::new(Shared {
+                    holds,
+                    ..Shared::default()
+                }),
                 wake: Condvar::new(),
             }),
         };
@@ -104,6 +126,23 @@ impl Reaper {
     /// when exec fails, std reaps the child itself and panics if someone else already did.
     pub fn hold(&self) -> ReapHold {
         self.inner.shared.lock().unwrap().holds += 1;
+        ReapHold {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// [`Reaper::hold`], returning only once no exit is between its collection and its
+    /// delivery: every exit collected before the call has reached the subscribers. What
+    /// is still to be collected waits as a zombie until the hold is dropped.
+    pub fn hold_settled(&self) -> ReapHold {
+        let mut shared = self.inner.shared.lock().unwrap();
+        shared.holds += 1;
+        drop(
+            self.inner
+                .wake
+                .wait_while(shared, |s| s.collecting)
+                .unwrap(),
+        );
         ReapHold {
             inner: self.inner.clone(),
         }
@@ -158,16 +197,15 @@ fn reap_forever(inner: &Inner) {
         // Peek first (WNOWAIT) so a hold can keep the zombie for its rightful waiter.
         match peek_exited() {
             Ok(pid) => {
-                drop(
-                    inner
-                        .wake
-                        .wait_while(inner.shared.lock().unwrap(), |s| s.holds > 0)
-                        .unwrap(),
-                );
+                let mut shared = inner
+                    .wake
+                    .wait_while(inner.shared.lock().unwrap(), |s| s.holds > 0)
+                    .unwrap();
+                shared.collecting = true;
+                drop(shared);
                 // None here means a holder's spawn reaped it; that is fine.
-                if let Some(status) = collect(pid) {
-                    deliver(inner, pid, status);
-                }
+                let status = collect(pid);
+                deliver(inner, pid, status);
             }
             Err(Errno::EINTR) => {}
             Err(Errno::ECHILD) => {
@@ -243,16 +281,21 @@ impl Drop for ReapHold {
     }
 }
 
-fn deliver(inner: &Inner, pid: i32, status: i32) {
-    let exit = Exit {
-        pid,
-        status,
-        at: SystemTime::now(),
-    };
-    let shared = inner.shared.lock().unwrap();
-    for tx in shared.subscribers.values() {
-        let _ = tx.send(exit);
+/// Hands a collected exit (if there was one) to every subscriber and ends the collection.
+fn deliver(inner: &Inner, pid: i32, status: Option<i32>) {
+    let mut shared = inner.shared.lock().unwrap();
+    if let Some(status) = status {
+        let exit = Exit {
+            pid,
+            status,
+            at: SystemTime::now(),
+        };
+        for tx in shared.subscribers.values() {
+            let _ = tx.send(exit);
+        }
     }
+    shared.collecting = false;
+    inner.wake.notify_all();
 }
 
 /// A stream of exits; unsubscribes on drop.

@@ -6,6 +6,7 @@ mod delete;
 mod handover_check;
 mod info;
 mod params;
+mod resume;
 mod serve;
 mod socket_dir;
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::api::CreateTaskRequest;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::types::mount::Mount;
 use runc_client::{CreateOpts, Deadlines, Reaper, Runc, RuncConfig};
 
@@ -63,6 +64,8 @@ pub struct Container {
     pub own_pid_namespace: bool,
     namespace: String,
     rootfs: Vec<Mount>,
+    /// Create's options as containerd encoded them (a handover carries them).
+    create_options: Option<Any>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     cgroups: resources::CgroupState,
     oom: oom::OomState,
@@ -151,6 +154,7 @@ impl Container {
             own_pid_namespace,
             namespace: namespace.to_string(),
             rootfs: req.rootfs.to_vec(),
+            create_options: req.options.as_ref().cloned(),
             execs: Mutex::new(HashMap::new()),
             cgroups: Default::default(),
             oom: Default::default(),
@@ -479,6 +483,11 @@ impl Container {
     /// The containerd namespace of this container.
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// What Create carried that a handover must carry again: its options and rootfs.
+    pub fn create_parts(&self) -> (Option<&Any>, &[Mount]) {
+        (self.create_options.as_ref(), &self.rootfs)
     }
 
     /// The execs of this container.

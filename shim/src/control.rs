@@ -20,6 +20,8 @@ use containerd_shim_protos::ttrpc::r#async::{MethodHandler, Service, TtrpcContex
 use containerd_shim_protos::ttrpc::{self, Code, Request, Response};
 use serde::{Deserialize, Serialize};
 
+pub mod upgrade;
+
 use crate::listener::inflight::{method_of, replay_safe};
 use crate::listener::Gate;
 use crate::tasks::{LifecycleHold, Tasks};
@@ -94,6 +96,11 @@ pub enum ControlError {
         /// Why.
         why: String,
     },
+    /// An upgrade did not happen: "refused: …" (nothing was touched, or everything was
+    /// put back), "rolled back: …" (the new image could not resume; the old one runs), or
+    /// the pause did not settle.
+    #[error("{0}")]
+    Upgrade(String),
     /// Another rehearsal or upgrade is under way.
     #[error("an upgrade or rehearsal is already under way")]
     Busy,
@@ -118,15 +125,33 @@ pub struct Control {
     gate: Arc<Gate>,
     tasks: Option<Arc<Tasks>>,
     busy: tokio::sync::Mutex<()>,
+    /// What an upgrade's document says of the daemon; none where it cannot upgrade.
+    identity: Option<upgrade::Identity>,
+    /// How the handover this image started with ended, until the request that asked for
+    /// it is answered.
+    resumed: std::sync::Mutex<Option<upgrade::Resumed>>,
 }
 
 impl Control {
     /// Controls the listener behind `gate`, serving `tasks`.
     pub fn new(gate: Arc<Gate>, tasks: Option<Arc<Tasks>>) -> Arc<Control> {
+        Self::upgradable(gate, tasks, None, None)
+    }
+
+    /// As [`Control::new`], for a daemon that can `Upgrade` (it knows its `identity`),
+    /// and that may have been started by a handover that ended as `resumed`.
+    pub fn upgradable(
+        gate: Arc<Gate>,
+        tasks: Option<Arc<Tasks>>,
+        identity: Option<upgrade::Identity>,
+        resumed: Option<upgrade::Resumed>,
+    ) -> Arc<Control> {
         Arc::new(Control {
             gate,
             tasks,
             busy: tokio::sync::Mutex::new(()),
+            identity,
+            resumed: std::sync::Mutex::new(resumed),
         })
     }
 
@@ -210,7 +235,7 @@ impl Control {
     /// The ttrpc service, for the server's registry.
     pub fn services(self: &Arc<Self>) -> HashMap<String, Service> {
         let mut methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = HashMap::new();
-        for method in [Method::Describe, Method::Rehearse] {
+        for method in [Method::Describe, Method::Rehearse, Method::Upgrade] {
             methods.insert(
                 method.name().to_string(),
                 Box::new(Handler {
@@ -233,6 +258,7 @@ impl Control {
 enum Method {
     Describe,
     Rehearse,
+    Upgrade,
 }
 
 impl Method {
@@ -240,6 +266,7 @@ impl Method {
         match self {
             Method::Describe => "Describe",
             Method::Rehearse => "Rehearse",
+            Method::Upgrade => "Upgrade",
         }
     }
 }
@@ -271,6 +298,19 @@ impl MethodHandler for Handler {
                     Err(e) => Err(e.to_string()),
                 },
             },
+            Method::Upgrade => {
+                match serde_json::from_slice::<upgrade::UpgradeRequest>(&req.payload) {
+                    Err(e) => Err(ControlError::BadRequest {
+                        method: self.method.name().into(),
+                        why: e.to_string(),
+                    }
+                    .to_string()),
+                    Ok(r) => match self.control.upgrade(r).await {
+                        Ok(done) => serde_json::to_vec(&done).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                }
+            }
         };
         let mut res = Response::new();
         match answer {

@@ -66,6 +66,9 @@ pub enum Error {
     /// A failure inside the shim itself (a lost task, a broken invariant).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The shim cannot be handed over to a new binary right now (docs/upgrade.md).
+    #[error("cannot hand over: {0}")]
+    NotHandable(String),
 }
 
 /// runc-client speaks of "runc <command>"; say which binary really ran when it was not runc.
@@ -104,7 +107,9 @@ impl Error {
         match self {
             Error::NotFound { .. } => Code::NOT_FOUND,
             Error::AlreadyExists { .. } => Code::ALREADY_EXISTS,
-            Error::FailedPrecondition { .. } => Code::FAILED_PRECONDITION,
+            Error::FailedPrecondition { .. } | Error::NotHandable(_) => {
+                Code::FAILED_PRECONDITION
+            }
             Error::InvalidArgument(_) | Error::Options { .. } => Code::INVALID_ARGUMENT,
             Error::Internal(_) => Code::INTERNAL,
             Error::Runc { source, .. } | Error::Exec { source, .. } => runc_code(source),

@@ -43,6 +43,18 @@ pub struct Exec {
     spec: oci_spec::runtime::Process,
 }
 
+impl Exec {
+    /// Its process spec as JSON, for a handover.
+    pub fn spec_json(&self) -> Result<String> {
+        serde_json::to_string(&self.spec).map_err(|e| {
+            Error::Internal(format!(
+                "exec {}: encode its spec: {e}",
+                self.process.name()
+            ))
+        })
+    }
+}
+
 impl Container {
     fn exec_entry(&self, exec_id: &str) -> Result<Arc<Exec>> {
         self.execs()
@@ -93,6 +105,33 @@ impl Container {
             exec_id: exec_id.to_string(),
         });
         Ok(())
+    }
+
+    /// Registers an exec rebuilt from a handover: no event (containerd had it already)
+    /// and no check of init's state (the old image made them).
+    pub fn restore_exec(
+        &self,
+        exec_id: &str,
+        spec: oci_spec::runtime::Process,
+        stdio: StdioPaths,
+    ) -> Result<Arc<Process>> {
+        crate::ids::validate("exec", exec_id)?;
+        let process = Arc::new(Process::exec(&self.id, exec_id, stdio));
+        let mut execs = self.execs();
+        if execs.contains_key(exec_id) {
+            return Err(Error::AlreadyExists {
+                kind: "exec",
+                id: format!("{}/{exec_id}", self.id),
+            });
+        }
+        execs.insert(
+            exec_id.to_string(),
+            Arc::new(Exec {
+                process: process.clone(),
+                spec,
+            }),
+        );
+        Ok(process)
     }
 
     /// `runc exec --detach`; Created → Starting → Running, then TaskExecStarted. Returns

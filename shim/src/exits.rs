@@ -190,6 +190,18 @@ impl ExitRouter {
         }
     }
 
+    /// The exits nobody claimed, oldest first (for a handover).
+    pub fn unclaimed(&self) -> Vec<Exit> {
+        self.lock().unclaimed.iter().copied().collect()
+    }
+
+    /// Puts back the exits an earlier image of this process had not matched yet.
+    pub fn restore_unclaimed(&self, exits: impl IntoIterator<Item = Exit>) {
+        let mut inner = self.lock();
+        inner.unclaimed.extend(exits);
+        inner.trim();
+    }
+
     /// Number of live registrations (tests and diagnostics).
     pub fn live(&self) -> usize {
         self.lock().live.len()

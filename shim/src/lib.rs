@@ -25,6 +25,7 @@ pub mod options;
 pub mod peer;
 pub mod process;
 pub mod record;
+pub mod reexec;
 pub mod service;
 pub mod tasks;
 #[cfg(test)]

@@ -455,6 +455,31 @@ impl Process {
         Ok(exited)
     }
 
+    /// What a handover writes of this process: its state, pid, exit, and whether the
+    /// exit was published. The caller holds the lifecycle lock, so no transition is under
+    /// way, and has stopped the reaper, so no exit can arrive meanwhile.
+    pub fn settled(&self) -> (State, i32, Option<Exited>, bool) {
+        let inner = self.lock();
+        (inner.state, inner.pid, inner.exited, self.is_reported())
+    }
+
+    /// Puts a process rebuilt from a handover into the state the old image left it in,
+    /// before anyone else sees it. Its pidfd is opened again when its pid is registered.
+    pub fn restore(&self, state: State, pid: i32, exited: Option<Exited>, reported: bool) {
+        {
+            let mut inner = self.lock();
+            inner.state = state;
+            inner.pid = pid;
+            inner.exited = exited;
+        }
+        let stage = match (exited, reported) {
+            (Some(e), true) => Stage::Reported(e),
+            (Some(e), false) => Stage::Reaped(e),
+            (None, _) => Stage::Alive,
+        };
+        self.stage.send_replace(stage);
+    }
+
     /// Marks the exit as fully handled (output drained, TaskExit queued); returns false
     /// if it already was, so only one caller publishes it.
     pub fn mark_reported(&self) -> bool {

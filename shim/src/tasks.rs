@@ -7,6 +7,7 @@
 //! state machine still completes its transition. A Create whose caller went away
 //! counts as failed and is rolled back, because containerd will not know the container.
 
+pub mod handover;
 mod shutdown;
 
 use std::collections::HashMap;
@@ -64,6 +65,8 @@ pub struct Tasks {
     shutdown_state: Mutex<ShutdownState>,
     /// [`SHUTDOWN_GRACE`] in ms (tests shorten it).
     shutdown_grace_ms: AtomicU64,
+    /// Asks the exit dispatcher to dispatch every exit already delivered, then answer.
+    flush: tokio::sync::mpsc::UnboundedSender<oneshot::Sender<()>>,
 }
 
 /// Runs lifecycle work to completion whatever happens to the request that asked for it.
@@ -83,6 +86,7 @@ impl Tasks {
         reaper: Reaper,
         shutdown: Arc<Notify>,
     ) -> Arc<Self> {
+        let (flush, mut flushes) = tokio::sync::mpsc::unbounded_channel::<oneshot::Sender<()>>();
         let tasks = Arc::new(Self {
             shared: Arc::new(Shared {
                 events,
@@ -94,17 +98,41 @@ impl Tasks {
             shutdown,
             shutdown_state: Mutex::new(ShutdownState::default()),
             shutdown_grace_ms: AtomicU64::new(SHUTDOWN_GRACE.as_millis() as u64),
+            flush,
         });
         // Subscribed before any container exists, so no exit can be missed.
         let mut exits = tasks.shared.reaper.subscribe();
         let weak = Arc::downgrade(&tasks);
         tokio::spawn(async move {
-            while let Some(exit) = exits.recv().await {
-                let Some(tasks) = weak.upgrade() else { break };
-                tasks.dispatch(exit);
+            loop {
+                tokio::select! {
+                    exit = exits.recv() => {
+                        let Some(exit) = exit else { break };
+                        let Some(tasks) = weak.upgrade() else { break };
+                        tasks.dispatch(exit);
+                    }
+                    Some(done) = flushes.recv() => {
+                        let Some(tasks) = weak.upgrade() else { break };
+                        while let Some(exit) = exits.try_recv() {
+                            tasks.dispatch(exit);
+                        }
+                        let _ = done.send(());
+                    }
+                }
             }
         });
         tasks
+    }
+
+    /// Returns once every exit the reaper delivered so far has been dispatched (recorded
+    /// on its process, its handling begun).
+    async fn flush_exits(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.flush
+            .send(tx)
+            .map_err(|_| Error::Internal("the exit dispatcher is gone".into()))?;
+        rx.await
+            .map_err(|_| Error::Internal("the exit dispatcher is gone".into()))
     }
 
     /// The shared handles (events, exit router).
@@ -257,7 +285,7 @@ impl Tasks {
         self.handle_exit(p);
     }
 
-    fn handle_exit(self: &Arc<Self>, p: Arc<Process>) {
+    pub(crate) fn handle_exit(self: &Arc<Self>, p: Arc<Process>) {
         let Ok(c) = self.container(&p.container) else {
             log::warn!("exit of {}: its container is gone", p.name());
             return;

@@ -22,7 +22,11 @@ use tokio::sync::Notify;
 use super::{
     bind_or_reuse, set_cloexec, socket_path, Bind, LISTEN_FD, LISTEN_FD_ENV, TTRPC_ADDRESS_ENV,
 };
+use super::resume;
+use crate::control::upgrade::Identity;
 use crate::control::Control;
+use crate::handover::v2;
+use crate::reexec;
 use crate::events::Events;
 use crate::listener;
 use crate::logging;
@@ -64,6 +68,9 @@ pub(super) fn serve(flags: &Flags) -> Result<(), String> {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         return Err(format!("PR_SET_CHILD_SUBREAPER: {e}"));
     }
+    if let Some((document, old_binary, rollback)) = reexec::inherited() {
+        return resume::serve_resumed(flags, document, old_binary, rollback);
+    }
     // Started here so that a host out of pids fails the start with a message (every later
     // Reaper::global() finds it running) instead of aborting.
     let reaper = Reaper::start().map_err(|e| format!("start the reaper thread: {e}"))?;
@@ -80,14 +87,35 @@ pub(super) fn serve(flags: &Flags) -> Result<(), String> {
         },
     };
     std::env::remove_var(LISTEN_FD_ENV);
-    let ttrpc_address = std::env::var(TTRPC_ADDRESS_ENV).map_err(|_| "TTRPC_ADDRESS is not set")?;
+    run(flags, reaper, listener, None)
+}
 
+/// The daemon's life from its runtime on, fresh or `resumed` from a handover.
+pub(super) fn run(
+    flags: &Flags,
+    reaper: Reaper,
+    listener: UnixListener,
+    resumed: Option<resume::Resuming>,
+) -> Result<(), String> {
+    let ttrpc_address = std::env::var(TTRPC_ADDRESS_ENV).map_err(|_| "TTRPC_ADDRESS is not set")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let socket = flags.socket.clone();
     let namespace = flags.namespace.clone();
+    let identity = Identity {
+        shim: v2::Shim {
+            namespace: flags.namespace.clone(),
+            id: flags.id.clone(),
+            socket: flags.socket.clone(),
+            containerd_address: flags.address.clone(),
+            ttrpc_address: ttrpc_address.clone(),
+            publish_binary: flags.publish_binary.clone(),
+            debug: flags.debug,
+        },
+        listener: listener.as_raw_fd(),
+    };
     let result = rt.block_on(async move {
         let shutdown = Arc::new(Notify::new());
         let service = TaskService::new(
@@ -97,12 +125,16 @@ pub(super) fn serve(flags: &Flags) -> Result<(), String> {
             shutdown.clone(),
         );
         let tasks = service.tasks().clone();
+        let (connections, outcome) = match resumed {
+            None => (Vec::new(), None),
+            Some(r) => r.restore(&tasks).await?,
+        };
         let keep = listener::Keep::containerd(&ttrpc_address);
-        // Closed by the upgrade service's Rehearse; the exec that would follow is not
-        // implemented yet (docs/upgrade.md).
+        // Closed by the upgrade service's Rehearse and Upgrade.
         let gate = listener::Gate::new();
-        let control = Control::new(gate.clone(), Some(tasks.clone()));
-        let listener = listener::listen(listener, limits(), keep, gate)
+        let control =
+            Control::upgradable(gate.clone(), Some(tasks.clone()), Some(identity), outcome);
+        let listener = listener::resume(listener, connections, limits(), keep, gate)
             .map_err(|e| format!("listener: {e}"))?;
         let mut server = Server::new()
             .add_listener(listener)

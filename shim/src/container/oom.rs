@@ -115,6 +115,20 @@ impl OomGate {
     }
 }
 
+impl OomGate {
+    /// The stage a container rebuilt from a handover is in: open once started, closed once
+    /// its exit (or a delete without a start) was published.
+    pub fn restore(&self, started: bool, exit_published: bool) {
+        *self.lock() = if exit_published {
+            Stage::Closed
+        } else if started {
+            Stage::Open
+        } else {
+            Stage::BeforeStart { held: false }
+        };
+    }
+}
+
 /// The running watch of one container.
 struct OomWatch {
     monitor: Arc<OomMonitor>,
@@ -235,6 +249,11 @@ impl Container {
         self.oom
             .gate
             .close(&self.id, || super::report_exit_locked(shared, &self.init));
+    }
+
+    /// Puts the OOM gate of a container rebuilt from a handover in its stage.
+    pub fn restore_oom_gate(&self, started: bool, exit_published: bool) {
+        self.oom.gate.restore(started, exit_published);
     }
 
     /// Ends the OOM watch (the container is gone).

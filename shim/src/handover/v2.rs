@@ -238,6 +238,9 @@ pub struct Stdin {
     pub pending: Option<i32>,
     /// Bytes in `pending`.
     pub pending_len: u64,
+    /// CloseIO came while bytes were still on their way: after them and what the FIFO
+    /// holds now, the pipe is closed.
+    pub closing: bool,
 }
 
 /// One output stream: where it comes from, where it goes, what waits in between.
@@ -510,6 +513,7 @@ pub fn sample() -> Document {
             pipe: 12,
             pending: Some(13),
             pending_len: 3,
+            closing: false,
         }),
         Some(Stream {
             source: Some(14),
