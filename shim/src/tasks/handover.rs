@@ -300,6 +300,17 @@ impl Captured {
         Ok(())
     }
 
+    /// Test-only: what an exec does to this image's hold on the fds (they stay open, for
+    /// the next core to take) and gives back the reaper's hold to drop once that core runs.
+    #[cfg(test)]
+    pub fn forget_fds(self) -> ReapHold {
+        for (_, _, h) in self.handed {
+            std::mem::forget(h);
+        }
+        std::mem::forget(self.memfds);
+        self._reaper
+    }
+
     /// Puts the core back as it was before [`Tasks::capture`] (the exec did not happen):
     /// copy loops and OOM watches run again, the reaper collects again.
     pub async fn undo(self, tasks: &Arc<Tasks>) {

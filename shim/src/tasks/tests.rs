@@ -16,6 +16,7 @@ use crate::process::{Exited, NEVER_RAN};
 
 mod checkpoint;
 mod create;
+mod handover;
 mod hung_exec;
 mod kill;
 mod lifecycle_busy;
