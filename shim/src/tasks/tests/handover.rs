@@ -6,7 +6,7 @@ use super::*;
 use crate::handover::{self as doc, v2};
 
 /// A document around what `capture` wrote; the listener and old binary are stand-ins.
-fn document(cap: &handover::Captured, spare: &[std::fs::File; 2]) -> v2::Document {
+fn document(cap: &crate::tasks::handover::Captured, spare: &[std::fs::File; 2]) -> v2::Document {
     use std::os::fd::AsRawFd;
     let mut d = v2::sample();
     d.listener = spare[0].as_raw_fd();
@@ -42,12 +42,15 @@ async fn a_captured_core_is_rebuilt_and_an_exit_during_the_exec_is_published_onc
     assert_eq!((c1.execs[0].pid, c1.execs[0].state), (exec_pid, v2::State::Running));
     assert_eq!(d.containers[1].init.state, v2::State::Created);
 
-    // init dies while "the exec" runs: the reaper is stopped, so it waits as a zombie.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    // init and its exec die while "the exec" runs: the reaper is stopped, so they wait as
+    // zombies.
+    for p in [exec_pid, pid] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
     let reaping = cap.forget_fds();
 
     // The next image: a new core, rebuilt from the document, then the reaper let go.
@@ -59,28 +62,38 @@ async fn a_captured_core_is_rebuilt_and_an_exit_during_the_exec_is_published_onc
     assert_eq!(next.init_pid("c2"), created);
     drop(reaping);
 
-    let exited = tokio::time::timeout(T, next.wait("c1", ""))
-        .await
-        .expect("the exit during the exec was never published")
-        .unwrap();
-    assert_eq!(exited.status, 137);
+    for exec in ["e1", ""] {
+        let exited = tokio::time::timeout(T, next.wait("c1", exec))
+            .await
+            .unwrap_or_else(|_| panic!("exit of c1/{exec} during the exec never published"))
+            .unwrap();
+        assert_eq!(exited.status, 137);
+    }
     let exits: Vec<_> = recorder
         .summary()
         .into_iter()
-        .filter(|(t, c, e)| *t == "/tasks/exit" && c == "c1" && e.is_empty())
+        .filter(|(t, c, _)| *t == "/tasks/exit" && c == "c1")
+        .map(|(_, _, e)| e)
         .collect();
-    assert_eq!(exits.len(), 1, "{:?}", recorder.summary());
-    // The old core never published it: its lifecycles are still held.
-    assert!(rig.topics("c1").iter().all(|t| t != "/tasks/exit"), "{:?}", rig.topics("c1"));
+    assert_eq!(exits, ["e1", ""], "{:?}", recorder.summary());
+    // The old core never published them: its lifecycles are still held.
+    assert!(
+        rig.topics("c1").iter().all(|t| !t.starts_with("/tasks/exit")),
+        "{:?}",
+        rig.topics("c1")
+    );
 
     // The new core runs lifecycle calls on what it rebuilt.
-    next.kill("c1", "e1", 9, false).await.unwrap();
-    let e = tokio::time::timeout(T, next.wait("c1", "e1"))
+    next.start("c2", "").await.unwrap();
+    next.exec("c2", "e2", SPEC, Default::default()).unwrap();
+    next.start("c2", "e2").await.unwrap();
+    next.kill("c2", "e2", 9, false).await.unwrap();
+    let e = tokio::time::timeout(T, next.wait("c2", "e2"))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(e.status, 137);
-    next.start("c2", "").await.unwrap();
+    next.kill("c2", "", 9, false).await.unwrap();
     drop(hold);
 }
 
