@@ -23,6 +23,7 @@ mod budget;
 pub mod console;
 mod fifo_eof;
 mod file;
+mod handover;
 pub mod logger;
 mod output;
 mod outputs;
@@ -41,7 +42,6 @@ use nix::unistd::{fchown, Gid, Uid};
 use runc_client::ProcessIo;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 
@@ -87,19 +87,23 @@ pub const OUTPUT_SPILL_LIMIT: u64 = 32 * 1024 * 1024;
 pub const OUTPUT_SPILL_BUDGET: u64 = 128 * 1024 * 1024;
 
 use budget::SpillBudget;
+pub use handover::{HandedIo, HandedStdin, HandedStream, NotHandable};
+use handover::{Running, Which};
 
 /// The running copy loops of one process.
 #[derive(Default)]
 pub struct Copiers {
     stdin_close: Option<oneshot::Sender<()>>,
-    stdin: Option<JoinHandle<()>>,
-    outputs: Vec<JoinHandle<()>>,
+    stdin: Option<Running<stdin::StdinParts>>,
+    outputs: Vec<(Which, Running<output::OutputParts>)>,
     /// The pty master, for a process with a terminal.
     console: Option<Arc<console::Console>>,
     /// Progress of the output loops, for draining.
     progress: Arc<Progress>,
     /// The logging binary the output goes to (`binary://`).
     logger: Option<logger::Logger>,
+    /// What the output loops write into.
+    sink: outputs::Sink,
 }
 
 /// What the output copy loops of one process are doing; draining watches it without
@@ -197,20 +201,45 @@ impl Copiers {
         to: pipe::Sender,
         console: Option<Arc<console::Console>>,
     ) {
+        self.spawn_stdin(fifo, to, console, Vec::new(), false);
+    }
+
+    /// [`Copiers::start_stdin`] for a loop that carries on from a handover: `carry` is
+    /// written first, and `closed` says CloseIO came already.
+    fn spawn_stdin(
+        &mut self,
+        fifo: pipe::Receiver,
+        to: pipe::Sender,
+        console: Option<Arc<console::Console>>,
+        carry: Vec<u8>,
+        closed: bool,
+    ) {
         let (tx, rx) = oneshot::channel();
-        self.stdin_close = Some(tx);
-        self.stdin = Some(tokio::spawn(stdin::copy_stdin(fifo, to, rx, console)));
+        if closed {
+            let _ = tx.send(());
+        } else {
+            self.stdin_close = Some(tx);
+        }
+        self.stdin = Some(Running::spawn(|stop| {
+            stdin::copy_stdin(fifo, to, rx, console, stop, carry)
+        }));
     }
 
     /// Starts draining `from` (a process's stdout or stderr, or its pty master) into `fifo`;
     /// `node` is that FIFO's inode when it is one of containerd's (for a late reader's EOF).
+    ///
+    /// `carry` (bytes a handed-over loop read and did not write) is written first; `from`
+    /// None is a pipe that reached EOF before the handover.
+    #[allow(clippy::too_many_arguments)]
     fn start_output(
         &mut self,
         id: &str,
-        from: pipe::Receiver,
+        which: Which,
+        from: Option<pipe::Receiver>,
         fifo: pipe::Sender,
         node: Option<fifo_eof::FifoNode>,
         spill_dir: &Path,
+        carry: Vec<u8>,
     ) {
         let progress = self.progress.clone();
         // Counted before spawning, released by the guard however the loop ends, even if
@@ -225,9 +254,12 @@ impl Copiers {
             SpillBudget::shim(),
             progress.clone(),
         );
-        self.outputs.push(tokio::spawn(output::copy_output(
-            from, fifo, node, spool, progress, active,
-        )));
+        self.outputs.push((
+            which,
+            Running::spawn(|stop| {
+                output::copy_output(from, fifo, node, spool, progress, active, stop, carry)
+            }),
+        ));
     }
 
     /// The progress of the output loops, to drain without holding the copier lock.
@@ -248,7 +280,7 @@ impl Copiers {
         if let Some(h) = self.stdin.take() {
             h.abort();
         }
-        for h in self.outputs.drain(..) {
+        for (_, h) in self.outputs.drain(..) {
             h.abort();
         }
         // The loops held the other copies of the master: now the terminal hangs up.
@@ -341,6 +373,7 @@ fn prepare_pipes(
     let mut io = ProcessIo::default();
     let mut copiers = Copiers::default();
     copiers.logger = outputs.logger;
+    copiers.sink = outputs.sink;
 
     if outputs.stdin && !paths.stdin.is_empty() {
         let fifo = open_stdin_fifo(id, &paths.stdin)?;
@@ -350,15 +383,33 @@ fn prepare_pipes(
         copiers.start_stdin(fifo, sender, None);
         io.stdin = Some(read);
     }
-    for (target, node, slot) in [
-        (outputs.stdout, outputs.stdout_node, &mut io.stdout),
-        (outputs.stderr, outputs.stderr_node, &mut io.stderr),
+    for (which, target, node, slot) in [
+        (
+            Which::Stdout,
+            outputs.stdout,
+            outputs.stdout_node,
+            &mut io.stdout,
+        ),
+        (
+            Which::Stderr,
+            outputs.stderr,
+            outputs.stderr_node,
+            &mut io.stderr,
+        ),
     ] {
         let Some(target) = target else { continue };
         let (read, write) = make_pipe(id, uid, gid)?;
         let receiver = pipe::Receiver::from_owned_fd(read)
             .map_err(|e| Error::io(id, "register output pipe", e))?;
-        copiers.start_output(id, receiver, target, node, spill_dir);
+        copiers.start_output(
+            id,
+            which,
+            Some(receiver),
+            target,
+            node,
+            spill_dir,
+            Vec::new(),
+        );
         *slot = Some(write);
     }
     Ok((io, copiers))
