@@ -30,7 +30,7 @@ use tokio::net::unix::pipe;
 use super::fifo_eof::FifoNode;
 use super::logger::Logger;
 use super::outputs::Outputs;
-use super::{open_stdin_fifo, Copiers, StdioPaths};
+use super::{open_stdin_fifo, Copiers, StdioPaths, Which};
 use crate::error::{Error, Result};
 
 /// How long the pty master may take to arrive once runc returned; runc sends it before it
@@ -212,7 +212,15 @@ impl Pending {
         let console = Arc::new(Console { master });
         let mut copiers = Copiers::default();
         copiers.logger = self.logger;
-        copiers.start_output(id, reader, self.stdout, self.stdout_node, &self.spill_dir);
+        copiers.start_output(
+            id,
+            Which::Stdout,
+            Some(reader),
+            self.stdout,
+            self.stdout_node,
+            &self.spill_dir,
+            Vec::new(),
+        );
         if let (Some(fifo), Some(writer)) = (self.stdin, writer) {
             copiers.start_stdin(fifo, writer, Some(console.clone()));
         }

@@ -23,6 +23,7 @@ mod budget;
 pub mod console;
 mod fifo_eof;
 mod file;
+mod handover;
 pub mod logger;
 mod output;
 mod outputs;
@@ -41,7 +42,6 @@ use nix::unistd::{fchown, Gid, Uid};
 use runc_client::ProcessIo;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 
@@ -87,19 +87,23 @@ pub const OUTPUT_SPILL_LIMIT: u64 = 32 * 1024 * 1024;
 pub const OUTPUT_SPILL_BUDGET: u64 = 128 * 1024 * 1024;
 
 use budget::SpillBudget;
+pub use handover::{HandedIo, HandedStdin, HandedStream, NotHandable};
+use handover::{Running, Which};
 
 /// The running copy loops of one process.
 #[derive(Default)]
 pub struct Copiers {
     stdin_close: Option<oneshot::Sender<()>>,
-    stdin: Option<JoinHandle<()>>,
-    outputs: Vec<JoinHandle<()>>,
+    stdin: Option<Running<stdin::StdinParts>>,
+    outputs: Vec<(Which, Running<output::OutputParts>)>,
     /// The pty master, for a process with a terminal.
     console: Option<Arc<console::Console>>,
     /// Progress of the output loops, for draining.
     progress: Arc<Progress>,
     /// The logging binary the output goes to (`binary://`).
     logger: Option<logger::Logger>,
+    /// What the output loops write into.
+    sink: outputs::Sink,
 }
 
 /// What the output copy loops of one process are doing; draining watches it without
@@ -197,20 +201,45 @@ impl Copiers {
         to: pipe::Sender,
         console: Option<Arc<console::Console>>,
     ) {
+        self.spawn_stdin(fifo, to, console, Vec::new(), false);
+    }
+
+    /// [`Copiers::start_stdin`] for a loop that carries on from a handover: `carry` is
+    /// written first, and `closed` says CloseIO came already.
+    fn spawn_stdin(
+        &mut self,
+        fifo: pipe::Receiver,
+        to: pipe::Sender,
+        console: Option<Arc<console::Console>>,
+        carry: Vec<u8>,
+        closed: bool,
+    ) {
         let (tx, rx) = oneshot::channel();
-        self.stdin_close = Some(tx);
-        self.stdin = Some(tokio::spawn(stdin::copy_stdin(fifo, to, rx, console)));
+        if closed {
+            let _ = tx.send(());
+        } else {
+            self.stdin_close = Some(tx);
+        }
+        self.stdin = Some(Running::spawn(|stop| {
+            stdin::copy_stdin(fifo, to, rx, console, stop, carry)
+        }));
     }
 
     /// Starts draining `from` (a process's stdout or stderr, or its pty master) into `fifo`;
     /// `node` is that FIFO's inode when it is one of containerd's (for a late reader's EOF).
+    ///
+    /// `carry` (bytes a handed-over loop read and did not write) is written first; `from`
+    /// None is a pipe that reached EOF before the handover.
+    #[allow(clippy::too_many_arguments)]
     fn start_output(
         &mut self,
         id: &str,
-        from: pipe::Receiver,
+        which: Which,
+        from: Option<pipe::Receiver>,
         fifo: pipe::Sender,
         node: Option<fifo_eof::FifoNode>,
         spill_dir: &Path,
+        carry: Vec<u8>,
     ) {
         let progress = self.progress.clone();
         // Counted before spawning, released by the guard however the loop ends, even if
@@ -225,9 +254,12 @@ impl Copiers {
             SpillBudget::shim(),
             progress.clone(),
         );
-        self.outputs.push(tokio::spawn(output::copy_output(
-            from, fifo, node, spool, progress, active,
-        )));
+        self.outputs.push((
+            which,
+            Running::spawn(|stop| {
+                output::copy_output(from, fifo, node, spool, progress, active, stop, carry)
+            }),
+        ));
     }
 
     /// The progress of the output loops, to drain without holding the copier lock.
@@ -248,7 +280,7 @@ impl Copiers {
         if let Some(h) = self.stdin.take() {
             h.abort();
         }
-        for h in self.outputs.drain(..) {
+        for (_, h) in self.outputs.drain(..) {
             h.abort();
         }
         // The loops held the other copies of the master: now the terminal hangs up.
@@ -341,6 +373,7 @@ fn prepare_pipes(
     let mut io = ProcessIo::default();
     let mut copiers = Copiers::default();
     copiers.logger = outputs.logger;
+    copiers.sink = outputs.sink;
 
     if outputs.stdin && !paths.stdin.is_empty() {
         let fifo = open_stdin_fifo(id, &paths.stdin)?;
@@ -350,15 +383,33 @@ fn prepare_pipes(
         copiers.start_stdin(fifo, sender, None);
         io.stdin = Some(read);
     }
-    for (target, node, slot) in [
-        (outputs.stdout, outputs.stdout_node, &mut io.stdout),
-        (outputs.stderr, outputs.stderr_node, &mut io.stderr),
+    for (which, target, node, slot) in [
+        (
+            Which::Stdout,
+            outputs.stdout,
+            outputs.stdout_node,
+            &mut io.stdout,
+        ),
+        (
+            Which::Stderr,
+            outputs.stderr,
+            outputs.stderr_node,
+            &mut io.stderr,
+        ),
     ] {
         let Some(target) = target else { continue };
         let (read, write) = make_pipe(id, uid, gid)?;
         let receiver = pipe::Receiver::from_owned_fd(read)
             .map_err(|e| Error::io(id, "register output pipe", e))?;
-        copiers.start_output(id, receiver, target, node, spill_dir);
+        copiers.start_output(
+            id,
+            which,
+            Some(receiver),
+            target,
+            node,
+            spill_dir,
+            Vec::new(),
+        );
         *slot = Some(write);
     }
     Ok((io, copiers))
@@ -458,151 +509,4 @@ fn unread(fd: std::os::fd::RawFd) -> Option<i32> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-
-    fn fifo(dir: &std::path::Path, name: &str) -> String {
-        let path = dir.join(name);
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        path.to_string_lossy().into_owned()
-    }
-
-    #[tokio::test]
-    async fn unread_counts_pipe_content() {
-        let (r, w) = nix::unistd::pipe().unwrap();
-        assert_eq!(unread(r.as_raw_fd()), Some(0));
-        nix::unistd::write(&w, b"hello").unwrap();
-        assert_eq!(unread(r.as_raw_fd()), Some(5));
-    }
-
-    #[tokio::test]
-    async fn abort_ends_a_drain() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = StdioPaths {
-            stdout: fifo(dir.path(), "out"),
-            ..Default::default()
-        };
-        let (io, mut copiers) = prepare("c", &paths, 0, 0, dir.path()).unwrap();
-        let _held = io.stdout;
-        let progress = copiers.progress();
-        copiers.abort();
-        let t = Instant::now();
-        progress.drain(Duration::from_secs(60)).await;
-        assert!(
-            t.elapsed() < Duration::from_millis(500),
-            "{:?}",
-            t.elapsed()
-        );
-    }
-
-    #[tokio::test]
-    async fn drain_gives_up_on_a_silent_pipe() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = StdioPaths {
-            stdout: fifo(dir.path(), "out"),
-            ..Default::default()
-        };
-        let (io, copiers) = prepare("c", &paths, 0, 0, dir.path()).unwrap();
-        // A "grandchild" keeps the write end open and never writes.
-        let _held = io.stdout;
-        let t = Instant::now();
-        copiers.progress().drain(Duration::from_secs(60)).await;
-        let took = t.elapsed();
-        assert!(took >= DRAIN_IDLE_LIMIT, "{took:?}");
-        assert!(took < DRAIN_IDLE_LIMIT + Duration::from_secs(2), "{took:?}");
-    }
-
-    /// containerd 1.6's ExecSync hung for good when its reader opened an empty stderr FIFO
-    /// only after the exec's output had ended (see `fifo_eof`).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_reader_opening_after_the_output_ended_gets_eof() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = StdioPaths {
-            stdout: fifo(dir.path(), "out"),
-            stderr: fifo(dir.path(), "err"),
-            ..Default::default()
-        };
-        let (io, copiers) = prepare("c", &paths, 0, 0, dir.path()).unwrap();
-        // The process exits without writing anything; its output loops end.
-        drop(io);
-        copiers.progress().drain(Duration::from_secs(10)).await;
-        assert_eq!(copiers.progress().active.load(Ordering::Relaxed), 0);
-        let (tx, rx) = std::sync::mpsc::channel();
-        for path in [paths.stdout.clone(), paths.stderr.clone()] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let n = std::fs::File::open(&path)
-                    .and_then(|mut f| f.read_to_end(&mut buf))
-                    .map_err(|e| e.to_string());
-                tx.send((path, n)).unwrap();
-            });
-        }
-        let mut got = Vec::new();
-        for _ in 0..2 {
-            match rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(r) => got.push(r),
-                Err(_) => break,
-            }
-        }
-        if got.len() < 2 {
-            // Release readers stuck in open(2) before failing.
-            for path in [&paths.stdout, &paths.stderr] {
-                let _ = std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(path);
-            }
-        }
-        assert_eq!(got.len(), 2, "a late reader never got its EOF: {got:?}");
-        assert!(got.iter().all(|(_, n)| n == &Ok(0)), "{got:?}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn drain_waits_for_a_slow_reader_and_loses_nothing() {
-        const SIZE: usize = 512 * 1024;
-        let dir = tempfile::tempdir().unwrap();
-        let path = fifo(dir.path(), "out");
-        let paths = StdioPaths {
-            stdout: path.clone(),
-            ..Default::default()
-        };
-        let (io, copiers) = prepare("c", &paths, 0, 0, dir.path()).unwrap();
-        let mut writer = std::fs::File::from(io.stdout.unwrap());
-        let write = std::thread::spawn(move || {
-            writer.write_all(&vec![b'x'; SIZE]).unwrap();
-            // Dropping the writer is the container exiting.
-        });
-        // The reader shows up late and then reads everything.
-        let read = std::thread::spawn(move || {
-            std::thread::sleep(DRAIN_IDLE_LIMIT + Duration::from_secs(1));
-            let mut f = std::fs::File::open(&path).unwrap();
-            let mut total = 0;
-            let mut buf = vec![0u8; 64 * 1024];
-            while total < SIZE {
-                let n = f.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
-                total += n;
-            }
-            total
-        });
-        let t = Instant::now();
-        let progress = copiers.progress();
-        progress.drain(Duration::from_secs(60)).await;
-        assert!(
-            t.elapsed() > DRAIN_IDLE_LIMIT,
-            "drain gave up on a slow reader"
-        );
-        assert_eq!(
-            progress.active.load(Ordering::Relaxed),
-            0,
-            "copy loop still running"
-        );
-        write.join().unwrap();
-        assert_eq!(read.join().unwrap(), SIZE);
-    }
-}
+mod tests;

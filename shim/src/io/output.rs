@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::net::unix::pipe;
 
 use super::fifo_eof::FifoNode;
+use super::handover::Stop;
 use super::spool::Spool;
 use super::{wait_until_read, ActiveGuard, Progress};
 
@@ -48,42 +49,64 @@ impl Drop for Waiting {
     }
 }
 
+/// What an output loop held when it was stopped for a handover ([`super::handover`]).
+pub(super) struct OutputParts {
+    /// The process's pipe; None once it reached EOF.
+    pub(super) from: Option<pipe::Receiver>,
+    pub(super) fifo: pipe::Sender,
+    /// Bytes read from `from` and not yet written to `fifo`, oldest first.
+    pub(super) pending: Vec<u8>,
+}
+
 /// Copies `from` into `fifo` until `from` reaches EOF and everything reached the FIFO,
-/// then waits (bounded) until the FIFO's reader took it.
+/// then waits (bounded) until the FIFO's reader took it. `carry` (bytes a previous loop
+/// read and did not write) goes first; `from` None is a pipe already at EOF.
+///
+/// When `stop` fires it returns what it holds instead: it is only looked at while the loop
+/// waits, never between a read and its hand-on, nor during a write.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn copy_output(
-    from: pipe::Receiver,
+    from: Option<pipe::Receiver>,
     fifo: pipe::Sender,
     node: Option<FifoNode>,
     mut spool: Spool,
     progress: Arc<Progress>,
     _active: ActiveGuard,
-) {
-    let mut buf = vec![0u8; READ_CHUNK];
-    // Bytes of `buf` read from the pipe and not yet handed on.
-    let mut input: Range<usize> = 0..0;
-    let mut eof = false;
+    mut stop: Stop,
+    carry: Vec<u8>,
+) -> Option<OutputParts> {
+    // Bytes of `buf` read from the pipe and not yet handed on. A carry is used as the
+    // buffer itself: pump then treats it like a read, spool limits included.
+    let mut input: Range<usize> = 0..carry.len();
+    let mut buf = carry;
+    let mut eof = from.is_none();
     let mut waiting = Waiting {
         progress: progress.clone(),
         on: false,
     };
     let budget = spool.budget().clone();
-    loop {
+    let stopped = loop {
+        if input.is_empty() && buf.len() != READ_CHUNK {
+            // Frees a large carry once it is handed on.
+            buf = vec![0u8; READ_CHUNK];
+            input = 0..0;
+        }
         // Taken before pump asks for budget: a release after that ends the wait below.
         let mark = budget.mark();
         if let Err(e) = pump(&fifo, &mut spool, &buf, &mut input, &progress) {
             log::debug!("output copy ended: {e}");
-            break;
+            break false;
         }
         // After pump, anything left means the FIFO is full.
         let pending = !input.is_empty() || !spool.is_empty();
         waiting.set(pending);
         if eof && !pending {
-            break;
+            break false;
         }
         let wants_budget = !input.is_empty() && spool.waits_for_budget();
         tokio::select! {
-            r = from.readable(), if !eof && input.is_empty() => {
-                match r.and_then(|()| from.try_read(&mut buf)) {
+            r = readable(&from), if !eof && input.is_empty() => {
+                match r.and_then(|()| try_read(&from, &mut buf)) {
                     Ok(0) => eof = true,
                     Ok(n) => input = 0..n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -96,20 +119,69 @@ pub(super) async fn copy_output(
             r = fifo.writable(), if pending => {
                 if let Err(e) = r {
                     log::debug!("output copy ended: {e}");
-                    break;
+                    break false;
                 }
             }
             () = budget.freed_since(mark), if wants_budget => {}
-            else => break,
+            () = stop.requested() => break true,
+            else => break false,
         }
-    }
+    };
     waiting.set(false);
-    wait_until_read(&fifo, &progress).await;
+    let stopped = stopped
+        || tokio::select! {
+            () = wait_until_read(&fifo, &progress) => false,
+            () = stop.requested() => true,
+        };
+    if stopped {
+        let pending = leftover(&mut spool, &buf[input]);
+        let from = if eof { None } else { from };
+        return Some(OutputParts {
+            from,
+            fifo,
+            pending,
+        });
+    }
     drop(fifo);
     if let Some(node) = node {
         // Apart from this loop: the exit waits for the loop, never for a late reader.
         tokio::spawn(node.hand_eof());
     }
+    None
+}
+
+async fn readable(from: &Option<pipe::Receiver>) -> io::Result<()> {
+    match from {
+        Some(from) => from.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn try_read(from: &Option<pipe::Receiver>, buf: &mut [u8]) -> io::Result<usize> {
+    from.as_ref().map_or(Ok(0), |from| from.try_read(buf))
+}
+
+/// Everything `spool` holds and then `input`, in that order: pump hands `input` on only
+/// once the spool is empty, and pushes what the FIFO refused to the spool's tail, so
+/// bytes still in `input` are newer than all of the spool.
+///
+/// The spill file is read back into memory rather than handed over as an fd: it is at
+/// most [`super::OUTPUT_SPILL_LIMIT`] on a local file system (the bundle, usually tmpfs,
+/// so this is a page-cache copy), and one run of bytes leaves no order to get wrong
+/// between spool memory, file and `input` on either side of the exec.
+pub(super) fn leftover(spool: &mut Spool, input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let front = spool.front();
+        if front.is_empty() {
+            break;
+        }
+        let n = front.len();
+        out.extend_from_slice(front);
+        spool.consume(n);
+    }
+    out.extend_from_slice(input);
+    out
 }
 
 /// Moves bytes, oldest first, until the FIFO is full or nothing is left: the spool's

@@ -27,6 +27,21 @@ pub struct Outputs {
     pub stdin: bool,
     /// The logging binary, for `binary://`.
     pub logger: Option<Logger>,
+    /// What `stdout` and `stderr` lead to.
+    pub(super) sink: Sink,
+}
+
+/// What the output loops' ends lead to; decides whether the loops can be handed over
+/// ([`super::handover`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sink {
+    /// containerd's FIFOs (or nothing).
+    #[default]
+    Fifo,
+    /// Pipes read by a logging binary (`binary://`).
+    Logger,
+    /// Pipes read by copy threads into a log file (`file://`).
+    File,
 }
 
 /// Opens containerd's output FIFOs (plain paths only).
@@ -45,6 +60,7 @@ pub fn open_fifos(id: &str, paths: &StdioPaths) -> Result<Outputs> {
         stderr_node,
         stdin: true,
         logger: None,
+        sink: Sink::Fifo,
     })
 }
 
@@ -61,6 +77,7 @@ pub async fn open(owner: &Owner<'_>, paths: &StdioPaths, uid: u32, gid: u32) -> 
                 stderr: Some(started.stderr),
                 stdin: false,
                 logger: Some(started.logger),
+                sink: Sink::Logger,
                 ..Outputs::default()
             })
         }
@@ -79,6 +96,7 @@ pub async fn open(owner: &Owner<'_>, paths: &StdioPaths, uid: u32, gid: u32) -> 
                 stderr,
                 stdin: true,
                 logger: None,
+                sink: Sink::File,
                 ..Outputs::default()
             })
         }

@@ -6,76 +6,124 @@
 //! process's input: a pipe is closed, a terminal gets its EOF character (see
 //! [`super::console`]).
 
+use std::io;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
 use super::console::Console;
+use super::handover::Stop;
 
 /// Bytes moved from the FIFO at a time.
 const CHUNK: usize = 32 * 1024;
 
+/// What the stdin loop held when it was stopped for a handover ([`super::handover`]).
+pub(super) struct StdinParts {
+    pub(super) fifo: pipe::Receiver,
+    pub(super) to: pipe::Sender,
+    /// Bytes taken from the FIFO and not yet written to `to`, oldest first.
+    pub(super) pending: Vec<u8>,
+    /// CloseIO came: after `pending` and what the FIFO holds now, the input ends.
+    pub(super) closing: bool,
+}
+
 /// Copies `fifo` into `to` until `close` fires (or its sender is dropped), then forwards
 /// what is already buffered and ends the input: dropping `to` closes a pipe; a terminal
 /// (`console`) is sent its EOF character, since other copies of the master stay open.
+/// `carry` (bytes a previous loop took from the FIFO and did not write) goes first.
+///
+/// When `stop` fires while the loop waits it returns what it holds instead; a write in
+/// progress is never cut short: what it wrote is gone from `pending`, the rest stays.
 pub(super) async fn copy_stdin(
     mut fifo: pipe::Receiver,
-    mut to: pipe::Sender,
+    to: pipe::Sender,
     mut close: oneshot::Receiver<()>,
     console: Option<Arc<Console>>,
-) {
+    mut stop: Stop,
+    carry: Vec<u8>,
+) -> Option<StdinParts> {
     let mut buf = vec![0u8; CHUNK];
+    let mut pending = carry;
+    let mut closing = false;
     // The last byte the process was given: whether a terminal's line is still open.
     let mut last = None;
     loop {
-        // Reading is raced with the close signal, writing is not: bytes taken from the
-        // FIFO are always delivered.
-        tokio::select! {
-            r = fifo.read(&mut buf) => match r {
-                Ok(0) => break,
-                Ok(n) => {
-                    if let Err(e) = to.write_all(&buf[..n]).await {
-                        log::debug!("stdin copy ended: {e}");
-                        return;
+        if !pending.is_empty() {
+            // Bytes taken from the FIFO are always delivered: the close signal is not
+            // raced against them, only a handover (which carries them on).
+            tokio::select! {
+                r = to.writable() => {
+                    let written = r.and_then(|()| to.try_write(&pending));
+                    match written {
+                        Ok(n) => {
+                            if n > 0 {
+                                last = Some(pending[n - 1]);
+                            }
+                            pending.drain(..n);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            log::debug!("stdin copy ended: {e}");
+                            return None;
+                        }
                     }
-                    last = Some(buf[n - 1]);
                 }
+                () = stop.requested() => break,
+            }
+        } else if closing {
+            // CloseIO: forward what is already buffered in the FIFO without waiting for
+            // more. A plain non-blocking read(2), not `try_read`: tokio's readiness can lag
+            // bytes that were written just before CloseIO, and `try_read` then says
+            // WouldBlock without reading.
+            match nix::unistd::read(&fifo, &mut buf) {
+                Ok(0) => return end_input(to, console, last).await,
+                Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
-                    log::debug!("stdin fifo read ended: {e}");
-                    return;
+                    if e != nix::errno::Errno::EAGAIN {
+                        log::debug!("stdin fifo read at CloseIO: {e}");
+                    }
+                    return end_input(to, console, last).await;
                 }
-            },
-            _ = &mut close => break,
-        }
-    }
-    // CloseIO: forward what is already buffered in the FIFO without waiting for more. A
-    // plain non-blocking read(2), not `try_read`: tokio's readiness can lag bytes that were
-    // written just before CloseIO, and `try_read` then says WouldBlock without reading.
-    loop {
-        match nix::unistd::read(&fifo, &mut buf) {
-            Ok(0) => break,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                if e != nix::errno::Errno::EAGAIN {
-                    log::debug!("stdin fifo read at CloseIO: {e}");
-                }
-                break;
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
             }
-            Ok(n) => {
-                if let Err(e) = to.write_all(&buf[..n]).await {
-                    log::debug!("stdin copy ended: {e}");
-                    return;
-                }
-                last = Some(buf[n - 1]);
+        } else {
+            tokio::select! {
+                r = fifo.read(&mut buf) => match r {
+                    Ok(0) => closing = true,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    Err(e) => {
+                        log::debug!("stdin fifo read ended: {e}");
+                        return None;
+                    }
+                },
+                _ = &mut close => closing = true,
+                () = stop.requested() => break,
             }
         }
     }
+    // CloseIO may have come while the loop was writing, which does not look at it.
+    let closing = closing || !matches!(close.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+    Some(StdinParts {
+        fifo,
+        to,
+        pending,
+        closing,
+    })
+}
+
+/// Ends the process's input: a terminal is sent its EOF character, and dropping `to`
+/// closes a pipe (the container reads EOF).
+async fn end_input(
+    mut to: pipe::Sender,
+    console: Option<Arc<Console>>,
+    last: Option<u8>,
+) -> Option<StdinParts> {
     if let Some(console) = console {
         console.end_input(&mut to, last).await;
     }
-    // Dropping `to` closes the pipe: the container reads EOF.
+    None
 }
 
 #[cfg(test)]

@@ -337,12 +337,14 @@ impl Flood {
             progress.clone(),
         );
         tokio::spawn(copy_output(
-            from,
+            Some(from),
             to,
             node,
             spool,
             progress.clone(),
             ActiveGuard(progress.clone()),
+            super::super::handover::Stop::never(),
+            Vec::new(),
         ));
         Flood {
             path,
