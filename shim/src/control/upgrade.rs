@@ -173,7 +173,15 @@ impl Control {
         let deadline = Duration::from_millis(req.deadline_ms).min(MAX_DEADLINE);
         let started = Instant::now();
         let since_us = now_us();
-        self.gate.close().await;
+        // Only the wait for the gate is cancelled at the deadline: a capture must never be
+        // dropped half-way (it holds the copy loops' fds), so the loop checks it itself.
+        if tokio::time::timeout(deadline, self.gate.close()).await.is_err() {
+            self.gate.open();
+            return Err(ControlError::Upgrade(format!(
+                "not settled within {deadline:?}: a connection was not parked at a frame \
+                 boundary; requests flow again"
+            )));
+        }
         let mut last = String::from("connections not parked at a frame boundary");
         let captured = loop {
             if started.elapsed() >= deadline {
