@@ -107,9 +107,7 @@ impl Error {
         match self {
             Error::NotFound { .. } => Code::NOT_FOUND,
             Error::AlreadyExists { .. } => Code::ALREADY_EXISTS,
-            Error::FailedPrecondition { .. } | Error::NotHandable(_) => {
-                Code::FAILED_PRECONDITION
-            }
+            Error::FailedPrecondition { .. } | Error::NotHandable(_) => Code::FAILED_PRECONDITION,
             Error::InvalidArgument(_) | Error::Options { .. } => Code::INVALID_ARGUMENT,
             Error::Internal(_) => Code::INTERNAL,
             Error::Runc { source, .. } | Error::Exec { source, .. } => runc_code(source),

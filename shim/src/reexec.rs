@@ -8,7 +8,7 @@
 //! can be handed back), and [`ROLLBACK_ENV`] tells an old binary that it was gone back to,
 //! and why.
 
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
@@ -86,7 +86,7 @@ impl Handover<'_> {
                     .any(|ours| k.as_bytes() == ours.as_bytes())
             })
             .filter_map(|(k, v)| {
-                let mut kv = OsString::from(k);
+                let mut kv = k;
                 kv.push("=");
                 kv.push(v);
                 CString::new(kv.as_bytes()).ok()

@@ -43,14 +43,22 @@ pub(super) fn serve_resumed(
     rollback: Option<String>,
 ) -> Result<(), String> {
     match &rollback {
-        Some(why) => log::warn!("handover: back on this binary: the new one could not resume: {why}"),
+        Some(why) => {
+            log::warn!("handover: back on this binary: the new one could not resume: {why}")
+        }
         None => log::info!("handover: resuming from fd {document}"),
     }
     // Held until every process is known, so exits that waited as zombies find them.
     let (reaper, hold) = match Reaper::start_held() {
         Ok(r) => r,
         Err(e) => {
-            return go_back(document, old_binary, &[], rollback.as_deref(), &format!("start the reaper: {e}"))
+            return go_back(
+                document,
+                old_binary,
+                &[],
+                rollback.as_deref(),
+                &format!("start the reaper: {e}"),
+            )
         }
     };
     let doc = match read(document).and_then(|doc| check(flags, doc)) {
@@ -75,7 +83,12 @@ pub(super) fn serve_resumed(
         doc,
         reaper: hold,
     };
-    super::serve::run(flags, reaper, ManuallyDrop::into_inner(listener), Some(resuming))
+    super::serve::run(
+        flags,
+        reaper,
+        ManuallyDrop::into_inner(listener),
+        Some(resuming),
+    )
 }
 
 fn read(fd: RawFd) -> Result<v2::Document, String> {
@@ -86,7 +99,10 @@ fn read(fd: RawFd) -> Result<v2::Document, String> {
 }
 
 fn check(flags: &Flags, doc: v2::Document) -> Result<v2::Document, String> {
-    if doc.shim.namespace != flags.namespace || doc.shim.id != flags.id || doc.shim.socket != flags.socket {
+    if doc.shim.namespace != flags.namespace
+        || doc.shim.id != flags.id
+        || doc.shim.socket != flags.socket
+    {
         return Err(format!(
             "the document is of shim {}/{} on {}, not this one",
             doc.shim.namespace, doc.shim.id, doc.shim.socket
@@ -127,7 +143,9 @@ fn go_back(
         rollback: Some(why),
     }
     .exec(&old);
-    Err(format!("handover: cannot resume ({why}) and cannot go back: {err}"))
+    Err(format!(
+        "handover: cannot resume ({why}) and cannot go back: {err}"
+    ))
 }
 
 impl Resuming {

@@ -19,17 +19,17 @@ use containerd_shim_protos::ttrpc::r#async::Server;
 use runc_client::Reaper;
 use tokio::sync::Notify;
 
+use super::resume;
 use super::{
     bind_or_reuse, set_cloexec, socket_path, Bind, LISTEN_FD, LISTEN_FD_ENV, TTRPC_ADDRESS_ENV,
 };
-use super::resume;
 use crate::control::upgrade::Identity;
 use crate::control::Control;
-use crate::handover::v2;
-use crate::reexec;
 use crate::events::Events;
+use crate::handover::v2;
 use crate::listener;
 use crate::logging;
+use crate::reexec;
 use crate::service::TaskService;
 use crate::tasks::Tasks;
 

@@ -98,7 +98,10 @@ fn refused(why: impl std::fmt::Display) -> ControlError {
 fn open_binary(req: &UpgradeRequest) -> Result<File, ControlError> {
     let path = &req.binary;
     if !path.is_absolute() {
-        return Err(refused(format!("{} is not an absolute path", path.display())));
+        return Err(refused(format!(
+            "{} is not an absolute path",
+            path.display()
+        )));
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -108,8 +111,7 @@ fn open_binary(req: &UpgradeRequest) -> Result<File, ControlError> {
     let meta = file
         .metadata()
         .map_err(|e| refused(format!("stat {}: {e}", path.display())))?;
-    if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 || meta.mode() & 0o100 == 0
-    {
+    if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 || meta.mode() & 0o100 == 0 {
         return Err(refused(format!(
             "{} is not a root-owned executable only root may write (uid {}, mode {:o})",
             path.display(),
@@ -138,7 +140,11 @@ impl Control {
         let _one = self.busy.try_lock().map_err(|_| ControlError::Busy)?;
         let own = own_build();
         // The request read again by the image it asked for, or by the one gone back to.
-        let resumed = self.resumed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let resumed = self
+            .resumed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         match resumed {
             Some(Resumed::Upgraded(u)) if own.as_deref() == Some(req.build_id.as_str()) => {
                 return Ok(u)
@@ -169,13 +175,17 @@ impl Control {
         };
         let binary = open_binary(&req)?;
         // What runs now, even if its path was replaced since: the way back.
-        let old = File::open("/proc/self/exe").map_err(|e| refused(format!("open own image: {e}")))?;
+        let old =
+            File::open("/proc/self/exe").map_err(|e| refused(format!("open own image: {e}")))?;
         let deadline = Duration::from_millis(req.deadline_ms).min(MAX_DEADLINE);
         let started = Instant::now();
         let since_us = now_us();
         // Only the wait for the gate is cancelled at the deadline: a capture must never be
         // dropped half-way (it holds the copy loops' fds), so the loop checks it itself.
-        if tokio::time::timeout(deadline, self.gate.close()).await.is_err() {
+        if tokio::time::timeout(deadline, self.gate.close())
+            .await
+            .is_err()
+        {
             self.gate.open();
             return Err(ControlError::Upgrade(format!(
                 "not settled within {deadline:?}: a connection was not parked at a frame \
@@ -217,7 +227,16 @@ impl Control {
             .flat_map(|p| p.pending.iter().flatten())
             .filter(|f| crate::listener::inflight::replay_safe(f))
             .count();
-        let doc = match document(identity, &old, &req, since_us, hold.held.len(), waits, &parked, &captured) {
+        let doc = match document(
+            identity,
+            &old,
+            &req,
+            since_us,
+            hold.held.len(),
+            waits,
+            &parked,
+            &captured,
+        ) {
             Ok(d) => d,
             Err(why) => {
                 captured.undo(tasks).await;

@@ -129,11 +129,9 @@ fn inconsistent_documents_are_refused() {
         (
             "without an fd",
             with(|v| {
-                v["containers"][0]["init"]["stdio"]["stdout"]["pending"] =
-                    serde_json::Value::Null
+                v["containers"][0]["init"]["stdio"]["stdout"]["pending"] = serde_json::Value::Null
             }),
         ),
-
         (
             "not one whole request frame",
             with(|v| v["connections"][0]["pending"][0] = "00000009000000070100abcd".into()),
@@ -150,7 +148,6 @@ fn inconsistent_documents_are_refused() {
             "not hex",
             with(|v| v["connections"][0]["pending"][0] = "zz".into()),
         ),
-
         (
             "at most",
             with(|v| {

@@ -440,9 +440,18 @@ impl Process {
             return Err(invalid(v, format!("{who}: a terminal is not handed over")));
         }
         let pending = [
-            self.stdio.stdin.as_ref().map(|s| (s.pending, s.pending_len)),
-            self.stdio.stdout.as_ref().map(|s| (s.pending, s.pending_len)),
-            self.stdio.stderr.as_ref().map(|s| (s.pending, s.pending_len)),
+            self.stdio
+                .stdin
+                .as_ref()
+                .map(|s| (s.pending, s.pending_len)),
+            self.stdio
+                .stdout
+                .as_ref()
+                .map(|s| (s.pending, s.pending_len)),
+            self.stdio
+                .stderr
+                .as_ref()
+                .map(|s| (s.pending, s.pending_len)),
         ];
         if pending
             .into_iter()
@@ -579,7 +588,11 @@ pub fn sample() -> Document {
                 kind: "overlay".into(),
                 source: "overlay".into(),
                 target: String::new(),
-                options: vec!["lowerdir=/l".into(), "upperdir=/u".into(), "workdir=/w".into()],
+                options: vec![
+                    "lowerdir=/l".into(),
+                    "upperdir=/u".into(),
+                    "workdir=/w".into(),
+                ],
             }],
             init: Process {
                 exec_id: String::new(),

@@ -26,8 +26,8 @@ use runc_client::ReapHold;
 use super::{LifecycleHold, Tasks};
 use crate::container::Container;
 use crate::error::{Error, Result};
-use crate::handover::v2::{self, from_hex, to_hex};
 use crate::handover::memfd;
+use crate::handover::v2::{self, from_hex, to_hex};
 use crate::io::{Copiers, HandedIo, HandedStdin, HandedStream, StdioPaths};
 use crate::process::{Exited, Process, State};
 
@@ -356,10 +356,13 @@ fn pending_bytes(fd: Option<i32>, len: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// An output stream's source (none at its end), sink and pending bytes, not owned yet.
+type PlannedStream = (Option<RawFd>, RawFd, Vec<u8>);
+
 /// Stdio of a process, every fd checked and every pending byte read, nothing owned yet.
 struct Planned {
     stdin: Option<(RawFd, RawFd, Vec<u8>, bool)>,
-    streams: [Option<(Option<RawFd>, RawFd, Vec<u8>)>; 2],
+    streams: [Option<PlannedStream>; 2],
 }
 
 fn plan(s: &v2::Stdio) -> Result<Planned> {
@@ -394,7 +397,7 @@ impl Planned {
         // this image owns them.
         let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
         let [out, err] = self.streams;
-        let stream = |s: Option<(Option<RawFd>, RawFd, Vec<u8>)>| {
+        let stream = |s: Option<PlannedStream>| {
             s.map(|(source, sink, pending)| HandedStream {
                 eof: source.is_none(),
                 source: source.map(own),
@@ -403,12 +406,14 @@ impl Planned {
             })
         };
         HandedIo {
-            stdin: self.stdin.map(|(fifo, pipe, pending, closing)| HandedStdin {
-                fifo: own(fifo),
-                to: own(pipe),
-                pending,
-                closing,
-            }),
+            stdin: self
+                .stdin
+                .map(|(fifo, pipe, pending, closing)| HandedStdin {
+                    fifo: own(fifo),
+                    to: own(pipe),
+                    pending,
+                    closing,
+                }),
             stdout: stream(out),
             stderr: stream(err),
         }
@@ -493,9 +498,9 @@ impl Tasks {
             });
             for de in &dc.execs {
                 let spec: oci_spec::runtime::Process =
-                    serde_json::from_str(de.exec_spec.as_deref().unwrap_or("")).map_err(
-                        |e| Error::InvalidArgument(format!("{}/{}: spec: {e}", dc.id, de.exec_id)),
-                    )?;
+                    serde_json::from_str(de.exec_spec.as_deref().unwrap_or("")).map_err(|e| {
+                        Error::InvalidArgument(format!("{}/{}: spec: {e}", dc.id, de.exec_id))
+                    })?;
                 let p = c.restore_exec(&de.exec_id, spec, stdio_paths(&de.stdio))?;
                 restore_process(&p, de);
                 rebuilt.push(Rebuilt {

@@ -23,7 +23,9 @@ async fn a_captured_core_is_rebuilt_and_an_exit_during_the_exec_is_published_onc
     let rig = Rig::new();
     rig.create("c1", &[]).await.unwrap();
     let pid = rig.tasks.start("c1", "").await.unwrap();
-    rig.tasks.exec("c1", "e1", SPEC, Default::default()).unwrap();
+    rig.tasks
+        .exec("c1", "e1", SPEC, Default::default())
+        .unwrap();
     let exec_pid = rig.tasks.start("c1", "e1").await.unwrap();
     rig.create("c2", &[]).await.unwrap();
     let created = rig.tasks.init_pid("c2");
@@ -39,7 +41,10 @@ async fn a_captured_core_is_rebuilt_and_an_exit_during_the_exec_is_published_onc
     let c1 = &d.containers[0];
     assert_eq!((c1.init.pid, c1.init.state), (pid, v2::State::Running));
     assert_eq!(c1.execs[0].exec_id, "e1");
-    assert_eq!((c1.execs[0].pid, c1.execs[0].state), (exec_pid, v2::State::Running));
+    assert_eq!(
+        (c1.execs[0].pid, c1.execs[0].state),
+        (exec_pid, v2::State::Running)
+    );
     assert_eq!(d.containers[1].init.state, v2::State::Created);
 
     // init and its exec die while "the exec" runs: the reaper is stopped, so they wait as
@@ -78,7 +83,9 @@ async fn a_captured_core_is_rebuilt_and_an_exit_during_the_exec_is_published_onc
     assert_eq!(exits, ["e1", ""], "{:?}", recorder.summary());
     // The old core never published them: its lifecycles are still held.
     assert!(
-        rig.topics("c1").iter().all(|t| !t.starts_with("/tasks/exit")),
+        rig.topics("c1")
+            .iter()
+            .all(|t| !t.starts_with("/tasks/exit")),
         "{:?}",
         rig.topics("c1")
     );
