@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use containerd_shim_protos::protobuf::Message;
-use containerd_shim_protos::ttrpc::{Request, Response};
+use containerd_shim_protos::ttrpc::{Code, Request, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::probe::socket_path;
@@ -105,7 +105,9 @@ pub fn upgrade(
     serde_json::from_slice(&answer).map_err(|e| format!("Upgrade answer: {e}"))
 }
 
-/// Calls `method` with `payload`; the answer's payload, or the shim's error.
+/// Calls `method` with `payload`; the answer's payload, or the shim's error: the message
+/// alone for FAILED_PRECONDITION (the service's own refusals, whose prefixes mean
+/// something), led by the code otherwise (an older shim's UNIMPLEMENTED, say).
 pub fn call(
     address: &str,
     method: &str,
@@ -145,7 +147,11 @@ pub fn call(
         .map_err(|e| format!("{method}: read: {e}"))?;
     let resp = Response::parse_from_bytes(&body).map_err(|e| format!("{method}: {e}"))?;
     match resp.status.as_ref() {
-        Some(s) if s.code.value() != 0 => Err(s.message.clone()),
+        Some(s) if s.code.value() != 0 => Err(match s.code.enum_value() {
+            Ok(Code::FAILED_PRECONDITION) => s.message.clone(),
+            Ok(code) => format!("{code:?}: {}", s.message),
+            Err(n) => format!("code {n}: {}", s.message),
+        }),
         _ => Ok(resp.payload),
     }
 }
@@ -154,7 +160,7 @@ pub fn call(
 mod tests {
     use std::os::unix::net::UnixListener;
 
-    use containerd_shim_protos::ttrpc::{Code, Status};
+    use containerd_shim_protos::ttrpc::Status;
 
     use super::*;
 
@@ -275,6 +281,15 @@ mod tests {
         let (_d, addr, _t) = serve_once(response_frame(1, 2, &failed));
         let e = call(&addr, "Rehearse", b"{}", Duration::from_secs(2)).unwrap_err();
         assert_eq!(e, "not settled within 2s");
+        // A shim from before Upgrade: the code says why, and no prefix of the contract.
+        let mut old = Response::new();
+        let mut st = Status::new();
+        st.set_code(Code::UNIMPLEMENTED);
+        st.set_message("/sturdy.upgrade.v1.Upgrade/Upgrade is not supported".into());
+        old.status = Some(st).into();
+        let (_d, addr, _t) = serve_once(response_frame(1, 2, &old));
+        let e = upgrade(&addr, Path::new("/x/shim"), "bb02", Duration::from_secs(1)).unwrap_err();
+        assert!(e.starts_with("UNIMPLEMENTED: "), "{e}");
         let (_d, addr, _t) = serve_once(response_frame(3, 2, &Response::new()));
         let e = call(&addr, "Describe", b"", Duration::from_secs(2)).unwrap_err();
         assert!(e.contains("unexpected frame"), "{e}");
