@@ -1,9 +1,9 @@
 //! `sturdyctl upgrade-shims`: moving running shims onto a new binary in place (issue 20,
-//! docs/upgrade.md). What exists so far is everything that happens before a shim is
-//! touched: the new binary is trusted, answers `-v` and `-info`, reads the handover format
-//! each shim's running image writes, and decodes a document that image wrote. The in-place
-//! exec itself is not implemented: a run without `--dry-run` does every check and then
-//! reports [`UpgradeError::NotImplemented`] for each shim that passed, changing nothing.
+//! docs/upgrade.md). Everything that can be checked before a shim is touched is: the new
+//! binary is trusted, answers `-v` and `-info`, reads the handover format each shim's
+//! running image writes, and decodes a document that image wrote. Unless a dry run, each
+//! shim that passed is then asked to execute the new binary in place ([`live`]), one at a
+//! time, and what runs afterwards is looked at rather than taken from its answer.
 //!
 //! Every binary is opened once, checked, and run only through the open file
 //! ([`binary::Binary`]); a running shim's image is read through `/proc/PID/exe` only after
@@ -11,6 +11,7 @@
 
 pub mod binary;
 pub mod control;
+pub mod live;
 mod memfd;
 pub mod version;
 
@@ -101,12 +102,6 @@ pub enum UpgradeError {
     /// The rehearsal of the pause failed (the shim serves on, unpaused).
     #[error("rehearsal: {0}")]
     Rehearsal(String),
-    /// Everything before the exec passed, and the exec is not there yet.
-    #[error(
-        "in-place upgrade is not implemented yet: the checks passed, the shim was not \
-         touched (docs/upgrade.md)"
-    )]
-    NotImplemented,
 }
 
 /// The binary shims are moved onto, checked and described.
@@ -152,14 +147,34 @@ pub enum Outcome {
     Ready,
     /// It already runs the new build.
     Current,
-    /// A check failed; the shim was not touched.
+    /// A check failed, or the shim refused before touching anything: it runs on its old
+    /// image, never paused long.
     Refused(String),
-    /// The exec is not implemented; the shim was not touched.
-    NotImplemented(String),
+    /// It runs the new build, same process: said by the shim and seen in `/proc`.
+    Upgraded,
+    /// The new image did not resume; the shim re-executed the old one, with the same
+    /// state, and runs on it (seen in `/proc`).
+    RolledBack(String),
+    /// Anything else: the pause did not settle, no answer came, or what runs is not what
+    /// the answer says. The detail says what runs now, as far as it could be seen.
+    Failed(String),
+}
+
+impl Outcome {
+    /// Whether the shim ends up where the command was to take it (or a dry run found it
+    /// could).
+    pub fn ok(&self, dry_run: bool) -> bool {
+        match self {
+            Outcome::Current => true,
+            Outcome::Ready => dry_run,
+            Outcome::Upgraded => !dry_run,
+            Outcome::Refused(_) | Outcome::RolledBack(_) | Outcome::Failed(_) => false,
+        }
+    }
 }
 
 /// One shim's line of the report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     /// containerd namespace.
     pub namespace: String,
@@ -179,10 +194,18 @@ pub struct Report {
     pub new_version: String,
     /// The new binary's build-id.
     pub new_build: Option<String>,
-    /// How long it stopped serving; none until the exec exists.
-    pub pause_ms: Option<u64>,
+    /// How long it stopped serving, from the pause's start to the new image serving (the
+    /// shim's measure, in ms at µs precision); none without an upgrade answer.
+    pub pause_ms: Option<f64>,
     /// With `--rehearse`: the pause without the exec, as the shim measured it.
     pub rehearsal: Option<control::Rehearsal>,
+    /// The shim's answer to `Upgrade`, when it answered one.
+    pub upgrade: Option<control::Upgraded>,
+    /// The `Upgrade` call's error (the shim's message, or why no answer came).
+    pub error: Option<String>,
+    /// Build-id of the shim's running image after the upgrade call, read from
+    /// `/proc/PID/exe` of the same process.
+    pub running_build: Option<String>,
     /// The result.
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -204,8 +227,7 @@ pub struct Mode {
 pub const REHEARSAL_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Checks that `shim` (whose Connect reply named `old_version`) can move onto `new`,
-/// rehearses its pause if asked; unless a dry run, then reports that the move itself is
-/// not implemented.
+/// rehearses its pause if asked, and unless a dry run moves it ([`live::apply`]).
 pub fn upgrade_shim(
     shim: &Shim,
     old_version: Option<String>,
@@ -224,6 +246,9 @@ pub fn upgrade_shim(
         new_build: new.binary.build_id.clone(),
         pause_ms: None,
         rehearsal: None,
+        upgrade: None,
+        error: None,
+        running_build: None,
         outcome: Outcome::Ready,
     };
     let checked = check(new, &mut report).and_then(|o| match o {
@@ -246,9 +271,7 @@ pub fn upgrade_shim(
         o => Ok(o),
     });
     report.outcome = match checked {
-        Ok(Outcome::Ready) if !mode.dry_run => {
-            Outcome::NotImplemented(UpgradeError::NotImplemented.to_string())
-        }
+        Ok(Outcome::Ready) if !mode.dry_run => live::apply(shim, new, &mode, &mut report),
         Ok(o) => o,
         Err(e) => Outcome::Refused(e.to_string()),
     };

@@ -142,7 +142,18 @@ impl Pod {
 
     /// Creates and starts container `name` in the pod.
     pub async fn add_container(&mut self, fx: &Containerd, cri: &mut Cri, name: &str) -> String {
-        let mut config = container_config(name, &["/bin/sh", "-c", APP]);
+        self.add_container_running(fx, cri, name, APP).await
+    }
+
+    /// Creates and starts container `name` in the pod, running `/bin/sh -c script`.
+    pub async fn add_container_running(
+        &mut self,
+        fx: &Containerd,
+        cri: &mut Cri,
+        name: &str,
+        script: &str,
+    ) -> String {
+        let mut config = container_config(name, &["/bin/sh", "-c", script]);
         // Its own PID namespace, as kubelet gives a container unless the pod shares one:
         // /proc/1 in an exec is then the container's main process.
         config.linux = Some(LinuxContainerConfig {
@@ -186,7 +197,8 @@ impl Pod {
         c
     }
 
-    fn log_path(&self, fx: &Containerd, container: &str) -> PathBuf {
+    /// Where CRI writes container `container`'s log.
+    pub fn log_path(&self, fx: &Containerd, container: &str) -> PathBuf {
         fx.dir()
             .join("pod-logs")
             .join(&self.name)

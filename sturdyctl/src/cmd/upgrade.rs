@@ -1,6 +1,5 @@
-//! `sturdyctl upgrade-shims`: check, and eventually move, running shims onto a new binary
-//! in place (docs/upgrade.md). Until the in-place exec exists, a run without `--dry-run`
-//! performs every check, touches no shim, and fails saying the exec is not implemented.
+//! `sturdyctl upgrade-shims`: check running shims against a new binary and move them onto
+//! it in place, one at a time (docs/upgrade.md).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,7 +40,8 @@ pub struct Args {
     json: bool,
 }
 
-/// Runs the command; exit 0 when every selected shim is ready (dry run) or moved.
+/// Runs the command; exit 0 when every selected shim is ready (dry run), upgraded or
+/// already current, and every binary passed.
 pub async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let api = Api::new(&args.target.address);
     let runtimes = match api.list().await {
@@ -91,9 +91,7 @@ pub async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     } else {
         print_text(&out, &reports);
     }
-    let ok = reports
-        .iter()
-        .all(|r| matches!(r.outcome, Outcome::Ready | Outcome::Current))
+    let ok = reports.iter().all(|r| r.outcome.ok(dry_run))
         && candidates.iter().all(|b| b.get("error").is_none());
     Ok(if ok {
         ExitCode::SUCCESS
@@ -171,6 +169,9 @@ fn refused(shim: &Shim, old_version: Option<String>, e: &UpgradeError) -> Report
         new_build: None,
         pause_ms: None,
         rehearsal: None,
+        upgrade: None,
+        error: None,
+        running_build: None,
         outcome: Outcome::Refused(e.to_string()),
     }
 }
@@ -181,16 +182,13 @@ fn summary(reports: &[Report]) -> Value {
         "ready": count(|o| matches!(o, Outcome::Ready)),
         "current": count(|o| matches!(o, Outcome::Current)),
         "refused": count(|o| matches!(o, Outcome::Refused(_))),
-        "not_implemented": count(|o| matches!(o, Outcome::NotImplemented(_))),
+        "upgraded": count(|o| matches!(o, Outcome::Upgraded)),
+        "rolled_back": count(|o| matches!(o, Outcome::RolledBack(_))),
+        "failed": count(|o| matches!(o, Outcome::Failed(_))),
     })
 }
 
 fn print_text(out: &Value, reports: &[Report]) {
-    let short = |s: &Option<String>| {
-        s.as_deref()
-            .map(|s| s.chars().take(12).collect::<String>())
-            .unwrap_or_else(|| "?".into())
-    };
     let dry = if out["dry_run"] == true {
         " (dry run)"
     } else {
@@ -210,47 +208,104 @@ fn print_text(out: &Value, reports: &[Report]) {
         }
     }
     for r in reports {
-        let result = match &r.outcome {
-            Outcome::Ready => "READY".to_string(),
-            Outcome::Current => "already current".to_string(),
-            Outcome::Refused(why) => format!("REFUSED: {why}"),
-            Outcome::NotImplemented(why) => format!("NOT UPGRADED: {why}"),
-        };
-        let rehearsed = r
-            .rehearsal
-            .as_ref()
-            .map(|h| {
-                format!(
-                    "  rehearsed: {} us, {} connection(s), {} Wait(s), {} lifecycle(s) held",
-                    h.paused_us, h.connections, h.waits, h.held
-                )
-            })
-            .unwrap_or_default();
-        println!(
-            "  {}/{}  pid {}  {} ({}) -> {} ({})  pause {}  {result}{rehearsed}",
-            r.namespace,
-            r.id,
-            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            r.old_version.as_deref().unwrap_or("?"),
-            short(&r.old_build),
-            if r.new_version.is_empty() {
-                "?"
-            } else {
-                &r.new_version
-            },
-            short(&r.new_build),
-            r.pause_ms
-                .map(|ms| format!("{ms} ms"))
-                .unwrap_or_else(|| "-".into()),
-        );
+        println!("  {}", line(r));
+        if let Some(h) = &r.rehearsal {
+            println!(
+                "    rehearsed: {} us, {} connection(s), {} Wait(s), {} lifecycle(s) held",
+                h.paused_us, h.connections, h.waits, h.held
+            );
+        }
+        if let Some(u) = &r.upgrade {
+            println!(
+                "    handed over: {} connection(s), {} Wait(s), {} lifecycle(s) held",
+                u.connections, u.waits, u.held
+            );
+        }
     }
     let s = &out["summary"];
     println!(
-        "{} shims: {} ready, {} current, {} refused, {} not upgraded (exec not implemented)",
+        "{} shims: {} ready, {} current, {} upgraded, {} refused, {} rolled back, {} failed",
         reports.len(),
         s["ready"],
         s["current"],
+        s["upgraded"],
         s["refused"],
-        s["not_implemented"]
+        s["rolled_back"],
+        s["failed"]
     );
+}
+
+/// `ns/id pid P: old (build abc…) → new (build def…), pause 12.3 ms: upgraded`.
+fn line(r: &Report) -> String {
+    let short = |s: &Option<String>| match s.as_deref() {
+        Some(s) if s.chars().count() > 12 => format!("{}…", s.chars().take(12).collect::<String>()),
+        Some(s) => s.to_string(),
+        None => "?".into(),
+    };
+    let result = match &r.outcome {
+        Outcome::Ready => "ready".to_string(),
+        Outcome::Current => "current".to_string(),
+        Outcome::Upgraded => "upgraded".to_string(),
+        Outcome::Refused(why) => format!("REFUSED: {why}"),
+        Outcome::RolledBack(why) => format!("ROLLED BACK: {why}"),
+        Outcome::Failed(why) => format!("FAILED: {why}"),
+    };
+    format!(
+        "{}/{} pid {}: {} (build {}) → {} (build {}), pause {}: {result}",
+        r.namespace,
+        r.id,
+        r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        r.old_version.as_deref().unwrap_or("?"),
+        short(&r.old_build),
+        if r.new_version.is_empty() {
+            "?"
+        } else {
+            &r.new_version
+        },
+        short(&r.new_build),
+        r.pause_ms
+            .map(|ms| format!("{ms:.1} ms"))
+            .unwrap_or_else(|| "-".into()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_per_shim_says_old_new_pause_and_result() {
+        let r = Report {
+            namespace: "k8s.io".into(),
+            id: "pod-a".into(),
+            address: String::new(),
+            pid: Some(4242),
+            old_version: Some("0.1.0".into()),
+            old_build: Some("5b04cecdfd28aa11bb22".into()),
+            old_writes: Some(1),
+            new_version: "0.1.1".into(),
+            new_build: Some("5b04cecdfd28aa11bb23".into()),
+            pause_ms: Some(12.345),
+            rehearsal: None,
+            upgrade: None,
+            error: None,
+            running_build: Some("5b04cecdfd28aa11bb23".into()),
+            outcome: Outcome::Upgraded,
+        };
+        assert_eq!(
+            line(&r),
+            "k8s.io/pod-a pid 4242: 0.1.0 (build 5b04cecdfd28…) → 0.1.1 (build \
+             5b04cecdfd28…), pause 12.3 ms: upgraded"
+        );
+        let failed = Report {
+            pause_ms: None,
+            outcome: Outcome::RolledBack("rolled back: no resume".into()),
+            ..r
+        };
+        assert!(
+            line(&failed).ends_with("pause -: ROLLED BACK: rolled back: no resume"),
+            "{}",
+            line(&failed)
+        );
+    }
 }

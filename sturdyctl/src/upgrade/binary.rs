@@ -30,6 +30,9 @@ const ARGV0: &str = "containerd-shim-sturdy-v2";
 pub struct Binary {
     /// What it was opened as (the installed path, or `/proc/PID/exe` of a running shim).
     pub path: PathBuf,
+    /// The file it resolved to when checked (symlinks followed): what a shim is told to
+    /// open for its exec, which refuses a symlink and a file of another build.
+    pub resolved: PathBuf,
     /// GNU build-id of the open file, hex.
     pub build_id: Option<String>,
     file: File,
@@ -64,7 +67,7 @@ impl Binary {
             binary: path.to_path_buf(),
             reason,
         })?;
-        Binary::from_file(path.to_path_buf(), file)
+        Binary::from_file(path.to_path_buf(), resolved, file)
     }
 
     /// Opens the image process `pid` runs, after [`trust::process`] (root, from a binary
@@ -79,10 +82,10 @@ impl Binary {
         trust::process(pid).map_err(|e| untrusted(e.to_string()))?;
         let now = std::fs::metadata(&exe).map_err(|e| untrusted(e.to_string()))?;
         same_file(&file, &now).map_err(untrusted)?;
-        Binary::from_file(exe, file)
+        Binary::from_file(exe.clone(), exe, file)
     }
 
-    fn from_file(path: PathBuf, file: File) -> Result<Binary, UpgradeError> {
+    fn from_file(path: PathBuf, resolved: PathBuf, file: File) -> Result<Binary, UpgradeError> {
         let build_id = build_id::of_file(&file)
             .map_err(|e| UpgradeError::Run {
                 binary: path.clone(),
@@ -92,6 +95,7 @@ impl Binary {
             .map(|i| i.to_string());
         Ok(Binary {
             path,
+            resolved,
             build_id,
             file,
         })

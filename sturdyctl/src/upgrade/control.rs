@@ -4,10 +4,11 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
 
 use containerd_shim_protos::protobuf::Message;
-use containerd_shim_protos::ttrpc::{Request, Response};
+use containerd_shim_protos::ttrpc::{Code, Request, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::probe::socket_path;
@@ -45,7 +46,68 @@ pub fn rehearse(address: &str, settle: Duration) -> Result<Rehearsal, String> {
     serde_json::from_slice(&answer).map_err(|e| format!("Rehearse answer: {e}"))
 }
 
-/// Calls `method` with `payload`; the answer's payload, or the shim's error.
+/// The longest settle deadline the shim accepts for `Upgrade`.
+pub const MAX_SETTLE: Duration = Duration::from_secs(10);
+/// How much longer than its settle deadline an `Upgrade` may take to be answered: the state
+/// written, the exec, the new image rebuilt (or, failing that, the old one re-executed).
+pub const UPGRADE_GRACE: Duration = Duration::from_secs(10);
+
+/// What `Upgrade` reports. The new image answers it (the request is replayed to it after
+/// the exec), so this is the new image's word on what it took over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgraded {
+    /// The shim's pid, which the exec keeps.
+    pub pid: i32,
+    /// The version it ran before.
+    pub old_version: String,
+    /// The build it ran before.
+    pub old_build_id: String,
+    /// The version it runs now.
+    pub new_version: String,
+    /// The build it runs now.
+    pub new_build_id: String,
+    /// From the pause's start to the new image serving, microseconds (0: nothing to do).
+    pub paused_us: u64,
+    /// Processes whose lifecycle the pause held.
+    pub held: usize,
+    /// Connections handed over.
+    pub connections: usize,
+    /// Unanswered `Wait`s replayed to the new image.
+    pub waits: usize,
+}
+
+/// Asks the shim at `address` to move in place onto `binary`, whose build-id sturdyctl
+/// checked is `build_id`, settling within `settle` (at most [`MAX_SETTLE`]). The shim
+/// opens the path itself and refuses a file of another build, so `binary` must be the
+/// resolved path of the file that was checked. A refusal, a rollback or a pause that did
+/// not settle comes back as the shim's message.
+pub fn upgrade(
+    address: &str,
+    binary: &Path,
+    build_id: &str,
+    settle: Duration,
+) -> Result<Upgraded, String> {
+    let settle = settle.min(MAX_SETTLE);
+    let binary = binary
+        .to_str()
+        .ok_or_else(|| format!("{}: not a UTF-8 path", binary.display()))?;
+    let req = serde_json::json!({
+        "binary": binary,
+        "build_id": build_id,
+        "deadline_ms": settle.as_millis() as u64,
+    });
+    let answer = call(
+        address,
+        "Upgrade",
+        req.to_string().as_bytes(),
+        settle + UPGRADE_GRACE,
+    )?;
+    serde_json::from_slice(&answer).map_err(|e| format!("Upgrade answer: {e}"))
+}
+
+/// Calls `method` with `payload`; the answer's payload, or the shim's error: the message
+/// alone for FAILED_PRECONDITION (the service's own refusals, whose prefixes mean
+/// something), led by the code otherwise (an older shim's UNIMPLEMENTED, say).
 pub fn call(
     address: &str,
     method: &str,
@@ -85,7 +147,11 @@ pub fn call(
         .map_err(|e| format!("{method}: read: {e}"))?;
     let resp = Response::parse_from_bytes(&body).map_err(|e| format!("{method}: {e}"))?;
     match resp.status.as_ref() {
-        Some(s) if s.code.value() != 0 => Err(s.message.clone()),
+        Some(s) if s.code.value() != 0 => Err(match s.code.enum_value() {
+            Ok(Code::FAILED_PRECONDITION) => s.message.clone(),
+            Ok(code) => format!("{code:?}: {}", s.message),
+            Err(n) => format!("code {n}: {}", s.message),
+        }),
         _ => Ok(resp.payload),
     }
 }
@@ -94,7 +160,7 @@ pub fn call(
 mod tests {
     use std::os::unix::net::UnixListener;
 
-    use containerd_shim_protos::ttrpc::{Code, Status};
+    use containerd_shim_protos::ttrpc::Status;
 
     use super::*;
 
@@ -145,6 +211,67 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_is_asked_with_the_checked_binary_and_its_answer_decoded() {
+        let answer = serde_json::json!({
+            "pid": 4242, "old_version": "0.1.0", "old_build_id": "aa01",
+            "new_version": "0.1.1", "new_build_id": "bb02", "paused_us": 12345,
+            "held": 2, "connections": 3, "waits": 2,
+        });
+        let mut ok = Response::new();
+        ok.payload = answer.to_string().into_bytes();
+        let (_d, addr, t) = serve_once(response_frame(1, 2, &ok));
+        let bin = Path::new("/usr/local/lib/sturdy/bb02/containerd-shim-sturdy-v2");
+        let u = upgrade(&addr, bin, "bb02", Duration::from_secs(2)).unwrap();
+        assert_eq!(
+            (u.pid, u.old_build_id.as_str(), u.new_build_id.as_str()),
+            (4242, "aa01", "bb02")
+        );
+        assert_eq!(
+            (u.paused_us, u.held, u.connections, u.waits),
+            (12345, 2, 3, 2)
+        );
+        let req = t.join().unwrap();
+        assert_eq!(
+            (req.service.as_str(), req.method.as_str()),
+            (SERVICE, "Upgrade")
+        );
+        let asked: serde_json::Value = serde_json::from_slice(&req.payload).unwrap();
+        assert_eq!(
+            asked,
+            serde_json::json!({
+                "binary": bin.to_str().unwrap(),
+                "build_id": "bb02",
+                "deadline_ms": 2000,
+            })
+        );
+        // The call waits for the exec and the new image's answer well past the settle.
+        assert_eq!(
+            req.timeout_nano as u128,
+            (Duration::from_secs(2) + UPGRADE_GRACE).as_nanos()
+        );
+    }
+
+    #[test]
+    fn an_upgrade_never_asks_more_than_the_shim_accepts_and_reports_its_refusal() {
+        let mut failed = Response::new();
+        let mut st = Status::new();
+        st.set_code(Code::FAILED_PRECONDITION);
+        st.set_message("rolled back: the new image did not resume: test hook".into());
+        failed.status = Some(st).into();
+        let (_d, addr, t) = serve_once(response_frame(1, 2, &failed));
+        let e = upgrade(&addr, Path::new("/x/shim"), "bb02", Duration::from_secs(60)).unwrap_err();
+        assert_eq!(e, "rolled back: the new image did not resume: test hook");
+        let asked: serde_json::Value = serde_json::from_slice(&t.join().unwrap().payload).unwrap();
+        assert_eq!(asked["deadline_ms"], MAX_SETTLE.as_millis() as u64);
+        // An answer that is not the contract's is an error, not a zeroed success.
+        let mut odd = Response::new();
+        odd.payload = br#"{"paused_us":1}"#.to_vec();
+        let (_d, addr, _t) = serve_once(response_frame(1, 2, &odd));
+        let e = upgrade(&addr, Path::new("/x/shim"), "bb02", Duration::from_secs(1)).unwrap_err();
+        assert!(e.starts_with("Upgrade answer:"), "{e}");
+    }
+
+    #[test]
     fn errors_and_odd_frames_are_reported() {
         let mut failed = Response::new();
         let mut st = Status::new();
@@ -154,6 +281,15 @@ mod tests {
         let (_d, addr, _t) = serve_once(response_frame(1, 2, &failed));
         let e = call(&addr, "Rehearse", b"{}", Duration::from_secs(2)).unwrap_err();
         assert_eq!(e, "not settled within 2s");
+        // A shim from before Upgrade: the code says why, and no prefix of the contract.
+        let mut old = Response::new();
+        let mut st = Status::new();
+        st.set_code(Code::UNIMPLEMENTED);
+        st.set_message("/sturdy.upgrade.v1.Upgrade/Upgrade is not supported".into());
+        old.status = Some(st).into();
+        let (_d, addr, _t) = serve_once(response_frame(1, 2, &old));
+        let e = upgrade(&addr, Path::new("/x/shim"), "bb02", Duration::from_secs(1)).unwrap_err();
+        assert!(e.starts_with("UNIMPLEMENTED: "), "{e}");
         let (_d, addr, _t) = serve_once(response_frame(3, 2, &Response::new()));
         let e = call(&addr, "Describe", b"", Duration::from_secs(2)).unwrap_err();
         assert!(e.contains("unexpected frame"), "{e}");

@@ -1,0 +1,427 @@
+//! `sturdyctl upgrade-shims` moving a live sturdy pod's shim onto a new binary in place
+//! (issue 20, docs/upgrade.md), against a private containerd (`STURDY_CONTAINERD` picks
+//! the generation): the same shim process serves on, on the new build; a container that
+//! prints a numbered line every 20 ms loses and repeats none of them; a container that
+//! exits around the upgrade is reported exited once, with its code; exec works; containerd
+//! never sees the shim disconnect; and back again. A new build that cannot resume (the
+//! shim's test hook) rolls back onto the old one, and a binary that does not even start is
+//! refused before the shim is touched.
+//!
+//! The "new build" is a copy of the shim with another build-id written into its note
+//! (`shim_upgrade::another_build`): the same code, another build to every check.
+
+mod upgrade_support;
+mod watchdog_support;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use containerd_client::events::TaskExit;
+use prost::Message;
+use sturdy_integration::k8s_cri::v1::ContainerState;
+use sturdy_integration::shim_upgrade::{another_build, sturdyctl};
+use sturdy_integration::{Containerd, Cri, Handler, CRI_NAMESPACE};
+use upgrade_support::{wait_for, Pod, T};
+use watchdog_support::follow_exits;
+
+/// Prints `seq 0`, `seq 1`, … every 20 ms, each line one write.
+const PRINTER: &str =
+    "trap 'exit 0' TERM; i=0; while :; do echo \"seq $i\"; i=$((i+1)); sleep 0.02; done";
+/// Exits 3 after about 3 s: started just before the upgrade, it exits around it.
+const EXITER: &str = "sleep 3; exit 3";
+/// Lines the printer must have written after a step before its log is judged.
+const LINES_AFTER: u64 = 50;
+
+/// containerd's task exit events as `follow_exits` collects them: (topic, payload).
+type Exits = Mutex<Vec<(String, Vec<u8>)>>;
+
+/// A pod with a printing and an exiting container under a sturdy shim, and what it was
+/// started on.
+struct Scene {
+    fx: Containerd,
+    cri: Cri,
+    pod: Pod,
+    printer: String,
+    printer_log: PathBuf,
+    exiter: String,
+    exits: Arc<Exits>,
+    old_bin: PathBuf,
+    old_id: String,
+}
+
+impl Scene {
+    async fn start(name: &str) -> Scene {
+        let fx = Containerd::start().await.expect("start containerd");
+        let mut cri = fx.cri().await.expect("cri client");
+        let exits = follow_exits(&fx).await;
+        let mut pod = Pod::start(&fx, &mut cri, Handler::Sturdy, name).await;
+        let printer = pod
+            .add_container_running(&fx, &mut cri, "printer", PRINTER)
+            .await;
+        let exiter = pod
+            .add_container_running(&fx, &mut cri, "exiter", EXITER)
+            .await;
+        // Not RUNNING for long: Pod::check must not expect it to be.
+        pod.take_container("exiter");
+        let printer_log = PathBuf::from(
+            cri.container_status(&printer)
+                .await
+                .expect("ContainerStatus printer")
+                .log_path,
+        );
+        let old_bin = std::fs::canonicalize(fx.shim_bin()).expect("shim binary");
+        let old_id = build_id::of_path(&old_bin).unwrap().unwrap().to_string();
+        assert_eq!(
+            running_build(&pod),
+            old_id,
+            "the pod's shim runs the fixture's"
+        );
+        Scene {
+            fx,
+            cri,
+            pod,
+            printer,
+            printer_log,
+            exiter,
+            exits,
+            old_bin,
+            old_id,
+        }
+    }
+
+    /// A new build installed (content-addressed: a directory of its own, the running
+    /// binary never overwritten) where containerd finds the shim; its path and build-id.
+    fn install_new_build(&mut self, dir: &str) -> (PathBuf, String) {
+        let next = self.fx.dir().join(dir);
+        std::fs::create_dir_all(&next).unwrap();
+        let new_bin = next.join("containerd-shim-sturdy-v2");
+        let (_, new_id) = another_build(&self.old_bin, &new_bin);
+        self.fx
+            .replace_shim_bin(&new_bin)
+            .expect("install the new build");
+        (new_bin, new_id)
+    }
+
+    fn sturdyctl(&self, args: &[&str]) -> (bool, serde_json::Value) {
+        // Blocking for as long as the upgrade takes, while the exit follower keeps reading.
+        tokio::task::block_in_place(|| sturdyctl(&self.fx, args))
+    }
+
+    /// `upgrade-shims --json`: whether it exited 0, and this pod's shim's entry.
+    fn upgrade_shims(&self, extra: &[&str]) -> (bool, serde_json::Value) {
+        let mut args = vec!["upgrade-shims", "--json"];
+        args.extend_from_slice(extra);
+        let (ok, out) = self.sturdyctl(&args);
+        eprintln!("upgrade-shims {extra:?}: ok {ok}: {out:#}");
+        let entry = the_shim(&out, &self.pod).clone();
+        (ok, entry)
+    }
+
+    /// The shim is the very process the pod started with, runs build `id`, and `status`
+    /// says so and that it is the installed one when `current`.
+    fn assert_shim_runs(&self, id: &str, current: bool, step: &str) {
+        let pod = &self.pod;
+        assert!(pod.shim.alive(), "{step}: shim {:?} gone", pod.shim);
+        assert_eq!(
+            self.fx.shim_pid(CRI_NAMESPACE, &pod.id),
+            Some(pod.shim.pid),
+            "{step}: another shim serves the pod"
+        );
+        assert_eq!(running_build(pod), id, "{step}: /proc/PID/exe");
+        let (ok, status) = self.sturdyctl(&["status", "--json"]);
+        assert!(ok, "{step}: status: {status:#}");
+        let s = the_shim(&status, pod);
+        assert_eq!(s["pid"], pod.shim.pid, "{step}: {s:#}");
+        assert_eq!(s["build"]["running"], id, "{step}: {s:#}");
+        assert_eq!(s["build"]["current"], current, "{step}: {s:#}");
+    }
+
+    /// The printer's log has at least `LINES_AFTER` lines more than `before`, and all of
+    /// them, from the start, are `seq 0`, `seq 1`, … with none missing or repeated.
+    async fn assert_log_whole(&self, before: u64, step: &str) -> u64 {
+        let want = before + LINES_AFTER;
+        let log = &self.printer_log;
+        wait_for(
+            || format!("{step}: {} never reached seq {want}", log.display()),
+            || printed(log).len() as u64 > want,
+        )
+        .await;
+        let seqs = printed(log);
+        if let Some(i) = seqs.iter().enumerate().position(|(i, n)| *n != i as u64) {
+            let around = &seqs[i.saturating_sub(3)..(i + 3).min(seqs.len())];
+            panic!(
+                "{step}: line {i} of the printer's log is seq {} (lines around it: \
+                 {around:?}): a line lost or repeated",
+                seqs[i]
+            );
+        }
+        seqs.len() as u64
+    }
+
+    /// ExecSync in the printer answers.
+    async fn assert_exec(&mut self, step: &str) {
+        let out = self
+            .cri
+            .exec_sync(&self.printer, &["echo", step], T)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: ExecSync: {e}"));
+        assert_eq!((out.exit_code, out.stdout.trim()), (0, step), "{step}");
+    }
+
+    /// containerd never lost its connection to the pod's shim for the sandbox or a
+    /// container still running. (containerd 1.6 logs "shim disconnected" when it closes
+    /// its own connection of a task it deleted, as the exiter's: that is no loss.)
+    fn assert_no_disconnect(&self, step: &str) {
+        let log = std::fs::read_to_string(self.fx.log_path()).unwrap_or_default();
+        let ids = self.pod.ids();
+        let lost: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("shim disconnected"))
+            .filter(|l| ids.iter().any(|id| l.contains(&format!("id={id}"))))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{step}: containerd lost the shim: {lost:#?}"
+        );
+    }
+
+    /// The exiter is EXITED with code 3, and containerd published its exit exactly once.
+    async fn assert_exited_once(&mut self, step: &str) {
+        let id = self.exiter.clone();
+        let mut status = None;
+        let end = std::time::Instant::now() + T;
+        while std::time::Instant::now() < end {
+            let s = self
+                .cri
+                .container_status(&id)
+                .await
+                .expect("ContainerStatus");
+            if s.state == ContainerState::ContainerExited as i32 {
+                status = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let s = status.unwrap_or_else(|| panic!("{step}: the exiter never EXITED"));
+        assert_eq!(s.exit_code, 3, "{step}: exit code: {s:?}");
+        assert!(s.finished_at > 0, "{step}: no finish time: {s:?}");
+        wait_for(
+            || format!("{step}: no TaskExit of the exiter published"),
+            || !exits_of(&self.exits, &id).is_empty(),
+        )
+        .await;
+        let seen = exits_of(&self.exits, &id);
+        assert_eq!(seen.len(), 1, "{step}: exits published: {seen:?}");
+        assert_eq!(seen[0].exit_status, 3, "{step}: {seen:?}");
+    }
+
+    async fn finish(mut self) {
+        self.assert_exec("before removal").await;
+        self.assert_no_disconnect("before removal");
+        let Scene {
+            mut fx,
+            mut cri,
+            pod,
+            ..
+        } = self;
+        pod.remove(&fx, &mut cri).await;
+        let left = fx.stop();
+        assert!(left.is_empty(), "leaked: {left:?}");
+    }
+}
+
+fn the_shim<'a>(v: &'a serde_json::Value, pod: &Pod) -> &'a serde_json::Value {
+    v["shims"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == pod.id.as_str()))
+        .unwrap_or_else(|| panic!("shim of {} not listed: {v:#}", pod.id))
+}
+
+/// Build-id of the image the pod's shim process executes, read from the file itself.
+fn running_build(pod: &Pod) -> String {
+    build_id::of_path(Path::new(&format!("/proc/{}/exe", pod.shim.pid)))
+        .expect("read the shim's image")
+        .expect("the shim's image has a build-id")
+        .to_string()
+}
+
+/// The numbers of the printer's `seq N` lines in a CRI log, in order. A line split by
+/// the logger (`P` tags) is joined first; lines that are not the printer's (a marker
+/// written by a test) are left out.
+fn printed(log: &Path) -> Vec<u64> {
+    let mut text = std::fs::read_to_string(log).unwrap_or_default();
+    // A line still being written is judged on the next read.
+    text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
+    let mut out = Vec::new();
+    let mut partial = String::new();
+    for line in text.lines() {
+        // <time> <stream> <tag> <content>
+        let mut f = line.splitn(4, ' ');
+        let (Some(_), Some(_), Some(tag), content) = (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        partial.push_str(content.unwrap_or(""));
+        if tag.starts_with('P') {
+            continue;
+        }
+        let whole = std::mem::take(&mut partial);
+        if let Some(n) = whole.strip_prefix("seq ") {
+            out.push(n.trim().parse().unwrap_or(u64::MAX));
+        }
+    }
+    out
+}
+
+/// The TaskExits containerd published for the init of container `id`.
+fn exits_of(seen: &Exits, id: &str) -> Vec<TaskExit> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, p)| TaskExit::decode(p.as_slice()).ok())
+        .filter(|e| e.container_id == id && e.id == id)
+        .collect()
+}
+
+/// The test hook of a debug shim: a new image that finds the build-id it runs in this
+/// file, in its working directory (the sandbox's bundle), refuses to resume. Removed when
+/// dropped, so a failed test leaves no hook behind.
+struct FailResume(PathBuf);
+
+impl FailResume {
+    fn arm(fx: &Containerd, pod: &Pod, build: &str) -> FailResume {
+        let bundle = fx
+            .state_dir()
+            .join("io.containerd.runtime.v2.task")
+            .join(CRI_NAMESPACE)
+            .join(&pod.id);
+        assert!(bundle.is_dir(), "no bundle {}", bundle.display());
+        let path = bundle.join(".sturdy-test-fail-resume");
+        std::fs::write(&path, format!("{build}\n")).expect("write the test hook");
+        FailResume(path)
+    }
+}
+
+impl Drop for FailResume {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("{}: {e}", self.0.display());
+            }
+        }
+    }
+}
+
+/// What every successful move must show: exit 0, `upgraded`, the shim's answer naming
+/// this process and both builds.
+fn assert_upgraded(ok: bool, s: &serde_json::Value, pod: &Pod, from: &str, to: &str) {
+    assert!(ok, "upgrade-shims failed: {s:#}");
+    assert_eq!(s["result"], "upgraded", "{s:#}");
+    assert_eq!(s["pid"], pod.shim.pid, "{s:#}");
+    assert_eq!(s["old_build"], from, "{s:#}");
+    assert_eq!(s["new_build"], to, "{s:#}");
+    assert_eq!(s["running_build"], to, "{s:#}");
+    let u = &s["upgrade"];
+    assert_eq!(u["pid"], pod.shim.pid, "{s:#}");
+    assert_eq!(u["old_build_id"], from, "{s:#}");
+    assert_eq!(u["new_build_id"], to, "{s:#}");
+    let paused = u["paused_us"].as_u64().expect("paused_us");
+    assert!(
+        paused > 0 && paused < 12_000_000,
+        "pause of {paused} µs: {s:#}"
+    );
+    assert!(
+        u["connections"].as_u64().unwrap() >= 2,
+        "containerd's connection and sturdyctl's handed over: {s:#}"
+    );
+    assert!(s["error"].is_null(), "{s:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_pod_moves_onto_a_new_build_and_back() {
+    let mut sc = Scene::start("live").await;
+    let old_id = sc.old_id.clone();
+    let (_, new_id) = sc.install_new_build("sturdy-next");
+    sc.assert_shim_runs(&old_id, false, "the new build installed");
+    let before = printed(&sc.printer_log).len() as u64;
+
+    let (ok, s) = sc.upgrade_shims(&[]);
+    assert_upgraded(ok, &s, &sc.pod, &old_id, &new_id);
+    sc.assert_shim_runs(&new_id, true, "the upgrade");
+    let lines = sc.assert_log_whole(before, "the upgrade").await;
+    sc.assert_exited_once("the upgrade").await;
+    sc.assert_exec("after the upgrade").await;
+    sc.pod.check(&sc.fx, &mut sc.cri, "after the upgrade").await;
+    sc.assert_no_disconnect("after the upgrade");
+
+    // Nothing left to do: the shim is current.
+    let (ok, s) = sc.upgrade_shims(&[]);
+    assert!(ok, "{s:#}");
+    assert_eq!(s["result"], "current", "{s:#}");
+
+    // And back onto the old build, the same way.
+    let old_bin = sc.old_bin.clone();
+    sc.fx
+        .replace_shim_bin(&old_bin)
+        .expect("reinstall the old build");
+    let (ok, s) = sc.upgrade_shims(&[]);
+    assert_upgraded(ok, &s, &sc.pod, &new_id, &old_id);
+    sc.assert_shim_runs(&old_id, true, "the way back");
+    sc.assert_log_whole(lines, "the way back").await;
+    sc.assert_exec("after the way back").await;
+    sc.pod
+        .check(&sc.fx, &mut sc.cri, "after the way back")
+        .await;
+    sc.assert_exited_once("the way back").await;
+    sc.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_does_not_start_is_refused_and_one_that_cannot_resume_rolls_back() {
+    let mut sc = Scene::start("rollback").await;
+    let old_id = sc.old_id.clone();
+
+    // A "shim" that exits 1 whatever it is asked, installed as the shim is: refused
+    // before the shim is touched (the Upgrade call is never made).
+    let broken_dir = sc.fx.dir().join("sturdy-broken");
+    std::fs::create_dir_all(&broken_dir).unwrap();
+    let broken = broken_dir.join("containerd-shim-sturdy-v2");
+    std::fs::copy("/bin/false", &broken).expect("copy /bin/false");
+    let (ok, s) = sc.upgrade_shims(&["--binary", broken.to_str().unwrap()]);
+    assert!(!ok, "a broken binary accepted: {s:#}");
+    assert_eq!(s["result"], "refused", "{s:#}");
+    assert!(
+        s["detail"].as_str().unwrap().contains("-v: exit status: 1"),
+        "{s:#}"
+    );
+    assert!(s["upgrade"].is_null() && s["error"].is_null(), "{s:#}");
+    assert_eq!(s["pid"], sc.pod.shim.pid, "{s:#}");
+    sc.assert_shim_runs(&old_id, true, "a broken binary refused");
+
+    // A new build whose image refuses to resume: the shim goes back to the old one.
+    let (_, new_id) = sc.install_new_build("sturdy-next");
+    let hook = FailResume::arm(&sc.fx, &sc.pod, &new_id);
+    let before = printed(&sc.printer_log).len() as u64;
+    let (ok, s) = sc.upgrade_shims(&[]);
+    assert!(!ok, "a rolled back upgrade succeeded: {s:#}");
+    assert_eq!(s["result"], "rolled_back", "{s:#}");
+    assert!(
+        s["detail"].as_str().unwrap().starts_with("rolled back:"),
+        "{s:#}"
+    );
+    assert_eq!(s["error"], s["detail"], "{s:#}");
+    assert_eq!(s["pid"], sc.pod.shim.pid, "{s:#}");
+    assert_eq!(s["running_build"], old_id.as_str(), "{s:#}");
+    assert!(s["upgrade"].is_null(), "{s:#}");
+    drop(hook);
+    sc.assert_shim_runs(&old_id, false, "the rollback");
+    sc.assert_log_whole(before, "the rollback").await;
+    sc.assert_exited_once("the rollback").await;
+    sc.assert_exec("after the rollback").await;
+    sc.pod
+        .check(&sc.fx, &mut sc.cri, "after the rollback")
+        .await;
+    sc.assert_no_disconnect("after the rollback");
+    sc.finish().await;
+}
