@@ -30,6 +30,10 @@ const PRINTER: &str =
     "trap 'exit 0' TERM; i=0; while :; do echo \"seq $i\"; i=$((i+1)); sleep 0.02; done";
 /// Exits 3 after about 3 s: started just before the upgrade, it exits around it.
 const EXITER: &str = "sleep 3; exit 3";
+/// An exec printing `e0`, `e1`, … until the test creates /tmp/stop-exec in its container,
+/// then `end N` (N lines printed): it runs across the upgrade by construction, its Wait pending all along.
+const EXEC_PRINTER: &str =
+    "i=0; while [ ! -e /tmp/stop-exec ]; do echo e$i; i=$((i+1)); sleep 0.02; done; echo end $i";
 /// Lines the printer must have written after a step before its log is judged.
 const LINES_AFTER: u64 = 50;
 
@@ -216,6 +220,71 @@ impl Scene {
         assert_eq!(seen[0].exit_status, 3, "{step}: {seen:?}");
     }
 
+    /// Starts [`EXEC_PRINTER`] in the printer through CRI on a client of its own, and
+    /// returns once it runs (it touches a marker in its container first).
+    async fn exec_in_flight(&mut self) -> tokio::task::JoinHandle<(i32, String)> {
+        let rootfs = self.rootfs_of(&self.printer);
+        let _ = std::fs::remove_file(rootfs.join("tmp/stop-exec"));
+        let mut cri = self.fx.cri().await.expect("cri client");
+        let id = self.printer.clone();
+        let cmd = format!("touch /tmp/exec-began; {EXEC_PRINTER}");
+        let handle = tokio::spawn(async move {
+            let out = cri
+                .exec_sync(&id, &["sh", "-c", &cmd], T)
+                .await
+                .expect("ExecSync across the upgrade");
+            (out.exit_code, out.stdout)
+        });
+        let began = rootfs.join("tmp/exec-began");
+        wait_for(
+            || format!("the exec never began ({})", began.display()),
+            || began.exists(),
+        )
+        .await;
+        handle
+    }
+
+    /// Ends the exec started by [`Scene::exec_in_flight`] and checks all it printed.
+    async fn assert_exec_in_flight_whole(
+        &self,
+        exec: tokio::task::JoinHandle<(i32, String)>,
+        step: &str,
+    ) {
+        let rootfs = self.rootfs_of(&self.printer);
+        std::fs::write(rootfs.join("tmp/stop-exec"), b"").expect("stop the exec");
+        let (code, out) = tokio::time::timeout(T + T, exec)
+            .await
+            .unwrap_or_else(|_| panic!("{step}: the exec's Wait never returned"))
+            .expect("exec task");
+        assert_eq!(code, 0, "{step}: exec exit code; output {out:?}");
+        let lines: Vec<&str> = out.lines().collect();
+        let n = lines.len() - 1;
+        assert_eq!(
+            lines.last().copied(),
+            Some(format!("end {n}").as_str()),
+            "{step}: exec output {out:?}"
+        );
+        assert!(n > 0, "{step}: the exec printed nothing before its end");
+        for (i, l) in lines[..n].iter().enumerate() {
+            assert_eq!(
+                *l,
+                format!("e{i}"),
+                "{step}: exec output line {i} of {out:?}"
+            );
+        }
+        eprintln!("{step}: the exec in flight printed {n} lines, whole");
+    }
+
+    /// The host path of container `id`'s root filesystem (its bundle's rootfs mount).
+    fn rootfs_of(&self, id: &str) -> PathBuf {
+        self.fx
+            .state_dir()
+            .join("io.containerd.runtime.v2.task")
+            .join(CRI_NAMESPACE)
+            .join(id)
+            .join("rootfs")
+    }
+
     async fn finish(mut self) {
         self.assert_exec("before removal").await;
         self.assert_no_disconnect("before removal");
@@ -346,9 +415,11 @@ async fn a_live_pod_moves_onto_a_new_build_and_back() {
     sc.assert_shim_runs(&old_id, false, "the new build installed");
     let before = printed(&sc.printer_log).len() as u64;
 
+    let exec = sc.exec_in_flight().await;
     let (ok, s) = sc.upgrade_shims(&[]);
     assert_upgraded(ok, &s, &sc.pod, &old_id, &new_id);
     sc.assert_shim_runs(&new_id, true, "the upgrade");
+    sc.assert_exec_in_flight_whole(exec, "the upgrade").await;
     let lines = sc.assert_log_whole(before, "the upgrade").await;
     sc.assert_exited_once("the upgrade").await;
     sc.assert_exec("after the upgrade").await;
