@@ -286,6 +286,12 @@ impl Scene {
     }
 
     async fn finish(mut self) {
+        // What the shim said of its handovers (its log goes to containerd's), for a reader
+        // of a failure or of the numbers.
+        let log = std::fs::read_to_string(self.fx.log_path()).unwrap_or_default();
+        for l in log.lines().filter(|l| l.contains("handover") || l.contains("upgrade:")) {
+            eprintln!("shim: {l}");
+        }
         self.assert_exec("before removal").await;
         self.assert_no_disconnect("before removal");
         let Scene {
