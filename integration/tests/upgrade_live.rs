@@ -289,7 +289,10 @@ impl Scene {
         // What the shim said of its handovers (its log goes to containerd's), for a reader
         // of a failure or of the numbers.
         let log = std::fs::read_to_string(self.fx.log_path()).unwrap_or_default();
-        for l in log.lines().filter(|l| l.contains("handover") || l.contains("upgrade:")) {
+        for l in log
+            .lines()
+            .filter(|l| l.contains("handover") || l.contains("upgrade:"))
+        {
             eprintln!("shim: {l}");
         }
         self.assert_exec("before removal").await;

@@ -98,7 +98,44 @@ fn read(fd: RawFd) -> Result<v2::Document, String> {
     handover::decode(&bytes).map_err(|e| e.to_string())
 }
 
+/// Whether `fd` is a listening Unix socket.
+fn listening(fd: RawFd) -> Result<(), String> {
+    for (opt, want, what) in [
+        (libc::SO_DOMAIN, libc::AF_UNIX, "not a Unix socket"),
+        (libc::SO_ACCEPTCONN, 1, "not listening"),
+    ] {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int of the size given.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(format!(
+                "listener fd {fd}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if v != want {
+            return Err(format!("listener fd {fd}: {what}"));
+        }
+    }
+    Ok(())
+}
+
 fn check(flags: &Flags, doc: v2::Document) -> Result<v2::Document, String> {
+    // Everything the daemon needs before the core takes an fd, checked while the way back
+    // is still open.
+    if std::env::var_os(super::TTRPC_ADDRESS_ENV).is_none() {
+        return Err("TTRPC_ADDRESS is not set".into());
+    }
+    listening(doc.listener)?;
     if doc.shim.namespace != flags.namespace
         || doc.shim.id != flags.id
         || doc.shim.socket != flags.socket

@@ -512,13 +512,6 @@ impl Tasks {
             built.push((c, dc));
         }
         // No way back from here: the copy loops take the pipes.
-        self.shared
-            .router
-            .restore_unclaimed(doc.unclaimed_exits.iter().map(|e| runc_client::Exit {
-                pid: e.pid,
-                status: e.status.status as i32,
-                at: UNIX_EPOCH + Duration::from_millis(e.status.at_ms),
-            }));
         {
             let mut map = self.lock();
             for (c, _) in &built {
@@ -545,6 +538,16 @@ impl Tasks {
                 decided.push(p.clone());
             }
         }
+        // After the registrations: an unclaimed exit of a pid a live process holds is an
+        // older process's (the old image would have matched a real one at registration),
+        // and registering with no start time must not take it.
+        self.shared
+            .router
+            .restore_unclaimed(doc.unclaimed_exits.iter().map(|e| runc_client::Exit {
+                pid: e.pid,
+                status: e.status.status as i32,
+                at: UNIX_EPOCH + Duration::from_millis(e.status.at_ms),
+            }));
         for (c, dc) in &built {
             let started = !matches!(dc.init.state, v2::State::Created);
             c.restore_oom_gate(started, dc.init.exit_published);
