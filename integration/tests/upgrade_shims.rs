@@ -69,7 +69,7 @@ async fn status_and_upgrade_checks_against_a_live_pod() {
     assert_eq!(s["pid"], pod.shim.pid, "{s:#}");
     assert_eq!(s["old_build"], old_id.as_str());
     assert_eq!(s["new_build"], new_id.as_str());
-    assert_eq!(s["old_writes"], 1);
+    assert_eq!(s["old_writes"], 2);
     assert_eq!(s["old_version"], env!("CARGO_PKG_VERSION"));
 
     // A rehearsal: the shim holds requests at frame boundaries until settled (containerd's
@@ -91,6 +91,14 @@ async fn status_and_upgrade_checks_against_a_live_pod() {
         s["rehearsal"]["held"].as_u64().unwrap() >= 2,
         "the sandbox's and the container's lifecycles held: {s:#}"
     );
+    // The live state, captured during the pause and put back, decoded by the new binary.
+    let live = &s["rehearsal"]["live_state"];
+    assert_eq!(live["version"], 2, "{s:#}");
+    assert!(
+        live["containers"].as_u64().unwrap() >= 2 && live["connections"].as_u64().unwrap() >= 2,
+        "the sandbox and its container, containerd's connection and ours: {s:#}"
+    );
+    assert_eq!(live["target_build_id"], new_id.as_str(), "{s:#}");
     pod.check(&fx, &mut cri, "after a rehearsal").await;
 
     // Binaries that must never be used: writable by others, or not starting at all.

@@ -64,11 +64,16 @@ pub struct Description {
 }
 
 /// What `Rehearse` takes.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RehearseRequest {
     /// Longest to wait for the shim to settle, at most [`MAX_DEADLINE`].
     pub deadline_ms: u64,
+    /// Also capture the core during the pause and answer the handover document an
+    /// upgrade to this build (hex) would write, then put everything back: what a dry run
+    /// hands the new binary's `--check-handover`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_for: Option<String>,
 }
 
 /// What `Rehearse` answers.
@@ -83,6 +88,9 @@ pub struct Rehearsal {
     /// Processes whose lifecycle lock the pause held (no call and no exit publication
     /// could begin meanwhile).
     pub held: usize,
+    /// With `dump_for`: the document the upgrade would write (JSON), or why there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<Result<String, String>>,
 }
 
 /// Why a control request failed.
@@ -184,6 +192,15 @@ impl Control {
 
     /// `Rehearse`: pause at frame boundaries until settled or `deadline`, then resume.
     pub async fn rehearse(&self, deadline: Duration) -> Result<Rehearsal, ControlError> {
+        self.rehearse_with(deadline, None).await
+    }
+
+    /// `Rehearse`, with the handover document for `dump_for` if asked.
+    pub async fn rehearse_with(
+        &self,
+        deadline: Duration,
+        dump_for: Option<&str>,
+    ) -> Result<Rehearsal, ControlError> {
         let deadline = deadline.min(MAX_DEADLINE);
         let _one = self.busy.try_lock().map_err(|_| ControlError::Busy)?;
         let started = Instant::now();
@@ -199,6 +216,10 @@ impl Control {
             }
         })
         .await;
+        let mut document = None;
+        if let (Ok((parked, hold)), Some(target)) = (&settled, dump_for) {
+            document = Some(self.dump(hold, parked, target).await);
+        }
         let paused = started.elapsed();
         let (unsettled, busy) = match &settled {
             Ok(_) => (0, Vec::new()),
@@ -229,6 +250,7 @@ impl Control {
             connections: parked.len(),
             waits,
             held,
+            document,
         })
     }
 
@@ -291,7 +313,7 @@ impl MethodHandler for Handler {
                 .to_string()),
                 Ok(r) => match self
                     .control
-                    .rehearse(Duration::from_millis(r.deadline_ms))
+                    .rehearse_with(Duration::from_millis(r.deadline_ms), r.dump_for.as_deref())
                     .await
                 {
                     Ok(done) => serde_json::to_vec(&done).map_err(|e| e.to_string()),

@@ -263,8 +263,22 @@ pub fn upgrade_shim(
                 REHEARSAL_SETTLE + std::time::Duration::from_secs(3),
             )
             .map_err(|e| UpgradeError::Rehearsal(format!("marking the upgrade window: {e}")))?;
-            let r = control::rehearse(&shim.address, REHEARSAL_SETTLE)
+            let target = new.binary.build_id.as_deref();
+            let mut r = control::rehearse(&shim.address, REHEARSAL_SETTLE, target)
                 .map_err(UpgradeError::Rehearsal)?;
+            // The live state, as the shim would hand it over now, decoded by the new binary.
+            match r.document.take() {
+                Some(Ok(doc)) => {
+                    let writes = report.old_writes.unwrap_or_default();
+                    r.live_state = Some(decode_with(new, doc.as_bytes(), writes, "live state")?);
+                }
+                Some(Err(why)) => {
+                    return Err(UpgradeError::Rehearsal(format!(
+                        "the live state cannot be handed over: {why}"
+                    )))
+                }
+                None => {}
+            }
             report.rehearsal = Some(r);
             Ok(Outcome::Ready)
         }
@@ -302,12 +316,23 @@ fn check(new: &Candidate, report: &mut Report) -> Result<Outcome, UpgradeError> 
         });
     }
     // What the running image writes, decoded by the new binary the way the handover hands
-    // it over (a sealed memfd). Not yet the live state: that needs the shim's control
-    // request (docs/upgrade.md, "Not yet").
+    // it over (a sealed memfd). The live state is decoded too with `--rehearse`.
     let sample = old.run(&["--handover-sample"], true, None)?;
-    let doc = memfd::sealed(&sample.stdout).map_err(|e| UpgradeError::Run {
-        binary: old.path.clone(),
-        what: "--handover-sample".into(),
+    decode_with(new, &sample.stdout, writes, "--handover-sample")?;
+    Ok(Outcome::Ready)
+}
+
+/// `bytes` (a handover document of format `writes`, from `what`) handed to the new binary's
+/// `--check-handover` in a sealed memfd, as the real handover hands it; its summary.
+fn decode_with(
+    new: &Candidate,
+    bytes: &[u8],
+    writes: u32,
+    what: &str,
+) -> Result<serde_json::Value, UpgradeError> {
+    let doc = memfd::sealed(bytes).map_err(|e| UpgradeError::Run {
+        binary: new.binary.path.clone(),
+        what: what.into(),
         reason: format!("sealed memfd: {e}"),
     })?;
     let fd = CHECK_FD.to_string();
@@ -325,11 +350,11 @@ fn check(new: &Candidate, report: &mut Report) -> Result<Outcome, UpgradeError> 
     if decoded["version"].as_u64() != Some(u64::from(writes)) {
         return Err(UpgradeError::Run {
             binary: new.binary.path.clone(),
-            what: "--check-handover".into(),
+            what: format!("--check-handover of {what}"),
             reason: format!("decoded format {} instead of {writes}", decoded["version"]),
         });
     }
-    Ok(Outcome::Ready)
+    Ok(decoded)
 }
 
 /// Whether `shim` is one `--pod` names: its own id or one of its tasks'.

@@ -101,7 +101,11 @@ async fn response(c: &mut UnixStream) -> (u32, Response) {
 
 async fn rehearse(path: &std::path::Path, deadline_ms: u64) -> Response {
     let mut c = UnixStream::connect(path).await.unwrap();
-    let req = serde_json::to_vec(&RehearseRequest { deadline_ms }).unwrap();
+    let req = serde_json::to_vec(&RehearseRequest {
+        deadline_ms,
+        dump_for: None,
+    })
+    .unwrap();
     c.write_all(&frame(SERVICE, "Rehearse", 1, &req))
         .await
         .unwrap();

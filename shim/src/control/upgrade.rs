@@ -282,6 +282,58 @@ impl Control {
     }
 }
 
+/// Largest document a rehearsal answers (a pod's is a few KiB; pending bytes are in fds).
+const MAX_DUMP: usize = 1 << 20;
+
+impl Control {
+    /// During a rehearsal's pause (`hold` taken, `parked` at the gate): the document an
+    /// upgrade to `target` would write, with the core captured and put back at once.
+    pub(super) async fn dump(
+        &self,
+        hold: &crate::tasks::LifecycleHold,
+        parked: &[Parked],
+        target: &str,
+    ) -> Result<String, String> {
+        let (Some(tasks), Some(identity)) = (&self.tasks, &self.identity) else {
+            return Err("this shim was not started to be upgraded".into());
+        };
+        let old = File::open("/proc/self/exe").map_err(|e| format!("open own image: {e}"))?;
+        let req = UpgradeRequest {
+            binary: PathBuf::from("/proc/self/exe"),
+            build_id: target.to_string(),
+            deadline_ms: 0,
+        };
+        let captured = tasks
+            .capture(hold)
+            .await
+            .map_err(|e| format!("refused: {e}"))?;
+        let waits = parked
+            .iter()
+            .flat_map(|p| p.pending.iter().flatten())
+            .filter(|f| crate::listener::inflight::replay_safe(f))
+            .count();
+        let doc = document(
+            identity,
+            &old,
+            &req,
+            now_us(),
+            hold.held.len(),
+            waits,
+            parked,
+            &captured,
+        );
+        captured.undo(tasks).await;
+        let bytes = handover::encode(&doc?).map_err(|e| e.to_string())?;
+        if bytes.len() > MAX_DUMP {
+            return Err(format!(
+                "the document is {} bytes, more than a rehearsal answers ({MAX_DUMP})",
+                bytes.len()
+            ));
+        }
+        String::from_utf8(bytes).map_err(|e| e.to_string())
+    }
+}
+
 /// The handover document of this daemon, stopped.
 #[allow(clippy::too_many_arguments)]
 fn document(

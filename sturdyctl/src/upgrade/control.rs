@@ -16,7 +16,9 @@ use crate::probe::socket_path;
 /// The service's name.
 pub const SERVICE: &str = "sturdy.upgrade.v1.Upgrade";
 /// Largest response read.
-const MAX_RESPONSE: usize = 64 << 10;
+/// Largest response read: a rehearsal may carry the handover document (at most 1 MiB,
+/// escaped into a JSON string).
+const MAX_RESPONSE: usize = 4 << 20;
 /// The one stream id these calls use (a fresh connection each).
 const STREAM_ID: u32 = 1;
 
@@ -32,11 +34,26 @@ pub struct Rehearsal {
     /// Processes whose lifecycle the pause held (0 from a shim older than that).
     #[serde(default)]
     pub held: usize,
+    /// Asked with `dump_for`: the handover document the shim's live state makes (JSON), or
+    /// why it has none. Not printed: `live_state` says what became of it.
+    #[serde(default, skip_serializing)]
+    pub document: Option<Result<String, String>>,
+    /// What the new binary's `--check-handover` said of `document`.
+    #[serde(default)]
+    pub live_state: Option<serde_json::Value>,
 }
 
-/// Asks the shim at `address` to rehearse an upgrade's pause, settling within `settle`.
-pub fn rehearse(address: &str, settle: Duration) -> Result<Rehearsal, String> {
-    let req = serde_json::json!({ "deadline_ms": settle.as_millis() as u64 });
+/// Asks the shim at `address` to rehearse an upgrade's pause, settling within `settle`;
+/// with `dump_for` (a build-id), to answer the document an upgrade to it would write.
+pub fn rehearse(
+    address: &str,
+    settle: Duration,
+    dump_for: Option<&str>,
+) -> Result<Rehearsal, String> {
+    let mut req = serde_json::json!({ "deadline_ms": settle.as_millis() as u64 });
+    if let Some(target) = dump_for {
+        req["dump_for"] = target.into();
+    }
     let answer = call(
         address,
         "Rehearse",
@@ -196,7 +213,7 @@ mod tests {
         let mut ok = Response::new();
         ok.payload = br#"{"paused_us":812,"connections":3,"waits":1}"#.to_vec();
         let (_d, addr, t) = serve_once(response_frame(1, 2, &ok));
-        let r = rehearse(&addr, Duration::from_millis(500)).unwrap();
+        let r = rehearse(&addr, Duration::from_millis(500), None).unwrap();
         assert_eq!(
             (r.paused_us, r.connections, r.waits, r.held),
             (812, 3, 1, 0)
