@@ -505,3 +505,43 @@ async fn a_build_that_does_not_start_is_refused_and_one_that_cannot_resume_rolls
     sc.assert_no_disconnect("after the rollback");
     sc.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_with_a_terminal_is_refused_at_once_and_left_as_it_was() {
+    let mut sc = Scene::start("tty").await;
+    let old_id = sc.old_id.clone();
+    let mut config = sturdy_integration::container_config(
+        "tty",
+        &["/bin/sh", "-c", "while :; do sleep 1; done"],
+    );
+    config.tty = true;
+    let tty = sc
+        .cri
+        .create_container(&sc.pod.id, config, &sc.pod.config)
+        .await
+        .expect("CreateContainer tty");
+    sc.cri
+        .start_container(&tty)
+        .await
+        .expect("StartContainer tty");
+    let (_, new_id) = sc.install_new_build("sturdy-next");
+    let before = printed(&sc.printer_log).len() as u64;
+
+    let started = std::time::Instant::now();
+    let (ok, s) = sc.upgrade_shims(&[]);
+    let took = started.elapsed();
+    assert!(!ok, "a pod with a terminal was moved: {s:#}");
+    assert_eq!(s["result"], "refused", "{s:#}");
+    let detail = s["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("refused:") && detail.contains("terminal"),
+        "{s:#}"
+    );
+    assert_eq!(s["running_build"], old_id.as_str(), "{s:#}");
+    assert_ne!(old_id, new_id);
+    eprintln!("refused in {took:?}");
+    sc.assert_shim_runs(&old_id, false, "a terminal refused");
+    sc.assert_log_whole(before, "a terminal refused").await;
+    sc.assert_exec("after a terminal refused").await;
+    sc.finish().await;
+}

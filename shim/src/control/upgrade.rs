@@ -173,6 +173,9 @@ impl Control {
         let (Some(tasks), Some(identity)) = (&self.tasks, &self.identity) else {
             return Err(refused("this shim was not started to be upgraded"));
         };
+        if let Some(why) = tasks.handover_refusal().await {
+            return Err(refused(format!("cannot hand over: {why}")));
+        }
         let binary = open_binary(&req)?;
         // What runs now, even if its path was replaced since: the way back.
         let old =

@@ -173,6 +173,12 @@ pub(super) fn refusal(terminal: bool, sink: Sink) -> Option<&'static str> {
 }
 
 impl Copiers {
+    /// Why these loops cannot be handed over, if they cannot (see [`refusal`]); touches
+    /// nothing.
+    pub fn handover_refusal(&self) -> Option<&'static str> {
+        refusal(self.console.is_some(), self.sink)
+    }
+
     /// Stops every copy loop at a write boundary and returns what they held; afterwards
     /// `self` holds no loops (dropping it closes none of the handed fds). Refuses, with
     /// every loop left running, what [`refusal`] names.

@@ -89,9 +89,10 @@ impl Tasks {
         all
     }
 
-    /// What keeps this shim from being handed over right now, if anything: a container
-    /// waiting to be restored from a checkpoint, or events containerd has not taken yet.
-    pub fn handover_blocker(&self) -> Option<String> {
+    /// What keeps this shim from being handed over at all while it lasts: a container
+    /// waiting to be restored from a checkpoint, a terminal, output to a logging binary or
+    /// a file. Touches nothing, so an upgrade refuses at once, before any pause.
+    pub async fn handover_refusal(&self) -> Option<String> {
         for c in self.containers_sorted() {
             if c.restores() && c.init.state() == State::Created {
                 return Some(format!(
@@ -99,7 +100,21 @@ impl Tasks {
                     c.id
                 ));
             }
+            for p in processes_of(&c) {
+                if p.stdio.terminal && p.state() != State::Deleted {
+                    return Some(format!("{}: a terminal is not handed over", p.name()));
+                }
+                if let Some(why) = p.copiers.lock().await.handover_refusal() {
+                    return Some(format!("{}: {why}", p.name()));
+                }
+            }
         }
+        None
+    }
+
+    /// What keeps this shim from being handed over right now, if anything: events
+    /// containerd has not taken yet (a moment, or for as long as containerd is away).
+    pub fn handover_blocker(&self) -> Option<String> {
         let pending = self.shared.events.pending();
         (pending > 0).then(|| format!("{pending} event(s) not yet taken by containerd"))
     }
@@ -107,6 +122,9 @@ impl Tasks {
     /// Stops the core for an exec; see the module docs. `_hold` proves every lifecycle
     /// lock is held.
     pub async fn capture(self: &Arc<Self>, _hold: &LifecycleHold) -> Result<Captured> {
+        if let Some(why) = self.handover_refusal().await {
+            return Err(refused(why));
+        }
         if let Some(why) = self.handover_blocker() {
             return Err(refused(why));
         }
