@@ -2,7 +2,7 @@
 //! share: another build of the shim, and `sturdyctl` run against a fixture.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::containerd::sturdyctl_bin;
@@ -11,7 +11,14 @@ use crate::Containerd;
 /// `sturdyctl <args> --address … --state-dir … --journal … --upgrade-dir …` against `fx`:
 /// whether it exited 0, and the JSON it printed (panics when it printed none).
 pub fn sturdyctl(fx: &Containerd, args: &[&str]) -> (bool, serde_json::Value) {
-    let out = Command::new(sturdyctl_bin())
+    run_json(sturdyctl_command(fx, args), args)
+}
+
+/// The command [`sturdyctl`] runs, for a caller that runs it where `fx` cannot go (a
+/// thread of its own while the fixture restarts containerd).
+pub fn sturdyctl_command(fx: &Containerd, args: &[&str]) -> Command {
+    let mut command = Command::new(sturdyctl_bin());
+    command
         .args(args)
         .arg("--address")
         .arg(fx.socket())
@@ -20,9 +27,18 @@ pub fn sturdyctl(fx: &Containerd, args: &[&str]) -> (bool, serde_json::Value) {
         .arg("--journal")
         .arg(fx.dir().join("journal"))
         .arg("--upgrade-dir")
-        .arg(fx.dir().join("upgrading"))
-        .output()
-        .expect("run sturdyctl");
+        .arg(upgrade_dir(fx));
+    command
+}
+
+/// Where [`sturdyctl`] marks upgrade windows: a watchdog of `fx` must be given the same.
+pub fn upgrade_dir(fx: &Containerd) -> PathBuf {
+    fx.dir().join("upgrading")
+}
+
+/// Runs a [`sturdyctl_command`] of `args`: whether it exited 0, and the JSON it printed.
+pub fn run_json(mut command: Command, args: &[&str]) -> (bool, serde_json::Value) {
+    let out = command.output().expect("run sturdyctl");
     let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "sturdyctl {args:?}: {e}\nstdout: {}\nstderr: {}",

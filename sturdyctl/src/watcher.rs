@@ -146,6 +146,8 @@ async fn probe_until_hung(
     let mut health = Health::new(misses);
     let epoch = Instant::now();
     let mut prober = Prober::new();
+    // The previous probe went unanswered inside an upgrade window.
+    let mut shielded = false;
     loop {
         if ticks.changed().await.is_err() {
             // The clock stopped: the watchdog is shutting down and aborts this watcher.
@@ -168,10 +170,21 @@ async fn probe_until_hung(
             }
         }
         let result = if outcome.answered() {
+            shielded = false;
             ProbeResult::Answered
         } else if upgrading() {
             // Paused on purpose by `upgrade-shims`, for at most the window: not a hang.
             log::info!("shim {address}: probe unanswered during its upgrade window: not counted");
+            shielded = true;
+            continue;
+        } else if std::mem::take(&mut shielded) {
+            // Sent as the last one was judged inside the window, so it waited on the pause
+            // too: the new image answers the upgrade's own request (and the window closes)
+            // before it serves a connection that waited in its backlog, which can be just
+            // after this probe's deadline. Only the next probe's silence counts.
+            log::info!(
+                "shim {address}: probe sent during its upgrade window unanswered after it: not counted"
+            );
             continue;
         } else {
             ProbeResult::Missed

@@ -26,6 +26,12 @@ use crate::tasks::Tasks;
 #[cfg(debug_assertions)]
 const FAIL_RESUME_FILE: &str = ".sturdy-test-fail-resume";
 
+/// Test-only (debug builds): a file in the daemon's working directory holding a number of
+/// milliseconds (at most 10 000) a new image waits before it resumes, so tests can make
+/// the pause of a real upgrade outlast a watchdog's hang detection.
+#[cfg(debug_assertions)]
+const SLOW_RESUME_FILE: &str = ".sturdy-test-slow-resume";
+
 /// A handover on its way into the core.
 pub struct Resuming {
     document: RawFd,
@@ -65,6 +71,10 @@ pub(super) fn serve_resumed(
         Ok(doc) => doc,
         Err(why) => return go_back(document, old_binary, &[], rollback.as_deref(), &why),
     };
+    #[cfg(debug_assertions)]
+    if rollback.is_none() {
+        test_slow_resume();
+    }
     let fds: Vec<RawFd> = doc.fds().into_iter().map(|(_, fd)| fd).collect();
     for fd in fds.iter().chain([&document, &old_binary]) {
         // Nothing this image starts (runc, above all) may inherit them.
@@ -155,6 +165,21 @@ fn check(flags: &Flags, doc: v2::Document) -> Result<v2::Document, String> {
         }
     }
     Ok(doc)
+}
+
+#[cfg(debug_assertions)]
+fn test_slow_resume() {
+    let Ok(ms) = std::fs::read_to_string(SLOW_RESUME_FILE) else {
+        return;
+    };
+    match ms.trim().parse::<u64>() {
+        Ok(ms) => {
+            let ms = ms.min(10_000);
+            log::warn!("handover: test hook {SLOW_RESUME_FILE}: resuming in {ms} ms");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        Err(e) => log::warn!("handover: test hook {SLOW_RESUME_FILE}: {e}"),
+    }
 }
 
 /// Re-executes the old binary with the same document, unless this already is the way back.
