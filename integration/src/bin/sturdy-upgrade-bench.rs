@@ -118,6 +118,22 @@ struct Rounds {
     during: Probe,
     /// Shims that did not end a round as they must, each with why.
     bad: Vec<String>,
+    /// The part of each pause before the exec, µs, as the old images logged it.
+    before_exec: Vec<f64>,
+}
+
+/// What each old image logged as its pause just before the exec, µs ("upgrade: executing
+/// … paused N us so far", forwarded by containerd into its log): splits the pause into
+/// what precedes the exec and what the exec and the new image add.
+fn paused_before_exec(log: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("upgrade: executing"))
+        .filter_map(|l| {
+            let head = &l[..l.find(" us so far")?];
+            head[head.rfind(' ')? + 1..].parse().ok()
+        })
+        .collect()
 }
 
 /// A pod's shim as it was when the pods started.
@@ -362,6 +378,9 @@ async fn main() {
         let builds = [(old_bin.as_path(), &*old_id), (new_bin.as_path(), &*new_id)];
         upgrades(&mut fx, &cri, &containers, &shims, builds, rounds).await
     };
+    if !rehearse_only {
+        r.before_exec = paused_before_exec(&fx.log_path());
+    }
     r.bad
         .extend(still_the_same(&fx, &mut cri, &shims, &containers).await);
 
@@ -411,6 +430,18 @@ fn report(r: &mut Rounds, baseline: &mut Probe, rehearse_only: bool) {
         percentile(&mut r.node, 50.0),
         percentile(&mut r.node, 100.0)
     );
+    if !rehearse_only {
+        let b = &mut r.before_exec;
+        println!();
+        println!(
+            "Of which before the exec (gate closed → document written), as {} old images \
+             logged it: median {} ms, p90 {} ms, max {} ms.",
+            b.len(),
+            ms(percentile(b, 50.0)),
+            ms(percentile(b, 90.0)),
+            ms(percentile(b, 100.0)),
+        );
+    }
     println!();
     println!("## containerd's requests to the shims (ContainerStats → Task Stats)");
     println!();
