@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Benchmark the pause of a live shim upgrade (issue 20) against one private containerd:
-# `sturdyctl upgrade-shims --dry-run --rehearse` onto another build of the shim, over many
-# sturdy pods, with the latency of containerd's requests to the shims during it. The exec
-# is not implemented yet, so this is the pause alone (docs/upgrade.md). Prints a markdown
-# report. Arguments go to sturdy-upgrade-bench (e.g. `--pods 20 --rounds 1`).
+# Benchmark a live shim upgrade (issue 20) against one private containerd: rounds of
+# `sturdyctl upgrade-shims` (the real exec) over many sturdy pods, alternating between the
+# release shim and another build of it, with the latency of containerd's requests to the
+# shims during them; `--rehearse-only` measures the pause without the exec instead
+# (`--dry-run --rehearse`), as before the exec existed. docs/upgrade.md says what is
+# measured. Prints a markdown report; exits 1 if a shim was not upgraded in place or a
+# request failed. Arguments go to sturdy-upgrade-bench (e.g. `--pods 20 --rounds 1`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh >&2

@@ -73,3 +73,24 @@ pub fn another_build(from: &Path, to: &Path) -> (String, String) {
     assert_ne!(old, new);
     (old.to_string(), new.to_string())
 }
+
+/// Start time of process `pid` in clock ticks since boot (`/proc/PID/stat` field 22), so a
+/// recycled pid never passes for the process it replaced; `None` if gone or a zombie.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Build-id of the image process `pid` executes, read from the image itself (what runs,
+/// even after its path was replaced).
+pub fn running_build(pid: i32) -> Option<String> {
+    build_id::of_path(Path::new(&format!("/proc/{pid}/exe")))
+        .ok()
+        .flatten()
+        .map(|b| b.to_string())
+}
