@@ -15,7 +15,7 @@ use std::os::unix::net::UnixListener;
 use containerd_shim::Flags;
 use runc_client::{ReapHold, Reaper};
 
-use crate::control::upgrade::{resumed_answer, Resumed};
+use crate::control::upgrade::{resumed, Resumed};
 use crate::handover::{self, memfd, v2};
 use crate::listener::Handed;
 use crate::reexec::{set_cloexec, Handover};
@@ -253,7 +253,7 @@ impl Resuming {
                 target: self.doc.upgrade.target_build_id.clone(),
                 why,
             },
-            None => Resumed::Upgraded(resumed_answer(&self.doc)),
+            None => resumed(&self.doc),
         };
         log::info!(
             "handover: resumed {} container(s) and {} connection(s)",

@@ -61,7 +61,12 @@ pub struct Upgraded {
 #[derive(Debug, Clone)]
 pub enum Resumed {
     /// The new image resumed.
-    Upgraded(Upgraded),
+    Upgraded {
+        /// The answer, but for `paused_us`, counted when it goes out.
+        answer: Upgraded,
+        /// When the pause began, µs since the Unix epoch.
+        paused_since_us: u64,
+    },
     /// The new image could not resume; this (old) image was gone back to.
     RolledBack {
         /// The build the upgrade went to.
@@ -146,8 +151,13 @@ impl Control {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         match resumed {
-            Some(Resumed::Upgraded(u)) if own.as_deref() == Some(req.build_id.as_str()) => {
-                return Ok(u)
+            Some(Resumed::Upgraded {
+                mut answer,
+                paused_since_us,
+            }) if own.as_deref() == Some(req.build_id.as_str()) => {
+                // The pause lasts until this answer: the server started, the request replayed.
+                answer.paused_us = now_us().saturating_sub(paused_since_us);
+                return Ok(answer);
             }
             Some(Resumed::RolledBack { target, why }) if target == req.build_id => {
                 return Err(ControlError::Upgrade(format!(
@@ -383,17 +393,21 @@ fn document(
     })
 }
 
-/// The answer the next image gives the replayed request.
-pub fn resumed_answer(doc: &v2::Document) -> Upgraded {
-    Upgraded {
+/// The outcome the next image answers the replayed request with.
+pub fn resumed(doc: &v2::Document) -> Resumed {
+    let answer = Upgraded {
         pid: std::process::id() as i32,
         old_version: doc.writer.version.clone(),
         old_build_id: doc.writer.build_id.clone(),
         new_version: crate::VERSION.into(),
         new_build_id: own_build(),
-        paused_us: now_us().saturating_sub(doc.upgrade.paused_since_us),
+        paused_us: 0,
         held: doc.upgrade.held,
         connections: doc.connections.len(),
         waits: doc.upgrade.waits,
+    };
+    Resumed::Upgraded {
+        answer,
+        paused_since_us: doc.upgrade.paused_since_us,
     }
 }
