@@ -19,6 +19,7 @@ use std::path::PathBuf;
 
 use live::{assert_upgraded, printed, Scene};
 use sturdy_integration::{Containerd, CRI_NAMESPACE};
+use upgrade_support::wait_for;
 use upgrade_support::Pod;
 
 /// The test hook of a debug shim: a new image that finds the build-id it runs in this
@@ -88,7 +89,57 @@ async fn a_live_pod_moves_onto_a_new_build_and_back() {
         .check(&sc.fx, &mut sc.cri, "after the way back")
         .await;
     sc.assert_exited_once("the way back").await;
+
+    // Another round trip with nothing else changing leaves the shim holding no more fds
+    // than before (one fewer if its event connection, opened at the first event, was not
+    // needed again yet) and no memfd or binary at all: a handover leaks none (document,
+    // old binary, pending bytes' memfds).
+    let fds_before = shim_fds(sc.pod.shim.pid);
+    for (to, bin) in [
+        (&new_id, sc.install_new_build("sturdy-next-2").0),
+        (&old_id, old_bin),
+    ] {
+        sc.fx.replace_shim_bin(&bin).expect("install");
+        let (ok, s) = sc.upgrade_shims(&[]);
+        assert!(ok && s["result"] == "upgraded", "round trip to {to}: {s:#}");
+    }
+    wait_for(
+        || {
+            let now = shim_fds(sc.pod.shim.pid);
+            let gone: Vec<_> = fds_before.iter().filter(|f| !now.contains(f)).collect();
+            let new: Vec<_> = now.iter().filter(|f| !fds_before.contains(f)).collect();
+            format!(
+                "the shim's fds changed over a round trip: {} before, {} now; only before: \
+                 {gone:?}; only now: {new:?}",
+                fds_before.len(),
+                now.len()
+            )
+        },
+        || shim_fds(sc.pod.shim.pid).len() <= fds_before.len(),
+    )
+    .await;
+    let held = shim_fds(sc.pod.shim.pid);
+    assert!(
+        !held
+            .iter()
+            .any(|f| f.contains("memfd:") || f.contains("containerd-shim-sturdy-v2")),
+        "a handover's memfd or binary is still open: {held:?}"
+    );
     sc.finish().await;
+}
+
+/// What each fd of process `pid` is (`/proc/PID/fd/N` link targets), sorted.
+fn shim_fds(pid: i32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|t| t.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

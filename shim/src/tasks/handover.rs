@@ -381,6 +381,8 @@ type PlannedStream = (Option<RawFd>, RawFd, Vec<u8>);
 struct Planned {
     stdin: Option<(RawFd, RawFd, Vec<u8>, bool)>,
     streams: [Option<PlannedStream>; 2],
+    /// The memfds the pending bytes came in, read already: closed once owned.
+    memfds: Vec<RawFd>,
 }
 
 fn plan(s: &v2::Stdio) -> Result<Planned> {
@@ -402,9 +404,18 @@ fn plan(s: &v2::Stdio) -> Result<Planned> {
             pending_bytes(st.pending, st.pending_len)?,
         )))
     };
+    let memfds = [
+        s.stdin.as_ref().and_then(|i| i.pending),
+        s.stdout.as_ref().and_then(|o| o.pending),
+        s.stderr.as_ref().and_then(|e| e.pending),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     Ok(Planned {
         stdin,
         streams: [stream(&s.stdout)?, stream(&s.stderr)?],
+        memfds,
     })
 }
 
@@ -414,6 +425,9 @@ impl Planned {
         // SAFETY: every fd was checked open and the document names each once; from here
         // this image owns them.
         let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+        for fd in self.memfds {
+            drop(own(fd));
+        }
         let [out, err] = self.streams;
         let stream = |s: Option<PlannedStream>| {
             s.map(|(source, sink, pending)| HandedStream {
