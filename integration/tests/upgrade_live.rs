@@ -230,3 +230,88 @@ async fn a_pod_with_a_terminal_is_refused_at_once_and_left_as_it_was() {
     sc.assert_exec("after a terminal refused").await;
     sc.finish().await;
 }
+
+/// containerd's stdin FIFO of CRI container `id` (CRI holds its writer; a test may be
+/// another).
+fn stdin_fifo(fx: &Containerd, id: &str) -> PathBuf {
+    let io = fx
+        .state_dir()
+        .join("io.containerd.grpc.v1.cri/containers")
+        .join(id)
+        .join("io");
+    std::fs::read_dir(&io)
+        .unwrap_or_else(|e| panic!("{}: {e}", io.display()))
+        .flatten()
+        .map(|d| d.path().join(format!("{id}-stdin")))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no stdin FIFO of {id} under {}", io.display()))
+}
+
+/// The numbers of the `got N` lines in a CRI log, in order.
+fn echoed(log: &std::path::Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            l.split_once(" got ")
+                .map(|(_, n)| n.trim().parse().unwrap_or(u64::MAX))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_flows_into_a_container_across_the_upgrade() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut sc = Scene::start("stdin").await;
+    let mut config = sturdy_integration::container_config(
+        "reader",
+        &["/bin/sh", "-c", "while read l; do echo \"got $l\"; done"],
+    );
+    config.stdin = true;
+    let reader = sc
+        .cri
+        .create_container(&sc.pod.id, config, &sc.pod.config)
+        .await
+        .expect("CreateContainer reader");
+    sc.cri
+        .start_container(&reader)
+        .await
+        .expect("StartContainer reader");
+    let log = PathBuf::from(
+        sc.cri
+            .container_status(&reader)
+            .await
+            .expect("ContainerStatus reader")
+            .log_path,
+    );
+    let mut stdin = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(stdin_fifo(&sc.fx, &reader))
+        .expect("open the stdin FIFO");
+    let mut send = |range: std::ops::Range<u64>| {
+        for i in range {
+            stdin
+                .write_all(format!("{i}\n").as_bytes())
+                .expect("write stdin");
+        }
+    };
+    let whole = |n: u64| {
+        let log = log.clone();
+        move || echoed(&log) == (0..n).collect::<Vec<_>>()
+    };
+    send(0..20);
+    wait_for(|| format!("before: {:?}", echoed(&log)), whole(20)).await;
+
+    let (_, new_id) = sc.install_new_build("sturdy-next");
+    let (ok, s) = sc.upgrade_shims(&[]);
+    assert_upgraded(ok, &s, &sc.pod, &sc.old_id.clone(), &new_id);
+    send(20..40);
+    wait_for(
+        || format!("after the upgrade: {:?}", echoed(&log)),
+        whole(40),
+    )
+    .await;
+    drop(stdin);
+    sc.finish().await;
+}
