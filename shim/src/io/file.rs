@@ -69,15 +69,46 @@ pub(super) async fn open(
     Ok((out, err))
 }
 
+/// How long a line begun and not ended waits for its end before it is written anyway (a
+/// prompt, a progress bar): meanwhile the other stream's lines cannot cut into it.
+const PARTIAL_LINE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Copies `from` into `to` until every writer of `from` is gone (the copy loop ended).
 /// After a write error the rest is read and dropped, so the process never waits on a log
 /// file that fails (the error is logged once).
-fn copy(from: OwnedFd, mut to: File, label: &str) {
+///
+/// Both streams append to one file, so each writes whole lines only: a read can end in
+/// the middle of a line (more than a chunk waiting, or the loop's write into the pipe cut
+/// short by a full pipe), and writing that half at once let the other stream's lines land
+/// inside it. A line's beginning is held until its end comes, for at most
+/// [`PARTIAL_LINE_WAIT`], or until it fills the buffer (a line longer than [`CHUNK`] is
+/// written in pieces).
+fn copy(from: OwnedFd, to: File, label: &str) {
+    copy_holding(from, to, label, PARTIAL_LINE_WAIT)
+}
+
+/// [`copy`], holding a line's beginning for at most `wait`.
+fn copy_holding(from: OwnedFd, mut to: File, label: &str, wait: std::time::Duration) {
     let mut from = File::from(from);
     let mut buf = vec![0u8; CHUNK];
+    // Bytes of `buf` read and not yet written: at most one line's beginning.
+    let mut held = 0;
     let mut dropped: Option<u64> = None;
+    let mut write = |bytes: &[u8]| match &mut dropped {
+        Some(count) => *count += bytes.len() as u64,
+        None => {
+            if let Err(e) = to.write_all(bytes) {
+                log::warn!("{label}: write: {e}; further output is dropped");
+                dropped = Some(bytes.len() as u64);
+            }
+        }
+    };
     loop {
-        let n = match from.read(&mut buf) {
+        if held > 0 && !readable_within(&from, wait) {
+            write(&buf[..held]);
+            held = 0;
+        }
+        let n = match from.read(&mut buf[held..]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -86,18 +117,40 @@ fn copy(from: OwnedFd, mut to: File, label: &str) {
                 break;
             }
         };
-        match &mut dropped {
-            Some(count) => *count += n as u64,
-            None => {
-                if let Err(e) = to.write_all(&buf[..n]) {
-                    log::warn!("{label}: write: {e}; further output is dropped");
-                    dropped = Some(n as u64);
-                }
-            }
-        }
+        let len = held + n;
+        let cut = if len == buf.len() {
+            len
+        } else {
+            buf[..len]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1)
+        };
+        write(&buf[..cut]);
+        buf.copy_within(cut..len, 0);
+        held = len - cut;
     }
+    write(&buf[..held]);
     if let Some(count) = dropped {
         log::warn!("{label}: {count} bytes dropped");
+    }
+}
+
+/// Whether `file` has something to read (or its end) within `wait`.
+fn readable_within(file: &File, wait: std::time::Duration) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(
+        file.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    loop {
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(n) => return n > 0,
+            Err(nix::errno::Errno::EINTR) => continue,
+            // Reading tells what is wrong.
+            Err(_) => return true,
+        }
     }
 }
 

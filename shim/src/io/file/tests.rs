@@ -249,3 +249,57 @@ async fn directories_others_can_change_are_refused() {
         std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
     }
 }
+
+/// Two streams appending to one file through their copy threads, holding a line's
+/// beginning for `wait`; the write ends of their pipes and the file's path.
+fn two_streams(dir: &Path, wait: Duration) -> (File, File, std::path::PathBuf) {
+    let path = dir.join("both.log");
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .unwrap();
+    let mut writers = Vec::new();
+    for name in ["out", "err"] {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let file = file.try_clone().unwrap();
+        std::thread::spawn(move || copy_holding(read, file, name, wait));
+        writers.push(File::from(write));
+    }
+    let err = writers.pop().unwrap();
+    (writers.pop().unwrap(), err, path)
+}
+
+/// A line one stream began is not cut by the other stream's line: it is held until its end.
+#[tokio::test]
+async fn a_line_begun_is_not_cut_by_the_other_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    // Held far longer than this test can take: only its end releases the line.
+    let (mut out, mut err, path) = two_streams(dir.path(), Duration::from_secs(30));
+    out.write_all(b"out-1 be").unwrap();
+    err.write_all(b"err-1\n").unwrap();
+    assert_eq!(wait_for_content(&path, 6).await, "err-1\n");
+    out.write_all(b"gun and ended\nout-2\n").unwrap();
+    drop((out, err));
+    assert_eq!(
+        wait_for_content(&path, 32).await,
+        "err-1\nout-1 begun and ended\nout-2\n"
+    );
+}
+
+/// A line that does not end (a prompt) is written after the wait, and whatever is left at
+/// the end of the stream too; a line longer than the buffer goes out in pieces.
+#[tokio::test]
+async fn an_unended_line_is_written_after_the_wait_and_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut out, err, path) = two_streams(dir.path(), Duration::from_millis(50));
+    out.write_all(b"Password: ").unwrap();
+    assert_eq!(wait_for_content(&path, 10).await, "Password: ");
+    let long = vec![b'x'; CHUNK + 10];
+    out.write_all(&long).unwrap();
+    out.write_all(b"tail").unwrap();
+    drop((out, err));
+    let text = wait_for_content(&path, 10 + CHUNK + 14).await;
+    assert_eq!(text.len(), 10 + CHUNK + 14, "{} bytes", text.len());
+    assert!(text.ends_with("xtail"), "{:?}", &text[text.len() - 20..]);
+}
