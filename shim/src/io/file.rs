@@ -118,13 +118,15 @@ fn copy_holding(from: OwnedFd, mut to: File, label: &str, wait: std::time::Durat
             }
         };
         let len = held + n;
-        let cut = if len == buf.len() {
+        let whole = buf[..len]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        // A full buffer without a line's end is one long line: out in pieces.
+        let cut = if whole == 0 && len == buf.len() {
             len
         } else {
-            buf[..len]
-                .iter()
-                .rposition(|b| *b == b'\n')
-                .map_or(0, |i| i + 1)
+            whole
         };
         write(&buf[..cut]);
         buf.copy_within(cut..len, 0);
