@@ -17,39 +17,9 @@ mod watchdog_support;
 
 use std::path::PathBuf;
 
-use live::{assert_upgraded, printed, Scene};
-use sturdy_integration::{Containerd, CRI_NAMESPACE};
+use live::{assert_upgraded, printed, ResumeHook, Scene};
+use sturdy_integration::Containerd;
 use upgrade_support::wait_for;
-use upgrade_support::Pod;
-
-/// The test hook of a debug shim: a new image that finds the build-id it runs in this
-/// file, in its working directory (the sandbox's bundle), refuses to resume. Removed when
-/// dropped, so a failed test leaves no hook behind.
-struct FailResume(PathBuf);
-
-impl FailResume {
-    fn arm(fx: &Containerd, pod: &Pod, build: &str) -> FailResume {
-        let bundle = fx
-            .state_dir()
-            .join("io.containerd.runtime.v2.task")
-            .join(CRI_NAMESPACE)
-            .join(&pod.id);
-        assert!(bundle.is_dir(), "no bundle {}", bundle.display());
-        let path = bundle.join(".sturdy-test-fail-resume");
-        std::fs::write(&path, format!("{build}\n")).expect("write the test hook");
-        FailResume(path)
-    }
-}
-
-impl Drop for FailResume {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.0) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("{}: {e}", self.0.display());
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_pod_moves_onto_a_new_build_and_back() {
@@ -166,7 +136,7 @@ async fn a_build_that_does_not_start_is_refused_and_one_that_cannot_resume_rolls
 
     // A new build whose image refuses to resume: the shim goes back to the old one.
     let (_, new_id) = sc.install_new_build("sturdy-next");
-    let hook = FailResume::arm(&sc.fx, &sc.pod, &new_id);
+    let hook = ResumeHook::arm(&sc.fx, &sc.pod, ".sturdy-test-fail-resume", &new_id);
     let before = printed(&sc.printer_log).len() as u64;
     let (ok, s) = sc.upgrade_shims(&[]);
     assert!(!ok, "a rolled back upgrade succeeded: {s:#}");

@@ -13,13 +13,11 @@ mod live;
 mod upgrade_support;
 mod watchdog_support;
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use live::{assert_upgraded, assert_upgraded_with, exits_of, printed, the_shim, Scene};
+use live::{assert_upgraded, assert_upgraded_with, exits_of, printed, the_shim, ResumeHook, Scene};
 use sturdy_integration::shim_upgrade::{run_json, sturdyctl_command, upgrade_dir};
-use sturdy_integration::{Containerd, CRI_NAMESPACE};
-use upgrade_support::{wait_for, Pod};
+use upgrade_support::wait_for;
 use watchdog_support::{follow_exits, Watchdog, WatchdogExt};
 
 /// The watchdog's probe interval (each probe's deadline) and misses before a hang: the
@@ -31,35 +29,6 @@ const MISSES: &str = "3";
 /// watchdog from killing the shim.
 const SLOW_MS: u64 = 3000;
 const ROUND_TRIPS: usize = 3;
-
-/// The shim's debug test hook making every new image it executes wait `ms` before it
-/// resumes (`.sturdy-test-slow-resume` in the sandbox's bundle, its working directory).
-/// Removed when dropped, so a failed test leaves no hook behind.
-struct SlowResume(PathBuf);
-
-impl SlowResume {
-    fn arm(fx: &Containerd, pod: &Pod, ms: u64) -> SlowResume {
-        let bundle = fx
-            .state_dir()
-            .join("io.containerd.runtime.v2.task")
-            .join(CRI_NAMESPACE)
-            .join(&pod.id);
-        assert!(bundle.is_dir(), "no bundle {}", bundle.display());
-        let path = bundle.join(".sturdy-test-slow-resume");
-        std::fs::write(&path, format!("{ms}\n")).expect("write the test hook");
-        SlowResume(path)
-    }
-}
-
-impl Drop for SlowResume {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.0) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("{}: {e}", self.0.display());
-            }
-        }
-    }
-}
 
 /// Lines of the watchdog's log about probes of the shim at `address` it did not count
 /// because they went unanswered inside an upgrade window.
@@ -97,7 +66,12 @@ async fn upgrades_back_and_forth_under_a_watchdog_are_never_taken_for_a_hang() {
     let old_id = sc.old_id.clone();
     let old_bin = sc.old_bin.clone();
     let (new_bin, new_id) = sc.install_new_build("sturdy-next");
-    let _slow = SlowResume::arm(&sc.fx, &sc.pod, SLOW_MS);
+    let _slow = ResumeHook::arm(
+        &sc.fx,
+        &sc.pod,
+        ".sturdy-test-slow-resume",
+        &SLOW_MS.to_string(),
+    );
     let before = printed(&sc.printer_log).len() as u64;
     let mut exec = Some(sc.exec_in_flight().await);
     let mut pauses = Vec::new();
@@ -247,7 +221,12 @@ async fn an_upgrade_while_containerd_restarts_moves_the_shim_and_keeps_the_pod()
     sc.fx
         .replace_shim_bin(&old_bin)
         .expect("reinstall the old build");
-    let slow = SlowResume::arm(&sc.fx, &sc.pod, SLOW_MS);
+    let slow = ResumeHook::arm(
+        &sc.fx,
+        &sc.pod,
+        ".sturdy-test-slow-resume",
+        &SLOW_MS.to_string(),
+    );
     let (ok, s) = upgrade_while_containerd_restarts(&mut sc, t0, true, step).await;
     drop(slow);
     sc.cri = sc.fx.cri().await.expect("cri client after the restart");

@@ -30,7 +30,7 @@ pub mod quiesce;
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,19 +153,15 @@ pub fn resume(
     )))
 }
 
-/// A handed-over fd as a connection, if it is a connected Unix stream socket.
-fn adopt(fd: OwnedFd) -> io::Result<UnixStream> {
-    let raw = fd.as_raw_fd();
-    for (opt, want, what) in [
-        (libc::SO_DOMAIN, libc::AF_UNIX, "not a Unix socket"),
-        (libc::SO_TYPE, libc::SOCK_STREAM, "not a stream socket"),
-    ] {
+/// Checks that socket `fd` has each option of `want` at its value, else says which is not.
+pub fn check_sockopts(fd: RawFd, want: &[(libc::c_int, libc::c_int, &str)]) -> io::Result<()> {
+    for &(opt, value, what) in want {
         let mut v: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt into a c_int of the size given, on an fd we own.
+        // SAFETY: getsockopt into a c_int of the size given, on an fd the caller holds.
         let r = unsafe {
             libc::getsockopt(
-                raw,
+                fd,
                 libc::SOL_SOCKET,
                 opt,
                 (&mut v as *mut libc::c_int).cast(),
@@ -174,14 +170,26 @@ fn adopt(fd: OwnedFd) -> io::Result<UnixStream> {
         };
         if r < 0 {
             return Err(io::Error::other(format!(
-                "fd {raw}: {}",
+                "fd {fd}: {}",
                 io::Error::last_os_error()
             )));
         }
-        if v != want {
-            return Err(io::Error::other(format!("fd {raw}: {what}")));
+        if v != value {
+            return Err(io::Error::other(format!("fd {fd}: {what}")));
         }
     }
+    Ok(())
+}
+
+/// A handed-over fd as a connection, if it is a connected Unix stream socket.
+fn adopt(fd: OwnedFd) -> io::Result<UnixStream> {
+    check_sockopts(
+        fd.as_raw_fd(),
+        &[
+            (libc::SO_DOMAIN, libc::AF_UNIX, "not a Unix socket"),
+            (libc::SO_TYPE, libc::SOCK_STREAM, "not a stream socket"),
+        ],
+    )?;
     let stream = std::os::unix::net::UnixStream::from(fd);
     stream.set_nonblocking(true)?;
     UnixStream::from_std(stream)

@@ -277,12 +277,7 @@ impl Scene {
 
     /// The host path of container `id`'s root filesystem (its bundle's rootfs mount).
     pub fn rootfs_of(&self, id: &str) -> PathBuf {
-        self.fx
-            .state_dir()
-            .join("io.containerd.runtime.v2.task")
-            .join(CRI_NAMESPACE)
-            .join(id)
-            .join("rootfs")
+        bundle_of(&self.fx, id).join("rootfs")
     }
 
     pub async fn finish(mut self) {
@@ -398,4 +393,39 @@ pub fn assert_upgraded_with(
         "at least {connections} connection(s) handed over: {s:#}"
     );
     assert!(s["error"].is_null(), "{s:#}");
+}
+
+/// The bundle of task `id` in the fixture's containerd (for a pod's sandbox: the shim's
+/// working directory).
+pub fn bundle_of(fx: &Containerd, id: &str) -> PathBuf {
+    fx.state_dir()
+        .join("io.containerd.runtime.v2.task")
+        .join(CRI_NAMESPACE)
+        .join(id)
+}
+
+/// A debug shim's test hook: file `name` holding `content` in the pod's sandbox bundle (the
+/// shim's working directory), read by a new image as it resumes. Removed when dropped, so a
+/// failed test leaves no hook behind.
+pub struct ResumeHook(PathBuf);
+
+impl ResumeHook {
+    /// Writes the hook.
+    pub fn arm(fx: &Containerd, pod: &Pod, name: &str, content: &str) -> ResumeHook {
+        let bundle = bundle_of(fx, &pod.id);
+        assert!(bundle.is_dir(), "no bundle {}", bundle.display());
+        let path = bundle.join(name);
+        std::fs::write(&path, format!("{content}\n")).expect("write the test hook");
+        ResumeHook(path)
+    }
+}
+
+impl Drop for ResumeHook {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("{}: {e}", self.0.display());
+            }
+        }
+    }
 }

@@ -110,33 +110,14 @@ fn read(fd: RawFd) -> Result<v2::Document, String> {
 
 /// Whether `fd` is a listening Unix socket.
 fn listening(fd: RawFd) -> Result<(), String> {
-    for (opt, want, what) in [
-        (libc::SO_DOMAIN, libc::AF_UNIX, "not a Unix socket"),
-        (libc::SO_ACCEPTCONN, 1, "not listening"),
-    ] {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt into a c_int of the size given.
-        let r = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if r < 0 {
-            return Err(format!(
-                "listener fd {fd}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if v != want {
-            return Err(format!("listener fd {fd}: {what}"));
-        }
-    }
-    Ok(())
+    crate::listener::check_sockopts(
+        fd,
+        &[
+            (libc::SO_DOMAIN, libc::AF_UNIX, "not a Unix socket"),
+            (libc::SO_ACCEPTCONN, 1, "not listening"),
+        ],
+    )
+    .map_err(|e| format!("listener {e}"))
 }
 
 fn check(flags: &Flags, doc: v2::Document) -> Result<v2::Document, String> {
